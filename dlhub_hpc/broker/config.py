@@ -1,0 +1,53 @@
+"""Hub settings, validated when made; ``repr`` reads like the call that made it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, DEFAULT_WORKER_PORT
+
+logger = logging.getLogger(__name__)
+
+
+def default_home() -> Path:
+    """Where the hub keeps its registry and state: ``$DLHUB_HPC_HOME`` or ``~/.dlhub-hpc``."""
+    return Path(os.environ.get("DLHUB_HPC_HOME", Path.home() / ".dlhub-hpc"))
+
+
+class HubConfig(BaseModel):
+    """Everything a hub needs. Addresses default to loopback: nothing is exposed by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=default_home)
+    client_address: str = f"tcp://127.0.0.1:{DEFAULT_CLIENT_PORT}"
+    worker_address: str = f"tcp://127.0.0.1:{DEFAULT_WORKER_PORT}"
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    heartbeat_timeout: float = Field(default=10.0, gt=0)
+    max_queue_length: int = Field(default=10_000, ge=1)
+    default_timeout: float | None = Field(default=None, gt=0)
+    max_retries: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _timeout_covers_heartbeats(self) -> HubConfig:
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError(
+                "heartbeat_timeout must be longer than heartbeat_interval "
+                f"({self.heartbeat_timeout} <= {self.heartbeat_interval})"
+            )
+        for addr in (self.client_address, self.worker_address):
+            if not addr.startswith(("tcp://", "ipc://", "inproc://")):
+                raise ValueError(f"address {addr!r} should start with tcp://, ipc:// or inproc://")
+        return self
+
+    def __repr__(self) -> str:
+        changed = {
+            k: v for k, v in self.model_dump().items()
+            if k in self.model_fields_set and k != "home"
+        }
+        args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        return f"HubConfig(home={str(self.home)!r}{', ' if args else ''}{args})"

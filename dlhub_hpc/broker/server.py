@@ -1,0 +1,274 @@
+"""The broker's thin ZMQ shell: two ROUTER sockets and one poll loop around ``BrokerState``.
+
+Clients connect to ``client_address``, workers to ``worker_address``. Every socket is made,
+used and closed in the loop's own thread; other threads reach the loop only through
+``stop()`` and finished control futures, both of which wake it through a pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+
+from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.state import (
+    Action,
+    BrokerState,
+    FromClient,
+    FromWorker,
+    LoadServable,
+    Tick,
+    ToClient,
+    ToWorker,
+)
+from dlhub_hpc.errors import DlhubHpcError, ProtocolError
+from dlhub_hpc.protocol import (
+    Assign,
+    Bye,
+    Control,
+    Message,
+    Reply,
+    Request,
+    Shutdown,
+    decode,
+    encode,
+)
+
+logger = logging.getLogger(__name__)
+
+ControlHandler = Callable[[dict[str, Any]], Any]  # returns a value, or a Future of one
+ServableSource = Callable[[str, int], tuple[dict[str, Any], bytes]]  # -> (spec, bundle)
+
+_DRAIN_LIMIT = 512  # messages taken from one socket per loop turn, so neither starves
+
+
+class BrokerServer:
+    """Serves one ``BrokerState``; ``run()`` is the loop, in the thread that calls it."""
+
+    def __init__(
+        self,
+        state: BrokerState,
+        config: HubConfig,
+        servables: ServableSource,
+        control: dict[str, ControlHandler],
+    ) -> None:
+        self.state = state
+        self.config = config
+        self._servables = servables
+        self._control = control
+        self._stopping = threading.Event()
+        self._stop_reason = "stopped"
+        self._bound = threading.Event()
+        self._finished: queue.SimpleQueue[tuple[bytes, str, Future[Any]]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self.client_endpoint = ""
+        self.worker_endpoint = ""
+        self._clients: zmq.Socket[bytes] | None = None
+        self._workers: zmq.Socket[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"BrokerServer(client={self.client_endpoint!r}, worker={self.worker_endpoint!r})"
+
+    # -- called from other threads --
+
+    def wait_bound(self, timeout: float) -> bool:
+        return self._bound.wait(timeout)
+
+    def stop(self, reason: str = "stopped") -> None:
+        self._stop_reason = reason
+        self._stopping.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # a closed pipe: the loop is gone already
+            os.write(self._wake_w, b"x")
+
+    # -- the loop --
+
+    def run(self) -> None:
+        ctx = zmq.Context()
+        clients = self._clients = self._router(ctx, self.config.client_address)
+        workers = self._workers = self._router(ctx, self.config.worker_address)
+        self.client_endpoint = clients.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.worker_endpoint = workers.getsockopt_string(zmq.LAST_ENDPOINT)
+        poller = zmq.Poller()
+        poller.register(clients, zmq.POLLIN)
+        poller.register(workers, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        logger.info("hub listening: clients %s, workers %s",
+                    self.client_endpoint, self.worker_endpoint)
+        self._bound.set()
+        try:
+            while not self._stopping.is_set():
+                timeout_ms = self.state.next_wakeup(time.monotonic()) * 1000
+                ready = dict(poller.poll(timeout_ms))
+                if clients in ready:
+                    self._drain(clients, self._on_client_frames)
+                if workers in ready:
+                    self._drain(workers, self._on_worker_frames)
+                if self._wake_r in ready:
+                    self._on_wake()
+                now = time.monotonic()
+                if self.state.next_wakeup(now) == 0:
+                    self._apply(self.state.handle(Tick(), now))
+            self._drain_shutdown(poller)
+        finally:
+            clients.close(linger=0)
+            workers.close(linger=0)
+            ctx.term()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            logger.info("hub stopped: %s", self._stop_reason)
+
+    @staticmethod
+    def _router(ctx: zmq.Context[Any], address: str) -> zmq.Socket[bytes]:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise DlhubHpcError(
+                f"cannot listen on {address}: {exc}; is another hub running there?",
+                address=address,
+            ) from exc
+        return sock
+
+    def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Any]], None]) -> None:
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handle(frames)
+
+    def _decode(self, frames: list[Any]) -> tuple[bytes, Message] | None:
+        try:
+            if len(frames) < 2:
+                raise ProtocolError("no identity or no header frame")
+            return frames[0].bytes, decode(frames[1:])
+        except ProtocolError as exc:
+            self.state.stats["malformed_frames"] += 1
+            logger.warning("dropped a malformed message: %s", exc.message)
+            return None
+
+    def _on_client_frames(self, frames: list[Any]) -> None:
+        decoded = self._decode(frames)
+        if decoded is None:
+            return
+        identity, msg = decoded
+        if isinstance(msg, Request):
+            self._apply(self.state.handle(FromClient(identity, msg), time.monotonic()))
+        elif isinstance(msg, Control):
+            self._on_control(identity, msg)
+        else:
+            self.state.stats["unexpected_messages"] += 1
+
+    def _on_worker_frames(self, frames: list[Any]) -> None:
+        decoded = self._decode(frames)
+        if decoded is not None:
+            identity, msg = decoded
+            self._apply(self.state.handle(FromWorker(identity, msg), time.monotonic()))
+
+    # -- control operations --
+
+    def _on_control(self, identity: bytes, msg: Control) -> None:
+        handler = self._control.get(msg.op)
+        if handler is None:
+            self._reply_error(identity, msg.request_id, DlhubHpcError(
+                f"unknown operation {msg.op!r}; known: {sorted(self._control)}"))
+            return
+        try:
+            result = handler(msg.args)
+        except DlhubHpcError as exc:
+            self._reply_error(identity, msg.request_id, exc)
+            return
+        except Exception as exc:
+            logger.exception("control operation %s failed", msg.op)
+            self._reply_error(identity, msg.request_id, DlhubHpcError(
+                f"{msg.op} failed inside the hub: {type(exc).__name__}: {exc}"))
+            return
+        if isinstance(result, Future):
+            def done(fut: Future[Any], rid: str = msg.request_id) -> None:
+                self._finished.put((identity, rid, fut))
+                self._wake()
+            result.add_done_callback(done)
+        else:
+            self._send(self._clients, identity, Reply(msg.request_id, True, result, None))
+
+    def _on_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while not self._finished.empty():
+            identity, rid, fut = self._finished.get()
+            exc = fut.exception()
+            if exc is None:
+                self._send(self._clients, identity, Reply(rid, True, fut.result(), None))
+            elif isinstance(exc, DlhubHpcError):
+                self._reply_error(identity, rid, exc)
+            else:
+                self._reply_error(identity, rid, DlhubHpcError(f"{type(exc).__name__}: {exc}"))
+
+    def _reply_error(self, identity: bytes, request_id: str, exc: DlhubHpcError) -> None:
+        self._send(self._clients, identity, Reply(request_id, False, None, exc.to_wire()))
+
+    # -- actions --
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, ToClient):
+                self._send(self._clients, action.identity, action.message)
+            elif isinstance(action, ToWorker):
+                self._send(self._workers, action.identity, action.message)
+            elif isinstance(action, LoadServable):
+                self._assign(action)
+
+    def _assign(self, action: LoadServable) -> None:
+        info = action.servable
+        try:
+            spec, bundle = self._servables(info.name, info.version)
+        except DlhubHpcError as exc:
+            logger.error("cannot send %s@%s to a worker: %s", info.name, info.version, exc)
+            self._send(self._workers, action.identity, Shutdown(str(exc)))
+            return
+        msg = Assign(info.name, info.version, info.digest, spec, bundle)
+        self._send(self._workers, action.identity, msg)
+
+    def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message) -> None:
+        assert sock is not None
+        try:
+            frames = encode(msg)
+        except DlhubHpcError as exc:  # a value the wire cannot carry
+            if not isinstance(msg, Reply):
+                raise
+            frames = encode(Reply(msg.request_id, False, None, exc.to_wire()))
+        sock.send_multipart([identity, *frames], copy=False)
+
+    def _drain_shutdown(self, poller: zmq.Poller) -> None:
+        """Tell workers to exit and fail what is left, then wait briefly for their goodbyes."""
+        self._apply(self.state.shutdown(self._stop_reason))
+        deadline = time.monotonic() + 2.0
+        while self.state.snapshot()["workers"] and time.monotonic() < deadline:
+            ready = dict(poller.poll(50))
+            if self._workers in ready:
+                self._drain(self._workers, self._on_bye_only)
+
+    def _on_bye_only(self, frames: list[Any]) -> None:
+        decoded = self._decode(frames)
+        if decoded is not None and isinstance(decoded[1], Bye):
+            self._apply(self.state.handle(FromWorker(*decoded), time.monotonic()))

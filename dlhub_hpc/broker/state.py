@@ -1,0 +1,548 @@
+"""The broker's decisions, as a pure state machine: ``handle(event, now) -> actions``.
+
+No sockets, no clocks, no files: the ZMQ shell (``server.py``) feeds events in and carries
+actions out, and tests drive this class directly. It owns the queues per (servable,
+version, method), the worker table, batching, heartbeats, retries and deadlines.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.errors import (
+    DlhubHpcError,
+    MethodNotFound,
+    Overloaded,
+    ProtocolError,
+    ServableLoadError,
+    Timeout,
+    WorkerLost,
+)
+from dlhub_hpc.protocol import (
+    Batch,
+    BatchResult,
+    Bye,
+    Heartbeat,
+    Hello,
+    LoadFailed,
+    Message,
+    Ready,
+    Reply,
+    Request,
+    Shutdown,
+)
+from dlhub_hpc.registry.store import ServableRecord
+from dlhub_hpc.servable.types import ArgType, check_value
+
+logger = logging.getLogger(__name__)
+
+ServableKey = tuple[str, int]  # (name, version)
+
+
+@dataclass(frozen=True)
+class ServableInfo:
+    """What the broker needs to know of one servable version."""
+
+    name: str
+    version: int
+    digest: str
+    inputs: dict[str, ArgType]
+    max_batch_size: int = 1
+
+    @classmethod
+    def from_record(cls, record: ServableRecord) -> ServableInfo:
+        block = record.spec.servable
+        return cls(
+            name=record.name,
+            version=record.version,
+            digest=record.digest,
+            inputs={name: m.input for name, m in block.methods.items()},
+            max_batch_size=block.max_batch_size,
+        )
+
+    @property
+    def key(self) -> ServableKey:
+        return (self.name, self.version)
+
+    @property
+    def default_method(self) -> str:
+        """The method a request naming none gets: ``run`` if there is one, else the first."""
+        return "run" if "run" in self.inputs else next(iter(self.inputs))
+
+
+Resolver = Callable[[str, "int | None"], ServableInfo]
+
+
+# ---- events ---------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class FromClient:
+    identity: bytes
+    message: Message
+
+
+@dataclass(slots=True)
+class FromWorker:
+    identity: bytes
+    message: Message
+
+
+@dataclass(slots=True)
+class Tick:
+    """Time passed: expire deadlines, send heartbeats, find silent workers."""
+
+
+Event = FromClient | FromWorker | Tick
+
+
+# ---- actions --------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ToClient:
+    identity: bytes
+    message: Reply
+
+
+@dataclass(slots=True)
+class ToWorker:
+    identity: bytes
+    message: Message
+
+
+@dataclass(slots=True)
+class LoadServable:
+    """Send the worker its servable (the shell reads the bundle from the registry)."""
+
+    identity: bytes
+    servable: ServableInfo
+
+
+Action = ToClient | ToWorker | LoadServable
+
+
+# ---- state ----------------------------------------------------------------------------
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    client: bytes
+    request_id: str
+    servable: ServableKey
+    method: str
+    payload: Any
+    deadline: float | None
+    seq: int
+    attempts: int = 0
+    queued: bool = True
+    done: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class RequestQueue:
+    items: deque[Pending] = field(default_factory=deque)
+    live: int = 0  # items not yet answered; done ones are dropped lazily
+
+
+@dataclass(slots=True, eq=False)
+class WorkerInfo:
+    identity: bytes
+    worker_id: str
+    servable: ServableKey
+    host: str
+    pid: int
+    block: str | None
+    last_seen: float
+    state: str = "loading"  # loading -> idle <-> busy
+    batch_id: int | None = None
+    batches: int = 0
+    items: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class InFlight:
+    worker: bytes
+    items: list[Pending]
+
+
+def _error_reply(p: Pending, error: DlhubHpcError) -> ToClient:
+    return ToClient(p.client, Reply(p.request_id, False, None, error.to_wire()))
+
+
+class BrokerState:
+    """Queues, workers and in-flight batches of one hub."""
+
+    def __init__(self, resolver: Resolver, config: HubConfig | None = None) -> None:
+        self.config = config or HubConfig()
+        self._resolver = resolver
+        self._servables: dict[tuple[str, int | None], ServableInfo] = {}
+        self._queues: dict[ServableKey, dict[str, RequestQueue]] = {}
+        self._workers: dict[bytes, WorkerInfo] = {}
+        self._idle: dict[ServableKey, dict[bytes, None]] = {}  # ordered sets, oldest first
+        self._batches: dict[int, InFlight] = {}
+        self._deadlines: list[tuple[float, int, Pending]] = []
+        self._next_batch_id = 0
+        self._seq = 0
+        self._next_heartbeat = 0.0
+        self.stats: Counter[str] = Counter()
+        self._worker_handlers: dict[type[Message], Callable[..., None]] = {
+            Hello: self._on_hello,
+            Ready: self._on_ready,
+            LoadFailed: self._on_load_failed,
+            BatchResult: self._on_batch_result,
+            Heartbeat: self._on_heartbeat,
+            Bye: self._on_bye,
+        }
+
+    # -- entry points --
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        out: list[Action] = []
+        if isinstance(event, FromClient):
+            if isinstance(event.message, Request):
+                self._on_request(event.identity, event.message, now, out)
+            else:
+                self.stats["unexpected_messages"] += 1
+        elif isinstance(event, FromWorker):
+            handler = self._worker_handlers.get(type(event.message))
+            if handler is None:
+                self.stats["unexpected_messages"] += 1
+            else:
+                handler(event.identity, event.message, now, out)
+        else:
+            self._on_tick(now, out)
+        return out
+
+    def next_wakeup(self, now: float) -> float:
+        """Seconds until a Tick is next needed."""
+        due = self._next_heartbeat
+        if self._deadlines:
+            due = min(due, self._deadlines[0][0])
+        return max(0.0, due - now)
+
+    def invalidate(self, name: str) -> None:
+        """Forget cached lookups of ``name`` (a new version was published)."""
+        for key in [k for k in self._servables if k[0] == name]:
+            del self._servables[key]
+
+    def shutdown(self, reason: str) -> list[Action]:
+        """Tell every worker to exit and fail everything not yet answered."""
+        out: list[Action] = [ToWorker(i, Shutdown(reason)) for i in self._workers]
+        error = WorkerLost(f"the hub is shutting down: {reason}")
+        unanswered = [p for qs in self._queues.values() for q in qs.values() for p in q.items]
+        unanswered += [p for flight in self._batches.values() for p in flight.items]
+        for p in unanswered:
+            if not p.done:
+                p.done = True
+                out.append(_error_reply(p, error))
+        return out
+
+    # -- clients --
+
+    def _resolve(self, name: str, version: int | None) -> ServableInfo:
+        info = self._servables.get((name, version))
+        if info is None:
+            info = self._resolver(name, version)
+            self._servables[(name, version)] = info
+        return info
+
+    def _on_request(self, client: bytes, req: Request, now: float, out: list[Action]) -> None:
+        self.stats["requests"] += 1
+        try:
+            info = self._resolve(req.servable, req.version)
+            if not req.method:
+                req.method = info.default_method
+            declared = info.inputs.get(req.method)
+            if declared is None:
+                raise MethodNotFound(
+                    f"{info.name}@{info.version} has no method {req.method!r}; "
+                    f"it has {sorted(info.inputs)}",
+                    servable=info.name, method=req.method, methods=sorted(info.inputs),
+                )
+            payload = check_value(declared, req.payload)
+        except DlhubHpcError as exc:
+            self.stats["rejected"] += 1
+            out.append(ToClient(client, Reply(req.request_id, False, None, exc.to_wire())))
+            return
+        queue = self._queues.setdefault(info.key, {}).setdefault(req.method, RequestQueue())
+        if queue.live >= self.config.max_queue_length:
+            self.stats["overloaded"] += 1
+            error = Overloaded(
+                f"{info.name}@{info.version}.{req.method} has {queue.live} requests queued "
+                f"(the bound is {self.config.max_queue_length}); retry later or start more "
+                "workers",
+                servable=info.name, queued=queue.live,
+            )
+            out.append(ToClient(client, Reply(req.request_id, False, None, error.to_wire())))
+            return
+        timeout = req.timeout if req.timeout is not None else self.config.default_timeout
+        self._seq += 1
+        pending = Pending(
+            client, req.request_id, info.key, req.method, payload,
+            None if timeout is None else now + timeout, self._seq,
+        )
+        queue.items.append(pending)
+        queue.live += 1
+        if pending.deadline is not None:
+            heapq.heappush(self._deadlines, (pending.deadline, pending.seq, pending))
+        self._dispatch(info, out)
+
+    # -- dispatch --
+
+    def _dispatch(self, info: ServableInfo, out: list[Action]) -> None:
+        idle = self._idle.get(info.key)
+        queues = self._queues.get(info.key)
+        while idle and queues:
+            queue, method = self._oldest_queue(queues)
+            if queue is None:
+                return
+            items = self._take(queue, info.max_batch_size)
+            if not items:
+                queue.live = 0  # only answered requests were left
+                continue
+            identity = next(iter(idle))
+            del idle[identity]
+            worker = self._workers[identity]
+            self._next_batch_id += 1
+            batch_id = self._next_batch_id
+            self._batches[batch_id] = InFlight(identity, items)
+            worker.state, worker.batch_id = "busy", batch_id
+            self.stats["batches"] += 1
+            out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items])))
+
+    @staticmethod
+    def _oldest_queue(queues: dict[str, RequestQueue]) -> tuple[RequestQueue | None, str]:
+        if len(queues) == 1:  # the common case: one method
+            method, queue = next(iter(queues.items()))
+            return (queue, method) if queue.live else (None, "")
+        best: tuple[RequestQueue | None, str] = (None, "")
+        best_seq = 0
+        for method, queue in queues.items():
+            while queue.items and queue.items[0].done:
+                queue.items.popleft()
+            if queue.items and (best[0] is None or queue.items[0].seq < best_seq):
+                best, best_seq = (queue, method), queue.items[0].seq
+        return best
+
+    @staticmethod
+    def _take(queue: RequestQueue, n: int) -> list[Pending]:
+        items: list[Pending] = []
+        while queue.items and len(items) < n:
+            p = queue.items.popleft()
+            if p.done:
+                continue
+            p.queued = False
+            queue.live -= 1
+            items.append(p)
+        return items
+
+    def _requeue_front(self, p: Pending) -> None:
+        queue = self._queues[p.servable][p.method]
+        p.queued = True
+        queue.items.appendleft(p)
+        queue.live += 1
+
+    # -- workers --
+
+    def _on_hello(self, identity: bytes, msg: Hello, now: float, out: list[Action]) -> None:
+        try:
+            info = self._resolve(msg.servable, msg.version)
+        except DlhubHpcError as exc:
+            out.append(ToWorker(identity, Shutdown(f"cannot serve {msg.servable}: {exc}")))
+            return
+        if identity in self._workers:
+            self._lose_worker(identity, "it registered again", out)
+        self._workers[identity] = WorkerInfo(
+            identity, msg.worker_id, info.key, msg.host, msg.pid, msg.block, now
+        )
+        self.stats["workers_registered"] += 1
+        out.append(LoadServable(identity, info))
+
+    def _known(self, identity: bytes, out: list[Action], now: float) -> WorkerInfo | None:
+        worker = self._workers.get(identity)
+        if worker is None:
+            # A worker this hub declared lost (or never met): its work went elsewhere.
+            self.stats["unknown_worker_messages"] += 1
+            out.append(ToWorker(identity, Shutdown("this hub does not know you; start afresh")))
+            return None
+        worker.last_seen = now
+        return worker
+
+    def _on_ready(self, identity: bytes, msg: Ready, now: float, out: list[Action]) -> None:
+        worker = self._known(identity, out, now)
+        if worker is None:
+            return
+        worker.state = "idle"
+        self._idle.setdefault(worker.servable, {})[identity] = None
+        self._dispatch(self._resolve(*worker.servable), out)
+
+    def _on_load_failed(
+        self, identity: bytes, msg: LoadFailed, now: float, out: list[Action]
+    ) -> None:
+        worker = self._workers.pop(identity, None)
+        if worker is None:
+            return
+        self.stats["load_failures"] += 1
+        logger.warning("worker %s could not load %s: %s", worker.worker_id, worker.servable,
+                       msg.error.get("message"))
+        if self._live_workers(worker.servable):
+            return
+        name, version = worker.servable
+        error = ServableLoadError(
+            f"{name}@{version} could not be loaded by its worker: {msg.error.get('message')}",
+            servable=name, version=version,
+        )
+        for queue in self._queues.get(worker.servable, {}).values():
+            while queue.items:
+                p = queue.items.popleft()
+                if not p.done:
+                    p.done = True
+                    out.append(_error_reply(p, error))
+            queue.live = 0
+
+    def _on_batch_result(
+        self, identity: bytes, msg: BatchResult, now: float, out: list[Action]
+    ) -> None:
+        worker = self._known(identity, out, now)
+        if worker is None:
+            return
+        flight = self._batches.get(msg.batch_id)
+        if flight is None or flight.worker != identity:
+            self.stats["stale_results"] += 1
+            return
+        del self._batches[msg.batch_id]
+        if len(msg.results) != len(flight.items):
+            bad: DlhubHpcError | None = ProtocolError(
+                f"worker returned {len(msg.results)} results for {len(flight.items)} inputs"
+            )
+        else:
+            bad = None
+        for i, p in enumerate(flight.items):
+            if p.done:
+                continue
+            p.done = True
+            result = None if bad else msg.results[i]
+            if isinstance(result, list) and len(result) == 2 and result[0] is True:
+                self.stats["replies_ok"] += 1
+                out.append(ToClient(p.client, Reply(p.request_id, True, result[1], None)))
+            elif isinstance(result, list) and len(result) == 2 and isinstance(result[1], dict):
+                self.stats["replies_error"] += 1
+                out.append(ToClient(p.client, Reply(p.request_id, False, None, result[1])))
+            else:
+                self.stats["replies_error"] += 1
+                out.append(_error_reply(p, bad or ProtocolError("malformed result from worker")))
+        worker.state, worker.batch_id = "idle", None
+        worker.batches += 1
+        worker.items += len(flight.items)
+        self._idle.setdefault(worker.servable, {})[identity] = None
+        self._dispatch(self._resolve(*worker.servable), out)
+
+    def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float, out: list[Action]) -> None:
+        # Heartbeats come from a worker's own heartbeat socket; the sender names the worker.
+        worker = self._workers.get(msg.sender.encode())
+        if worker is not None:
+            worker.last_seen = now
+
+    def _on_bye(self, identity: bytes, msg: Bye, now: float, out: list[Action]) -> None:
+        if identity in self._workers:
+            self._lose_worker(identity, f"it exited ({msg.reason})", out)
+
+    def _live_workers(self, servable: ServableKey, excluding: bytes = b"") -> int:
+        return sum(
+            1 for w in self._workers.values() if w.servable == servable and w.identity != excluding
+        )
+
+    def _lose_worker(self, identity: bytes, why: str, out: list[Action]) -> None:
+        worker = self._workers.pop(identity)
+        self._idle.get(worker.servable, {}).pop(identity, None)
+        self.stats["workers_lost"] += 1
+        logger.warning("worker %s (%s@%s) lost: %s", worker.worker_id, *worker.servable, why)
+        flight = self._batches.pop(worker.batch_id, None) if worker.batch_id else None
+        if flight is None:
+            return
+        others = self._live_workers(worker.servable)
+        name, version = worker.servable
+        for p in reversed(flight.items):  # reversed + appendleft keeps the original order
+            if p.done:
+                continue
+            p.attempts += 1
+            if p.attempts > self.config.max_retries or not others:
+                p.done = True
+                self.stats["worker_lost_errors"] += 1
+                out.append(_error_reply(p, WorkerLost(
+                    f"the worker running {name}@{version}.{p.method} died ({why}) and "
+                    + ("no other worker serves it" if not others else
+                       f"the request had already been tried {p.attempts} times"),
+                    servable=name, version=version, worker=worker.worker_id,
+                )))
+            else:
+                self.stats["retries"] += 1
+                self._requeue_front(p)
+        self._dispatch(self._resolve(name, version), out)
+
+    # -- time --
+
+    def _on_tick(self, now: float, out: list[Action]) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, p = heapq.heappop(self._deadlines)
+            if p.done:
+                continue
+            p.done = True
+            if p.queued:
+                self._queues[p.servable][p.method].live -= 1
+            self.stats["timeouts"] += 1
+            out.append(_error_reply(p, self._timeout_error(p)))
+        if len(self._deadlines) > 1024 and len(self._deadlines) > 4 * self._pending_count():
+            self._deadlines = [d for d in self._deadlines if not d[2].done]
+            heapq.heapify(self._deadlines)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.heartbeat_interval
+            silent = [
+                i for i, w in self._workers.items()
+                if now - w.last_seen > self.config.heartbeat_timeout
+            ]
+            for identity in silent:
+                self._lose_worker(
+                    identity, f"no heartbeat for {self.config.heartbeat_timeout}s", out
+                )
+            out.extend(ToWorker(i, Heartbeat("hub")) for i in self._workers)
+
+    def _pending_count(self) -> int:
+        queued = sum(q.live for qs in self._queues.values() for q in qs.values())
+        return queued + sum(len(f.items) for f in self._batches.values())
+
+    def _timeout_error(self, p: Pending) -> Timeout:
+        name, version = p.servable
+        if not self._live_workers(p.servable):
+            hint = (f"no worker serves {name}@{version}; start one with "
+                    f"'dlhub-hpc workers start --servable {name}'")
+        else:
+            hint = "the servable's workers are busy; start more workers or raise the timeout"
+        return Timeout(f"{name}@{version}.{p.method} did not answer in time: {hint}",
+                       servable=name, version=version)
+
+    # -- status --
+
+    def snapshot(self) -> dict[str, Any]:
+        """Queues, workers and counters, as plain data (for ``dlhub-hpc status``)."""
+        servables: dict[str, dict[str, Any]] = {}
+        for (name, version), queues in self._queues.items():
+            entry = servables.setdefault(f"{name}@{version}", {"queued": 0, "in_flight": 0})
+            entry["queued"] += sum(q.live for q in queues.values())
+        for flight in self._batches.values():
+            name, version = self._workers[flight.worker].servable
+            entry = servables.setdefault(f"{name}@{version}", {"queued": 0, "in_flight": 0})
+            entry["in_flight"] += sum(1 for p in flight.items if not p.done)
+        workers = [
+            {
+                "worker_id": w.worker_id, "servable": f"{w.servable[0]}@{w.servable[1]}",
+                "state": w.state, "host": w.host, "pid": w.pid, "block": w.block,
+                "batches": w.batches, "items": w.items,
+            }
+            for w in self._workers.values()
+        ]
+        return {"servables": servables, "workers": workers, "stats": dict(self.stats)}

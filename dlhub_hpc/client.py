@@ -1,0 +1,290 @@
+"""The caller's side: ``Client().run(servable, inputs)`` and friends.
+
+One background thread owns the client's DEALER socket and its poll loop; any thread may
+call ``submit``, which hands the request over through a queue and a wake-up pipe and gets
+a ``concurrent.futures.Future`` back. No socket is made until the first call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from dlhub_hpc.broker.config import default_home
+from dlhub_hpc.errors import DlhubHpcError, HubUnavailable, ProtocolError, error_from_wire
+from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, Control, Reply, Request, decode, encode
+from dlhub_hpc.servable.bundle import make_bundle
+from dlhub_hpc.servable.spec import parse_ref
+
+logger = logging.getLogger(__name__)
+
+_GRACE = 5.0  # seconds past a request's own timeout before the client gives up on the hub
+
+
+class UseClientDefault:
+    """The type of ``USE_CLIENT_DEFAULT``: take the client's own setting (as httpx does)."""
+
+    def __repr__(self) -> str:
+        return "USE_CLIENT_DEFAULT"
+
+
+USE_CLIENT_DEFAULT = UseClientDefault()
+
+
+def find_hub_address(home: Path | None = None) -> str:
+    """``$DLHUB_HPC_HUB``, else the address a running hub wrote in its home, else the default."""
+    env = os.environ.get("DLHUB_HPC_HUB")
+    if env:
+        return env
+    from dlhub_hpc.hub import read_hub_file  # the hub module is heavier; only needed here
+
+    state = read_hub_file(home or default_home())
+    if state and state.get("client_address"):
+        return str(state["client_address"])
+    return f"tcp://127.0.0.1:{DEFAULT_CLIENT_PORT}"
+
+
+class Client:
+    """Talks to one hub. Thread-safe; use as a context manager or call ``close()``."""
+
+    def __init__(self, address: str | None = None, *, timeout: float | None = 60.0) -> None:
+        self._address = address
+        self.timeout = timeout
+        self._outbox: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+        self._futures: dict[str, Future[Any]] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._wake_r = self._wake_w = -1
+
+    @property
+    def address(self) -> str:
+        if self._address is None:
+            self._address = find_hub_address()
+        return self._address
+
+    def __repr__(self) -> str:
+        return f"Client(address={self._address!r}, timeout={self.timeout!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- serving --
+
+    def submit(
+        self,
+        servable: str,
+        inputs: Any,
+        *,
+        method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+    ) -> Future[Any]:
+        """Send one request; the future holds the output or a ``DlhubHpcError``.
+
+        ``servable`` is ``owner/name`` or ``owner/name@version``; ``method`` defaults to the
+        servable's ``run`` (or its first method); ``timeout`` defaults to the client's.
+        """
+        name, version = parse_ref(servable)
+        seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
+        request_id = self._new_id()
+        msg = Request(request_id, name, version, method, inputs, seconds)
+        return self._send(request_id, msg, seconds)
+
+    def run(
+        self,
+        servable: str,
+        inputs: Any,
+        *,
+        method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+    ) -> Any:
+        """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``)."""
+        return self.submit(servable, inputs, method=method, timeout=timeout).result()
+
+    # -- administration --
+
+    def control(self, op: str, timeout: float = 30.0, **args: Any) -> Any:
+        request_id = self._new_id()
+        return self._send(request_id, Control(request_id, op, args), timeout).result()
+
+    def publish(self, directory: str | Path) -> dict[str, Any]:
+        """Publish a servable directory; returns its name, version and digest."""
+        bundle = make_bundle(Path(directory))
+        result: dict[str, Any] = self.control("publish", bundle=bundle.data)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.control("status")
+        return result
+
+    def start_workers(self, servable: str, workers: int = 1) -> dict[str, Any]:
+        result: dict[str, Any] = self.control(
+            "start_workers", timeout=120.0, servable=servable, workers=workers)
+        return result
+
+    def stop_workers(
+        self, servable: str | None = None, blocks: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.control(
+            "stop_workers", timeout=120.0, servable=servable, blocks=blocks)
+        return result
+
+    def shutdown_hub(self) -> None:
+        self.control("shutdown")
+
+    def wait_for_workers(self, servable: str, count: int = 1, timeout: float = 60.0) -> None:
+        """Block until ``count`` workers of ``servable`` are loaded and serving."""
+        name, _ = parse_ref(servable)
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = [
+                w for w in self.status()["workers"]
+                if w["servable"].split("@")[0] == name and w["state"] != "loading"
+            ]
+            if len(workers) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise HubUnavailable(
+                    f"{len(workers)} of {count} workers for {servable} are ready after "
+                    f"{timeout}s; see 'dlhub-hpc status' and the pilot logs",
+                    servable=servable,
+                )
+            time.sleep(0.1)
+
+    # -- plumbing --
+
+    def _new_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    def _send(self, request_id: str, msg: Any, timeout: float | None) -> Future[Any]:
+        frames = encode(msg)  # fails here, in the caller's thread, for values that cannot travel
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        with self._lock:
+            if self._closing.is_set():
+                raise DlhubHpcError("the client is closed")
+            self._ensure_thread()
+            self._futures[request_id] = future
+        self._outbox.put([request_id, timeout, frames])
+        os.write(self._wake_w, b"x")
+        return future
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            ready = threading.Event()
+            self._thread = threading.Thread(
+                target=self._loop, args=(ready,), name="dlhub-client", daemon=True
+            )
+            self._thread.start()
+            ready.wait()
+
+    def _loop(self, ready: threading.Event) -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(self.address)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        ready.set()
+        try:
+            while not self._closing.is_set():
+                wait_ms = 1000.0
+                if self._expiry:
+                    wait_ms = max(0.0, (self._expiry[0][0] - time.monotonic()) * 1000)
+                events = dict(poller.poll(wait_ms))
+                if self._wake_r in events:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    self._flush_outbox(sock)
+                if sock in events:
+                    self._drain_replies(sock)
+                self._expire()
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+            self._fail_all(DlhubHpcError("the client was closed"))
+
+    def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:
+        now = time.monotonic()
+        while not self._outbox.empty():
+            request_id, timeout, frames = self._outbox.get()
+            if timeout is not None:
+                heapq.heappush(self._expiry, (now + timeout + _GRACE, request_id))
+            sock.send_multipart(frames, copy=False)
+
+    def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                reply = decode(frames)
+            except ProtocolError as exc:
+                logger.warning("dropped a malformed reply: %s", exc)
+                continue
+            if not isinstance(reply, Reply):
+                continue
+            with self._lock:
+                future = self._futures.pop(reply.request_id, None)
+            if future is None:
+                continue  # answered already (expired here) or not ours
+            if reply.ok:
+                future.set_result(reply.value)
+            else:
+                future.set_exception(error_from_wire(reply.error or {}))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, request_id = heapq.heappop(self._expiry)
+            with self._lock:
+                future = self._futures.pop(request_id, None)
+            if future is not None:
+                future.set_exception(HubUnavailable(
+                    f"no reply from the hub at {self.address}; is it running? "
+                    "Start one with 'dlhub-hpc hub start'",
+                    address=self.address,
+                ))
+
+    def _fail_all(self, error: DlhubHpcError) -> None:
+        with self._lock:
+            futures, self._futures = self._futures, {}
+        for future in futures.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def close(self) -> None:
+        """Stop the client's thread; requests still open fail."""
+        with self._lock:
+            self._closing.set()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            os.write(self._wake_w, b"x")
+            thread.join(timeout=5)
+            os.close(self._wake_r)
+            os.close(self._wake_w)

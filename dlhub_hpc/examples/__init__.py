@@ -1,0 +1,34 @@
+"""Example servables: ``add`` and ``noop`` (Python functions) and ``iris`` (scikit-learn)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = Path(__file__).parent
+
+
+def example_dir(name: str) -> Path:
+    """The directory of a ready-to-publish example (``add``, ``noop``)."""
+    path = EXAMPLES / name
+    if not (path / "servable.yaml").is_file():
+        raise FileNotFoundError(f"no example servable named {name!r} in {EXAMPLES}")
+    return path
+
+
+def prepare_iris(dest: Path) -> Path:
+    """Copy the iris example to ``dest`` and train its model there (a pickled forest)."""
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+
+    dest = Path(dest)
+    shutil.copytree(EXAMPLES / "iris", dest, dirs_exist_ok=True)
+    x, y = load_iris(return_X_y=True)
+    model = RandomForestClassifier(n_estimators=20, random_state=0).fit(x, y)
+    with (dest / "model.pkl").open("wb") as fh:
+        pickle.dump(model, fh)
+    return dest

@@ -1,0 +1,228 @@
+"""The hub process: the broker, the registry and the pilot manager, put together.
+
+``Hub(config).start()`` runs the broker loop in a thread and returns once it listens;
+``serve_forever()`` does the same in the foreground until SIGINT or SIGTERM. A running hub
+writes ``hub.json`` in its home so that clients and the CLI find it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from parsl.providers.base import ExecutionProvider
+
+from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.server import BrokerServer, ControlHandler
+from dlhub_hpc.broker.state import BrokerState, ServableInfo
+from dlhub_hpc.errors import ConfigError, DlhubHpcError, PilotError
+from dlhub_hpc.pilot.local import local_provider
+from dlhub_hpc.pilot.manager import PilotManager
+from dlhub_hpc.registry.store import Registry
+from dlhub_hpc.servable.bundle import read_bundle
+from dlhub_hpc.servable.spec import parse_ref
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "hub.json"
+
+
+def read_hub_file(home: Path) -> dict[str, Any] | None:
+    """What a running hub wrote about itself in ``home``, or None."""
+    try:
+        data: dict[str, Any] = json.loads((home / STATE_FILE).read_text())
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+class Hub:
+    """One hub: serves clients and workers until stopped."""
+
+    def __init__(
+        self, config: HubConfig | None = None, provider: ExecutionProvider | None = None
+    ) -> None:
+        self.config = config or HubConfig()
+        self._provider = provider
+        self.registry = Registry(self.config.home)
+        self.state = BrokerState(self._resolve, self.config)
+        self.server = BrokerServer(self.state, self.config, self._servable_files, self._ops())
+        self.pilot: PilotManager | None = None
+        self._thread: threading.Thread | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-pilot")
+        self._started_at = 0.0
+        self._stopped = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Hub({self.config!r})"
+
+    @property
+    def client_address(self) -> str:
+        return self.server.client_endpoint
+
+    @property
+    def worker_address(self) -> str:
+        return self.server.worker_endpoint
+
+    # -- lifecycle --
+
+    def start(self, timeout: float = 10.0) -> Hub:
+        """Start the broker loop in a thread; return once it listens."""
+        self.config.home.mkdir(parents=True, exist_ok=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.server.run()
+            except BaseException as exc:
+                errors.append(exc)
+                logger.exception("the hub's loop failed")
+            finally:
+                self._stopped.set()
+
+        self._thread = threading.Thread(target=run, name="hub-broker", daemon=True)
+        self._thread.start()
+        if not self.server.wait_bound(timeout):
+            self._thread.join(timeout=1)
+            if errors and isinstance(errors[0], DlhubHpcError):
+                raise errors[0]
+            raise ConfigError(f"the hub did not start listening within {timeout}s: {errors}")
+        self._started_at = time.time()
+        self.pilot = PilotManager(
+            self._provider or local_provider(),
+            self.worker_address,
+            self.config.home / "pilot",
+            heartbeat_interval=self.config.heartbeat_interval,
+            hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
+        )
+        self._write_state_file()
+        return self
+
+    def serve_forever(self) -> None:
+        """Run in the foreground until SIGINT/SIGTERM or a ``shutdown`` request."""
+        self.start()
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.server.stop(f"signal {signal.Signals(signum).name}")
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+        while not self._stopped.wait(0.5):
+            pass
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop workers and pilot blocks, the loop, and the registry; idempotent."""
+        self.server.stop("the hub was stopped")
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.pilot is not None:
+            try:
+                self.pilot.stop()
+            except Exception:
+                logger.exception("could not cancel every pilot block")
+        self._executor.shutdown(wait=True)
+        self.registry.close()
+        state = read_hub_file(self.config.home)
+        if state is not None and state.get("pid") == os.getpid():
+            (self.config.home / STATE_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> Hub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _write_state_file(self) -> None:
+        data = {
+            "client_address": self.client_address,
+            "worker_address": self.worker_address,
+            "pid": os.getpid(),
+            "started_at": self._started_at,
+        }
+        tmp = self.config.home / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.config.home / STATE_FILE)
+
+    # -- what the broker asks of the registry --
+
+    def _resolve(self, name: str, version: int | None) -> ServableInfo:
+        return ServableInfo.from_record(self.registry.get(name, version))
+
+    def _servable_files(self, name: str, version: int) -> tuple[dict[str, Any], bytes]:
+        record = self.registry.get(name, version)
+        return record.spec.model_dump(mode="json"), self.registry.bundle_bytes(record.digest)
+
+    # -- control operations (run in the broker's thread; slow ones return futures) --
+
+    def _ops(self) -> dict[str, ControlHandler]:
+        return {
+            "publish": self._op_publish,
+            "status": self._op_status,
+            "start_workers": self._op_start_workers,
+            "stop_workers": self._op_stop_workers,
+            "shutdown": self._op_shutdown,
+        }
+
+    def _op_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        bundle = read_bundle(bytes(args["bundle"]))
+        record = self.registry.publish(bundle)
+        self.state.invalidate(record.name)
+        return {"name": record.name, "version": record.version, "digest": record.digest}
+
+    def _op_status(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
+        snapshot = self.state.snapshot()
+        records = self.registry.list()
+
+        def finish() -> dict[str, Any]:
+            blocks = [b.to_dict() for b in self.pilot.blocks()] if self.pilot else []
+            return {
+                "hub": {
+                    "client_address": self.client_address,
+                    "worker_address": self.worker_address,
+                    "uptime": time.time() - self._started_at,
+                    "pid": os.getpid(),
+                },
+                "published": [
+                    {"name": r.name, "version": r.version, "digest": r.digest,
+                     "type": r.spec.servable.type, "methods": sorted(r.spec.servable.methods),
+                     "title": r.spec.datacite.title}
+                    for r in records
+                ],
+                "blocks": blocks,
+                **snapshot,
+            }
+
+        return self._executor.submit(finish)
+
+    def _pilot(self) -> PilotManager:
+        if self.pilot is None:
+            raise PilotError("the hub has not started its pilot manager yet")
+        return self.pilot
+
+    def _op_start_workers(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
+        ref = str(args.get("servable", ""))
+        name, version = parse_ref(ref)
+        self.registry.get(name, version)  # fail now, with the published versions, if unknown
+        count = int(args.get("workers", 1))
+        return self._executor.submit(lambda: self._pilot().start_workers(ref, count).to_dict())
+
+    def _op_stop_workers(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
+        blocks = args.get("blocks")
+        servable = args.get("servable")
+        return self._executor.submit(
+            lambda: [b.to_dict() for b in self._pilot().stop(blocks, servable)]
+        )
+
+    def _op_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
+        # Reply first: the loop sends this reply, then notices the stop on its next turn.
+        threading.Timer(0.05, self.server.stop, args=("shutdown requested",)).start()
+        return {"stopping": True}

@@ -1,0 +1,294 @@
+"""The wire format between clients, the hub and workers.
+
+A message is one msgpack header frame ``[PROTOCOL_VERSION, tag, *fields]`` followed by
+zero or more raw buffer frames. numpy arrays anywhere in a message travel as raw frames:
+the header holds only an ext record ``(dtype, shape, frame index)``, so a large array is
+never copied through Python objects on either side (it is sent from, and decoded as a
+view of, the frame's memory). Messages are small dataclasses dispatched by tag.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from enum import IntEnum
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+import numpy as np
+
+from dlhub_hpc.errors import InvalidInput, ProtocolError
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+NDARRAY_EXT = 1
+
+DEFAULT_CLIENT_PORT = 47650
+DEFAULT_WORKER_PORT = 47651
+
+
+class Tag(IntEnum):
+    REQUEST = 1
+    REPLY = 2
+    CONTROL = 3
+    HELLO = 4
+    ASSIGN = 5
+    READY = 6
+    LOAD_FAILED = 7
+    BATCH = 8
+    BATCH_RESULT = 9
+    HEARTBEAT = 10
+    SHUTDOWN = 11
+    BYE = 12
+
+
+_NONE = type(None)
+_NUM = (int, float)
+
+
+class Message:
+    """Base of all messages: ``TAG`` picks the class, ``TYPES`` checks each field."""
+
+    TAG: ClassVar[Tag]
+    TYPES: ClassVar[tuple[Any, ...]]
+    FIELDS: ClassVar[tuple[str, ...]]
+
+
+_BY_TAG: dict[int, type[Message]] = {}
+M = TypeVar("M", bound=type[Message])
+
+
+def _message(cls: M) -> M:
+    cls.FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    if len(cls.FIELDS) != len(cls.TYPES):
+        raise TypeError(f"{cls.__name__}: TYPES does not match its fields")
+    _BY_TAG[cls.TAG] = cls
+    return cls
+
+
+@_message
+@dataclass(slots=True)
+class Request(Message):
+    """Client -> hub: run ``method`` of ``servable`` (at ``version``; None is the latest)."""
+
+    TAG = Tag.REQUEST
+    TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE))
+    request_id: str
+    servable: str
+    version: int | None
+    method: str
+    payload: Any
+    timeout: float | None = None
+
+
+@_message
+@dataclass(slots=True)
+class Reply(Message):
+    """Hub -> client: the value, or an error record (``DlhubHpcError.to_wire``)."""
+
+    TAG = Tag.REPLY
+    TYPES = (str, bool, object, (dict, _NONE))
+    request_id: str
+    ok: bool
+    value: Any = None
+    error: dict[str, Any] | None = None
+
+
+@_message
+@dataclass(slots=True)
+class Control(Message):
+    """Client -> hub: an administrative operation (publish, status, workers, shutdown)."""
+
+    TAG = Tag.CONTROL
+    TYPES = (str, str, dict)
+    request_id: str
+    op: str
+    args: dict[str, Any]
+
+
+@_message
+@dataclass(slots=True)
+class Hello(Message):
+    """Worker -> hub: a new worker that wants to serve ``servable``."""
+
+    TAG = Tag.HELLO
+    TYPES = (str, str, (int, _NONE), str, int, (str, _NONE))
+    worker_id: str
+    servable: str
+    version: int | None
+    host: str
+    pid: int
+    block: str | None = None
+
+
+@_message
+@dataclass(slots=True)
+class Assign(Message):
+    """Hub -> worker: the servable to load, with its spec and bundle (a tar archive)."""
+
+    TAG = Tag.ASSIGN
+    TYPES = (str, int, str, dict, bytes)
+    servable: str
+    version: int
+    digest: str
+    spec: dict[str, Any]
+    bundle: bytes
+
+
+@_message
+@dataclass(slots=True)
+class Ready(Message):
+    """Worker -> hub: the servable is loaded; send batches."""
+
+    TAG = Tag.READY
+    TYPES = (str,)
+    worker_id: str
+
+
+@_message
+@dataclass(slots=True)
+class LoadFailed(Message):
+    """Worker -> hub: the servable could not be loaded; the worker exits."""
+
+    TAG = Tag.LOAD_FAILED
+    TYPES = (str, dict)
+    worker_id: str
+    error: dict[str, Any]
+
+
+@_message
+@dataclass(slots=True)
+class Batch(Message):
+    """Hub -> worker: run ``method`` on each payload."""
+
+    TAG = Tag.BATCH
+    TYPES = (int, str, list)
+    batch_id: int
+    method: str
+    payloads: list[Any]
+
+
+@_message
+@dataclass(slots=True)
+class BatchResult(Message):
+    """Worker -> hub: one ``[ok, value or error record]`` per payload, in order."""
+
+    TAG = Tag.BATCH_RESULT
+    TYPES = (int, list)
+    batch_id: int
+    results: list[Any]
+
+
+@_message
+@dataclass(slots=True)
+class Heartbeat(Message):
+    """Either way: the sender is alive."""
+
+    TAG = Tag.HEARTBEAT
+    TYPES = (str,)
+    sender: str
+
+
+@_message
+@dataclass(slots=True)
+class Shutdown(Message):
+    """Hub -> worker: finish and exit."""
+
+    TAG = Tag.SHUTDOWN
+    TYPES = (str,)
+    reason: str
+
+
+@_message
+@dataclass(slots=True)
+class Bye(Message):
+    """Worker -> hub: the worker is exiting; anything it held must be retried."""
+
+    TAG = Tag.BYE
+    TYPES = (str, str)
+    worker_id: str
+    reason: str
+
+
+def _pack_default(buffers: list[Any]) -> Any:
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.hasobject:
+                raise InvalidInput(
+                    "numpy arrays of dtype object cannot be sent; convert to a numeric dtype "
+                    "or to a list",
+                    dtype=str(obj.dtype),
+                )
+            arr = np.ascontiguousarray(obj)  # a no-op (no copy) for C-ordered arrays
+            buffers.append(arr.data if arr.ndim else arr.reshape(1).data)
+            meta = msgpack.packb([arr.dtype.str, list(arr.shape), len(buffers)])
+            return msgpack.ExtType(NDARRAY_EXT, meta)
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, tuple | set | frozenset):
+            return list(obj)
+        raise InvalidInput(
+            f"values of type {type(obj).__name__} cannot be sent; use numbers, strings, bytes, "
+            "lists, dicts or numpy arrays",
+            type=type(obj).__name__,
+        )
+
+    return default
+
+
+def encode(msg: Message) -> list[Any]:
+    """Encode ``msg`` as frames: a msgpack header, then one raw frame per numpy array."""
+    buffers: list[Any] = []
+    values = [PROTOCOL_VERSION, int(msg.TAG)]
+    values.extend(getattr(msg, name) for name in msg.FIELDS)
+    header = msgpack.packb(values, default=_pack_default(buffers), use_bin_type=True)
+    return [header, *buffers]
+
+
+def _as_buffer(frame: Any) -> Any:
+    # zmq.Frame exposes its memory as .buffer; bytes and memoryview are used as they are.
+    return getattr(frame, "buffer", frame)
+
+
+def _ext_hook(frames: Sequence[Any]) -> Any:
+    def hook(code: int, data: bytes) -> Any:
+        if code != NDARRAY_EXT:
+            raise ProtocolError(f"unknown msgpack extension code {code}")
+        dtype, shape, index = msgpack.unpackb(data)
+        arr = np.frombuffer(_as_buffer(frames[index]), dtype=np.dtype(dtype))
+        return arr.reshape(shape)
+
+    return hook
+
+
+def decode(frames: Sequence[Any]) -> Message:
+    """Decode frames made by :func:`encode`; anything malformed raises ``ProtocolError``."""
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        values = msgpack.unpackb(
+            _as_buffer(frames[0]), ext_hook=_ext_hook(frames), raw=False, strict_map_key=False
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"undecodable header frame: {exc}") from exc
+    if not isinstance(values, list) or len(values) < 2:
+        raise ProtocolError("header frame is not a [version, tag, ...] array")
+    version, tag, *body = values
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version!r} is not {PROTOCOL_VERSION}; upgrade the older side",
+            version=version,
+        )
+    cls = _BY_TAG.get(tag) if isinstance(tag, int) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message tag {tag!r}")
+    if len(body) != len(cls.FIELDS):
+        raise ProtocolError(f"{cls.__name__} has {len(cls.FIELDS)} fields, got {len(body)}")
+    for name, value, expected in zip(cls.FIELDS, body, cls.TYPES, strict=True):
+        if expected is not object and not isinstance(value, expected):
+            raise ProtocolError(f"{cls.__name__}.{name} has type {type(value).__name__}")
+    return cls(*body)

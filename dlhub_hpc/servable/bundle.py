@@ -1,0 +1,102 @@
+"""Bundles: a servable directory packed as a deterministic tar archive with a sha256 digest.
+
+The same files always give the same bytes (sorted names, zeroed times and owners), so the
+digest identifies the content: publishing an unchanged directory twice is a no-op, and a
+worker caches unpacked bundles by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dlhub_hpc.errors import SpecError
+from dlhub_hpc.servable.spec import SPEC_FILENAMES, ServableSpec, find_spec_file
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    spec: ServableSpec
+    data: bytes
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def _bundle_files(directory: Path, spec: ServableSpec, spec_file: Path) -> list[Path]:
+    if spec.dlhub.files:
+        wanted = [directory / f for f in spec.dlhub.files]
+        missing = [str(p.relative_to(directory)) for p in wanted if not p.is_file()]
+        if missing:
+            raise SpecError(f"files listed in {spec_file.name} are missing: {missing}")
+        files = set(wanted)
+    else:
+        files = {
+            p for p in directory.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+        }
+    files.add(spec_file)
+    return sorted(files)
+
+
+def make_bundle(directory: Path) -> Bundle:
+    """Pack a servable directory (its spec file and the files it names, or all files)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SpecError(f"{directory} is not a directory")
+    spec_file = find_spec_file(directory)
+    spec = ServableSpec.from_file(spec_file)
+    if spec.servable.model and not (directory / spec.servable.model).is_file():
+        raise SpecError(f"model file {spec.servable.model!r} is not in {directory}")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in _bundle_files(directory, spec, spec_file):
+            info = tarfile.TarInfo(str(path.relative_to(directory)))
+            info.size = path.stat().st_size
+            info.mode = 0o644
+            with path.open("rb") as fh:
+                tar.addfile(info, fh)
+    return Bundle(spec=spec, data=buf.getvalue())
+
+
+def unpack_bundle(data: bytes, dest: Path) -> None:
+    """Unpack bundle bytes into ``dest``, refusing links and paths outside it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        for member in tar.getmembers():
+            target = (dest / member.name).resolve()
+            if not member.isfile() or not target.is_relative_to(dest.resolve()):
+                raise SpecError(f"bundle member {member.name!r} is not a plain file inside it")
+        tar.extractall(dest, filter="data")
+
+
+def read_bundle(data: bytes) -> Bundle:
+    """Check bundle bytes sent for publication: a spec file, and the files it names."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            names = set(tar.getnames())
+            spec_name = next((n for n in SPEC_FILENAMES if n in names), None)
+            if spec_name is None:
+                raise SpecError(f"the bundle has no spec file (one of {SPEC_FILENAMES})")
+            member = tar.extractfile(spec_name)
+            assert member is not None
+            text = member.read().decode()
+    except tarfile.TarError as exc:
+        raise SpecError(f"the bundle is not a tar archive: {exc}") from exc
+    raw = json.loads(text) if spec_name.endswith(".json") else yaml.safe_load(text)
+    spec = ServableSpec.from_data(raw, spec_name)
+    wanted = set(spec.dlhub.files) | ({spec.servable.model} if spec.servable.model else set())
+    missing = sorted(wanted - names)
+    if missing:
+        raise SpecError(f"the bundle lacks files its spec names: {missing}")
+    return Bundle(spec=spec, data=data)
