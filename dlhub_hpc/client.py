@@ -211,9 +211,9 @@ class Client:
         ready.set()
         try:
             while not self._closing.is_set():
-                wait_ms = 1000.0
+                wait_ms = 1000
                 if self._expiry:
-                    wait_ms = max(0.0, (self._expiry[0][0] - time.monotonic()) * 1000)
+                    wait_ms = max(0, int((self._expiry[0][0] - time.monotonic()) * 1000))
                 events = dict(poller.poll(wait_ms))
                 if self._wake_r in events:
                     with contextlib.suppress(BlockingIOError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -110,7 +111,7 @@ class BrokerServer:
         self._bound.set()
         try:
             while not self._stopping.is_set():
-                timeout_ms = self.state.next_wakeup(time.monotonic()) * 1000
+                timeout_ms = math.ceil(self.state.next_wakeup(time.monotonic()) * 1000)
                 ready = dict(poller.poll(timeout_ms))
                 if clients in ready:
                     self._drain(clients, self._on_client_frames)
@@ -262,6 +263,7 @@ class BrokerServer:
     def _drain_shutdown(self, poller: zmq.Poller) -> None:
         """Tell workers to exit and fail what is left, then wait briefly for their goodbyes."""
         self._apply(self.state.shutdown(self._stop_reason))
+        assert self._workers is not None
         deadline = time.monotonic() + 2.0
         while self.state.snapshot()["workers"] and time.monotonic() < deadline:
             ready = dict(poller.poll(50))

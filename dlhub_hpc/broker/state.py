@@ -449,18 +449,21 @@ class BrokerState:
 
     def _on_bye(self, identity: bytes, msg: Bye, now: float, out: list[Action]) -> None:
         if identity in self._workers:
-            self._lose_worker(identity, f"it exited ({msg.reason})", out)
+            self._lose_worker(identity, f"it exited ({msg.reason})", out, graceful=True)
 
     def _live_workers(self, servable: ServableKey, excluding: bytes = b"") -> int:
         return sum(
             1 for w in self._workers.values() if w.servable == servable and w.identity != excluding
         )
 
-    def _lose_worker(self, identity: bytes, why: str, out: list[Action]) -> None:
+    def _lose_worker(
+        self, identity: bytes, why: str, out: list[Action], *, graceful: bool = False
+    ) -> None:
         worker = self._workers.pop(identity)
         self._idle.get(worker.servable, {}).pop(identity, None)
-        self.stats["workers_lost"] += 1
-        logger.warning("worker %s (%s@%s) lost: %s", worker.worker_id, *worker.servable, why)
+        self.stats["workers_exited" if graceful else "workers_lost"] += 1
+        logger.log(logging.INFO if graceful else logging.WARNING, "worker %s (%s@%s) gone: %s",
+                   worker.worker_id, *worker.servable, why)
         flight = self._batches.pop(worker.batch_id, None) if worker.batch_id else None
         if flight is None:
             return

@@ -78,7 +78,7 @@ def _import_function(ref: str, root: Path) -> Callable[[Any], Any]:
         raise ServableLoadError(f"cannot import {ref} from the bundle: {exc}") from exc
     if not callable(func):
         raise ServableLoadError(f"{ref} is not callable")
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 class PythonFunctionShim(Shim):

@@ -136,7 +136,7 @@ class Worker:
         return status
 
     def _loop(self, sock: zmq.Socket[bytes]) -> int:
-        poll_ms = min(self.opts.heartbeat_interval, 0.25) * 1000
+        poll_ms = int(min(self.opts.heartbeat_interval, 0.25) * 1000)
         while not self._stop.is_set():
             if not sock.poll(poll_ms, zmq.POLLIN):
                 if time.monotonic() - self._last_heard > self.opts.hub_timeout:

@@ -1,0 +1,5 @@
+"""``python -m dlhub_hpc.cli``"""
+
+from dlhub_hpc.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""What every command group shares: the console, the client, error output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, NoReturn
+
+import click
+import numpy as np
+from rich.console import Console
+
+from dlhub_hpc.client import Client
+from dlhub_hpc.errors import DlhubHpcError
+
+logger = logging.getLogger(__name__)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def client_from(ctx: click.Context, timeout: float | None = 60.0) -> Client:
+    return Client(ctx.obj.get("hub") if ctx.obj else None, timeout=timeout)
+
+
+def fail(exc: DlhubHpcError) -> NoReturn:
+    err_console.print(f"[bold red]error[/] {type(exc).__name__}: {exc.message}")
+    sys.exit(1)
+
+
+def to_json(value: Any) -> str:
+    """JSON for a servable output: numpy arrays and scalars become lists and numbers."""
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, bytes):
+            return obj.decode("utf-8", errors="replace")
+        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+    return json.dumps(value, default=default)

@@ -1,0 +1,101 @@
+"""``dlhub-hpc hub start|stop``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from dlhub_hpc.broker.config import HubConfig, default_home
+from dlhub_hpc.cli.common import console
+from dlhub_hpc.client import Client
+from dlhub_hpc.errors import ConfigError, DlhubHpcError
+from dlhub_hpc.hub import Hub, read_hub_file
+
+logger = logging.getLogger(__name__)
+
+
+@click.group()
+def hub() -> None:
+    """Run the hub (broker + registry + pilot manager)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@hub.command("start")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Registry and state directory (default $DLHUB_HPC_HOME or ~/.dlhub-hpc).")
+@click.option("--client-address", default=None, help="Where clients connect (tcp://HOST:PORT).")
+@click.option("--worker-address", default=None, help="Where workers connect (tcp://HOST:PORT).")
+@click.option("--background", is_flag=True, help="Detach; return once the hub listens.")
+def start(home: Path | None, client_address: str | None, worker_address: str | None,
+          background: bool) -> None:
+    """Start a hub on this machine (loopback only, unless told otherwise)."""
+    settings: dict[str, object] = {"home": home or default_home()}
+    if client_address:
+        settings["client_address"] = client_address
+    if worker_address:
+        settings["worker_address"] = worker_address
+    config = HubConfig.model_validate(settings)
+    existing = read_hub_file(config.home)
+    if existing and _pid_alive(int(existing.get("pid", 0))):
+        raise ConfigError(
+            f"a hub (pid {existing['pid']}) already runs from {config.home} at "
+            f"{existing['client_address']}; stop it with 'dlhub-hpc hub stop'"
+        )
+    if background:
+        _start_background(config, client_address, worker_address)
+        return
+    Hub(config).serve_forever()
+
+
+def _start_background(config: HubConfig, client_address: str | None,
+                      worker_address: str | None) -> None:
+    config.home.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "dlhub_hpc.cli", "hub", "start", "--home", str(config.home)]
+    if client_address:
+        args += ["--client-address", client_address]
+    if worker_address:
+        args += ["--worker-address", worker_address]
+    log = (config.home / "hub.log").open("ab")
+    proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 30
+    with console.status("starting the hub"):
+        while time.monotonic() < deadline:
+            state = read_hub_file(config.home)
+            if state and state.get("pid") == proc.pid:
+                console.print(f"hub running (pid {proc.pid}): clients {state['client_address']}, "
+                              f"workers {state['worker_address']}; log {config.home / 'hub.log'}")
+                return
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    raise DlhubHpcError(f"the hub did not start; see {config.home / 'hub.log'}")
+
+
+@hub.command("stop")
+@click.pass_context
+def stop(ctx: click.Context) -> None:
+    """Stop the running hub, its workers and pilot blocks."""
+    state = read_hub_file(default_home())
+    with Client(ctx.obj.get("hub") if ctx.obj else None, timeout=10.0) as client:
+        client.shutdown_hub()
+    if state:
+        deadline = time.monotonic() + 30
+        while _pid_alive(int(state["pid"])) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    console.print("hub stopped")

@@ -1,0 +1,109 @@
+"""``dlhub-hpc publish``, ``run`` and ``status``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from dlhub_hpc.cli.common import client_from, console, to_json
+from dlhub_hpc.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+def publish(ctx: click.Context, directory: Path) -> None:
+    """Publish the servable in DIRECTORY (its servable.yaml and files) to the hub."""
+    with client_from(ctx) as client:
+        record = client.publish(directory)
+    console.print(f"published [bold]{record['name']}@{record['version']}[/] "
+                  f"(sha256 {record['digest'][:12]})")
+
+
+def _read_input(text: str) -> Any:
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"INPUT is not JSON ({exc}); quote it, e.g. '[1, 2, 3]', or pass @file.json or -"
+        ) from None
+
+
+@click.command()
+@click.argument("servable")
+@click.argument("input_text", metavar="INPUT")
+@click.option("-m", "--method", default="", help="Method to call (default: run, or the first).")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+@click.pass_context
+def run(ctx: click.Context, servable: str, input_text: str, method: str, timeout: float) -> None:
+    """Run SERVABLE (owner/name[@version]) on INPUT (JSON, @file.json, or - for stdin)."""
+    inputs = _read_input(input_text)
+    with client_from(ctx, timeout=timeout) as client:
+        result = client.run(servable, inputs, method=method)
+    click.echo(to_json(result))
+
+
+def _published_table(status: dict[str, Any]) -> Table:
+    table = Table(title="Servables")
+    numeric = ("queued", "in flight", "workers")
+    for col in ("servable", "type", "methods", *numeric, "title"):
+        table.add_column(col, justify="right" if col in numeric else "left")
+    live = status["servables"]
+    for rec in status["published"]:
+        ref = f"{rec['name']}@{rec['version']}"
+        q = live.get(ref, {"queued": 0, "in_flight": 0})
+        n = sum(1 for w in status["workers"] if w["servable"] == ref)
+        table.add_row(ref, rec["type"], ", ".join(rec["methods"]), str(q["queued"]),
+                      str(q["in_flight"]), str(n), rec["title"])
+    return table
+
+
+def _workers_table(status: dict[str, Any]) -> Table:
+    table = Table(title="Workers")
+    for col in ("worker", "servable", "state", "host", "pid", "block", "batches", "items"):
+        table.add_column(col)
+    for w in status["workers"]:
+        table.add_row(w["worker_id"], w["servable"], w["state"], w["host"], str(w["pid"]),
+                      w["block"] or "-", str(w["batches"]), str(w["items"]))
+    return table
+
+
+def _blocks_table(status: dict[str, Any]) -> Table:
+    table = Table(title="Pilot blocks")
+    for col in ("block", "job", "servable", "workers", "state"):
+        table.add_column(col)
+    for b in status["blocks"]:
+        table.add_row(b["block_id"], b["job_id"], b["servable"], str(b["workers"]), b["state"])
+    return table
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the hub: servables, queues, workers, pilot blocks and counters."""
+    with client_from(ctx, timeout=10.0) as client:
+        data = client.status()
+    if as_json:
+        click.echo(to_json(data))
+        return
+    hub = data["hub"]
+    console.print(f"hub pid {hub['pid']} up {hub['uptime']:.0f}s; clients "
+                  f"{hub['client_address']}, workers {hub['worker_address']}")
+    console.print(_published_table(data))
+    console.print(_workers_table(data))
+    console.print(_blocks_table(data))
+    stats = ", ".join(f"{k} {v}" for k, v in sorted(data["stats"].items()))
+    console.print(f"counters: {stats or 'none yet'}")

@@ -1,0 +1,71 @@
+"""Factory fixtures: real hubs, real worker processes through Parsl, always shut down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from dlhub_hpc import Client, Hub, HubConfig
+
+SERVABLES = Path(__file__).parent / "servables"
+
+FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.6}
+
+
+def worker_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "dlhub_hpc.worker" in cmd and proc.pid != psutil.Process().pid:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
+    """Start hubs on loopback with random ports and tiny heartbeats; stop them afterwards."""
+    hubs: list[Hub] = []
+
+    def make(**overrides: Any) -> Hub:
+        settings: dict[str, Any] = {
+            "home": tmp_path / f"hub{len(hubs)}",
+            "client_address": "tcp://127.0.0.1:0",
+            "worker_address": "tcp://127.0.0.1:0",
+            **FAST,
+            **overrides,
+        }
+        hub = Hub(HubConfig(**settings)).start()
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.stop()
+
+
+@pytest.fixture
+def hub(make_hub: Callable[..., Hub]) -> Hub:
+    return make_hub()
+
+
+@pytest.fixture
+def client(hub: Hub) -> Iterator[Client]:
+    with Client(hub.client_address, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def serve(client: Client) -> Callable[..., str]:
+    """Publish a servable directory and start ``n`` warm workers for it; returns its name."""
+
+    def start(directory: Path, n: int = 1) -> str:
+        name = str(client.publish(directory)["name"])
+        client.start_workers(name, n)
+        client.wait_for_workers(name, n, timeout=60)
+        return name
+
+    return start

@@ -1,0 +1,90 @@
+"""Faults: killed workers, malformed frames, deadlines, full queues."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+import zmq
+
+from dlhub_hpc import Client, Hub, Overloaded, Timeout, WorkerLost
+
+from .conftest import SERVABLES
+
+
+def _busy_worker_pid(client: Client) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        busy = [w for w in client.status()["workers"] if w["state"] == "busy"]
+        if busy:
+            return int(busy[0]["pid"])
+        time.sleep(0.02)
+    raise AssertionError("no worker picked up the request")
+
+
+def test_killed_worker_request_is_retried_on_another(
+    client: Client, serve: Callable[..., str]
+) -> None:
+    serve(SERVABLES / "sleepy", n=2)
+    future = client.submit("test/sleepy", 1.0)
+    victim = _busy_worker_pid(client)
+    os.kill(victim, signal.SIGKILL)
+    result = future.result(timeout=20)
+    assert result["slept"] == 1.0
+    assert result["pid"] != victim, "the retry ran on the other worker"
+    stats = client.status()["stats"]
+    assert stats["retries"] == 1
+    assert stats["workers_lost"] == 1
+
+
+def test_killed_only_worker_gives_worker_lost(client: Client, serve: Callable[..., str]) -> None:
+    serve(SERVABLES / "sleepy", n=1)
+    future = client.submit("test/sleepy", 5.0)
+    os.kill(_busy_worker_pid(client), signal.SIGKILL)
+    with pytest.raises(WorkerLost, match=r"test/sleepy@1\.run died .* no other worker serves it"):
+        future.result(timeout=20)
+
+
+def test_malformed_frames_are_dropped_and_counted(
+    hub: Hub, client: Client, serve: Callable[..., str]
+) -> None:
+    serve(SERVABLES / "flaky")
+    ctx = zmq.Context.instance()
+    for address in (hub.client_address, hub.worker_address):
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(address)
+        sock.send_multipart([b"\xc1 not msgpack"])
+        sock.send_multipart([b"\x93\x63\x01\xc0"])  # [99, 1, nil]: wrong protocol version
+        sock.send(b"")
+        time.sleep(0.2)
+        sock.close(linger=0)
+    assert client.status()["stats"]["malformed_frames"] == 6
+    assert client.run("test/flaky", 4) == 8
+
+
+def test_deadline_gives_timeout(client: Client, serve: Callable[..., str]) -> None:
+    serve(SERVABLES / "sleepy")
+    with pytest.raises(Timeout, match=r"test/sleepy@1\.run did not answer in time"):
+        client.run("test/sleepy", 3.0, timeout=0.3)
+    assert client.run("test/sleepy", 0.0)["slept"] == 0.0
+
+
+def test_request_with_no_worker_times_out_with_a_hint(client: Client) -> None:
+    client.publish(SERVABLES / "flaky")
+    with pytest.raises(Timeout, match="no worker serves test/flaky@1; start one with"):
+        client.run("test/flaky", 1, timeout=0.3)
+
+
+def test_full_queue_is_overloaded_at_once(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub(max_queue_length=2)
+    with Client(hub.client_address) as client:
+        client.publish(SERVABLES / "flaky")
+        queued = [client.submit("test/flaky", i, timeout=5) for i in range(2)]
+        started = time.monotonic()
+        with pytest.raises(Overloaded, match="2 requests queued"):
+            client.run("test/flaky", 3)
+        assert time.monotonic() - started < 1.0
+        assert not any(f.done() for f in queued)
