@@ -165,7 +165,8 @@ def _quiet_child() -> None:
 def floor_encode(value: Any) -> list[Any]:
     """bytes -> one msgpack frame; an ndarray -> a msgpack header and its raw buffer."""
     if isinstance(value, np.ndarray):
-        return [msgpack.packb([value.dtype.str, list(value.shape)]), memoryview(value)]
+        value = np.ascontiguousarray(value)
+        return [msgpack.packb([value.dtype.str, list(value.shape)]), value.data]
     return [msgpack.packb(value, use_bin_type=True)]
 
 
@@ -405,9 +406,9 @@ def print_table(rows: list[Row], ratios: dict[str, float | None], small: str) ->
 
     table = Table(title=f"Round-trip latency, sequential requests ({os.cpu_count()} cores)")
     for name in ("path", "payload", "n"):
-        table.add_column(name, justify="right" if name == "n" else "left")
+        table.add_column(name, justify="right" if name == "n" else "left", no_wrap=True)
     for name in ("p50 ms", "p99 ms", "mean ms", "p50 / floor"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for r in rows:
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
         table.add_row(r.path, r.payload, str(r.n), f"{r.p50:.3f}", f"{r.p99:.3f}",
@@ -415,9 +416,9 @@ def print_table(rows: list[Row], ratios: dict[str, float | None], small: str) ->
     console = Console()
     console.print(table)
     hub, htex = ratios["hub_p50_over_floor_p50"], ratios["htex_p50_over_hub_p50"]
-    console.print(f"[{small}] hub p50 / floor p50 = {_fmt(hub)} (target <= {HUB_TARGET}) "
+    console.print(f"hub p50 / floor p50 = {_fmt(hub)} at {small} (target <= {HUB_TARGET}) "
                   f"{_verdict(hub, lambda v: v <= HUB_TARGET)}")
-    console.print(f"[{small}] HTEX p50 / hub p50 = {_fmt(htex)} (target >= {HTEX_TARGET}) "
+    console.print(f"HTEX p50 / hub p50 = {_fmt(htex)} at {small} (target >= {HTEX_TARGET}) "
                   f"{_verdict(htex, lambda v: v >= HTEX_TARGET)}")
 
 

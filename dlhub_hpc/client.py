@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from dlhub_hpc.broker.config import default_home
+from dlhub_hpc.broker.config import default_home, read_hub_file
 from dlhub_hpc.errors import DlhubHpcError, HubUnavailable, ProtocolError, error_from_wire
 from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, Control, Reply, Request, decode, encode
 from dlhub_hpc.servable.bundle import make_bundle
@@ -48,8 +48,6 @@ def find_hub_address(home: Path | None = None) -> str:
     env = os.environ.get("DLHUB_HPC_HUB")
     if env:
         return env
-    from dlhub_hpc.hub import read_hub_file  # the hub module is heavier; only needed here
-
     state = read_hub_file(home or default_home())
     if state and state.get("client_address"):
         return str(state["client_address"])

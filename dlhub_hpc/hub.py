@@ -14,13 +14,12 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from parsl.providers.base import ExecutionProvider
 
-from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.config import STATE_FILE, HubConfig, read_hub_file
 from dlhub_hpc.broker.server import BrokerServer, ControlHandler
 from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, PilotError
@@ -31,18 +30,6 @@ from dlhub_hpc.servable.bundle import read_bundle
 from dlhub_hpc.servable.spec import parse_ref
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "hub.json"
-
-
-def read_hub_file(home: Path) -> dict[str, Any] | None:
-    """What a running hub wrote about itself in ``home``, or None."""
-    try:
-        data: dict[str, Any] = json.loads((home / STATE_FILE).read_text())
-        return data
-    except (OSError, ValueError):
-        return None
-
 
 class Hub:
     """One hub: serves clients and workers until stopped."""

@@ -9,7 +9,9 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """Each test gets its own DLHUB_HPC_HOME, so no test sees a hub or registry of another."""
     home = tmp_path_factory.mktemp("dlhub-home")
     monkeypatch.setenv("DLHUB_HPC_HOME", str(home))

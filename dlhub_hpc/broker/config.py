@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, DEFAULT_WORKER_PORT
 
 logger = logging.getLogger(__name__)
+
+
+STATE_FILE = "hub.json"
+
+
+def read_hub_file(home: Path) -> dict[str, Any] | None:
+    """What a running hub wrote about itself in ``home`` (addresses, pid), or None."""
+    try:
+        data: dict[str, Any] = json.loads((home / STATE_FILE).read_text())
+        return data
+    except (OSError, ValueError):
+        return None
 
 
 def default_home() -> Path:

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import click
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import DlhubHpcError
@@ -25,7 +26,7 @@ def client_from(ctx: click.Context, timeout: float | None = 60.0) -> Client:
 
 
 def fail(exc: DlhubHpcError) -> NoReturn:
-    err_console.print(f"[bold red]error[/] {type(exc).__name__}: {exc.message}")
+    err_console.print(f"[bold red]error[/] {type(exc).__name__}: {escape(exc.message)}")
     sys.exit(1)
 
 

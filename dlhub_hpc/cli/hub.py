@@ -11,11 +11,10 @@ from pathlib import Path
 
 import click
 
-from dlhub_hpc.broker.config import HubConfig, default_home
+from dlhub_hpc.broker.config import HubConfig, default_home, read_hub_file
 from dlhub_hpc.cli.common import console
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
-from dlhub_hpc.hub import Hub, read_hub_file
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +58,8 @@ def start(home: Path | None, client_address: str | None, worker_address: str | N
     if background:
         _start_background(config, client_address, worker_address)
         return
+    from dlhub_hpc.hub import Hub  # Parsl is imported only by the process that runs the hub
+
     Hub(config).serve_forever()
 
 

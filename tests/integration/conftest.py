@@ -16,11 +16,13 @@ SERVABLES = Path(__file__).parent / "servables"
 FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.6}
 
 
-def worker_processes() -> list[psutil.Process]:
+def worker_processes(hub_address: str) -> list[psutil.Process]:
+    """Live worker processes started for the hub listening for workers at ``hub_address``."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "status"]):
         cmd = proc.info["cmdline"] or []
-        if "dlhub_hpc.worker" in cmd and proc.pid != psutil.Process().pid:
+        alive = proc.info["status"] != psutil.STATUS_ZOMBIE
+        if alive and "dlhub_hpc.worker" in cmd and hub_address in cmd:
             found.append(proc)
     return found
 
