@@ -215,15 +215,15 @@ class Bye(Message):
 def _pack_default(buffers: list[Any]) -> Any:
     def default(obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
-            if obj.dtype.hasobject:
+            if obj.dtype.hasobject or obj.dtype.names is not None or obj.dtype.kind == "V":
                 raise InvalidInput(
-                    "numpy arrays of dtype object cannot be sent; convert to a numeric dtype "
-                    "or to a list",
+                    f"numpy arrays of dtype {obj.dtype} cannot be sent; convert to a numeric, "
+                    "bool, string or datetime dtype, or to a list",
                     dtype=str(obj.dtype),
                 )
             arr = np.ascontiguousarray(obj)  # a no-op (no copy) for C-ordered arrays
-            buffers.append(arr.data if arr.ndim else arr.reshape(1).data)
-            meta = msgpack.packb([arr.dtype.str, list(arr.shape), len(buffers)])
+            buffers.append(arr.reshape(-1).view(np.uint8).data)  # any dtype, still no copy
+            meta = msgpack.packb([obj.dtype.str, list(obj.shape), len(buffers)])
             return msgpack.ExtType(NDARRAY_EXT, meta)
         if isinstance(obj, np.generic):
             return obj.item()

@@ -505,10 +505,12 @@ class BrokerState:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             silent = [
-                i for i, w in self._workers.items()
+                w for w in self._workers.values()
                 if now - w.last_seen > self.config.heartbeat_timeout
             ]
-            for identity in silent:
+            for worker in silent:  # none of them may take the others' retries
+                self._idle.get(worker.servable, {}).pop(worker.identity, None)
+            for identity in [w.identity for w in silent]:
                 self._lose_worker(
                     identity, f"no heartbeat for {self.config.heartbeat_timeout}s", out
                 )

@@ -43,7 +43,10 @@ def _bundle_files(directory: Path, spec: ServableSpec, spec_file: Path) -> list[
     else:
         files = {
             p for p in directory.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+            if p.is_file() and not any(
+                part == "__pycache__" or part.startswith(".")
+                for part in p.relative_to(directory).parts
+            )
         }
     files.add(spec_file)
     return sorted(files)
@@ -90,10 +93,14 @@ def read_bundle(data: bytes) -> Bundle:
                 raise SpecError(f"the bundle has no spec file (one of {SPEC_FILENAMES})")
             member = tar.extractfile(spec_name)
             assert member is not None
-            text = member.read().decode()
+            blob = member.read()
     except tarfile.TarError as exc:
         raise SpecError(f"the bundle is not a tar archive: {exc}") from exc
-    raw = json.loads(text) if spec_name.endswith(".json") else yaml.safe_load(text)
+    try:
+        text = blob.decode()
+        raw = json.loads(text) if spec_name.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot read {spec_name} in the bundle: {exc}") from exc
     spec = ServableSpec.from_data(raw, spec_name)
     wanted = set(spec.dlhub.files) | ({spec.servable.model} if spec.servable.model else set())
     missing = sorted(wanted - names)

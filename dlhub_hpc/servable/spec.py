@@ -150,6 +150,6 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
         raise SpecError(f"servable reference {ref!r} should look like owner/name[@version]")
     if not version:
         return name, None
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit() and int(version) >= 1):
         raise SpecError(f"version in {ref!r} should be a positive integer")
     return name, int(version)

@@ -48,7 +48,14 @@ class ArgType(BaseModel):
             if self.type != "ndarray":
                 raise ValueError("'dtype' is only for type ndarray")
             if self.dtype not in _DTYPE_KINDS:
-                np.dtype(self.dtype)  # raises TypeError for an unknown dtype name
+                try:
+                    np.dtype(self.dtype)
+                except TypeError:
+                    families = ", ".join(_DTYPE_KINDS)
+                    raise ValueError(
+                        f"unknown dtype {self.dtype!r}; use a numpy dtype name or one of "
+                        f"{families}"
+                    ) from None
         if self.item_type is not None and self.type != "list":
             raise ValueError("'item_type' is only for type list")
         if self.element_types is not None and self.type != "tuple":
@@ -85,7 +92,7 @@ def _check_ndarray(t: ArgType, value: Any, path: str) -> Any:
         if not isinstance(value, list | tuple | int | float | bool):
             raise _fail(path, t, value)
         try:
-            value = np.asarray(value, dtype=None if t.dtype in _DTYPE_KINDS else t.dtype)
+            value = np.asarray(value)  # then the same casting rules as for arrays
         except (ValueError, TypeError) as exc:
             raise _fail(path, t, value, str(exc)) from exc
         if value.dtype.hasobject:

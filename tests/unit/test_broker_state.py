@@ -489,12 +489,6 @@ def test_servable_info_from_a_registry_record() -> None:
     assert info.default_method == "run"
 
 
-@pytest.mark.xfail(
-    reason="BUG: when several workers go silent at the same Tick, a lost worker's request "
-    "is retried on another worker that is itself about to be declared lost, which spends "
-    "the retry budget on a dead worker",
-    strict=True,
-)
 def test_workers_lost_together_do_not_spend_the_retry_on_each_other(hub: Hub) -> None:
     for wid in ("w1", "w2", "w3"):  # w1 and w2 share a node that dies; w3 lives
         hub.start(wid)

@@ -120,11 +120,6 @@ def test_arrays_keep_shape_dtype_and_values(arr: np.ndarray) -> None:
     assert np.array_equal(out, arr)
 
 
-@pytest.mark.xfail(
-    reason="BUG: np.ascontiguousarray returns at least 1-d, so encode records shape [1] "
-    "for a 0-d array and it is decoded as shape (1,)",
-    strict=True,
-)
 @pytest.mark.parametrize("arr", [np.array(3.5), np.array(7, dtype=np.uint16)],
                          ids=["float64", "uint16"])
 def test_zero_dimensional_arrays_stay_zero_dimensional(arr: np.ndarray) -> None:
@@ -175,12 +170,6 @@ def test_unsupported_values_are_refused_with_invalid_input(value: Any) -> None:
     assert info.value.details == {"type": type(value).__name__}
 
 
-@pytest.mark.xfail(
-    reason="BUG: datetime64/timedelta64 arrays cannot be exported through the buffer "
-    "protocol, so encode raises a bare ValueError (not InvalidInput) and a worker whose "
-    "output is such an array crashes instead of replying",
-    strict=True,
-)
 def test_datetime_arrays_round_trip_or_are_refused_with_invalid_input() -> None:
     arr = np.array(["2026-01-01", "2026-06-30"], dtype="datetime64[D]")
     try:
@@ -190,11 +179,6 @@ def test_datetime_arrays_round_trip_or_are_refused_with_invalid_input() -> None:
     assert out.dtype == arr.dtype and np.array_equal(out, arr)
 
 
-@pytest.mark.xfail(
-    reason="BUG: structured dtypes travel as dtype.str ('|V12'), so the field names and "
-    "types are silently lost and the receiver gets raw void records",
-    strict=True,
-)
 def test_structured_arrays_round_trip_or_are_refused_with_invalid_input() -> None:
     arr = np.array([(1.5, 2)], dtype=[("x", "<f8"), ("n", "<i4")])
     try:

@@ -124,11 +124,6 @@ def test_an_empty_spec_file_is_reported_at_the_top() -> None:
         ServableSpec.from_data(None)
 
 
-@pytest.mark.xfail(
-    reason="BUG: an unknown ndarray dtype raises TypeError inside ArgType's validator, "
-    "which pydantic passes through, so from_data raises TypeError, not SpecError",
-    strict=True,
-)
 def test_an_unknown_dtype_in_a_spec_is_a_spec_error(make_spec: MakeSpec) -> None:
     data = make_spec()
     data["servable"]["methods"]["run"]["input"] = {"type": "ndarray", "dtype": "floot"}
@@ -184,12 +179,6 @@ def test_parse_ref_rejects_malformed_references(ref: str, words: str) -> None:
         parse_ref(ref)
 
 
-@pytest.mark.xfail(
-    reason="BUG: parse_ref checks the version with str.isdigit(), which accepts '0' "
-    "(versions start at 1, and its own message says 'positive') and non-ASCII digits "
-    "such as '²', on which int() then raises a bare ValueError",
-    strict=True,
-)
 @pytest.mark.parametrize("ref", ["alice/oqmd@0", "alice/oqmd@²"])
 def test_parse_ref_rejects_versions_that_are_not_positive_integers(ref: str) -> None:
     with pytest.raises(SpecError, match="should be a positive integer"):
@@ -226,11 +215,6 @@ def test_bundles_leave_out_caches_and_dotfiles(tmp_path: Path) -> None:
     assert names == ["arith.py", "data/table.csv", "servable.yaml"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: _bundle_files skips names starting with '.' but not files inside hidden "
-    "directories, so .git/ or .venv/ contents are packed into the bundle",
-    strict=True,
-)
 def test_bundles_leave_out_hidden_directories(tmp_path: Path) -> None:
     root = copy_example("add", tmp_path)
     (root / ".git").mkdir()
@@ -279,12 +263,6 @@ def test_read_bundle_refuses_bad_bundles(data: bytes, words: str) -> None:
         read_bundle(data)
 
 
-@pytest.mark.xfail(
-    reason="BUG: read_bundle parses the spec text without catching yaml.YAMLError / "
-    "ValueError (from_file does), so a malformed spec in a published bundle raises a bare "
-    "YAML or JSON error instead of SpecError",
-    strict=True,
-)
 @pytest.mark.parametrize("name", ["servable.yaml", "servable.json"])
 def test_read_bundle_reports_an_unparsable_spec_as_spec_error(name: str) -> None:
     with pytest.raises(SpecError):

@@ -142,12 +142,6 @@ def test_an_object_payload_is_no_ndarray() -> None:
     assert "ragged or mixed" in error.message
 
 
-@pytest.mark.xfail(
-    reason="BUG: a list payload for a concrete integer dtype is converted with "
-    "np.asarray(value, dtype=...), which truncates floats silently (1.5 -> 1) instead of "
-    "rejecting them as an ndarray of float64 is rejected",
-    strict=True,
-)
 def test_a_list_of_floats_is_not_truncated_into_an_integer_array() -> None:
     ints = t(type="ndarray", dtype="int32")
     assert "cannot be cast" in rejects(ints, np.array([1.5])).message  # arrays: refused
@@ -170,12 +164,6 @@ def test_inconsistent_declarations_are_rejected(kwargs: dict[str, Any], words: s
         ArgType.model_validate(kwargs)
 
 
-@pytest.mark.xfail(
-    reason="BUG: ArgType's validator calls np.dtype(), whose TypeError pydantic does not "
-    "convert, so an unknown dtype escapes as a bare TypeError (and ServableSpec.from_data "
-    "raises TypeError instead of SpecError)",
-    strict=True,
-)
 def test_an_unknown_dtype_is_a_validation_error() -> None:
     with pytest.raises(ValidationError, match="floot"):
         ArgType(type="ndarray", dtype="floot")
