@@ -1,8 +1,14 @@
 """The caller's side: ``Client().run(servable, inputs)`` and friends.
 
-One background thread owns the client's DEALER socket and its poll loop; any thread may
-call ``submit``, which hands the request over through a queue and a wake-up pipe and gets
-a ``concurrent.futures.Future`` back. No socket is made until the first call.
+Two paths to the hub, each socket owned by one thread:
+
+- ``run`` (blocking) sends from the calling thread on that thread's own DEALER socket and
+  waits there for the reply: no hand-off between threads, the lowest latency;
+- ``submit`` (futures) hands the request to one background thread that owns a DEALER
+  socket and its poll loop, through a queue and a wake-up pipe, so any number of requests
+  can be in flight from any thread.
+
+No socket is made until the first call.
 """
 
 from __future__ import annotations
@@ -54,6 +60,49 @@ def find_hub_address(home: Path | None = None) -> str:
     return f"tcp://127.0.0.1:{DEFAULT_CLIENT_PORT}"
 
 
+class _ThreadSocket:
+    """A DEALER socket owned by one caller thread; closed in that thread when it ends."""
+
+    def __init__(self, address: str) -> None:
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+
+    def call(self, request_id: str, frames: list[Any], wait: float | None, address: str) -> Any:
+        self.sock.send_multipart(frames, copy=False)
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            left_ms = None if deadline is None else max(0, (deadline - time.monotonic()) * 1000)
+            if not self.poller.poll(left_ms if left_ms is None else int(left_ms) + 1):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise HubUnavailable(
+                        f"no reply from the hub at {address}; is it running? "
+                        "Start one with 'dlhub-hpc hub start'",
+                        address=address,
+                    )
+                continue
+            try:
+                reply = decode(self.sock.recv_multipart(copy=False))
+            except ProtocolError as exc:
+                logger.warning("dropped a malformed reply: %s", exc)
+                continue
+            if isinstance(reply, Reply) and reply.request_id == request_id:
+                if reply.ok:
+                    return reply.value
+                raise error_from_wire(reply.error or {})
+            # else: the late answer to an earlier call that gave up; drop it
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def __del__(self) -> None:
+        # Runs in the owning thread when its thread-local storage is cleared at exit.
+        if not self.sock.closed:
+            self.sock.close(linger=0)
+
+
 class Client:
     """Talks to one hub. Thread-safe; use as a context manager or call ``close()``."""
 
@@ -69,6 +118,7 @@ class Client:
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._wake_r = self._wake_w = -1
+        self._local = threading.local()
 
     @property
     def address(self) -> str:
@@ -114,8 +164,24 @@ class Client:
         method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> Any:
-        """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``)."""
-        return self.submit(servable, inputs, method=method, timeout=timeout).result()
+        """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``).
+
+        Blocks the calling thread, which talks to the hub on a socket of its own.
+        """
+        name, version = parse_ref(servable)
+        seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
+        request_id = self._new_id()
+        frames = encode(Request(request_id, name, version, method, inputs, seconds))
+        wait = None if seconds is None else seconds + _GRACE
+        return self._thread_socket().call(request_id, frames, wait, self.address)
+
+    def _thread_socket(self) -> _ThreadSocket:
+        if self._closing.is_set():
+            raise DlhubHpcError("the client is closed")
+        channel: _ThreadSocket | None = getattr(self._local, "channel", None)
+        if channel is None:
+            channel = self._local.channel = _ThreadSocket(self.address)
+        return channel
 
     # -- administration --
 
@@ -277,7 +343,14 @@ class Client:
                 future.set_exception(error)
 
     def close(self) -> None:
-        """Stop the client's thread; requests still open fail."""
+        """Stop the client's thread; requests still open fail.
+
+        The calling thread's own socket closes now; other threads' close when they end.
+        """
+        channel = getattr(self._local, "channel", None)
+        if channel is not None:
+            channel.close()
+            self._local.channel = None
         with self._lock:
             self._closing.set()
             thread, self._thread = self._thread, None
