@@ -2,34 +2,39 @@
 
     python benchmarks/latency.py [--requests N] [--sizes 8,1024,65536] [--plot out.png]
 
-Every path has the same shape: a client process -> a broker process -> a worker process
-that echoes -> back, with sequential round trips timed in the client (this process).
+Every path has the same shape: a client (this process) -> a broker process -> a worker
+process that echoes -> back, timed one request at a time in the client.
 
 * ``floor``: plain pyzmq. DEALER client -> relay process (two ROUTERs, one ``zmq.Poller``
   loop forwarding frames) -> DEALER worker that decodes and re-encodes the payload.
 * ``dlhub-hpc``: ``Client.run("demo/noop", payload)`` through a hub process
   (``Hub.serve_forever``) and one worker started by ``Client.start_workers``.
 * ``parsl-htex``: ``app(payload).result()`` on Parsl's HighThroughputExecutor
-  (interchange process + one-worker pool), small payload only.
+  (interchange process + a one-worker pool), smallest payload only.
 
-Figures go to the terminal (a rich table) and to ``benchmarks/results/latency.json``.
+The floor and the hub run side by side and are timed in alternating rounds, so that
+both see the same background load; HTEX runs afterwards, alone. Figures go to the
+terminal (a rich table) and to ``benchmarks/results/latency.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing as mp
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
@@ -43,20 +48,29 @@ import zmq
 logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.json"
-ARRAY_LABEL = "ndarray f64 1 MiB"
 ARRAY_ITEMS = 131_072  # float64 -> 1 MiB
 READY = b"READY"
 HUB_TARGET = 1.5  # hub p50 / floor p50 should be at most this
 HTEX_TARGET = 5.0  # HTEX p50 / hub p50 should be at least this
+FLOOR, HUB, HTEX = "floor", "dlhub-hpc", "parsl-htex"
 
 _CTX = mp.get_context("spawn")
 
+Runner = Callable[[Any], Any]  # one round trip: payload in, echoed payload out
 
-# ---- results --------------------------------------------------------------------------
+
+# ---- payloads and figures -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    size: int  # bytes on the wire, payload only
+    value: Any
+
 
 @dataclass
 class Row:
-    """The latency figures of one path at one payload size (milliseconds)."""
+    """The latency figures of one path at one payload (milliseconds)."""
 
     path: str
     payload: str
@@ -65,15 +79,33 @@ class Row:
     p50: float
     p99: float
     mean: float
+    round_p50s: list[float] = field(default_factory=list)
     ratio: float | None = None  # p50 / floor p50 at the same payload
     samples: list[float] = field(default_factory=list, repr=False)
 
 
-def summarize(path: str, payload: str, size: int, seconds: Sequence[float]) -> Row:
-    ms = sorted(s * 1000 for s in seconds)
+def make_cases(sizes: Sequence[int]) -> list[Case]:
+    """One bytes payload per size, then a 1 MiB float64 array."""
+    rng = np.random.default_rng(0)
+    cases = [Case(_label(size), size, rng.bytes(size)) for size in sizes]
+    array = rng.random(ARRAY_ITEMS)
+    cases.append(Case("ndarray f64 1 MiB", array.nbytes, array))
+    return cases
+
+
+def _label(size: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"bytes {size // scale} {unit}"
+    return f"bytes {size} B"
+
+
+def summarize(path: str, case: Case, rounds: Sequence[Sequence[float]]) -> Row:
+    ms = sorted(s * 1000 for chunk in rounds for s in chunk)
     p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
-    return Row(path, payload, size, len(ms), statistics.median(ms), p99,
-               statistics.fmean(ms), samples=ms)
+    return Row(path, case.label, case.size, len(ms), statistics.median(ms), p99,
+               statistics.fmean(ms), [statistics.median(c) * 1000 for c in rounds if c],
+               samples=ms)
 
 
 def time_calls(call: Callable[[], Any], n: int, warmup: int) -> list[float]:
@@ -89,47 +121,50 @@ def time_calls(call: Callable[[], Any], n: int, warmup: int) -> list[float]:
     return samples
 
 
-def payloads(sizes: Sequence[int]) -> list[tuple[str, int, Any]]:
-    """``(label, size in bytes, value)`` for each bytes size, then the 1 MiB float64 array."""
-    rng = np.random.default_rng(0)
-    out: list[tuple[str, int, Any]] = [
-        (_label(size), size, rng.bytes(size)) for size in sizes
-    ]
-    array = rng.random(ARRAY_ITEMS)
-    out.append((ARRAY_LABEL, array.nbytes, array))
-    return out
+def check_echo(path: str, run: Runner, case: Case) -> None:
+    out = run(case.value)
+    if isinstance(case.value, np.ndarray):
+        ok = isinstance(out, np.ndarray) and bool(np.array_equal(out, case.value))
+    else:
+        ok = out == case.value
+    if not ok:
+        raise RuntimeError(f"{path} did not echo the {case.label} payload")
 
 
-def _label(size: int) -> str:
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"bytes {size // scale} {unit}"
-    return f"bytes {size} B"
-
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return bool(np.array_equal(a, b))
-    return bool(a == b)
+def measure(runners: dict[str, Runner], case: Case, n: int, warmup: int,
+            rounds: int) -> list[Row]:
+    """Time every runner on ``case``: warm each up, then alternate ``rounds`` chunks of calls."""
+    calls = {name: functools.partial(run, case.value) for name, run in runners.items()}
+    for name, run in runners.items():
+        check_echo(name, run, case)
+        time_calls(calls[name], 0, warmup)
+    chunks: dict[str, list[list[float]]] = {name: [] for name in runners}
+    rewarm = min(20, warmup)  # the other path ran last: refill caches first
+    for i in range(rounds):
+        count = n // rounds + (1 if i < n % rounds else 0)
+        for name, call in calls.items():
+            chunks[name].append(time_calls(call, count, rewarm))
+    rows = [summarize(name, case, chunks[name]) for name in runners]
+    for row in rows:
+        logger.info("%-10s %-18s p50 %.3f ms", row.path, row.payload, row.p50)
+    return rows
 
 
 # ---- child processes ------------------------------------------------------------------
 
 @contextlib.contextmanager
-def child_processes() -> Iterator[list[SpawnProcess]]:
-    """Processes appended to the yielded list are stopped on exit, whatever happens."""
-    procs: list[SpawnProcess] = []
+def child_process(target: Callable[..., None], *args: Any, name: str) -> Iterator[SpawnProcess]:
+    """A spawned process, stopped on exit whatever happens."""
+    proc = _CTX.Process(target=target, args=args, name=name)
+    proc.start()
     try:
-        yield procs
+        yield proc
     finally:
-        for proc in procs:
-            stop_process(proc)
+        stop_process(proc)
 
 
 def stop_process(proc: SpawnProcess, grace: float = 10.0) -> None:
     """SIGTERM, wait ``grace`` seconds, then SIGKILL."""
-    if proc.pid is None:
-        return
     if proc.is_alive():
         proc.terminate()
         proc.join(grace)
@@ -140,14 +175,12 @@ def stop_process(proc: SpawnProcess, grace: float = 10.0) -> None:
 
 
 def reap(pids: Sequence[int], grace: float = 5.0) -> None:
-    """Make sure none of ``pids`` (and their children) is still running."""
+    """Make sure none of ``pids`` (nor their children) is still running."""
     procs: list[psutil.Process] = []
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc = psutil.Process(pid)
             procs += [proc, *proc.children(recursive=True)]
-    if not procs:
-        return
     _, alive = psutil.wait_procs(procs, timeout=grace)
     for proc in alive:
         logger.warning("process %d outlived its parent's shutdown; killing it", proc.pid)
@@ -184,7 +217,7 @@ def _router(ctx: zmq.Context[Any]) -> tuple[zmq.Socket[bytes], str]:
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def relay_main(addresses: Any, stop: MpEvent) -> None:
+def relay_main(addresses: Connection, stop: MpEvent) -> None:
     """The floor's broker: ROUTER for clients, ROUTER for the worker, one poll loop."""
     _quiet_child()
     ctx = zmq.Context()
@@ -235,52 +268,49 @@ def echo_worker_main(address: str, stop: MpEvent) -> None:
 class FloorClient:
     """A DEALER in this process, one request at a time."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, timeout: float = 30.0) -> None:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # Block in short slices: a signal that lands on another thread (Ctrl-C) is then
+        # acted on within 100 ms, and a dead relay fails the run instead of hanging it.
+        self._sock.setsockopt(zmq.RCVTIMEO, 100)
+        self._slices = max(1, int(timeout * 10))
         self._sock.connect(address)
 
     def run(self, value: Any) -> Any:
         self._sock.send_multipart(floor_encode(value), copy=False)
-        frames = self._sock.recv_multipart(copy=False)
-        return floor_decode([f.buffer for f in frames])
+        for _ in range(self._slices):
+            try:
+                frames = self._sock.recv_multipart(copy=False)
+            except zmq.Again:
+                continue
+            return floor_decode([f.buffer for f in frames])
+        raise RuntimeError("no reply from the floor relay; did its processes die?")
 
     def close(self) -> None:
         self._sock.close(0)
         self._ctx.term()
 
 
-def bench_floor(cases: list[tuple[str, int, Any]], n: int, warmup: int) -> list[Row]:
+@contextlib.contextmanager
+def floor_path() -> Iterator[Runner]:
+    """Relay and echo worker processes; yields a round trip through them."""
     stop = _CTX.Event()
-    parent, child = _CTX.Pipe()
-    with child_processes() as procs:
-        procs.append(_CTX.Process(target=relay_main, args=(child, stop), name="floor-relay"))
-        procs[-1].start()
-        if not parent.poll(30):
-            raise RuntimeError("the floor relay did not start")
-        front_addr, back_addr = parent.recv()
-        procs.append(_CTX.Process(target=echo_worker_main, args=(back_addr, stop),
-                                  name="floor-worker"))
-        procs[-1].start()
-        client = FloorClient(front_addr)
-        try:
-            rows = [_measure("floor", client.run, case, n, warmup) for case in cases]
-        finally:
-            client.close()
-            stop.set()
-    return rows
-
-
-def _measure(
-    path: str, run: Callable[[Any], Any], case: tuple[str, int, Any], n: int, warmup: int
-) -> Row:
-    label, size, value = case
-    if not same(run(value), value):
-        raise RuntimeError(f"{path} did not echo the {label} payload")
-    row = summarize(path, label, size, time_calls(lambda: run(value), n, warmup))
-    logger.info("%s %s: p50 %.3f ms", path, label, row.p50)
-    return row
+    ours, theirs = _CTX.Pipe()
+    try:
+        with child_process(relay_main, theirs, stop, name="floor-relay"):
+            if not ours.poll(30):
+                raise RuntimeError("the floor relay did not start")
+            front, back = ours.recv()
+            with child_process(echo_worker_main, back, stop, name="floor-worker"):
+                client = FloorClient(front)
+                try:
+                    yield client.run
+                finally:
+                    client.close()
+    finally:
+        stop.set()
 
 
 # ---- dlhub-hpc: hub process + one warm worker ------------------------------------------
@@ -308,27 +338,23 @@ def wait_for_hub(home: Path, proc: SpawnProcess, timeout: float = 60.0) -> str:
     raise RuntimeError(f"the hub did not write {state} within {timeout}s")
 
 
-def bench_hub(cases: list[tuple[str, int, Any]], n: int, warmup: int, home: Path) -> list[Row]:
+@contextlib.contextmanager
+def hub_path(home: Path) -> Iterator[Runner]:
+    """A hub process with ``demo/noop`` published and one warm worker; yields ``Client.run``."""
     from dlhub_hpc import Client
     from dlhub_hpc.examples import example_dir
 
     worker_pids: list[int] = []
-    with child_processes() as procs:
-        procs.append(_CTX.Process(target=hub_main, args=(str(home),), name="hub"))
-        procs[-1].start()
+    with child_process(hub_main, str(home), name="hub") as proc:
         try:
-            client = Client(wait_for_hub(home, procs[-1]))
-            try:
+            with Client(wait_for_hub(home, proc)) as client:
                 client.publish(example_dir("noop"))
                 client.start_workers("demo/noop", 1)
                 client.wait_for_workers("demo/noop", 1)
                 worker_pids = [w["pid"] for w in client.status()["workers"]]
-                run = lambda value: client.run("demo/noop", value)  # noqa: E731
-                return [_measure("dlhub-hpc", run, case, n, warmup) for case in cases]
-            finally:
-                client.close()
+                yield lambda value: client.run("demo/noop", value)
         finally:
-            stop_process(procs[-1])  # SIGTERM: the hub cancels its pilot blocks
+            stop_process(proc)  # SIGTERM: the hub cancels its pilot blocks, then exits
             reap(worker_pids)
 
 
@@ -338,7 +364,7 @@ def echo(x: Any) -> Any:
     return x
 
 
-def htex_config(run_dir: Path) -> Any:
+def htex_config(run_dir: Path, poll_period: int) -> Any:
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
@@ -347,8 +373,7 @@ def htex_config(run_dir: Path) -> Any:
         label="htex",
         address="127.0.0.1",
         max_workers_per_node=1,
-        poll_period=1,  # ms; the default is 10
-        heartbeat_period=2,
+        poll_period=poll_period,  # ms; Parsl's default is 10
         encrypted=False,  # the hub and the floor are unencrypted too
         provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
     )
@@ -356,14 +381,16 @@ def htex_config(run_dir: Path) -> Any:
                   usage_tracking=0, initialize_logging=False)
 
 
-def bench_htex(case: tuple[str, int, Any], n: int, warmup: int, run_dir: Path) -> Row:
+@contextlib.contextmanager
+def htex_path(run_dir: Path, poll_period: int) -> Iterator[Runner]:
+    """A Parsl DFK with one HTEX; yields ``echo(payload).result()``; cleans up on exit."""
     import parsl
 
     with venv_on_path():  # HTEX starts interchange.py and process_worker_pool.py by name
-        dfk = parsl.load(htex_config(run_dir))
+        dfk = parsl.load(htex_config(run_dir, poll_period))
         try:
             app = parsl.python_app(echo, executors=["htex"])
-            return _measure("parsl-htex", lambda value: app(value).result(), case, n, warmup)
+            yield lambda value: app(value).result()
         finally:
             dfk.cleanup()
             parsl.clear()
@@ -383,7 +410,7 @@ def venv_on_path() -> Iterator[None]:
 # ---- report ---------------------------------------------------------------------------
 
 def add_ratios(rows: list[Row]) -> None:
-    floor = {r.payload: r.p50 for r in rows if r.path == "floor"}
+    floor = {r.payload: r.p50 for r in rows if r.path == FLOOR}
     for row in rows:
         if row.payload in floor:
             row.ratio = row.p50 / floor[row.payload]
@@ -393,7 +420,7 @@ def headline(rows: list[Row], small: str) -> dict[str, float | None]:
     def p50(path: str) -> float | None:
         return next((r.p50 for r in rows if r.path == path and r.payload == small), None)
 
-    floor, hub, htex = p50("floor"), p50("dlhub-hpc"), p50("parsl-htex")
+    floor, hub, htex = p50(FLOOR), p50(HUB), p50(HTEX)
     return {
         "hub_p50_over_floor_p50": hub / floor if hub and floor else None,
         "htex_p50_over_hub_p50": htex / hub if htex and hub else None,
@@ -404,16 +431,17 @@ def print_table(rows: list[Row], ratios: dict[str, float | None], small: str) ->
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Round-trip latency, sequential requests ({os.cpu_count()} cores)")
-    for name in ("path", "payload", "n"):
-        table.add_column(name, justify="right" if name == "n" else "left", no_wrap=True)
-    for name in ("p50 ms", "p99 ms", "mean ms", "p50 / floor"):
-        table.add_column(name, justify="right", no_wrap=True)
+    table = Table(title=f"Round-trip latency, sequential requests ({os.cpu_count()} CPUs)")
+    for name in ("path", "payload", "n", "p50 ms", "p99 ms", "mean ms", "p50 / floor"):
+        table.add_column(name, justify="left" if name in ("path", "payload") else "right",
+                         no_wrap=True)
     for r in rows:
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
         table.add_row(r.path, r.payload, str(r.n), f"{r.p50:.3f}", f"{r.p99:.3f}",
                       f"{r.mean:.3f}", ratio)
     console = Console()
+    if not console.is_terminal:  # piped or captured: rich would assume 80 columns
+        console = Console(width=110)
     console.print(table)
     hub, htex = ratios["hub_p50_over_floor_p50"], ratios["htex_p50_over_hub_p50"]
     console.print(f"hub p50 / floor p50 = {_fmt(hub)} at {small} (target <= {HUB_TARGET}) "
@@ -440,12 +468,12 @@ def write_json(rows: list[Row], ratios: dict[str, float | None], args: argparse.
         "benchmark": "latency",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": sys.version.split()[0]},
+                    "python": sys.version.split()[0],
+                    "load_average": list(os.getloadavg())},
         "versions": {"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
                      "msgpack": ".".join(map(str, msgpack.version)),
                      "numpy": np.__version__, "parsl": parsl.__version__},
-        "settings": {"requests": args.requests, "htex_requests": args.htex_requests,
-                     "warmup": args.warmup, "sizes": args.sizes},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "plot")},
         "ratios": ratios,
         "targets": {"hub_p50_over_floor_p50_max": HUB_TARGET,
                     "htex_p50_over_hub_p50_min": HTEX_TARGET},
@@ -456,24 +484,23 @@ def write_json(rows: list[Row], ratios: dict[str, float | None], args: argparse.
 
 
 def plot(rows: list[Row], path: Path) -> None:
-    """p50 bars per payload (log scale) and latency CDFs for the smallest payload."""
+    """p50 bars per payload (log scale) and latency CDFs at the smallest payload."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("matplotlib is not installed; no plot (pip install matplotlib)")
+        logger.warning("matplotlib is not installed, so no plot: pip install matplotlib")
         return
     paths = list(dict.fromkeys(r.path for r in rows))
     labels = list(dict.fromkeys(r.payload for r in rows))
     fig, (bars, cdf) = plt.subplots(1, 2, figsize=(13, 5))
     width = 0.8 / len(paths)
     for i, name in enumerate(paths):
-        by_label = {r.payload: r.p50 for r in rows if r.path == name}
-        xs = [j + i * width for j, label in enumerate(labels) if label in by_label]
-        bars.bar(xs, [by_label[label] for label in labels if label in by_label], width,
-                 label=name)
+        p50 = {r.payload: r.p50 for r in rows if r.path == name}
+        xs = [j + i * width for j, label in enumerate(labels) if label in p50]
+        bars.bar(xs, [p50[label] for label in labels if label in p50], width, label=name)
     bars.set_xticks([j + width * (len(paths) - 1) / 2 for j in range(len(labels))], labels,
                     rotation=15)
     bars.set_yscale("log")
@@ -487,6 +514,7 @@ def plot(rows: list[Row], path: Path) -> None:
     cdf.set_ylabel("fraction of requests")
     cdf.legend()
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -494,24 +522,48 @@ def plot(rows: list[Row], path: Path) -> None:
 # ---- main -----------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000,
                         help="timed round trips per payload, floor and hub (default 2000)")
     parser.add_argument("--htex-requests", type=int, default=300,
                         help="timed round trips for Parsl HTEX (default 300)")
     parser.add_argument("--warmup", type=int, default=200,
-                        help="untimed round trips before each measurement (default 200)")
+                        help="untimed round trips per path and payload first (default 200)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating floor/hub rounds the requests are split in (default 5)")
     parser.add_argument("--sizes", default="8,1024,65536",
                         help="bytes payload sizes, comma-separated (default 8,1024,65536)")
+    parser.add_argument("--htex-poll-period", type=int, default=1,
+                        help="HTEX poll_period in ms (default 1; Parsl's own default is 10)")
     parser.add_argument("--no-htex", action="store_true", help="skip Parsl HTEX")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"default {RESULTS}")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each measurement")
     args = parser.parse_args(argv)
-    args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes should be integers separated by commas, not {args.sizes!r}")
     if not args.sizes or min(args.sizes) < 0:
         parser.error("--sizes needs at least one size >= 0")
+    if min(args.requests, args.htex_requests, args.rounds) < 1 or args.warmup < 0:
+        parser.error("--requests, --htex-requests and --rounds must be >= 1, --warmup >= 0")
     return args
+
+
+def run_all(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    cases = make_cases(args.sizes)
+    small = min(cases[:-1], key=lambda c: c.size)
+    rows: list[Row] = []
+    with floor_path() as floor, hub_path(tmp / "hub") as hub:
+        for case in cases:
+            rows += measure({FLOOR: floor, HUB: hub}, case, args.requests, args.warmup,
+                            args.rounds)
+    if not args.no_htex:
+        with htex_path(tmp / "runinfo", args.htex_poll_period) as htex:
+            rows += measure({HTEX: htex}, small, args.htex_requests,
+                            min(args.warmup, args.htex_requests), 1)
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -520,18 +572,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.verbose:
         logger.setLevel(logging.INFO)
-    cases = payloads(args.sizes)
-    small = min(cases[:-1], key=lambda c: c[1])
+    # SIGTERM ends the run like Ctrl-C does, so that every child process is stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dlhub-bench-") as tmp:
-        rows = bench_floor(cases, args.requests, args.warmup)
-        rows += bench_hub(cases, args.requests, args.warmup, Path(tmp) / "hub")
-        if not args.no_htex:
-            warmup = min(args.warmup, args.htex_requests)
-            rows.append(bench_htex(small, args.htex_requests, warmup, Path(tmp) / "runinfo"))
+        rows = run_all(args, Path(tmp))
     add_ratios(rows)
-    ratios = headline(rows, small[0])
-    print_table(rows, ratios, small[0])
+    small = min((r for r in rows if r.path == FLOOR and r.payload.startswith("bytes")),
+                key=lambda r: r.size).payload
+    ratios = headline(rows, small)
+    print_table(rows, ratios, small)
     write_json(rows, ratios, args, args.json)
     if args.plot is not None:
         plot(rows, args.plot)

@@ -144,16 +144,18 @@ class Client:
         *,
         method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        cache: bool = True,
     ) -> Future[Any]:
         """Send one request; the future holds the output or a ``DlhubHpcError``.
 
         ``servable`` is ``owner/name`` or ``owner/name@version``; ``method`` defaults to the
-        servable's ``run`` (or its first method); ``timeout`` defaults to the client's.
+        servable's ``run`` (or its first method); ``timeout`` defaults to the client's;
+        ``cache=False`` skips the hub's memo cache for this request.
         """
         name, version = parse_ref(servable)
         seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
         request_id = self._new_id()
-        msg = Request(request_id, name, version, method, inputs, seconds)
+        msg = Request(request_id, name, version, method, inputs, seconds, cache)
         return self._send(request_id, msg, seconds)
 
     def run(
@@ -163,6 +165,7 @@ class Client:
         *,
         method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        cache: bool = True,
     ) -> Any:
         """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``).
 
@@ -171,9 +174,32 @@ class Client:
         name, version = parse_ref(servable)
         seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
         request_id = self._new_id()
-        frames = encode(Request(request_id, name, version, method, inputs, seconds))
+        frames = encode(Request(request_id, name, version, method, inputs, seconds, cache))
         wait = None if seconds is None else seconds + _GRACE
         return self._thread_socket().call(request_id, frames, wait, self.address)
+
+    def run_batch(
+        self,
+        servable: str,
+        inputs: list[Any],
+        *,
+        method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        cache: bool = True,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run ``servable`` on each of ``inputs``; outputs come back in the same order.
+
+        The requests leave together, so the hub batches them and may split them across
+        workers. A failed item raises its error, or with ``return_exceptions=True`` (as in
+        ``asyncio.gather``) stands in the list in place of its output.
+        """
+        futures = [
+            self.submit(servable, x, method=method, timeout=timeout, cache=cache) for x in inputs
+        ]
+        if not return_exceptions:
+            return [f.result() for f in futures]
+        return [f.exception() or f.result() for f in futures]
 
     def _thread_socket(self) -> _ThreadSocket:
         if self._closing.is_set():

@@ -7,6 +7,7 @@ writes ``hub.json`` in its home so that clients and the CLI find it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -142,7 +143,16 @@ class Hub:
     # -- what the broker asks of the registry --
 
     def _resolve(self, name: str, version: int | None) -> ServableInfo:
-        return ServableInfo.from_record(self.registry.get(name, version))
+        info = ServableInfo.from_record(self.registry.get(name, version))
+        policy = self.config.batching.get(name)
+        if policy is None:
+            return info
+        return dataclasses.replace(
+            info,
+            max_batch_size=policy.max_batch_size or info.max_batch_size,
+            max_batch_delay=(info.max_batch_delay if policy.max_batch_delay is None
+                             else policy.max_batch_delay),
+        )
 
     def _servable_files(self, name: str, version: int) -> tuple[dict[str, Any], bytes]:
         record = self.registry.get(name, version)

@@ -71,29 +71,38 @@ def _message(cls: M) -> M:
 @_message
 @dataclass(slots=True)
 class Request(Message):
-    """Client -> hub: run ``method`` of ``servable`` (at ``version``; None is the latest)."""
+    """Client -> hub: run ``method`` of ``servable`` (at ``version``; None is the latest).
+
+    ``cache=False`` bypasses the memo cache (and single flight) for this request.
+    """
 
     TAG = Tag.REQUEST
-    TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE))
+    TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE), bool)
     request_id: str
     servable: str
     version: int | None
     method: str
     payload: Any
     timeout: float | None = None
+    cache: bool = True
 
 
 @_message
 @dataclass(slots=True)
 class Reply(Message):
-    """Hub -> client: the value, or an error record (``DlhubHpcError.to_wire``)."""
+    """Hub -> client: the value, or an error record (``DlhubHpcError.to_wire``).
+
+    ``timing`` is ``[invocation, inference]`` in seconds: from the hub receiving the request
+    to its reply, and the worker's run of the batch that held it (0 for a memo hit).
+    """
 
     TAG = Tag.REPLY
-    TYPES = (str, bool, object, (dict, _NONE))
+    TYPES = (str, bool, object, (dict, _NONE), (list, _NONE))
     request_id: str
     ok: bool
     value: Any = None
     error: dict[str, Any] | None = None
+    timing: list[float] | None = None
 
 
 @_message
@@ -173,12 +182,16 @@ class Batch(Message):
 @_message
 @dataclass(slots=True)
 class BatchResult(Message):
-    """Worker -> hub: one ``[ok, value or error record]`` per payload, in order."""
+    """Worker -> hub: one ``[ok, value or error record]`` per payload, in order.
+
+    ``elapsed`` is the seconds the servable took to run the whole batch.
+    """
 
     TAG = Tag.BATCH_RESULT
-    TYPES = (int, list)
+    TYPES = (int, list, _NUM)
     batch_id: int
     results: list[Any]
+    elapsed: float = 0.0
 
 
 @_message

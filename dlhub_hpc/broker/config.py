@@ -32,6 +32,15 @@ def default_home() -> Path:
     return Path(os.environ.get("DLHUB_HPC_HOME", Path.home() / ".dlhub-hpc"))
 
 
+class BatchPolicy(BaseModel):
+    """A hub's override of a servable's own batching settings (None keeps the spec's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    max_batch_delay: float | None = Field(default=None, ge=0, le=1.0)
+
+
 class HubConfig(BaseModel):
     """Everything a hub needs. Addresses default to loopback: nothing is exposed by default."""
 
@@ -45,6 +54,10 @@ class HubConfig(BaseModel):
     max_queue_length: int = Field(default=10_000, ge=1)
     default_timeout: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=1, ge=0)
+    memo_max_bytes: int = Field(default=256 * 2**20, ge=0, description="0 turns memoization off")
+    batching: dict[str, BatchPolicy] = Field(
+        default_factory=dict, description="per servable (owner/name) batching overrides"
+    )
 
     @model_validator(mode="after")
     def _timeout_covers_heartbeats(self) -> HubConfig:

@@ -2,19 +2,42 @@
 
 No sockets, no clocks, no files: the ZMQ shell (``server.py``) feeds events in and carries
 actions out, and tests drive this class directly. It owns the queues per (servable,
-version, method), the worker table, batching, heartbeats, retries and deadlines.
+version, method), the worker table, batching, memoization, heartbeats, retries and
+deadlines.
+
+Batching: a free worker gets everything queued for its servable, up to ``max_batch_size``.
+A part-full batch waits (at most ``max_batch_delay`` after its oldest request arrived) only
+while requests are arriving closer together than that delay; a lone request after a quiet
+spell goes at once.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.events import (
+    Action,
+    Event,
+    FromClient,
+    FromWorker,
+    InFlight,
+    LoadServable,
+    Pending,
+    RequestQueue,
+    Resolver,
+    ServableInfo,
+    ServableKey,
+    Tick,
+    ToClient,
+    ToWorker,
+    WorkerInfo,
+)
+from dlhub_hpc.broker.memo import MemoCache, memo_key
 from dlhub_hpc.errors import (
     DlhubHpcError,
     MethodNotFound,
@@ -37,144 +60,18 @@ from dlhub_hpc.protocol import (
     Request,
     Shutdown,
 )
-from dlhub_hpc.registry.store import ServableRecord
-from dlhub_hpc.servable.types import ArgType, check_value
+from dlhub_hpc.servable.types import check_value
 
 logger = logging.getLogger(__name__)
 
-ServableKey = tuple[str, int]  # (name, version)
-
-
-@dataclass(frozen=True)
-class ServableInfo:
-    """What the broker needs to know of one servable version."""
-
-    name: str
-    version: int
-    digest: str
-    inputs: dict[str, ArgType]
-    max_batch_size: int = 1
-
-    @classmethod
-    def from_record(cls, record: ServableRecord) -> ServableInfo:
-        block = record.spec.servable
-        return cls(
-            name=record.name,
-            version=record.version,
-            digest=record.digest,
-            inputs={name: m.input for name, m in block.methods.items()},
-            max_batch_size=block.max_batch_size,
-        )
-
-    @property
-    def key(self) -> ServableKey:
-        return (self.name, self.version)
-
-    @property
-    def default_method(self) -> str:
-        """The method a request naming none gets: ``run`` if there is one, else the first."""
-        return "run" if "run" in self.inputs else next(iter(self.inputs))
-
-
-Resolver = Callable[[str, "int | None"], ServableInfo]
-
-
-# ---- events ---------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class FromClient:
-    identity: bytes
-    message: Message
-
-
-@dataclass(slots=True)
-class FromWorker:
-    identity: bytes
-    message: Message
-
-
-@dataclass(slots=True)
-class Tick:
-    """Time passed: expire deadlines, send heartbeats, find silent workers."""
-
-
-Event = FromClient | FromWorker | Tick
-
-
-# ---- actions --------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class ToClient:
-    identity: bytes
-    message: Reply
-
-
-@dataclass(slots=True)
-class ToWorker:
-    identity: bytes
-    message: Message
-
-
-@dataclass(slots=True)
-class LoadServable:
-    """Send the worker its servable (the shell reads the bundle from the registry)."""
-
-    identity: bytes
-    servable: ServableInfo
-
-
-Action = ToClient | ToWorker | LoadServable
-
-
-# ---- state ----------------------------------------------------------------------------
-
-@dataclass(slots=True, eq=False)
-class Pending:
-    client: bytes
-    request_id: str
-    servable: ServableKey
-    method: str
-    payload: Any
-    deadline: float | None
-    seq: int
-    attempts: int = 0
-    queued: bool = True
-    done: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class RequestQueue:
-    items: deque[Pending] = field(default_factory=deque)
-    live: int = 0  # items not yet answered; done ones are dropped lazily
-
-
-@dataclass(slots=True, eq=False)
-class WorkerInfo:
-    identity: bytes
-    worker_id: str
-    servable: ServableKey
-    host: str
-    pid: int
-    block: str | None
-    last_seen: float
-    state: str = "loading"  # loading -> idle <-> busy
-    batch_id: int | None = None
-    batches: int = 0
-    items: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class InFlight:
-    worker: bytes
-    items: list[Pending]
-
-
-def _error_reply(p: Pending, error: DlhubHpcError) -> ToClient:
-    return ToClient(p.client, Reply(p.request_id, False, None, error.to_wire()))
+__all__ = [
+    "Action", "BrokerState", "Event", "FromClient", "FromWorker", "LoadServable",
+    "ServableInfo", "Tick", "ToClient", "ToWorker",
+]
 
 
 class BrokerState:
-    """Queues, workers and in-flight batches of one hub."""
+    """Queues, workers, in-flight batches and the memo cache of one hub."""
 
     def __init__(self, resolver: Resolver, config: HubConfig | None = None) -> None:
         self.config = config or HubConfig()
@@ -185,6 +82,11 @@ class BrokerState:
         self._idle: dict[ServableKey, dict[bytes, None]] = {}  # ordered sets, oldest first
         self._batches: dict[int, InFlight] = {}
         self._deadlines: list[tuple[float, int, Pending]] = []
+        self._held: dict[ServableKey, float] = {}  # part-full batches: when they must go
+        self._last_arrival: dict[ServableKey, float] = {}
+        self._arriving: dict[ServableKey, bool] = {}  # last gap shorter than the batch delay
+        self._flights: dict[bytes, list[Pending]] = {}  # memo key -> requests joined to it
+        self.memo = MemoCache(self.config.memo_max_bytes)
         self._next_batch_id = 0
         self._seq = 0
         self._next_heartbeat = 0.0
@@ -222,6 +124,8 @@ class BrokerState:
         due = self._next_heartbeat
         if self._deadlines:
             due = min(due, self._deadlines[0][0])
+        if self._held:
+            due = min(due, *self._held.values())
         return max(0.0, due - now)
 
     def invalidate(self, name: str) -> None:
@@ -232,13 +136,12 @@ class BrokerState:
     def shutdown(self, reason: str) -> list[Action]:
         """Tell every worker to exit and fail everything not yet answered."""
         out: list[Action] = [ToWorker(i, Shutdown(reason)) for i in self._workers]
-        error = WorkerLost(f"the hub is shutting down: {reason}")
+        error = WorkerLost(f"the hub is shutting down: {reason}").to_wire()
         unanswered = [p for qs in self._queues.values() for q in qs.values() for p in q.items]
         unanswered += [p for flight in self._batches.values() for p in flight.items]
         for p in unanswered:
             if not p.done:
-                p.done = True
-                out.append(_error_reply(p, error))
+                self._answer(p, False, None, error, 0.0, out)
         return out
 
     # -- clients --
@@ -254,51 +157,96 @@ class BrokerState:
         self.stats["requests"] += 1
         try:
             info = self._resolve(req.servable, req.version)
-            if not req.method:
-                req.method = info.default_method
-            declared = info.inputs.get(req.method)
+            method = req.method or info.default_method
+            declared = info.inputs.get(method)
             if declared is None:
                 raise MethodNotFound(
-                    f"{info.name}@{info.version} has no method {req.method!r}; "
+                    f"{info.name}@{info.version} has no method {method!r}; "
                     f"it has {sorted(info.inputs)}",
-                    servable=info.name, method=req.method, methods=sorted(info.inputs),
+                    servable=info.name, method=method, methods=sorted(info.inputs),
                 )
             payload = check_value(declared, req.payload)
+            queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
+            if queue.live >= self.config.max_queue_length:
+                self.stats["overloaded"] += 1
+                raise Overloaded(
+                    f"{info.name}@{info.version}.{method} has {queue.live} requests queued "
+                    f"(the bound is {self.config.max_queue_length}); retry later or start "
+                    "more workers",
+                    servable=info.name, queued=queue.live,
+                )
         except DlhubHpcError as exc:
             self.stats["rejected"] += 1
             out.append(ToClient(client, Reply(req.request_id, False, None, exc.to_wire())))
             return
-        queue = self._queues.setdefault(info.key, {}).setdefault(req.method, RequestQueue())
-        if queue.live >= self.config.max_queue_length:
-            self.stats["overloaded"] += 1
-            error = Overloaded(
-                f"{info.name}@{info.version}.{req.method} has {queue.live} requests queued "
-                f"(the bound is {self.config.max_queue_length}); retry later or start more "
-                "workers",
-                servable=info.name, queued=queue.live,
-            )
-            out.append(ToClient(client, Reply(req.request_id, False, None, error.to_wire())))
-            return
         timeout = req.timeout if req.timeout is not None else self.config.default_timeout
         self._seq += 1
         pending = Pending(
-            client, req.request_id, info.key, req.method, payload,
-            None if timeout is None else now + timeout, self._seq,
+            client, req.request_id, info.key, method, payload,
+            None if timeout is None else now + timeout, self._seq, now,
         )
-        queue.items.append(pending)
-        queue.live += 1
         if pending.deadline is not None:
             heapq.heappush(self._deadlines, (pending.deadline, pending.seq, pending))
-        self._dispatch(info, out)
+        if info.deterministic and req.cache and self.memo.max_bytes:
+            key = memo_key(info.digest, info.version, method, payload)
+            if self._join_memo(key, pending, now, out):
+                return
+            pending.memo_key = key
+            self._flights[key] = []
+        queue.items.append(pending)
+        queue.live += 1
+        last = self._last_arrival.get(info.key)
+        self._arriving[info.key] = last is not None and now - last < info.max_batch_delay
+        self._last_arrival[info.key] = now
+        self._dispatch(info, now, out)
+
+    def _join_memo(self, key: bytes, pending: Pending, now: float, out: list[Action]) -> bool:
+        """Answer from the cache, or wait on the identical request in flight; else False."""
+        hit, value = self.memo.get(key)
+        if hit:
+            pending.done = True
+            out.append(ToClient(pending.client, Reply(pending.request_id, True, value, None,
+                                                      [0.0, 0.0])))
+            return True
+        followers = self._flights.get(key)
+        if followers is None:
+            return False
+        pending.queued = False
+        followers.append(pending)
+        self.stats["single_flight_joins"] += 1
+        return True
+
+    def _answer(self, p: Pending, ok: bool, value: Any, error: dict[str, Any] | None,
+                inference: float, out: list[Action], now: float | None = None) -> None:
+        """Reply to ``p`` and to every request joined to it; cache a deterministic answer."""
+        timing = None if now is None else [now - p.arrived, inference]
+        p.done = True
+        out.append(ToClient(p.client, Reply(p.request_id, ok, value, error, timing)))
+        self.stats["replies_ok" if ok else "replies_error"] += 1
+        if p.memo_key is None:
+            return
+        followers = self._flights.pop(p.memo_key, [])
+        if ok:
+            self.memo.put(p.memo_key, value)
+        for f in followers:
+            if not f.done:
+                f.done = True
+                timing = None if now is None else [now - f.arrived, inference]
+                out.append(ToClient(f.client, Reply(f.request_id, ok, value, error, timing)))
 
     # -- dispatch --
 
-    def _dispatch(self, info: ServableInfo, out: list[Action]) -> None:
+    def _dispatch(self, info: ServableInfo, now: float, out: list[Action]) -> None:
+        self._held.pop(info.key, None)
         idle = self._idle.get(info.key)
         queues = self._queues.get(info.key)
         while idle and queues:
             queue, method = self._oldest_queue(queues)
             if queue is None:
+                return
+            release = self._release_time(info, queue)
+            if release > now:
+                self._held[info.key] = release
                 return
             items = self._take(queue, info.max_batch_size)
             if not items:
@@ -309,16 +257,21 @@ class BrokerState:
             worker = self._workers[identity]
             self._next_batch_id += 1
             batch_id = self._next_batch_id
-            self._batches[batch_id] = InFlight(identity, items)
+            self._batches[batch_id] = InFlight(identity, items, now)
             worker.state, worker.batch_id = "busy", batch_id
             self.stats["batches"] += 1
+            self.stats["batched_items"] += len(items)
             out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items])))
+
+    def _release_time(self, info: ServableInfo, queue: RequestQueue) -> float:
+        """When this queue's part-full batch must go; -inf when it should go now."""
+        if (info.max_batch_delay <= 0 or queue.live >= info.max_batch_size
+                or not self._arriving.get(info.key)):
+            return float("-inf")
+        return queue.items[0].arrived + info.max_batch_delay
 
     @staticmethod
     def _oldest_queue(queues: dict[str, RequestQueue]) -> tuple[RequestQueue | None, str]:
-        if len(queues) == 1:  # the common case: one method
-            method, queue = next(iter(queues.items()))
-            return (queue, method) if queue.live else (None, "")
         best: tuple[RequestQueue | None, str] = (None, "")
         best_seq = 0
         for method, queue in queues.items():
@@ -355,7 +308,7 @@ class BrokerState:
             out.append(ToWorker(identity, Shutdown(f"cannot serve {msg.servable}: {exc}")))
             return
         if identity in self._workers:
-            self._lose_worker(identity, "it registered again", out)
+            self._lose_worker(identity, "it registered again", now, out)
         self._workers[identity] = WorkerInfo(
             identity, msg.worker_id, info.key, msg.host, msg.pid, msg.block, now
         )
@@ -378,7 +331,7 @@ class BrokerState:
             return
         worker.state = "idle"
         self._idle.setdefault(worker.servable, {})[identity] = None
-        self._dispatch(self._resolve(*worker.servable), out)
+        self._dispatch(self._resolve(*worker.servable), now, out)
 
     def _on_load_failed(
         self, identity: bytes, msg: LoadFailed, now: float, out: list[Action]
@@ -395,13 +348,12 @@ class BrokerState:
         error = ServableLoadError(
             f"{name}@{version} could not be loaded by its worker: {msg.error.get('message')}",
             servable=name, version=version,
-        )
+        ).to_wire()
         for queue in self._queues.get(worker.servable, {}).values():
             while queue.items:
                 p = queue.items.popleft()
                 if not p.done:
-                    p.done = True
-                    out.append(_error_reply(p, error))
+                    self._answer(p, False, None, error, 0.0, out, now)
             queue.live = 0
 
     def _on_batch_result(
@@ -415,31 +367,24 @@ class BrokerState:
             self.stats["stale_results"] += 1
             return
         del self._batches[msg.batch_id]
-        if len(msg.results) != len(flight.items):
-            bad: DlhubHpcError | None = ProtocolError(
-                f"worker returned {len(msg.results)} results for {len(flight.items)} inputs"
-            )
-        else:
-            bad = None
+        wrong_count = len(msg.results) != len(flight.items)
         for i, p in enumerate(flight.items):
             if p.done:
                 continue
-            p.done = True
-            result = None if bad else msg.results[i]
+            result = None if wrong_count else msg.results[i]
             if isinstance(result, list) and len(result) == 2 and result[0] is True:
-                self.stats["replies_ok"] += 1
-                out.append(ToClient(p.client, Reply(p.request_id, True, result[1], None)))
+                self._answer(p, True, result[1], None, msg.elapsed, out, now)
             elif isinstance(result, list) and len(result) == 2 and isinstance(result[1], dict):
-                self.stats["replies_error"] += 1
-                out.append(ToClient(p.client, Reply(p.request_id, False, None, result[1])))
+                self._answer(p, False, None, result[1], msg.elapsed, out, now)
             else:
-                self.stats["replies_error"] += 1
-                out.append(_error_reply(p, bad or ProtocolError("malformed result from worker")))
+                why = (f"worker returned {len(msg.results)} results for {len(flight.items)} "
+                       "inputs") if wrong_count else "malformed result from worker"
+                self._answer(p, False, None, ProtocolError(why).to_wire(), msg.elapsed, out, now)
         worker.state, worker.batch_id = "idle", None
         worker.batches += 1
         worker.items += len(flight.items)
         self._idle.setdefault(worker.servable, {})[identity] = None
-        self._dispatch(self._resolve(*worker.servable), out)
+        self._dispatch(self._resolve(*worker.servable), now, out)
 
     def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float, out: list[Action]) -> None:
         # Heartbeats come from a worker's own heartbeat socket; the sender names the worker.
@@ -449,15 +394,13 @@ class BrokerState:
 
     def _on_bye(self, identity: bytes, msg: Bye, now: float, out: list[Action]) -> None:
         if identity in self._workers:
-            self._lose_worker(identity, f"it exited ({msg.reason})", out, graceful=True)
+            self._lose_worker(identity, f"it exited ({msg.reason})", now, out, graceful=True)
 
-    def _live_workers(self, servable: ServableKey, excluding: bytes = b"") -> int:
-        return sum(
-            1 for w in self._workers.values() if w.servable == servable and w.identity != excluding
-        )
+    def _live_workers(self, servable: ServableKey) -> int:
+        return sum(1 for w in self._workers.values() if w.servable == servable)
 
     def _lose_worker(
-        self, identity: bytes, why: str, out: list[Action], *, graceful: bool = False
+        self, identity: bytes, why: str, now: float, out: list[Action], *, graceful: bool = False
     ) -> None:
         worker = self._workers.pop(identity)
         self._idle.get(worker.servable, {}).pop(identity, None)
@@ -474,34 +417,31 @@ class BrokerState:
                 continue
             p.attempts += 1
             if p.attempts > self.config.max_retries or not others:
-                p.done = True
                 self.stats["worker_lost_errors"] += 1
-                out.append(_error_reply(p, WorkerLost(
+                error = WorkerLost(
                     f"the worker running {name}@{version}.{p.method} died ({why}) and "
                     + ("no other worker serves it" if not others else
                        f"the request had already been tried {p.attempts} times"),
                     servable=name, version=version, worker=worker.worker_id,
-                )))
+                )
+                self._answer(p, False, None, error.to_wire(), 0.0, out, now)
             else:
                 self.stats["retries"] += 1
                 self._requeue_front(p)
-        self._dispatch(self._resolve(name, version), out)
+        self._dispatch(self._resolve(name, version), now, out)
 
     # -- time --
 
     def _on_tick(self, now: float, out: list[Action]) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, p = heapq.heappop(self._deadlines)
-            if p.done:
-                continue
-            p.done = True
-            if p.queued:
-                self._queues[p.servable][p.method].live -= 1
-            self.stats["timeouts"] += 1
-            out.append(_error_reply(p, self._timeout_error(p)))
+            if not p.done:
+                self._expire(p, now, out)
         if len(self._deadlines) > 1024 and len(self._deadlines) > 4 * self._pending_count():
             self._deadlines = [d for d in self._deadlines if not d[2].done]
             heapq.heapify(self._deadlines)
+        for key in [k for k, due in self._held.items() if due <= now]:
+            self._dispatch(self._resolve(*key), now, out)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             silent = [
@@ -512,13 +452,31 @@ class BrokerState:
                 self._idle.get(worker.servable, {}).pop(worker.identity, None)
             for identity in [w.identity for w in silent]:
                 self._lose_worker(
-                    identity, f"no heartbeat for {self.config.heartbeat_timeout}s", out
+                    identity, f"no heartbeat for {self.config.heartbeat_timeout}s", now, out
                 )
             out.extend(ToWorker(i, Heartbeat("hub")) for i in self._workers)
 
+    def _expire(self, p: Pending, now: float, out: list[Action]) -> None:
+        """``p``'s deadline passed: it gets Timeout; a request joined to it takes its place."""
+        if p.queued:
+            self._queues[p.servable][p.method].live -= 1
+        self.stats["timeouts"] += 1
+        key, p.memo_key = p.memo_key, None
+        self._answer(p, False, None, self._timeout_error(p).to_wire(), 0.0, out, now)
+        if key is None:
+            return
+        waiting = [f for f in self._flights.pop(key, []) if not f.done]
+        if waiting:
+            leader = waiting[0]
+            leader.memo_key = key
+            self._flights[key] = waiting[1:]
+            self._requeue_front(leader)
+            self._dispatch(self._resolve(*leader.servable), now, out)
+
     def _pending_count(self) -> int:
         queued = sum(q.live for qs in self._queues.values() for q in qs.values())
-        return queued + sum(len(f.items) for f in self._batches.values())
+        followers = sum(len(f) for f in self._flights.values())
+        return queued + followers + sum(len(f.items) for f in self._batches.values())
 
     def _timeout_error(self, p: Pending) -> Timeout:
         name, version = p.servable
@@ -550,4 +508,6 @@ class BrokerState:
             }
             for w in self._workers.values()
         ]
-        return {"servables": servables, "workers": workers, "stats": dict(self.stats)}
+        stats = dict(self.stats)
+        stats.update(self.memo.stats())
+        return {"servables": servables, "workers": workers, "stats": stats}

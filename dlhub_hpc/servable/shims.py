@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dlhub_hpc.errors import DlhubHpcError, ExecutionError, ServableLoadError
 from dlhub_hpc.servable.spec import ServableSpec
 
@@ -93,8 +95,41 @@ class PythonFunctionShim(Shim):
         return cls(spec, calls)
 
 
+def stack_rows(inputs: list[Any]) -> tuple[np.ndarray, list[int]] | None:
+    """Stack 2-d array inputs with the same row shape into one array, with the split points.
+
+    None when the inputs cannot be stacked (other types or shapes): run them one by one.
+    """
+    if len(inputs) < 2:
+        return None
+    first = inputs[0]
+    if not isinstance(first, np.ndarray) or first.ndim < 2:
+        return None
+    row_shape, dtype = first.shape[1:], first.dtype
+    for x in inputs:
+        if not isinstance(x, np.ndarray) or x.shape[1:] != row_shape or x.dtype != dtype:
+            return None
+    splits = np.cumsum([len(x) for x in inputs])[:-1].tolist()
+    return np.concatenate(inputs), splits
+
+
 class SklearnShim(Shim):
-    """A pickled scikit-learn estimator; each method is one of its attributes (``predict``...)."""
+    """A pickled scikit-learn estimator; each method is one of its attributes (``predict``...).
+
+    A batch of row arrays runs as one call on the stacked rows, split back per request.
+    """
+
+    def run(self, method: str, inputs: list[Any]) -> list[Outcome]:
+        stacked = stack_rows(inputs)
+        if stacked is not None:
+            rows, splits = stacked
+            try:
+                out = self._calls[method](rows)
+                if isinstance(out, np.ndarray) and len(out) == len(rows):
+                    return list(np.split(out, splits))
+            except Exception:
+                logger.debug("stacked call failed; running items one by one", exc_info=True)
+        return super().run(method, inputs)
 
     @classmethod
     def load(cls, spec: ServableSpec, root: Path) -> Shim:

@@ -72,8 +72,14 @@ class ServableBlock(_Strict):
     type: ShimType
     model: str | None = Field(default=None, description="sklearn: the pickled model file")
     methods: dict[str, MethodSpec]
-    deterministic: bool = False
-    max_batch_size: int = Field(default=1, ge=1, le=4096)
+    deterministic: bool = Field(
+        default=False, description="same input, same output: the hub may memoize answers"
+    )
+    max_batch_size: int = Field(default=16, ge=1, le=4096)
+    max_batch_delay: float = Field(
+        default=0.001, ge=0, le=1.0,
+        description="seconds a part-full batch may wait for more requests; 0: never wait",
+    )
 
     @model_validator(mode="after")
     def _shim_needs(self) -> ServableBlock:

@@ -1,7 +1,7 @@
 """The warm worker: register with the hub, load the servable once, run batches until told to stop.
 
-One poll loop owns the worker's socket and runs each batch in its own thread, so a call to
-the model costs no thread hand-off. Liveness while a long batch runs comes from a small
+One poll loop owns the worker's socket and runs each batch in that same thread, so a call
+to the model costs no thread hand-off. Liveness while a long batch runs comes from a small
 heartbeat thread with its own socket (and its own identity), which only ever sends.
 """
 
@@ -181,15 +181,17 @@ class Worker:
 
     def _run_batch(self, batch: Batch) -> list[Any]:
         assert self.shim is not None, "the hub sent a batch before the servable was loaded"
+        started = time.perf_counter()
         outcomes = self.shim.run(batch.method, batch.payloads)
+        elapsed = time.perf_counter() - started
         results = [
             [False, o.to_wire()] if isinstance(o, DlhubHpcError) else [True, o] for o in outcomes
         ]
         try:
-            return encode(BatchResult(batch.batch_id, results))
+            return encode(BatchResult(batch.batch_id, results, elapsed))
         except DlhubHpcError:
             # Some output cannot travel: send an error for those items, the rest as they are.
-            return encode(BatchResult(batch.batch_id, [_sendable(r) for r in results]))
+            return encode(BatchResult(batch.batch_id, [_sendable(r) for r in results], elapsed))
 
 
 def _sendable(result: list[Any]) -> list[Any]:

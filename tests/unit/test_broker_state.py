@@ -163,7 +163,7 @@ def test_ready_worker_gets_the_request_and_the_client_gets_the_result(hub: Hub) 
     assert identity == b"w1"
     assert (batch.method, batch.payloads) == ("run", [[1.0, 2.0]])
     actions = hub.result("w1", batch.batch_id, 3.0)
-    assert actions == [ToClient(b"c1", Reply("r1", True, 3.0, None))]
+    assert actions == [ToClient(b"c1", Reply("r1", True, 3.0, None, [0.0, 0.0]))]
 
 
 def test_request_before_any_worker_is_queued_and_sent_on_ready(hub: Hub) -> None:
@@ -203,8 +203,8 @@ def test_per_item_errors_reach_only_their_own_clients(hub: Hub) -> None:
         [True, 0.0], [False, failure.to_wire()], [True, 2.0],
     ]))
     by_client = {a.identity: a.message for a in actions if isinstance(a, ToClient)}
-    assert by_client[b"a"] == Reply("r0", True, 0.0, None)
-    assert by_client[b"c"] == Reply("r2", True, 2.0, None)
+    assert by_client[b"a"] == Reply("r0", True, 0.0, None, [0.0, 0.0])
+    assert by_client[b"c"] == Reply("r2", True, 2.0, None, [0.0, 0.0])
     error = error_of(by_client[b"b"])
     assert isinstance(error, ExecutionError) and "ValueError: bad" in error.message
     assert hub.state.stats["replies_ok"] == 2 and hub.state.stats["replies_error"] == 1
@@ -321,7 +321,7 @@ def test_a_silent_worker_is_dropped_and_its_request_retried_elsewhere(hub: Hub) 
     late = hub.result("w1", batch.batch_id, 99.0)
     assert shutdowns(late) == [b"w1"] and replies(late) == {}
     assert replies(hub.result("w2", retry.batch_id, 7.0)) == {
-        "r1": Reply("r1", True, 7.0, None)}
+        "r1": Reply("r1", True, 7.0, None, [0.6, 0.0])}
 
 
 def test_a_lost_worker_with_no_other_worker_fails_its_request(hub: Hub) -> None:
@@ -484,7 +484,7 @@ def test_servable_info_from_a_registry_record() -> None:
 
     spec = ServableSpec.from_file(example_dir("add") / "servable.yaml")
     info = ServableInfo.from_record(ServableRecord("demo/add", 3, "abc", spec, 0.0))
-    assert (info.key, info.digest, info.max_batch_size) == (("demo/add", 3), "abc", 1)
+    assert (info.key, info.digest, info.max_batch_size) == (("demo/add", 3), "abc", 16)
     assert info.inputs == {"run": FLOATS.model_copy(update={"description": "numbers to add"})}
     assert info.default_method == "run"
 

@@ -207,7 +207,7 @@ def ext(code: int, dtype: str, shape: list[int], index: int) -> msgpack.ExtType:
     (header(1, int(Tag.BYE), "w1", "x", "y"), "Bye has 2 fields, got 3"),
     (header(1, int(Tag.READY), 17), "Ready.worker_id has type int"),
     (header(1, int(Tag.BATCH), "1", "run", []), "Batch.batch_id has type str"),
-    (header(1, int(Tag.REQUEST), "r", "s", "latest", "run", None, None),
+    (header(1, int(Tag.REQUEST), "r", "s", "latest", "run", None, None, True),
      "Request.version has type str"),
     (header(1, int(Tag.ASSIGN), "s", 1, "d", {}, "not bytes"), "Assign.bundle has type str"),
     (header(1, int(Tag.REPLY), "r", True, ext(9, "<f8", [1], 1), None),

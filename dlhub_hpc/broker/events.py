@@ -1,0 +1,150 @@
+"""What flows through the broker's state machine: events in, actions out, and its records.
+
+Plain data, no behaviour: ``state.py`` decides, ``server.py`` carries out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlhub_hpc.protocol import Message, Reply
+from dlhub_hpc.registry.store import ServableRecord
+from dlhub_hpc.servable.types import ArgType
+
+ServableKey = tuple[str, int]  # (name, version)
+
+
+@dataclass(frozen=True)
+class ServableInfo:
+    """What the broker needs to know of one servable version."""
+
+    name: str
+    version: int
+    digest: str
+    inputs: dict[str, ArgType]
+    max_batch_size: int = 1
+    max_batch_delay: float = 0.0  # seconds a part-full batch may wait for more; 0: never
+    deterministic: bool = False  # same input, same output: answers may be memoized
+
+    @classmethod
+    def from_record(cls, record: ServableRecord) -> ServableInfo:
+        block = record.spec.servable
+        return cls(
+            name=record.name,
+            version=record.version,
+            digest=record.digest,
+            inputs={name: m.input for name, m in block.methods.items()},
+            max_batch_size=block.max_batch_size,
+            max_batch_delay=block.max_batch_delay,
+            deterministic=block.deterministic,
+        )
+
+    @property
+    def key(self) -> ServableKey:
+        return (self.name, self.version)
+
+    @property
+    def default_method(self) -> str:
+        """The method a request naming none gets: ``run`` if there is one, else the first."""
+        return "run" if "run" in self.inputs else next(iter(self.inputs))
+
+
+Resolver = Callable[[str, "int | None"], ServableInfo]
+
+
+# ---- events ---------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class FromClient:
+    identity: bytes
+    message: Message
+
+
+@dataclass(slots=True)
+class FromWorker:
+    identity: bytes
+    message: Message
+
+
+@dataclass(slots=True)
+class Tick:
+    """Time passed: expire deadlines, send heartbeats, find silent workers."""
+
+
+Event = FromClient | FromWorker | Tick
+
+
+# ---- actions --------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ToClient:
+    identity: bytes
+    message: Reply
+
+
+@dataclass(slots=True)
+class ToWorker:
+    identity: bytes
+    message: Message
+
+
+@dataclass(slots=True)
+class LoadServable:
+    """Send the worker its servable (the shell reads the bundle from the registry)."""
+
+    identity: bytes
+    servable: ServableInfo
+
+
+Action = ToClient | ToWorker | LoadServable
+
+
+# ---- state ----------------------------------------------------------------------------
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    client: bytes
+    request_id: str
+    servable: ServableKey
+    method: str
+    payload: Any
+    deadline: float | None
+    seq: int
+    arrived: float = 0.0
+    memo_key: bytes | None = None  # set on the one request of a single flight that runs
+    attempts: int = 0
+    queued: bool = True
+    done: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class RequestQueue:
+    items: deque[Pending] = field(default_factory=deque)
+    live: int = 0  # items not yet answered; done ones are dropped lazily
+
+
+@dataclass(slots=True, eq=False)
+class WorkerInfo:
+    identity: bytes
+    worker_id: str
+    servable: ServableKey
+    host: str
+    pid: int
+    block: str | None
+    last_seen: float
+    state: str = "loading"  # loading -> idle <-> busy
+    batch_id: int | None = None
+    batches: int = 0
+    items: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class InFlight:
+    worker: bytes
+    items: list[Pending]
+    sent: float = 0.0
+
+
