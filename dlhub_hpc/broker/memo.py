@@ -52,8 +52,10 @@ def value_nbytes(value: Any) -> int:
     """About how many bytes ``value`` holds (arrays, bytes and strings exactly)."""
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
-    if isinstance(value, bytes | bytearray | str):
+    if isinstance(value, bytes | bytearray):
         return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
     if isinstance(value, dict):
         return sum(value_nbytes(k) + value_nbytes(v) for k, v in value.items()) + 16
     if isinstance(value, list | tuple):

@@ -7,8 +7,9 @@ deadlines.
 
 Batching: a free worker gets everything queued for its servable, up to ``max_batch_size``.
 A part-full batch waits (at most ``max_batch_delay`` after its oldest request arrived) only
-while requests are arriving closer together than that delay; a lone request after a quiet
-spell goes at once.
+while the servable is under concurrent load: its newest request came less than that delay
+after the one before, and found others still unanswered. A lone request, or the next call
+of a caller that waits for each answer, goes at once.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class BrokerState:
         self._deadlines: list[tuple[float, int, Pending]] = []
         self._held: dict[ServableKey, float] = {}  # part-full batches: when they must go
         self._last_arrival: dict[ServableKey, float] = {}
-        self._arriving: dict[ServableKey, bool] = {}  # last gap shorter than the batch delay
+        self._arriving: dict[ServableKey, bool] = {}  # concurrent load: worth waiting to batch
+        self._in_flight: Counter[ServableKey] = Counter()  # items at workers, per servable
         self._flights: dict[bytes, list[Pending]] = {}  # memo key -> requests joined to it
         self.memo = MemoCache(self.config.memo_max_bytes)
         self._next_batch_id = 0
@@ -166,18 +168,8 @@ class BrokerState:
                     servable=info.name, method=method, methods=sorted(info.inputs),
                 )
             payload = check_value(declared, req.payload)
-            queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
-            if queue.live >= self.config.max_queue_length:
-                self.stats["overloaded"] += 1
-                raise Overloaded(
-                    f"{info.name}@{info.version}.{method} has {queue.live} requests queued "
-                    f"(the bound is {self.config.max_queue_length}); retry later or start "
-                    "more workers",
-                    servable=info.name, queued=queue.live,
-                )
         except DlhubHpcError as exc:
-            self.stats["rejected"] += 1
-            out.append(ToClient(client, Reply(req.request_id, False, None, exc.to_wire())))
+            self._reject(client, req.request_id, exc, out)
             return
         timeout = req.timeout if req.timeout is not None else self.config.default_timeout
         self._seq += 1
@@ -185,26 +177,54 @@ class BrokerState:
             client, req.request_id, info.key, method, payload,
             None if timeout is None else now + timeout, self._seq, now,
         )
-        if pending.deadline is not None:
-            heapq.heappush(self._deadlines, (pending.deadline, pending.seq, pending))
+        key = None
         if info.deterministic and req.cache and self.memo.max_bytes:
             key = memo_key(info.digest, info.version, method, payload)
-            if self._join_memo(key, pending, now, out):
+            if self._join_memo(key, pending, now, out):  # answered, or waits on its twin
                 return
+        queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
+        if queue.live >= self.config.max_queue_length:
+            self.stats["overloaded"] += 1
+            self._reject(client, req.request_id, Overloaded(
+                f"{info.name}@{info.version}.{method} has {queue.live} requests queued "
+                f"(the bound is {self.config.max_queue_length}); retry later or start "
+                "more workers",
+                servable=info.name, queued=queue.live,
+            ), out)
+            return
+        if pending.deadline is not None:
+            heapq.heappush(self._deadlines, (pending.deadline, pending.seq, pending))
+        if key is not None:
             pending.memo_key = key
             self._flights[key] = []
+        self._note_arrival(info, now)
         queue.items.append(pending)
         queue.live += 1
-        last = self._last_arrival.get(info.key)
-        self._arriving[info.key] = last is not None and now - last < info.max_batch_delay
-        self._last_arrival[info.key] = now
         self._dispatch(info, now, out)
+
+    def _reject(self, client: bytes, request_id: str, exc: DlhubHpcError,
+                out: list[Action]) -> None:
+        self.stats["rejected"] += 1
+        out.append(ToClient(client, Reply(request_id, False, None, exc.to_wire())))
+
+    def _note_arrival(self, info: ServableInfo, now: float) -> None:
+        """Is ``info`` under concurrent load, so that a part-full batch should wait?"""
+        last = self._last_arrival.get(info.key)
+        self._last_arrival[info.key] = now
+        if last is None or now - last >= info.max_batch_delay:
+            self._arriving[info.key] = False
+            return
+        unanswered = self._in_flight[info.key] > 0 or any(
+            q.live for q in self._queues[info.key].values()
+        )
+        self._arriving[info.key] = unanswered
 
     def _join_memo(self, key: bytes, pending: Pending, now: float, out: list[Action]) -> bool:
         """Answer from the cache, or wait on the identical request in flight; else False."""
         hit, value = self.memo.get(key)
         if hit:
             pending.done = True
+            self.stats["replies_ok"] += 1
             out.append(ToClient(pending.client, Reply(pending.request_id, True, value, None,
                                                       [0.0, 0.0])))
             return True
@@ -213,6 +233,8 @@ class BrokerState:
             return False
         pending.queued = False
         followers.append(pending)
+        if pending.deadline is not None:
+            heapq.heappush(self._deadlines, (pending.deadline, pending.seq, pending))
         self.stats["single_flight_joins"] += 1
         return True
 
@@ -231,6 +253,7 @@ class BrokerState:
         for f in followers:
             if not f.done:
                 f.done = True
+                self.stats["replies_ok" if ok else "replies_error"] += 1
                 timing = None if now is None else [now - f.arrived, inference]
                 out.append(ToClient(f.client, Reply(f.request_id, ok, value, error, timing)))
 
@@ -258,6 +281,7 @@ class BrokerState:
             self._next_batch_id += 1
             batch_id = self._next_batch_id
             self._batches[batch_id] = InFlight(identity, items, now)
+            self._in_flight[info.key] += len(items)
             worker.state, worker.batch_id = "busy", batch_id
             self.stats["batches"] += 1
             self.stats["batched_items"] += len(items)
@@ -367,6 +391,7 @@ class BrokerState:
             self.stats["stale_results"] += 1
             return
         del self._batches[msg.batch_id]
+        self._in_flight[worker.servable] -= len(flight.items)
         wrong_count = len(msg.results) != len(flight.items)
         for i, p in enumerate(flight.items):
             if p.done:
@@ -410,6 +435,7 @@ class BrokerState:
         flight = self._batches.pop(worker.batch_id, None) if worker.batch_id else None
         if flight is None:
             return
+        self._in_flight[worker.servable] -= len(flight.items)
         others = self._live_workers(worker.servable)
         name, version = worker.servable
         for p in reversed(flight.items):  # reversed + appendleft keeps the original order

@@ -87,10 +87,10 @@ class Hub:
     def request(
         self, rid: str, payload: Any = None, *, client: bytes = b"c1",
         servable: str = "demo/add", method: str = "", version: int | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None, cache: bool = True,
     ) -> list[Any]:
         payload = [1, 2] if payload is None else payload
-        msg = Request(rid, servable, version, method, payload, timeout)
+        msg = Request(rid, servable, version, method, payload, timeout, cache)
         return self.state.handle(FromClient(client, msg), self.now)
 
     def send(self, wid: str, msg: Any, identity: bytes | None = None) -> list[Any]:

@@ -1,0 +1,115 @@
+"""Batching in BrokerState: when a part-full batch waits, and what each batch holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dlhub_hpc.broker.state import ServableInfo
+from dlhub_hpc.protocol import BatchResult
+from tests.unit.test_broker_state import FLOATS, Catalog, Hub, batches, only_batch, replies
+
+DELAY = 0.01
+BATCHY = ServableInfo("demo/batchy", 1, "digest-batchy", {"run": FLOATS, "other": FLOATS},
+                      max_batch_size=3, max_batch_delay=DELAY)
+EAGER = ServableInfo("demo/eager", 1, "digest-eager", {"run": FLOATS}, max_batch_size=3)
+
+
+@pytest.fixture
+def hub() -> Hub:
+    # Heartbeats far apart: no worker is lost and next_wakeup shows only batching.
+    hub = Hub(Catalog(BATCHY, EAGER), heartbeat_interval=50.0, heartbeat_timeout=100.0)
+    hub.tick(0.0)
+    return hub
+
+
+def at(hub: Hub, now: float, rid: str, x: float = 1.0, **kw: Any) -> list[Any]:
+    hub.now = now
+    kw.setdefault("servable", "demo/batchy")
+    return hub.request(rid, [x], **kw)
+
+
+def start_all(hub: Hub, *wids: str, servable: str = "demo/batchy") -> None:
+    for wid in wids:
+        assert hub.start(wid, servable) == []
+
+
+def test_a_lone_request_after_a_quiet_spell_goes_at_once(hub: Hub) -> None:
+    start_all(hub, "w1")
+    identity, batch = only_batch(at(hub, 1.0, "r1", 1.0))
+    assert identity == b"w1" and batch.payloads == [[1.0]]
+    hub.result("w1", batch.batch_id, 1.0)
+    identity, batch = only_batch(at(hub, 5.0, "r2", 2.0))  # gap >> delay: no waiting
+    assert identity == b"w1" and batch.payloads == [[2.0]]
+
+
+def test_with_no_batch_delay_close_requests_never_wait(hub: Hub) -> None:
+    start_all(hub, "w1", "w2", servable="demo/eager")
+    assert only_batch(at(hub, 1.0, "r1", servable="demo/eager"))[0] == b"w1"
+    assert only_batch(at(hub, 1.0, "r2", servable="demo/eager"))[0] == b"w2"
+    assert hub.state.next_wakeup(1.0) == pytest.approx(49.0)  # nothing held
+
+
+def test_close_arrivals_are_held_until_the_oldest_waited_the_delay(hub: Hub) -> None:
+    start_all(hub, "w1", "w2")
+    assert only_batch(at(hub, 1.0, "r1", 1.0))[0] == b"w1"
+    assert at(hub, 1.002, "r2", 2.0) == []  # w2 idle, but more may be coming
+    release = 1.002 + DELAY
+    assert hub.state.next_wakeup(1.002) == pytest.approx(DELAY)
+    assert at(hub, 1.005, "r3", 3.0) == []
+    assert hub.state.next_wakeup(1.005) == pytest.approx(release - 1.005)
+    assert batches(hub.tick(1.011)) == []
+    identity, batch = only_batch(hub.tick(release))
+    assert identity == b"w2" and batch.payloads == [[2.0], [3.0]]
+
+
+def test_a_held_batch_goes_at_once_when_it_is_full(hub: Hub) -> None:
+    start_all(hub, "w1", "w2")
+    at(hub, 1.0, "r1")
+    assert at(hub, 1.001, "r2", 2.0) == [] and at(hub, 1.002, "r3", 3.0) == []
+    identity, batch = only_batch(at(hub, 1.003, "r4", 4.0))  # max_batch_size == 3
+    assert identity == b"w2" and batch.payloads == [[2.0], [3.0], [4.0]]
+    assert hub.state.next_wakeup(1.003) > 1.0  # nothing is held any more
+
+
+def test_under_load_a_freed_worker_takes_a_full_batch_in_arrival_order(hub: Hub) -> None:
+    start_all(hub, "w1")
+    _, first = only_batch(at(hub, 0.0, "r0", 0.0))
+    for i in range(1, 6):
+        assert at(hub, i / 1000, f"r{i}", float(i)) == []  # w1 is busy: queued
+    hub.now = 0.1
+    actions = hub.result("w1", first.batch_id, 0.0)
+    assert list(replies(actions)) == ["r0"]
+    _, second = only_batch(actions)
+    assert second.payloads == [[1.0], [2.0], [3.0]]
+    hub.now = 0.2
+    _, third = only_batch(hub.result("w1", second.batch_id, 1.0, 2.0, 3.0))
+    assert third.payloads == [[4.0], [5.0]]
+
+
+def test_the_queue_whose_head_is_oldest_goes_first(hub: Hub) -> None:
+    start_all(hub, "w1")
+    _, busy = only_batch(at(hub, 0.0, "r0"))
+    at(hub, 0.001, "run1", 1.0, method="run")
+    at(hub, 0.002, "other1", 2.0, method="other")
+    at(hub, 0.003, "other2", 3.0, method="other")  # the longer queue, but younger head
+    hub.now = 0.1
+    _, batch = only_batch(hub.result("w1", busy.batch_id, 0.0))
+    assert (batch.method, batch.payloads) == ("run", [[1.0]])
+    hub.now = 0.2
+    _, batch = only_batch(hub.result("w1", batch.batch_id, 1.0))
+    assert (batch.method, batch.payloads) == ("other", [[2.0], [3.0]])
+
+
+def test_reply_timing_is_time_since_arrival_and_the_batch_elapsed(hub: Hub) -> None:
+    start_all(hub, "w1")
+    _, batch = only_batch(at(hub, 1.0, "r1"))
+    at(hub, 1.25, "r2")  # queued behind r1
+    hub.now = 1.5
+    actions = hub.send("w1", BatchResult(batch.batch_id, [[True, 7.0]], 0.2))
+    assert replies(actions)["r1"].timing == pytest.approx([0.5, 0.2])
+    _, batch = only_batch(actions)
+    hub.now = 2.0
+    got = replies(hub.send("w1", BatchResult(batch.batch_id, [[True, 8.0]], 0.3)))
+    assert got["r2"].timing == pytest.approx([0.75, 0.3])
