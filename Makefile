@@ -35,7 +35,8 @@ integration: $(STAMP)
 test: system-deps $(STAMP) lint typecheck unit integration
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/latency.py --plot benchmarks/results/latency.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

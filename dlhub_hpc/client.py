@@ -327,11 +327,8 @@ class Client:
             sock.send_multipart(frames, copy=False)
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+            frames = sock.recv_multipart(copy=False)
             try:
                 reply = decode(frames)
             except ProtocolError as exc:

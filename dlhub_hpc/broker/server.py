@@ -110,9 +110,9 @@ class BrokerServer:
                     self.client_endpoint, self.worker_endpoint)
         self._bound.set()
         try:
+            wait = 0.0
             while not self._stopping.is_set():
-                timeout_ms = math.ceil(self.state.next_wakeup(time.monotonic()) * 1000)
-                ready = dict(poller.poll(timeout_ms))
+                ready = dict(poller.poll(math.ceil(wait * 1000)))
                 if clients in ready:
                     self._drain(clients, self._on_client_frames)
                 if workers in ready:
@@ -120,8 +120,10 @@ class BrokerServer:
                 if self._wake_r in ready:
                     self._on_wake()
                 now = time.monotonic()
-                if self.state.next_wakeup(now) == 0:
+                wait = self.state.next_wakeup(now)
+                if wait == 0:
                     self._apply(self.state.handle(Tick(), now))
+                    wait = self.state.next_wakeup(now)
             self._drain_shutdown(poller)
         finally:
             clients.close(linger=0)
@@ -148,12 +150,11 @@ class BrokerServer:
         return sock
 
     def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Any]], None]) -> None:
+        # Asking EVENTS is cheaper than the zmq.Again a last empty recv would raise.
         for _ in range(_DRAIN_LIMIT):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not sock.get(zmq.EVENTS) & zmq.POLLIN:
                 return
-            handle(frames)
+            handle(sock.recv_multipart(copy=False))
 
     def _decode(self, frames: list[Any]) -> tuple[bytes, Message] | None:
         try:

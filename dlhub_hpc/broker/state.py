@@ -127,7 +127,7 @@ class BrokerState:
         if self._deadlines:
             due = min(due, self._deadlines[0][0])
         if self._held:
-            due = min(due, *self._held.values())
+            due = min(due, min(self._held.values()))
         return max(0.0, due - now)
 
     def invalidate(self, name: str) -> None:
@@ -223,7 +223,7 @@ class BrokerState:
         """Answer from the cache, or wait on the identical request in flight; else False."""
         hit, value = self.memo.get(key)
         if hit:
-            pending.done = True
+            pending.done, pending.payload = True, None
             self.stats["replies_ok"] += 1
             out.append(ToClient(pending.client, Reply(pending.request_id, True, value, None,
                                                       [0.0, 0.0])))
@@ -243,6 +243,7 @@ class BrokerState:
         """Reply to ``p`` and to every request joined to it; cache a deterministic answer."""
         timing = None if now is None else [now - p.arrived, inference]
         p.done = True
+        p.payload = None  # the deadline heap may hold p a while; not its (maybe large) input
         out.append(ToClient(p.client, Reply(p.request_id, ok, value, error, timing)))
         self.stats["replies_ok" if ok else "replies_error"] += 1
         if p.memo_key is None:
@@ -252,7 +253,7 @@ class BrokerState:
             self.memo.put(p.memo_key, value)
         for f in followers:
             if not f.done:
-                f.done = True
+                f.done, f.payload = True, None
                 self.stats["replies_ok" if ok else "replies_error"] += 1
                 timing = None if now is None else [now - f.arrived, inference]
                 out.append(ToClient(f.client, Reply(f.request_id, ok, value, error, timing)))

@@ -191,7 +191,7 @@ def test_structured_arrays_round_trip_or_are_refused_with_invalid_input() -> Non
 # ---- malformed frames ----------------------------------------------------------------------
 
 def ext(code: int, dtype: str, shape: list[int], index: int) -> msgpack.ExtType:
-    return msgpack.ExtType(code, msgpack.packb([dtype, shape, index]))
+    return msgpack.ExtType(code, f"{dtype};{','.join(map(str, shape))};{index}".encode())
 
 
 @pytest.mark.parametrize(("frames", "words"), [
@@ -214,10 +214,13 @@ def ext(code: int, dtype: str, shape: list[int], index: int) -> msgpack.ExtType:
      "unknown msgpack extension code 9"),
     (header(1, int(Tag.REPLY), "r", True, ext(NDARRAY_EXT, "<f8", [1], 1), None),
      "undecodable header"),  # the array's frame is missing
+    (header(1, int(Tag.REPLY), "r", True, msgpack.ExtType(NDARRAY_EXT, b"\xff;;"), None),
+     "undecodable header"),  # the array record itself is garbage
 ], ids=[
     "no-frames", "garbage", "truncated", "not-a-list", "no-tag", "wrong-version",
     "unknown-tag", "string-tag", "too-few-fields", "too-many-fields", "str-field-int",
     "int-field-str", "optional-field-str", "bytes-field-str", "unknown-ext", "missing-frame",
+    "garbage-array-record",
 ])
 def test_malformed_frames_raise_protocol_error(frames: list[bytes], words: str) -> None:
     with pytest.raises(ProtocolError) as info:
