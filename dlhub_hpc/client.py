@@ -24,7 +24,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -327,7 +327,7 @@ class Client:
             sock.send_multipart(frames, copy=False)
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
-        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
             frames = sock.recv_multipart(copy=False)
             try:
                 reply = decode(frames)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -152,7 +152,7 @@ class BrokerServer:
     def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Any]], None]) -> None:
         # Asking EVENTS is cheaper than the zmq.Again a last empty recv would raise.
         for _ in range(_DRAIN_LIMIT):
-            if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+            if not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
                 return
             handle(sock.recv_multipart(copy=False))
 
