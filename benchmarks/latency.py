@@ -24,7 +24,6 @@ import contextlib
 import functools
 import json
 import logging
-import multiprocessing as mp
 import os
 import platform
 import signal
@@ -35,15 +34,28 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
-import psutil
 import zmq
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    CTX,
+    child_process,
+    htex_path,
+    hub_main,
+    quiet_child,
+    reap,
+    stop_process,
+    summary,
+    wait_for_hub,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +65,6 @@ READY = b"READY"
 HUB_TARGET = 1.5  # hub p50 / floor p50 should be at most this
 HTEX_TARGET = 5.0  # HTEX p50 / hub p50 should be at least this
 FLOOR, HUB, HTEX = "floor", "dlhub-hpc", "parsl-htex"
-
-_CTX = mp.get_context("spawn")
 
 Runner = Callable[[Any], Any]  # one round trip: payload in, echoed payload out
 
@@ -102,9 +112,9 @@ def _label(size: int) -> str:
 
 def summarize(path: str, case: Case, rounds: Sequence[Sequence[float]]) -> Row:
     ms = sorted(s * 1000 for chunk in rounds for s in chunk)
-    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
-    return Row(path, case.label, case.size, len(ms), statistics.median(ms), p99,
-               statistics.fmean(ms), [statistics.median(c) * 1000 for c in rounds if c],
+    stats = summary(ms)
+    return Row(path, case.label, case.size, len(ms), stats["p50"], stats["p99"],
+               stats["mean"], [statistics.median(c) * 1000 for c in rounds if c],
                samples=ms)
 
 
@@ -150,49 +160,6 @@ def measure(runners: dict[str, Runner], case: Case, n: int, warmup: int,
     return rows
 
 
-# ---- child processes ------------------------------------------------------------------
-
-@contextlib.contextmanager
-def child_process(target: Callable[..., None], *args: Any, name: str) -> Iterator[SpawnProcess]:
-    """A spawned process, stopped on exit whatever happens."""
-    proc = _CTX.Process(target=target, args=args, name=name)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-def stop_process(proc: SpawnProcess, grace: float = 10.0) -> None:
-    """SIGTERM, wait ``grace`` seconds, then SIGKILL."""
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(grace)
-    if proc.is_alive():
-        logger.warning("%s did not stop on SIGTERM; killing it", proc.name)
-        proc.kill()
-        proc.join(2)
-
-
-def reap(pids: Sequence[int], grace: float = 5.0) -> None:
-    """Make sure none of ``pids`` (nor their children) is still running."""
-    procs: list[psutil.Process] = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc = psutil.Process(pid)
-            procs += [proc, *proc.children(recursive=True)]
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        logger.warning("process %d outlived its parent's shutdown; killing it", proc.pid)
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=2)
-
-
-def _quiet_child() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-
-
 # ---- floor: bare pyzmq relay ----------------------------------------------------------
 
 def floor_encode(value: Any) -> list[Any]:
@@ -219,7 +186,7 @@ def _router(ctx: zmq.Context[Any]) -> tuple[zmq.Socket[bytes], str]:
 
 def relay_main(addresses: Connection, stop: MpEvent) -> None:
     """The floor's broker: ROUTER for clients, ROUTER for the worker, one poll loop."""
-    _quiet_child()
+    quiet_child()
     ctx = zmq.Context()
     front, front_addr = _router(ctx)
     back, back_addr = _router(ctx)
@@ -247,7 +214,7 @@ def relay_main(addresses: Connection, stop: MpEvent) -> None:
 
 def echo_worker_main(address: str, stop: MpEvent) -> None:
     """The floor's worker: decode the payload, re-encode it, send it back."""
-    _quiet_child()
+    quiet_child()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -296,8 +263,8 @@ class FloorClient:
 @contextlib.contextmanager
 def floor_path() -> Iterator[Runner]:
     """Relay and echo worker processes; yields a round trip through them."""
-    stop = _CTX.Event()
-    ours, theirs = _CTX.Pipe()
+    stop = CTX.Event()
+    ours, theirs = CTX.Pipe()
     try:
         with child_process(relay_main, theirs, stop, name="floor-relay"):
             if not ours.poll(30):
@@ -314,29 +281,6 @@ def floor_path() -> Iterator[Runner]:
 
 
 # ---- dlhub-hpc: hub process + one warm worker ------------------------------------------
-
-def hub_main(home: str) -> None:
-    """The hub as its own process, as ``dlhub-hpc hub start`` will run it."""
-    _quiet_child()
-    from dlhub_hpc import Hub, HubConfig
-
-    config = HubConfig(home=Path(home), client_address="tcp://127.0.0.1:0",
-                       worker_address="tcp://127.0.0.1:0")
-    Hub(config).serve_forever()
-
-
-def wait_for_hub(home: Path, proc: SpawnProcess, timeout: float = 60.0) -> str:
-    """The client address the hub wrote in ``home/hub.json`` once it listens."""
-    deadline = time.monotonic() + timeout
-    state = home / "hub.json"
-    while time.monotonic() < deadline:
-        if not proc.is_alive():
-            raise RuntimeError(f"the hub process exited with status {proc.exitcode}")
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            return str(json.loads(state.read_text())["client_address"])
-        time.sleep(0.05)
-    raise RuntimeError(f"the hub did not write {state} within {timeout}s")
-
 
 @contextlib.contextmanager
 def hub_path(home: Path, stats: dict[str, Any]) -> Iterator[Runner]:
@@ -364,55 +308,6 @@ def hub_path(home: Path, stats: dict[str, Any]) -> Iterator[Runner]:
     if shortcut:
         logger.warning("the hub answered %d requests without its worker (memo cache or "
                        "single flight): the dlhub-hpc rows understate the full path", shortcut)
-
-
-# ---- Parsl HighThroughputExecutor -----------------------------------------------------
-
-def echo(x: Any) -> Any:
-    return x
-
-
-def htex_config(run_dir: Path, poll_period: int) -> Any:
-    from parsl.config import Config
-    from parsl.executors import HighThroughputExecutor
-    from parsl.providers import LocalProvider
-
-    executor = HighThroughputExecutor(
-        label="htex",
-        address="127.0.0.1",
-        max_workers_per_node=1,
-        poll_period=poll_period,  # ms; Parsl's default is 10
-        encrypted=False,  # the hub and the floor are unencrypted too
-        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
-    )
-    return Config(executors=[executor], run_dir=str(run_dir), strategy_period=0.5,
-                  usage_tracking=0, initialize_logging=False)
-
-
-@contextlib.contextmanager
-def htex_path(run_dir: Path, poll_period: int) -> Iterator[Runner]:
-    """A Parsl DFK with one HTEX; yields ``echo(payload).result()``; cleans up on exit."""
-    import parsl
-
-    with venv_on_path():  # HTEX starts interchange.py and process_worker_pool.py by name
-        dfk = parsl.load(htex_config(run_dir, poll_period))
-        try:
-            app = parsl.python_app(echo, executors=["htex"])
-            yield lambda value: app(value).result()
-        finally:
-            dfk.cleanup()
-            parsl.clear()
-
-
-@contextlib.contextmanager
-def venv_on_path() -> Iterator[None]:
-    """Put this interpreter's ``bin`` first on ``PATH`` (the venv may not be activated)."""
-    old = os.environ.get("PATH", "")
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), old])
-    try:
-        yield
-    finally:
-        os.environ["PATH"] = old
 
 
 # ---- report ---------------------------------------------------------------------------

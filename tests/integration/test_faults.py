@@ -83,8 +83,12 @@ def test_full_queue_is_overloaded_at_once(make_hub: Callable[..., Hub]) -> None:
     with Client(hub.client_address) as client:
         client.publish(SERVABLES / "flaky")
         queued = [client.submit("test/flaky", i, timeout=5) for i in range(2)]
+        deadline = time.monotonic() + 10
+        while client.status()["servables"].get("test/flaky@1", {}).get("queued") != 2:
+            assert time.monotonic() < deadline, "the two requests never reached the queue"
+            time.sleep(0.02)
         started = time.monotonic()
         with pytest.raises(Overloaded, match="2 requests queued"):
-            client.run("test/flaky", 3)
+            client.run("test/flaky", 3, timeout=5)
         assert time.monotonic() - started < 1.0
         assert not any(f.done() for f in queued)
