@@ -1,0 +1,194 @@
+"""Pieces shared by the benchmarks: child processes, a hub process, Parsl HTEX, statistics.
+
+Import as ``from benchmarks.common import ...``; a script run as ``python benchmarks/x.py``
+first puts the repository root on ``sys.path`` (see ``latency.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+CTX = mp.get_context("spawn")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = [
+    "CTX", "REPO_ROOT", "child_process", "echo", "htex_app", "htex_config", "htex_path", "hub_main",
+    "percentile", "quiet_child", "reap", "stop_process", "summary", "venv_on_path",
+    "wait_for_hub",
+]
+
+
+# ---- statistics -----------------------------------------------------------------------
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values``, nearest rank on the sorted values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def summary(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
+    """``n``, ``p50``, ``p99`` and ``mean`` of ``values``, each multiplied by ``scale``.
+
+    ``scale=1000`` turns seconds into milliseconds, ``1e6`` into microseconds.
+    """
+    if not values:
+        return {"n": 0, "p50": math.nan, "p99": math.nan, "mean": math.nan}
+    scaled = sorted(v * scale for v in values)
+    return {"n": len(scaled), "p50": statistics.median(scaled),
+            "p99": percentile(scaled, 99), "mean": statistics.fmean(scaled)}
+
+
+# ---- child processes ------------------------------------------------------------------
+
+@contextlib.contextmanager
+def child_process(target: Callable[..., None], *args: Any, name: str) -> Iterator[SpawnProcess]:
+    """A spawned process, stopped on exit whatever happens."""
+    proc = CTX.Process(target=target, args=args, name=name)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+def stop_process(proc: SpawnProcess, grace: float = 10.0) -> None:
+    """SIGTERM, wait ``grace`` seconds, then SIGKILL."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(grace)
+    if proc.is_alive():
+        logger.warning("%s did not stop on SIGTERM; killing it", proc.name)
+        proc.kill()
+        proc.join(2)
+
+
+def reap(pids: Sequence[int], grace: float = 5.0) -> None:
+    """Make sure none of ``pids`` (nor their children) is still running."""
+    procs: list[psutil.Process] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            procs += [proc, *proc.children(recursive=True)]
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        logger.warning("process %d outlived its parent's shutdown; killing it", proc.pid)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=2)
+
+
+def quiet_child() -> None:
+    """Logging for a child process: warnings and worse only."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+
+
+# ---- a hub process --------------------------------------------------------------------
+
+def hub_main(home: str, overrides: dict[str, Any] | None = None) -> None:
+    """The hub as its own process, as ``dlhub-hpc hub start`` will run it.
+
+    ``overrides`` are more ``HubConfig`` fields, as plain (JSON-able) values, e.g.
+    ``{"batching": {"bench/oqmd_rf": {"max_batch_size": 1}}, "memo_max_bytes": 0}``.
+    """
+    quiet_child()
+    from dlhub_hpc import Hub, HubConfig
+
+    config = HubConfig(home=Path(home), client_address="tcp://127.0.0.1:0",
+                       worker_address="tcp://127.0.0.1:0", **(overrides or {}))
+    Hub(config).serve_forever()
+
+
+def wait_for_hub(home: Path, proc: SpawnProcess, timeout: float = 60.0) -> str:
+    """The client address the hub wrote in ``home/hub.json`` once it listens."""
+    deadline = time.monotonic() + timeout
+    state = home / "hub.json"
+    while time.monotonic() < deadline:
+        if not proc.is_alive():
+            raise RuntimeError(f"the hub process exited with status {proc.exitcode}")
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return str(json.loads(state.read_text())["client_address"])
+        time.sleep(0.05)
+    raise RuntimeError(f"the hub did not write {state} within {timeout}s")
+
+
+# ---- Parsl HighThroughputExecutor -----------------------------------------------------
+
+def echo(x: Any) -> Any:
+    return x
+
+
+def htex_config(run_dir: Path, poll_period: int, workers: int = 1) -> Any:
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    executor = HighThroughputExecutor(
+        label="htex",
+        address="127.0.0.1",
+        max_workers_per_node=workers,
+        poll_period=poll_period,  # ms; Parsl's default is 10
+        encrypted=False,  # the hub and the floor are unencrypted too
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+    )
+    return Config(executors=[executor], run_dir=str(run_dir), strategy_period=0.5,
+                  usage_tracking=0, initialize_logging=False)
+
+
+@contextlib.contextmanager
+def htex_app(run_dir: Path, poll_period: int, func: Callable[..., Any] = echo,
+             workers: int = 1) -> Iterator[Callable[..., Any]]:
+    """A Parsl DFK with one HTEX; yields ``func`` as a python_app (calls return futures)."""
+    import parsl
+
+    with venv_on_path():  # HTEX starts interchange.py and process_worker_pool.py by name
+        dfk = parsl.load(htex_config(run_dir, poll_period, workers))
+        try:
+            yield parsl.python_app(func, executors=["htex"])
+        finally:
+            dfk.cleanup()
+            parsl.clear()
+
+
+@contextlib.contextmanager
+def htex_path(run_dir: Path, poll_period: int,
+              workers: int = 1) -> Iterator[Callable[[Any], Any]]:
+    """A Parsl DFK with one HTEX; yields ``echo(payload).result()``; cleans up on exit."""
+    with htex_app(run_dir, poll_period, echo, workers) as app:
+        yield lambda value: app(value).result()
+
+
+@contextlib.contextmanager
+def venv_on_path() -> Iterator[None]:
+    """Put this interpreter's ``bin`` first on ``PATH`` (the venv may not be activated), and
+    the repository root on ``PYTHONPATH``, so that processes started meanwhile (Parsl's
+    worker pool) can import ``benchmarks.common`` functions sent to them by reference.
+    """
+    saved = {name: os.environ.get(name) for name in ("PATH", "PYTHONPATH")}
+    for name, first in (("PATH", Path(sys.executable).parent), ("PYTHONPATH", REPO_ROOT)):
+        os.environ[name] = os.pathsep.join(filter(None, [str(first), saved[name]]))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
