@@ -112,6 +112,8 @@ class WorkerHost:
             self.beats.append((sock, beat, encode(Heartbeat(worker_id))))
             sock.send_multipart(encode(Hello(worker_id, spec.servable, None,
                                              socket.gethostname(), os.getpid(), spec.prefix)))
+        for sock in list(self.names):  # arms ZMQ_FD: it signals only after a look found none
+            self._drain(sock)
         # staggered, as independent workers would be: worker i beats at phase i / count
         start = time.monotonic()
         self.due: deque[tuple[float, int]] = deque(
