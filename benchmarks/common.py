@@ -28,9 +28,9 @@ CTX = mp.get_context("spawn")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = [
-    "CTX", "REPO_ROOT", "child_process", "echo", "htex_app", "htex_config", "htex_path", "hub_main",
-    "percentile", "quiet_child", "reap", "stop_process", "summary", "venv_on_path",
-    "wait_for_hub",
+    "CTX", "REPO_ROOT", "CpuWatch", "child_process", "echo", "htex_app", "htex_config",
+    "htex_path", "hub_main", "percentile", "quiet_child", "reap", "stop_process", "summary",
+    "venv_on_path", "wait_for_hub",
 ]
 
 
@@ -54,6 +54,43 @@ def summary(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
     scaled = sorted(v * scale for v in values)
     return {"n": len(scaled), "p50": statistics.median(scaled),
             "p99": percentile(scaled, 99), "mean": statistics.fmean(scaled)}
+
+
+# ---- CPU used by others -----------------------------------------------------------------
+
+class CpuWatch:
+    """CPU time spent during a window: by this process and its descendants, and by the rest.
+
+    On a small machine anything else running (tests, another benchmark) moves the figures;
+    ``others`` (in cores, e.g. 0.8 = most of one core) says how much it did.
+    """
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._system = psutil.cpu_times()
+        self._ours = self._tree_times()
+
+    @staticmethod
+    def _tree_times() -> dict[int, float]:
+        me = psutil.Process()
+        times = {}
+        for proc in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                times[proc.pid] = t.user + t.system
+        return times
+
+    def stop(self) -> dict[str, float]:
+        """``ours`` and ``others``: cores busy on average since the watch was made."""
+        wall = max(time.monotonic() - self._started, 1e-9)
+        busy = _busy(psutil.cpu_times()) - _busy(self._system)
+        ours = sum(t - self._ours.get(pid, 0.0) for pid, t in self._tree_times().items())
+        return {"ours": ours / wall, "others": max(0.0, busy - ours) / wall}
+
+
+def _busy(times: Any) -> float:
+    """Seconds of CPU spent running something (guest time is already inside user)."""
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
 
 
 # ---- child processes ------------------------------------------------------------------
@@ -106,13 +143,16 @@ def hub_main(home: str, overrides: dict[str, Any] | None = None) -> None:
     """The hub as its own process, as ``dlhub-hpc hub start`` will run it.
 
     ``overrides`` are more ``HubConfig`` fields, as plain (JSON-able) values, e.g.
-    ``{"batching": {"bench/oqmd_rf": {"max_batch_size": 1}}, "memo_max_bytes": 0}``.
+    ``{"batching": {"bench/oqmd_rf": {"max_batch_size": 1}}, "memo_max_bytes": 0}``; they
+    may replace the default addresses (loopback TCP on free ports) too.
     """
     quiet_child()
     from dlhub_hpc import Hub, HubConfig
 
-    config = HubConfig(home=Path(home), client_address="tcp://127.0.0.1:0",
-                       worker_address="tcp://127.0.0.1:0", **(overrides or {}))
+    fields: dict[str, Any] = {"client_address": "tcp://127.0.0.1:0",
+                              "worker_address": "tcp://127.0.0.1:0"}
+    fields.update(overrides or {})
+    config = HubConfig(home=Path(home), **fields)
     Hub(config).serve_forever()
 
 

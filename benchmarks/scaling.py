@@ -3,12 +3,14 @@
     python benchmarks/scaling.py [--counts 1,2,...,1024] [--requests 1000] [--plot out.png]
 
 The DLHub paper served one servable from up to 512 containers, 1,000 requests a trial.
-Here one hub process serves ``demo/noop`` to a growing fleet of workers; at each size a
-client in this process sends ``--requests`` requests with ``--in-flight`` outstanding
-(``Client.submit``), ``--rounds`` times, and the run reports the throughput and the hub
-process's CPU seconds (psutil, all its threads) per request. What is measured is the
-broker's bookkeeping and fan-out, which should not grow with the number of idle workers:
-the target is hub CPU per request at the largest size within ``TARGET`` x of that at 8.
+Here one hub process serves ``demo/noop`` to a fleet of workers resized through the
+counts, up and then down again (``--passes``), so that a drift in the machine's load
+touches every size alike. At each size a client in this process sends ``--requests``
+requests with ``--in-flight`` outstanding (``Client.submit``), ``--rounds`` times, and the
+run reports the throughput and the hub process's CPU seconds (psutil, all its threads)
+per request. What is measured is the broker's bookkeeping and fan-out, which should not
+grow with the number of idle workers: the target is hub CPU per request at the largest
+size within ``TARGET`` x of that at ``BASELINE`` (8) workers.
 
 Two cores cannot run 1,024 worker processes, so the workers are *simulated worker loops
 sharing processes*: a worker host process opens up to ``--per-host`` DEALER sockets, each
@@ -16,7 +18,8 @@ a separate worker identity speaking the real protocol (Hello -> Assign -> Ready,
 BatchResult echoing each Batch, Heartbeat every interval from a heartbeat socket of its
 own as ``dlhub_hpc.worker`` does, Bye on exit), all served by one poll loop (epoll on the
 sockets' ``ZMQ_FD``, so that a wake-up does not cost more in a bigger host). The hub
-cannot tell them from real workers. The fleet only grows: each size adds hosts.
+cannot tell them from real workers. A size adds hosts or stops the newest (their workers
+say Bye).
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class WorkerHost:
             worker_id = f"{spec.prefix}-{i:04d}"
             sock = self._socket(address, worker_id)
             self.names[sock] = worker_id
-            self.selector.register(sock.get(zmq.FD), selectors.EVENT_READ, sock)
+            self.selector.register(sock, selectors.EVENT_READ, sock)
             beat = self._socket(address, f"{worker_id}/hb") if spec.heartbeat_socket else sock
             self.beats.append((sock, beat, encode(Heartbeat(worker_id))))
             sock.send_multipart(encode(Hello(worker_id, spec.servable, None,
@@ -159,7 +162,7 @@ class WorkerHost:
             sock.send_multipart(encode(Ready(self.names[sock])))
         elif isinstance(msg, Shutdown):
             logger.warning("the hub told %s to leave: %s", self.names[sock], msg.reason)
-            self.selector.unregister(sock.get(zmq.FD))
+            self.selector.unregister(sock)
             del self.names[sock]
         # a Heartbeat from the hub needs no answer
 
@@ -198,52 +201,74 @@ def worker_host_main(address: str, spec: HostSpec, stop: MpEvent) -> None:
         host.close(reason)
 
 
+@dataclass
+class Host:
+    """One worker host process, its own stop event and how many workers it runs."""
+
+    proc: SpawnProcess
+    stop: MpEvent
+    count: int
+
+
 class Fleet:
-    """Worker host processes attached to one hub; ``grow(n)`` adds hosts up to n workers."""
+    """Worker host processes attached to one hub, grown and shrunk a host at a time."""
 
     def __init__(self, address: str, per_host: int, heartbeat_interval: float) -> None:
         self.address = address
         self.per_host = per_host
         self.heartbeat_interval = heartbeat_interval
-        self.stop = CTX.Event()
-        self.hosts: list[SpawnProcess] = []
-        self.size = 0
+        self.hosts: list[Host] = []
+        self.started = 0  # hosts ever started: names stay unique after a shrink
+
+    @property
+    def size(self) -> int:
+        return sum(h.count for h in self.hosts)
 
     def __enter__(self) -> Fleet:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        self.close(self.hosts)
 
-    def grow(self, target: int) -> None:
+    def resize(self, target: int) -> None:
+        """Add hosts up to ``target`` workers, or stop the newest down to ``target``."""
+        while self.hosts and self.size - self.hosts[-1].count >= target:
+            self.close([self.hosts.pop()])
+        if self.size > target:
+            raise ValueError(f"cannot shrink to {target} workers: the newest host runs "
+                             f"{self.hosts[-1].count}; use powers of two for --counts")
         while self.size < target:
-            count = min(self.per_host, target - self.size)
-            spec = HostSpec(f"sim{len(self.hosts):03d}", count, SERVABLE,
-                            self.heartbeat_interval)
-            proc = CTX.Process(target=worker_host_main, args=(self.address, spec, self.stop),
-                               name=f"worker-host-{len(self.hosts)}")
-            self.hosts.append(proc)
-            proc.start()
-            self.size += count
+            self._start(min(self.per_host, target - self.size))
+
+    def _start(self, count: int) -> None:
+        spec = HostSpec(f"sim{self.started:03d}", count, SERVABLE, self.heartbeat_interval)
+        stop = CTX.Event()
+        proc = CTX.Process(target=worker_host_main, args=(self.address, spec, stop),
+                           name=f"worker-host-{self.started}")
+        self.hosts.append(Host(proc, stop, count))
+        self.started += 1
+        proc.start()
 
     def cpu(self) -> float:
-        """CPU seconds of every worker host so far."""
-        return sum(cpu_seconds(psutil.Process(p.pid)) for p in self.hosts if p.pid)
+        """CPU seconds of the running worker hosts."""
+        return sum(cpu_seconds(psutil.Process(h.proc.pid)) for h in self.hosts if h.proc.pid)
 
     def check(self) -> None:
-        dead = [p for p in self.hosts if not p.is_alive()]
+        dead = [h.proc for h in self.hosts if not h.proc.is_alive()]
         if dead:
             raise RuntimeError(f"{dead[0].name} exited with status {dead[0].exitcode}")
 
-    def close(self) -> None:
-        """Workers say goodbye and exit; any host that does not is terminated."""
-        self.stop.set()
+    @staticmethod
+    def close(hosts: Sequence[Host]) -> None:
+        """Their workers say goodbye and exit; any host that does not is terminated."""
+        for host in hosts:
+            host.stop.set()
         deadline = time.monotonic() + 5.0
-        for proc in self.hosts:
-            proc.join(max(0.0, deadline - time.monotonic()))
-        for proc in self.hosts:
-            stop_process(proc)
+        for host in hosts:
+            host.proc.join(max(0.0, deadline - time.monotonic()))
+        for host in hosts:
+            stop_process(host.proc)
 
 
 # ---- the hub and the load -------------------------------------------------------------
@@ -297,25 +322,38 @@ def drive(client: Any, first: int, n: int, in_flight: int) -> float:
     return time.perf_counter() - started
 
 
-def wait_ready(client: Any, fleet: Fleet, count: int, timeout: float = 120.0) -> None:
-    """Until the hub counts ``count`` workers of ``SERVABLE`` that have loaded it."""
+def wait_ready(client: Any, fleet: Fleet, timeout: float = 120.0) -> None:
+    """Until the hub counts exactly the fleet's workers, each with the servable loaded."""
     deadline = time.monotonic() + timeout
     while True:
         fleet.check()
         workers = client.status()["workers"]
         ready = sum(1 for w in workers if w["state"] != "loading")
-        if ready >= count:
+        if ready == len(workers) == fleet.size:
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{ready} of {count} workers registered after {timeout}s")
+            raise RuntimeError(f"the hub has {len(workers)} workers ({ready} ready), not "
+                               f"{fleet.size}, after {timeout}s")
         time.sleep(0.1)
 
 
 # ---- one size ---------------------------------------------------------------------------
 
 @dataclass
+class Sample:
+    """The timed rounds at one fleet size in one pass."""
+
+    workers: int
+    processes: int
+    walls: list[float]  # seconds per round
+    cpus: list[float]  # hub CPU seconds per round
+    fleet_cpu: float  # the worker hosts' CPU seconds over all rounds
+    idle_share: float | None  # hub CPU seconds / wall seconds with no requests
+
+
+@dataclass
 class Row:
-    """The figures at one fleet size."""
+    """The figures at one fleet size, every pass together."""
 
     workers: int
     processes: int
@@ -339,39 +377,57 @@ def measure_idle(hub: psutil.Process, seconds: float) -> float | None:
 
 
 def measure(client: Any, hub: psutil.Process, fleet: Fleet, args: argparse.Namespace,
-            sent: int) -> Row:
+            first: int) -> Sample:
     """Warm up, then ``args.rounds`` timed rounds of ``args.requests`` at this fleet size."""
     idle = measure_idle(hub, args.idle)
-    drive(client, sent, args.warmup, args.in_flight)
-    sent += args.warmup
+    drive(client, first, args.warmup, args.in_flight)
+    first += args.warmup
     walls, cpus = [], []
     fleet0 = fleet.cpu()
     for _ in range(args.rounds):
         cpu0 = cpu_seconds(hub)
-        walls.append(drive(client, sent, args.requests, args.in_flight))
+        walls.append(drive(client, first, args.requests, args.in_flight))
         cpus.append(cpu_seconds(hub) - cpu0)
-        sent += args.requests
-    total = args.requests * args.rounds
-    row = Row(
-        workers=fleet.size, processes=len(fleet.hosts), requests=total,
-        throughput=statistics.median(args.requests / w for w in walls),
+        first += args.requests
+    sample = Sample(fleet.size, len(fleet.hosts), walls, cpus, fleet.cpu() - fleet0, idle)
+    logger.info("%5d workers: %.0f req/s, hub %.1f us/request", sample.workers,
+                args.requests * len(walls) / sum(walls), sum(cpus) / args.requests / len(cpus)
+                * 1e6)
+    return sample
+
+
+def summarize(samples: Sequence[Sample], per_round: int) -> Row:
+    """One row from every pass's sample at one fleet size."""
+    walls = [w for s in samples for w in s.walls]
+    cpus = [c for s in samples for c in s.cpus]
+    idles = [s.idle_share for s in samples if s.idle_share is not None]
+    total = per_round * len(walls)
+    return Row(
+        workers=samples[0].workers, processes=max(s.processes for s in samples),
+        requests=total, throughput=statistics.median(per_round / w for w in walls),
         cpu_us=sum(cpus) / total * 1e6,
-        round_cpu_us=[c / args.requests * 1e6 for c in cpus],
-        round_throughput=[args.requests / w for w in walls],
-        fleet_cpu_us=(fleet.cpu() - fleet0) / total * 1e6,
-        busy_share=sum(cpus) / sum(walls), idle_share=idle,
+        round_cpu_us=[c / per_round * 1e6 for c in cpus],
+        round_throughput=[per_round / w for w in walls],
+        fleet_cpu_us=sum(s.fleet_cpu for s in samples) / total * 1e6,
+        busy_share=sum(cpus) / sum(walls),
+        idle_share=statistics.fmean(idles) if idles else None,
     )
-    logger.info("%5d workers: %.0f req/s, hub %.1f us/request", row.workers, row.throughput,
-                row.cpu_us)
-    return row
+
+
+def pass_order(counts: Sequence[int], passes: int) -> list[int]:
+    """Up, then down, then up...: a drift in the machine's load hits every size alike."""
+    order: list[int] = []
+    for i in range(passes):
+        order += counts if i % 2 == 0 else counts[::-1]
+    return order
 
 
 def sweep(args: argparse.Namespace, tmp: Path, hub_stats: dict[str, Any]) -> list[Row]:
-    """One hub, a fleet grown through ``args.counts``, one ``Row`` per size."""
+    """One hub and a fleet resized through the counts; one ``Row`` per size."""
     from dlhub_hpc import Client
     from dlhub_hpc.examples import example_dir
 
-    rows: list[Row] = []
+    samples: dict[int, list[Sample]] = {count: [] for count in args.counts}
     with (
         hub_process(tmp / "hub", hub_overrides(args)) as (proc, client_address, worker_addr),
         Fleet(worker_addr, args.per_host, args.heartbeat_interval) as fleet,
@@ -380,13 +436,13 @@ def sweep(args: argparse.Namespace, tmp: Path, hub_stats: dict[str, Any]) -> lis
         client.publish(example_dir("noop"))
         hub = psutil.Process(proc.pid)
         sent = 0
-        for count in args.counts:
-            fleet.grow(count)
-            wait_ready(client, fleet, count)
-            rows.append(measure(client, hub, fleet, args, sent))
+        for count in pass_order(args.counts, args.passes):
+            fleet.resize(count)
+            wait_ready(client, fleet)
+            samples[count].append(measure(client, hub, fleet, args, sent))
             sent += args.warmup + args.requests * args.rounds
         hub_stats.update(client.status().get("stats", {}))
-    return rows
+    return [summarize(samples[count], args.requests) for count in args.counts]
 
 
 # ---- report ---------------------------------------------------------------------------
@@ -405,27 +461,31 @@ def print_table(rows: list[Row], ratio: float | None, args: argparse.Namespace) 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=(f"One hub, N connected workers: {args.rounds} x {args.requests} "
-                         f"requests per size, {args.in_flight} in flight, demo/noop, "
+    table = Table(title=(f"One hub, N connected workers: {args.passes} x {args.rounds} x "
+                         f"{args.requests} requests per size, {args.in_flight} in flight, "
+                         "demo/noop, "
                          f"batch size {args.batch_size} ({os.cpu_count()} CPUs)"))
-    columns = ("workers", "processes", "requests", "req/s", "hub CPU us/req",
-               f"vs {BASELINE} workers", "hub CPU busy", "hub CPU idle")
+    columns = ("workers", "processes", "requests", "req/s", "hub CPU us/req", "rounds' range",
+               f"vs {BASELINE} workers", "hub CPU loaded", "hub CPU idle")
     for name in columns:
         table.add_column(name, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
             str(r.workers), str(r.processes), str(r.requests), f"{r.throughput:,.0f}",
-            f"{r.cpu_us:.1f}", "" if r.ratio is None else f"{r.ratio:.2f}x",
+            f"{r.cpu_us:.1f}", f"{min(r.round_cpu_us):.0f}-{max(r.round_cpu_us):.0f}",
+            "" if r.ratio is None else f"{r.ratio:.2f}x",
             f"{r.busy_share:.0%}", "" if r.idle_share is None else f"{r.idle_share:.1%}",
         )
     console = Console()
     if not console.is_terminal:  # piped or captured: rich would assume 80 columns
-        console = Console(width=120)
+        console = Console(width=130)
     console.print(table)
     console.print(
         f"Workers are simulated worker loops speaking the real protocol, up to "
         f"{args.per_host} sharing one process ({rows[-1].processes} processes at "
-        f"{rows[-1].workers} workers); heartbeats every {args.heartbeat_interval:g} s each way."
+        f"{rows[-1].workers} workers); heartbeats every {args.heartbeat_interval:g} s each way. "
+        "hub CPU loaded / idle: the hub's CPU time over wall time (100% = one core), while "
+        f"serving and with no requests ({args.idle:g} s)."
     )
     verdict = ("" if ratio is None else
                "[green]met[/green]" if ratio <= TARGET else "[red]missed[/red]")
@@ -469,6 +529,9 @@ def plot(rows: list[Row], path: Path) -> None:
     rate.set_ylabel("requests per second")
     rate.set_ylim(bottom=0)
     cpu.plot(xs, [r.cpu_us for r in rows], "o-", label="hub CPU per request")
+    cpu.plot([r.workers for r in rows for _ in r.round_cpu_us],
+             [c for r in rows for c in r.round_cpu_us], ".", color="tab:blue", alpha=0.3,
+             label="one round")
     base = next((r.cpu_us for r in rows if r.workers == BASELINE), None)
     if base is not None:
         cpu.axhline(base * TARGET, color="tab:red", linestyle="--",
@@ -495,7 +558,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=1000,
                         help="timed requests per round (default 1000, as in the paper)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="timed rounds per size (default 3)")
+                        help="timed rounds per size and pass (default 3)")
+    parser.add_argument("--passes", type=int, default=2,
+                        help="sweeps over the counts, alternately up and down (default 2)")
     parser.add_argument("--warmup", type=int, default=200,
                         help="untimed requests per size first (default 200)")
     parser.add_argument("--in-flight", type=int, default=32,
@@ -519,9 +584,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--counts should be integers separated by commas, not {args.counts!r}")
     if not args.counts or args.counts[0] < 1:
         parser.error("--counts needs at least one count >= 1")
-    if min(args.requests, args.rounds, args.in_flight, args.batch_size, args.per_host) < 1:
-        parser.error("--requests, --rounds, --in-flight, --batch-size and --per-host "
-                     "must be >= 1")
+    if min(args.requests, args.rounds, args.passes, args.in_flight, args.batch_size,
+           args.per_host) < 1:
+        parser.error("--requests, --rounds, --passes, --in-flight, --batch-size and "
+                     "--per-host must be >= 1")
     if args.warmup < 0 or args.heartbeat_interval <= 0 or args.idle < 0:
         parser.error("--warmup and --idle must be >= 0, --heartbeat-interval > 0")
     return args

@@ -99,7 +99,15 @@ class LoadServable:
     servable: ServableInfo
 
 
-Action = ToClient | ToWorker | LoadServable
+@dataclass(slots=True)
+class ToWorkers:
+    """The same message to many workers (heartbeats): the shell encodes it once."""
+
+    identities: list[bytes]
+    message: Message
+
+
+Action = ToClient | ToWorker | ToWorkers | LoadServable
 
 
 # ---- state ----------------------------------------------------------------------------
@@ -135,6 +143,7 @@ class WorkerInfo:
     pid: int
     block: str | None
     last_seen: float
+    last_sent: float = 0.0  # when the hub last sent it anything that proves the hub alive
     state: str = "loading"  # loading -> idle <-> busy
     batch_id: int | None = None
     batches: int = 0

@@ -30,6 +30,7 @@ from dlhub_hpc.broker.state import (
     Tick,
     ToClient,
     ToWorker,
+    ToWorkers,
 )
 from dlhub_hpc.errors import DlhubHpcError, ProtocolError
 from dlhub_hpc.protocol import (
@@ -238,6 +239,11 @@ class BrokerServer:
                 self._send(self._clients, action.identity, action.message)
             elif isinstance(action, ToWorker):
                 self._send(self._workers, action.identity, action.message)
+            elif isinstance(action, ToWorkers):
+                assert self._workers is not None
+                frames = encode(action.message)
+                for identity in action.identities:
+                    self._workers.send_multipart([identity, *frames], copy=False)
             elif isinstance(action, LoadServable):
                 self._assign(action)
 

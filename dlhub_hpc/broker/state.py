@@ -36,6 +36,7 @@ from dlhub_hpc.broker.events import (
     Tick,
     ToClient,
     ToWorker,
+    ToWorkers,
     WorkerInfo,
 )
 from dlhub_hpc.broker.memo import MemoCache, memo_key
@@ -67,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Action", "BrokerState", "Event", "FromClient", "FromWorker", "LoadServable",
-    "ServableInfo", "Tick", "ToClient", "ToWorker",
+    "ServableInfo", "Tick", "ToClient", "ToWorker", "ToWorkers",
 ]
 
 
@@ -81,6 +82,7 @@ class BrokerState:
         self._queues: dict[ServableKey, dict[str, RequestQueue]] = {}
         self._workers: dict[bytes, WorkerInfo] = {}
         self._idle: dict[ServableKey, dict[bytes, None]] = {}  # ordered sets, oldest first
+        self._worker_count: Counter[ServableKey] = Counter()
         self._batches: dict[int, InFlight] = {}
         self._deadlines: list[tuple[float, int, Pending]] = []
         self._held: dict[ServableKey, float] = {}  # part-full batches: when they must go
@@ -276,9 +278,10 @@ class BrokerState:
             if not items:
                 queue.live = 0  # only answered requests were left
                 continue
-            identity = next(iter(idle))
+            identity = next(iter(idle))  # the longest idle: work spreads over the workers
             del idle[identity]
             worker = self._workers[identity]
+            worker.last_sent = now
             self._next_batch_id += 1
             batch_id = self._next_batch_id
             self._batches[batch_id] = InFlight(identity, items, now)
@@ -335,8 +338,9 @@ class BrokerState:
         if identity in self._workers:
             self._lose_worker(identity, "it registered again", now, out)
         self._workers[identity] = WorkerInfo(
-            identity, msg.worker_id, info.key, msg.host, msg.pid, msg.block, now
+            identity, msg.worker_id, info.key, msg.host, msg.pid, msg.block, now, now
         )
+        self._worker_count[info.key] += 1
         self.stats["workers_registered"] += 1
         out.append(LoadServable(identity, info))
 
@@ -364,6 +368,7 @@ class BrokerState:
         worker = self._workers.pop(identity, None)
         if worker is None:
             return
+        self._worker_count[worker.servable] -= 1
         self.stats["load_failures"] += 1
         logger.warning("worker %s could not load %s: %s", worker.worker_id, worker.servable,
                        msg.error.get("message"))
@@ -423,12 +428,13 @@ class BrokerState:
             self._lose_worker(identity, f"it exited ({msg.reason})", now, out, graceful=True)
 
     def _live_workers(self, servable: ServableKey) -> int:
-        return sum(1 for w in self._workers.values() if w.servable == servable)
+        return self._worker_count[servable]
 
     def _lose_worker(
         self, identity: bytes, why: str, now: float, out: list[Action], *, graceful: bool = False
     ) -> None:
         worker = self._workers.pop(identity)
+        self._worker_count[worker.servable] -= 1
         self._idle.get(worker.servable, {}).pop(identity, None)
         self.stats["workers_exited" if graceful else "workers_lost"] += 1
         logger.log(logging.INFO if graceful else logging.WARNING, "worker %s (%s@%s) gone: %s",
@@ -481,7 +487,13 @@ class BrokerState:
                 self._lose_worker(
                     identity, f"no heartbeat for {self.config.heartbeat_timeout}s", now, out
                 )
-            out.extend(ToWorker(i, Heartbeat("hub")) for i in self._workers)
+            # Only to workers that heard nothing else from the hub in the last interval.
+            quiet_since = now - self.config.heartbeat_interval
+            idle = [w for w in self._workers.values() if w.last_sent <= quiet_since]
+            for w in idle:
+                w.last_sent = now
+            if idle:
+                out.append(ToWorkers([w.identity for w in idle], Heartbeat("hub")))
 
     def _expire(self, p: Pending, now: float, out: list[Action]) -> None:
         """``p``'s deadline passed: it gets Timeout; a request joined to it takes its place."""

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -76,7 +77,10 @@ def cached_bundle(cache_dir: Path, digest: str, data: bytes) -> Path:
     return target
 
 
-def _heartbeats(ctx: zmq.Context[Any], opts: WorkerOptions, stop: threading.Event) -> None:
+def _heartbeats(
+    ctx: zmq.Context[Any], opts: WorkerOptions, stop: threading.Event,
+    last_sent: Callable[[], float],
+) -> None:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"{opts.worker_id}/hb".encode())
@@ -84,7 +88,9 @@ def _heartbeats(ctx: zmq.Context[Any], opts: WorkerOptions, stop: threading.Even
     frames = encode(Heartbeat(opts.worker_id))
     try:
         while not stop.wait(opts.heartbeat_interval):
-            sock.send_multipart(frames)
+            # A result sent within the interval already told the hub this worker lives.
+            if time.monotonic() - last_sent() >= opts.heartbeat_interval:
+                sock.send_multipart(frames)
     finally:
         sock.close(linger=0)
 
@@ -97,6 +103,7 @@ class Worker:
         self.shim: Shim | None = None
         self._stop = threading.Event()
         self._last_heard = time.monotonic()
+        self._last_sent = 0.0
         self.exit_reason = ""
 
     def __repr__(self) -> str:
@@ -114,7 +121,8 @@ class Worker:
         sock.setsockopt(zmq.IDENTITY, self.opts.worker_id.encode())
         sock.connect(self.opts.hub)
         beat = threading.Thread(
-            target=_heartbeats, args=(ctx, self.opts, self._stop), name="heartbeat", daemon=True
+            target=_heartbeats, args=(ctx, self.opts, self._stop, lambda: self._last_sent),
+            name="heartbeat", daemon=True,
         )
         status = 0
         try:
@@ -157,6 +165,7 @@ class Worker:
     def _handle(self, sock: zmq.Socket[bytes], msg: Message) -> int | None:
         if isinstance(msg, Batch):
             sock.send_multipart(self._run_batch(msg), copy=False)
+            self._last_sent = time.monotonic()
         elif isinstance(msg, Assign):
             try:
                 self._load(msg)
