@@ -2,18 +2,22 @@
 
 from typing import TYPE_CHECKING, Any
 
+from dlhub_hpc.bridge import ComputeLimits, RemoteClient
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.client import USE_CLIENT_DEFAULT, Client
 from dlhub_hpc.errors import (
     ConfigError,
     DlhubHpcError,
+    EndpointError,
     ExecutionError,
     HubUnavailable,
     InvalidInput,
+    LimitExceeded,
     MethodNotFound,
     Overloaded,
     PilotError,
     ProtocolError,
+    RateLimited,
     ServableError,
     ServableLoadError,
     ServableNotFound,
@@ -26,6 +30,7 @@ from dlhub_hpc.servable import ArgType, ServableSpec, make_bundle
 
 if TYPE_CHECKING:
     from dlhub_hpc.hub import Hub
+    from dlhub_hpc.parsl_executor import DLHubExecutor, servable_app
 
 __version__ = "0.1.0"
 
@@ -33,17 +38,23 @@ __all__ = [
     "USE_CLIENT_DEFAULT",
     "ArgType",
     "Client",
+    "ComputeLimits",
     "ConfigError",
+    "DLHubExecutor",
     "DlhubHpcError",
+    "EndpointError",
     "ExecutionError",
     "Hub",
     "HubConfig",
     "HubUnavailable",
     "InvalidInput",
+    "LimitExceeded",
     "MethodNotFound",
     "Overloaded",
     "PilotError",
     "ProtocolError",
+    "RateLimited",
+    "RemoteClient",
     "ServableError",
     "ServableLoadError",
     "ServableNotFound",
@@ -54,13 +65,19 @@ __all__ = [
     "WorkerLost",
     "__version__",
     "make_bundle",
+    "servable_app",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # The hub pulls in Parsl (most of a second to import); clients and workers never need it.
+    # The hub and the Parsl executor pull in Parsl (most of a second to import); clients
+    # and workers never need it.
     if name == "Hub":
         from dlhub_hpc.hub import Hub
 
         return Hub
+    if name in ("DLHubExecutor", "servable_app"):
+        from dlhub_hpc import parsl_executor
+
+        return getattr(parsl_executor, name)
     raise AttributeError(f"module 'dlhub_hpc' has no attribute {name!r}")

@@ -162,7 +162,8 @@ class Client:
         seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
         request_id = self._new_id()
         msg = Request(request_id, name, version, method, inputs, seconds, cache)
-        return self._send(request_id, msg, seconds)
+        # The hub answers Timeout at the deadline; past it plus a grace, the hub is gone.
+        return self._send(request_id, msg, None if seconds is None else seconds + _GRACE)
 
     def run(
         self,
@@ -218,6 +219,7 @@ class Client:
     # -- administration --
 
     def control(self, op: str, timeout: float = 30.0, **args: Any) -> Any:
+        """Run a hub operation; ``HubUnavailable`` if no answer comes within ``timeout``."""
         request_id = self._new_id()
         return self._send(request_id, Control(request_id, op, args), timeout).result()
 
@@ -227,8 +229,8 @@ class Client:
         result: dict[str, Any] = self.control("publish", bundle=bundle.data)
         return result
 
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.control("status")
+    def status(self, timeout: float = 10.0) -> dict[str, Any]:
+        result: dict[str, Any] = self.control("status", timeout=timeout)
         return result
 
     def start_workers(self, servable: str, workers: int = 1) -> dict[str, Any]:
@@ -270,7 +272,8 @@ class Client:
     def _new_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
 
-    def _send(self, request_id: str, msg: Any, timeout: float | None) -> Future[Any]:
+    def _send(self, request_id: str, msg: Any, wait: float | None) -> Future[Any]:
+        """Queue ``msg`` for the I/O thread; its future fails after ``wait`` seconds unanswered."""
         frames = encode(msg)  # fails here, in the caller's thread, for values that cannot travel
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
@@ -279,7 +282,7 @@ class Client:
                 raise DlhubHpcError("the client is closed")
             self._ensure_thread()
             self._futures[request_id] = future
-        self._outbox.put([request_id, timeout, frames])
+        self._outbox.put([request_id, wait, frames])
         os.write(self._wake_w, b"x")
         return future
 
@@ -329,7 +332,7 @@ class Client:
         while not self._outbox.empty():
             request_id, timeout, frames = self._outbox.get()
             if timeout is not None:
-                heapq.heappush(self._expiry, (now + timeout + _GRACE, request_id))
+                heapq.heappush(self._expiry, (now + timeout, request_id))
             sock.send_multipart(frames, copy=False)
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:

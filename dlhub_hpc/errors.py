@@ -20,7 +20,10 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     │   ├── WorkerLost           the worker holding the request died, and no retry was possible
     │   ├── Timeout              the request's deadline passed
     │   └── Overloaded           the servable's queue is full
-    └── PilotError               workers could not be started or stopped
+    ├── PilotError               workers could not be started or stopped
+    ├── EndpointError            Globus Compute could not run the forwarding call on the endpoint
+    └── LimitExceeded            a call or its result does not fit Globus Compute's limits
+        └── RateLimited          more calls in a window than Globus Compute allows
 """
 
 from __future__ import annotations
@@ -98,6 +101,22 @@ class Overloaded(ServingError):
 
 class PilotError(DlhubHpcError):
     """Workers could not be started or stopped."""
+
+
+class EndpointError(DlhubHpcError):
+    """Globus Compute could not run the forwarding call on the site's endpoint.
+
+    The endpoint is offline, does not allow the forwarding function, lacks dlhub-hpc in its
+    Python, or the service refused the task; ``details`` says which endpoint and function.
+    """
+
+
+class LimitExceeded(DlhubHpcError):
+    """A call, or its result, does not fit Globus Compute's size limits (10 MB each way)."""
+
+
+class RateLimited(LimitExceeded):
+    """More calls in a window than Globus Compute allows; batch them or let the client pace."""
 
 
 def _all_error_types() -> dict[str, type[DlhubHpcError]]:

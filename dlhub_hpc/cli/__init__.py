@@ -8,6 +8,7 @@ import sys
 import click
 
 from dlhub_hpc.cli.common import console, fail
+from dlhub_hpc.cli.endpoint import endpoint
 from dlhub_hpc.cli.hub import hub
 from dlhub_hpc.cli.serving import publish, run, status
 from dlhub_hpc.cli.workers import workers
@@ -28,6 +29,7 @@ def cli(ctx: click.Context, hub_address: str | None, verbose: int) -> None:
     ctx.obj = {"hub": hub_address}
 
 
+cli.add_command(endpoint)
 cli.add_command(hub)
 cli.add_command(publish)
 cli.add_command(run)

@@ -91,11 +91,13 @@ def _blocks_table(status: dict[str, Any]) -> Table:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for the hub.")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
     """Show the hub: servables, queues, workers, pilot blocks and counters."""
-    with client_from(ctx, timeout=10.0) as client:
-        data = client.status()
+    with client_from(ctx) as client:
+        data = client.status(timeout=timeout)
     if as_json:
         click.echo(to_json(data))
         return

@@ -1,4 +1,5 @@
-"""Example servables: ``add`` and ``noop`` (Python functions) and ``iris`` (scikit-learn)."""
+"""Example servables: ``add`` and ``noop`` (Python functions), ``iris`` (scikit-learn), and
+the ``screening`` workflow with its model (``screening/model``)."""
 
 from __future__ import annotations
 

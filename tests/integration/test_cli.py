@@ -81,5 +81,5 @@ def test_cli_errors_are_clear(background_hub: Path) -> None:
 
 
 def test_no_hub_is_reported(tmp_path: Path) -> None:
-    bad = dlhub("--hub", "tcp://127.0.0.1:9", "status", check=False)
+    bad = dlhub("--hub", "tcp://127.0.0.1:9", "status", "--timeout", "1", check=False)
     assert bad.returncode == 1 and "HubUnavailable" in bad.stderr

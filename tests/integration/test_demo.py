@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
-import psutil
-
-
-def _workers() -> set[int]:
-    return {
-        p.pid for p in psutil.process_iter(["cmdline"])
-        if "dlhub_hpc.worker" in (p.info["cmdline"] or [])
-    }
+from .conftest import worker_processes
 
 
 def test_demo_answers_and_cleans_up() -> None:
-    before = _workers()
     result = subprocess.run(
         [sys.executable, "-m", "dlhub_hpc.demo", "--requests", "40"],
         capture_output=True, text=True, timeout=120,
@@ -28,4 +21,6 @@ def test_demo_answers_and_cleans_up() -> None:
     assert "InvalidInput" in out
     assert "sum of answers 5050.0" in out
     assert "demo/add (memo hit)" in out and "hub and workers stopped" in out
-    assert _workers() - before == set()
+    worker_address = re.search(r"\(workers: (tcp://[\d.:]+)\)", out)
+    assert worker_address is not None, out
+    assert worker_processes(worker_address.group(1)) == []

@@ -1,0 +1,112 @@
+"""A screening loop as a Parsl workflow: generate candidates, score them with a servable on
+the hub, keep the best, and generate the next round around them.
+
+Candidate generation and selection are ordinary Parsl apps (here on a thread pool; on a
+facility, on whatever executor the site uses); scoring is a servable app on a
+``DLHubExecutor``, so each batch of candidates goes to warm workers on the hub. The apps
+chain through futures: ``predict(generate(best))`` and ``keep_best(best, ...)``.
+
+Run it against a hub that serves the example model::
+
+    dlhub-hpc publish dlhub_hpc/examples/screening/model
+    dlhub-hpc workers start --servable demo/screening
+    python -m dlhub_hpc.examples.screening.workflow --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import parsl
+from parsl import python_app
+from parsl.config import Config
+from parsl.executors import ThreadPoolExecutor
+
+from dlhub_hpc.parsl_executor import DLHubExecutor, servable_app
+
+logger = logging.getLogger(__name__)
+
+MODEL_DIR = Path(__file__).parent / "model"
+SERVABLE = "demo/screening"
+ELEMENTS = 4
+
+Ranked = tuple[np.ndarray, np.ndarray]  # candidates (k, ELEMENTS), scores (k,), best first
+
+
+def make_config(hub_address: str | None = None, run_dir: str = "runinfo") -> Config:
+    """Two executors: threads for the workflow's own apps, the hub for the servable."""
+    return Config(
+        executors=[
+            ThreadPoolExecutor(label="local", max_threads=2),
+            DLHubExecutor(label="dlhub", address=hub_address),
+        ],
+        run_dir=run_dir,
+        strategy="none",
+    )
+
+
+@python_app(executors=["local"])
+def generate(best: Ranked | None, n: int, spread: float, seed: int) -> np.ndarray:
+    """``n`` compositions: random at first, then mutations of the best so far."""
+    rng = np.random.default_rng(seed)
+    if best is None:
+        x = rng.dirichlet(np.ones(ELEMENTS), size=n)
+    else:
+        parents = best[0][rng.integers(len(best[0]), size=n)]
+        x = np.abs(parents + rng.normal(0.0, spread, size=parents.shape))
+    return x / x.sum(axis=1, keepdims=True)
+
+
+@python_app(executors=["local"])
+def keep_best(best: Ranked | None, k: int, inputs: Sequence[Any] = ()) -> Ranked:
+    """The ``k`` best of ``best`` and the new (candidates, scores) pairs in ``inputs``."""
+    pairs = list(inputs)
+    candidates = [np.asarray(c) for c in pairs[0::2]]
+    scores = [np.asarray(s) for s in pairs[1::2]]
+    if best is not None:
+        candidates.append(best[0])
+        scores.append(best[1])
+    x, y = np.concatenate(candidates), np.concatenate(scores)
+    order = np.argsort(-y, kind="stable")[:k]
+    return x[order], y[order]
+
+
+def screen(rounds: int = 5, batches: int = 4, batch_size: int = 64, keep: int = 8,
+           seed: int = 0, servable: str = SERVABLE) -> Ranked:
+    """Run the loop in the loaded Parsl config; returns the best candidates and scores."""
+    predict = servable_app(servable)
+    best: Any = None
+    for r in range(rounds):
+        spread = 0.2 / (r + 1)
+        pairs: list[Any] = []
+        for b in range(batches):
+            candidates = generate(best, batch_size, spread, seed * 1_000_003 + r * 1009 + b)
+            pairs += [candidates, predict(candidates)]
+        best = keep_best(best, keep, inputs=pairs)
+    result: Ranked = best.result()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hub", default=None, help="the hub's client address")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=4, help="batches per round")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--keep", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    with parsl.load(make_config(args.hub)):
+        candidates, scores = screen(args.rounds, args.batches, args.batch_size, args.keep,
+                                    args.seed)
+    for x, y in zip(candidates, scores, strict=True):
+        print(f"{y:10.6f}  " + "  ".join(f"{v:.3f}" for v in x))
+
+
+if __name__ == "__main__":
+    main()
