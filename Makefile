@@ -37,6 +37,8 @@ test: system-deps $(STAMP) lint typecheck unit integration
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/latency.py --plot benchmarks/results/latency.png
+	$(BIN)/python benchmarks/scaling.py --counts 1,8,64,1024 --passes 1 --plot benchmarks/results/scaling.png
+	$(BIN)/python benchmarks/paper_suite.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

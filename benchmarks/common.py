@@ -15,7 +15,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
@@ -59,25 +59,41 @@ def summary(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
 # ---- CPU used by others -----------------------------------------------------------------
 
 class CpuWatch:
-    """CPU time spent during a window: by this process and its descendants, and by the rest.
+    """CPU time spent during a window: by this run's processes, and by everything else.
 
-    On a small machine anything else running (tests, another benchmark) moves the figures;
-    ``others`` (in cores, e.g. 0.8 = most of one core) says how much it did.
+    This run is this process and its descendants, plus ``pids`` and processes whose command
+    line holds ``marker`` (and their descendants): Parsl's ``LocalProvider`` starts blocks
+    in the background of a shell that exits, so workers are not our descendants. On a small
+    machine anything else running (tests, another benchmark) moves the figures; ``others``
+    (in cores, e.g. 0.8 = most of one core) says how much it did.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pids: Iterable[int] = (), marker: str | None = None) -> None:
+        self._pids = set(pids)
+        self._marker = marker
         self._started = time.monotonic()
         self._system = psutil.cpu_times()
         self._ours = self._tree_times()
 
-    @staticmethod
-    def _tree_times() -> dict[int, float]:
-        me = psutil.Process()
-        times = {}
-        for proc in [me, *me.children(recursive=True)]:
+    def _roots(self) -> list[psutil.Process]:
+        roots = [psutil.Process()]
+        for pid in self._pids:
             with contextlib.suppress(psutil.Error):
-                t = proc.cpu_times()
-                times[proc.pid] = t.user + t.system
+                roots.append(psutil.Process(pid))
+        if self._marker:
+            for proc in psutil.process_iter(["cmdline"]):
+                if self._marker in " ".join(proc.info["cmdline"] or ()):
+                    roots.append(proc)
+        return roots
+
+    def _tree_times(self) -> dict[int, float]:
+        times = {}
+        for root in self._roots():
+            with contextlib.suppress(psutil.Error):
+                for proc in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        t = proc.cpu_times()
+                        times[proc.pid] = t.user + t.system
         return times
 
     def stop(self) -> dict[str, float]:

@@ -7,9 +7,9 @@ deadlines.
 
 Batching: a free worker gets everything queued for its servable, up to ``max_batch_size``.
 A part-full batch waits (at most ``max_batch_delay`` after its oldest request arrived) only
-while the servable is under concurrent load: its newest request came less than that delay
-after the one before, and found others still unanswered. A lone request, or the next call
-of a caller that waits for each answer, goes at once.
+while the servable is under concurrent load: its newest request found others still
+unanswered. A lone request, or the next call of a caller that waits for each answer, goes
+at once.
 """
 
 from __future__ import annotations
@@ -86,7 +86,6 @@ class BrokerState:
         self._batches: dict[int, InFlight] = {}
         self._deadlines: list[tuple[float, int, Pending]] = []
         self._held: dict[ServableKey, float] = {}  # part-full batches: when they must go
-        self._last_arrival: dict[ServableKey, float] = {}
         self._arriving: dict[ServableKey, bool] = {}  # concurrent load: worth waiting to batch
         self._in_flight: Counter[ServableKey] = Counter()  # items at workers, per servable
         self._flights: dict[bytes, list[Pending]] = {}  # memo key -> requests joined to it
@@ -211,11 +210,8 @@ class BrokerState:
 
     def _note_arrival(self, info: ServableInfo, now: float) -> None:
         """Is ``info`` under concurrent load, so that a part-full batch should wait?"""
-        last = self._last_arrival.get(info.key)
-        self._last_arrival[info.key] = now
-        if last is None or now - last >= info.max_batch_delay:
-            self._arriving[info.key] = False
-            return
+        # Others still unanswered: more are coming (a closed-loop caller resubmits as its
+        # answers arrive). None: a lone or strictly sequential caller, who must not wait.
         unanswered = self._in_flight[info.key] > 0 or any(
             q.live for q in self._queues[info.key].values()
         )
