@@ -225,29 +225,39 @@ class Bye(Message):
     reason: str
 
 
+def check_sendable_array(arr: np.ndarray) -> None:
+    """Refuse arrays whose bytes alone cannot rebuild them (objects, structured records)."""
+    if arr.dtype.hasobject or arr.dtype.names is not None or arr.dtype.kind == "V":
+        raise InvalidInput(
+            f"numpy arrays of dtype {arr.dtype} cannot be sent; convert to a numeric, "
+            "bool, string or datetime dtype, or to a list",
+            dtype=str(arr.dtype),
+        )
+
+
+def plain_value(obj: Any) -> Any:
+    """msgpack's fallback for what is not an array: numpy scalars, tuples and sets."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    raise InvalidInput(
+        f"values of type {type(obj).__name__} cannot be sent; use numbers, strings, bytes, "
+        "lists, dicts or numpy arrays",
+        type=type(obj).__name__,
+    )
+
+
 def _pack_default(buffers: list[Any]) -> Any:
     def default(obj: Any) -> Any:
-        if isinstance(obj, np.ndarray):
-            if obj.dtype.hasobject or obj.dtype.names is not None or obj.dtype.kind == "V":
-                raise InvalidInput(
-                    f"numpy arrays of dtype {obj.dtype} cannot be sent; convert to a numeric, "
-                    "bool, string or datetime dtype, or to a list",
-                    dtype=str(obj.dtype),
-                )
-            arr = np.ascontiguousarray(obj)  # a no-op (no copy) for C-ordered arrays
-            buffers.append(arr.reshape(-1).view(np.uint8).data)  # any dtype, still no copy
-            # "dtype;d0,d1,...;frame": cheaper than a nested packb inside this hook
-            shape = ",".join(map(str, obj.shape))
-            return msgpack.ExtType(NDARRAY_EXT, f"{obj.dtype.str};{shape};{len(buffers)}".encode())
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, tuple | set | frozenset):
-            return list(obj)
-        raise InvalidInput(
-            f"values of type {type(obj).__name__} cannot be sent; use numbers, strings, bytes, "
-            "lists, dicts or numpy arrays",
-            type=type(obj).__name__,
-        )
+        if not isinstance(obj, np.ndarray):
+            return plain_value(obj)
+        check_sendable_array(obj)
+        arr = np.ascontiguousarray(obj)  # a no-op (no copy) for C-ordered arrays
+        buffers.append(arr.reshape(-1).view(np.uint8).data)  # any dtype, still no copy
+        # "dtype;d0,d1,...;frame": cheaper than a nested packb inside this hook
+        shape = ",".join(map(str, obj.shape))
+        return msgpack.ExtType(NDARRAY_EXT, f"{obj.dtype.str};{shape};{len(buffers)}".encode())
 
     return default
 

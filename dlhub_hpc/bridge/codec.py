@@ -32,7 +32,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from dlhub_hpc.errors import InvalidInput, ProtocolError
+from dlhub_hpc.errors import ProtocolError
+from dlhub_hpc.protocol import check_sendable_array, plain_value
 
 logger = logging.getLogger(__name__)
 
@@ -46,24 +47,12 @@ STATUSES = (OK, ERROR, DEFERRED)
 
 
 def _default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject or obj.dtype.names is not None or obj.dtype.kind == "V":
-            raise InvalidInput(
-                f"numpy arrays of dtype {obj.dtype} cannot be sent; convert to a numeric, "
-                "bool, string or datetime dtype, or to a list",
-                dtype=str(obj.dtype),
-            )
-        body = [obj.dtype.str, list(obj.shape), np.ascontiguousarray(obj).tobytes()]
-        return msgpack.ExtType(NDARRAY_EXT, msgpack.packb(body, use_bin_type=True))
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, tuple | set | frozenset):
-        return list(obj)
-    raise InvalidInput(
-        f"values of type {type(obj).__name__} cannot be sent; use numbers, strings, bytes, "
-        "lists, dicts or numpy arrays",
-        type=type(obj).__name__,
-    )
+    # One self-contained string crosses Globus Compute: arrays go inline, not as frames.
+    if not isinstance(obj, np.ndarray):
+        return plain_value(obj)
+    check_sendable_array(obj)
+    body = [obj.dtype.str, list(obj.shape), np.ascontiguousarray(obj).tobytes()]
+    return msgpack.ExtType(NDARRAY_EXT, msgpack.packb(body, use_bin_type=True))
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
