@@ -248,3 +248,24 @@ def venv_on_path() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+# ---- output -------------------------------------------------------------------------------
+
+def save_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a benchmark's figures as indented JSON, making the folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def pyplot() -> Any | None:
+    """``matplotlib.pyplot`` on the Agg backend, or None (with a warning) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed, so no figures: pip install matplotlib")
+        return None
+    return plt

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import logging
 import os
 import platform
@@ -50,8 +49,10 @@ from benchmarks.common import (
     child_process,
     htex_path,
     hub_main,
+    pyplot,
     quiet_child,
     reap,
+    save_json,
     stop_process,
     summary,
     wait_for_hub,
@@ -383,21 +384,15 @@ def write_json(rows: list[Row], ratios: dict[str, float | None], hub_stats: dict
         "rows": [{k: v for k, v in asdict(r).items() if k != "samples"} for r in rows],
         "hub_stats": hub_stats,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    save_json(path, data)
 
 
 def plot(rows: list[Row], path: Path) -> None:
     """p50 bars per payload (log scale) and latency CDFs at the smallest payload."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FormatStrFormatter
-    except ImportError:
-        logger.warning("matplotlib is not installed, so no plot: pip install matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
+    from matplotlib.ticker import FormatStrFormatter
     paths = list(dict.fromkeys(r.path for r in rows))
     labels = list(dict.fromkeys(r.payload for r in rows))
     fig, (bars, cdf) = plt.subplots(1, 2, figsize=(13, 5))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,6 +16,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from benchmarks.common import pyplot, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -229,21 +230,15 @@ def write_json(results: Results, path: Path) -> None:
         "targets": [asdict(t) for t in targets(results)],
         **asdict(results),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    save_json(path, data)
 
 
 # ---- figures ---------------------------------------------------------------------------------
 
 def plot_all(results: Results, directory: Path) -> None:
     """Write ``paper_{latency,batching,memo,throughput}.png`` in ``directory``."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed, so no figures: pip install matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
     directory.mkdir(parents=True, exist_ok=True)
     for stem, draw in (("latency", _plot_latency), ("batching", _plot_sweep),

@@ -69,7 +69,15 @@ from dlhub_hpc.protocol import (
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CTX, hub_main, quiet_child, stop_process, wait_for_hub
+from benchmarks.common import (
+    CTX,
+    hub_main,
+    pyplot,
+    quiet_child,
+    save_json,
+    stop_process,
+    wait_for_hub,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -509,19 +517,13 @@ def write_json(rows: list[Row], ratio: float | None, hub_stats: dict[str, Any],
         "rows": [asdict(r) for r in rows],
         "hub_stats": hub_stats,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    save_json(path, data)
 
 
 def plot(rows: list[Row], path: Path) -> None:
     """Throughput and hub CPU per request against the number of workers (log2 axis)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed, so no plot: pip install matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
     xs = [r.workers for r in rows]
     fig, (rate, cpu) = plt.subplots(1, 2, figsize=(12, 4.5))
