@@ -12,6 +12,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import sys
 import time
@@ -269,3 +270,13 @@ def pyplot() -> Any | None:
         logger.warning("matplotlib is not installed, so no figures: pip install matplotlib")
         return None
     return plt
+
+
+def start_run(verbose: bool, script_logger: logging.Logger) -> None:
+    """Logging for a benchmark script, and SIGTERM ending it like Ctrl-C does, so that
+    every child process is stopped on the way out."""
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        script_logger.setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -25,7 +25,6 @@ import functools
 import logging
 import os
 import platform
-import signal
 import statistics
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from benchmarks.common import (
     quiet_child,
     reap,
     save_json,
+    start_run,
     stop_process,
     summary,
     wait_for_hub,
@@ -471,12 +471,7 @@ def run_all(args: argparse.Namespace, tmp: Path, hub_stats: dict[str, Any]) -> l
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.verbose:
-        logger.setLevel(logging.INFO)
-    # SIGTERM ends the run like Ctrl-C does, so that every child process is stopped
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    start_run(args.verbose, logger)
     started = time.monotonic()
     hub_stats: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dlhub-bench-") as tmp:

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import signal
 import statistics
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from benchmarks.common import (
     hub_main,
     quiet_child,
     reap,
+    start_run,
     stop_process,
     summary,
     wait_for_hub,
@@ -469,12 +469,7 @@ def run_all(args: argparse.Namespace, settings: Settings, tmp: Path) -> report.R
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.verbose:
-        logger.setLevel(logging.INFO)
-    # SIGTERM ends the run like Ctrl-C does, so that every child process is stopped
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    start_run(args.verbose, logger)
     started = time.monotonic()
     settings = Settings.make(args.quick)
     with tempfile.TemporaryDirectory(prefix="dlhub-paper-") as tmp:

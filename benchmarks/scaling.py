@@ -32,7 +32,6 @@ import os
 import platform
 import resource
 import selectors
-import signal
 import socket
 import statistics
 import sys
@@ -75,6 +74,7 @@ from benchmarks.common import (
     pyplot,
     quiet_child,
     save_json,
+    start_run,
     stop_process,
     wait_for_hub,
 )
@@ -609,12 +609,7 @@ def raise_fd_limit(workers: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.verbose:
-        logger.setLevel(logging.INFO)
-    # SIGTERM ends the run like Ctrl-C does, so that every child process is stopped
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    start_run(args.verbose, logger)
     raise_fd_limit(args.counts[-1])
     started = time.monotonic()
     hub_stats: dict[str, Any] = {}
