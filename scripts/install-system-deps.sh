@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs. Installed only when run as root on Debian/Ubuntu;
-# elsewhere the tests that need them are skipped with the reason printed.
+# Debian packages the test suite needs (scripts/system-packages.txt, plus any named in
+# $DLHUB_HPC_SYSTEM_PACKAGES). Installed only when run as root on Debian/Ubuntu; elsewhere
+# the tests that need them are skipped with the reason printed.
 set -euo pipefail
-PACKAGES=(${DLHUB_HPC_SYSTEM_PACKAGES:-})
-if [ ${#PACKAGES[@]} -eq 0 ]; then
-  exit 0
-fi
+cd "$(dirname "$0")"
+PACKAGES=($(sed -e 's/#.*//' system-packages.txt) ${DLHUB_HPC_SYSTEM_PACKAGES:-})
+[ ${#PACKAGES[@]} -eq 0 ] && exit 0
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
