@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration system-deps bench clean
+.PHONY: demo test lint typecheck unit integration system-deps bench clean slurm-start slurm-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,23 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
+# Starts a one-node Slurm first when it is installed and we are root (the `slurm` tests
+# need it), and stops it afterwards, pass or fail.
 integration: $(STAMP)
-	$(BIN)/python -m pytest tests/integration
+	@slurm=0; \
+	if [ "$$(id -u)" -eq 0 ] && [ -x /usr/sbin/slurmctld ] && command -v sbatch >/dev/null; then \
+	  if conf="$$(bash scripts/slurm/start.sh)"; then eval "$$conf"; slurm=1; \
+	  else echo "could not start Slurm; the slurm tests will be skipped" >&2; fi; \
+	fi; \
+	rc=0; $(BIN)/python -m pytest tests/integration || rc=$$?; \
+	if [ $$slurm -eq 1 ]; then bash scripts/slurm/stop.sh; fi; \
+	exit $$rc
+
+slurm-start:
+	@bash scripts/slurm/start.sh
+
+slurm-stop:
+	@bash scripts/slurm/stop.sh
 
 test: system-deps $(STAMP) lint typecheck unit integration
 

@@ -6,6 +6,8 @@ from dlhub_hpc.bridge import ComputeLimits, RemoteClient
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.client import USE_CLIENT_DEFAULT, Client
 from dlhub_hpc.errors import (
+    AuthenticationError,
+    BundleDigestMismatch,
     ConfigError,
     DlhubHpcError,
     EndpointError,
@@ -15,18 +17,22 @@ from dlhub_hpc.errors import (
     LimitExceeded,
     MethodNotFound,
     Overloaded,
+    PermissionDenied,
     PilotError,
     ProtocolError,
     RateLimited,
     ServableError,
     ServableLoadError,
     ServableNotFound,
+    ServableWithdrawn,
     ServingError,
     SpecError,
     Timeout,
     WorkerLost,
 )
+from dlhub_hpc.keys import KeyPair
 from dlhub_hpc.servable import ArgType, ServableSpec, make_bundle
+from dlhub_hpc.servable.builders import PythonFunctionServable, ScikitLearnServable
 
 if TYPE_CHECKING:
     from dlhub_hpc.hub import Hub
@@ -37,6 +43,8 @@ __version__ = "0.1.0"
 __all__ = [
     "USE_CLIENT_DEFAULT",
     "ArgType",
+    "AuthenticationError",
+    "BundleDigestMismatch",
     "Client",
     "ComputeLimits",
     "ConfigError",
@@ -48,17 +56,22 @@ __all__ = [
     "HubConfig",
     "HubUnavailable",
     "InvalidInput",
+    "KeyPair",
     "LimitExceeded",
     "MethodNotFound",
     "Overloaded",
+    "PermissionDenied",
     "PilotError",
     "ProtocolError",
+    "PythonFunctionServable",
     "RateLimited",
     "RemoteClient",
+    "ScikitLearnServable",
     "ServableError",
     "ServableLoadError",
     "ServableNotFound",
     "ServableSpec",
+    "ServableWithdrawn",
     "ServingError",
     "SpecError",
     "Timeout",

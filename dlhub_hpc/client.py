@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +31,10 @@ from typing import Any, cast
 import zmq
 
 from dlhub_hpc.broker.config import default_home, read_hub_file
+from dlhub_hpc.client_auth import ClientCurve, hint
+from dlhub_hpc.client_publication import PublicationMixin
 from dlhub_hpc.errors import DlhubHpcError, HubUnavailable, ProtocolError, error_from_wire
+from dlhub_hpc.keys import KeyPair
 from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, Control, Reply, Request, decode, encode
 from dlhub_hpc.servable.bundle import make_bundle
 from dlhub_hpc.servable.spec import parse_ref
@@ -38,6 +42,7 @@ from dlhub_hpc.servable.spec import parse_ref
 logger = logging.getLogger(__name__)
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: enum flag arithmetic costs microseconds per call
+_AUTH_CHECK = 0.25  # seconds between looks for a refused handshake while waiting
 _GRACE = 5.0  # seconds past a request's own timeout before the client gives up on the hub
 
 
@@ -65,28 +70,38 @@ def find_hub_address(home: Path | None = None) -> str:
 class _ThreadSocket:
     """A DEALER socket owned by one caller thread; closed in that thread when it ends."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, curve: ClientCurve | None = None) -> None:
         self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.curve = curve or ClientCurve()
+        self.monitor = self.curve.secure(self.sock, address)
         self.sock.connect(address)
         self._wait: float | None = None  # the receive timeout now set on the socket
 
     def call(self, request_id: str, frames: list[Any], wait: float | None, address: str) -> Any:
-        # A blocking receive with RCVTIMEO: cheaper per call than a poller.
-        if wait != self._wait:
-            self.sock.setsockopt(zmq.RCVTIMEO, -1 if wait is None else math.ceil(wait * 1000))
-            self._wait = wait
+        # A blocking receive with RCVTIMEO: cheaper per call than a poller. With CurveZMQ
+        # the wait is cut in slices, to notice a refused handshake between them.
+        step = wait if self.monitor is None else min(wait or _AUTH_CHECK, _AUTH_CHECK)
+        if step != self._wait:
+            self.sock.setsockopt(zmq.RCVTIMEO, -1 if step is None else math.ceil(step * 1000))
+            self._wait = step
         self.sock.send_multipart(frames, copy=False)
         deadline = None if wait is None else time.monotonic() + wait
         while True:
             try:
                 received = self.sock.recv_multipart(copy=False)
             except zmq.Again:
+                refused = self.curve.refusal(self.monitor, address)
+                if refused is not None:
+                    raise refused from None
+                if self.monitor is not None and (deadline is None
+                                                 or time.monotonic() < deadline):
+                    continue
                 received = None
             if received is None or (deadline is not None and time.monotonic() >= deadline):
-                raise HubUnavailable(
+                raise self.curve.last_refusal or HubUnavailable(
                     f"no reply from the hub at {address}; is it running? "
-                    "Start one with 'dlhub-hpc hub start'",
+                    f"Start one with 'dlhub-hpc hub start'{hint(address, self.curve)}",
                     address=address,
                 )
             try:
@@ -101,20 +116,28 @@ class _ThreadSocket:
             # else: the late answer to an earlier call that gave up; drop it
 
     def close(self) -> None:
+        ClientCurve.close(self.sock, self.monitor)
         self.sock.close(linger=0)
 
     def __del__(self) -> None:
         # Runs in the owning thread when its thread-local storage is cleared at exit.
         if not self.sock.closed:
+            ClientCurve.close(self.sock, self.monitor)
             self.sock.close(linger=0)
 
 
-class Client:
+class Client(PublicationMixin):
     """Talks to one hub. Thread-safe; use as a context manager or call ``close()``."""
 
-    def __init__(self, address: str | None = None, *, timeout: float | None = 60.0) -> None:
+    def __init__(
+        self, address: str | None = None, *, timeout: float | None = 60.0,
+        keys: KeyPair | None = None, server_key: str | None = None,
+    ) -> None:
+        """``keys``: this caller's CurveZMQ key pair (default: the user's own, made on
+        first use); ``server_key``: the hub's public key (default: as the hub recorded it)."""
         self._address = address
         self.timeout = timeout
+        self._curve = ClientCurve(keys, server_key)
         self._outbox: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
         self._futures: dict[str, Future[Any]] = {}
         self._expiry: list[tuple[float, str]] = []
@@ -213,7 +236,7 @@ class Client:
             raise DlhubHpcError("the client is closed")
         channel: _ThreadSocket | None = getattr(self._local, "channel", None)
         if channel is None:
-            channel = self._local.channel = _ThreadSocket(self.address)
+            channel = self._local.channel = _ThreadSocket(self.address, self._curve)
         return channel
 
     # -- administration --
@@ -243,6 +266,31 @@ class Client:
     ) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.control(
             "stop_workers", timeout=120.0, servable=servable, blocks=blocks)
+        return result
+
+    def start_pilot(
+        self, servable: str, profile: str | Path | Mapping[str, Any] = "local",
+        nodes: int | None = None,
+    ) -> dict[str, Any]:
+        """Start a pilot for ``servable`` from a site profile (a name, a YAML path, or data)."""
+        if hasattr(profile, "model_dump"):
+            profile = profile.model_dump(mode="json")
+        sent = dict(profile) if isinstance(profile, Mapping) else str(profile)
+        result: dict[str, Any] = self.control(
+            "pilot_start", timeout=180.0, servable=servable, profile=sent, nodes=nodes)
+        return result
+
+    def pilot_status(self) -> list[dict[str, Any]]:
+        """Every pilot: profile, servable, limits, and its blocks with their states."""
+        result: list[dict[str, Any]] = self.control("pilot_status", timeout=60.0)
+        return result
+
+    def stop_pilot(
+        self, pilots: list[str] | None = None, servable: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Stop the named pilots, or those of ``servable``, or (with neither) all."""
+        result: list[dict[str, Any]] = self.control(
+            "pilot_stop", timeout=120.0, pilots=pilots, servable=servable)
         return result
 
     def shutdown_hub(self) -> None:
@@ -303,10 +351,13 @@ class Client:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        monitor = self._curve.secure(sock, self.address)
         sock.connect(self.address)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
         ready.set()
         try:
             while not self._closing.is_set():
@@ -321,8 +372,13 @@ class Client:
                     self._flush_outbox(sock)
                 if sock in events:
                     self._drain_replies(sock)
+                if monitor is not None and monitor in events:
+                    refused = self._curve.refusal(monitor, self.address)
+                    if refused is not None:
+                        self._fail_all(refused)
                 self._expire()
         finally:
+            ClientCurve.close(sock, monitor)
             sock.close(linger=0)
             ctx.term()
             self._fail_all(DlhubHpcError("the client was closed"))
@@ -361,9 +417,9 @@ class Client:
             with self._lock:
                 future = self._futures.pop(request_id, None)
             if future is not None:
-                future.set_exception(HubUnavailable(
+                future.set_exception(self._curve.last_refusal or HubUnavailable(
                     f"no reply from the hub at {self.address}; is it running? "
-                    "Start one with 'dlhub-hpc hub start'",
+                    f"Start one with 'dlhub-hpc hub start'{hint(self.address, self._curve)}",
                     address=self.address,
                 ))
 

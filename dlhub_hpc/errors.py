@@ -7,11 +7,16 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
 
     DlhubHpcError
     ├── ConfigError              a hub, pilot or client setting is invalid
+    │   └── ProfileError         a site profile is unknown or invalid (names the valid choices)
     ├── ProtocolError            a frame could not be decoded or has the wrong version
     ├── HubUnavailable           no hub answers at the address
+    ├── AuthenticationError      the hub refused this connection's key (or the key is missing)
+    ├── PermissionDenied         the caller's identity may not see or change this servable
     ├── ServableError
     │   ├── SpecError            a servable spec or directory is invalid
     │   ├── ServableNotFound     no servable with that name (and version)
+    │   ├── ServableWithdrawn    the version was withdrawn (the reason, and any replacement)
+    │   ├── BundleDigestMismatch a stored bundle's sha256 differs from its record; not loaded
     │   ├── MethodNotFound       the servable has no such method
     │   ├── InvalidInput         the input does not match the declared type
     │   ├── ServableLoadError    a worker could not load the servable
@@ -21,6 +26,10 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     │   ├── Timeout              the request's deadline passed
     │   └── Overloaded           the servable's queue is full
     ├── PilotError               workers could not be started or stopped
+    ├── ContainerError           a servable image could not be built, found or run
+    │   ├── RuntimeNotFound      the container runtime is not installed (says what to install)
+    │   ├── ImageBuildError      one build step failed (the step's name and its log tail)
+    │   └── ImageDigestMismatch  an image's sha256 differs from its record; it is refused
     ├── EndpointError            Globus Compute could not run the forwarding call on the endpoint
     └── LimitExceeded            a call or its result does not fit Globus Compute's limits
         └── RateLimited          more calls in a window than Globus Compute allows
@@ -47,12 +56,24 @@ class ConfigError(DlhubHpcError):
     """A hub, pilot or client setting is invalid."""
 
 
+class ProfileError(ConfigError):
+    """A site profile is unknown or invalid; the message lists the valid names or fields."""
+
+
 class ProtocolError(DlhubHpcError):
     """A frame could not be decoded, or speaks another protocol version."""
 
 
 class HubUnavailable(DlhubHpcError):
     """No hub answered at the configured address."""
+
+
+class AuthenticationError(DlhubHpcError):
+    """The hub refused this connection's CurveZMQ key, or no key pair could be found."""
+
+
+class PermissionDenied(DlhubHpcError):
+    """The caller's identity may not run, see or change this servable (or hub setting)."""
 
 
 class ServableError(DlhubHpcError):
@@ -65,6 +86,14 @@ class SpecError(ServableError):
 
 class ServableNotFound(ServableError):
     """No servable is published under that name (and version)."""
+
+
+class ServableWithdrawn(ServableError):
+    """The version was withdrawn by its owner; ``details`` has the reason and any replacement."""
+
+
+class BundleDigestMismatch(ServableError):
+    """A stored bundle's sha256 is not the digest its record names; it is never run."""
 
 
 class MethodNotFound(ServableError):
@@ -101,6 +130,22 @@ class Overloaded(ServingError):
 
 class PilotError(DlhubHpcError):
     """Workers could not be started or stopped."""
+
+
+class ContainerError(DlhubHpcError):
+    """A servable image could not be built, found or run."""
+
+
+class RuntimeNotFound(ContainerError):
+    """The container runtime's executable is not on PATH; the message says what to install."""
+
+
+class ImageBuildError(ContainerError):
+    """One step of an image build failed; ``details`` has the step and the tail of its log."""
+
+
+class ImageDigestMismatch(ContainerError):
+    """An image's sha256 differs from the one recorded when it was built; it is not run."""
 
 
 class EndpointError(DlhubHpcError):

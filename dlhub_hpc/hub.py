@@ -21,11 +21,15 @@ from typing import Any
 from parsl.providers.base import ExecutionProvider
 
 from dlhub_hpc.broker.config import STATE_FILE, HubConfig, read_hub_file
+from dlhub_hpc.broker.pipeline import check_steps, refuse_workers
 from dlhub_hpc.broker.server import BrokerServer, ControlHandler
 from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, PilotError
+from dlhub_hpc.hub_security import HubSecurity
 from dlhub_hpc.pilot.local import local_provider
 from dlhub_hpc.pilot.manager import PilotManager
+from dlhub_hpc.pilot.pilots import Pilot, PilotService, hub_address_for_workers
+from dlhub_hpc.pilot.profiles import load_profile, parse_profile
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.servable.bundle import read_bundle
 from dlhub_hpc.servable.spec import parse_ref
@@ -42,8 +46,10 @@ class Hub:
         self._provider = provider
         self.registry = Registry(self.config.home)
         self.state = BrokerState(self._resolve, self.config)
+        self.security = HubSecurity(self.config.home, self.registry, self.state.invalidate)
         self.server = BrokerServer(self.state, self.config, self._servable_files, self._ops())
         self.pilot: PilotManager | None = None
+        self.pilots = PilotService(self._live_snapshot)
         self._thread: threading.Thread | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-pilot")
         self._started_at = 0.0
@@ -65,6 +71,8 @@ class Hub:
     def start(self, timeout: float = 10.0) -> Hub:
         """Start the broker loop in a thread; return once it listens."""
         self.config.home.mkdir(parents=True, exist_ok=True)
+        self.server.auth = self.security.setup()  # CurveZMQ on both sockets
+        self.state.authorize = self.security.authorize
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -84,6 +92,8 @@ class Hub:
                 raise errors[0]
             raise ConfigError(f"the hub did not start listening within {timeout}s: {errors}")
         self._started_at = time.time()
+        if self.server.auth is not None:
+            self.security.record(self.client_address, self.worker_address)
         self.pilot = PilotManager(
             self._provider or local_provider(),
             self.worker_address,
@@ -109,9 +119,14 @@ class Hub:
 
     def stop(self) -> None:
         """Stop workers and pilot blocks, the loop, and the registry; idempotent."""
+        self.security.forget()
         self.server.stop("the hub was stopped")
         if self._thread is not None:
             self._thread.join(timeout=10)
+        try:
+            self.pilots.shutdown()
+        except Exception:
+            logger.exception("could not stop every pilot")
         if self.pilot is not None:
             try:
                 self.pilot.stop()
@@ -135,6 +150,8 @@ class Hub:
             "worker_address": self.worker_address,
             "pid": os.getpid(),
             "started_at": self._started_at,
+            "server_key": self.security.credentials.server.public
+            if self.security.credentials else None,
         }
         tmp = self.config.home / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(data, indent=2))
@@ -143,7 +160,7 @@ class Hub:
     # -- what the broker asks of the registry --
 
     def _resolve(self, name: str, version: int | None) -> ServableInfo:
-        info = ServableInfo.from_record(self.registry.get(name, version))
+        info = ServableInfo.from_record(self.registry.resolve(name, version))
         policy = self.config.batching.get(name)
         if policy is None:
             return info
@@ -166,21 +183,29 @@ class Hub:
             "status": self._op_status,
             "start_workers": self._op_start_workers,
             "stop_workers": self._op_stop_workers,
+            "pilot_start": self._op_pilot_start,
+            "pilot_status": self._op_pilot_status,
+            "pilot_stop": self._op_pilot_stop,
             "shutdown": self._op_shutdown,
+            **self.security.operations(),
         }
 
     def _op_publish(self, args: dict[str, Any]) -> dict[str, Any]:
         bundle = read_bundle(bytes(args["bundle"]))
-        record = self.registry.publish(bundle)
-        self.state.invalidate(record.name)
-        return {"name": record.name, "version": record.version, "digest": record.digest}
+        if bundle.spec.servable.steps is not None:  # a pipeline: its steps must exist
+            check_steps(bundle.spec, lambda name, version: self.registry.get(name, version).spec)
+        record = self.security.publication.publish(bundle, str(args.get("caller", "")))
+        return {"name": record.name, "version": record.version, "digest": record.digest,
+                "pid": record.pid}
 
     def _op_status(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
         snapshot = self.state.snapshot()
-        records = self.registry.list()
+        records = self.security.publication.visible(str(args.get("caller", "")),
+                                                    self.registry.list())
 
         def finish() -> dict[str, Any]:
             blocks = [b.to_dict() for b in self.pilot.blocks()] if self.pilot else []
+            blocks += [b for p in self.pilots.all() for b in p.to_dict()["blocks"]]
             return {
                 "hub": {
                     "client_address": self.client_address,
@@ -208,7 +233,9 @@ class Hub:
     def _op_start_workers(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
         ref = str(args.get("servable", ""))
         name, version = parse_ref(ref)
-        self.registry.get(name, version)  # fail now, with the published versions, if unknown
+        record = self.registry.get(name, version)  # fail now, with the versions, if unknown
+        refuse_workers(record.spec)  # a pipeline has none: its steps do
+        self.security.access.check_see(str(args.get("caller", "")), name)
         count = int(args.get("workers", 1))
         return self._executor.submit(lambda: self._pilot().start_workers(ref, count).to_dict())
 
@@ -218,6 +245,59 @@ class Hub:
         return self._executor.submit(
             lambda: [b.to_dict() for b in self._pilot().stop(blocks, servable)]
         )
+
+    # -- pilots from site profiles (dlhub_hpc/pilot/pilots.py) --
+
+    def _live_snapshot(self) -> dict[str, Any]:
+        # Read from the scaling thread while the broker loop mutates its dicts: a rare
+        # "changed size during iteration" is retried rather than locking the hot path.
+        for _ in range(20):
+            try:
+                return self.state.snapshot()
+            except RuntimeError:
+                time.sleep(0.005)
+        return self.state.snapshot()
+
+    def _op_pilot_start(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
+        name, version = parse_ref(str(args.get("servable", "")))
+        record = self.registry.get(name, version)  # fail now, with the published versions
+        refuse_workers(record.spec)  # a pipeline has none: its steps do
+        self.security.access.check_see(str(args.get("caller", "")), name)
+        given = args.get("profile") or "local"
+        profile = (parse_profile(given, "the profile sent") if isinstance(given, dict)
+                   else load_profile(str(given)))
+        nodes = args.get("nodes")
+
+        def start() -> dict[str, Any]:
+            # Off the broker thread: some Parsl providers run commands when constructed.
+            pilot = Pilot(
+                profile, f"{record.name}@{record.version}",
+                hub_address_for_workers(self.worker_address, profile),
+                self.config.home / "pilots", nodes=None if nodes is None else int(nodes),
+                ranks=int(getattr(record.spec.servable, "ranks", 1) or 1),
+                heartbeat_interval=self.config.heartbeat_interval,
+                hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
+            )
+            return self.pilots.add(pilot).to_dict()
+
+        return self._executor.submit(start)
+
+    def _op_pilot_status(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
+        def finish() -> list[dict[str, Any]]:
+            pilots = self.pilots.all()
+            snap = self._live_snapshot()
+            for p in pilots:
+                p.refresh([w for w in snap["workers"] if w["servable"] == p.servable],
+                          time.time())
+            return [p.to_dict() for p in pilots]
+
+        return self._executor.submit(finish)
+
+    def _op_pilot_stop(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
+        ids = args.get("pilots") or None
+        servable = args.get("servable")
+        return self._executor.submit(
+            lambda: [p.to_dict() for p in self.pilots.stop(ids, servable)])
 
     def _op_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
         # Reply first: the loop sends this reply, then notices the stop on its next turn.

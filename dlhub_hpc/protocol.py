@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
 
@@ -42,6 +42,7 @@ class Tag(IntEnum):
     HEARTBEAT = 10
     SHUTDOWN = 11
     BYE = 12
+    DRAIN = 20  # worker lifecycle messages beyond the core set start at 20
 
 
 _NONE = type(None)
@@ -54,6 +55,7 @@ class Message:
     TAG: ClassVar[Tag]
     TYPES: ClassVar[tuple[Any, ...]]
     FIELDS: ClassVar[tuple[str, ...]]
+    REQUIRED: ClassVar[int]  # fields without a default; later ones may be left off the wire
 
 
 _BY_TAG: dict[int, type[Message]] = {}
@@ -64,6 +66,10 @@ def _message(cls: M) -> M:
     cls.FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
     if len(cls.FIELDS) != len(cls.TYPES):
         raise TypeError(f"{cls.__name__}: TYPES does not match its fields")
+    cls.REQUIRED = len([
+        f for f in fields(cls)  # type: ignore[arg-type]
+        if f.default is MISSING and f.default_factory is MISSING
+    ])
     _BY_TAG[cls.TAG] = cls
     return cls
 
@@ -123,13 +129,15 @@ class Hello(Message):
     """Worker -> hub: a new worker that wants to serve ``servable``."""
 
     TAG = Tag.HELLO
-    TYPES = (str, str, (int, _NONE), str, int, (str, _NONE))
+    TYPES = (str, str, (int, _NONE), str, int, (str, _NONE), int, (dict, _NONE))
     worker_id: str
     servable: str
     version: int | None
     host: str
     pid: int
     block: str | None = None
+    ranks: int = 1  # MPI ranks behind this worker (rank 0 speaks for them)
+    binding: dict[str, Any] | None = None  # GPU binding: {"env", "devices", "local_rank"}
 
 
 @_message
@@ -225,6 +233,21 @@ class Bye(Message):
     reason: str
 
 
+@_message
+@dataclass(slots=True)
+class Drain(Message):
+    """Worker -> hub: take no new work from me; I finish what I hold, then await Shutdown.
+
+    Sent before a walltime ends (``--drain-after``) or on SIGTERM. The hub answers with
+    ``Shutdown`` once the worker holds no batch, so nothing crosses the boundary unanswered.
+    """
+
+    TAG = Tag.DRAIN
+    TYPES = (str, str)
+    worker_id: str
+    reason: str
+
+
 def check_sendable_array(arr: np.ndarray) -> None:
     """Refuse arrays whose bytes alone cannot rebuild them (objects, structured records)."""
     if arr.dtype.hasobject or arr.dtype.names is not None or arr.dtype.kind == "V":
@@ -311,9 +334,9 @@ def decode(frames: Sequence[Any]) -> Message:
     cls = _BY_TAG.get(tag) if isinstance(tag, int) else None
     if cls is None:
         raise ProtocolError(f"unknown message tag {tag!r}")
-    if len(body) != len(cls.FIELDS):
+    if not cls.REQUIRED <= len(body) <= len(cls.FIELDS):  # an older peer omits newer fields
         raise ProtocolError(f"{cls.__name__} has {len(cls.FIELDS)} fields, got {len(body)}")
-    for name, value, expected in zip(cls.FIELDS, body, cls.TYPES, strict=True):
+    for name, value, expected in zip(cls.FIELDS, body, cls.TYPES, strict=False):
         if expected is not object and not isinstance(value, expected):
             raise ProtocolError(f"{cls.__name__}.{name} has type {type(value).__name__}")
     return cls(*body)

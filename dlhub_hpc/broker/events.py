@@ -12,6 +12,7 @@ from typing import Any
 
 from dlhub_hpc.protocol import Message, Reply
 from dlhub_hpc.registry.store import ServableRecord
+from dlhub_hpc.servable.spec import PipelineStage
 from dlhub_hpc.servable.types import ArgType
 
 ServableKey = tuple[str, int]  # (name, version)
@@ -28,6 +29,7 @@ class ServableInfo:
     max_batch_size: int = 1
     max_batch_delay: float = 0.0  # seconds a part-full batch may wait for more; 0: never
     deterministic: bool = False  # same input, same output: answers may be memoized
+    pipeline: tuple[PipelineStage, ...] = ()  # a pipeline's stages; it runs in the hub
 
     @classmethod
     def from_record(cls, record: ServableRecord) -> ServableInfo:
@@ -40,6 +42,7 @@ class ServableInfo:
             max_batch_size=block.max_batch_size,
             max_batch_delay=block.max_batch_delay,
             deterministic=block.deterministic,
+            pipeline=tuple(block.steps or ()),
         )
 
     @property
@@ -61,6 +64,7 @@ Resolver = Callable[[str, "int | None"], ServableInfo]
 class FromClient:
     identity: bytes
     message: Message
+    user: str = ""  # the identity CurveZMQ authenticated ('' on a hub without auth)
 
 
 @dataclass(slots=True)
@@ -144,10 +148,13 @@ class WorkerInfo:
     block: str | None
     last_seen: float
     last_sent: float = 0.0  # when the hub last sent it anything that proves the hub alive
-    state: str = "loading"  # loading -> idle <-> busy
+    state: str = "loading"  # loading -> idle <-> busy; -> draining (takes no new work)
     batch_id: int | None = None
     batches: int = 0
     items: int = 0
+    ranks: int = 1
+    binding: dict[str, Any] | None = None  # GPU binding the worker reported in its Hello
+    draining: bool = False
 
 
 @dataclass(slots=True, eq=False)

@@ -20,6 +20,14 @@ from typing import Any, cast
 
 import zmq
 
+from dlhub_hpc.auth import (
+    CLIENT_DOMAIN,
+    WORKER_DOMAIN,
+    ServerAuth,
+    ZapHandler,
+    make_curve_server,
+    user_id,
+)
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.state import (
     Action,
@@ -78,6 +86,7 @@ class BrokerServer:
         self.worker_endpoint = ""
         self._clients: zmq.Socket[bytes] | None = None
         self._workers: zmq.Socket[bytes] | None = None
+        self.auth: ServerAuth | None = None  # CurveZMQ on both sockets; set before run()
 
     def __repr__(self) -> str:
         return f"BrokerServer(client={self.client_endpoint!r}, worker={self.worker_endpoint!r})"
@@ -100,14 +109,27 @@ class BrokerServer:
 
     def run(self) -> None:
         ctx = zmq.Context()
-        clients = self._clients = self._router(ctx, self.config.client_address)
-        workers = self._workers = self._router(ctx, self.config.worker_address)
+        zap = None if self.auth is None else ZapHandler(ctx, self.auth.lookup)
+        try:
+            clients = self._clients = self._router(ctx, self.config.client_address,
+                                                   self.auth, CLIENT_DOMAIN)
+            workers = self._workers = self._router(ctx, self.config.worker_address,
+                                                   self.auth, WORKER_DOMAIN)
+        except DlhubHpcError:
+            if self._clients is not None:
+                self._clients.close(linger=0)
+            if zap is not None:
+                zap.close()
+            ctx.term()
+            raise
         self.client_endpoint = clients.getsockopt_string(zmq.LAST_ENDPOINT)
         self.worker_endpoint = workers.getsockopt_string(zmq.LAST_ENDPOINT)
         poller = zmq.Poller()
         poller.register(clients, zmq.POLLIN)
         poller.register(workers, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if zap is not None:
+            poller.register(zap.sock, zmq.POLLIN)
         logger.info("hub listening: clients %s, workers %s",
                     self.client_endpoint, self.worker_endpoint)
         self._bound.set()
@@ -119,6 +141,8 @@ class BrokerServer:
                     self._drain(clients, self._on_client_frames)
                 if workers in ready:
                     self._drain(workers, self._on_worker_frames)
+                if zap is not None and zap.sock in ready:
+                    zap.handle()
                 if self._wake_r in ready:
                     self._on_wake()
                 now = time.monotonic()
@@ -130,14 +154,19 @@ class BrokerServer:
         finally:
             clients.close(linger=0)
             workers.close(linger=0)
+            if zap is not None:
+                zap.close()
             ctx.term()
             os.close(self._wake_r)
             os.close(self._wake_w)
             logger.info("hub stopped: %s", self._stop_reason)
 
     @staticmethod
-    def _router(ctx: zmq.Context[Any], address: str) -> zmq.Socket[bytes]:
+    def _router(ctx: zmq.Context[Any], address: str, auth: ServerAuth | None = None,
+                domain: str = "") -> zmq.Socket[bytes]:
         sock = ctx.socket(zmq.ROUTER)
+        if auth is not None:
+            make_curve_server(sock, auth.credentials.server, domain)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
@@ -174,9 +203,10 @@ class BrokerServer:
             return
         identity, msg = decoded
         if isinstance(msg, Request):
-            self._apply(self.state.handle(FromClient(identity, msg), time.monotonic()))
+            user = user_id(frames[1]) if self.auth is not None else ""
+            self._apply(self.state.handle(FromClient(identity, msg, user), time.monotonic()))
         elif isinstance(msg, Control):
-            self._on_control(identity, msg)
+            self._on_control(identity, msg, user_id(frames[1]) if self.auth is not None else "")
         else:
             self.state.stats["unexpected_messages"] += 1
 
@@ -188,14 +218,15 @@ class BrokerServer:
 
     # -- control operations --
 
-    def _on_control(self, identity: bytes, msg: Control) -> None:
+    def _on_control(self, identity: bytes, msg: Control, user: str = "") -> None:
         handler = self._control.get(msg.op)
         if handler is None:
             self._reply_error(identity, msg.request_id, DlhubHpcError(
                 f"unknown operation {msg.op!r}; known: {sorted(self._control)}"))
             return
         try:
-            result = handler(msg.args)
+            # The caller's identity comes from the connection, never from what it sent.
+            result = handler({**msg.args, "caller": user})
         except DlhubHpcError as exc:
             self._reply_error(identity, msg.request_id, exc)
             return

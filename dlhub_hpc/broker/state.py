@@ -40,6 +40,7 @@ from dlhub_hpc.broker.events import (
     WorkerInfo,
 )
 from dlhub_hpc.broker.memo import MemoCache, memo_key
+from dlhub_hpc.broker.pipeline import PipelineRunner
 from dlhub_hpc.errors import (
     DlhubHpcError,
     MethodNotFound,
@@ -53,6 +54,7 @@ from dlhub_hpc.protocol import (
     Batch,
     BatchResult,
     Bye,
+    Drain,
     Heartbeat,
     Hello,
     LoadFailed,
@@ -94,6 +96,9 @@ class BrokerState:
         self._seq = 0
         self._next_heartbeat = 0.0
         self.stats: Counter[str] = Counter()
+        self.pipelines = PipelineRunner(self._on_request, self.stats)  # steps: requests
+        # (user, servable) -> None, or raises PermissionDenied: the hub's access rules
+        self.authorize: Callable[[str, ServableInfo], None] | None = None
         self._worker_handlers: dict[type[Message], Callable[..., None]] = {
             Hello: self._on_hello,
             Ready: self._on_ready,
@@ -101,6 +106,7 @@ class BrokerState:
             BatchResult: self._on_batch_result,
             Heartbeat: self._on_heartbeat,
             Bye: self._on_bye,
+            Drain: self._on_drain,
         }
 
     # -- entry points --
@@ -109,7 +115,7 @@ class BrokerState:
         out: list[Action] = []
         if isinstance(event, FromClient):
             if isinstance(event.message, Request):
-                self._on_request(event.identity, event.message, now, out)
+                self._on_request(event.identity, event.message, now, out, event.user)
             else:
                 self.stats["unexpected_messages"] += 1
         elif isinstance(event, FromWorker):
@@ -120,7 +126,7 @@ class BrokerState:
                 handler(event.identity, event.message, now, out)
         else:
             self._on_tick(now, out)
-        return out
+        return self.pipelines.route(out, now)  # step replies feed the next step
 
     def next_wakeup(self, now: float) -> float:
         """Seconds until a Tick is next needed."""
@@ -145,7 +151,7 @@ class BrokerState:
         for p in unanswered:
             if not p.done:
                 self._answer(p, False, None, error, 0.0, out)
-        return out
+        return self.pipelines.route(out, 0.0)
 
     # -- clients --
 
@@ -156,10 +162,13 @@ class BrokerState:
             self._servables[(name, version)] = info
         return info
 
-    def _on_request(self, client: bytes, req: Request, now: float, out: list[Action]) -> None:
+    def _on_request(self, client: bytes, req: Request, now: float, out: list[Action],
+                    user: str = "") -> None:
         self.stats["requests"] += 1
         try:
             info = self._resolve(req.servable, req.version)
+            if self.authorize is not None:  # before the memo cache: a hit is an answer too
+                self.authorize(user, info)
             method = req.method or info.default_method
             declared = info.inputs.get(method)
             if declared is None:
@@ -173,6 +182,9 @@ class BrokerState:
             self._reject(client, req.request_id, exc, out)
             return
         timeout = req.timeout if req.timeout is not None else self.config.default_timeout
+        if info.pipeline:  # runs here, as step requests (broker/pipeline.py)
+            self.pipelines.start(client, req, info, payload, timeout, now, out, user)
+            return
         self._seq += 1
         pending = Pending(
             client, req.request_id, info.key, method, payload,
@@ -334,7 +346,8 @@ class BrokerState:
         if identity in self._workers:
             self._lose_worker(identity, "it registered again", now, out)
         self._workers[identity] = WorkerInfo(
-            identity, msg.worker_id, info.key, msg.host, msg.pid, msg.block, now, now
+            identity, msg.worker_id, info.key, msg.host, msg.pid, msg.block, now, now,
+            ranks=msg.ranks, binding=msg.binding,
         )
         self._worker_count[info.key] += 1
         self.stats["workers_registered"] += 1
@@ -352,7 +365,7 @@ class BrokerState:
 
     def _on_ready(self, identity: bytes, msg: Ready, now: float, out: list[Action]) -> None:
         worker = self._known(identity, out, now)
-        if worker is None:
+        if worker is None or worker.draining:
             return
         worker.state = "idle"
         self._idle.setdefault(worker.servable, {})[identity] = None
@@ -410,6 +423,10 @@ class BrokerState:
         worker.state, worker.batch_id = "idle", None
         worker.batches += 1
         worker.items += len(flight.items)
+        if worker.draining:  # it holds nothing now: let it go
+            worker.state = "draining"
+            out.append(ToWorker(identity, Shutdown("drained")))
+            return
         self._idle.setdefault(worker.servable, {})[identity] = None
         self._dispatch(self._resolve(*worker.servable), now, out)
 
@@ -422,6 +439,21 @@ class BrokerState:
     def _on_bye(self, identity: bytes, msg: Bye, now: float, out: list[Action]) -> None:
         if identity in self._workers:
             self._lose_worker(identity, f"it exited ({msg.reason})", now, out, graceful=True)
+
+    def _on_drain(self, identity: bytes, msg: Drain, now: float, out: list[Action]) -> None:
+        """The worker takes no new work; its queue waits for the others or a replacement."""
+        if identity not in self._workers:  # told mid-batch from the worker's heartbeat socket
+            identity = msg.worker_id.encode()
+        worker = self._known(identity, out, now)
+        if worker is None or worker.draining:
+            return
+        worker.draining, worker.state = True, "draining"
+        self._idle.get(worker.servable, {}).pop(identity, None)
+        self.stats["workers_drained"] += 1
+        logger.info("worker %s (%s@%s) drains: %s", worker.worker_id, *worker.servable,
+                    msg.reason)
+        if worker.batch_id is None:
+            out.append(ToWorker(identity, Shutdown("drained")))
 
     def _live_workers(self, servable: ServableKey) -> int:
         return self._worker_count[servable]
@@ -540,9 +572,17 @@ class BrokerState:
                 "worker_id": w.worker_id, "servable": f"{w.servable[0]}@{w.servable[1]}",
                 "state": w.state, "host": w.host, "pid": w.pid, "block": w.block,
                 "batches": w.batches, "items": w.items,
+                "ranks": w.ranks, "gpus": _binding_text(w.binding),
             }
             for w in self._workers.values()
         ]
         stats = dict(self.stats)
         stats.update(self.memo.stats())
         return {"servables": servables, "workers": workers, "stats": stats}
+
+
+def _binding_text(binding: dict[str, Any] | None) -> str | None:
+    """``CUDA_VISIBLE_DEVICES=0,1`` for a worker bound to GPUs; None for one that is not."""
+    if not binding:
+        return None
+    return f"{binding.get('env')}={binding.get('devices')}"

@@ -7,9 +7,24 @@ import sys
 
 import click
 
+from dlhub_hpc.cli.build import build
 from dlhub_hpc.cli.common import console, fail
 from dlhub_hpc.cli.endpoint import endpoint
 from dlhub_hpc.cli.hub import hub
+from dlhub_hpc.cli.keys import keys
+from dlhub_hpc.cli.pilot import pilot
+from dlhub_hpc.cli.profiles import profiles
+from dlhub_hpc.cli.publication import (
+    deprecate,
+    describe,
+    export,
+    groups,
+    import_dlhub,
+    init,
+    search,
+    visibility,
+    withdraw,
+)
 from dlhub_hpc.cli.serving import publish, run, status
 from dlhub_hpc.cli.workers import workers
 from dlhub_hpc.errors import DlhubHpcError
@@ -29,12 +44,18 @@ def cli(ctx: click.Context, hub_address: str | None, verbose: int) -> None:
     ctx.obj = {"hub": hub_address}
 
 
+cli.add_command(build)
 cli.add_command(endpoint)
 cli.add_command(hub)
+cli.add_command(pilot)
+cli.add_command(profiles)
 cli.add_command(publish)
 cli.add_command(run)
 cli.add_command(status)
 cli.add_command(workers)
+for _command in (keys, init, search, describe, deprecate, withdraw, visibility, groups, export,
+                 import_dlhub):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -72,11 +72,13 @@ def _published_table(status: dict[str, Any]) -> Table:
 
 def _workers_table(status: dict[str, Any]) -> Table:
     table = Table(title="Workers")
-    for col in ("worker", "servable", "state", "host", "pid", "block", "batches", "items"):
+    for col in ("worker", "servable", "state", "host", "pid", "block", "ranks", "gpus",
+                "batches", "items"):
         table.add_column(col)
     for w in status["workers"]:
         table.add_row(w["worker_id"], w["servable"], w["state"], w["host"], str(w["pid"]),
-                      w["block"] or "-", str(w["batches"]), str(w["items"]))
+                      w["block"] or "-", str(w.get("ranks", 1)), w.get("gpus") or "-",
+                      str(w["batches"]), str(w["items"]))
     return table
 
 

@@ -1,5 +1,9 @@
 """Example servables: ``add`` and ``noop`` (Python functions), ``iris`` (scikit-learn), and
-the ``screening`` workflow with its model (``screening/model``)."""
+the ``screening`` workflow with its model (``screening/model``).
+
+The paper's case studies, each runnable with ``python -m``: ``formation_enthalpy`` (a
+pymatgen -> matminer -> scikit-learn pipeline), ``image_classifier`` (PyTorch) and
+``ensemble`` (five models combined by a pipeline); ``case_studies`` is what they share."""
 
 from __future__ import annotations
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dlhub_hpc.errors import MethodNotFound, SpecError
+from dlhub_hpc.servable.datacite import DataCite
 from dlhub_hpc.servable.types import ArgType
 
 logger = logging.getLogger(__name__)
@@ -24,26 +25,32 @@ logger = logging.getLogger(__name__)
 SPEC_FILENAMES = ("servable.yaml", "servable.yml", "servable.json")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
-ShimType = Literal["python_function", "sklearn"]
+ShimType = Literal[
+    "python_function", "sklearn",
+    "python_class_method", "torch", "onnx", "keras", "pipeline",  # model types and pipelines
+]
+MODEL_FILE_TYPES = ("sklearn", "python_class_method", "torch", "onnx", "keras")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataCite(_Strict):
-    """Citable metadata (a subset of DataCite's kernel; the publication issue grows it)."""
-
-    title: str
-    creators: list[str] = Field(default_factory=list)
-    description: str = ""
-    publication_year: int | None = None
-    related_identifiers: list[str] = Field(default_factory=list)
+VISIBILITY_PATTERN = r"^(public|user:[A-Za-z0-9_.@-]+|group:[A-Za-z0-9_.-]+)$"
 
 
 class DlhubBlock(_Strict):
     owner: str = Field(pattern=NAME_PATTERN)
     name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(default="", description="the author's own label, e.g. 1.2.0")
+    domains: list[str] = Field(default_factory=list, description="e.g. materials science")
+    visible_to: list[Annotated[str, Field(pattern=VISIBILITY_PATTERN)]] = Field(
+        default_factory=lambda: ["public"],
+        description="who may run, describe and find it: public, user:NAME, group:NAME",
+    )
+    dependencies: dict[str, str] = Field(
+        default_factory=dict, description="python packages: name -> version specifier"
+    )
     files: list[str] = Field(default_factory=list, description="bundle files; empty: all")
 
     @model_validator(mode="after")
@@ -61,17 +68,74 @@ class MethodSpec(_Strict):
     description: str = ""
     function: str | None = Field(
         default=None,
-        description="python_function: 'module:function' in the bundle; sklearn: model attribute",
+        description="python_function: 'module:function' in the bundle; sklearn, "
+        "python_class_method, torch, keras: the model's method; onnx: the output to return",
     )
     takes_batch: bool = Field(
         default=False, description="the function takes a list of inputs and returns a list"
     )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="default keyword parameters of the method (DLHub's)"
+    )
+
+
+class PipelineStep(_Strict):
+    """One step of a pipeline: another published servable (pin ``version`` to fix it)."""
+
+    servable: str = Field(description="owner/name of the step's servable")
+    version: int | None = Field(default=None, ge=1, description="None: the latest at call time")
+    method: str | None = Field(default=None, description="None: the servable's default method")
+
+    @property
+    def ref(self) -> str:
+        at = "" if self.version is None else f"@{self.version}"
+        return f"{self.servable}{at}" + (f".{self.method}" if self.method else "")
+
+
+class PipelineStage(_Strict):
+    """A pipeline stage: one step, or ``parallel`` steps that all get the same input and
+    whose outputs go on together, as a list in their order (an ensemble's members)."""
+
+    servable: str | None = None
+    version: int | None = Field(default=None, ge=1)
+    method: str | None = None
+    parallel: list[PipelineStep] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PipelineStage:
+        if (self.servable is None) == (self.parallel is None):
+            raise ValueError("a pipeline step names either 'servable' or 'parallel' steps")
+        if self.parallel is not None and (self.version is not None or self.method):
+            raise ValueError("'version' and 'method' belong inside each parallel step")
+        if self.parallel is not None and not self.parallel:
+            raise ValueError("'parallel' needs at least one step")
+        return self
+
+    @property
+    def members(self) -> list[PipelineStep]:
+        if self.parallel is not None:
+            return self.parallel
+        assert self.servable is not None
+        return [PipelineStep(servable=self.servable, version=self.version, method=self.method)]
 
 
 class ServableBlock(_Strict):
     type: ShimType
-    model: str | None = Field(default=None, description="sklearn: the pickled model file")
+    model: str | None = Field(
+        default=None, description="the model file: pickle/joblib, .pt, .onnx or .keras"
+    )
+    module: str | None = Field(
+        default=None,
+        description="torch state dict: 'package.module:Class' of the network, in the bundle",
+    )
+    init_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="torch state dict: keyword arguments of the Class"
+    )
+    steps: list[PipelineStage] | None = Field(
+        default=None, description="pipeline: the servables to run in order, in the hub"
+    )
     methods: dict[str, MethodSpec]
+    model_summary: str = Field(default="", description="e.g. 'RandomForestRegressor(n=100)'")
     deterministic: bool = Field(
         default=False, description="same input, same output: the hub may memoize answers"
     )
@@ -79,6 +143,15 @@ class ServableBlock(_Strict):
     max_batch_delay: float = Field(
         default=0.001, ge=0, le=1.0,
         description="seconds a part-full batch may wait for more requests; 0: never wait",
+    )
+    ranks: int = Field(
+        default=1, ge=1, le=65536,
+        description="MPI ranks per worker (mpi4py); rank 0 talks to the hub, all share a batch",
+    )
+    ensemble: Literal["mean", "list"] | None = Field(
+        default=None,
+        description="with ranks > 1: every rank runs the whole batch as one ensemble member "
+        "(DLHUB_HPC_RANK) and rank 0 combines them (mean, or a list); unset: split the rows",
     )
 
     @model_validator(mode="after")
@@ -92,6 +165,20 @@ class ServableBlock(_Strict):
                 raise ValueError(f"method {name!r} needs 'function: module:function'")
         if self.type == "sklearn" and not self.model:
             raise ValueError("an sklearn servable needs 'model: FILE'")
+        return self
+
+    @model_validator(mode="after")
+    def _model_type_needs(self) -> ServableBlock:
+        if self.type in MODEL_FILE_TYPES and not self.model:
+            raise ValueError(f"a {self.type} servable needs 'model: FILE'")
+        if self.module is not None and self.type != "torch":
+            raise ValueError("'module' is only for torch state dicts")
+        if self.module is not None and ":" not in self.module:
+            raise ValueError(f"module {self.module!r} should look like 'package.module:Class'")
+        if (self.type == "pipeline") != (self.steps is not None):
+            raise ValueError("a pipeline servable needs 'steps', and only a pipeline has them")
+        if self.steps is not None and not self.steps:
+            raise ValueError("a pipeline needs at least one step")
         return self
 
 

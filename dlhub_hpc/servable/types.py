@@ -1,7 +1,8 @@
 """Declared input and output types of servable methods, and the check of a value against one.
 
-The names follow DLHub's servable schema (``string``, ``integer``, ``float``, ``boolean``,
-``list``, ``tuple``, ``dict``, ``ndarray``, ``bytes``, ``any``). A check returns the value,
+The names follow DLHub's servable schema (``number``, ``integer``, ``float``, ``boolean``,
+``string``, ``ndarray``, ``list``, ``dict``, ``tuple``, ``file``, ``python object``, plus
+``bytes`` and ``any``). A check returns the value,
 coerced where that is lossless and expected (a nested list for an ``ndarray`` input, an
 integer for a ``float``), or raises ``InvalidInput`` naming the path and what to send.
 """
@@ -20,7 +21,8 @@ from dlhub_hpc.errors import InvalidInput
 logger = logging.getLogger(__name__)
 
 TypeName = Literal[
-    "any", "string", "integer", "float", "boolean", "list", "tuple", "dict", "ndarray", "bytes"
+    "any", "string", "number", "integer", "float", "boolean", "list", "tuple", "dict",
+    "ndarray", "bytes", "file", "python object",
 ]
 
 # numpy dtype kinds accepted for each declared ndarray dtype family
@@ -39,6 +41,7 @@ class ArgType(BaseModel):
     properties: dict[str, ArgType] | None = None
     shape: list[int | None] | None = None
     dtype: str | None = None
+    python_type: str | None = None  # "python object": 'module.Class', documentation only
 
     @model_validator(mode="after")
     def _options_fit_type(self) -> ArgType:
@@ -62,6 +65,8 @@ class ArgType(BaseModel):
             raise ValueError("'element_types' is only for type tuple")
         if self.properties is not None and self.type != "dict":
             raise ValueError("'properties' is only for type dict")
+        if self.python_type is not None and self.type != "python object":
+            raise ValueError("'python_type' is only for type 'python object'")
         return self
 
     def describe(self) -> str:
@@ -71,6 +76,8 @@ class ArgType(BaseModel):
             return f"ndarray{shape}{dtype}"
         if self.type == "list" and self.item_type is not None:
             return f"list of {self.item_type.describe()}"
+        if self.type == "python object" and self.python_type:
+            return f"python object {self.python_type}"
         return self.type
 
 
@@ -108,8 +115,20 @@ def _check_ndarray(t: ArgType, value: Any, path: str) -> Any:
         value.ndim != len(t.shape)
         or any(w is not None and w != g for w, g in zip(t.shape, value.shape, strict=True))
     ):
-        raise _fail(path, t, value, f"shape {list(value.shape)} does not fit {t.shape}")
+        raise _shape_error(path, t.shape, list(value.shape))
     return value
+
+
+def _shape_text(shape: list[int | None]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _shape_error(path: str, declared: list[int | None], actual: list[int | None]) -> InvalidInput:
+    want, got = _shape_text(declared), _shape_text(actual)
+    return InvalidInput(
+        f"{path}.shape: expected {want}, got {got} (None is a free dimension)",
+        path=f"{path}.shape", expected=want, got=got,
+    )
 
 
 def _check_list(t: ArgType, value: Any, path: str) -> Any:
@@ -162,9 +181,19 @@ def _check_float(t: ArgType, value: Any, path: str) -> Any:
     return float(_check_scalar((int, float))(t, value, path))
 
 
+def _check_file(t: ArgType, value: Any, path: str) -> Any:
+    # A file travels as a path or URL the worker can open, or as its raw bytes.
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return value
+    raise _fail(path, t, value, "send a path or URL string, or the file's bytes")
+
+
 _CHECKERS: dict[str, Callable[[ArgType, Any, str], Any]] = {
     "any": lambda t, v, p: v,
     "string": _check_scalar((str,)),
+    "number": _check_scalar((int, float)),
     "integer": _check_scalar((int,)),
     "float": _check_float,
     "boolean": _check_scalar((bool,), exclude_bool=False),
@@ -173,6 +202,9 @@ _CHECKERS: dict[str, Callable[[ArgType, Any, str], Any]] = {
     "tuple": _check_tuple,
     "dict": _check_dict,
     "ndarray": _check_ndarray,
+    "file": _check_file,
+    # The wire carries msgpack values only; the shim rebuilds the object, so accept any.
+    "python object": lambda t, v, p: v,
 }
 
 

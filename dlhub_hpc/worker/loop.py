@@ -3,6 +3,10 @@
 One poll loop owns the worker's socket and runs each batch in that same thread, so a call
 to the model costs no thread hand-off. Liveness while a long batch runs comes from a small
 heartbeat thread with its own socket (and its own identity), which only ever sends.
+
+Draining (a pilot's walltime is near, or SIGTERM from the scheduler): the worker sends
+``Drain``, finishes the batch it holds, sends its results, and exits when the hub answers
+``Shutdown``; the hub gives it no new work meanwhile, so nothing is lost or retried.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import tempfile
@@ -18,19 +21,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import zmq
+from pydantic import BaseModel, ConfigDict, Field
 
-from dlhub_hpc.errors import DlhubHpcError, ServableLoadError
+from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.keys import secure_worker
 from dlhub_hpc.protocol import (
     Assign,
     Batch,
     BatchResult,
     Bye,
+    Drain,
     Heartbeat,
     Hello,
     LoadFailed,
@@ -40,57 +45,64 @@ from dlhub_hpc.protocol import (
     decode,
     encode,
 )
-from dlhub_hpc.servable.bundle import unpack_bundle
-from dlhub_hpc.servable.shims import Shim, load_servable
-from dlhub_hpc.servable.spec import ServableSpec
+from dlhub_hpc.worker.runner import LocalRunner, Runner, WireResult, cached_bundle
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["Worker", "WorkerOptions", "cached_bundle", "install_signal_handlers"]
 
-@dataclass
-class WorkerOptions:
-    hub: str
-    servable: str
-    version: int | None = None
+
+class WorkerOptions(BaseModel):
+    """One worker's settings, validated when made."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    hub: str = Field(min_length=1, description="the hub's worker address, tcp://host:port")
+    servable: str = Field(min_length=1, description="owner/name")
+    version: int | None = Field(default=None, ge=1)
     block: str | None = None
-    heartbeat_interval: float = 1.0
-    hub_timeout: float = 30.0
-    cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "dlhub-hpc")
-    worker_id: str = field(default_factory=lambda: f"w-{uuid.uuid4().hex[:12]}")
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    hub_timeout: float = Field(default=30.0, gt=0)
+    drain_after: float | None = Field(
+        default=None, gt=0, description="seconds after start to stop taking work (walltime)"
+    )
+    drain_grace: float = Field(
+        default=10.0, gt=0, description="seconds to wait for the hub to release a draining worker"
+    )
+    cache_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "dlhub-hpc")
+    worker_id: str = Field(default_factory=lambda: f"w-{uuid.uuid4().hex[:12]}")
+    binding: dict[str, Any] | None = Field(default=None, description="GPU binding, for Hello")
 
-
-def cached_bundle(cache_dir: Path, digest: str, data: bytes) -> Path:
-    """Unpack a bundle once per digest; concurrent workers race safely via rename."""
-    target = cache_dir / digest
-    if target.is_dir():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{digest[:12]}-"))
-    try:
-        unpack_bundle(data, scratch)
-        scratch.rename(target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {k}={getattr(self, k)!r}" for k in ("version", "block", "drain_after")
+            if getattr(self, k) is not None
+        )
+        return f"WorkerOptions(hub={self.hub!r}, servable={self.servable!r}{extra})"
 
 
 def _heartbeats(
     ctx: zmq.Context[Any], opts: WorkerOptions, stop: threading.Event,
-    last_sent: Callable[[], float],
+    last_sent: Callable[[], float], drain_due: Callable[[], str],
 ) -> None:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"{opts.worker_id}/hb".encode())
+    secure_worker(sock, opts.hub)
     sock.connect(opts.hub)
     frames = encode(Heartbeat(opts.worker_id))
+    drain_told = False
     try:
         while not stop.wait(opts.heartbeat_interval):
             # A result sent within the interval already told the hub this worker lives.
             if time.monotonic() - last_sent() >= opts.heartbeat_interval:
                 sock.send_multipart(frames)
+            # A drain that comes due mid-batch is told at once (the hub's status shows it);
+            # the loop tells it again, just before the batch's result, on its own socket.
+            reason = drain_due()
+            if reason and not drain_told:
+                sock.send_multipart(encode(Drain(opts.worker_id, reason)))
+                drain_told = True
     finally:
         sock.close(linger=0)
 
@@ -98,12 +110,16 @@ def _heartbeats(
 class Worker:
     """One warm worker process for one servable."""
 
-    def __init__(self, opts: WorkerOptions) -> None:
+    def __init__(self, opts: WorkerOptions, runner: Runner | None = None) -> None:
         self.opts = opts
-        self.shim: Shim | None = None
+        self.runner = runner or LocalRunner(opts.cache_dir)
         self._stop = threading.Event()
+        self._beat_stop = threading.Event()  # heartbeats go on while a draining batch ends
         self._last_heard = time.monotonic()
         self._last_sent = 0.0
+        self._drain_at = float("inf")
+        self._drain_reason = ""  # set (by a signal, or the clock) when the worker must drain
+        self._drain_sent_at: float | None = None
         self.exit_reason = ""
 
     def __repr__(self) -> str:
@@ -113,40 +129,57 @@ class Worker:
         self.exit_reason = reason
         self._stop.set()
 
+    def request_drain(self, reason: str) -> None:
+        """Stop taking work, finish what is held, then exit (safe from a signal handler)."""
+        if not self._drain_reason:
+            self._drain_reason = reason
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_sent_at is not None
+
     def run(self) -> int:
         """Serve until shutdown; the exit status is 0 unless the servable failed to load."""
+        if self.opts.drain_after is not None:
+            self._drain_at = time.monotonic() + self.opts.drain_after
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.opts.worker_id.encode())
+        secure_worker(sock, self.opts.hub)  # CurveZMQ, with the hub's worker credential
         sock.connect(self.opts.hub)
         beat = threading.Thread(
-            target=_heartbeats, args=(ctx, self.opts, self._stop, lambda: self._last_sent),
-            name="heartbeat", daemon=True,
+            target=_heartbeats, name="heartbeat", daemon=True,
+            args=(ctx, self.opts, self._beat_stop, lambda: self._last_sent, self._drain_due),
         )
         status = 0
         try:
             sock.send_multipart(encode(Hello(
                 self.opts.worker_id, self.opts.servable, self.opts.version,
                 socket.gethostname(), os.getpid(), self.opts.block,
+                self.runner.ranks, self.opts.binding,
             )))
             beat.start()
             status = self._loop(sock)
         finally:
             self._stop.set()
+            self._beat_stop.set()
             with contextlib.suppress(zmq.ZMQError):
                 sock.send_multipart(encode(Bye(self.opts.worker_id, self.exit_reason)))
             sock.close(linger=500)  # let the goodbye reach the hub
             if beat.is_alive():
                 beat.join(timeout=2)
             ctx.term()
+            self.runner.close()
         logger.info("worker %s exits: %s", self.opts.worker_id, self.exit_reason)
         return status
 
     def _loop(self, sock: zmq.Socket[bytes]) -> int:
-        poll_ms = int(min(self.opts.heartbeat_interval, 0.25) * 1000)
+        poll_s = min(self.opts.heartbeat_interval, 0.25)
         while not self._stop.is_set():
-            if not sock.poll(poll_ms, zmq.POLLIN):
+            self._check_drain(sock)
+            wait = min(poll_s, max(0.0, self._drain_at - time.monotonic()))
+            if not sock.poll(int(wait * 1000), zmq.POLLIN):
                 if time.monotonic() - self._last_heard > self.opts.hub_timeout:
                     self.request_stop(f"no word from the hub for {self.opts.hub_timeout}s")
                 continue
@@ -162,40 +195,48 @@ class Worker:
                 return status
         return 0
 
+    def _drain_due(self) -> str:
+        """Why the worker must drain now, or "" (read by the heartbeat thread too)."""
+        if not self._drain_reason and time.monotonic() >= self._drain_at:
+            return f"drain after {self.opts.drain_after}s (walltime)"
+        return self._drain_reason
+
+    def _check_drain(self, sock: zmq.Socket[bytes]) -> None:
+        """Send Drain once it is due; give up waiting for the hub after ``drain_grace``."""
+        now = time.monotonic()
+        self._drain_reason = self._drain_due()
+        if self._drain_reason and self._drain_sent_at is None:
+            logger.info("worker %s drains: %s", self.opts.worker_id, self._drain_reason)
+            sock.send_multipart(encode(Drain(self.opts.worker_id, self._drain_reason)))
+            self._drain_sent_at = now
+        elif self._drain_sent_at is not None and now - self._drain_sent_at > self.opts.drain_grace:
+            self.request_stop(f"{self._drain_reason}; the hub did not release it in "
+                              f"{self.opts.drain_grace}s")
+
     def _handle(self, sock: zmq.Socket[bytes], msg: Message) -> int | None:
         if isinstance(msg, Batch):
-            sock.send_multipart(self._run_batch(msg), copy=False)
+            frames = self._run_batch(msg)
+            self._check_drain(sock)  # a drain that came up mid-batch goes before the result
+            sock.send_multipart(frames, copy=False)
             self._last_sent = time.monotonic()
         elif isinstance(msg, Assign):
             try:
-                self._load(msg)
+                self.runner.load(msg)
             except DlhubHpcError as exc:
                 logger.error("cannot load %s@%s: %s", msg.servable, msg.version, exc)
                 sock.send_multipart(encode(LoadFailed(self.opts.worker_id, exc.to_wire())))
                 self.request_stop(f"load failed: {exc}")
                 return 1
+            logger.info("worker %s loaded %s@%s", self.opts.worker_id, msg.servable, msg.version)
             sock.send_multipart(encode(Ready(self.opts.worker_id)))
         elif isinstance(msg, Shutdown):
-            self.request_stop(f"the hub said: {msg.reason}")
+            self.request_stop(msg.reason if self.draining else f"the hub said: {msg.reason}")
         return None
 
-    def _load(self, msg: Assign) -> None:
-        spec = ServableSpec.from_data(msg.spec, f"{msg.servable}@{msg.version}")
-        try:
-            root = cached_bundle(self.opts.cache_dir, msg.digest, msg.bundle)
-        except OSError as exc:
-            raise ServableLoadError(f"cannot unpack the bundle: {exc}") from exc
-        self.shim = load_servable(spec, root)
-        logger.info("worker %s loaded %s@%s", self.opts.worker_id, msg.servable, msg.version)
-
     def _run_batch(self, batch: Batch) -> list[Any]:
-        assert self.shim is not None, "the hub sent a batch before the servable was loaded"
         started = time.perf_counter()
-        outcomes = self.shim.run(batch.method, batch.payloads)
+        results = self.runner.run(batch.method, batch.payloads)
         elapsed = time.perf_counter() - started
-        results = [
-            [False, o.to_wire()] if isinstance(o, DlhubHpcError) else [True, o] for o in outcomes
-        ]
         try:
             return encode(BatchResult(batch.batch_id, results, elapsed))
         except DlhubHpcError:
@@ -203,7 +244,7 @@ class Worker:
             return encode(BatchResult(batch.batch_id, [_sendable(r) for r in results], elapsed))
 
 
-def _sendable(result: list[Any]) -> list[Any]:
+def _sendable(result: WireResult) -> WireResult:
     try:
         encode(BatchResult(0, [result]))
         return result
@@ -212,10 +253,18 @@ def _sendable(result: list[Any]) -> list[Any]:
 
 
 def install_signal_handlers(worker: Worker) -> None:
-    """SIGTERM (a pilot's cancel) and SIGINT stop the worker cleanly."""
+    """SIGTERM (scancel, walltime, a pilot's cancel) drains the worker; a second one, or
+    SIGINT, stops it at once (a batch it holds is then retried by the hub elsewhere)."""
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    def drain(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if worker._drain_reason:
+            worker.request_stop(f"signal {name} again")
+        else:
+            worker.request_drain(f"signal {name}")
+
+    def stop(signum: int, frame: FrameType | None) -> None:
         worker.request_stop(f"signal {signal.Signals(signum).name}")
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, stop)

@@ -8,12 +8,26 @@ from typing import Any
 
 import psutil
 import pytest
+import zmq
 
 from dlhub_hpc import Client, Hub, HubConfig
+from dlhub_hpc.keys import curve_client, hub_public_key, user_keypair, worker_credential
 
 SERVABLES = Path(__file__).parent / "servables"
 
 FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.6}
+
+
+def curve_dealer(ctx: zmq.Context[Any], address: str) -> zmq.Socket[bytes]:
+    """A raw DEALER that passes the hub's CurveZMQ check, as the user's clients and the
+    hub's workers do (the hub recorded its keys for its addresses on start)."""
+    sock = ctx.socket(zmq.DEALER)
+    worker = worker_credential(address)
+    server = hub_public_key(address)
+    if server is not None:
+        curve_client(sock, server, worker or user_keypair())
+    sock.connect(address)
+    return sock
 
 
 def worker_processes(hub_address: str) -> list[psutil.Process]:

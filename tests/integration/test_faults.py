@@ -12,7 +12,7 @@ import zmq
 
 from dlhub_hpc import Client, Hub, Overloaded, Timeout, WorkerLost
 
-from .conftest import SERVABLES
+from .conftest import SERVABLES, curve_dealer
 
 
 def _busy_worker_pid(client: Client) -> int:
@@ -54,8 +54,7 @@ def test_malformed_frames_are_dropped_and_counted(
     serve(SERVABLES / "flaky")
     ctx = zmq.Context.instance()
     for address in (hub.client_address, hub.worker_address):
-        sock = ctx.socket(zmq.DEALER)
-        sock.connect(address)
+        sock = curve_dealer(ctx, address)
         sock.send_multipart([b"\xc1 not msgpack"])
         sock.send_multipart([b"\x93\x63\x01\xc0"])  # [99, 1, nil]: wrong protocol version
         sock.send(b"")

@@ -451,7 +451,7 @@ def test_snapshot_reports_queues_workers_and_counters(hub: Hub) -> None:
     assert snap["servables"] == {"demo/add@1": {"queued": 1, "in_flight": 1}}
     assert snap["workers"] == [{
         "worker_id": "w1", "servable": "demo/add@1", "state": "busy", "host": "node-1",
-        "pid": 1234, "block": "block-0", "batches": 0, "items": 0,
+        "pid": 1234, "block": "block-0", "batches": 0, "items": 0, "ranks": 1, "gpus": None,
     }]
     assert snap["stats"]["requests"] == 2 and snap["stats"]["batches"] == 1
 

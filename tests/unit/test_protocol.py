@@ -18,6 +18,7 @@ from dlhub_hpc.protocol import (
     BatchResult,
     Bye,
     Control,
+    Drain,
     Heartbeat,
     Hello,
     LoadFailed,
@@ -45,6 +46,8 @@ EVERY_MESSAGE = [
     Heartbeat("w1"),
     Shutdown("walltime"),
     Bye("w1", "signal SIGTERM"),
+    Drain("w1", "walltime in 30s"),
+    Hello("w2", "demo/mpi", 1, "nid0002", 7, None, 2, {"env": "CUDA_VISIBLE_DEVICES"}),
 ]
 
 

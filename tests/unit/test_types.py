@@ -16,9 +16,9 @@ def t(**kwargs: Any) -> ArgType:
     return ArgType.model_validate(kwargs)
 
 
-def rejects(expected: ArgType, value: Any) -> InvalidInput:
+def rejects(expected: ArgType, value: Any, path: str = "input") -> InvalidInput:
     with pytest.raises(InvalidInput) as info:
-        check_value(expected, value)
+        check_value(expected, value, path)
     return info.value
 
 
@@ -112,8 +112,8 @@ def test_arrays_pass_through_without_a_copy() -> None:
 
 
 @pytest.mark.parametrize(("value", "words"), [
-    (np.zeros((2, 3)), "shape [2, 3] does not fit [None, 4]"),
-    (np.zeros(4), "shape [4] does not fit [None, 4]"),
+    (np.zeros((2, 3)), "input.shape: expected (None, 4), got (2, 3)"),
+    (np.zeros(4), "input.shape: expected (None, 4), got (4,)"),
     (np.array([["a"] * 4]), "dtype <U1 is not float"),
     (np.zeros((1, 4), dtype=complex), "dtype complex128 is not float"),
     ([[1, 2], [3]], "input should be ndarray shape=[None, 4] dtype=float, got list"),
@@ -179,3 +179,44 @@ def test_describe_reads_like_the_declaration() -> None:
 def test_declarations_are_frozen() -> None:
     with pytest.raises(ValidationError):
         t(type="any").type = "string"  # type: ignore[misc]
+
+
+def test_a_shape_mismatch_names_the_path_and_both_shapes() -> None:
+    rows = t(type="list", item_type={"type": "ndarray", "shape": [None, 132]})
+    value = [np.zeros((2, 132))] * 3 + [np.zeros((4, 131))]
+    err = rejects(rows, value, path="inputs")
+    assert err.message.startswith("inputs[3].shape: expected (None, 132), got (4, 131)")
+    assert err.details == {"path": "inputs[3].shape", "expected": "(None, 132)",
+                           "got": "(4, 131)"}
+
+
+@pytest.mark.parametrize("declared, value, checked", [
+    ({"type": "number"}, 3, 3),
+    ({"type": "number"}, 2.5, 2.5),
+    ({"type": "file"}, "/data/x.cif", "/data/x.cif"),
+    ({"type": "file"}, b"raw bytes", b"raw bytes"),
+    ({"type": "python object", "python_type": "ase.Atoms"}, {"any": "thing"}, {"any": "thing"}),
+])
+def test_the_other_dlhub_types_accept_their_values(
+    declared: dict[str, Any], value: Any, checked: Any
+) -> None:
+    assert check_value(t(**declared), value) == checked
+
+
+@pytest.mark.parametrize("declared, value, words", [
+    ({"type": "number"}, True, "input should be number, got bool"),
+    ({"type": "number"}, "3", "input should be number, got str"),
+    ({"type": "file"}, "", "send a path or URL string"),
+    ({"type": "file"}, 12, "send a path or URL string"),
+])
+def test_the_other_dlhub_types_reject_wrong_values(
+    declared: dict[str, Any], value: Any, words: str
+) -> None:
+    assert words in rejects(t(**declared), value).message
+
+
+def test_python_type_belongs_to_python_objects_only() -> None:
+    with pytest.raises(ValueError, match="'python_type' is only for type 'python object'"):
+        t(type="dict", python_type="x.Y")
+    assert t(type="python object", python_type="ase.Atoms").describe() == (
+        "python object ase.Atoms")

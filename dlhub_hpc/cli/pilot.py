@@ -1,0 +1,102 @@
+"""``dlhub-hpc pilot start|status|stop``: pilot jobs from site profiles, run by the hub."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+
+from dlhub_hpc.cli.common import client_from, console, to_json
+
+logger = logging.getLogger(__name__)
+
+
+@click.group()
+def pilot() -> None:
+    """Start, watch and stop pilot jobs (blocks of warm workers on a batch scheduler)."""
+
+
+@pilot.command("start")
+@click.option("-p", "--profile", default="local", show_default=True,
+              help="Site profile: a name from 'dlhub-hpc profiles list', or a .yaml path.")
+@click.option("-s", "--servable", required=True, help="owner/name[@version] to serve.")
+@click.option("-n", "--nodes", type=click.IntRange(min=1), default=None,
+              help="Nodes per block (default: the profile's).")
+@click.option("--wait/--no-wait", default=False, show_default=True,
+              help="Wait until a worker of the pilot has loaded the servable.")
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait with --wait (queue time included).")
+@click.pass_context
+def start(ctx: click.Context, profile: str, servable: str, nodes: int | None, wait: bool,
+          timeout: float) -> None:
+    """Start a pilot for a servable: its first blocks now, more as the load asks."""
+    t0 = time.monotonic()
+    with client_from(ctx) as client:
+        info = client.start_pilot(servable, profile, nodes=nodes)
+        jobs = ", ".join(f"{b['block_id']} (job {b['job_id']})" for b in info["blocks"])
+        console.print(f"started {info['pilot_id']} for {info['servable']} on "
+                      f"{info['profile']} ({info['provider']}): {jobs}")
+        if wait:
+            with console.status(f"waiting for a worker of {info['pilot_id']}"):
+                client.wait_for_workers(info["servable"], 1, timeout=timeout)
+            console.print(f"first worker ready after {time.monotonic() - t0:.1f}s")
+
+
+def _blocks_table(pilots: list[dict[str, Any]]) -> Table:
+    table = Table(title="Pilot blocks")
+    for col in ("pilot", "profile", "servable", "block", "job", "state", "workers",
+                "connected", "busy", "walltime left", "note"):
+        table.add_column(col)
+    now = time.time()
+    for p in pilots:
+        for b in p["blocks"]:
+            left = "-"
+            if p["walltime"] and b["started_at"]:
+                left = f"{max(p['walltime'] - (now - b['started_at']), 0):.0f}s"
+            note = "replaced" if b["replaced"] else "stopping" if b["stopping"] else b["reason"]
+            table.add_row(p["pilot_id"], p["profile"], p["servable"], b["block_id"],
+                          b["job_id"], b["state"], str(b["workers"]), str(b["connected"]),
+                          str(b["busy"]), left, note)
+    return table
+
+
+@pilot.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+@click.option("--events", is_flag=True, help="Also print each pilot's recent scaling events.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, events: bool) -> None:
+    """Show every pilot and its blocks (provider state, connected and busy workers)."""
+    with client_from(ctx) as client:
+        pilots = client.pilot_status()
+    if as_json:
+        click.echo(to_json(pilots))
+        return
+    if not pilots:
+        console.print("no pilots; start one with 'dlhub-hpc pilot start --profile P -s S'")
+        return
+    console.print(_blocks_table(pilots))
+    for p in pilots:
+        gpus = p["gpus"]
+        binding = "" if not gpus else f"; GPUs {','.join(gpus['devices'])} via {gpus['env']}"
+        console.print(f"{p['pilot_id']}: blocks {p['min_blocks']}-{p['max_blocks']}, "
+                      f"ranks {p['ranks']}{binding}")
+        if events:
+            for line in p["events"]:
+                console.print(f"  {line}")
+
+
+@pilot.command("stop")
+@click.argument("pilot_ids", nargs=-1, metavar="[PILOT]...")
+@click.option("-s", "--servable", default=None, help="Stop the pilots serving this servable.")
+@click.pass_context
+def stop(ctx: click.Context, pilot_ids: tuple[str, ...], servable: str | None) -> None:
+    """Stop pilots (cancel their blocks): those named, those of a servable, or all."""
+    with client_from(ctx) as client:
+        stopped = client.stop_pilot(list(pilot_ids) or None, servable)
+    for p in stopped:
+        console.print(f"stopped {p['pilot_id']} ({p['servable']} on {p['profile']})")
+    if not stopped:
+        console.print("no pilots to stop")

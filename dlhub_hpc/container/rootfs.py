@@ -1,0 +1,308 @@
+"""The local image build: what ``apptainer build`` would make, from Debian's own tools.
+
+Steps (each logged to ``build.log``; a failure raises ImageBuildError with its tail):
+base (mmdebstrap, cached and shared by every servable with the same packages), rootfs (a
+hard-linked copy of the base), python (dlhub_hpc and the worker's pure dependencies copied
+from this interpreter, which matches Debian bookworm's Python 3.11), bundle, metadata
+(``/.singularity.d``, ``/ch/environment``), test (the %test, run with bubblewrap),
+squashfs (mksquashfs, zstd) and sif (siftool: definition, labels, squashfs partition).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata as md
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+import dlhub_hpc
+from dlhub_hpc.container.definition import (
+    BUNDLES_DIR,
+    LIB_DIR,
+    WORKER_PYTHON_DEPS,
+    Recipe,
+    labels_json,
+)
+from dlhub_hpc.container.runtimes import BubblewrapRuntime
+from dlhub_hpc.errors import ImageBuildError, RuntimeNotFound
+from dlhub_hpc.servable.bundle import unpack_bundle
+
+logger = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 25
+# Debian ships these compiled modules itself (python3-zmq, -msgpack, -numpy).
+FROM_DEBIAN = {"pyzmq", "msgpack", "numpy"}
+TOOLS = {
+    "mmdebstrap": "apt-get install mmdebstrap",
+    "mksquashfs": "apt-get install squashfs-tools",
+    "siftool": "apt-get install siftool",
+}
+
+
+def require_tool(tool: str) -> str:
+    found = shutil.which(tool)
+    if found is None:
+        raise RuntimeNotFound(
+            f"the local image build needs {tool!r}, which is not on PATH; install it: "
+            f"{TOOLS.get(tool, tool)} (see scripts/system-packages.txt)", tool=tool,
+        )
+    return found
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_step(step: str, argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
+             timeout: float = 1800) -> None:
+    """Run one build command, appending its output to ``log``; fail with the step's tail.
+
+    The command gets a process group of its own; if the build is interrupted, the whole
+    group is stopped (SIGTERM first, so mmdebstrap unmounts what it mounted in the chroot).
+    """
+    logger.info("build step %s: %s", step, " ".join(argv))
+    with log.open("ab") as fh:
+        fh.write(f"\n$ {' '.join(argv)}\n".encode())
+        fh.flush()
+        try:
+            proc = subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            fh.write(f"{exc}\n".encode())
+            raise build_error(step, log, str(exc)) from exc
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            _stop_group(proc)
+            fh.write(f"{exc}\n".encode())
+            raise build_error(step, log, f"no result after {timeout:.0f} s") from exc
+        except BaseException:
+            _stop_group(proc)
+            raise
+    if returncode != 0:
+        raise build_error(step, log, f"exit status {returncode}")
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (a killed chroot build can leave /proc, /dev)."""
+    root = str(path.resolve())
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    points = [line.split()[1].replace("\\040", " ") for line in lines if len(line.split()) > 1]
+    prefix = root.rstrip("/") + "/"
+    return [p for p in points if p == root or p.startswith(prefix)]
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree, but never through a mount point (it could be the host's /dev)."""
+    mounted = mounts_under(path) if path.exists() else []
+    if mounted:
+        raise ImageBuildError(
+            f"{path} has file systems mounted inside it ({', '.join(mounted)}), left by an "
+            f"interrupted build; unmount them ('umount -R {mounted[0]}') and build again",
+            step="base", mounts=mounted,
+        )
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def build_error(step: str, log: Path, why: str) -> ImageBuildError:
+    tail = log_tail(log)
+    return ImageBuildError(
+        f"image build step {step!r} failed ({why}); the end of {log}:\n{tail}",
+        step=step, log=str(log), tail=tail,
+    )
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock file, so concurrent builds of one thing wait rather than collide."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def base_key(suite: str, mirror: str, packages: Sequence[str]) -> str:
+    data = json.dumps({"suite": suite, "mirror": mirror, "packages": sorted(packages)})
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def ensure_base(cache: Path, suite: str, mirror: str, packages: Sequence[str]) -> Path:
+    """The cached Debian root filesystem for these packages, made once with mmdebstrap."""
+    key = base_key(suite, mirror, packages)
+    root = cache / "base" / key
+    with locked(cache / "base" / f"{key}.lock"):
+        if (root / "rootfs" / "usr" / "bin" / "python3").exists():
+            logger.info("base %s is cached", key)
+            return root / "rootfs"
+        remove_tree(root)
+        root.mkdir(parents=True)
+        tmp = root / "rootfs.tmp"
+        argv = [require_tool("mmdebstrap"), "--variant=minbase",
+                f"--include={','.join(packages)}", suite, str(tmp), mirror]
+        run_step("base", argv, root / "mmdebstrap.log")
+        tmp.rename(root / "rootfs")
+    return root / "rootfs"
+
+
+def worker_distributions(roots: Sequence[str] = WORKER_PYTHON_DEPS) -> list[md.Distribution]:
+    """The installed distributions the worker needs beyond Debian's, with their deps."""
+    found: dict[str, md.Distribution] = {}
+    pending = [Requirement(r).name for r in roots]
+    while pending:
+        name = pending.pop()
+        key = name.lower().replace("_", "-")
+        if key in found or key in FROM_DEBIAN:
+            continue
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            raise ImageBuildError(
+                f"the worker needs the Python package {name!r}, which is not installed here; "
+                f"pip install {name}", step="python",
+            ) from None
+        found[key] = dist
+        for req in dist.requires or []:
+            r = Requirement(req)
+            if r.marker is None or r.marker.evaluate({"extra": ""}):
+                pending.append(r.name)
+    return list(found.values())
+
+
+def copy_distribution(dist: md.Distribution, target: Path) -> None:
+    for file in dist.files or []:
+        if file.parts[0] == ".." or "__pycache__" in file.parts:
+            continue
+        src = Path(str(dist.locate_file(file)))
+        if src.is_file():
+            dest = target / file
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+
+
+def install_python(rootfs: Path, recipe: Recipe, log: Path) -> None:
+    """dlhub_hpc, its worker's dependencies and any extra pip requirements into the image."""
+    lib = rootfs / LIB_DIR.lstrip("/")
+    lib.mkdir(parents=True, exist_ok=True)
+    if sys.version_info[:2] != (3, 11):
+        logger.warning("copying Python %s packages into a Python 3.11 image",
+                       ".".join(map(str, sys.version_info[:2])))
+    for dist in worker_distributions():
+        copy_distribution(dist, lib)
+    source = Path(dlhub_hpc.__file__).parent
+    shutil.copytree(source, lib / "dlhub_hpc", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if recipe.options.pip:
+        run_step("python", [sys.executable, "-m", "pip", "install", "--no-cache-dir",
+                            "--target", str(lib), *recipe.options.pip], log)
+    pth = rootfs / "usr" / "lib" / "python3" / "dist-packages" / "dlhub-hpc.pth"
+    pth.parent.mkdir(parents=True, exist_ok=True)
+    pth.write_text(f"{LIB_DIR}\n")
+    # A read-only image cannot cache bytecode at run time; compile it now (same 3.11 magic).
+    run_step("python", [sys.executable, "-m", "compileall", "-q", "-j", "0", "-d", LIB_DIR,
+                        str(lib)], log)
+
+
+def install_bundle(rootfs: Path, recipe: Recipe, bundle: bytes) -> None:
+    unpack_bundle(bundle, rootfs / BUNDLES_DIR.lstrip("/") / recipe.bundle_digest)
+
+
+def write_metadata(rootfs: Path, recipe: Recipe, definition: str) -> None:
+    """The files Apptainer and Charliecloud read inside an image."""
+    sd = rootfs / ".singularity.d"
+    (sd / "env").mkdir(parents=True, exist_ok=True)
+    (sd / "actions").mkdir(exist_ok=True)
+    (sd / "Singularity").write_text(definition)
+    (sd / "labels.json").write_bytes(labels_json(recipe))
+    env_lines = [f"export {k}={v!s}" for k, v in recipe.environment().items()]
+    (sd / "env" / "90-environment.sh").write_text("#!/bin/sh\n" + "\n".join(env_lines) + "\n")
+    scripts = {"runscript": recipe.runscript(), "test": recipe.test_command()}
+    for name, body in scripts.items():
+        path = sd / name
+        path.write_text(f"#!/bin/sh\n. /.singularity.d/env/90-environment.sh\n{body}\n")
+        path.chmod(0o755)
+    link = rootfs / "singularity"
+    if not link.is_symlink():
+        link.symlink_to(".singularity.d/runscript")
+    # ch-run --set-env (no argument) reads this file.
+    (rootfs / "ch").mkdir(exist_ok=True)
+    (rootfs / "ch" / "environment").write_text(
+        "".join(f"{k}={v}\n" for k, v in recipe.environment().items())
+    )
+
+
+def run_test(rootfs: Path, recipe: Recipe, log: Path) -> None:
+    """The image's %test: load the model inside the image, as a worker will."""
+    argv = ["python3", "-m", "dlhub_hpc.container.selftest"]
+    runtime = BubblewrapRuntime()
+    if runtime.available():
+        cmd = runtime.command(str(rootfs), argv, env=recipe.environment())
+    else:  # chroot works as root and needs no namespaces
+        cmd = ["chroot", str(rootfs), "env", "-i", "PATH=/usr/bin:/bin",
+               *(f"{k}={v}" for k, v in recipe.environment().items()), *argv]
+    run_step("test", cmd, log, timeout=300)
+
+
+def make_squashfs(rootfs: Path, out: Path, log: Path, level: int = 3) -> None:
+    argv = [require_tool("mksquashfs"), str(rootfs), str(out), "-noappend", "-all-root",
+            "-comp", "zstd", "-Xcompression-level", str(level), "-no-progress",
+            "-processors", str(max(1, os.cpu_count() or 1))]
+    run_step("squashfs", argv, log)
+
+
+def make_sif(squashfs: Path, definition: Path, labels: Path, out: Path, log: Path,
+             arch: str = "2") -> None:
+    """A real SIF: definition (type 1), labels JSON (type 3), squashfs system partition."""
+    siftool = require_tool("siftool")
+    out.unlink(missing_ok=True)
+    run_step("sif", [siftool, "new", str(out)], log)
+    run_step("sif", [siftool, "add", str(out), str(definition), "--datatype", "1"], log)
+    run_step("sif", [siftool, "add", str(out), str(labels), "--datatype", "3"], log)
+    run_step("sif", [siftool, "add", str(out), str(squashfs), "--datatype", "4",
+                     "--parttype", "2", "--partfs", "1", "--partarch", arch], log)
+
+
+__all__ = [
+    "ensure_base",
+    "install_bundle",
+    "install_python",
+    "make_sif",
+    "make_squashfs",
+    "remove_tree",
+    "require_tool",
+    "run_step",
+    "run_test",
+    "write_metadata",
+]

@@ -1,0 +1,100 @@
+"""What a hub needs for identities: its keys, the access rules, and the publication operations.
+
+On start the hub loads (or makes) its server and worker key pairs in its home, trusts the
+key pair of the Unix user who started it (made on first use in that user's key directory)
+as its admin, and records its public key and worker credential under the user's key
+directory so that the user's clients and workers connect with nothing but the address.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dlhub_hpc.auth import CLIENT_DOMAIN, WORKER_DOMAIN, HubCredentials, ServerAuth
+from dlhub_hpc.broker.events import ServableInfo
+from dlhub_hpc.errors import ConfigError
+from dlhub_hpc.keys import forget_hub, record_hub, user_keypair
+from dlhub_hpc.registry.access import AccessControl
+from dlhub_hpc.registry.service import PublicationService
+from dlhub_hpc.registry.store import Registry
+
+logger = logging.getLogger(__name__)
+
+WORKER_IDENTITY = "worker"
+
+
+class HubSecurity:
+    """Keys, identities and access rules of one hub; ``setup()`` does the file work."""
+
+    def __init__(self, home: Path, registry: Registry, invalidate: Callable[[str], None],
+                 admin: str | None = None) -> None:
+        self.home = Path(home)
+        self.registry = registry
+        self.admin = admin or getpass.getuser()
+        self._invalidate = invalidate
+        self.credentials: HubCredentials | None = None
+        self._access: AccessControl | None = None
+        self._publication: PublicationService | None = None
+        self._recorded: list[Path] = []
+
+    def __repr__(self) -> str:
+        return f"HubSecurity(home={str(self.home)!r}, admin={self.admin!r})"
+
+    @property
+    def access(self) -> AccessControl:
+        if self._access is None:
+            raise ConfigError("the hub has not started: no access rules yet")
+        return self._access
+
+    @property
+    def publication(self) -> PublicationService:
+        if self._publication is None:
+            raise ConfigError("the hub has not started: no publication service yet")
+        return self._publication
+
+    def setup(self) -> ServerAuth:
+        """Load or make the keys; trust the admin's key; return what the broker needs."""
+        self.credentials = HubCredentials.in_home(self.home)
+        self._access = AccessControl(self.registry, self.admin)
+        admin_key = user_keypair().public
+        if self._access.identity_for_key(admin_key) != self.admin:
+            self._access.add_identity(self.admin, admin_key)
+        self._publication = PublicationService(self.registry, self._access, self._invalidate)
+        return ServerAuth(self.credentials, self.lookup)
+
+    def lookup(self, domain: str, public_key: str) -> str | None:
+        """The identity of a connecting key (ZAP, in the broker's thread), or None: refuse."""
+        assert self.credentials is not None
+        if domain == WORKER_DOMAIN:
+            return WORKER_IDENTITY if public_key == self.credentials.worker.public else None
+        if domain == CLIENT_DOMAIN:
+            return self.access.identity_for_key(public_key)
+        return None
+
+    def authorize(self, user: str, info: ServableInfo) -> None:
+        """May ``user`` run this servable? Raises ``PermissionDenied`` if not."""
+        self.access.check_see(user, info.name)
+
+    def record(self, client_endpoint: str, worker_endpoint: str) -> None:
+        """Tell this user's clients and workers the hub's key for its addresses."""
+        assert self.credentials is not None
+        self._recorded = record_hub(client_endpoint, self.credentials.server)
+        self._recorded += record_hub(worker_endpoint, self.credentials.server,
+                                     self.credentials.worker)
+
+    def forget(self) -> None:
+        forget_hub(self._recorded)
+        self._recorded = []
+
+    def operation(self, name: str) -> Callable[[dict[str, Any]], Any]:
+        """A control handler that calls the publication service's ``name`` once it exists."""
+        return lambda args: getattr(self.publication, name)(args)
+
+    def operations(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        names = ("search", "describe", "export", "set_status", "set_visibility", "groups",
+                 "identities", "whoami")
+        return {n: self.operation(n) for n in names}

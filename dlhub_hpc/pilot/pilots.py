@@ -1,0 +1,432 @@
+"""Pilots: blocks of warm workers for one servable, started from a site profile and kept sized.
+
+A :class:`Pilot` owns one Parsl provider built from its profile; each block is one
+``provider.submit`` of the worker command (wrapped in the profile's container runtime, run
+by its launcher), watched with ``provider.status`` and stopped with ``provider.cancel``.
+:meth:`Pilot.tick` feeds what the provider and the hub report to the scaling strategy
+(:func:`dlhub_hpc.pilot.scaling.decide`) and applies its decision. :class:`PilotService`
+holds a hub's pilots and runs their ticks in one thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from parsl.providers.base import ExecutionProvider
+
+from dlhub_hpc.errors import PilotError, ProfileError
+from dlhub_hpc.pilot.profiles import SiteProfile, build_provider, expand_vars, unset_variables
+from dlhub_hpc.pilot.scaling import TERMINAL, BlockView, Decision, Load, WalltimePlan, decide
+
+logger = logging.getLogger(__name__)
+
+_pilot_ids = itertools.count(1)
+# Where launchers put a task's rank on its node (the worker reads these: worker/gpu.py).
+LOCAL_RANK_ENVS = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK",
+                   "PALS_LOCAL_RANKID", "MPI_LOCALRANKID")
+HEREDOC_LAUNCHERS = frozenset({"GnuParallelLauncher", "MpiExecLauncher", "MpiRunLauncher",
+                               "SrunLauncher", "SrunMPILauncher", "AprunLauncher",
+                               "JsrunLauncher"})
+
+
+def hub_address_for_workers(hub_worker_address: str, profile: SiteProfile) -> str:
+    """The hub's worker address as compute nodes must dial it (profile address/interface)."""
+    parts = urlsplit(hub_worker_address)
+    host = parts.hostname or "127.0.0.1"
+    if profile.hub.address:
+        host = profile.hub.address
+    elif profile.hub.interface:
+        from parsl.addresses import address_by_interface
+
+        try:
+            host = address_by_interface(profile.hub.interface)
+        except OSError as exc:
+            raise ProfileError(f"profile {profile.name!r}: no address on interface "
+                               f"{profile.hub.interface!r} ({exc}); set hub.interface to one "
+                               "that the compute nodes reach, or hub.address") from None
+    elif host in ("0.0.0.0", "*", ""):
+        from parsl.addresses import address_by_hostname
+
+        host = address_by_hostname()
+    return f"tcp://{host}:{parts.port}"
+
+
+@dataclass
+class PilotBlock:
+    """One submitted block, as the pilot tracks it (and as ``status`` shows it)."""
+
+    block_id: str
+    job_id: str
+    servable: str
+    workers: int
+    submitted_at: float
+    pilot: str = ""
+    profile: str = ""
+    state: str = "PENDING"
+    started_at: float | None = None
+    connected: int = 0
+    ever_connected: bool = False
+    busy: int = 0
+    batches: int = 0
+    idle_since: float | None = None
+    replaced: bool = False
+    stopping: bool = False
+    reason: str = ""
+    stderr: str | None = None
+
+    def view(self) -> BlockView:
+        return BlockView(self.block_id, self.state, self.submitted_at, self.started_at,
+                         self.connected, self.ever_connected, self.busy, self.idle_since,
+                         self.replaced, self.stopping)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Pilot:
+    """Blocks for one servable through one provider built from a site profile."""
+
+    def __init__(
+        self,
+        profile: SiteProfile,
+        servable: str,
+        hub_address: str,
+        run_dir: Path,
+        *,
+        nodes: int | None = None,
+        ranks: int = 1,
+        heartbeat_interval: float = 1.0,
+        hub_timeout: float = 30.0,
+        provider: ExecutionProvider | None = None,
+    ) -> None:
+        if nodes is not None and nodes < 1:
+            raise PilotError(f"--nodes must be at least 1, not {nodes}")
+        if ranks < 1:
+            raise PilotError(f"a servable needs at least one rank, not {ranks}")
+        self.pilot_id = f"pilot-{next(_pilot_ids)}"
+        self.profile = profile
+        self.servable = servable
+        self.hub_address = hub_address
+        self.run_dir = Path(run_dir) / self.pilot_id
+        self.ranks = ranks
+        self.heartbeat_interval = heartbeat_interval
+        self.hub_timeout = hub_timeout
+        if provider is None:
+            unset = unset_variables(profile)
+            if unset:
+                raise ProfileError(f"profile {profile.name!r} needs {', '.join(unset)} set in "
+                                   "the hub's environment (see 'dlhub-hpc profiles check')")
+        self.provider = provider or build_provider(profile, mpi=ranks > 1)
+        if nodes is not None:
+            self.provider.nodes_per_block = nodes
+        wall = profile.provider.walltime_seconds()
+        self.walltime = (None if wall is None
+                         else WalltimePlan(wall, profile.walltime.replace_lead))
+        self.blocks: dict[str, PilotBlock] = {}
+        self.events: list[str] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._stopped = False
+        self.failures = 0  # blocks in a row that ended before a worker connected
+        self.halted = False
+
+    def __repr__(self) -> str:
+        return (f"Pilot(load_profile({self.profile.name!r}), {self.servable!r}, "
+                f"{self.hub_address!r}, ranks={self.ranks})")
+
+    # -- the command a block runs --
+
+    def worker_argv(self, block_id: str) -> list[str]:
+        """The worker's argv on the compute node (before the container and launcher wrap it)."""
+        argv = [
+            self.profile.worker_python(), "-m", "dlhub_hpc.worker",
+            "--hub", self.hub_address, "--servable", self.servable, "--block", block_id,
+            "--heartbeat-interval", str(self.heartbeat_interval),
+            "--hub-timeout", str(self.hub_timeout),
+        ]
+        drain = self.profile.drain_after()
+        if drain is not None:  # finish what it holds and leave before the scheduler kills it
+            argv += ["--drain-after", f"{drain:g}"]
+        if self.profile.gpus is not None:
+            argv += self.profile.gpus.worker_flags()
+        if self.ranks > 1:
+            argv.append("--mpi")
+        return argv
+
+    def command(self, block_id: str) -> str:
+        """The shell command the launcher runs ``tasks_per_node`` times per node."""
+        argv = self.worker_argv(block_id)
+        spec = self.profile.container
+        if spec.runtime != "none":
+            from dlhub_hpc.container.runtimes import get_runtime
+
+            # {name} picks the servable's image: owner/name -> owner_name.
+            image = expand_vars(spec.image or "").replace(
+                "{name}", self.servable.split("@")[0].replace("/", "_"))
+            env = dict(spec.env)
+            gpu = None
+            if self.profile.gpus is not None:
+                gpu = {"nvidia": "nvidia", "amd": "amd"}.get(self.profile.gpus.vendor)
+                # Runtimes start from a clean environment; the worker picks its GPU from the
+                # launcher's local rank, so that is passed in (expanded by the task's shell).
+                env.update({v: f"@@{v}@@" for v in LOCAL_RANK_ENVS})
+            argv = get_runtime(spec.runtime).command(image, argv, env=env,
+                                                     binds=spec.binds, gpu=gpu)
+        text = shlex.join(argv)
+        # These launchers write the command through an unquoted heredoc: escape the "$" so
+        # each task's own shell expands it, not the batch script.
+        launcher = getattr(self.provider, "launcher", None)
+        heredoc = type(launcher).__name__ in HEREDOC_LAUNCHERS
+        dollar = "\\$" if heredoc else "$"
+        for var in LOCAL_RANK_ENVS:  # quoted: an unset one must stay one (empty) argument
+            text = text.replace(f"@@{var}@@", f'"{dollar}{{{var}:-}}"')
+        return text
+
+    @property
+    def tasks_per_node(self) -> int:
+        return self.ranks if self.ranks > 1 else self.profile.workers
+
+    # -- blocks --
+
+    def submit_block(self, reason: str = "start") -> PilotBlock:
+        if self._stopped:
+            raise PilotError(f"{self.pilot_id} was stopped; start a new pilot")
+        block_id = f"{self.pilot_id}.b{next(self._ids)}"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.provider.script_dir = str(self.run_dir)
+        try:
+            job_id = self.provider.submit(self.command(block_id), self.tasks_per_node,
+                                          job_name=f"dlhub.{block_id}")
+        except Exception as exc:
+            raise PilotError(f"{self.provider.label} could not start a block for "
+                             f"{self.servable}: {exc}", servable=self.servable) from exc
+        if job_id is None:
+            raise PilotError(f"{self.provider.label} is at capacity; no block was started")
+        workers = self.tasks_per_node * int(getattr(self.provider, "nodes_per_block", 1))
+        block = PilotBlock(block_id, str(job_id), self.servable, 1 if self.ranks > 1 else workers,
+                           time.time(), self.pilot_id, self.profile.name, reason=reason)
+        with self._lock:
+            orphan = self._stopped  # stopped while sbatch ran: cancel, never leave it queued
+            if not orphan:
+                self.blocks[block_id] = block
+        if orphan:
+            self._cancel([block])
+            raise PilotError(f"{self.pilot_id} was stopped while {block_id} was submitted")
+        self._event(f"submitted {block_id} (job {job_id}): {reason}")
+        return block
+
+    def _event(self, text: str) -> None:
+        logger.info("%s: %s", self.pilot_id, text)
+        self.events = [*self.events[-49:], f"{time.strftime('%H:%M:%S')} {text}"]
+
+    def refresh(self, workers: list[dict[str, Any]], now: float) -> None:
+        """Update blocks from the provider's status and the hub's worker table."""
+        with self._lock:
+            blocks = list(self.blocks.values())
+        if not blocks:
+            return
+        try:
+            states = self.provider.status([b.job_id for b in blocks])
+        except Exception:
+            logger.warning("could not read block states from %s", self.provider.label,
+                           exc_info=True)
+            states = []
+        for block, status in zip(blocks, states, strict=False):
+            block.state = status.state.name
+            block.stderr = status.stderr_path or block.stderr
+            if block.state == "RUNNING" and block.started_at is None:
+                block.started_at = now
+        for block in blocks:
+            mine = [w for w in workers if w.get("block") == block.block_id]
+            block.connected = len(mine)
+            block.busy = sum(1 for w in mine if w.get("state") == "busy")
+            if mine:
+                block.ever_connected = True
+                if block.started_at is None:  # a worker talks: the job runs
+                    block.started_at = now
+            # Idle means no batch ran since the last look, not just "none running right now".
+            batches = sum(int(w.get("batches", 0)) for w in mine)
+            if mine and block.busy == 0 and batches == block.batches:
+                block.idle_since = block.idle_since or now
+            else:
+                block.idle_since = None
+            block.batches = batches
+
+    def tick(self, load: Load, workers: list[dict[str, Any]], now: float) -> Decision:
+        """Refresh, decide, and apply: submit, replace, cancel, forget."""
+        self.refresh(workers, now)
+        with self._lock:
+            views = [b.view() for b in self.blocks.values()]
+        decision = decide(self.profile.scaling, views, load, now, self.walltime, self.failures)
+        if decision.halted and self.halted and not decision.dead:
+            return decision  # said so already; wait for 'pilot stop'
+        for why in decision.reasons:
+            self._event(why)
+        if decision.halted and not self.halted:
+            logs = sorted({b.stderr for b in self.blocks.values() if b.stderr})
+            self._event(f"halted; last job logs: {', '.join(logs[-2:]) or 'none'}")
+        self.halted = decision.halted
+        self.failures = 0 if any(v.ever_connected for v in views) else self.failures
+        self.failures += decision.failed
+        self._apply(decision)
+        return decision
+
+    def _apply(self, d: Decision) -> None:
+        for block_id in d.replace:
+            if block_id in self.blocks:
+                self.blocks[block_id].replaced = True
+            self.submit_block(f"replaces {block_id} before its walltime")
+        for _ in range(d.submit):
+            self.submit_block("scaling")
+        doomed = [self.blocks[b] for b in d.cancel + d.dead if b in self.blocks]
+        if doomed:
+            self._cancel(doomed)
+        with self._lock:
+            for block_id in d.dead:
+                self.blocks.pop(block_id, None)
+            # Blocks that ended after we stopped or replaced them: nothing left to watch.
+            for block_id, block in list(self.blocks.items()):
+                if block.state in TERMINAL and (block.stopping or block.replaced):
+                    del self.blocks[block_id]
+
+    def _cancel(self, blocks: list[PilotBlock]) -> None:
+        live = [b for b in blocks if b.state not in TERMINAL]
+        for b in blocks:
+            b.stopping = True
+        if live:
+            try:
+                self.provider.cancel([b.job_id for b in live])
+            except Exception:
+                logger.warning("could not cancel %s", [b.block_id for b in live], exc_info=True)
+
+    def stop(self) -> list[PilotBlock]:
+        """Cancel every block of this pilot."""
+        with self._lock:
+            self._stopped = True
+            blocks = list(self.blocks.values())
+            self.blocks.clear()
+        self._cancel(blocks)
+        for b in blocks:
+            b.state = "CANCELLED"
+        self._event(f"stopped {len(blocks)} blocks")
+        return blocks
+
+    def to_dict(self) -> dict[str, Any]:
+        with self._lock:
+            blocks = [b.to_dict() for b in self.blocks.values()]
+        scaling = self.profile.scaling
+        return {
+            "pilot_id": self.pilot_id, "profile": self.profile.name, "servable": self.servable,
+            "provider": type(self.provider).__name__, "ranks": self.ranks,
+            "min_blocks": scaling.min_blocks, "max_blocks": scaling.max_blocks,
+            "walltime": None if self.walltime is None else self.walltime.walltime,
+            "halted": self.halted, "failures": self.failures,
+            "gpus": None if self.profile.gpus is None else self.profile.gpus.model_dump(),
+            "blocks": blocks, "events": list(self.events[-10:]),
+        }
+
+
+Snapshot = Callable[[], dict[str, Any]]
+
+
+class PilotService:
+    """A hub's pilots, and the thread that runs their scaling ticks every ``period`` seconds."""
+
+    def __init__(self, snapshot: Snapshot, period: float = 1.0) -> None:
+        self._snapshot = snapshot
+        self.period = period
+        self.pilots: dict[str, Pilot] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"PilotService(period={self.period!r}, pilots={sorted(self.pilots)!r})"
+
+    def add(self, pilot: Pilot) -> Pilot:
+        """Start ``pilot``: its first ``min_blocks`` blocks now, the rest by the scaling loop."""
+        try:
+            for _ in range(max(pilot.profile.scaling.min_blocks, 1)):
+                pilot.submit_block("pilot start")
+        except BaseException:
+            pilot.stop()  # cancel the blocks that did start
+            raise
+        with self._lock:
+            self.pilots[pilot.pilot_id] = pilot
+            self.period = min(self.period, pilot.profile.scaling.period)
+        self._ensure_thread()
+        return pilot
+
+    def get(self, pilot_id: str) -> Pilot:
+        with self._lock:
+            if pilot_id not in self.pilots:
+                raise PilotError(f"no pilot {pilot_id!r}; running: {sorted(self.pilots) or 'none'}")
+            return self.pilots[pilot_id]
+
+    def all(self) -> list[Pilot]:
+        with self._lock:
+            return list(self.pilots.values())
+
+    def stop(self, pilot_ids: list[str] | None = None, servable: str | None = None) -> list[Pilot]:
+        """Stop the named pilots, or those of ``servable``, or (with neither) all."""
+        with self._lock:
+            if pilot_ids:
+                unknown = sorted(set(pilot_ids) - set(self.pilots))
+                if unknown:
+                    raise PilotError(f"no such pilots: {unknown}; see 'dlhub-hpc pilot status'")
+            chosen = [p for p in self.pilots.values()
+                      if (not pilot_ids or p.pilot_id in pilot_ids)
+                      and (servable is None or p.servable == servable)]
+            for p in chosen:
+                del self.pilots[p.pilot_id]
+        for p in chosen:
+            p.stop()
+        return chosen
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.stop()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="hub-scaling", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.tick_all()
+            except Exception:
+                logger.exception("the scaling loop failed; it retries next period")
+
+    def tick_all(self, now: float | None = None) -> None:
+        """One scaling decision for every pilot, from one hub snapshot."""
+        pilots = self.all()
+        if not pilots:
+            return
+        snap = self._snapshot()
+        now = time.time() if now is None else now
+        for pilot in pilots:
+            workers = [w for w in snap.get("workers", []) if w.get("servable") == pilot.servable
+                       or str(w.get("block", "")).startswith(pilot.pilot_id + ".")]
+            queue = snap.get("servables", {}).get(pilot.servable, {})
+            load = Load(queued=int(queue.get("queued", 0)),
+                        in_flight=int(queue.get("in_flight", 0)),
+                        workers=len(workers),
+                        busy=sum(1 for w in workers if w.get("state") == "busy"))
+            try:
+                pilot.tick(load, workers, now)
+            except Exception:
+                logger.exception("scaling %s failed", pilot.pilot_id)

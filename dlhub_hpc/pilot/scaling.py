@@ -1,0 +1,158 @@
+"""The scaling strategy: a pure function from blocks and load to what to submit or cancel.
+
+No provider, socket or clock inside: the pilot feeds it what the provider and the hub report
+(:class:`BlockView`, :class:`Load`) and the time, and applies the :class:`Decision`. Rules,
+in order:
+
+0. halt: after ``max_failures`` blocks in a row ended before any worker connected (a
+   broken worker command, image or environment), nothing more is submitted: resubmitting
+   would only fill the queue with jobs that fail the same way.
+1. dead: a block the provider reports finished (killed job, node failure) while we did not
+   stop it, or one running past ``start_grace`` whose workers never connected or all went
+   silent (missed heartbeats: the hub dropped them), is forgotten (and cancelled) and
+   replaced. The hub retries the requests those workers held.
+2. walltime: ``replace_lead`` seconds before a block's walltime ends a replacement is
+   submitted (even above ``max_blocks``), so the servable never drops to zero workers; the
+   old block's workers drain ``drain_margin`` seconds before the end and leave.
+3. floor: fewer live blocks than ``min_blocks``: submit.
+4. up: queued items per worker above ``queue_per_worker``, with every worker busy, and no
+   block still pending: one more block, up to ``max_blocks``.
+5. down: nothing queued, and a block whose workers all sat idle for ``idle_release``
+   seconds while more than ``min_blocks`` remain: release it (one per decision).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from dlhub_hpc.pilot.profiles import ScalingSpec
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "MISSING"})
+
+
+@dataclass(frozen=True)
+class BlockView:
+    """What the pilot knows of one block at decision time."""
+
+    block_id: str
+    state: str  # the provider's JobState name: PENDING, RUNNING, COMPLETED, ...
+    submitted_at: float
+    started_at: float | None = None  # when first seen RUNNING (walltime counts from here)
+    connected: int = 0  # workers of this block registered with the hub now
+    ever_connected: bool = False
+    busy: int = 0
+    idle_since: float | None = None  # all its workers idle since (None: some busy)
+    replaced: bool = False  # a walltime replacement was already submitted for it
+    stopping: bool = False  # we cancelled it or it is draining at walltime
+
+
+@dataclass(frozen=True)
+class Load:
+    """The hub's view of one servable: queued items and its workers."""
+
+    queued: int = 0
+    in_flight: int = 0
+    workers: int = 0
+    busy: int = 0
+
+
+@dataclass
+class Decision:
+    submit: int = 0
+    replace: list[str] = field(default_factory=list)  # blocks whose walltime replacement starts
+    cancel: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    failed: int = 0  # dead blocks that never connected a worker
+    halted: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.submit or self.replace or self.cancel or self.dead)
+
+
+@dataclass(frozen=True)
+class WalltimePlan:
+    """Block walltime in seconds and the lead before its end at which it is replaced."""
+
+    walltime: float
+    replace_lead: float
+
+
+def _is_dead(block: BlockView, now: float, grace: float) -> str | None:
+    if block.stopping or block.replaced:
+        return None  # its workers leave on purpose; a replacement is already on its way
+    if block.state in TERMINAL:
+        return f"{block.block_id} ended ({block.state}) while serving"
+    if block.state != "RUNNING" or block.started_at is None:
+        return None
+    if block.ever_connected and block.connected == 0:
+        return f"{block.block_id} lost all its workers (missed heartbeats)"
+    if not block.ever_connected and now - block.started_at > grace:
+        return f"{block.block_id} ran {now - block.started_at:.0f}s with no worker connected"
+    return None
+
+
+def decide(
+    spec: ScalingSpec,
+    blocks: list[BlockView],
+    load: Load,
+    now: float,
+    walltime: WalltimePlan | None = None,
+    failures: int = 0,
+) -> Decision:
+    """What to do now; ``failures``: blocks in a row that ended before a worker connected."""
+    d = Decision()
+    live: list[BlockView] = []
+    for b in blocks:
+        why = _is_dead(b, now, spec.start_grace)
+        if why:
+            d.dead.append(b.block_id)
+            d.failed += 0 if b.ever_connected else 1
+            d.reasons.append(why)
+        elif not b.stopping and b.state not in TERMINAL:
+            live.append(b)
+    if any(b.ever_connected for b in live):
+        failures = 0
+    if failures + d.failed >= spec.max_failures:
+        d.halted = True
+        d.reasons.append(f"{failures + d.failed} blocks in a row ended before a worker "
+                         "connected: no more are submitted; see the jobs' stderr")
+        return d
+
+    if walltime is not None:
+        for b in live:
+            due = b.started_at is not None and (
+                now >= b.started_at + walltime.walltime - walltime.replace_lead)
+            if due and not b.replaced:
+                d.replace.append(b.block_id)
+                d.reasons.append(f"{b.block_id} nears its walltime: replacement submitted")
+    # Blocks being replaced no longer count: their replacements stand in for them.
+    counted = [b for b in live if not b.replaced and b.block_id not in d.replace]
+    count = len(counted) + len(d.replace)
+
+    if count < spec.min_blocks:
+        d.submit = spec.min_blocks - count
+        d.reasons.append(f"{count} live blocks, fewer than min_blocks {spec.min_blocks}")
+        return d
+
+    pending = any(b.state != "RUNNING" for b in counted) or bool(d.replace)
+    capacity = max(load.workers, 1)
+    saturated = load.workers == 0 or load.busy >= load.workers
+    if (load.queued > spec.queue_per_worker * capacity and saturated and not pending
+            and count < spec.max_blocks):
+        d.submit = 1
+        d.reasons.append(f"{load.queued} queued for {load.workers} busy workers: one more block")
+        return d
+
+    if load.queued == 0 and count > spec.min_blocks and not d.replace:
+        idle = [b for b in counted if b.idle_since is not None
+                and now - b.idle_since >= spec.idle_release]
+        if idle:
+            victim = min(idle, key=lambda b: b.started_at or b.submitted_at)
+            d.cancel.append(victim.block_id)
+            d.reasons.append(f"{victim.block_id} idle {now - (victim.idle_since or now):.0f}s: "
+                             "released")
+    return d

@@ -1,0 +1,100 @@
+"""How a worker runs its servable: in its own process, or shared over MPI ranks (``mpi.py``).
+
+A runner is a small plug-in: ``load(assign)`` once, ``run(method, payloads)`` per batch,
+``close()`` at exit. ``run`` returns one ``[ok, value or error record]`` per payload, in
+order, which is what a ``BatchResult`` carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from dlhub_hpc.errors import DlhubHpcError, ServableLoadError
+from dlhub_hpc.protocol import Assign
+from dlhub_hpc.servable.bundle import unpack_bundle
+from dlhub_hpc.servable.shims import Shim, load_servable
+from dlhub_hpc.servable.spec import ServableSpec
+
+logger = logging.getLogger(__name__)
+
+WireResult = list[Any]  # [True, value] or [False, error record]
+
+
+def cached_bundle(cache_dir: Path, digest: str, data: bytes) -> Path:
+    """Unpack a bundle once per digest; concurrent workers race safely via rename."""
+    target = cache_dir / digest
+    if target.is_dir():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{digest[:12]}-"))
+    try:
+        unpack_bundle(data, scratch)
+        scratch.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def load_assigned(assign: Assign, cache_dir: Path) -> tuple[ServableSpec, Shim]:
+    """Unpack and load the servable an ``Assign`` carries; ``ServableLoadError`` if it cannot."""
+    spec = ServableSpec.from_data(assign.spec, f"{assign.servable}@{assign.version}")
+    try:
+        root = cached_bundle(cache_dir, assign.digest, assign.bundle)
+    except OSError as exc:
+        raise ServableLoadError(f"cannot unpack the bundle: {exc}") from exc
+    return spec, load_servable(spec, root)
+
+
+def run_shim(shim: Shim, method: str, payloads: list[Any]) -> list[WireResult]:
+    """Run one batch through ``shim``: one wire result per payload, a failure stays per item."""
+    return [
+        [False, o.to_wire()] if isinstance(o, DlhubHpcError) else [True, o]
+        for o in shim.run(method, payloads)
+    ]
+
+
+class Runner(ABC):
+    """Runs the worker's servable; ``ranks`` processes share each batch."""
+
+    ranks: int = 1
+
+    @abstractmethod
+    def load(self, assign: Assign) -> ServableSpec:
+        """Load the servable (on every rank); raise ``ServableLoadError`` if any rank cannot."""
+
+    @abstractmethod
+    def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
+        """One batch: one ``[ok, value or error record]`` per payload, in order."""
+
+    def close(self) -> None:  # noqa: B027 (most runners hold nothing)
+        """Release what the runner holds (other ranks, for MPI)."""
+
+
+class LocalRunner(Runner):
+    """The servable in this process."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self.shim: Shim | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalRunner(cache_dir={str(self.cache_dir)!r})"
+
+    def load(self, assign: Assign) -> ServableSpec:
+        spec, self.shim = load_assigned(assign, self.cache_dir)
+        if spec.servable.ranks > 1:
+            logger.warning("%s declares %d MPI ranks but this worker runs alone (no --mpi); "
+                           "an ensemble then has one member", spec.full_name, spec.servable.ranks)
+        return spec
+
+    def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
+        assert self.shim is not None, "the hub sent a batch before the servable was loaded"
+        return run_shim(self.shim, method, payloads)

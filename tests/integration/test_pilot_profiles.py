@@ -1,0 +1,82 @@
+"""Pilots from site profiles on this machine (profile ``local``): the CLI, the Python API,
+elastic scaling on queue depth, and typed errors for bad profiles."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from dlhub_hpc import Client, Hub
+from dlhub_hpc.cli import cli
+from dlhub_hpc.cli.common import console
+from dlhub_hpc.errors import ProfileError, ServableNotFound
+from dlhub_hpc.examples import example_dir
+from dlhub_hpc.pilot.profiles import load_profile
+
+from .conftest import SERVABLES, worker_processes
+
+
+def _wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout}s: {what}")
+        time.sleep(0.1)
+    return value
+
+
+def test_cli_pilot_start_status_stop(hub: Hub, client: Client,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console, "width", 200)
+    client.publish(example_dir("add"))
+    runner = CliRunner()
+    base = ["--hub", hub.client_address, "pilot"]
+    started = runner.invoke(cli, [*base, "start", "--profile", "local", "-s", "demo/add",
+                                  "--wait", "--timeout", "60"])
+    assert started.exit_code == 0, started.output
+    assert "started pilot-" in started.output and "LocalProvider" in started.output
+    assert "first worker ready" in started.output
+    assert client.run("demo/add", [4, 5]) == 9
+
+    shown = runner.invoke(cli, [*base, "status", "--events"])
+    assert shown.exit_code == 0, shown.output
+    assert "demo/add@1" in shown.output and "RUNNING" in shown.output
+    assert "submitted" in shown.output  # the event log
+    hub_status = runner.invoke(cli, ["--hub", hub.client_address, "status"])
+    assert "Pilot blocks" in hub_status.output and ".b1" in hub_status.output
+
+    stopped = runner.invoke(cli, [*base, "stop", "-s", "demo/add@1"])
+    assert stopped.exit_code == 0 and "stopped pilot-" in stopped.output, stopped.output
+    _wait_for(lambda: not worker_processes(hub.worker_address), what="workers gone")
+    assert runner.invoke(cli, [*base, "status"]).output.startswith("no pilots")
+
+
+def test_local_pilot_scales_up_on_queue_depth_and_back_down(client: Client, hub: Hub) -> None:
+    name = client.publish(SERVABLES / "sleepy")["name"]
+    profile = load_profile("local").model_dump(mode="json")
+    profile["scaling"] = {"min_blocks": 1, "max_blocks": 2, "queue_per_worker": 2,
+                          "idle_release": 2, "period": 0.3}
+    info = client.start_pilot(name, profile)
+    client.wait_for_workers(name, 1, timeout=60)
+    futures = [client.submit(name, 0.2) for _ in range(40)]
+    _wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 2, what="a second block")
+    results = [f.result(timeout=120) for f in futures]
+    assert len({r["pid"] for r in results}) == 2
+    _wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 1, what="idle block released")
+    _wait_for(lambda: len(worker_processes(hub.worker_address)) == 1, what="its worker gone")
+    client.stop_pilot([info["pilot_id"]])
+
+
+def test_bad_profile_and_servable_are_typed_errors(client: Client) -> None:
+    client.publish(example_dir("add"))
+    with pytest.raises(ProfileError, match=r"no site profile named 'summit'.*slurm-local"):
+        client.start_pilot("demo/add", "summit")
+    with pytest.raises(ProfileError, match=r"unknown provider type 'Slurm'.*SlurmProvider"):
+        client.start_pilot("demo/add", {"name": "x", "provider": {"type": "Slurm"}})
+    with pytest.raises(ServableNotFound):
+        client.start_pilot("demo/nothing", "local")
+    assert client.pilot_status() == []
