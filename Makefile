@@ -54,6 +54,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/latency.py --plot benchmarks/results/latency.png
 	$(BIN)/python benchmarks/scaling.py --counts 1,8,64,1024 --passes 1 --plot benchmarks/results/scaling.png
 	$(BIN)/python benchmarks/paper_suite.py --quick
+	$(BIN)/python benchmarks/cold_start.py
+	@if conf="$$(bash scripts/slurm/start.sh)"; then eval "$$conf"; \
+	  $(BIN)/python benchmarks/pilot.py --json benchmarks/results/pilot.json; \
+	else echo "no Slurm here: skipping benchmarks/pilot.py" >&2; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

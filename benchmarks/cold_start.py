@@ -1,6 +1,6 @@
 """Cold start of a worker in a container: process start to worker ready, per runtime.
 
-    python benchmarks/cold_start.py [--rounds 5] [--cache-dir DIR] [--json out.json]
+    python benchmarks/cold_start.py [--rounds 5] [--cache-dir DIR] [--json OUT.json]
 
 Builds (or finds in the cache) the image of ``demo/add``, starts a hub in this process,
 then starts one worker at a time and times from ``Popen`` to the moment the hub lists the
@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 ADD = Path(dlhub_hpc.examples.__file__).parent / "add"
 SERVABLE = "demo/add"
+RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()
 
 
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=Path, default=RESULTS / "cold_start.json",
+                        help="also write the figures here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -161,6 +163,7 @@ def report(times: dict[str, list[float]], checks: dict[str, float], out: Path | 
     console.print("sha256 check before starting workers: " + ", ".join(
         f"{fmt} {s * 1000:.0f} ms" for fmt, s in checks.items()))
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"cold_start": rows, "verify_s": checks}, indent=2))
 
 

@@ -270,6 +270,13 @@ class Hub:
 
         def start() -> dict[str, Any]:
             # Off the broker thread: some Parsl providers run commands when constructed.
+            image = None
+            if profile.container.runtime != "none" and not profile.container.image:
+                from dlhub_hpc.container.launch import image_for
+
+                # The image 'dlhub-hpc build' made, refused if its digest no longer matches.
+                image = image_for(self.registry.root, record.name, record.version,
+                                  profile.container.runtime)
             pilot = Pilot(
                 profile, f"{record.name}@{record.version}",
                 hub_address_for_workers(self.worker_address, profile),
@@ -277,6 +284,7 @@ class Hub:
                 ranks=int(getattr(record.spec.servable, "ranks", 1) or 1),
                 heartbeat_interval=self.config.heartbeat_interval,
                 hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
+                image=image,
             )
             return self.pilots.add(pilot).to_dict()
 
@@ -300,6 +308,7 @@ class Hub:
             lambda: [p.to_dict() for p in self.pilots.stop(ids, servable)])
 
     def _op_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.security.require_admin(args, "shut the hub down")
         # Reply first: the loop sends this reply, then notices the stop on its next turn.
         threading.Timer(0.05, self.server.stop, args=("shutdown requested",)).start()
         return {"stopping": True}

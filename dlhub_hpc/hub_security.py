@@ -16,7 +16,7 @@ from typing import Any
 
 from dlhub_hpc.auth import CLIENT_DOMAIN, WORKER_DOMAIN, HubCredentials, ServerAuth
 from dlhub_hpc.broker.events import ServableInfo
-from dlhub_hpc.errors import ConfigError
+from dlhub_hpc.errors import ConfigError, PermissionDenied
 from dlhub_hpc.keys import forget_hub, record_hub, user_keypair
 from dlhub_hpc.registry.access import AccessControl
 from dlhub_hpc.registry.service import PublicationService
@@ -40,6 +40,7 @@ class HubSecurity:
         self._access: AccessControl | None = None
         self._publication: PublicationService | None = None
         self._recorded: list[Path] = []
+        self.server_auth_on = False  # identities are only known once CurveZMQ is on
 
     def __repr__(self) -> str:
         return f"HubSecurity(home={str(self.home)!r}, admin={self.admin!r})"
@@ -64,6 +65,7 @@ class HubSecurity:
         if self._access.identity_for_key(admin_key) != self.admin:
             self._access.add_identity(self.admin, admin_key)
         self._publication = PublicationService(self.registry, self._access, self._invalidate)
+        self.server_auth_on = True
         return ServerAuth(self.credentials, self.lookup)
 
     def lookup(self, domain: str, public_key: str) -> str | None:
@@ -78,6 +80,13 @@ class HubSecurity:
     def authorize(self, user: str, info: ServableInfo) -> None:
         """May ``user`` run this servable? Raises ``PermissionDenied`` if not."""
         self.access.check_see(user, info.name)
+
+    def require_admin(self, args: dict[str, Any], what: str) -> None:
+        """Hub-wide operations (shutdown) are the admin's; ``PermissionDenied`` otherwise."""
+        caller = str(args.get("caller", ""))
+        if self.server_auth_on and caller != self.admin:
+            raise PermissionDenied(f"only the hub's admin ({self.admin}) may {what}; you are "
+                                   f"{caller!r}", identity=caller)
 
     def record(self, client_endpoint: str, worker_endpoint: str) -> None:
         """Tell this user's clients and workers the hub's key for its addresses."""

@@ -32,6 +32,7 @@ KEYS_ENV = "DLHUB_HPC_KEYS"
 HUB_KEY_ENV = "DLHUB_HPC_HUB_KEY"  # the hub's public key, when it is not recorded
 WORKER_KEY_ENV = "DLHUB_HPC_WORKER_KEY"  # a worker credential file, when not recorded
 USER_KEY = "id"
+_WORKER_SEND_TIMEOUT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -216,17 +217,22 @@ def recorded_hub_key(path: Path) -> str | None:
 
 
 def container_worker_access(
-    address: str, inside: str = "/tmp/dlhub-hpc-worker.key", read_only: bool = True,
+    address: str, inside: str = "/mnt", read_only: bool = True,
 ) -> tuple[list[str], dict[str, str]]:
-    """The bind and environment a containerised worker needs to reach the hub at ``address``:
-    ``(["HOSTFILE:INSIDE:ro"], {"DLHUB_HPC_WORKER_KEY": INSIDE})`` (ch-run: ``read_only=False``,
-    its binds are read-write only)."""
+    """The bind and environment a containerised worker needs to reach the hub at ``address``.
+
+    The user's ``hubs/`` key folder is bound onto ``inside`` (a directory every image has;
+    runtimes cannot make mount points in a read-only image) and ``$DLHUB_HPC_WORKER_KEY``
+    names the credential there: ``(["HOSTDIR:/mnt:ro"], {"DLHUB_HPC_WORKER_KEY": ...})``.
+    ch-run binds are read-write only: pass ``read_only=False``.
+    """
     path = worker_credential_file(address)
     if not path.exists():
         raise AuthenticationError(
             f"no worker credential recorded for the hub at {address} ({path}); start the "
             "hub as this user, or set $DLHUB_HPC_WORKER_KEY to the hub's worker.key")
-    return [f"{path}:{inside}" + (":ro" if read_only else "")], {WORKER_KEY_ENV: inside}
+    bind = f"{path.parent}:{inside}" + (":ro" if read_only else "")
+    return [bind], {WORKER_KEY_ENV: f"{inside.rstrip('/')}/{path.name}"}
 
 
 def curve_client(sock: zmq.Socket[bytes], server_key: str, pair: KeyPair) -> None:
@@ -254,4 +260,7 @@ def secure_worker(sock: zmq.Socket[bytes], address: str, credentials: Path | Non
         )
         return False
     curve_client(sock, server, pair)
+    # A refused handshake leaves the socket without a peer, where a send would block for
+    # ever: a worker with a wrong credential must give up and exit, not hang.
+    sock.setsockopt(zmq.SNDTIMEO, _WORKER_SEND_TIMEOUT_MS)
     return True

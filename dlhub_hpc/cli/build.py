@@ -47,9 +47,11 @@ def _size(path: Path) -> str:
 @click.option("--force", is_flag=True, help="Build even if an image of this recipe exists.")
 @click.option("--definition", "definition_only", is_flag=True,
               help="Print the Apptainer definition file and build nothing.")
+@click.option("--prune", "keep", type=click.IntRange(min=1), default=None, metavar="KEEP",
+              help="Afterwards, keep only the KEEP most recently used images in the cache.")
 def build(servable: str, home: Path | None, base: str, apt: tuple[str, ...],
           pip: tuple[str, ...], backend: str, cache_dir: Path | None, force: bool,
-          definition_only: bool) -> None:
+          definition_only: bool, keep: int | None) -> None:
     """Build the container image of a published servable (cached by content)."""
     options = build_options(base=base, apt=apt, pip=pip)
     builder = ImageBuilder(home or default_home(), cache_dir or default_cache_dir(),
@@ -69,3 +71,6 @@ def build(servable: str, home: Path | None, base: str, apt: tuple[str, ...],
     for fmt, rec in sorted(result.images.items()):
         table.add_row(fmt, rec.path, _size(Path(rec.path)), rec.sha256[:16])
     console.print(table)
+    if keep is not None:
+        removed = builder.prune(keep)
+        console.print(f"pruned {len(removed)} older images from {builder.cache_dir}")

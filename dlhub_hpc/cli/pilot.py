@@ -81,8 +81,10 @@ def status(ctx: click.Context, as_json: bool, events: bool) -> None:
     for p in pilots:
         gpus = p["gpus"]
         binding = "" if not gpus else f"; GPUs {','.join(gpus['devices'])} via {gpus['env']}"
+        halted = ("; [red]halted[/]: blocks kept failing before a worker connected "
+                  "(see --events)") if p["halted"] else ""
         console.print(f"{p['pilot_id']}: blocks {p['min_blocks']}-{p['max_blocks']}, "
-                      f"ranks {p['ranks']}{binding}")
+                      f"ranks {p['ranks']}{binding}{halted}")
         if events:
             for line in p["events"]:
                 console.print(f"  {line}")

@@ -26,6 +26,8 @@ def publish(ctx: click.Context, directory: Path) -> None:
         record = client.publish(directory)
     console.print(f"published [bold]{record['name']}@{record['version']}[/] "
                   f"(sha256 {record['digest'][:12]})")
+    if record.get("pid"):
+        console.print(f"identifier: {record['pid']}", soft_wrap=True)
 
 
 def _read_input(text: str) -> Any:

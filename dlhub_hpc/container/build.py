@@ -116,14 +116,23 @@ class ImageBuilder:
 
     def recipe(self, ref: str, options: BuildOptions | None = None) -> Recipe:
         name, version = parse_ref(ref)
+        if not (self.registry_root / "registry.sqlite").is_file():
+            raise ConfigError(
+                f"there is no hub registry in {self.registry_root}; pass the hub's home "
+                "(--home, or $DLHUB_HPC_HOME) where servables were published",
+                home=str(self.registry_root),
+            )
         registry = Registry(self.registry_root)
         try:
             record = registry.get(name, version)
         finally:
             registry.close()
+        options = options or BuildOptions()
+        base = options.local_base()
+        base_digest = file_digest(base) if base is not None and base.is_file() else ""
         return Recipe(servable=record.name, version=record.version, bundle_digest=record.digest,
-                      spec=record.spec, options=options or BuildOptions(),
-                      code_digest=code_digest())
+                      spec=record.spec, options=options, code_digest=code_digest(),
+                      base_digest=base_digest)
 
     def build(self, ref: str, options: BuildOptions | None = None, *,
               force: bool = False) -> BuildResult:
@@ -136,6 +145,7 @@ class ImageBuilder:
             cached = None if force else self._cached(store, recipe, out)
             if cached is not None:
                 logger.info("image of %s is cached (%s)", recipe.ref, recipe.digest[:12])
+                (out / MANIFEST).touch()  # last use, for prune()
                 return BuildResult(
                     servable=recipe.ref, recipe_digest=recipe.digest, cached=True,
                     seconds=time.perf_counter() - started, images=cached,
@@ -162,6 +172,29 @@ class ImageBuilder:
         return BuildResult(servable=recipe.ref, recipe_digest=recipe.digest, cached=False,
                            seconds=seconds, images=images, steps=dict(self.step_seconds),
                            definition=(out / "Singularity").read_text())
+
+    def prune(self, keep: int = 8) -> list[Path]:
+        """Remove all but the ``keep`` most recently used images, failed builds, and base
+        SIFs beyond the ``keep`` most recently used.
+
+        Records of removed images stay; a later build or run finds the file gone and
+        rebuilds. Images being built or used by a build right now are skipped.
+        """
+        images = self.cache_dir / "images"
+        removed: list[Path] = []
+        dirs = [d for d in images.glob("*") if d.is_dir()]
+        built = sorted((d for d in dirs if (d / MANIFEST).is_file()),
+                       key=lambda d: (d / MANIFEST).stat().st_mtime, reverse=True)
+        # No manifest: a failed build, or one in progress (its lock is held: skipped below).
+        unfinished = [d for d in dirs if not (d / MANIFEST).is_file()]
+        bases = sorted((self.cache_dir / "base").glob("sif-*"),
+                       key=lambda d: d.stat().st_mtime, reverse=True)
+        for old in built[keep:] + unfinished + bases[keep:]:
+            lock = old.parent / f"{old.name}.lock"
+            if local.try_remove_locked(old, lock):
+                removed.append(old)
+        logger.info("pruned %d cached images from %s", len(removed), self.cache_dir)
+        return removed
 
     @staticmethod
     def _record(store: ImageStore, recipe: Recipe,
@@ -236,8 +269,7 @@ class ImageBuilder:
         rootfs = out / "rootfs"
         with self._steps(LOCAL_STEPS, recipe.ref) as step:
             step("base")
-            base = local.ensure_base(self.cache_dir, recipe.options.suite,
-                                     recipe.options.mirror, recipe.options.packages(recipe.spec))
+            base = self._local_base(recipe)
             step("rootfs")
             # Hard links: the image only adds files, so the shared base is never written.
             local.run_step("rootfs", ["cp", "-al", str(base), str(rootfs)], log)
@@ -261,6 +293,23 @@ class ImageBuilder:
                            out / "image.sif", log, SIF_ARCH.get(platform.machine(), "2"))
         return {"sif": out / "image.sif", "sqfs": out / "image.sqfs", "dir": rootfs}
 
+    def _local_base(self, recipe: Recipe) -> Path:
+        """Debian from mmdebstrap, or the site's base SIF (``localimage://``) unpacked."""
+        opts = recipe.options
+        sif = opts.local_base()
+        if sif is None:
+            return local.ensure_base(self.cache_dir, opts.suite, opts.mirror,
+                                     opts.packages(recipe.spec))
+        if not sif.is_file():
+            raise ConfigError(f"the base image {sif} does not exist", base=opts.base)
+        if opts.apt:
+            raise ConfigError(
+                f"the local build cannot add Debian packages {list(opts.apt)} to the site's "
+                f"base {sif}; put them in the base image, or build with Apptainer",
+                base=opts.base, apt=list(opts.apt),
+            )
+        return local.ensure_base_from_sif(self.cache_dir, sif, recipe.base_digest)
+
     def _build_apptainer(self, recipe: Recipe, out: Path, executable: str) -> dict[str, Path]:
         if shutil.which(executable) is None:
             raise RuntimeNotFound(
@@ -280,7 +329,10 @@ class ImageBuilder:
             definition.write_text(render_definition(recipe, bundle_tar, source))
             step("build")
             sif = out / "image.sif"
-            local.run_step("build", apptainer_build_command(executable, sif, definition), log)
+            # Root builds directly; everyone else needs --fakeroot (user namespaces).
+            argv = apptainer_build_command(executable, sif, definition,
+                                           fakeroot=os.geteuid() != 0)
+            local.run_step("build", argv, log)
         return {"sif": sif}
 
 

@@ -92,6 +92,11 @@ class BuildOptions(BaseModel):
         shim_apt = SHIM_PACKAGES.get(spec.servable.type, ())
         return tuple(dict.fromkeys((*BASE_PACKAGES, *shim_apt, *self.apt)))
 
+    def local_base(self) -> Path | None:
+        """The site's base SIF, when ``base`` is ``localimage://``."""
+        agent, ref = self.bootstrap()
+        return Path(ref) if agent == "localimage" else None
+
     def bootstrap(self) -> tuple[str, str]:
         """(Bootstrap agent, From) for the definition header."""
         match = _BASE_RE.match(self.base)
@@ -136,6 +141,7 @@ class Recipe:
     spec: ServableSpec
     options: BuildOptions
     code_digest: str
+    base_digest: str = ""  # sha256 of a localimage base, so a changed base rebuilds
 
     @property
     def ref(self) -> str:
@@ -149,6 +155,7 @@ class Recipe:
             "options": self.options.model_dump(mode="json"),
             "packages": self.options.packages(self.spec),
             "code": self.code_digest,
+            "base": self.base_digest,
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

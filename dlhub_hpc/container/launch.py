@@ -15,6 +15,7 @@ from pathlib import Path
 from dlhub_hpc.container.definition import BUNDLES_DIR
 from dlhub_hpc.container.runtimes import ContainerRuntime, get_runtime
 from dlhub_hpc.errors import ContainerError
+from dlhub_hpc.keys import container_worker_access, worker_credential_file
 from dlhub_hpc.registry.images import ImageRecord, ImageStore
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,22 @@ def recorded_images(registry_root: Path, servable: str, version: int) -> dict[st
     return found
 
 
+def image_for(registry_root: Path, servable: str, version: int,
+              runtime: ContainerRuntime | str) -> str:
+    """The verified path of ``servable@version``'s image in a format ``runtime`` runs.
+
+    For pilots: call once per block, then put the path in each worker's command.
+    """
+    rt = get_runtime(runtime) if isinstance(runtime, str) else runtime
+    images = recorded_images(registry_root, servable, version)
+    if not images:
+        raise ContainerError(
+            f"no image of {servable}@{version} is recorded; build one with "
+            f"'dlhub-hpc build {servable}@{version}'", servable=servable, version=version,
+        )
+    return pick_image(rt, images).verify()
+
+
 def worker_argv(hub: str, servable: str, *, in_image: bool = True,
                 extra: Sequence[str] = ()) -> list[str]:
     """``python3 -m dlhub_hpc.worker`` for inside an image (or this interpreter, on the host)."""
@@ -64,10 +81,14 @@ def worker_command(
     gpu: str | None = None,
     extra: Sequence[str] = (),
     verify: bool = True,
+    credentials: bool = True,
 ) -> list[str]:
     """The command that starts one worker for ``image``'s servable under ``runtime``.
 
-    With the ``none`` runtime no image is needed: the worker runs on the host.
+    With the ``none`` runtime no image is needed: the worker runs on the host. With
+    ``credentials``, the hub's worker credential (when this user has one recorded for
+    ``hub``) is bound into the container (see :func:`dlhub_hpc.keys.container_worker_access`)
+    so the worker passes the hub's CurveZMQ check.
     """
     rt = get_runtime(runtime) if isinstance(runtime, str) else runtime
     if rt.name == "none":
@@ -84,7 +105,14 @@ def worker_command(
         )
     path = image.verify() if verify else image.path
     argv = worker_argv(hub, servable or image.ref, extra=extra)
-    return rt.command(path, argv, env=env or {}, binds=binds, gpu=gpu)
+    all_env = dict(env or {})
+    all_binds = list(binds)
+    if credentials and worker_credential_file(hub).exists():
+        # ch-run binds are read-write only; the others get the key read-only.
+        key_binds, key_env = container_worker_access(hub, read_only=rt.name != "charliecloud")
+        all_binds += key_binds
+        all_env.update(key_env)
+    return rt.command(path, argv, env=all_env, binds=all_binds, gpu=gpu)
 
 
-__all__ = ["pick_image", "recorded_images", "worker_argv", "worker_command"]
+__all__ = ["image_for", "pick_image", "recorded_images", "worker_argv", "worker_command"]

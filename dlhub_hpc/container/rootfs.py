@@ -1,11 +1,16 @@
 """The local image build: what ``apptainer build`` would make, from Debian's own tools.
 
 Steps (each logged to ``build.log``; a failure raises ImageBuildError with its tail):
-base (mmdebstrap, cached and shared by every servable with the same packages), rootfs (a
-hard-linked copy of the base), python (dlhub_hpc and the worker's pure dependencies copied
-from this interpreter, which matches Debian bookworm's Python 3.11), bundle, metadata
-(``/.singularity.d``, ``/ch/environment``), test (the %test, run with bubblewrap),
-squashfs (mksquashfs, zstd) and sif (siftool: definition, labels, squashfs partition).
+
+- base: mmdebstrap, cached and shared by every servable with the same packages; or a
+  site's base SIF (``localimage://``), unpacked once,
+- rootfs: a hard-linked copy of the base; later steps write new files only, never
+  through a link into the base,
+- python: dlhub_hpc and the worker's pure dependencies, copied from this interpreter
+  (which matches Debian bookworm's Python 3.11),
+- bundle, metadata (``/.singularity.d``, ``/ch/environment``), test (the %test, run
+  with bubblewrap), squashfs (mksquashfs, zstd) and sif (siftool: definition, labels,
+  squashfs partition).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import importlib.metadata as md
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,8 +30,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-
-from packaging.requirements import Requirement
 
 import dlhub_hpc
 from dlhub_hpc.container.definition import (
@@ -47,6 +51,7 @@ FROM_DEBIAN = {"pyzmq", "msgpack", "numpy"}
 TOOLS = {
     "mmdebstrap": "apt-get install mmdebstrap",
     "mksquashfs": "apt-get install squashfs-tools",
+    "unsquashfs": "apt-get install squashfs-tools",
     "siftool": "apt-get install siftool",
 }
 
@@ -154,6 +159,21 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def try_remove_locked(path: Path, lock: Path) -> bool:
+    """Remove ``path`` if nobody holds ``lock`` (a build in progress); True if removed."""
+    with lock.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            remove_tree(path)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock.unlink(missing_ok=True)
+    return True
+
+
 def base_key(suite: str, mirror: str, packages: Sequence[str]) -> str:
     data = json.dumps({"suite": suite, "mirror": mirror, "packages": sorted(packages)})
     return hashlib.sha256(data.encode()).hexdigest()[:16]
@@ -177,27 +197,82 @@ def ensure_base(cache: Path, suite: str, mirror: str, packages: Sequence[str]) -
     return root / "rootfs"
 
 
+def sif_squashfs_offset(sif: Path) -> int:
+    """Where the SIF's SquashFS system partition starts (from ``siftool list``)."""
+    proc = subprocess.run([require_tool("siftool"), "list", str(sif)], capture_output=True,
+                          text=True, check=False)
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) == 5 and cells[4].startswith("FS (Squashfs"):
+            return int(cells[3].split("-")[0])
+    raise ImageBuildError(
+        f"{sif} has no SquashFS partition, so it cannot be a base image "
+        f"(siftool list said: {(proc.stdout + proc.stderr).strip()[-500:]})", step="base",
+    )
+
+
+def ensure_base_from_sif(cache: Path, sif: Path, digest: str) -> Path:
+    """A site's base SIF (``localimage://``) unpacked once, keyed by its sha256."""
+    root = cache / "base" / f"sif-{digest[:16]}"
+    with locked(cache / "base" / f"sif-{digest[:16]}.lock"):
+        if (root / "rootfs" / "usr" / "bin" / "python3").exists():
+            logger.info("base %s is cached", root.name)
+            os.utime(root)  # last use, for ImageBuilder.prune()
+            return root / "rootfs"
+        remove_tree(root)
+        root.mkdir(parents=True)
+        tmp = root / "rootfs.tmp"
+        offset = sif_squashfs_offset(sif)
+        run_step("base", [require_tool("unsquashfs"), "-o", str(offset), "-no-progress",
+                          "-d", str(tmp), str(sif)], root / "unsquashfs.log")
+        if not (tmp / "usr" / "bin" / "python3").exists():
+            raise ImageBuildError(
+                f"the base image {sif} has no /usr/bin/python3; the worker needs Python 3 "
+                "with pyzmq, msgpack and numpy in the base", step="base",
+            )
+        tmp.rename(root / "rootfs")
+    return root / "rootfs"
+
+
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _requirement(text: str) -> tuple[str, str]:
+    """(name, marker) of a requirement string such as ``'x>=1; extra == "y"'``."""
+    spec, _, marker = text.partition(";")
+    match = _REQ_NAME.match(spec)
+    if match is None:
+        raise ImageBuildError(f"cannot read the requirement {text!r}", step="python")
+    return match.group(1), marker.strip()
+
+
 def worker_distributions(roots: Sequence[str] = WORKER_PYTHON_DEPS) -> list[md.Distribution]:
-    """The installed distributions the worker needs beyond Debian's, with their deps."""
+    """The installed distributions the worker needs beyond Debian's, with their deps.
+
+    Requirements behind an ``extra`` are left out; other conditional ones (an old Python's
+    backports) are copied when installed here and skipped when not.
+    """
     found: dict[str, md.Distribution] = {}
-    pending = [Requirement(r).name for r in roots]
+    pending = [(_requirement(r)[0], "") for r in roots]
     while pending:
-        name = pending.pop()
+        name, marker = pending.pop()
         key = name.lower().replace("_", "-")
         if key in found or key in FROM_DEBIAN:
             continue
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
+            if marker:
+                continue
             raise ImageBuildError(
                 f"the worker needs the Python package {name!r}, which is not installed here; "
                 f"pip install {name}", step="python",
             ) from None
         found[key] = dist
         for req in dist.requires or []:
-            r = Requirement(req)
-            if r.marker is None or r.marker.evaluate({"extra": ""}):
-                pending.append(r.name)
+            dep, dep_marker = _requirement(req)
+            if "extra" not in dep_marker:
+                pending.append((dep, dep_marker))
     return list(found.values())
 
 
@@ -215,7 +290,9 @@ def copy_distribution(dist: md.Distribution, target: Path) -> None:
 def install_python(rootfs: Path, recipe: Recipe, log: Path) -> None:
     """dlhub_hpc, its worker's dependencies and any extra pip requirements into the image."""
     lib = rootfs / LIB_DIR.lstrip("/")
-    lib.mkdir(parents=True, exist_ok=True)
+    # The rootfs is hard-linked to the shared base: never write into a file it may hold.
+    shutil.rmtree(lib, ignore_errors=True)
+    lib.mkdir(parents=True)
     if sys.version_info[:2] != (3, 11):
         logger.warning("copying Python %s packages into a Python 3.11 image",
                        ".".join(map(str, sys.version_info[:2])))
@@ -229,6 +306,7 @@ def install_python(rootfs: Path, recipe: Recipe, log: Path) -> None:
                             "--target", str(lib), *recipe.options.pip], log)
     pth = rootfs / "usr" / "lib" / "python3" / "dist-packages" / "dlhub-hpc.pth"
     pth.parent.mkdir(parents=True, exist_ok=True)
+    pth.unlink(missing_ok=True)
     pth.write_text(f"{LIB_DIR}\n")
     # A read-only image cannot cache bytecode at run time; compile it now (same 3.11 magic).
     run_step("python", [sys.executable, "-m", "compileall", "-q", "-j", "0", "-d", LIB_DIR,
@@ -236,31 +314,47 @@ def install_python(rootfs: Path, recipe: Recipe, log: Path) -> None:
 
 
 def install_bundle(rootfs: Path, recipe: Recipe, bundle: bytes) -> None:
-    unpack_bundle(bundle, rootfs / BUNDLES_DIR.lstrip("/") / recipe.bundle_digest)
+    bundles = rootfs / BUNDLES_DIR.lstrip("/")
+    shutil.rmtree(bundles, ignore_errors=True)  # unlink, never overwrite, base files
+    unpack_bundle(bundle, bundles / recipe.bundle_digest)
+
+
+def _write_fresh(path: Path, text: str, *, append: bool = False, mode: int = 0o644) -> None:
+    """Write a new file at ``path``: never through a hard link into the shared base.
+
+    With ``append``, what the base had there comes first (Apptainer appends a derived
+    image's %environment to its base's the same way).
+    """
+    old = path.read_text() if append and path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    path.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(old + text)
+    path.chmod(mode)
 
 
 def write_metadata(rootfs: Path, recipe: Recipe, definition: str) -> None:
     """The files Apptainer and Charliecloud read inside an image."""
     sd = rootfs / ".singularity.d"
-    (sd / "env").mkdir(parents=True, exist_ok=True)
-    (sd / "actions").mkdir(exist_ok=True)
-    (sd / "Singularity").write_text(definition)
-    (sd / "labels.json").write_bytes(labels_json(recipe))
-    env_lines = [f"export {k}={v!s}" for k, v in recipe.environment().items()]
-    (sd / "env" / "90-environment.sh").write_text("#!/bin/sh\n" + "\n".join(env_lines) + "\n")
+    (sd / "actions").mkdir(parents=True, exist_ok=True)
+    _write_fresh(sd / "Singularity", definition)
+    _write_fresh(sd / "labels.json", labels_json(recipe).decode())
+    env_lines = "".join(f"export {k}={v!s}\n" for k, v in recipe.environment().items())
+    env_file = sd / "env" / "90-environment.sh"
+    had_env = env_file.is_file()
+    _write_fresh(env_file, env_lines if had_env else "#!/bin/sh\n" + env_lines, append=True,
+                 mode=0o755)
     scripts = {"runscript": recipe.runscript(), "test": recipe.test_command()}
     for name, body in scripts.items():
-        path = sd / name
-        path.write_text(f"#!/bin/sh\n. /.singularity.d/env/90-environment.sh\n{body}\n")
-        path.chmod(0o755)
+        _write_fresh(sd / name, f"#!/bin/sh\n. /.singularity.d/env/90-environment.sh\n{body}\n",
+                     mode=0o755)
     link = rootfs / "singularity"
     if not link.is_symlink():
         link.symlink_to(".singularity.d/runscript")
     # ch-run --set-env (no argument) reads this file.
-    (rootfs / "ch").mkdir(exist_ok=True)
-    (rootfs / "ch" / "environment").write_text(
-        "".join(f"{k}={v}\n" for k, v in recipe.environment().items())
-    )
+    _write_fresh(rootfs / "ch" / "environment",
+                 "".join(f"{k}={v}\n" for k, v in recipe.environment().items()), append=True)
 
 
 def run_test(rootfs: Path, recipe: Recipe, log: Path) -> None:
@@ -296,6 +390,7 @@ def make_sif(squashfs: Path, definition: Path, labels: Path, out: Path, log: Pat
 
 __all__ = [
     "ensure_base",
+    "ensure_base_from_sif",
     "install_bundle",
     "install_python",
     "make_sif",

@@ -1,11 +1,12 @@
 """``python3 -m dlhub_hpc.container.selftest``: the image's %test; loads the baked-in model.
 
-Reads the bundle at ``$DLHUB_HPC_BUNDLE`` (or the path given), loads it with its shim, and
-prints the servable's methods. Exit status 0 when the model loads.
+Imports the worker, reads the bundle at ``$DLHUB_HPC_BUNDLE`` (or the path given), loads it
+with its shim, and prints the servable's methods. Exit status 0 when the model loads.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         print("selftest: no bundle: set DLHUB_HPC_BUNDLE or pass its path", file=sys.stderr)
         return 2
     root = Path(where)
+    try:
+        # Everything a worker imports must be in the image, not only what the model needs.
+        importlib.import_module("dlhub_hpc.worker.loop")
+    except ImportError as exc:
+        print(f"selftest: the worker cannot start in this image: {exc}", file=sys.stderr)
+        return 1
     try:
         spec = ServableSpec.from_file(find_spec_file(root))
         load_servable(spec, root)

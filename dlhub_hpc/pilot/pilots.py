@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from parsl.providers.base import ExecutionProvider
 
-from dlhub_hpc.errors import PilotError, ProfileError
+from dlhub_hpc.errors import AuthenticationError, PilotError, ProfileError
 from dlhub_hpc.pilot.profiles import SiteProfile, build_provider, expand_vars, unset_variables
 from dlhub_hpc.pilot.scaling import TERMINAL, BlockView, Decision, Load, WalltimePlan, decide
 
@@ -107,6 +107,7 @@ class Pilot:
         heartbeat_interval: float = 1.0,
         hub_timeout: float = 30.0,
         provider: ExecutionProvider | None = None,
+        image: str | None = None,
     ) -> None:
         if nodes is not None and nodes < 1:
             raise PilotError(f"--nodes must be at least 1, not {nodes}")
@@ -118,6 +119,7 @@ class Pilot:
         self.hub_address = hub_address
         self.run_dir = Path(run_dir) / self.pilot_id
         self.ranks = ranks
+        self.image = image  # a verified built image, when the profile names none
         self.heartbeat_interval = heartbeat_interval
         self.hub_timeout = hub_timeout
         if provider is None:
@@ -170,17 +172,22 @@ class Pilot:
             from dlhub_hpc.container.runtimes import get_runtime
 
             # {name} picks the servable's image: owner/name -> owner_name.
-            image = expand_vars(spec.image or "").replace(
+            image = self.image or expand_vars(spec.image or "").replace(
                 "{name}", self.servable.split("@")[0].replace("/", "_"))
-            env = dict(spec.env)
+            if not image:
+                raise PilotError(f"profile {self.profile.name!r} names no container.image and "
+                                 f"no built image was given for {self.servable}")
+            binds, env = self._credential_access(spec.runtime)
+            binds = [*spec.binds, *binds]
+            env = {**spec.env, **env}
             gpu = None
             if self.profile.gpus is not None:
                 gpu = {"nvidia": "nvidia", "amd": "amd"}.get(self.profile.gpus.vendor)
                 # Runtimes start from a clean environment; the worker picks its GPU from the
                 # launcher's local rank, so that is passed in (expanded by the task's shell).
                 env.update({v: f"@@{v}@@" for v in LOCAL_RANK_ENVS})
-            argv = get_runtime(spec.runtime).command(image, argv, env=env,
-                                                     binds=spec.binds, gpu=gpu)
+            argv = get_runtime(spec.runtime).command(image, argv, env=env, binds=binds,
+                                                     gpu=gpu)
         text = shlex.join(argv)
         # These launchers write the command through an unquoted heredoc: escape the "$" so
         # each task's own shell expands it, not the batch script.
@@ -190,6 +197,16 @@ class Pilot:
         for var in LOCAL_RANK_ENVS:  # quoted: an unset one must stay one (empty) argument
             text = text.replace(f"@@{var}@@", f'"{dollar}{{{var}:-}}"')
         return text
+
+    def _credential_access(self, runtime: str) -> tuple[list[str], dict[str, str]]:
+        """The bind and variable that give a containerised worker the hub's worker key."""
+        from dlhub_hpc.keys import container_worker_access
+
+        try:
+            return container_worker_access(self.hub_address,
+                                           read_only=runtime != "charliecloud")
+        except AuthenticationError:
+            return [], {}  # no credential recorded: a hub without CurveZMQ
 
     @property
     def tasks_per_node(self) -> int:
@@ -339,9 +356,13 @@ Snapshot = Callable[[], dict[str, Any]]
 
 
 class PilotService:
-    """A hub's pilots, and the thread that runs their scaling ticks every ``period`` seconds."""
+    """A hub's pilots, and the thread that runs their scaling ticks.
 
-    def __init__(self, snapshot: Snapshot, period: float = 1.0) -> None:
+    The loop runs every ``period`` seconds, or (None) at the shortest ``scaling.period`` of
+    the pilots it holds.
+    """
+
+    def __init__(self, snapshot: Snapshot, period: float | None = None) -> None:
         self._snapshot = snapshot
         self.period = period
         self.pilots: dict[str, Pilot] = {}
@@ -362,7 +383,6 @@ class PilotService:
             raise
         with self._lock:
             self.pilots[pilot.pilot_id] = pilot
-            self.period = min(self.period, pilot.profile.scaling.period)
         self._ensure_thread()
         return pilot
 
@@ -398,6 +418,11 @@ class PilotService:
             self._thread.join(timeout=30)
         self.stop()
 
+    def _period(self) -> float:
+        if self.period is not None:
+            return self.period
+        return min((p.profile.scaling.period for p in self.all()), default=1.0)
+
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
@@ -405,7 +430,7 @@ class PilotService:
             self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.period):
+        while not self._stop.wait(self._period()):
             try:
                 self.tick_all()
             except Exception:

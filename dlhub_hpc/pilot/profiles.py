@@ -121,20 +121,18 @@ class ContainerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     runtime: str = "none"
+    # None: the image 'dlhub-hpc build' recorded for the servable, checked against its digest.
     image: str | None = None
     binds: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _image_needed(self) -> ContainerSpec:
+    def _known_runtime(self) -> ContainerSpec:
         from dlhub_hpc.container.runtimes import ALIASES, RUNTIMES
 
         if ALIASES.get(self.runtime, self.runtime) not in RUNTIMES:
             raise ValueError(f"unknown container runtime {self.runtime!r}; valid runtimes: "
                              f"{', '.join(sorted(RUNTIMES))}")
-        if self.runtime != "none" and not self.image:
-            raise ValueError(f"container.runtime {self.runtime!r} needs container.image "
-                             "(a .sif file, an image directory, or a name)")
         return self
 
 

@@ -85,7 +85,8 @@ def _is_dead(block: BlockView, now: float, grace: float) -> str | None:
     if block.stopping or block.replaced:
         return None  # its workers leave on purpose; a replacement is already on its way
     if block.state in TERMINAL:
-        return f"{block.block_id} ended ({block.state}) while serving"
+        when = "while serving" if block.ever_connected else "before any worker connected"
+        return f"{block.block_id} ended ({block.state}) {when}"
     if block.state != "RUNNING" or block.started_at is None:
         return None
     if block.ever_connected and block.connected == 0:

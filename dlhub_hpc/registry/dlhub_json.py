@@ -110,8 +110,7 @@ def _method_in(kind: str, name: str, m: dict[str, Any]) -> dict[str, Any]:
         if not (module and func):
             raise SpecError(f"method {name!r}: method_details needs 'module' and 'method_name'")
         out["function"] = f"{module}:{func}"
-        out["takes_batch"] = bool(details.get("autobatch", False)) is False and bool(
-            details.get("batch", False))
+        out["takes_batch"] = bool(details.get("batch", False))  # the function takes a list
     elif details.get("method_name") and details["method_name"] != name:
         out["function"] = details["method_name"]
     return out

@@ -139,6 +139,10 @@ class ServableBlock(_Strict):
     deterministic: bool = Field(
         default=False, description="same input, same output: the hub may memoize answers"
     )
+    compile_trees: bool = Field(
+        default=True, description="sklearn tree models (forests, trees, gradient boosting): "
+        "predict with the compiled numpy path; false: scikit-learn's own predict",
+    )
     max_batch_size: int = Field(default=16, ge=1, le=4096)
     max_batch_delay: float = Field(
         default=0.001, ge=0, le=1.0,

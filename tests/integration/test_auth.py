@@ -56,14 +56,14 @@ def test_the_default_client_is_the_unix_user_who_started_the_hub(client: Client)
 
 def test_an_unknown_key_is_refused_with_an_authentication_error_not_a_hang(hub: Hub) -> None:
     stranger = KeyPair.generate()
-    with Client(hub.client_address, timeout=20, keys=stranger) as c:
+    with Client(hub.client_address, timeout=60, keys=stranger) as c:
         started = time.monotonic()
         with pytest.raises(AuthenticationError, match="refused this client's key") as refused:
             c.whoami()
         assert refused.value.details["public_key"] == stranger.public
         with pytest.raises(AuthenticationError, match="does not know it"):
             c.run("demo/add", [1.0])
-        assert time.monotonic() - started < 10  # well before the 20 s timeout
+        assert time.monotonic() - started < 30  # well before the 60 s timeout
 
 
 def test_a_connection_without_curve_gets_nothing(hub: Hub) -> None:
@@ -155,7 +155,7 @@ def test_a_worker_without_the_hubs_worker_credential_is_refused(
     write_keypair(forged, KeyPair.generate(), "forged")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dlhub_hpc.worker", "--hub", hub.worker_address,
-         "--servable", "demo/add", "--heartbeat-interval", "0.1", "--hub-timeout", "30"],
+         "--servable", "demo/add", "--heartbeat-interval", "0.1", "--hub-timeout", "3"],
         env={**os.environ, "DLHUB_HPC_WORKER_KEY": str(forged)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -165,8 +165,9 @@ def test_a_worker_without_the_hubs_worker_credential_is_refused(
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             assert client.status()["workers"] == []
-            assert proc.poll() is None or proc.returncode != 0
             time.sleep(0.5)
+        # Refused, it hears nothing, gives up after --hub-timeout and exits: no hang.
+        proc.wait(timeout=60)
     finally:
         proc.kill()
         proc.wait()
@@ -206,3 +207,9 @@ def test_the_keys_commands_manage_identities(
             assert as_dave.whoami()["identity"] == "dave"
     dlhub("keys", "remove", "dave")
     assert dave.public not in dlhub("keys", "list")
+
+
+def test_only_the_admin_shuts_the_hub_down(people: dict[str, Client]) -> None:
+    with pytest.raises(PermissionDenied, match="may shut the hub down"):
+        people["alice"].shutdown_hub()
+    assert people["admin"].whoami()["admin"]  # still up

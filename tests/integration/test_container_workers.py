@@ -32,6 +32,8 @@ from dlhub_hpc.errors import ImageBuildError, ServableNotFound
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.servable.bundle import make_bundle
 
+from .conftest import worker_processes
+
 # The first test's setup may build the base with mmdebstrap (about a minute, from the network).
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -59,7 +61,10 @@ def add_image(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Bu
     registry = Registry(root)
     registry.publish(make_bundle(ADD))
     registry.close()
-    return ImageBuilder(root, image_cache, backend="local").build("demo/add")
+    builder = ImageBuilder(root, image_cache, backend="local")
+    result = builder.build("demo/add")
+    builder.prune(keep=4)  # images of older code would pile up in the lasting cache
+    return result
 
 
 @pytest.fixture
@@ -198,10 +203,12 @@ def test_the_build_command_reports_the_cached_image(
     assert shown.exit_code == 0, shown.output
     assert "%runscript" in shown.output
     assert "org.dlhub.servable demo/add@1" in shown.output
-    built = runner.invoke(cli, ["build", "demo/add", *home, "--backend", "local"])
+    built = runner.invoke(cli, ["build", "demo/add", *home, "--backend", "local",
+                                "--prune", "4"])
     assert built.exit_code == 0, built.output
     assert "found cached image of demo/add@1" in built.output
     assert add_image.images["sif"].sha256[:16] in built.output
+    assert "pruned" in built.output
     missing = runner.invoke(cli, ["build", "demo/nothing", *home])
     assert isinstance(missing.exception, ServableNotFound)
 
@@ -230,3 +237,54 @@ def test_a_failing_step_names_itself_and_shows_its_log_tail(
             "demo/broken", build_options(mirror="http://127.0.0.1:9/debian"))
     assert err.value.details["step"] == "base"
     assert "Could not connect to 127.0.0.1:9" in str(err.value)
+
+
+def test_a_site_base_sif_is_the_base_of_the_local_build(
+    add_image: BuildResult, image_cache: Path, tmp_path: Path,
+) -> None:
+    _skip_without("unsquashfs")
+    base_sif = add_image.image("sif").path
+    registry = Registry(tmp_path / "reg")
+    registry.publish(make_bundle(ADD))
+    registry.close()
+    result = ImageBuilder(tmp_path / "reg", image_cache, backend="local").build(
+        "demo/add", build_options(base=f"localimage://{base_sif}", pip=["six"]))
+    assert result.definition.startswith(f"Bootstrap: localimage\nFrom: {base_sif}\n")
+    assert result.recipe_digest != add_image.recipe_digest
+    # The image's %test passed on the unpacked base; the base's own files stay untouched
+    # (the image's environment file extends the base's rather than writing through to it).
+    env = ".singularity.d/env/90-environment.sh"
+    base = next((image_cache / "base").glob("sif-*/rootfs"))
+    assert (base / env).read_text().count("DLHUB_HPC_SERVABLE=") == 1
+    assert (Path(result.image("dir").path) / env).read_text().count("DLHUB_HPC_SERVABLE=") == 2
+    rootfs = result.image("dir").verify()
+    # A --pip extra is importable inside the image.
+    bwrap = get_runtime("bubblewrap")
+    if bwrap.available():
+        probe = bwrap.command(rootfs, ["python3", "-c", "import six; print(six.__file__)"])
+        out = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=True)
+        assert out.stdout.startswith(f"{PREFIX}/lib/six")
+
+
+def test_a_pilot_runs_its_workers_in_the_built_image(
+    add_image: BuildResult, image_cache: Path, hub: Hub, client: Client,
+) -> None:
+    """A profile with a runtime and no image: the pilot takes the image 'build' recorded,
+    checked against its digest, and its workers serve from inside it."""
+    from dlhub_hpc.pilot.profiles import load_profile
+
+    if not get_runtime("bubblewrap").available():
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
+    name = str(client.publish(ADD)["name"])
+    ImageBuilder(hub.config.home, image_cache, backend="local").build(name)
+    profile = load_profile("local").model_dump(mode="json")
+    profile["container"] = {"runtime": "bubblewrap"}
+    info = client.start_pilot(name, profile)
+    try:
+        client.wait_for_workers(name, 1, timeout=90)
+        assert client.run(name, [1, 2, 3], cache=False) == 6.0
+        # Found on the host by command line: inside the container the pid is another one.
+        workers = [w for w in worker_processes(hub.worker_address) if "python3" in w.cmdline()]
+        assert workers and all(_in_image(w) for w in workers)
+    finally:
+        client.stop_pilot([info["pilot_id"]])

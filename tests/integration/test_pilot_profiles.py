@@ -80,3 +80,21 @@ def test_bad_profile_and_servable_are_typed_errors(client: Client) -> None:
     with pytest.raises(ServableNotFound):
         client.start_pilot("demo/nothing", "local")
     assert client.pilot_status() == []
+
+
+def test_a_broken_worker_command_halts_the_pilot_instead_of_looping(client: Client) -> None:
+    client.publish(example_dir("add"))
+    profile = load_profile("local").model_dump(mode="json")
+    profile["python"] = "/bin/false"  # every block ends at once, no worker ever connects
+    profile["scaling"] = {"min_blocks": 1, "max_blocks": 2, "period": 0.2, "max_failures": 3}
+    info = client.start_pilot("demo/add", profile)
+    pilot = _wait_for(lambda: [p for p in client.pilot_status() if p["halted"]], timeout=60,
+                      what="the pilot halted")[0]
+    assert pilot["failures"] == 3 and pilot["blocks"] == []
+    events = " ".join(pilot["events"])
+    assert "3 blocks in a row ended before a worker connected" in events
+    assert events.count("submitted pilot-") == 3, events
+    assert "ended (FAILED) before any worker connected" in events
+    time.sleep(1.0)
+    assert client.pilot_status()[0]["events"] == pilot["events"], "nothing more submitted"
+    client.stop_pilot([info["pilot_id"]])

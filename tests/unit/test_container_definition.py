@@ -128,7 +128,8 @@ def test_an_apptainer_build_runs_the_exact_command_on_a_staged_context(
     bin_dir.mkdir()
     argv_file = tmp_path / "argv"
     (bin_dir / "apptainer").write_text(
-        f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_file}\necho SIF > "$4"\n'
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_file}\n'
+        'eval "out=\\${$(($# - 1))}"\necho SIF > "$out"\n'
     )
     (bin_dir / "apptainer").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
@@ -140,7 +141,7 @@ def test_an_apptainer_build_runs_the_exact_command_on_a_staged_context(
     result = builder.build("demo/add", build_options(base="oras://ghcr.io/site/base:1"))
     out = tmp_path / "cache" / "images" / result.recipe_digest
     assert argv_file.read_text().split("\n")[:-1] == apptainer_build_command(
-        "apptainer", out / "image.sif", out / "Singularity"
+        "apptainer", out / "image.sif", out / "Singularity", fakeroot=os.geteuid() != 0
     )[1:]
     assert result.definition.startswith("Bootstrap: oras\nFrom: ghcr.io/site/base:1\n")
     assert f"{out / 'bundle.tar'} /opt/dlhub-hpc/bundle.tar" in result.definition
@@ -149,3 +150,20 @@ def test_an_apptainer_build_runs_the_exact_command_on_a_staged_context(
     assert result.image("sif").verify() == str(out / "image.sif")
     again = builder.build("demo/add", build_options(base="oras://ghcr.io/site/base:1"))
     assert again.cached
+
+
+def test_a_local_build_on_a_site_base_cannot_add_debian_packages(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "reg")
+    registry.publish(make_bundle(ADD))
+    registry.close()
+    builder = ImageBuilder(tmp_path / "reg", tmp_path / "cache", backend="local")
+    with pytest.raises(ConfigError, match="does not exist"):
+        builder.build("demo/add", build_options(base="localimage:///nonexistent/base.sif"))
+    base = tmp_path / "base.sif"
+    base.write_bytes(b"SIF")
+    with pytest.raises(ConfigError, match=r"cannot add Debian packages \['htop'\]"):
+        builder.build("demo/add", build_options(base=f"localimage://{base}", apt=["htop"]))
+    # The base's content is part of the recipe: a changed base is a new image.
+    before = builder.recipe("demo/add", build_options(base=f"localimage://{base}")).digest
+    base.write_bytes(b"SIF2")
+    assert builder.recipe("demo/add", build_options(base=f"localimage://{base}")).digest != before

@@ -10,8 +10,9 @@ import pytest
 
 from dlhub_hpc.container.launch import pick_image, worker_argv, worker_command
 from dlhub_hpc.container.rootfs import run_step
-from dlhub_hpc.container.runtimes import IMAGE_PATH, get_runtime
+from dlhub_hpc.container.runtimes import IMAGE_PATH, get_runtime, split_bind
 from dlhub_hpc.errors import ContainerError, ImageBuildError, ImageDigestMismatch
+from dlhub_hpc.keys import container_worker_access
 from dlhub_hpc.registry.images import ImageRecord, ImageStore, file_digest, tree_digest
 
 
@@ -108,3 +109,70 @@ def test_mounts_inside_a_tree_are_found_before_it_is_removed(tmp_path: Path) -> 
     (tmp_path / "t" / "a").mkdir(parents=True)
     remove_tree(tmp_path / "t")
     assert not (tmp_path / "t").exists()
+
+
+def test_the_hubs_worker_credential_is_bound_into_the_container(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "keys" / "worker.key"
+    key.parent.mkdir()
+    key.write_text("secret")
+    monkeypatch.setenv("DLHUB_HPC_WORKER_KEY", str(key))
+    root = tmp_path / "rootfs"
+    (root / "opt").mkdir(parents=True)
+    rec = _record(root, "dir")
+    binds, env = container_worker_access("tcp://h:1")
+    (src, dst, _), inside = split_bind(binds[0]), env["DLHUB_HPC_WORKER_KEY"]
+    assert src == str(key.parent)
+    bwrap = worker_command(get_runtime("bubblewrap", "/bin/true"), rec, "tcp://h:1")
+    at = bwrap.index(src)
+    assert bwrap[at - 1: at + 2] == ["--ro-bind", src, dst]
+    at = bwrap.index("DLHUB_HPC_WORKER_KEY")
+    assert bwrap[at - 1: at + 2] == ["--setenv", "DLHUB_HPC_WORKER_KEY", inside]
+    ch = worker_command(get_runtime("charliecloud", "/bin/true"), rec, "tcp://h:1")
+    assert f"--bind={src}:{dst}" in ch
+    assert f"--set-env=DLHUB_HPC_WORKER_KEY={inside}" in ch
+    bare = worker_command(get_runtime("charliecloud", "/bin/true"), rec, "tcp://h:1",
+                          credentials=False)
+    assert not any("DLHUB_HPC_WORKER_KEY" in part for part in bare)
+
+
+def test_the_worker_dependencies_copied_into_images_skip_debians_and_extras() -> None:
+    from dlhub_hpc.container.rootfs import worker_distributions
+
+    names = {d.metadata["Name"].lower().replace("_", "-") for d in worker_distributions()}
+    assert {"pydantic", "pydantic-core", "pyyaml", "typing-extensions"} <= names
+    assert not names & {"numpy", "pyzmq", "msgpack", "email-validator", "parsl"}
+
+
+def test_image_for_returns_a_verified_path_for_the_runtime(tmp_path: Path) -> None:
+    from dlhub_hpc.container.launch import image_for
+
+    sif = tmp_path / "i.sif"
+    sif.write_bytes(b"SIF")
+    with ImageStore(tmp_path) as store:
+        store.record(_record(sif, "sif", version=2))
+    assert image_for(tmp_path, "demo/add", 2, "apptainer") == str(sif)
+    with pytest.raises(ContainerError, match="dlhub-hpc build demo/add@1"):
+        image_for(tmp_path, "demo/add", 1, "apptainer")
+    sif.write_bytes(b"SIF!")
+    with pytest.raises(ImageDigestMismatch):
+        image_for(tmp_path, "demo/add", 2, "singularity")
+
+
+def test_prune_keeps_the_most_recently_used_images(tmp_path: Path) -> None:
+    from dlhub_hpc.container.build import MANIFEST, ImageBuilder
+    from dlhub_hpc.container.rootfs import locked
+
+    images = tmp_path / "cache" / "images"
+    for i in range(4):
+        (images / f"r{i}" / "rootfs").mkdir(parents=True)
+        (images / f"r{i}" / MANIFEST).write_text("{}")
+        os.utime(images / f"r{i}" / MANIFEST, (1000 + i, 1000 + i))
+    (images / "failed").mkdir()  # no manifest, no lock held: a failed build
+    (images / "building").mkdir()
+    os.utime(images / "r0" / MANIFEST)  # just used
+    with locked(images / "building.lock"):  # a build in progress elsewhere
+        removed = ImageBuilder(tmp_path, tmp_path / "cache").prune(keep=2)
+    assert sorted(p.name for p in removed) == ["failed", "r1", "r2"]
+    assert sorted(p.name for p in images.iterdir() if p.is_dir()) == ["building", "r0", "r3"]

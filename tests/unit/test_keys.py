@@ -62,14 +62,16 @@ def test_a_secret_others_can_read_is_refused(tmp_path: Path) -> None:
         load_keypair(path)
 
 
-def test_a_hub_records_its_key_and_worker_credential_and_forgets_them() -> None:
+def test_a_hub_records_its_key_and_worker_credential_and_forgets_them(keys_dir: Path) -> None:
     server, worker = KeyPair.generate(), KeyPair.generate()
     written = record_hub("tcp://127.0.0.1:5000", server, worker)
     assert hub_public_key("tcp://localhost:5000") == server.public
     assert worker_credential("tcp://127.0.0.1:5000") == worker
     binds, env = container_worker_access("tcp://127.0.0.1:5000")
-    assert binds[0].endswith(":/tmp/dlhub-hpc-worker.key:ro")
-    assert env == {"DLHUB_HPC_WORKER_KEY": "/tmp/dlhub-hpc-worker.key"}
+    assert binds == [f"{keys_dir / 'hubs'}:/mnt:ro"]
+    assert env == {"DLHUB_HPC_WORKER_KEY": "/mnt/tcp_127.0.0.1_5000.worker"}
+    assert container_worker_access("tcp://127.0.0.1:5000", read_only=False)[0][0].endswith(
+        ":/mnt")
     forget_hub(written)
     assert hub_public_key("tcp://127.0.0.1:5000") is None
     with pytest.raises(AuthenticationError, match="no worker credential"):

@@ -123,3 +123,15 @@ def test_hub_address_as_workers_dial_it() -> None:
     with pytest.raises(ProfileError, match="interface 'nope0'"):
         hub_address_for_workers("tcp://0.0.0.0:5000",
                                 parse_profile({"name": "x", "hub": {"interface": "nope0"}}))
+
+
+def test_containerised_workers_get_the_hub_worker_key(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    key = tmp_path / "worker.key"
+    key.write_text("placeholder\n")
+    monkeypatch.setenv("DLHUB_HPC_WORKER_KEY", str(key))
+    script, _, _ = render("polaris", tmp_path / "run")
+    worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
+    # keys.container_worker_access decides the bind; the command must carry it and the variable.
+    assert f"--bind {key.parent}" in worker or f"--bind {key}" in worker
+    assert "--env DLHUB_HPC_WORKER_KEY=" in worker

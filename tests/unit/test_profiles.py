@@ -92,7 +92,7 @@ def test_unknown_provider_option_names_the_valid_ones() -> None:
     ({"scaling": {"min_blocks": 3, "max_blocks": 2}}, "min_blocks \\(3\\) exceeds"),
     ({"walltime": {"replace_lead": 10, "drain_margin": 20}}, "at least drain_margin"),
     ({"walltime": {"replace_lead": 3600, "drain_margin": 20}}, "shorter than the provider"),
-    ({"container": {"runtime": "apptainer"}}, "needs container.image"),
+    ({"container": {"runtime": "docker"}}, "unknown container runtime .docker."),
     ({"gpus": {"devices": []}}, "lists no device"),
     ({"gpus": {"devices": [0], "env": "GPU_DEVICE_ORDINAL"}}, "gpus.env"),
     ({"colour": "blue"}, "colour"),

@@ -79,3 +79,17 @@ def test_dead_blocks_are_noticed_and_replaced() -> None:
     assert not decide(SPEC, [replace(never, started_at=NOW - 30)], Load(), NOW).dead
     stopped = running(state="CANCELLED", stopping=True)
     assert not decide(SPEC, [stopped, running("b2")], Load(workers=2), NOW).dead
+
+
+def test_blocks_that_never_connect_halt_the_pilot_after_max_failures() -> None:
+    spec = ScalingSpec(min_blocks=1, max_blocks=2, max_failures=3)
+    broken = BlockView("b3", "FAILED", submitted_at=NOW - 5, started_at=NOW - 4)
+    d = decide(spec, [broken], Load(), NOW, failures=1)
+    assert d.failed == 1 and d.submit == 1 and not d.halted, "two in a row: try again"
+    d = decide(spec, [broken], Load(), NOW, failures=2)
+    assert d.halted and d.dead == ["b3"] and d.submit == 0
+    assert "3 blocks in a row ended before a worker connected" in d.reasons[-1]
+    # A block that once served resets the count: a later death is not a broken command.
+    served = running("b4", state="CANCELLED", connected=0)
+    d = decide(spec, [served], Load(), NOW, failures=2)
+    assert d.failed == 0 and d.submit == 1 and not d.halted

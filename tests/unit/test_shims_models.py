@@ -419,6 +419,9 @@ def test_split_output_splits_arrays_tuples_and_dicts_per_request() -> None:
 # ---- Keras 3 ------------------------------------------------------------------------------
 
 def test_a_keras_model_runs_stacked_batches(tmp_path: Path) -> None:
+    from dlhub_hpc.servable.shims.keras import choose_backend
+
+    choose_backend()
     keras = pytest.importorskip("keras", reason="Keras 3 is not installed: "
                                 "pip install 'dlhub-hpc[keras]' (and a backend)")
     model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(2)])

@@ -11,6 +11,7 @@ from typing import Any
 
 from dlhub_hpc.errors import ServableLoadError
 from dlhub_hpc.servable.shims.base import Shim, StackedShim, model_file, require
+from dlhub_hpc.servable.shims.forest import fast_calls
 from dlhub_hpc.servable.spec import ServableSpec
 
 logger = logging.getLogger(__name__)
@@ -69,4 +70,8 @@ class SklearnShim(StackedShim):
     @classmethod
     def load(cls, spec: ServableSpec, root: Path) -> Shim:
         require("sklearn", "sklearn", spec.full_name)
-        return cls(spec, bound_methods(spec, load_object(spec, root)))
+        model = load_object(spec, root)
+        calls = bound_methods(spec, model)
+        if spec.servable.compile_trees:
+            calls = fast_calls(model, calls, spec.full_name)
+        return cls(spec, calls)

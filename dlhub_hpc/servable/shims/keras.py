@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ class KerasShim(StackedShim):
 
     @classmethod
     def load(cls, spec: ServableSpec, root: Path) -> Shim:
+        choose_backend()
         keras = require("keras", "keras", spec.full_name)
         path = model_file(spec, root)
         try:
@@ -42,6 +46,18 @@ class KerasShim(StackedShim):
                 )
             calls[name] = _predict(target) if attr == "predict" else target
         return cls(spec, calls)
+
+
+def choose_backend() -> None:
+    """Keras defaults to TensorFlow, which HPC Python stacks often lack: unless the site chose a
+    backend (``KERAS_BACKEND``), take the first one that is installed."""
+    if "KERAS_BACKEND" in os.environ or "keras" in sys.modules:
+        return
+    for backend, module in (("tensorflow", "tensorflow"), ("torch", "torch"), ("jax", "jax")):
+        if importlib.util.find_spec(module) is not None:
+            os.environ["KERAS_BACKEND"] = backend
+            logger.debug("Keras backend: %s", backend)
+            return
 
 
 def _predict(target: Callable[..., Any]) -> Callable[[Any], Any]:
