@@ -169,7 +169,11 @@ class Pilot:
         argv = self.worker_argv(block_id)
         spec = self.profile.container
         if spec.runtime != "none":
+            from dlhub_hpc.container.definition import BUNDLES_DIR
             from dlhub_hpc.container.runtimes import get_runtime
+
+            # The servable's bundle is baked into its image, where the worker looks first.
+            argv += ["--cache-dir", BUNDLES_DIR]
 
             # {name} picks the servable's image: owner/name -> owner_name.
             image = self.image or expand_vars(spec.image or "").replace(

@@ -61,6 +61,7 @@ def test_polaris_pbs_script(tmp_path: Path) -> None:
     assert "--bind /lus/eagle:/lus/eagle" in worker
     assert "python3 -m dlhub_hpc.worker --hub tcp://10.140.1.5:47652" in worker
     assert "--servable alice/oqmd@3" in worker
+    assert "--cache-dir /opt/dlhub-hpc/bundles" in worker  # the bundle baked into the image
     assert "--drain-after 3480" in worker  # walltime 3600 - drain margin 120
     assert "--gpus 0,1,2,3 --gpu-env CUDA_VISIBLE_DEVICES --workers-per-gpu 1" in worker
 
@@ -80,7 +81,7 @@ def test_mpi_servable_runs_under_the_mpi_launcher(tmp_path: Path) -> None:
     assert "mpiexec --cpu-bind none --depth=8 -n $WORKERCOUNT" in script
     assert "WORKERCOUNT=4" in script
     worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
-    assert worker.rstrip().endswith("--mpi")
+    assert "--mpi" in worker.split()
     assert pilot.blocks[next(iter(pilot.blocks))].workers == 1, "one MPI worker per block"
 
 
