@@ -57,13 +57,16 @@ from benchmarks.common import (
 )
 from benchmarks.servables import NAMES, OQMD_NOTE, make_inputs, prepare, ref, variant
 from dlhub_hpc import Client
+from dlhub_hpc.client_auth import ClientCurve
 from dlhub_hpc.errors import error_from_wire
+from dlhub_hpc.keys import KeyPair, curve_client, user_keypair
 from dlhub_hpc.protocol import Reply, Request, decode, encode
 
 logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOBATCH = "-nobatch"
+SKLEARN = "-sklearn"  # oqmd_rf with scikit-learn's own predict (compile_trees: false)
 HTEX = "htex"
 MAX_BATCH = 1024
 MIN_CALLS = 100  # sequential calls always made, whatever the time budget
@@ -84,13 +87,14 @@ class Settings:
     in_flight: int = 32
     workers: int = 2
     htex_poll_period: int = 1
+    transport: str = "tcp"  # how the client reaches the hub: tcp (loopback) or ipc
 
     @classmethod
-    def make(cls, quick: bool) -> Settings:
+    def make(cls, quick: bool, transport: str = "tcp") -> Settings:
         sizes = tuple(2**i for i in range(11))  # 1 .. 1024
         if quick:
-            return cls(200, 20, sizes, 1, 1000, 3.0, 2.0, 0.5)
-        return cls(2000, 100, sizes, 3, 5000, 15.0, 8.0, 1.0)
+            return cls(200, 20, sizes, 1, 1000, 3.0, 2.0, 0.5, transport=transport)
+        return cls(2000, 100, sizes, 3, 5000, 15.0, 8.0, 1.0, transport=transport)
 
 
 @dataclass
@@ -129,12 +133,18 @@ class TimingClient:
     ``Client.run`` returns only the value; this keeps the reply's ``timing`` too.
     """
 
-    def __init__(self, address: str, timeout: float = 60.0) -> None:
+    def __init__(self, address: str, timeout: float = 60.0,
+                 server_key: str | None = None) -> None:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # CurveZMQ as Client does (the hub answers nothing else); the floor passes its key
+        server = server_key or ClientCurve().server_key_for(address)
+        if server:
+            curve_client(self._sock, server, user_keypair())
+        # a blocking receive with a timeout, as Client.run waits: cheaper than poll + recv
+        self._sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
         self._sock.connect(address)
-        self._timeout_ms = int(timeout * 1000)
         self._ids = itertools.count()
 
     def call(self, servable: str, payload: Any, *, cache: bool = True) -> Timed:
@@ -144,9 +154,10 @@ class TimingClient:
         self._sock.send_multipart(
             encode(Request(request_id, servable, None, "", payload, None, cache)), copy=False)
         while True:
-            if not self._sock.poll(self._timeout_ms):
-                raise RuntimeError(f"no reply from the hub for {servable} in time")
-            reply = decode(self._sock.recv_multipart(copy=False))
+            try:
+                reply = decode(self._sock.recv_multipart(copy=False))
+            except zmq.Again:
+                raise RuntimeError(f"no reply from the hub for {servable} in time") from None
             if isinstance(reply, Reply) and reply.request_id == request_id:
                 break
         elapsed = clock() - t0
@@ -280,13 +291,16 @@ def memoization(session: HubSession, raw: TimingClient, servable: str, value: An
     return out
 
 
-def floor_main(address_file: str) -> None:
-    """One hop and no hub: a ROUTER that answers each ``Request`` with its own payload."""
+def floor_main(address_file: str, address: str, secret: str) -> None:
+    """One hop and no hub: a ROUTER that answers each ``Request`` with its own payload, a
+    CurveZMQ server like the hub (no ZAP handler: any client key is let in)."""
     quiet_child()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind("tcp://127.0.0.1:0")
+    sock.curve_server = True
+    sock.curve_secretkey = secret.encode()
+    sock.bind(address)
     Path(address_file).write_text(sock.getsockopt_string(zmq.LAST_ENDPOINT))
     try:
         while True:
@@ -301,15 +315,18 @@ def floor_main(address_file: str) -> None:
 
 
 def one_hop_floor(tmp: Path, value: Any, settings: Settings) -> dict[str, float]:
-    """What a memo hit cannot beat: the same client, one hop to a process that answers."""
+    """What a memo hit cannot beat: the same client, one hop to a process that answers,
+    on the same transport as the hub's clients."""
     address_file = tmp / "floor-address"
-    with child_process(floor_main, str(address_file), name="floor"):
+    address = "tcp://127.0.0.1:0" if settings.transport == "tcp" else f"ipc://{tmp}/floor.sock"
+    key = KeyPair.generate()
+    with child_process(floor_main, str(address_file), address, key.secret, name="floor"):
         deadline = time.monotonic() + 30
         while not address_file.is_file() or not address_file.read_text():
             if time.monotonic() > deadline:
                 raise RuntimeError("the one-hop floor process did not start")
             time.sleep(0.02)
-        raw = TimingClient(address_file.read_text())
+        raw = TimingClient(address_file.read_text(), server_key=key.public)
         try:
             for _ in range(settings.warmup):
                 raw.call("floor/echo", value)
@@ -388,10 +405,18 @@ def htex_throughput(run_dir: Path, settings: Settings) -> dict[str, float]:
 
 # ---- one servable, start to end ----------------------------------------------------------
 
-def hub_overrides(name: str) -> dict[str, Any]:
-    """Batches of up to ``MAX_BATCH`` for ``name``; never batch its ``-nobatch`` copy."""
-    return {"batching": {ref(name): {"max_batch_size": MAX_BATCH},
-                         ref(name + NOBATCH): {"max_batch_size": 1}}}
+def hub_overrides(name: str, home: Path, transport: str) -> dict[str, Any]:
+    """Batches of up to ``MAX_BATCH`` for ``name`` (and its ``-sklearn`` copy); never batch
+    the ``-nobatch`` copies. With ``ipc``, clients reach the hub on a Unix socket in
+    ``home`` (workers: tcp)."""
+    batching = {}
+    for base in (name, name + SKLEARN):
+        batching[ref(base)] = {"max_batch_size": MAX_BATCH}
+        batching[ref(base + NOBATCH)] = {"max_batch_size": 1}
+    overrides: dict[str, Any] = {"batching": batching}
+    if transport == "ipc":
+        overrides["client_address"] = f"ipc://{home}/clients.sock"
+    return overrides
 
 
 def bench_servable(name: str, tmp: Path, settings: Settings,
@@ -405,7 +430,8 @@ def bench_servable(name: str, tmp: Path, settings: Settings,
     inputs = make_inputs(name, 4096)
     result = ServableResult(name)
     batched_ref, unbatched_ref = ref(name), ref(name + NOBATCH)
-    with hub_session(tmp / f"hub-{name}", hub_overrides(name)) as session:
+    home = tmp / f"hub-{name}"
+    with hub_session(home, hub_overrides(name, home, settings.transport)) as session:
         session.client.publish(source)
         session.client.publish(unbatched)
         say(f"{name}: 1 worker; latency layers, batch sweep, memoization")
@@ -426,14 +452,32 @@ def bench_servable(name: str, tmp: Path, settings: Settings,
             result.others_cores["floor"] = result.memo["floor"]["others_cores"]
         say(f"{name}: {settings.workers} workers; throughput, batching on then off")
         session.start_workers(batched_ref, settings.workers - 1, settings.workers)
-        with result.watch("throughput on", session):
-            result.throughput["on"] = throughput(session, batched_ref, inputs, settings)
-        session.stop_workers(batched_ref)
-        session.start_workers(unbatched_ref, settings.workers, settings.workers)
-        with result.watch("throughput off", session):
-            result.throughput["off"] = throughput(session, unbatched_ref, inputs, settings)
+        on_off(session, result, "", (batched_ref, unbatched_ref), inputs, settings)
+        if name == "oqmd_rf":  # the same forest through scikit-learn's own predict
+            say(f"{name}: again with scikit-learn's own predict (compile_trees: false)")
+            copies = [variant(source, tmp / "servables" / (name + SKLEARN + suffix),
+                              SKLEARN + suffix, compile_trees=False)
+                      for suffix in ("", NOBATCH)]
+            for copy in copies:
+                session.client.publish(copy)
+            refs = (ref(name + SKLEARN), ref(name + SKLEARN + NOBATCH))
+            session.start_workers(refs[0], settings.workers, settings.workers)
+            on_off(session, result, "sklearn ", refs, inputs, settings)
         result.hub_stats = session.stats()
     return result
+
+
+def on_off(session: HubSession, result: ServableResult, prefix: str, refs: tuple[str, str],
+           inputs: Sequence[Any], settings: Settings) -> None:
+    """Throughput of ``refs[0]`` (batched; its workers already up), then of ``refs[1]``
+    (unbatched) on as many workers; ``result.throughput[prefix + "on" / "off"]``."""
+    with result.watch(f"throughput {prefix}on", session):
+        result.throughput[prefix + "on"] = throughput(session, refs[0], inputs, settings)
+    session.stop_workers(refs[0])
+    session.start_workers(refs[1], settings.workers, settings.workers)
+    with result.watch(f"throughput {prefix}off", session):
+        result.throughput[prefix + "off"] = throughput(session, refs[1], inputs, settings)
+    session.stop_workers(refs[1])
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -444,6 +488,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="fewer requests and shorter windows (a few minutes in all)")
     parser.add_argument("--only", choices=[*NAMES, HTEX], action="append", default=None,
                         help="run only this servable (or 'htex'); may repeat")
+    parser.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
+                        help="how the clients reach the hub: loopback tcp (default) or a "
+                        "Unix socket (ipc), as a caller on the hub's own node may")
     parser.add_argument("--plot-dir", type=Path, default=RESULTS,
                         help=f"where the PNG figures go (default {RESULTS})")
     parser.add_argument("--json", type=Path, default=RESULTS / "paper_suite.json",
@@ -471,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     start_run(args.verbose, logger)
     started = time.monotonic()
-    settings = Settings.make(args.quick)
+    settings = Settings.make(args.quick, args.transport)
     with tempfile.TemporaryDirectory(prefix="dlhub-paper-") as tmp:
         results = run_all(args, settings, Path(tmp))
     results.seconds = time.monotonic() - started

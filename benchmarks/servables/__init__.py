@@ -50,12 +50,14 @@ def prepare(name: str, dest: Path) -> Path:
     return target
 
 
-def variant(source: Path, dest: Path, suffix: str) -> Path:
-    """A copy of a prepared servable published under ``<name><suffix>`` (same model)."""
+def variant(source: Path, dest: Path, suffix: str, **servable: Any) -> Path:
+    """A copy of a prepared servable published under ``<name><suffix>`` (same model), with
+    ``servable`` block fields changed (e.g. ``compile_trees=False``)."""
     shutil.copytree(source, dest, dirs_exist_ok=True)
     spec_file = dest / "servable.yaml"
     spec = yaml.safe_load(spec_file.read_text())
     spec["dlhub"]["name"] += suffix
+    spec["servable"].update(servable)
     spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     return dest
 

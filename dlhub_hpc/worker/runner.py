@@ -26,7 +26,25 @@ WireResult = list[Any]  # [True, value] or [False, error record]
 
 
 def cached_bundle(cache_dir: Path, digest: str, data: bytes) -> Path:
-    """Unpack a bundle once per digest; concurrent workers race safely via rename."""
+    """Unpack a bundle once per digest; concurrent workers race safely via rename.
+
+    A read-only cache (an image's, without this bundle baked in) falls back to the
+    temporary directory rather than failing the load.
+    """
+    target = cache_dir / digest
+    if target.is_dir():
+        return target
+    fallback = Path(tempfile.gettempdir()) / "dlhub-hpc"
+    try:
+        return _unpack_once(cache_dir, digest, data)
+    except OSError as exc:
+        if cache_dir == fallback:
+            raise
+        logger.info("cannot unpack into %s (%s); using %s", cache_dir, exc, fallback)
+        return _unpack_once(fallback, digest, data)
+
+
+def _unpack_once(cache_dir: Path, digest: str, data: bytes) -> Path:
     target = cache_dir / digest
     if target.is_dir():
         return target

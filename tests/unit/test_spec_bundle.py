@@ -424,3 +424,25 @@ def test_sklearn_models_that_cannot_load_raise_servable_load_error(
     (root / "model.pkl").write_bytes(b"not a pickle")
     with pytest.raises(ServableLoadError, match=re.escape("cannot unpickle model.pkl")):
         load_servable(spec, root)
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_the_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tempfile
+
+    from dlhub_hpc.worker.runner import cached_bundle
+
+    bundle = make_bundle(example_dir("add"))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a cache under a file cannot be made, as in a read-only image
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    root = cached_bundle(blocked / "bundles", bundle.digest, bundle.data)
+    assert root == tmp_path / "tmp" / "dlhub-hpc" / bundle.digest
+    assert ServableSpec.from_file(find_spec_file(root)).full_name == "demo/add"
+    # Files are unpacked by hand (no tar filters on older Pythons): contents match the bundle.
+    with tarfile.open(fileobj=io.BytesIO(bundle.data)) as tar:
+        for member in tar.getmembers():
+            source = tar.extractfile(member)
+            assert source is not None
+            assert (root / member.name).read_bytes() == source.read()
