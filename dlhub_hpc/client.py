@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -33,7 +34,13 @@ import zmq
 from dlhub_hpc.broker.config import default_home, read_hub_file
 from dlhub_hpc.client_auth import ClientCurve, hint
 from dlhub_hpc.client_publication import PublicationMixin
-from dlhub_hpc.errors import DlhubHpcError, HubUnavailable, ProtocolError, error_from_wire
+from dlhub_hpc.errors import (
+    DlhubHpcError,
+    HubUnavailable,
+    ProtocolError,
+    ServableDeprecated,
+    error_from_wire,
+)
 from dlhub_hpc.keys import KeyPair
 from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, Control, Reply, Request, decode, encode
 from dlhub_hpc.servable.bundle import make_bundle
@@ -110,6 +117,8 @@ class _ThreadSocket:
                 logger.warning("dropped a malformed reply: %s", exc)
                 continue
             if isinstance(reply, Reply) and reply.request_id == request_id:
+                if reply.warning:
+                    warnings.warn(reply.warning, ServableDeprecated, stacklevel=3)
                 if reply.ok:
                     return reply.value
                 raise error_from_wire(reply.error or {})
@@ -405,6 +414,8 @@ class Client(PublicationMixin):
                 future = self._futures.pop(reply.request_id, None)
             if future is None:
                 continue  # answered already (expired here) or not ours
+            if reply.warning:
+                warnings.warn(reply.warning, ServableDeprecated, stacklevel=1)
             if reply.ok:
                 future.set_result(reply.value)
             else:

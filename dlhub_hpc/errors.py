@@ -33,6 +33,8 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     ├── EndpointError            Globus Compute could not run the forwarding call on the endpoint
     └── LimitExceeded            a call or its result does not fit Globus Compute's limits
         └── RateLimited          more calls in a window than Globus Compute allows
+
+A call to a deprecated version succeeds, with a ``ServableDeprecated`` warning.
 """
 
 from __future__ import annotations
@@ -162,6 +164,10 @@ class LimitExceeded(DlhubHpcError):
 
 class RateLimited(LimitExceeded):
     """More calls in a window than Globus Compute allows; batch them or let the client pace."""
+
+
+class ServableDeprecated(UserWarning):
+    """The version called is deprecated: it still runs; the message says why and what instead."""
 
 
 def _all_error_types() -> dict[str, type[DlhubHpcError]]:

@@ -100,15 +100,18 @@ class Reply(Message):
 
     ``timing`` is ``[invocation, inference]`` in seconds: from the hub receiving the request
     to its reply, and the worker's run of the batch that held it (0 for a memo hit).
+    ``warning`` tells the caller something the answer does not, e.g. that the version is
+    deprecated.
     """
 
     TAG = Tag.REPLY
-    TYPES = (str, bool, object, (dict, _NONE), (list, _NONE))
+    TYPES = (str, bool, object, (dict, _NONE), (list, _NONE), (str, _NONE))
     request_id: str
     ok: bool
     value: Any = None
     error: dict[str, Any] | None = None
     timing: list[float] | None = None
+    warning: str | None = None
 
 
 @_message

@@ -18,6 +18,14 @@ from dlhub_hpc.servable.types import ArgType
 ServableKey = tuple[str, int]  # (name, version)
 
 
+def deprecation_notice(record: ServableRecord) -> str | None:
+    """What a caller of a deprecated version is told with each answer."""
+    if record.status != "deprecated":
+        return None
+    instead = f"; use {record.replacement} instead" if record.replacement else ""
+    return f"{record.ref} is deprecated: {record.reason}{instead}"
+
+
 @dataclass(frozen=True)
 class ServableInfo:
     """What the broker needs to know of one servable version."""
@@ -30,6 +38,7 @@ class ServableInfo:
     max_batch_delay: float = 0.0  # seconds a part-full batch may wait for more; 0: never
     deterministic: bool = False  # same input, same output: answers may be memoized
     pipeline: tuple[PipelineStage, ...] = ()  # a pipeline's stages; it runs in the hub
+    notice: str | None = None  # sent with every answer: e.g. the version is deprecated
 
     @classmethod
     def from_record(cls, record: ServableRecord) -> ServableInfo:
@@ -43,6 +52,7 @@ class ServableInfo:
             max_batch_delay=block.max_batch_delay,
             deterministic=block.deterministic,
             pipeline=tuple(block.steps or ()),
+            notice=deprecation_notice(record),
         )
 
     @property
@@ -130,6 +140,7 @@ class Pending:
     attempts: int = 0
     queued: bool = True
     done: bool = False
+    notice: str | None = None  # ServableInfo.notice, for the reply
 
 
 @dataclass(slots=True, eq=False)

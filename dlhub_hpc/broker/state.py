@@ -188,7 +188,7 @@ class BrokerState:
         self._seq += 1
         pending = Pending(
             client, req.request_id, info.key, method, payload,
-            None if timeout is None else now + timeout, self._seq, now,
+            None if timeout is None else now + timeout, self._seq, now, notice=info.notice,
         )
         key = None
         if info.deterministic and req.cache and self.memo.max_bytes:
@@ -236,7 +236,7 @@ class BrokerState:
             pending.done, pending.payload = True, None
             self.stats["replies_ok"] += 1
             out.append(ToClient(pending.client, Reply(pending.request_id, True, value, None,
-                                                      [0.0, 0.0])))
+                                                      [0.0, 0.0], pending.notice)))
             return True
         followers = self._flights.get(key)
         if followers is None:
@@ -254,7 +254,7 @@ class BrokerState:
         timing = None if now is None else [now - p.arrived, inference]
         p.done = True
         p.payload = None  # the deadline heap may hold p a while; not its (maybe large) input
-        out.append(ToClient(p.client, Reply(p.request_id, ok, value, error, timing)))
+        out.append(ToClient(p.client, Reply(p.request_id, ok, value, error, timing, p.notice)))
         self.stats["replies_ok" if ok else "replies_error"] += 1
         if p.memo_key is None:
             return
@@ -266,7 +266,8 @@ class BrokerState:
                 f.done, f.payload = True, None
                 self.stats["replies_ok" if ok else "replies_error"] += 1
                 timing = None if now is None else [now - f.arrived, inference]
-                out.append(ToClient(f.client, Reply(f.request_id, ok, value, error, timing)))
+                out.append(ToClient(f.client, Reply(f.request_id, ok, value, error, timing,
+                                                    f.notice)))
 
     # -- dispatch --
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from dlhub_hpc import Client, Hub
 from dlhub_hpc.cli import cli
 from dlhub_hpc.cli.common import console
-from dlhub_hpc.errors import ServableWithdrawn
+from dlhub_hpc.errors import ServableDeprecated, ServableWithdrawn
 from dlhub_hpc.examples import example_dir
 
 DOI = "10.1038/npjcompumats.2016.28"
@@ -88,7 +88,10 @@ def test_the_life_of_a_published_servable(
     client.start_workers("demo/add@1", 1)
     client.wait_for_workers("demo/add", 1, timeout=60)
     dlhub("deprecate", "demo/add@1", "--reason", "off by one in v2's favour")
-    assert client.run("demo/add@1", [1.0, 2.0]) == 3.0  # deprecated: still runs
+    with pytest.warns(ServableDeprecated, match="demo/add@1 is deprecated: off by one"):
+        assert client.run("demo/add@1", [1.0, 2.0]) == 3.0  # deprecated: still runs
+    with pytest.warns(ServableDeprecated):
+        assert client.submit("demo/add@1", [2.0, 2.0]).result(timeout=30) == 4.0
     assert client.describe("demo/add@1")["status"] == "deprecated"
 
     dlhub("withdraw", "demo/add@2", "--reason", "adds one too many",

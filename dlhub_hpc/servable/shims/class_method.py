@@ -65,6 +65,8 @@ class SklearnShim(StackedShim):
     """A pickled scikit-learn estimator; each method is one of its attributes (``predict``...).
 
     A batch of row arrays runs as one call on the stacked rows, split back per request.
+    Tree models (forests, trees, gradient boosting) predict through ``forest.py``'s compiled
+    path unless the spec sets ``compile_trees: false``.
     """
 
     @classmethod
