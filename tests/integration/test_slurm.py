@@ -319,7 +319,10 @@ def test_gpu_binding_reaches_workers_inside_a_container(sclient: Client) -> None
     sclient.publish(example_dir("add"))
     profile = _profile(
         workers_per_node=None, python=sys.executable,
-        container={"runtime": "bubblewrap", "image": "/"},
+        # The runtime puts a fresh /tmp in the container: a checkout or venv under /tmp
+        # (as in CI) is bound back in.
+        container={"runtime": "bubblewrap", "image": "/",
+                   "binds": [f"{p}:{p}:ro" for p in sorted({str(REPO), sys.prefix})]},
         gpus={"devices": [0, 1], "env": "ROCR_VISIBLE_DEVICES", "vendor": "intel"},
     )
     profile["provider"]["launcher"] = {"type": "SrunLauncher"}

@@ -119,6 +119,7 @@ def test_a_single_leaf_tree_predicts_its_constant() -> None:
     np.testing.assert_allclose(fast(X), np.full(50, 4.5))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # sklearn's
 def test_inputs_the_compiled_path_refuses_go_to_sklearn() -> None:
     X, y = data()
     model = ensemble.RandomForestRegressor(n_estimators=5, random_state=0).fit(X, y)
@@ -196,3 +197,4 @@ def test_compile_trees_false_keeps_sklearns_predict(tmp_path: Path) -> None:
     shim = servable(tmp_path, model, compile_trees=False)
     call = shim._calls["predict"]
     assert inspect.ismethod(call) and isinstance(call.__self__, type(model))
+
