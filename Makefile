@@ -37,7 +37,7 @@ integration: $(STAMP)
 	  if conf="$$(bash scripts/slurm/start.sh)"; then eval "$$conf"; slurm=1; \
 	  else echo "could not start Slurm; the slurm tests will be skipped" >&2; fi; \
 	fi; \
-	rc=0; $(BIN)/python -m pytest tests/integration || rc=$$?; \
+	rc=0; $(BIN)/python -m pytest tests/integration --durations=15 || rc=$$?; \
 	if [ $$slurm -eq 1 ]; then bash scripts/slurm/stop.sh; fi; \
 	exit $$rc
 
