@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,18 @@ def worker_processes(hub_address: str) -> list[psutil.Process]:
             found.append(proc)
     return found
 
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "",
+             interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something true (and return that), or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout}s: {what or predicate}")
+        time.sleep(interval)
 
 @pytest.fixture
 def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:

@@ -16,7 +16,7 @@ import pytest
 
 from dlhub_hpc import Client, Hub
 
-from .conftest import SERVABLES
+from .conftest import SERVABLES, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -57,16 +57,6 @@ def spawn() -> Iterator[Spawn]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def by_pid(client: Client) -> dict[int, dict[str, Any]]:

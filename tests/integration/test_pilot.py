@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,15 +11,7 @@ from dlhub_hpc import Client, Hub, PilotError
 from dlhub_hpc.examples import example_dir
 from dlhub_hpc.pilot import PilotManager, local_provider
 
-from .conftest import worker_processes
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
+from .conftest import wait_for, worker_processes
 
 
 def test_block_runs_n_workers_and_stop_ends_them(hub: Hub, client: Client) -> None:
@@ -33,8 +24,8 @@ def test_block_runs_n_workers_and_stop_ends_them(hub: Hub, client: Client) -> No
 
     stopped = client.stop_workers(blocks=[block["block_id"]])
     assert [b["block_id"] for b in stopped] == [block["block_id"]]
-    _wait_for(lambda: not worker_processes(hub.worker_address))
-    _wait_for(lambda: client.status()["workers"] == [])
+    wait_for(lambda: not worker_processes(hub.worker_address))
+    wait_for(lambda: client.status()["workers"] == [])
     assert client.status()["stats"].get("workers_lost", 0) == 0, "SIGTERM gives a clean exit"
 
 
@@ -46,7 +37,7 @@ def test_hub_stop_leaves_no_worker_behind(make_hub: Callable[..., Hub]) -> None:
         client.wait_for_workers("demo/add", 2)
     address = hub.worker_address
     hub.stop()
-    _wait_for(lambda: not worker_processes(address))
+    wait_for(lambda: not worker_processes(address))
 
 
 def test_worker_exits_when_the_hub_goes_silent(tmp_path: Path) -> None:
@@ -54,8 +45,8 @@ def test_worker_exits_when_the_hub_goes_silent(tmp_path: Path) -> None:
     manager = PilotManager(local_provider(), "tcp://127.0.0.1:9", tmp_path, hub_timeout=1.0,
                            heartbeat_interval=0.1)
     manager.start_workers("demo/add", 1)
-    _wait_for(lambda: bool(worker_processes("tcp://127.0.0.1:9")))
-    _wait_for(lambda: not worker_processes("tcp://127.0.0.1:9"), timeout=20)
+    wait_for(lambda: bool(worker_processes("tcp://127.0.0.1:9")))
+    wait_for(lambda: not worker_processes("tcp://127.0.0.1:9"), timeout=20)
     manager.stop()
 
 

@@ -4,8 +4,6 @@ elastic scaling on queue depth, and typed errors for bad profiles."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -17,16 +15,7 @@ from dlhub_hpc.errors import ProfileError, ServableNotFound
 from dlhub_hpc.examples import example_dir
 from dlhub_hpc.pilot.profiles import load_profile
 
-from .conftest import SERVABLES, worker_processes
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout}s: {what}")
-        time.sleep(0.1)
-    return value
+from .conftest import SERVABLES, wait_for, worker_processes
 
 
 def test_cli_pilot_start_status_stop(hub: Hub, client: Client,
@@ -51,7 +40,7 @@ def test_cli_pilot_start_status_stop(hub: Hub, client: Client,
 
     stopped = runner.invoke(cli, [*base, "stop", "-s", "demo/add@1"])
     assert stopped.exit_code == 0 and "stopped pilot-" in stopped.output, stopped.output
-    _wait_for(lambda: not worker_processes(hub.worker_address), what="workers gone")
+    wait_for(lambda: not worker_processes(hub.worker_address), what="workers gone")
     assert runner.invoke(cli, [*base, "status"]).output.startswith("no pilots")
 
 
@@ -63,11 +52,11 @@ def test_local_pilot_scales_up_on_queue_depth_and_back_down(client: Client, hub:
     info = client.start_pilot(name, profile)
     client.wait_for_workers(name, 1, timeout=60)
     futures = [client.submit(name, 0.2) for _ in range(40)]
-    _wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 2, what="a second block")
+    wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 2, what="a second block")
     results = [f.result(timeout=120) for f in futures]
     assert len({r["pid"] for r in results}) == 2
-    _wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 1, what="idle block released")
-    _wait_for(lambda: len(worker_processes(hub.worker_address)) == 1, what="its worker gone")
+    wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 1, what="idle block released")
+    wait_for(lambda: len(worker_processes(hub.worker_address)) == 1, what="its worker gone")
     client.stop_pilot([info["pilot_id"]])
 
 
@@ -88,7 +77,7 @@ def test_a_broken_worker_command_halts_the_pilot_instead_of_looping(client: Clie
     profile["python"] = "/bin/false"  # every block ends at once, no worker ever connects
     profile["scaling"] = {"min_blocks": 1, "max_blocks": 2, "period": 0.2, "max_failures": 3}
     info = client.start_pilot("demo/add", profile)
-    pilot = _wait_for(lambda: [p for p in client.pilot_status() if p["halted"]], timeout=60,
+    pilot = wait_for(lambda: [p for p in client.pilot_status() if p["halted"]], timeout=60,
                       what="the pilot halted")[0]
     assert pilot["failures"] == 3 and pilot["blocks"] == []
     events = " ".join(pilot["events"])

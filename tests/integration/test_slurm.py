@@ -27,7 +27,7 @@ from dlhub_hpc import Client, Hub
 from dlhub_hpc.examples import example_dir
 from dlhub_hpc.pilot.profiles import load_profile
 
-from .conftest import SERVABLES
+from .conftest import SERVABLES, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
 
@@ -79,21 +79,15 @@ def _our_jobs() -> dict[str, str]:
     return jobs
 
 
+def _wait_for(predicate: Callable[[], Any], timeout: float = 90.0, what: str = "") -> Any:
+    # Slurm jobs take seconds to start and end: a longer default, polled less often.
+    return wait_for(predicate, timeout, what, interval=0.25)
+
+
 def _cancel_our_jobs() -> None:
     jobs = _our_jobs()
     if jobs:
         subprocess.run(["scancel", *jobs], timeout=30, check=False)
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float = 90.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout}s: {what}")
-        time.sleep(0.25)
 
 
 def _profile(**changes: Any) -> dict[str, Any]:
