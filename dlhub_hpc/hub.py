@@ -50,6 +50,7 @@ class Hub:
         self.server = BrokerServer(self.state, self.config, self._servable_files, self._ops())
         self.pilot: PilotManager | None = None
         self.pilots = PilotService(self._live_snapshot)
+        self.state.replacement_expected = self.pilots.replaces
         self._thread: threading.Thread | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-pilot")
         self._started_at = 0.0

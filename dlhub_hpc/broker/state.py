@@ -99,6 +99,9 @@ class BrokerState:
         self.pipelines = PipelineRunner(self._on_request, self.stats)  # steps: requests
         # (user, servable) -> None, or raises PermissionDenied: the hub's access rules
         self.authorize: Callable[[str, ServableInfo], None] | None = None
+        # servable -> True when a pilot will start workers again if its last one dies, so
+        # that worker's requests wait for the replacement instead of failing
+        self.replacement_expected: Callable[[ServableKey], bool] | None = None
         self._worker_handlers: dict[type[Message], Callable[..., None]] = {
             Hello: self._on_hello,
             Ready: self._on_ready,
@@ -473,6 +476,8 @@ class BrokerState:
             return
         self._in_flight[worker.servable] -= len(flight.items)
         others = self._live_workers(worker.servable)
+        if not others and self.replacement_expected is not None:
+            others = self.replacement_expected(worker.servable)
         name, version = worker.servable
         for p in reversed(flight.items):  # reversed + appendleft keeps the original order
             if p.done:

@@ -400,6 +400,12 @@ class PilotService:
         with self._lock:
             return list(self.pilots.values())
 
+    def replaces(self, servable: tuple[str, int]) -> bool:
+        """Will a pilot bring up new workers for ``(name, version)`` if its last one dies?"""
+        ref = f"{servable[0]}@{servable[1]}"
+        with self._lock:
+            return any(p.servable == ref and not p.halted for p in self.pilots.values())
+
     def stop(self, pilot_ids: list[str] | None = None, servable: str | None = None) -> list[Pilot]:
         """Stop the named pilots, or those of ``servable``, or (with neither) all."""
         with self._lock:

@@ -87,3 +87,30 @@ def test_a_broken_worker_command_halts_the_pilot_instead_of_looping(client: Clie
     time.sleep(1.0)
     assert client.pilot_status()[0]["events"] == pilot["events"], "nothing more submitted"
     client.stop_pilot([info["pilot_id"]])
+
+
+def test_a_single_block_pilot_s_dead_worker_is_replaced_and_its_request_served(
+    client: Client, hub: Hub,
+) -> None:
+    """The pilot's only worker is SIGKILLed mid-request: the request waits for the
+    replacement block the pilot starts, instead of failing with WorkerLost."""
+    import signal
+
+    name = client.publish(SERVABLES / "sleepy")["name"]
+    profile = load_profile("local").model_dump(mode="json")
+    profile["scaling"] = {"min_blocks": 1, "max_blocks": 1, "period": 0.3}
+    info = client.start_pilot(name, profile)
+    try:
+        client.wait_for_workers(name, 1, timeout=60)
+        first = wait_for(lambda: worker_processes(hub.worker_address), what="the worker")[0]
+        future = client.submit(name, 1.0, cache=False)
+        wait_for(lambda: any(w["state"] == "busy" for w in client.status()["workers"]),
+                 what="the request running")
+        first.send_signal(signal.SIGKILL)
+        answer = future.result(timeout=120)
+        assert answer["pid"] != first.pid
+        assert client.status()["stats"]["retries"] >= 1
+        events = " ".join(client.pilot_status()[0]["events"])
+        assert "b2" in events, events  # a replacement block was submitted
+    finally:
+        client.stop_pilot([info["pilot_id"]])

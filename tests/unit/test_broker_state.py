@@ -334,6 +334,16 @@ def test_a_lost_worker_with_no_other_worker_fails_its_request(hub: Hub) -> None:
     assert error.details == {"servable": "demo/add", "version": 1, "worker": "w1"}
 
 
+def test_a_lost_last_worker_s_request_waits_when_a_pilot_will_replace_it(hub: Hub) -> None:
+    asked: list[tuple[str, int]] = []
+    hub.state.replacement_expected = lambda key: asked.append(key) or True
+    hub.start("w1")
+    assert only_batch(hub.request("r1"))[0] == b"w1"
+    actions = hub.send("w1", Bye("w1", "node failure"))
+    assert replies(actions) == {} and asked == [("demo/add", 1)]  # queued, not failed
+    assert hub.state.snapshot()["stats"]["retries"] == 1
+    assert only_batch(hub.start("w2"))[0] == b"w2"  # the replacement takes it
+
 def test_a_request_already_retried_max_retries_times_fails(hub: Hub) -> None:
     for wid in ("w1", "w2", "w3"):
         hub.start(wid)
