@@ -37,6 +37,7 @@ class ClientCurve:
         self._keys = keys
         self._server_key = server_key
         self.public_key: str | None = None  # this client's, once a socket used it
+        self.server_key: str | None = None  # the hub's key it used
         self.last_refusal: AuthenticationError | None = None
 
     def __repr__(self) -> str:
@@ -62,7 +63,7 @@ class ClientCurve:
                          address)
             return None
         pair = self._keys or user_keypair()
-        self.public_key = pair.public
+        self.public_key, self.server_key = pair.public, server
         curve_client(sock, server, pair)
         return sock.get_monitor_socket(_FAILURES)
 
@@ -79,6 +80,17 @@ class ClientCurve:
                 refused = event
         if refused is None:
             return None
+        if not refused["event"] & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            # No ZAP verdict: the hub could not even read the handshake, which is what a
+            # wrong hub key (a stale record, or $DLHUB_HPC_HUB_KEY of another hub) does.
+            self.last_refusal = AuthenticationError(
+                f"the CurveZMQ handshake with the hub at {address} failed before it looked at "
+                f"this client's key: {self.server_key} is probably not that hub's public key. "
+                "Run 'dlhub-hpc keys hub-key' where the hub runs, then 'dlhub-hpc keys trust "
+                f"{address} KEY' (or fix $DLHUB_HPC_HUB_KEY)",
+                address=address, public_key=self.public_key, server_key=self.server_key,
+            )
+            return self.last_refusal
         self.last_refusal = AuthenticationError(
             f"the hub at {address} refused this client's key {self.public_key}: it does not "
             "know it. Ask the hub's admin to run 'dlhub-hpc keys add USER "

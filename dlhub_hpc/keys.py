@@ -23,6 +23,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+from zmq.utils import z85
 
 from dlhub_hpc.errors import AuthenticationError
 
@@ -69,11 +70,23 @@ def _certificate(pair: KeyPair, identity: str, hub_key: str | None = None) -> st
             f"{secret}")
 
 
+def _private_dirs(directory: Path) -> None:
+    """Make ``directory`` and each missing parent 0700 (``mkdir(parents=True)`` leaves the
+    parents at the umask's mode, so a first ``keys trust`` made ``keys/`` world-readable)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+
+
 def write_keypair(path: Path, pair: KeyPair, identity: str, *, exclusive: bool = False,
                   hub_key: str | None = None) -> bool:
     """Write ``path`` (0600: it holds the secret) and ``path.pub``; False if ``exclusive``
     and ``path`` exists already (another process made it first)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
         with os.fdopen(fd, "w") as fh:
@@ -177,9 +190,20 @@ def forget_hub(paths: list[Path]) -> None:
 
 def trust_hub(address: str, public_key: str, directory: Path | None = None) -> Path:
     """Record a hub's public key by hand (what the admin gives other users)."""
+    if not _is_public_key(public_key):
+        raise AuthenticationError(
+            f"{public_key!r} is not a CurveZMQ public key (40 Z85 characters): copy the key "
+            "'dlhub-hpc keys hub-key' prints on the hub's machine", public_key=public_key)
     path = (directory or key_dir()) / "hubs" / f"{_slug(address)}.server"
     write_keypair(path, KeyPair(public_key), address)
     return path
+
+
+def _is_public_key(key: str) -> bool:
+    try:
+        return len(key) == 40 and len(z85.decode(key.encode())) == 32
+    except (ValueError, KeyError, UnicodeEncodeError):
+        return False
 
 
 def hub_public_key(address: str, directory: Path | None = None) -> str | None:
@@ -237,7 +261,13 @@ def container_worker_access(
 
 def curve_client(sock: zmq.Socket[bytes], server_key: str, pair: KeyPair) -> None:
     """Make ``sock`` a CurveZMQ client of the server with ``server_key`` (before connect)."""
-    sock.curve_serverkey = server_key.encode()
+    try:
+        sock.curve_serverkey = server_key.encode()
+    except zmq.ZMQError:
+        raise AuthenticationError(
+            f"{server_key!r} is not a CurveZMQ public key for the hub (40 Z85 characters): "
+            f"check ${HUB_KEY_ENV} or record the key its admin gives with "
+            "'dlhub-hpc keys trust ADDRESS KEY'", public_key=server_key) from None
     sock.curve_publickey = pair.public.encode()
     sock.curve_secretkey = pair.require_secret("this key pair").encode()
 
@@ -252,6 +282,9 @@ def secure_worker(sock: zmq.Socket[bytes], address: str, credentials: Path | Non
     path = credentials or worker_credential_file(address)
     pair = load_keypair(path) if path.exists() else None
     server = (recorded_hub_key(path) if pair else None) or hub_public_key(address)
+    # A refused handshake leaves the socket without a peer, where a send would block for
+    # ever: a worker with a wrong credential, or none, must give up and exit, not hang.
+    sock.setsockopt(zmq.SNDTIMEO, _WORKER_SEND_TIMEOUT_MS)
     if server is None or pair is None:
         logger.warning(
             "no worker credential for the hub at %s in %s (or $%s); connecting without "
@@ -260,7 +293,4 @@ def secure_worker(sock: zmq.Socket[bytes], address: str, credentials: Path | Non
         )
         return False
     curve_client(sock, server, pair)
-    # A refused handshake leaves the socket without a peer, where a send would block for
-    # ever: a worker with a wrong credential must give up and exit, not hang.
-    sock.setsockopt(zmq.SNDTIMEO, _WORKER_SEND_TIMEOUT_MS)
     return True

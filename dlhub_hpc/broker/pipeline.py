@@ -56,6 +56,7 @@ class PipelineRun:
     waiting: int = 0
     inference: float = 0.0
     done: bool = False
+    warnings: list[str] = field(default_factory=list)  # the pipeline's and its steps' notices
 
     @property
     def label(self) -> str:
@@ -91,6 +92,7 @@ class PipelineRunner:
             f"p{self._next}", client, req.request_id, info.name, info.version, info.pipeline,
             None if timeout is None else now + timeout, req.cache, now, user,
             depth=0 if parent is None else parent[0].depth + 1,
+            warnings=[info.notice] if info.notice else [],
         )
         self.stats["pipeline_runs"] += 1
         if run.depth >= MAX_DEPTH:
@@ -172,6 +174,8 @@ class PipelineRunner:
         step = run.stages[run.stage].members[member]
         if reply.timing:
             run.inference += reply.timing[1]
+        if reply.warning and reply.warning not in run.warnings:
+            run.warnings.append(reply.warning)  # e.g. a step's version is deprecated
         if not reply.ok:
             self._fail_step(run, step, reply.error or {}, now, out)
             return
@@ -200,7 +204,8 @@ class PipelineRunner:
         # Steps of parallel siblings still out stay in _steps: their replies are dropped
         # when they come (every request gets one: an answer, an error or a timeout).
         timing = [max(0.0, now - run.arrived), run.inference]  # shutdown passes now=0
-        out.append(ToClient(run.client, Reply(run.request_id, ok, value, error, timing)))
+        warning = "; ".join(run.warnings) or None
+        out.append(ToClient(run.client, Reply(run.request_id, ok, value, error, timing, warning)))
 
 
 def step_error(run: PipelineRun, step: PipelineStep, error: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from dlhub_hpc.auth import (
     user_id,
 )
 from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY
 from dlhub_hpc.broker.state import (
     Action,
     BrokerState,
@@ -202,6 +203,12 @@ class BrokerServer:
         if decoded is None:
             return
         identity, msg = decoded
+        if identity == PIPELINE_IDENTITY:
+            # A peer may choose its own routing id: never let one pose as the hub's pipeline
+            # runner, whose step answers would feed other callers' pipelines.
+            self.state.stats["malformed_frames"] += 1
+            logger.warning("dropped a message from a client posing as the pipeline runner")
+            return
         if isinstance(msg, Request):
             user = user_id(frames[1]) if self.auth is not None else ""
             self._apply(self.state.handle(FromClient(identity, msg, user), time.monotonic()))

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import yaml
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -84,8 +85,9 @@ def _results_table(rows: list[dict[str, Any]]) -> Table:
     for col in ("servable", "title", "creators", "type", "domains", "DOI", "status"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["ref"], r["title"], "; ".join(r["creators"]), r["type"],
-                      ", ".join(r["domains"]), ", ".join(r["dois"]), r["status"])
+        table.add_row(*map(escape, (  # titles are data, not markup: "[eV]" must show
+            r["ref"], r["title"], "; ".join(r["creators"]), r["type"],
+            ", ".join(r["domains"]), ", ".join(r["dois"]), r["status"])))
     return table
 
 
@@ -114,6 +116,7 @@ def search(ctx: click.Context, text: tuple[str, ...], owner: str | None, domain:
 
 
 def _describe_panel(rec: dict[str, Any]) -> Panel:
+    rec = _escaped(rec)  # every string in it is data, never rich markup
     spec = rec["spec"]
     dc = spec["datacite"]
     creators = "; ".join(
@@ -138,14 +141,25 @@ def _describe_panel(rec: dict[str, Any]) -> Panel:
     return Panel("\n".join(lines), title=rec["ref"], expand=False)
 
 
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
 def _methods_table(rec: dict[str, Any]) -> Table:
     table = Table(title="Methods")
     for col in ("method", "input", "output", "parameters", "description"):
         table.add_column(col)
     for name, m in rec["spec"]["servable"]["methods"].items():
-        table.add_row(name, json.dumps({k: v for k, v in m["input"].items() if v}),
-                      json.dumps({k: v for k, v in m["output"].items() if v}),
-                      json.dumps(m.get("parameters") or {}), m.get("description", ""))
+        table.add_row(*map(escape, (  # a shape [null, 3] is data, not a markup tag
+            name, json.dumps({k: v for k, v in m["input"].items() if v}),
+            json.dumps({k: v for k, v in m["output"].items() if v}),
+            json.dumps(m.get("parameters") or {}), m.get("description", ""))))
     return table
 
 
@@ -166,7 +180,7 @@ def describe(ctx: click.Context, servable: str, as_json: bool) -> None:
     for col in ("version", "status", "sha256", "reason"):
         versions.add_column(col)
     for v in rec["versions"]:
-        versions.add_row(str(v["version"]), v["status"], v["digest"][:16], v["reason"])
+        versions.add_row(str(v["version"]), v["status"], v["digest"][:16], escape(v["reason"]))
     console.print(versions)
 
 

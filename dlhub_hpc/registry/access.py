@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS group_members (
 );
 """
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # no '@': visibility's group:NAME has none
 _Z85_KEY = re.compile(r"^[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 
 
@@ -49,6 +50,13 @@ def check_public_key(key: str) -> str:
 def _check_name(name: str, what: str) -> str:
     if not _NAME.match(name):
         raise ConfigError(f"{what} {name!r} may use letters, digits and _ . @ - (1-64 chars)")
+    return name
+
+
+def _check_group(name: str) -> str:
+    if not _GROUP.match(name):
+        raise ConfigError(f"group {name!r} may use letters, digits and _ . - (1-64 chars), "
+                          "as in a visibility entry group:NAME")
     return name
 
 
@@ -116,7 +124,7 @@ class AccessControl:
     # -- groups --
 
     def set_group(self, group: str, members: list[str]) -> None:
-        _check_name(group, "group")
+        _check_group(group)
         for m in members:
             _check_name(m, "member")
         with self.registry.transaction() as db:

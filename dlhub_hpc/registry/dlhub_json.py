@@ -120,10 +120,18 @@ def from_dlhub_json(record: dict[str, Any]) -> ServableSpec:
     """Our spec of a DLHub record; unsupported shims are a ``SpecError`` naming the supported."""
     try:
         dc, dl, sv = record["datacite"], record["dlhub"], record["servable"]
-    except KeyError as exc:
+    except (KeyError, TypeError) as exc:
         raise SpecError(
             f"a dlhub.json record needs datacite, dlhub and servable blocks: no {exc}"
         ) from None
+    try:
+        return _spec_of(dc, dl, sv)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:  # a block of a wrong shape
+        raise SpecError(f"this dlhub.json record does not follow DLHub's schema: "
+                        f"{type(exc).__name__}: {exc}") from None
+
+
+def _spec_of(dc: Any, dl: Any, sv: Any) -> ServableSpec:
     shim = sv.get("shim", "")
     kind = _SHIM_TO_TYPE.get(shim)
     if kind is None:

@@ -97,7 +97,7 @@ def match_expression(text: str) -> str:
     trailing ``*`` keeps its prefix meaning.
     """
     terms = []
-    for word in text.split():
+    for word in text.replace("\0", " ").split():  # FTS5 ends a string at NUL
         prefix = word.endswith("*") and len(word) > 1
         core = word.rstrip("*").replace('"', '""')
         if core:

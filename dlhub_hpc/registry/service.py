@@ -96,8 +96,9 @@ class PublicationService:
 
     def _record(self, args: dict[str, Any]) -> ServableRecord:
         ident = parse_identifier(str(args.get("servable", "")))
+        # Before the lookup: a missing version's error lists the versions there are.
+        self.access.check_see(str(args.get("caller", "")), ident.name)
         record = self.registry.get(ident.name, ident.version)
-        self.access.check_see(str(args.get("caller", "")), record.name)
         if ident.digest and ident.digest != record.digest:
             raise SpecError(
                 f"{ident} does not match: {record.ref} has sha256 {record.digest}",
@@ -116,7 +117,10 @@ class PublicationService:
         return out
 
     def export(self, args: dict[str, Any]) -> dict[str, Any]:
-        return to_dlhub_json(self._record(args).spec)
+        record = self._record(args)
+        out = to_dlhub_json(record.spec)
+        out["dlhub"]["visible_to"] = record.visible_to  # the rules now, not those at publish
+        return out
 
     def set_status(self, args: dict[str, Any]) -> dict[str, Any]:
         ident = parse_identifier(str(args.get("servable", "")))

@@ -28,7 +28,7 @@ from typing import Any
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError
 from dlhub_hpc.keys import secure_worker
 from dlhub_hpc.protocol import (
     Assign,
@@ -146,8 +146,19 @@ class Worker:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.opts.worker_id.encode())
-        secure_worker(sock, self.opts.hub)  # CurveZMQ, with the hub's worker credential
-        sock.connect(self.opts.hub)
+        try:
+            secure_worker(sock, self.opts.hub)  # CurveZMQ, with the hub's worker credential
+            sock.connect(self.opts.hub)
+        except (zmq.ZMQError, DlhubHpcError) as exc:
+            sock.close(linger=0)
+            ctx.term()
+            self.runner.close()  # MPI: the other ranks would wait for a stop forever
+            if isinstance(exc, DlhubHpcError):
+                raise
+            raise ConfigError(
+                f"cannot connect to the hub at {self.opts.hub!r} ({exc}); give the hub's "
+                "worker address as tcp://host:port", hub=self.opts.hub,
+            ) from None
         beat = threading.Thread(
             target=_heartbeats, name="heartbeat", daemon=True,
             args=(ctx, self.opts, self._beat_stop, lambda: self._last_sent, self._drain_due),
@@ -178,7 +189,9 @@ class Worker:
         poll_s = min(self.opts.heartbeat_interval, 0.25)
         while not self._stop.is_set():
             self._check_drain(sock)
-            wait = min(poll_s, max(0.0, self._drain_at - time.monotonic()))
+            wait = poll_s
+            if self._drain_sent_at is None:  # wake when the drain comes due, not after it
+                wait = min(poll_s, max(0.0, self._drain_at - time.monotonic()))
             if not sock.poll(int(wait * 1000), zmq.POLLIN):
                 if time.monotonic() - self._last_heard > self.opts.hub_timeout:
                     self.request_stop(f"no word from the hub for {self.opts.hub_timeout}s")
@@ -235,7 +248,14 @@ class Worker:
 
     def _run_batch(self, batch: Batch) -> list[Any]:
         started = time.perf_counter()
-        results = self.runner.run(batch.method, batch.payloads)
+        try:
+            results = self.runner.run(batch.method, batch.payloads)
+        except Exception as exc:  # a runner's own bug must not kill the worker
+            logger.exception("batch %s of %s failed as a whole", batch.batch_id, batch.method)
+            error = ExecutionError(
+                f"the worker failed the whole batch: {type(exc).__name__}: {exc}"
+            ).to_wire()
+            results = [[False, error] for _ in batch.payloads]
         elapsed = time.perf_counter() - started
         try:
             return encode(BatchResult(batch.batch_id, results, elapsed))

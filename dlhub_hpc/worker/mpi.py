@@ -146,8 +146,8 @@ class MpiRunner(Runner):
         helpers = [rank for rank in range(1, self.ranks) if shares[rank]]  # small batches: fewer
         for rank in helpers:
             self.comm.send(("run", method, shares[rank]), dest=rank, tag=CMD)
-        parts = [run_shim(self.shim, method, shares[0]) if shares[0] else []]
-        parts += [_recv(self.comm, rank, RESULT) for rank in helpers]
+        parts = [_run_share(self.shim, method, shares[0], 0)]  # never raises: the helpers'
+        parts += [_recv(self.comm, rank, RESULT) for rank in helpers]  # results must be read
         if self.ensemble is not None:
             return combine(parts, self.ensemble)
         return [r for part in parts for r in part]
@@ -182,7 +182,14 @@ def follow(comm: Any, cache_dir: Path) -> int:
                 comm.send(str(getattr(exc, "message", exc)), dest=0, tag=RESULT)
         elif kind == "run":
             _, method, payloads = command
-            comm.send(_run_share(shim, method, payloads, rank), dest=0, tag=RESULT)
+            results = _run_share(shim, method, payloads, rank)
+            try:
+                comm.send(results, dest=0, tag=RESULT)
+            except Exception as exc:  # an output pickle cannot carry: rank 0 still gets one
+                logger.exception("rank %d cannot send its results", rank)
+                error = ExecutionError(f"MPI rank {rank} cannot send its results to rank 0: "
+                                       f"{type(exc).__name__}: {exc}", rank=rank).to_wire()
+                comm.send([[False, error] for _ in payloads], dest=0, tag=RESULT)
 
 
 def _run_share(shim: Shim | None, method: str, payloads: list[Any], rank: int) -> list[WireResult]:

@@ -8,6 +8,7 @@ order, which is what a ``BatchResult`` carries.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -31,11 +32,12 @@ def cached_bundle(cache_dir: Path, digest: str, data: bytes) -> Path:
     A read-only cache (an image's, without this bundle baked in) falls back to the
     temporary directory rather than failing the load.
     """
-    target = cache_dir / digest
-    if target.is_dir():
-        return target
     fallback = Path(tempfile.gettempdir()) / "dlhub-hpc"
     try:
+        _check_private(cache_dir)
+        target = cache_dir / digest
+        if target.is_dir():
+            return target
         return _unpack_once(cache_dir, digest, data)
     except OSError as exc:
         if cache_dir == fallback:
@@ -44,11 +46,26 @@ def cached_bundle(cache_dir: Path, digest: str, data: bytes) -> Path:
         return _unpack_once(fallback, digest, data)
 
 
+def _check_private(cache_dir: Path) -> None:
+    """Refuse a cache another user could have written into: the code in it would run here."""
+    try:
+        st = cache_dir.stat()
+    except FileNotFoundError:
+        return
+    if st.st_uid not in (0, os.getuid()) or st.st_mode & 0o022:
+        raise PermissionError(
+            f"the bundle cache {cache_dir} belongs to, or can be written by, another user "
+            "(a bundle planted there would run as you); use a --cache-dir only you can write"
+        )
+
+
 def _unpack_once(cache_dir: Path, digest: str, data: bytes) -> Path:
+    _check_private(cache_dir)
     target = cache_dir / digest
     if target.is_dir():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(cache_dir)  # made by someone else between the two checks
     scratch = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{digest[:12]}-"))
     try:
         unpack_bundle(data, scratch)
@@ -68,7 +85,15 @@ def load_assigned(assign: Assign, cache_dir: Path) -> tuple[ServableSpec, Shim]:
         root = cached_bundle(cache_dir, assign.digest, assign.bundle)
     except OSError as exc:
         raise ServableLoadError(f"cannot unpack the bundle: {exc}") from exc
-    return spec, load_servable(spec, root)
+    try:
+        return spec, load_servable(spec, root)
+    except DlhubHpcError:
+        raise
+    except Exception as exc:  # a framework's own error (CUDA, a dtype...): still a failed load
+        raise ServableLoadError(
+            f"{spec.full_name} failed to load: {type(exc).__name__}: {exc}",
+            servable=spec.full_name,
+        ) from exc
 
 
 def run_shim(shim: Shim, method: str, payloads: list[Any]) -> list[WireResult]:

@@ -64,6 +64,28 @@ def test_malformed_frames_are_dropped_and_counted(
     assert client.run("test/flaky", 4) == 8
 
 
+def test_a_client_posing_as_the_pipeline_runner_is_dropped(
+    hub: Hub, client: Client, serve: Callable[..., str]
+) -> None:
+    """A peer may pick its own routing id; the pipeline runner's must stay the hub's."""
+    from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY
+    from dlhub_hpc.keys import curve_client, hub_public_key, user_keypair
+    from dlhub_hpc.protocol import Request, encode
+
+    serve(SERVABLES / "flaky")
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, PIPELINE_IDENTITY)
+    server = hub_public_key(hub.client_address)
+    if server is not None:
+        curve_client(sock, server, user_keypair())
+    sock.connect(hub.client_address)
+    before = client.status()["stats"].get("malformed_frames", 0)
+    sock.send_multipart(encode(Request("p1/1.0", "test/flaky", None, "run", 2)))
+    assert not sock.poll(500), "the hub answered a forged pipeline step"
+    sock.close(linger=0)
+    assert client.status()["stats"]["malformed_frames"] == before + 1
+    assert client.run("test/flaky", 4) == 8
+
 def test_deadline_gives_timeout(client: Client, serve: Callable[..., str]) -> None:
     serve(SERVABLES / "sleepy")
     with pytest.raises(Timeout, match=r"test/sleepy@1\.run did not answer in time"):

@@ -95,7 +95,11 @@ class TorchShim(StackedShim):
         if not str(spec.servable.model).endswith(".pt2"):
             model.eval()
         params = [p for p in model.parameters() if p.is_floating_point()]
-        dtype = np.dtype(str(params[0].dtype).removeprefix("torch.")) if params else None
+        weights = params[0].dtype if params else None
+        # numpy has no bfloat16: such inputs stay float32 and are cast on the torch side.
+        dtype = None if weights is None else (
+            np.float32 if weights == torch.bfloat16
+            else np.dtype(str(weights).removeprefix("torch.")))
         shim = cls(spec, {}, device, dtype)
         for name, m in spec.servable.methods.items():
             attr = m.function or "forward"
@@ -105,15 +109,17 @@ class TorchShim(StackedShim):
                     f"the model of {spec.full_name} has no method {attr!r} for method {name}",
                     servable=spec.full_name, method=name,
                 )
-            shim._calls[name] = _numpy_call(torch, target, device, shim.prepare)
+            shim._calls[name] = _numpy_call(torch, target, device, shim.prepare, weights)
         logger.info("%s loaded on %s", spec.full_name, device)
         return shim
 
 
 def _numpy_call(torch: Any, target: Callable[..., Any], device: str,
-                prepare: Callable[[Any], Any]) -> Callable[[Any], Any]:
+                prepare: Callable[[Any], Any], weights: Any = None) -> Callable[[Any], Any]:
     def call(x: Any) -> Any:
         tensor = torch.as_tensor(prepare(np.asarray(x))).to(device)
+        if weights is not None and tensor.is_floating_point() and tensor.dtype != weights:
+            tensor = tensor.to(weights)  # bfloat16 weights: numpy cannot hold that type
         with torch.inference_mode():
             return _to_numpy(target(tensor))
 
@@ -122,7 +128,10 @@ def _numpy_call(torch: Any, target: Callable[..., Any], device: str,
 
 def _to_numpy(out: Any) -> Any:
     if hasattr(out, "detach"):
-        return out.detach().cpu().numpy()
+        out = out.detach().cpu()
+        if str(out.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            out = out.float()
+        return out.numpy()
     if isinstance(out, tuple | list):
         return [_to_numpy(o) for o in out]
     if isinstance(out, dict):
