@@ -200,9 +200,9 @@ class Hub:
                 "pid": record.pid}
 
     def _op_status(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
-        snapshot = self.state.snapshot()
-        records = self.security.publication.visible(str(args.get("caller", "")),
-                                                    self.registry.list())
+        caller = str(args.get("caller", ""))
+        snapshot = self._visible_snapshot(caller, self.state.snapshot())
+        records = self.security.publication.visible(caller, self.registry.list())
 
         def finish() -> dict[str, Any]:
             blocks = [b.to_dict() for b in self.pilot.blocks()] if self.pilot else []
@@ -226,6 +226,17 @@ class Hub:
 
         return self._executor.submit(finish)
 
+    def _visible_snapshot(self, caller: str, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """The broker's queues and workers, less those of servables ``caller`` may not see."""
+        def sees(ref: str) -> bool:
+            return self.security.access.can_see(caller, ref.split("@")[0])
+
+        return {
+            **snapshot,
+            "servables": {ref: q for ref, q in snapshot["servables"].items() if sees(ref)},
+            "workers": [w for w in snapshot["workers"] if sees(str(w.get("servable", "")))],
+        }
+
     def _pilot(self) -> PilotManager:
         if self.pilot is None:
             raise PilotError("the hub has not started its pilot manager yet")
@@ -236,13 +247,15 @@ class Hub:
         name, version = parse_ref(ref)
         record = self.registry.get(name, version)  # fail now, with the versions, if unknown
         refuse_workers(record.spec)  # a pipeline has none: its steps do
-        self.security.access.check_see(str(args.get("caller", "")), name)
+        # Workers run on the hub's allocation, as its user: the owner or the admin decides.
+        self.security.access.check_manage(str(args.get("caller", "")), name)
         count = int(args.get("workers", 1))
         return self._executor.submit(lambda: self._pilot().start_workers(ref, count).to_dict())
 
     def _op_stop_workers(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         blocks = args.get("blocks")
         servable = args.get("servable")
+        self._check_stop(args, [servable] if servable else None)
         return self._executor.submit(
             lambda: [b.to_dict() for b in self._pilot().stop(blocks, servable)]
         )
@@ -263,7 +276,7 @@ class Hub:
         name, version = parse_ref(str(args.get("servable", "")))
         record = self.registry.get(name, version)  # fail now, with the published versions
         refuse_workers(record.spec)  # a pipeline has none: its steps do
-        self.security.access.check_see(str(args.get("caller", "")), name)
+        self.security.access.check_manage(str(args.get("caller", "")), name)
         given = args.get("profile") or "local"
         profile = (parse_profile(given, "the profile sent") if isinstance(given, dict)
                    else load_profile(str(given)))
@@ -305,8 +318,20 @@ class Hub:
     def _op_pilot_stop(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         ids = args.get("pilots") or None
         servable = args.get("servable")
+        chosen = [servable] if servable else (
+            [self.pilots.get(i).servable for i in ids] if ids else None)
+        self._check_stop(args, chosen)
         return self._executor.submit(
             lambda: [p.to_dict() for p in self.pilots.stop(ids, servable)])
+
+    def _check_stop(self, args: dict[str, Any], servables: list[str] | None) -> None:
+        """Stopping needs the admin, or (for named servables) their owner."""
+        if servables is None:
+            self.security.require_admin(args, "stop every servable's workers")
+            return
+        for ref in servables:
+            self.security.access.check_manage(str(args.get("caller", "")),
+                                              parse_ref(str(ref))[0])
 
     def _op_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
         self.security.require_admin(args, "shut the hub down")

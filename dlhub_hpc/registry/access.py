@@ -160,7 +160,19 @@ class AccessControl:
             )
 
     def check_manage(self, user: str, name: str) -> None:
-        """Only the owner (or the admin) changes a servable: new versions, status, visibility."""
+        """Only the owner (or the admin) changes a servable: new versions, status, visibility.
+
+        A name nobody has published yet is claimed only under one's own identity
+        (``owner/...``), so nobody publishes in another's name first.
+        """
+        if name not in self._rules and user != self.admin:
+            owner = name.partition("/")[0]
+            if owner != user:
+                raise PermissionDenied(
+                    f"{user!r} may not publish as {owner!r}; set dlhub.owner to {user!r} "
+                    "(or ask the hub's admin to publish it)",
+                    servable=name, identity=user, owner=owner,
+                )
         owner = self._rules.get(name, (user, []))[0]
         if user not in (owner, self.admin):
             raise PermissionDenied(

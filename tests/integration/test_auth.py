@@ -213,3 +213,27 @@ def test_only_the_admin_shuts_the_hub_down(people: dict[str, Client]) -> None:
     with pytest.raises(PermissionDenied, match="may shut the hub down"):
         people["alice"].shutdown_hub()
     assert people["admin"].whoami()["admin"]  # still up
+
+
+def test_names_workers_and_status_belong_to_their_owner(
+    tmp_path: Path, people: dict[str, Client], serve: Callable[..., str],
+) -> None:
+    admin, alice, bob = people["admin"], people["alice"], people["bob"]
+    with pytest.raises(PermissionDenied, match="may not publish as 'alice'"):
+        bob.publish(servable_copy(tmp_path / "b", "alice", "first", ["public"]))
+    name = alice.publish(servable_copy(tmp_path, "alice", "private", []))["name"]
+    public = alice.publish(servable_copy(tmp_path / "p", "alice", "shared", ["public"]))["name"]
+    alice.start_workers(name, 1)
+    alice.wait_for_workers(name, 1, timeout=60)
+    # Workers run on the hub's allocation: not for bob to start or stop, even when public.
+    with pytest.raises(PermissionDenied, match="belongs to 'alice'"):
+        bob.start_workers(public, 1)
+    with pytest.raises(PermissionDenied, match="belongs to 'alice'"):
+        bob.stop_workers(servable=name)
+    with pytest.raises(PermissionDenied, match="only the hub's admin"):
+        bob.stop_workers()
+    # bob's status shows nothing of alice's private servable; alice's and the admin's do.
+    assert not [w for w in bob.status()["workers"] if w["servable"].startswith(name)]
+    assert [w for w in alice.status()["workers"] if w["servable"].startswith(name)]
+    assert [w for w in admin.status()["workers"] if w["servable"].startswith(name)]
+    alice.stop_workers(servable=name)

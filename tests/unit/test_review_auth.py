@@ -152,8 +152,8 @@ def test_an_export_carries_the_visibility_in_force_not_the_one_published(
                                 ignore=shutil.ignore_patterns("__pycache__")))
     access = AccessControl(registry, admin="root")
     service = PublicationService(registry, access, lambda _name: None)
-    name = service.publish(make_bundle(root), "alice").name
-    service.set_visibility({"servable": name, "caller": "alice", "visible_to": ["user:bob"]})
+    name = service.publish(make_bundle(root), "demo").name  # its owner: the spec says demo
+    service.set_visibility({"servable": name, "caller": "demo", "visible_to": ["user:bob"]})
     record = service.export({"servable": name, "caller": "bob"})
     assert record["dlhub"]["visible_to"] == ["user:bob"]  # was the spec's ["public"]
 
