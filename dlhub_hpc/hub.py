@@ -74,6 +74,7 @@ class Hub:
         self.config.home.mkdir(parents=True, exist_ok=True)
         self.server.auth = self.security.setup()  # CurveZMQ on both sockets
         self.state.authorize = self.security.authorize
+        self.state.may_see = lambda user, name: self.security.access.can_see(user, name)
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -245,6 +246,7 @@ class Hub:
     def _op_start_workers(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
         ref = str(args.get("servable", ""))
         name, version = parse_ref(ref)
+        self.security.access.check_see(str(args.get("caller", "")), name)  # before versions
         record = self.registry.get(name, version)  # fail now, with the versions, if unknown
         refuse_workers(record.spec)  # a pipeline has none: its steps do
         # Workers run on the hub's allocation, as its user: the owner or the admin decides.
@@ -274,6 +276,7 @@ class Hub:
 
     def _op_pilot_start(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
         name, version = parse_ref(str(args.get("servable", "")))
+        self.security.access.check_see(str(args.get("caller", "")), name)  # before versions
         record = self.registry.get(name, version)  # fail now, with the published versions
         refuse_workers(record.spec)  # a pipeline has none: its steps do
         self.security.access.check_manage(str(args.get("caller", "")), name)

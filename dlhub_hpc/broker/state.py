@@ -47,6 +47,8 @@ from dlhub_hpc.errors import (
     Overloaded,
     ProtocolError,
     ServableLoadError,
+    ServableNotFound,
+    ServableWithdrawn,
     Timeout,
     WorkerLost,
 )
@@ -99,6 +101,9 @@ class BrokerState:
         self.pipelines = PipelineRunner(self._on_request, self.stats)  # steps: requests
         # (user, servable) -> None, or raises PermissionDenied: the hub's access rules
         self.authorize: Callable[[str, ServableInfo], None] | None = None
+        # (user, name) -> may they know the servable exists? Lookup errors (which list the
+        # versions, or a withdrawal's reason) are told only to those who may.
+        self.may_see: Callable[[str, str], bool] | None = None
         # servable -> True when a pilot will start workers again if its last one dies, so
         # that worker's requests wait for the replacement instead of failing
         self.replacement_expected: Callable[[ServableKey], bool] | None = None
@@ -182,6 +187,11 @@ class BrokerState:
                 )
             payload = check_value(declared, req.payload)
         except DlhubHpcError as exc:
+            hidden = (isinstance(exc, (ServableNotFound, ServableWithdrawn))
+                      and self.may_see is not None and not self.may_see(user, req.servable))
+            if hidden:
+                exc = ServableNotFound(f"no servable {req.servable} that {user!r} may use",
+                                       servable=req.servable)
             self._reject(client, req.request_id, exc, out)
             return
         timeout = req.timeout if req.timeout is not None else self.config.default_timeout

@@ -16,7 +16,7 @@ import yaml
 import zmq
 
 from dlhub_hpc import Client, Hub
-from dlhub_hpc.errors import AuthenticationError, PermissionDenied
+from dlhub_hpc.errors import AuthenticationError, PermissionDenied, ServableNotFound
 from dlhub_hpc.examples import example_dir
 from dlhub_hpc.keys import KeyPair, write_keypair
 from dlhub_hpc.protocol import Control, encode
@@ -236,4 +236,10 @@ def test_names_workers_and_status_belong_to_their_owner(
     assert not [w for w in bob.status()["workers"] if w["servable"].startswith(name)]
     assert [w for w in alice.status()["workers"] if w["servable"].startswith(name)]
     assert [w for w in admin.status()["workers"] if w["servable"].startswith(name)]
+    # A hidden servable's versions are not told to bob by a lookup error either.
+    with pytest.raises(ServableNotFound) as missing:
+        bob.run(f"{name}@99", [1.0])
+    assert "published" not in missing.value.message and "[1]" not in missing.value.message
+    with pytest.raises(ServableNotFound, match="published versions"):
+        alice.run(f"{name}@99", [1.0])
     alice.stop_workers(servable=name)
