@@ -25,10 +25,12 @@ GpuEnv = Literal[
 ]
 GPU_ENVS: tuple[str, ...] = GpuEnv.__args__  # type: ignore[attr-defined]
 
-# Where launchers put the task's rank on its node: Slurm, Open MPI, MPICH/Hydra, Cray PALS.
+# Where launchers put the task's rank on its node: Open MPI, MPICH/Hydra, Cray PALS, Intel
+# MPI, Slurm. Slurm's comes last: an mpiexec inside a batch job inherits the batch step's
+# SLURM_LOCALID=0 in every rank, while the MPI launcher's own variable is right.
 LOCAL_RANK_ENVS = (
-    "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK", "PALS_LOCAL_RANKID",
-    "MPI_LOCALRANKID",
+    "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK", "PALS_LOCAL_RANKID", "MPI_LOCALRANKID",
+    "SLURM_LOCALID",
 )
 
 

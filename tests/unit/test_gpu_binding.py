@@ -29,7 +29,8 @@ def test_a_rank_beyond_the_gpus_says_how_to_fix_it() -> None:
     ({"OMPI_COMM_WORLD_LOCAL_RANK": "1"}, (1, "OMPI_COMM_WORLD_LOCAL_RANK")),
     ({"PMI_LOCAL_RANK": "3"}, (3, "PMI_LOCAL_RANK")),
     ({"PALS_LOCAL_RANKID": "5"}, (5, "PALS_LOCAL_RANKID")),
-    ({"SLURM_LOCALID": "0", "PALS_LOCAL_RANKID": "5"}, (0, "SLURM_LOCALID")),
+    # mpiexec inside a batch job: every rank inherits SLURM_LOCALID=0; the launcher's wins
+    ({"SLURM_LOCALID": "0", "PALS_LOCAL_RANKID": "5"}, (5, "PALS_LOCAL_RANKID")),
     ({}, None),
 ])
 def test_local_rank_comes_from_the_launcher(env: dict[str, str], expected: object) -> None:
