@@ -127,7 +127,8 @@ class ApptainerRuntime(ContainerRuntime):
         gpu: str | None = None,
     ) -> list[str]:
         _check_gpu(self.name, gpu)
-        cmd = [self.executable, "exec", "--cleanenv"]
+        # --no-home: the servable's code must not read the pilot user's home (its keys).
+        cmd = [self.executable, "exec", "--cleanenv", "--no-home"]
         if gpu == "nvidia":
             cmd.append("--nv")
         elif gpu == "amd":
@@ -188,7 +189,9 @@ class CharliecloudRuntime(ContainerRuntime):
     ) -> list[str]:
         _check_gpu(self.name, gpu)
         # ch-run passes the host environment through; drop it, then set the image's PATH.
-        cmd = [self.executable, "--unset-env=*", f"--set-env=PATH={IMAGE_PATH}"]
+        # --env-no-expand: values are literal ('$' would be expanded, after the unset: empty).
+        cmd = [self.executable, "--unset-env=*", "--env-no-expand",
+               f"--set-env=PATH={IMAGE_PATH}"]
         for bind in binds:
             src, dst, mode = split_bind(bind)
             if mode == "ro":

@@ -198,6 +198,8 @@ class Pilot:
         launcher = getattr(self.provider, "launcher", None)
         heredoc = type(launcher).__name__ in HEREDOC_LAUNCHERS
         dollar = "\\$" if heredoc else "$"
+        if heredoc:  # single quotes do not protect a heredoc: escape \, ` and $ themselves
+            text = text.replace("\\", "\\\\").replace("`", "\\`").replace("$", "\\$")
         for var in LOCAL_RANK_ENVS:  # quoted: an unset one must stay one (empty) argument
             text = text.replace(f"@@{var}@@", f'"{dollar}{{{var}:-}}"')
         return text
@@ -302,12 +304,8 @@ class Pilot:
         return decision
 
     def _apply(self, d: Decision) -> None:
-        for block_id in d.replace:
-            if block_id in self.blocks:
-                self.blocks[block_id].replaced = True
-            self.submit_block(f"replaces {block_id} before its walltime")
-        for _ in range(d.submit):
-            self.submit_block("scaling")
+        # Forget the dead first: a submit that fails below must not leave them to be counted
+        # as failures again (and cancelled again) at the next tick.
         doomed = [self.blocks[b] for b in d.cancel + d.dead if b in self.blocks]
         if doomed:
             self._cancel(doomed)
@@ -318,16 +316,31 @@ class Pilot:
             for block_id, block in list(self.blocks.items()):
                 if block.state in TERMINAL and (block.stopping or block.replaced):
                     del self.blocks[block_id]
+        for block_id in d.replace:
+            if block_id in self.blocks:
+                self.blocks[block_id].replaced = True
+            self.submit_block(f"replaces {block_id} before its walltime")
+        for _ in range(d.submit):
+            self.submit_block("scaling")
 
-    def _cancel(self, blocks: list[PilotBlock]) -> None:
+    def _cancel(self, blocks: list[PilotBlock]) -> list[PilotBlock]:
+        """Cancel ``blocks``' jobs; returns those whose cancel failed (still queued or running)."""
         live = [b for b in blocks if b.state not in TERMINAL]
         for b in blocks:
             b.stopping = True
-        if live:
-            try:
-                self.provider.cancel([b.job_id for b in live])
-            except Exception:
-                logger.warning("could not cancel %s", [b.block_id for b in live], exc_info=True)
+        if not live:
+            return []
+        try:
+            # Parsl's SlurmProvider/PBSProProvider report a failed scancel/qdel as False.
+            done = list(self.provider.cancel([b.job_id for b in live]) or [])
+        except Exception:
+            logger.warning("could not cancel %s", [b.block_id for b in live], exc_info=True)
+            done = []
+        failed = [b for b, ok in itertools.zip_longest(live, done[:len(live)]) if not ok]
+        if failed:
+            logger.warning("%s: could not cancel jobs %s", self.pilot_id,
+                           [b.job_id for b in failed])
+        return failed
 
     def stop(self) -> list[PilotBlock]:
         """Cancel every block of this pilot."""
@@ -335,10 +348,15 @@ class Pilot:
             self._stopped = True
             blocks = list(self.blocks.values())
             self.blocks.clear()
-        self._cancel(blocks)
+        failed = self._cancel(blocks)
         for b in blocks:
             b.state = "CANCELLED"
         self._event(f"stopped {len(blocks)} blocks")
+        if failed:
+            ids = " ".join(b.job_id for b in failed)
+            raise PilotError(f"{self.pilot_id}: {self.provider.label} could not cancel jobs "
+                             f"{ids}; they may still hold nodes: cancel them by hand "
+                             f"(scancel {ids} / qdel {ids})", jobs=[b.job_id for b in failed])
         return blocks
 
     def to_dict(self) -> dict[str, Any]:
@@ -373,6 +391,7 @@ class PilotService:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False  # shut down: a pilot added now would outlive its hub
 
     def __repr__(self) -> str:
         return f"PilotService(period={self.period!r}, pilots={sorted(self.pilots)!r})"
@@ -386,7 +405,13 @@ class PilotService:
             pilot.stop()  # cancel the blocks that did start
             raise
         with self._lock:
-            self.pilots[pilot.pilot_id] = pilot
+            closed = self._closed
+            if not closed:
+                self.pilots[pilot.pilot_id] = pilot
+        if closed:  # the hub stopped while the blocks were submitted: never leave them queued
+            pilot.stop()
+            raise PilotError(f"the hub was stopped while {pilot.pilot_id} started; its blocks "
+                             "were cancelled")
         self._ensure_thread()
         return pilot
 
@@ -418,11 +443,19 @@ class PilotService:
                       and (servable is None or p.servable == servable)]
             for p in chosen:
                 del self.pilots[p.pilot_id]
+        errors = []
         for p in chosen:
-            p.stop()
+            try:
+                p.stop()
+            except PilotError as exc:  # stop the others, then say which jobs are left
+                errors.append(exc.message)
+        if errors:
+            raise PilotError("; ".join(errors))
         return chosen
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)

@@ -336,9 +336,13 @@ def load_profile(name_or_path: str | Path) -> SiteProfile:
 
 
 def unset_variables(profile: SiteProfile) -> list[str]:
-    """Environment variables the provider options refer to that are not set here."""
+    """Environment variables the provider options refer to that are not set here.
+
+    Only ``${VAR}`` is filled from here (:func:`expand_vars`); a bare ``$VAR`` is left for
+    the job's shell on the compute node (``$PBS_O_WORKDIR``, ``$SLURM_JOB_ID``).
+    """
     text = yaml.safe_dump([profile.provider.options(), profile.container.image or ""])
-    names = set(re.findall(r"\$\{(\w+)\}", text)) | set(re.findall(r"\$(\w+)", text))
+    names = set(re.findall(r"\$\{(\w+)\}", text))
     return sorted(n for n in names if n not in os.environ)
 
 

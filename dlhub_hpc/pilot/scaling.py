@@ -13,7 +13,9 @@ in order:
    replaced. The hub retries the requests those workers held.
 2. walltime: ``replace_lead`` seconds before a block's walltime ends a replacement is
    submitted (even above ``max_blocks``), so the servable never drops to zero workers; the
-   old block's workers drain ``drain_margin`` seconds before the end and leave.
+   old block's workers drain ``drain_margin`` seconds before the end and leave. A block
+   idle for ``idle_release`` with nothing queued and enough others for ``min_blocks`` is
+   not replaced: rule 5 releases it.
 3. floor: fewer live blocks than ``min_blocks``: submit.
 4. up: queued items per worker above ``queue_per_worker``, with every worker busy, and no
    block still pending: one more block, up to ``max_blocks``.
@@ -127,7 +129,11 @@ def decide(
         for b in live:
             due = b.started_at is not None and (
                 now >= b.started_at + walltime.walltime - walltime.replace_lead)
-            if due and not b.replaced:
+            # An idle block above the floor is not worth a new job: rule 5 releases it.
+            others = sum(1 for o in live if o is not b and not o.replaced)
+            spare = (load.queued == 0 and b.idle_since is not None
+                     and now - b.idle_since >= spec.idle_release)
+            if due and not b.replaced and not (spare and others >= spec.min_blocks):
                 d.replace.append(b.block_id)
                 d.reasons.append(f"{b.block_id} nears its walltime: replacement submitted")
     # Blocks being replaced no longer count: their replacements stand in for them.
@@ -139,11 +145,16 @@ def decide(
         d.reasons.append(f"{count} live blocks, fewer than min_blocks {spec.min_blocks}")
         return d
 
-    pending = any(b.state != "RUNNING" for b in counted) or bool(d.replace)
+    # A running block whose workers have not connected yet is still starting (image pull,
+    # module loads): like a queued one, it will add workers, so it holds off another block.
+    pending = any(b.state != "RUNNING" or not b.ever_connected for b in counted) or bool(
+        d.replace)
     capacity = max(load.workers, 1)
     saturated = load.workers == 0 or load.busy >= load.workers
-    if (load.queued > spec.queue_per_worker * capacity and saturated and not pending
-            and count < spec.max_blocks):
+    # With no worker at all (min_blocks 0, all released) any queued item needs a block.
+    wanted = load.queued > 0 if load.workers == 0 else (
+        load.queued > spec.queue_per_worker * capacity)
+    if wanted and saturated and not pending and count < spec.max_blocks:
         d.submit = 1
         d.reasons.append(f"{load.queued} queued for {load.workers} busy workers: one more block")
         return d

@@ -29,9 +29,19 @@ CREATE TABLE IF NOT EXISTS images (
     path TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     built_at REAL NOT NULL,
-    PRIMARY KEY (recipe_digest, format)
+    PRIMARY KEY (recipe_digest, format, servable, version)
 );
 CREATE INDEX IF NOT EXISTS images_by_servable ON images (servable, version);
+"""
+# The first schema keyed rows by (recipe, format) alone: one bundle published as two versions
+# (or names) shares a recipe, and recording the image for one dropped the other's row.
+_OLD_KEY = "PRIMARY KEY (recipe_digest, format)\n"
+_MIGRATE = """
+ALTER TABLE images RENAME TO images_old;
+DROP INDEX IF EXISTS images_by_servable;
+""" + _SCHEMA + """
+INSERT INTO images SELECT * FROM images_old;
+DROP TABLE images_old;
 """
 
 FORMATS = ("sif", "sqfs", "dir")
@@ -120,6 +130,10 @@ class ImageStore:
             self._db = sqlite3.connect(
                 self.root / "registry.sqlite", check_same_thread=False, timeout=30
             )
+            row = self._db.execute(
+                "SELECT sql FROM sqlite_master WHERE type='table' AND name='images'").fetchone()
+            if row is not None and _OLD_KEY in row[0]:
+                self._db.executescript("BEGIN;" + _MIGRATE + "COMMIT;")
             self._db.executescript(_SCHEMA)
         return self._db
 
