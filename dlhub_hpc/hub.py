@@ -287,13 +287,17 @@ class Hub:
 
         def start() -> dict[str, Any]:
             # Off the broker thread: some Parsl providers run commands when constructed.
+            from dlhub_hpc.container.launch import check_recorded, image_for
+
             image = None
             if profile.container.runtime != "none" and not profile.container.image:
-                from dlhub_hpc.container.launch import image_for
-
                 # The image 'dlhub-hpc build' made, refused if its digest no longer matches.
                 image = image_for(self.registry.root, record.name, record.version,
                                   profile.container.runtime)
+
+            def check_image(path: str) -> None:
+                check_recorded(self.registry.root, record.name, record.version, path)
+
             pilot = Pilot(
                 profile, f"{record.name}@{record.version}",
                 hub_address_for_workers(self.worker_address, profile),
@@ -301,7 +305,7 @@ class Hub:
                 ranks=int(getattr(record.spec.servable, "ranks", 1) or 1),
                 heartbeat_interval=self.config.heartbeat_interval,
                 hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
-                image=image,
+                image=image, check_image=check_image,
             )
             return self.pilots.add(pilot).to_dict()
 

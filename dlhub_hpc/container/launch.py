@@ -59,6 +59,18 @@ def image_for(registry_root: Path, servable: str, version: int,
     return pick_image(rt, images).verify()
 
 
+def check_recorded(registry_root: Path, servable: str, version: int, path: str) -> None:
+    """Verify ``path`` against its record if it is an image built for ``servable@version``.
+
+    ``ImageDigestMismatch`` if it changed since; an image the site provides (not built
+    here, so not recorded) passes unchecked.
+    """
+    wanted = Path(path).resolve()
+    for rec in recorded_images(registry_root, servable, version).values():
+        if Path(rec.path).resolve() == wanted:
+            rec.verify()
+
+
 def worker_argv(hub: str, servable: str, *, in_image: bool = True,
                 extra: Sequence[str] = ()) -> list[str]:
     """``python3 -m dlhub_hpc.worker`` for inside an image (or this interpreter, on the host)."""

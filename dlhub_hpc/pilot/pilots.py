@@ -108,6 +108,7 @@ class Pilot:
         hub_timeout: float = 30.0,
         provider: ExecutionProvider | None = None,
         image: str | None = None,
+        check_image: Callable[[str], None] | None = None,
     ) -> None:
         if nodes is not None and nodes < 1:
             raise PilotError(f"--nodes must be at least 1, not {nodes}")
@@ -120,6 +121,9 @@ class Pilot:
         self.run_dir = Path(run_dir) / self.pilot_id
         self.ranks = ranks
         self.image = image  # a verified built image, when the profile names none
+        # Raises if the image changed since it was built; run before every block, since
+        # replacements are submitted hours after the pilot started.
+        self.check_image = check_image
         self.heartbeat_interval = heartbeat_interval
         self.hub_timeout = hub_timeout
         if provider is None:
@@ -181,6 +185,8 @@ class Pilot:
             if not image:
                 raise PilotError(f"profile {self.profile.name!r} names no container.image and "
                                  f"no built image was given for {self.servable}")
+            if self.check_image is not None:
+                self.check_image(image)
             binds, env = self._credential_access(spec.runtime)
             binds = [*spec.binds, *binds]
             env = {**spec.env, **env}
@@ -226,8 +232,9 @@ class Pilot:
         block_id = f"{self.pilot_id}.b{next(self._ids)}"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.provider.script_dir = str(self.run_dir)
+        command = self.command(block_id)  # its own errors (a changed image) stay typed
         try:
-            job_id = self.provider.submit(self.command(block_id), self.tasks_per_node,
+            job_id = self.provider.submit(command, self.tasks_per_node,
                                           job_name=f"dlhub.{block_id}")
         except Exception as exc:
             raise PilotError(f"{self.provider.label} could not start a block for "
