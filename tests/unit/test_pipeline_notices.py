@@ -1,4 +1,4 @@
-"""Review of pipelines: a deprecation notice reaches the pipeline's caller."""
+"""Pipelines: a deprecation notice reaches the pipeline's caller."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review of the worker area: a worker survives one bad batch, MPI ranks never hang on a
+"""Worker faults: a worker survives one bad batch, MPI ranks never hang on a
 failing share, a draining worker does not spin, and unusual models fail or load cleanly."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Review findings in image records: one bundle published as two versions keeps both images."""
+"""Image records: one bundle published as two versions keeps both images."""
 
 from __future__ import annotations
 

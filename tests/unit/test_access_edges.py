@@ -1,4 +1,4 @@
-"""Review fixes: identities, access control and publication (no processes)."""
+"""Identities, access control and publication at their edges (no processes)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_describing_a_missing_version_of_a_hidden_servable_lists_no_versions(
     access = AccessControl(registry, admin="root")
     service = PublicationService(registry, access, lambda _name: None)
     for op in (service.describe, service.export):
-        # Before the fix: ServableNotFound "... published versions: [1, 2]" to anyone.
+        # Not ServableNotFound "... published versions: [1, 2]", which would tell anyone.
         with pytest.raises(PermissionDenied):
             op({"servable": f"{name}@99", "caller": "bob"})
     assert service.describe({"servable": f"{name}@2", "caller": "alice"})["version"] == 2
@@ -67,7 +67,7 @@ def test_describing_a_missing_version_of_a_hidden_servable_lists_no_versions(
 
 def test_a_nul_in_search_text_is_not_an_fts5_syntax_error(registry: Registry) -> None:
     assert "\0" not in match_expression("ab\0cd e\0")
-    with registry.transaction() as db:  # was SpecError "... unterminated string"
+    with registry.transaction() as db:  # not SpecError "... unterminated string"
         assert run_search(db, SearchQuery(text="adder\0 \0")) == []
 
 
@@ -82,7 +82,7 @@ def test_a_malformed_hub_key_from_the_environment_is_an_authentication_error() -
     sock = ctx.socket(zmq.DEALER)
     try:
         with pytest.raises(AuthenticationError, match="DLHUB_HPC_HUB_KEY"):
-            curve_client(sock, "garbage", KeyPair.generate())  # was a bare zmq.ZMQError
+            curve_client(sock, "garbage", KeyPair.generate())  # not a bare zmq.ZMQError
     finally:
         sock.close(linger=0)
         ctx.term()
@@ -155,7 +155,7 @@ def test_an_export_carries_the_visibility_in_force_not_the_one_published(
     name = service.publish(make_bundle(root), "demo").name  # its owner: the spec says demo
     service.set_visibility({"servable": name, "caller": "demo", "visible_to": ["user:bob"]})
     record = service.export({"servable": name, "caller": "bob"})
-    assert record["dlhub"]["visible_to"] == ["user:bob"]  # was the spec's ["public"]
+    assert record["dlhub"]["visible_to"] == ["user:bob"]  # not the spec's ["public"]
 
 
 def test_the_cli_shows_titles_and_shapes_with_brackets_as_written() -> None:
@@ -187,7 +187,7 @@ def test_a_group_name_no_visibility_entry_can_name_is_refused(registry: Registry
 
     access = AccessControl(registry, admin="root")
     with pytest.raises(ConfigError, match="group:NAME"):
-        access.set_group("chem@lab", ["alice"])  # was accepted, then matched nothing ever
+        access.set_group("chem@lab", ["alice"])  # no visibility entry could name it
     access.set_group("chem.lab", ["alice"])
     assert access.groups() == {"chem.lab": ["alice"]}
 

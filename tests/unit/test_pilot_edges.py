@@ -1,4 +1,4 @@
-"""Review findings in the scaling strategy and pilot job commands."""
+"""The scaling strategy and pilot job commands at their edges."""
 
 from __future__ import annotations
 
@@ -136,11 +136,11 @@ def test_job_side_variables_do_not_block_a_pilot(monkeypatch: pytest.MonkeyPatch
     from dlhub_hpc.pilot.profiles import unset_variables
 
     monkeypatch.delenv("PBS_O_WORKDIR", raising=False)
-    monkeypatch.delenv("DLHUB_REVIEW_UNSET", raising=False)
+    monkeypatch.delenv("DLHUB_HPC_TEST_UNSET", raising=False)
     profile = parse_profile({"name": "t", "provider": {
         "type": "LocalProvider",
-        "worker_init": "cd $PBS_O_WORKDIR; export X=${DLHUB_REVIEW_UNSET}"}})
-    assert unset_variables(profile) == ["DLHUB_REVIEW_UNSET"]
+        "worker_init": "cd $PBS_O_WORKDIR; export X=${DLHUB_HPC_TEST_UNSET}"}})
+    assert unset_variables(profile) == ["DLHUB_HPC_TEST_UNSET"]
 
 
 def test_pilot_stop_says_which_jobs_could_not_be_cancelled(tmp_path: Path) -> None:
