@@ -67,14 +67,14 @@ def slurm() -> Iterator[str]:
         subprocess.run(["bash", str(REPO / "scripts/slurm/stop.sh")], timeout=60, check=False)
 
 
-def _our_jobs() -> dict[str, str]:
-    """Job id -> state of every job a pilot submitted (names start with 'dlhub.')."""
+def _our_jobs(prefix: str = "dlhub.") -> dict[str, str]:
+    """Job id -> state of every job a pilot submitted (names start with ``prefix``)."""
     out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True,
                          timeout=30, check=False).stdout
     jobs = {}
     for line in out.splitlines():
         job_id, name, state = line.split()
-        if name.startswith("dlhub."):
+        if name.startswith(prefix):
             jobs[job_id] = state
     return jobs
 
@@ -166,7 +166,8 @@ def test_scales_up_on_queue_depth_then_releases_idle_block(sclient: Client) -> N
     assert len({r["pid"] for r in results}) == 2, "both blocks served requests"
     # Quiet now: the extra block is released, the floor of one stays.
     _wait_for(lambda: len(_blocks(sclient)) == 1, timeout=60, what="the idle block released")
-    _wait_for(lambda: len([s for s in _our_jobs().values() if s != "COMPLETING"]) == 1,
+    mine = f"dlhub.{info['pilot_id']}."  # this pilot's jobs, whatever else is queued
+    _wait_for(lambda: len([s for s in _our_jobs(mine).values() if s != "COMPLETING"]) == 1,
               timeout=90, what="its job cancelled")
     events = " ".join(sclient.pilot_status()[0]["events"])
     assert "one more block" in events and "released" in events
