@@ -57,7 +57,9 @@ from benchmarks.common import (
 )
 from benchmarks.servables import NAMES, OQMD_NOTE, make_inputs, prepare, ref, variant
 from dlhub_hpc import Client
+from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.client_auth import ClientCurve
+from dlhub_hpc.hub import Hub
 from dlhub_hpc.errors import error_from_wire
 from dlhub_hpc.keys import KeyPair, curve_client, user_keypair
 from dlhub_hpc.protocol import Reply, Request, decode, encode
@@ -339,6 +341,39 @@ def one_hop_floor(tmp: Path, value: Any, settings: Settings) -> dict[str, float]
     return {**summary([t.request for t in timed], 1e6), "others_cores": others}
 
 
+def embedded_memo(tmp: Path, source: Path, value: Any, settings: Settings) -> dict[str, float]:
+    """Memo hits from a caller that runs the hub in its own process (``Hub(...).start()``)
+    and reaches it on ``inproc://`` through ``Hub.client()``: no socket between them."""
+    home = tmp / "hub-embedded"
+    config = HubConfig(home=home, client_address="tcp://127.0.0.1:0",
+                       worker_address="tcp://127.0.0.1:0")
+    servable = ref("noop")
+    session: HubSession | None = None
+    try:
+        with Hub(config) as hub, hub.client() as client:
+            session = HubSession(client)
+            client.publish(source)
+            session.start_workers(servable, 1, 1)
+            for _ in range(settings.warmup):
+                client.run(servable, value)
+            before = session.stats().get("memo_hits", 0)
+            watch = CpuWatch(session.worker_pids)
+            times = []
+            deadline = time.monotonic() + settings.budget
+            for i in range(settings.memo_n):
+                t0 = time.perf_counter()
+                client.run(servable, value)
+                times.append(time.perf_counter() - t0)
+                if i >= MIN_CALLS and time.monotonic() > deadline:
+                    break
+            others = watch.stop()["others"]
+            hits = session.stats().get("memo_hits", 0) - before
+    finally:
+        if session is not None:
+            reap(sorted(session.worker_pids))
+    return {**summary(times, 1e6), "memo_hits": hits, "others_cores": others}
+
+
 Submit = Callable[[Any], "Future[Any]"]
 
 
@@ -450,6 +485,9 @@ def bench_servable(name: str, tmp: Path, settings: Settings,
         if name == "noop":
             result.memo["floor"] = one_hop_floor(tmp, inputs[0], settings)
             result.others_cores["floor"] = result.memo["floor"]["others_cores"]
+            say(f"{name}: memo hits from a caller with the hub embedded (inproc)")
+            result.memo["embedded"] = embedded_memo(tmp, source, inputs[0], settings)
+            result.others_cores["embedded"] = result.memo["embedded"]["others_cores"]
         say(f"{name}: {settings.workers} workers; throughput, batching on then off")
         session.start_workers(batched_ref, settings.workers - 1, settings.workers)
         on_off(session, result, "", (batched_ref, unbatched_ref), inputs, settings)

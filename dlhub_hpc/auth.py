@@ -52,6 +52,7 @@ class ServerAuth:
 
     credentials: HubCredentials
     lookup: KeyLookup
+    local_user: str = ""  # who callers in the hub's own process (inproc) act as
 
 
 def make_curve_server(sock: zmq.Socket[bytes], server: KeyPair, domain: str) -> None:
@@ -68,6 +69,7 @@ def user_id(frame: Any) -> str:
         return str(frame.get("User-Id"))
     except (zmq.ZMQError, AttributeError):
         return ""
+
 
 
 class ZapHandler:

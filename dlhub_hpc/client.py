@@ -77,8 +77,9 @@ def find_hub_address(home: Path | None = None) -> str:
 class _ThreadSocket:
     """A DEALER socket owned by one caller thread; closed in that thread when it ends."""
 
-    def __init__(self, address: str, curve: ClientCurve | None = None) -> None:
-        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    def __init__(self, address: str, curve: ClientCurve | None = None,
+                 context: zmq.Context[Any] | None = None) -> None:
+        self.sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.curve = curve or ClientCurve()
         self.monitor = self.curve.secure(self.sock, address)
@@ -141,10 +142,14 @@ class Client(PublicationMixin):
     def __init__(
         self, address: str | None = None, *, timeout: float | None = 60.0,
         keys: KeyPair | None = None, server_key: str | None = None,
+        context: zmq.Context[Any] | None = None,
     ) -> None:
         """``keys``: this caller's CurveZMQ key pair (default: the user's own, made on
-        first use); ``server_key``: the hub's public key (default: as the hub recorded it)."""
+        first use); ``server_key``: the hub's public key (default: as the hub recorded it);
+        ``context``: the ZeroMQ context of an ``inproc://`` hub in this process (what
+        ``Hub.client()`` passes)."""
         self._address = address
+        self._context = context
         self.timeout = timeout
         self._curve = ClientCurve(keys, server_key)
         self._outbox: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
@@ -156,6 +161,7 @@ class Client(PublicationMixin):
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._wake_r = self._wake_w = -1
+        self._wake_armed = False  # a wake-up byte is in the pipe; no need for another
         self._local = threading.local()
 
     @property
@@ -245,7 +251,8 @@ class Client(PublicationMixin):
             raise DlhubHpcError("the client is closed")
         channel: _ThreadSocket | None = getattr(self._local, "channel", None)
         if channel is None:
-            channel = self._local.channel = _ThreadSocket(self.address, self._curve)
+            channel = self._local.channel = _ThreadSocket(self.address, self._curve,
+                                                          self._context)
         return channel
 
     # -- administration --
@@ -340,7 +347,9 @@ class Client(PublicationMixin):
             self._ensure_thread()
             self._futures[request_id] = future
         self._outbox.put([request_id, wait, frames])
-        os.write(self._wake_w, b"x")
+        if not self._wake_armed:  # one byte wakes the I/O thread for everything queued
+            self._wake_armed = True
+            os.write(self._wake_w, b"x")
         return future
 
     def _ensure_thread(self) -> None:
@@ -355,7 +364,7 @@ class Client(PublicationMixin):
             ready.wait()
 
     def _loop(self, ready: threading.Event) -> None:
-        ctx = zmq.Context()
+        ctx = self._context or zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
@@ -378,6 +387,7 @@ class Client(PublicationMixin):
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self._wake_r, 4096):
                             pass
+                    self._wake_armed = False  # before the flush: later sends wake us again
                     self._flush_outbox(sock)
                 if sock in events:
                     self._drain_replies(sock)
@@ -389,7 +399,8 @@ class Client(PublicationMixin):
         finally:
             ClientCurve.close(sock, monitor)
             sock.close(linger=0)
-            ctx.term()
+            if ctx is not self._context:
+                ctx.term()
             self._fail_all(DlhubHpcError("the client was closed"))
 
     def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:

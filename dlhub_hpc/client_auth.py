@@ -57,6 +57,8 @@ class ClientCurve:
     def secure(self, sock: zmq.Socket[bytes], address: str) -> zmq.Socket[bytes] | None:
         """Set CurveZMQ options on ``sock`` if the hub's key is known; return a monitor of
         its handshake failures (None when it connects in the clear)."""
+        if address.startswith("inproc://"):
+            return None  # a hub in this process: no connection to secure
         server = self.server_key_for(address)
         if server is None:
             logger.debug("no public key known for the hub at %s; connecting without CurveZMQ",

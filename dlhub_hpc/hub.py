@@ -24,6 +24,7 @@ from dlhub_hpc.broker.config import STATE_FILE, HubConfig, read_hub_file
 from dlhub_hpc.broker.pipeline import check_steps, refuse_workers
 from dlhub_hpc.broker.server import BrokerServer, ControlHandler
 from dlhub_hpc.broker.state import BrokerState, ServableInfo
+from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, PilotError
 from dlhub_hpc.hub_security import HubSecurity
 from dlhub_hpc.pilot.local import local_provider
@@ -66,6 +67,16 @@ class Hub:
     @property
     def worker_address(self) -> str:
         return self.server.worker_endpoint
+
+    @property
+    def local_address(self) -> str:
+        """The ``inproc://`` address that callers in this process reach the hub on."""
+        return self.server.local_endpoint
+
+    def client(self, **kwargs: Any) -> Client:
+        """A client in this process, on the hub's ``inproc://`` address: no TCP stack, no
+        encryption, no hop through ZeroMQ's I/O threads. It acts as the hub's admin."""
+        return Client(self.local_address, context=self.server.context, **kwargs)
 
     # -- lifecycle --
 

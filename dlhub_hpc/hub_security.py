@@ -66,7 +66,7 @@ class HubSecurity:
             self._access.add_identity(self.admin, admin_key)
         self._publication = PublicationService(self.registry, self._access, self._invalidate)
         self.server_auth_on = True
-        return ServerAuth(self.credentials, self.lookup)
+        return ServerAuth(self.credentials, self.lookup, local_user=self.admin)
 
     def lookup(self, domain: str, public_key: str) -> str | None:
         """The identity of a connecting key (ZAP, in the broker's thread), or None: refuse."""

@@ -23,7 +23,11 @@ from dlhub_hpc.errors import InvalidInput, ProtocolError
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-NDARRAY_EXT = 1
+NDARRAY_EXT = 1  # an array in a frame of its own: "dtype;shape;frame index"
+NDARRAY_INLINE_EXT = 2  # a small array inside the header: "dtype;shape;" then its bytes
+# Arrays up to this size travel inside the header: every extra frame costs a message part
+# (and a CurveZMQ box) on each hop, and ZeroMQ copies parts this small anyway.
+INLINE_ARRAY_BYTES = 16384
 
 DEFAULT_CLIENT_PORT = 47650
 DEFAULT_WORKER_PORT = 47651
@@ -279,17 +283,21 @@ def _pack_default(buffers: list[Any]) -> Any:
         if not isinstance(obj, np.ndarray):
             return plain_value(obj)
         check_sendable_array(obj)
+        shape = ",".join(map(str, obj.shape))
+        # "dtype;d0,d1,...;...": cheaper than a nested packb inside this hook
+        if obj.nbytes <= INLINE_ARRAY_BYTES:
+            head = f"{obj.dtype.str};{shape};".encode()
+            return msgpack.ExtType(NDARRAY_INLINE_EXT, head + obj.tobytes())
         arr = np.ascontiguousarray(obj)  # a no-op (no copy) for C-ordered arrays
         buffers.append(arr.reshape(-1).view(np.uint8).data)  # any dtype, still no copy
-        # "dtype;d0,d1,...;frame": cheaper than a nested packb inside this hook
-        shape = ",".join(map(str, obj.shape))
         return msgpack.ExtType(NDARRAY_EXT, f"{obj.dtype.str};{shape};{len(buffers)}".encode())
 
     return default
 
 
 def encode(msg: Message) -> list[Any]:
-    """Encode ``msg`` as frames: a msgpack header, then one raw frame per numpy array."""
+    """Encode ``msg`` as frames: a msgpack header, then one raw frame per numpy array larger
+    than ``INLINE_ARRAY_BYTES`` (smaller ones travel in the header)."""
     buffers: list[Any] = []
     values = [PROTOCOL_VERSION, int(msg.TAG)]
     values.extend(getattr(msg, name) for name in msg.FIELDS)
@@ -304,12 +312,16 @@ def _as_buffer(frame: Any) -> Any:
 
 def _ext_hook(frames: Sequence[Any]) -> Any:
     def hook(code: int, data: bytes) -> Any:
-        if code != NDARRAY_EXT:
+        if code == NDARRAY_INLINE_EXT:
+            dtype, shape, raw = data.split(b";", 2)
+            memory: Any = raw
+        elif code == NDARRAY_EXT:
+            dtype, shape, index = data.split(b";")
+            memory = _as_buffer(frames[int(index)])
+        else:
             raise ProtocolError(f"unknown msgpack extension code {code}")
-        dtype, shape, index = data.decode().split(";")
-        dims = [int(d) for d in shape.split(",")] if shape else []
-        arr = np.frombuffer(_as_buffer(frames[int(index)]), dtype=np.dtype(dtype))
-        return arr.reshape(dims)
+        dims = [int(d) for d in shape.split(b",")] if shape else []
+        return np.frombuffer(memory, dtype=np.dtype(dtype.decode())).reshape(dims)
 
     return hook
 

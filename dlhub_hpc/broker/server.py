@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, cast
@@ -85,7 +86,13 @@ class BrokerServer:
         os.set_blocking(self._wake_r, False)
         self.client_endpoint = ""
         self.worker_endpoint = ""
+        # Callers in this process (``Hub.client()``) connect here: no TCP stack, no
+        # encryption, no I/O thread hop. inproc needs the same context, hence it is public.
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.local_endpoint = f"inproc://dlhub-hpc-hub-{uuid.uuid4().hex[:12]}"
         self._clients: zmq.Socket[bytes] | None = None
+        self._local: zmq.Socket[bytes] | None = None  # inproc callers, on a socket of their own
+        self._local_peers: set[bytes] = set()  # their identities: answers go back there
         self._workers: zmq.Socket[bytes] | None = None
         self.auth: ServerAuth | None = None  # CurveZMQ on both sockets; set before run()
 
@@ -109,7 +116,7 @@ class BrokerServer:
     # -- the loop --
 
     def run(self) -> None:
-        ctx = zmq.Context()
+        ctx = self.context
         zap = None if self.auth is None else ZapHandler(ctx, self.auth.lookup)
         try:
             clients = self._clients = self._router(ctx, self.config.client_address,
@@ -121,12 +128,14 @@ class BrokerServer:
                 self._clients.close(linger=0)
             if zap is not None:
                 zap.close()
-            ctx.term()
+            _term_later(ctx)
             raise
+        local = self._local = self._router(ctx, self.local_endpoint)
         self.client_endpoint = clients.getsockopt_string(zmq.LAST_ENDPOINT)
         self.worker_endpoint = workers.getsockopt_string(zmq.LAST_ENDPOINT)
         poller = zmq.Poller()
         poller.register(clients, zmq.POLLIN)
+        poller.register(local, zmq.POLLIN)
         poller.register(workers, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         if zap is not None:
@@ -140,6 +149,8 @@ class BrokerServer:
                 ready = dict(poller.poll(math.ceil(wait * 1000)))
                 if clients in ready:
                     self._drain(clients, self._on_client_frames)
+                if local in ready:
+                    self._drain(local, self._on_local_frames)
                 if workers in ready:
                     self._drain(workers, self._on_worker_frames)
                 if zap is not None and zap.sock in ready:
@@ -154,10 +165,11 @@ class BrokerServer:
             self._drain_shutdown(poller)
         finally:
             clients.close(linger=0)
+            local.close(linger=0)
             workers.close(linger=0)
             if zap is not None:
                 zap.close()
-            ctx.term()
+            _term_later(ctx)
             os.close(self._wake_r)
             os.close(self._wake_w)
             logger.info("hub stopped: %s", self._stop_reason)
@@ -199,6 +211,15 @@ class BrokerServer:
             return None
 
     def _on_client_frames(self, frames: list[Any]) -> None:
+        self._on_caller_frames(frames, None)
+
+    def _on_local_frames(self, frames: list[Any]) -> None:
+        # Only code in this process reaches the inproc socket: it acts as the hub's admin.
+        if frames:
+            self._local_peers.add(frames[0].bytes)
+        self._on_caller_frames(frames, self.auth.local_user if self.auth is not None else "")
+
+    def _on_caller_frames(self, frames: list[Any], local_user: str | None) -> None:
         decoded = self._decode(frames)
         if decoded is None:
             return
@@ -209,11 +230,13 @@ class BrokerServer:
             self.state.stats["malformed_frames"] += 1
             logger.warning("dropped a message from a client posing as the pipeline runner")
             return
-        if isinstance(msg, Request):
+        user = local_user
+        if user is None:
             user = user_id(frames[1]) if self.auth is not None else ""
+        if isinstance(msg, Request):
             self._apply(self.state.handle(FromClient(identity, msg, user), time.monotonic()))
         elif isinstance(msg, Control):
-            self._on_control(identity, msg, user_id(frames[1]) if self.auth is not None else "")
+            self._on_control(identity, msg, user)
         else:
             self.state.stats["unexpected_messages"] += 1
 
@@ -248,7 +271,7 @@ class BrokerServer:
                 self._wake()
             result.add_done_callback(done)
         else:
-            self._send(self._clients, identity, Reply(msg.request_id, True, result, None))
+            self._to_client(identity, Reply(msg.request_id, True, result, None))
 
     def _on_wake(self) -> None:
         try:
@@ -260,21 +283,21 @@ class BrokerServer:
             identity, rid, fut = self._finished.get()
             exc = fut.exception()
             if exc is None:
-                self._send(self._clients, identity, Reply(rid, True, fut.result(), None))
+                self._to_client(identity, Reply(rid, True, fut.result(), None))
             elif isinstance(exc, DlhubHpcError):
                 self._reply_error(identity, rid, exc)
             else:
                 self._reply_error(identity, rid, DlhubHpcError(f"{type(exc).__name__}: {exc}"))
 
     def _reply_error(self, identity: bytes, request_id: str, exc: DlhubHpcError) -> None:
-        self._send(self._clients, identity, Reply(request_id, False, None, exc.to_wire()))
+        self._to_client(identity, Reply(request_id, False, None, exc.to_wire()))
 
     # -- actions --
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, ToClient):
-                self._send(self._clients, action.identity, action.message)
+                self._to_client(action.identity, action.message)
             elif isinstance(action, ToWorker):
                 self._send(self._workers, action.identity, action.message)
             elif isinstance(action, ToWorkers):
@@ -295,6 +318,10 @@ class BrokerServer:
             return
         msg = Assign(info.name, info.version, info.digest, spec, bundle)
         self._send(self._workers, action.identity, msg)
+
+    def _to_client(self, identity: bytes, msg: Message) -> None:
+        local = identity in self._local_peers
+        self._send(self._local if local else self._clients, identity, msg)
 
     def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message) -> None:
         assert sock is not None
@@ -320,3 +347,9 @@ class BrokerServer:
         decoded = self._decode(frames)
         if decoded is not None and isinstance(decoded[1], Bye):
             self._apply(self.state.handle(FromWorker(*decoded), time.monotonic()))
+
+
+def _term_later(ctx: zmq.Context[Any]) -> None:
+    """Terminate ``ctx`` once in-process clients have closed their sockets on it too; the
+    loop's own sockets are closed already, so the hub never waits for its callers."""
+    threading.Thread(target=ctx.term, name="hub-context-term", daemon=True).start()

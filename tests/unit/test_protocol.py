@@ -1,4 +1,5 @@
-"""The wire format: every message round-trips; arrays travel as raw frames, without copies."""
+"""The wire format: every message round-trips; large arrays travel as raw frames, without
+copies, and small ones inside the header."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 
 from dlhub_hpc.errors import InvalidInput, ProtocolError
 from dlhub_hpc.protocol import (
+    INLINE_ARRAY_BYTES,
     NDARRAY_EXT,
+    NDARRAY_INLINE_EXT,
     PROTOCOL_VERSION,
     Assign,
     Batch,
@@ -91,13 +94,13 @@ def test_a_large_array_is_sent_from_its_own_memory() -> None:
 
 
 def test_a_decoded_array_is_a_view_of_its_frame() -> None:
-    arr = np.arange(12, dtype=np.int32).reshape(3, 4)
+    arr = np.arange(INLINE_ARRAY_BYTES // 4 + 4, dtype=np.int32)  # just over the inline limit
     head, body = encode(Reply("r", True, arr, None))
     frame = bytearray(body)
     out = decode([head, frame]).value
     assert np.shares_memory(out, frame_array(frame))
     frame[:4] = np.int32(-5).tobytes()
-    assert out[0, 0] == -5  # same memory, not a copy
+    assert out[0] == -5  # same memory, not a copy
 
 
 def test_frames_exposing_a_buffer_attribute_are_read_through_it() -> None:
@@ -105,10 +108,34 @@ def test_frames_exposing_a_buffer_attribute_are_read_through_it() -> None:
         def __init__(self, data: Any) -> None:
             self.buffer = memoryview(data)
 
-    arr = np.linspace(0, 1, 5)
+    arr = np.linspace(0, 1, INLINE_ARRAY_BYTES // 8 + 1)
     frames = [FakeZmqFrame(bytearray(f)) for f in encode(Reply("r", True, arr, None))]
     out = decode(frames).value
     assert np.array_equal(out, arr) and np.shares_memory(out, frame_array(frames[1].buffer))
+
+
+@pytest.mark.parametrize("nbytes", [0, 8, INLINE_ARRAY_BYTES])
+def test_small_arrays_travel_inside_the_header(nbytes: int) -> None:
+    arr = np.arange(nbytes // 8, dtype=np.float64).reshape(-1, 1)
+    frames = encode(Request("r", "demo/x", None, "run", [arr, arr * 2]))
+    assert len(frames) == 1  # one message part per hop, however many rows a batch holds
+    ext = msgpack.unpackb(frames[0], raw=False)[6][0]
+    assert ext.code == NDARRAY_INLINE_EXT
+    out = decode(frames).payload
+    assert out[0].shape == arr.shape and out[0].dtype == arr.dtype
+    assert np.array_equal(out[0], arr) and np.array_equal(out[1], arr * 2)
+
+
+def test_one_byte_over_the_inline_limit_gets_its_own_frame() -> None:
+    arr = np.zeros(INLINE_ARRAY_BYTES + 1, dtype=np.uint8)
+    frames = encode(Reply("r", True, arr, None))
+    assert len(frames) == 2 and np.shares_memory(frame_array(frames[1]), arr)
+    assert np.array_equal(decode(frames).value, arr)
+
+
+def test_inline_array_bytes_containing_the_separator_survive() -> None:
+    arr = np.frombuffer(b";;;;" * 4, dtype=np.uint8).reshape(2, 8)
+    assert np.array_equal(roundtrip(arr), arr)
 
 
 @pytest.mark.parametrize("arr", [
@@ -132,17 +159,22 @@ def test_zero_dimensional_arrays_stay_zero_dimensional(arr: np.ndarray) -> None:
 
 @pytest.mark.parametrize("view", ["strided", "fortran", "transposed"])
 def test_non_contiguous_arrays_are_copied_once_and_arrive_intact(view: str) -> None:
-    base = np.arange(24, dtype=np.float64).reshape(4, 6)
+    base = np.arange(4 * INLINE_ARRAY_BYTES // 8, dtype=np.float64).reshape(4, -1)
     arr = {"strided": base[::2, ::3], "fortran": np.asfortranarray(base),
            "transposed": base.T}[view]
+    if view == "strided":
+        base = np.arange(8 * INLINE_ARRAY_BYTES // 8, dtype=np.float64).reshape(8, -1)
+        arr = base[::2, ::3]
     frames = encode(Reply("r", True, arr, None))
-    assert not np.shares_memory(frame_array(frames[1]), base)
+    assert len(frames) == 2 and not np.shares_memory(frame_array(frames[1]), base)
     out = decode(frames).value
     assert out.flags.c_contiguous and np.array_equal(out, arr)
 
 
-def test_several_arrays_in_nested_containers_each_get_a_frame() -> None:
-    a, b, c = np.arange(3), np.ones((2, 2), dtype=np.float32), np.array(["x", "yz"])
+def test_several_large_arrays_in_nested_containers_each_get_a_frame() -> None:
+    n = INLINE_ARRAY_BYTES  # every array below is larger than the inline limit
+    a, b = np.arange(n), np.ones((2, n // 2), dtype=np.float32)
+    c = np.array(["x" * (n // 4), "yz"])
     payload = {"a": a, "inner": {"b": b, "items": [c, "text", 4]}}
     frames = encode(Request("r", "demo/x", None, "run", payload))
     assert len(frames) == 4
@@ -242,3 +274,15 @@ def test_wrong_version_says_which_and_carries_it_in_details() -> None:
     with pytest.raises(ProtocolError, match="upgrade the older side") as info:
         decode(header(3, int(Tag.READY), "w1"))
     assert info.value.details == {"version": 3}
+
+
+@pytest.mark.parametrize("record", [
+    b"\xff;;\x00",  # not a dtype
+    b"<f8;4;" + b"\x00" * 8,  # four float64 announced, one sent
+    b"<f8;2",  # no separator before the bytes
+], ids=["garbage-dtype", "short-bytes", "no-bytes"])
+def test_a_malformed_inline_array_raises_protocol_error(record: bytes) -> None:
+    frames = header(1, int(Tag.REPLY), "r", True, msgpack.ExtType(NDARRAY_INLINE_EXT, record),
+                    None)
+    with pytest.raises(ProtocolError, match="undecodable header"):
+        decode(frames)
