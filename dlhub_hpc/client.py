@@ -74,6 +74,11 @@ def find_hub_address(home: Path | None = None) -> str:
     return f"tcp://127.0.0.1:{DEFAULT_CLIENT_PORT}"
 
 
+def _hub_gone(address: str) -> HubUnavailable:
+    return HubUnavailable(f"the hub at {address} has stopped; its in-process address went with "
+                          "it", address=address)
+
+
 class _ThreadSocket:
     """A DEALER socket owned by one caller thread; closed in that thread when it ends."""
 
@@ -93,11 +98,16 @@ class _ThreadSocket:
         if step != self._wait:
             self.sock.setsockopt(zmq.RCVTIMEO, -1 if step is None else math.ceil(step * 1000))
             self._wait = step
-        self.sock.send_multipart(frames, copy=False)
+        try:
+            self.sock.send_multipart(frames, copy=False)
+        except zmq.ContextTerminated:
+            raise _hub_gone(address) from None
         deadline = None if wait is None else time.monotonic() + wait
         while True:
             try:
                 received = self.sock.recv_multipart(copy=False)
+            except zmq.ContextTerminated:
+                raise _hub_gone(address) from None
             except zmq.Again:
                 refused = self.curve.refusal(self.monitor, address)
                 if refused is not None:
@@ -162,6 +172,7 @@ class Client(PublicationMixin):
         self._closing = threading.Event()
         self._wake_r = self._wake_w = -1
         self._wake_armed = False  # a wake-up byte is in the pipe; no need for another
+        self._gone: DlhubHpcError | None = None  # why the I/O thread ended, if it did
         self._local = threading.local()
 
     @property
@@ -344,6 +355,8 @@ class Client(PublicationMixin):
         with self._lock:
             if self._closing.is_set():
                 raise DlhubHpcError("the client is closed")
+            if self._gone is not None:
+                raise self._gone
             self._ensure_thread()
             self._futures[request_id] = future
         self._outbox.put([request_id, wait, frames])
@@ -374,6 +387,7 @@ class Client(PublicationMixin):
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        gone: DlhubHpcError = DlhubHpcError("the client was closed")
         if monitor is not None:
             poller.register(monitor, zmq.POLLIN)
         ready.set()
@@ -396,12 +410,16 @@ class Client(PublicationMixin):
                     if refused is not None:
                         self._fail_all(refused)
                 self._expire()
+        except zmq.ContextTerminated:  # an embedded hub stopped and took its context along
+            gone = _hub_gone(self.address)
         finally:
             ClientCurve.close(sock, monitor)
             sock.close(linger=0)
             if ctx is not self._context:
                 ctx.term()
-            self._fail_all(DlhubHpcError("the client was closed"))
+            with self._lock:
+                self._gone = gone
+            self._fail_all(gone)
 
     def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:
         now = time.monotonic()
