@@ -1,6 +1,7 @@
-"""The broker's thin ZMQ shell: two ROUTER sockets and one poll loop around ``BrokerState``.
+"""The broker's thin ZMQ shell: ROUTER sockets and one poll loop around ``BrokerState``.
 
-Clients connect to ``client_address``, workers to ``worker_address``. Every socket is made,
+Clients connect to ``client_address``, workers to ``worker_address``, and callers in the
+hub's own process to ``local_endpoint`` (inproc; they act as the hub's admin). Every socket is made,
 used and closed in the loop's own thread; other threads reach the loop only through
 ``stop()`` and finished control futures, both of which wake it through a pipe.
 """
@@ -123,14 +124,15 @@ class BrokerServer:
                                                    self.auth, CLIENT_DOMAIN)
             workers = self._workers = self._router(ctx, self.config.worker_address,
                                                    self.auth, WORKER_DOMAIN)
+            local = self._local = self._router(ctx, self.local_endpoint)
         except DlhubHpcError:
-            if self._clients is not None:
-                self._clients.close(linger=0)
+            for sock in (self._clients, self._workers):
+                if sock is not None:
+                    sock.close(linger=0)
             if zap is not None:
                 zap.close()
             _term_later(ctx)
             raise
-        local = self._local = self._router(ctx, self.local_endpoint)
         self.client_endpoint = clients.getsockopt_string(zmq.LAST_ENDPOINT)
         self.worker_endpoint = workers.getsockopt_string(zmq.LAST_ENDPOINT)
         poller = zmq.Poller()
