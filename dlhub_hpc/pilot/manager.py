@@ -59,6 +59,7 @@ class PilotManager:
         self._blocks: dict[str, Block] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._provider_lock = threading.Lock()  # Parsl's providers are not thread-safe
 
     def __repr__(self) -> str:
         return (f"PilotManager(provider={type(self.provider).__name__}(...), "
@@ -85,7 +86,8 @@ class PilotManager:
         self.provider.script_dir = str(self.run_dir)
         command = self.worker_command(servable, block_id)
         try:
-            job_id = self.provider.submit(command, workers, job_name=f"dlhub.{block_id}")
+            with self._provider_lock:
+                job_id = self.provider.submit(command, workers, job_name=f"dlhub.{block_id}")
         except Exception as exc:
             raise PilotError(
                 f"{self.provider.label} could not start {workers} workers for {servable}: {exc}",
@@ -105,7 +107,8 @@ class PilotManager:
             blocks = list(self._blocks.values())
         if blocks:
             try:
-                states = self.provider.status([b.job_id for b in blocks])
+                with self._provider_lock:
+                    states = self.provider.status([b.job_id for b in blocks])
                 for block, status in zip(blocks, states, strict=True):
                     block.state = status.state.name
             except Exception:
@@ -127,7 +130,8 @@ class PilotManager:
             for b in chosen:
                 del self._blocks[b.block_id]
         if chosen:
-            self.provider.cancel([b.job_id for b in chosen])
+            with self._provider_lock:
+                self.provider.cancel([b.job_id for b in chosen])
             for b in chosen:
                 b.state = "CANCELLED"
             logger.info("stopped %s", [b.block_id for b in chosen])

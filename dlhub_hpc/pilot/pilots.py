@@ -141,6 +141,9 @@ class Pilot:
         self.events: list[str] = []
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
+        # Parsl's providers are not thread-safe: a status() that overlaps a submit() marks
+        # the new job "missing, so completed" while it runs. One call at a time, per pilot.
+        self._provider_lock = threading.Lock()
         self._stopped = False
         self.failures = 0  # blocks in a row that ended before a worker connected
         self.halted = False
@@ -234,8 +237,9 @@ class Pilot:
         self.provider.script_dir = str(self.run_dir)
         command = self.command(block_id)  # its own errors (a changed image) stay typed
         try:
-            job_id = self.provider.submit(command, self.tasks_per_node,
-                                          job_name=f"dlhub.{block_id}")
+            with self._provider_lock:
+                job_id = self.provider.submit(command, self.tasks_per_node,
+                                              job_name=f"dlhub.{block_id}")
         except Exception as exc:
             raise PilotError(f"{self.provider.label} could not start a block for "
                              f"{self.servable}: {exc}", servable=self.servable) from exc
@@ -265,7 +269,8 @@ class Pilot:
         if not blocks:
             return
         try:
-            states = self.provider.status([b.job_id for b in blocks])
+            with self._provider_lock:
+                states = self.provider.status([b.job_id for b in blocks])
         except Exception:
             logger.warning("could not read block states from %s", self.provider.label,
                            exc_info=True)
@@ -339,7 +344,8 @@ class Pilot:
             return []
         try:
             # Parsl's SlurmProvider/PBSProProvider report a failed scancel/qdel as False.
-            done = list(self.provider.cancel([b.job_id for b in live]) or [])
+            with self._provider_lock:
+                done = list(self.provider.cancel([b.job_id for b in live]) or [])
         except Exception:
             logger.warning("could not cancel %s", [b.block_id for b in live], exc_info=True)
             done = []

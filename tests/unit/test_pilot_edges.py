@@ -185,3 +185,43 @@ def test_idle_block_above_the_floor_is_released_not_replaced_at_walltime() -> No
     assert d.replace == ["b1"]
     # Busy, or with work queued: replaced as before.
     assert decide(spec, [old, young], Load(queued=3, workers=4, busy=4), NOW, plan).replace
+
+
+def test_provider_calls_never_overlap_between_threads(tmp_path: Path) -> None:
+    # Parsl's SlurmProvider.status() marks a job that submit() added meanwhile as "missing,
+    # so completed": the pilot then starts another block and leaves the first one running.
+    import threading
+    import time
+
+    class Slow(_FakeProvider):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside = 0
+            self.overlaps = 0
+
+        def _enter(self) -> None:
+            self.inside += 1
+            self.overlaps += self.inside > 1
+            time.sleep(0.002)
+            self.inside -= 1
+
+        def submit(self, command: str, tasks_per_node: int, job_name: str = "") -> str:
+            self._enter()
+            return super().submit(command, tasks_per_node, job_name)
+
+        def status(self, job_ids: list[str]) -> list[object]:
+            self._enter()
+            return []
+
+    provider = Slow()
+    pilot = Pilot(load_profile("local"), "alice/oqmd@1", "tcp://127.0.0.1:5000", tmp_path,
+                  provider=provider)  # type: ignore[arg-type]
+    pilot.submit_block()
+    watcher = threading.Thread(target=lambda: [pilot.refresh([], time.time())
+                                               for _ in range(40)])
+    watcher.start()
+    for _ in range(20):
+        pilot.submit_block("scaling")
+    watcher.join()
+    assert len(provider.submitted) == 21
+    assert provider.overlaps == 0
