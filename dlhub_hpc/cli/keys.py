@@ -53,6 +53,11 @@ def show() -> None:
     click.echo(user_keypair().public)
 
 
+# Z85 keys may start with "-": take them as arguments, not as unknown options (and keep
+# "-h" from turning one into a help request).
+KEY_ARGUMENTS = {"ignore_unknown_options": True, "help_option_names": ["--help"]}
+
+
 def _public_key(value: str) -> str:
     path = Path(value)
     if len(value) != 40 and path.is_file():
@@ -60,7 +65,7 @@ def _public_key(value: str) -> str:
     return value
 
 
-@keys.command()
+@keys.command(context_settings=KEY_ARGUMENTS)
 @click.argument("name")
 @click.argument("public_key", metavar="PUBLIC_KEY|FILE")
 @click.pass_context
@@ -96,7 +101,7 @@ def list_(ctx: click.Context) -> None:
     console.print(table)
 
 
-@keys.command()
+@keys.command(context_settings=KEY_ARGUMENTS)
 @click.argument("address")
 @click.argument("public_key", metavar="PUBLIC_KEY|FILE")
 def trust(address: str, public_key: str) -> None:

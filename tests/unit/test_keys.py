@@ -138,3 +138,18 @@ def test_a_worker_credential_file_carries_the_hub_key(tmp_path: Path) -> None:
                                          directory=tmp_path)
     got = _exchange(server, {worker.public: "worker"}, None, worker_file=worker_file)
     assert got == (b"hello", "worker")
+
+
+@pytest.mark.parametrize("first", ["-", "-h"])
+def test_keys_trust_takes_a_key_that_starts_with_a_dash(keys_dir: Path, first: str) -> None:
+    # Z85 has "-" in its alphabet: about one key in 85 starts with it.
+    from click.testing import CliRunner
+
+    from dlhub_hpc.cli import cli
+    from dlhub_hpc.keys import hub_public_key
+
+    while not (key := KeyPair.generate().public).startswith(first):
+        pass
+    result = CliRunner().invoke(cli, ["keys", "trust", "tcp://10.1.2.3:47650", key])
+    assert result.exit_code == 0, result.output
+    assert hub_public_key("tcp://10.1.2.3:47650") == key
