@@ -35,6 +35,7 @@ from dlhub_hpc.broker.config import default_home, read_hub_file
 from dlhub_hpc.client_auth import ClientCurve, hint
 from dlhub_hpc.client_publication import PublicationMixin
 from dlhub_hpc.errors import (
+    ConfigError,
     DlhubHpcError,
     HubUnavailable,
     ProtocolError,
@@ -84,7 +85,10 @@ class _ThreadSocket:
 
     def __init__(self, address: str, curve: ClientCurve | None = None,
                  context: zmq.Context[Any] | None = None) -> None:
-        self.sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        try:
+            self.sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        except zmq.ZMQError:  # the context of an embedded hub that has stopped
+            raise _hub_gone(address) from None
         self.sock.setsockopt(zmq.LINGER, 0)
         self.curve = curve or ClientCurve()
         self.monitor = self.curve.secure(self.sock, address)
@@ -101,12 +105,14 @@ class _ThreadSocket:
         try:
             self.sock.send_multipart(frames, copy=False)
         except zmq.ContextTerminated:
+            self.close()  # so that the stopped hub's context can finish terminating
             raise _hub_gone(address) from None
         deadline = None if wait is None else time.monotonic() + wait
         while True:
             try:
                 received = self.sock.recv_multipart(copy=False)
             except zmq.ContextTerminated:
+                self.close()
                 raise _hub_gone(address) from None
             except zmq.Again:
                 refused = self.curve.refusal(self.monitor, address)
@@ -141,7 +147,7 @@ class _ThreadSocket:
 
     def __del__(self) -> None:
         # Runs in the owning thread when its thread-local storage is cleared at exit.
-        if not self.sock.closed:
+        if getattr(self, "sock", None) is not None and not self.sock.closed:
             ClientCurve.close(self.sock, self.monitor)
             self.sock.close(linger=0)
 
@@ -158,6 +164,9 @@ class Client(PublicationMixin):
         first use); ``server_key``: the hub's public key (default: as the hub recorded it);
         ``context``: the ZeroMQ context of an ``inproc://`` hub in this process (what
         ``Hub.client()`` passes)."""
+        if address is not None and address.startswith("inproc://") and context is None:
+            raise ConfigError(f"{address} is reachable only with the context of the hub that "
+                              "bound it: use Hub.client()", address=address)
         self._address = address
         self._context = context
         self.timeout = timeout
@@ -261,7 +270,7 @@ class Client(PublicationMixin):
         if self._closing.is_set():
             raise DlhubHpcError("the client is closed")
         channel: _ThreadSocket | None = getattr(self._local, "channel", None)
-        if channel is None:
+        if channel is None or channel.sock.closed:
             channel = self._local.channel = _ThreadSocket(self.address, self._curve,
                                                           self._context)
         return channel
@@ -375,23 +384,27 @@ class Client(PublicationMixin):
             )
             self._thread.start()
             ready.wait()
+            if self._gone is not None:
+                raise self._gone
 
     def _loop(self, ready: threading.Event) -> None:
         ctx = self._context or zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        monitor = self._curve.secure(sock, self.address)
-        sock.connect(self.address)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        sock: zmq.Socket[bytes] | None = None
+        monitor = None
         gone: DlhubHpcError = DlhubHpcError("the client was closed")
-        if monitor is not None:
-            poller.register(monitor, zmq.POLLIN)
-        ready.set()
         try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            monitor = self._curve.secure(sock, self.address)
+            sock.connect(self.address)
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(self._wake_r, zmq.POLLIN)
+            if monitor is not None:
+                poller.register(monitor, zmq.POLLIN)
+            ready.set()
             while not self._closing.is_set():
                 wait_ms = 1000
                 if self._expiry:
@@ -410,15 +423,19 @@ class Client(PublicationMixin):
                     if refused is not None:
                         self._fail_all(refused)
                 self._expire()
-        except zmq.ContextTerminated:  # an embedded hub stopped and took its context along
-            gone = _hub_gone(self.address)
+        except zmq.ZMQError:
+            if self._context is None:
+                raise
+            gone = _hub_gone(self.address)  # an embedded hub stopped and took its context along
         finally:
-            ClientCurve.close(sock, monitor)
-            sock.close(linger=0)
+            if sock is not None:
+                ClientCurve.close(sock, monitor)
+                sock.close(linger=0)
             if ctx is not self._context:
                 ctx.term()
-            with self._lock:
-                self._gone = gone
+            # Not under self._lock: _ensure_thread holds it while it waits for ``ready``.
+            self._gone = gone
+            ready.set()  # also when the socket could not be made: the caller must not wait on
             self._fail_all(gone)
 
     def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:

@@ -1,10 +1,12 @@
 """The wire format between clients, the hub and workers.
 
 A message is one msgpack header frame ``[PROTOCOL_VERSION, tag, *fields]`` followed by
-zero or more raw buffer frames. numpy arrays anywhere in a message travel as raw frames:
-the header holds only an ext record ``(dtype, shape, frame index)``, so a large array is
-never copied through Python objects on either side (it is sent from, and decoded as a
-view of, the frame's memory). Messages are small dataclasses dispatched by tag.
+zero or more raw buffer frames. A numpy array larger than ``INLINE_ARRAY_BYTES`` travels
+as a raw frame: the header holds only an ext record ``(dtype, shape, frame index)``, so a
+large array is never copied through Python objects on either side (it is sent from, and
+decoded as a view of, the frame's memory). A smaller one travels inside the header, so a
+batch of single rows stays one message part per hop. Messages are small dataclasses
+dispatched by tag.
 """
 
 from __future__ import annotations
@@ -314,14 +316,20 @@ def _ext_hook(frames: Sequence[Any]) -> Any:
     def hook(code: int, data: bytes) -> Any:
         if code == NDARRAY_INLINE_EXT:
             dtype, shape, raw = data.split(b";", 2)
-            memory: Any = raw
+            memory: Any = bytearray(raw)  # writable, like an array read from its own frame
         elif code == NDARRAY_EXT:
             dtype, shape, index = data.split(b";")
+            if int(index) < 1:
+                raise ProtocolError(f"array frame index {int(index)} points at the header")
             memory = _as_buffer(frames[int(index)])
         else:
             raise ProtocolError(f"unknown msgpack extension code {code}")
+        dt = np.dtype(dtype.decode())
+        if dt.hasobject or dt.names is not None or dt.kind == "V":
+            # What encode() refuses must not get in either: it could not be sent on.
+            raise ProtocolError(f"numpy arrays of dtype {dt} are not accepted on the wire")
         dims = [int(d) for d in shape.split(b",")] if shape else []
-        return np.frombuffer(memory, dtype=np.dtype(dtype.decode())).reshape(dims)
+        return np.frombuffer(memory, dtype=dt).reshape(dims)
 
     return hook
 

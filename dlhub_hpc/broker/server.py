@@ -63,6 +63,9 @@ ServableSource = Callable[[str, int], tuple[dict[str, Any], bytes]]  # -> (spec,
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: enum flag arithmetic costs microseconds per call
 _DRAIN_LIMIT = 512  # messages taken from one socket per loop turn, so neither starves
+# How the state knows inproc callers: ZeroMQ's own routing ids are 5 bytes starting with a
+# zero byte, so no id it makes for a remote peer starts with this.
+LOCAL_PREFIX = b"\x00local:"
 
 
 class BrokerServer:
@@ -93,7 +96,6 @@ class BrokerServer:
         self.local_endpoint = f"inproc://dlhub-hpc-hub-{uuid.uuid4().hex[:12]}"
         self._clients: zmq.Socket[bytes] | None = None
         self._local: zmq.Socket[bytes] | None = None  # inproc callers, on a socket of their own
-        self._local_peers: set[bytes] = set()  # their identities: answers go back there
         self._workers: zmq.Socket[bytes] | None = None
         self.auth: ServerAuth | None = None  # CurveZMQ on both sockets; set before run()
 
@@ -217,8 +219,6 @@ class BrokerServer:
 
     def _on_local_frames(self, frames: list[Any]) -> None:
         # Only code in this process reaches the inproc socket: it acts as the hub's admin.
-        if frames:
-            self._local_peers.add(frames[0].bytes)
         self._on_caller_frames(frames, self.auth.local_user if self.auth is not None else "")
 
     def _on_caller_frames(self, frames: list[Any], local_user: str | None) -> None:
@@ -226,11 +226,14 @@ class BrokerServer:
         if decoded is None:
             return
         identity, msg = decoded
-        if identity == PIPELINE_IDENTITY:
+        if local_user is not None:
+            identity = LOCAL_PREFIX + identity  # one namespace for both sockets' callers
+        elif identity == PIPELINE_IDENTITY or identity.startswith(LOCAL_PREFIX):
             # A peer may choose its own routing id: never let one pose as the hub's pipeline
-            # runner, whose step answers would feed other callers' pipelines.
+            # runner, whose step answers would feed other callers' pipelines, or as a
+            # caller in the hub's own process.
             self.state.stats["malformed_frames"] += 1
-            logger.warning("dropped a message from a client posing as the pipeline runner")
+            logger.warning("dropped a message from a client posing as the hub itself")
             return
         user = local_user
         if user is None:
@@ -322,8 +325,10 @@ class BrokerServer:
         self._send(self._workers, action.identity, msg)
 
     def _to_client(self, identity: bytes, msg: Message) -> None:
-        local = identity in self._local_peers
-        self._send(self._local if local else self._clients, identity, msg)
+        if identity.startswith(LOCAL_PREFIX):
+            self._send(self._local, identity[len(LOCAL_PREFIX):], msg)
+        else:
+            self._send(self._clients, identity, msg)
 
     def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message) -> None:
         assert sock is not None

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from dlhub_hpc import Client, Hub
-from dlhub_hpc.errors import DlhubHpcError, PermissionDenied
+from dlhub_hpc.errors import (
+    ConfigError,
+    DlhubHpcError,
+    HubUnavailable,
+    PermissionDenied,
+    ServableNotFound,
+)
 from dlhub_hpc.examples import example_dir
 from dlhub_hpc.keys import KeyPair
 
@@ -87,3 +93,51 @@ def test_stopping_the_hub_with_an_embedded_client_open_does_not_hang(
             local.whoami()
     finally:
         local.close()
+
+
+def test_calls_after_the_embedded_hub_stopped_fail_at_once(
+    make_hub: Callable[..., Hub], tmp_path: Path
+) -> None:
+    hub = make_hub(home=tmp_path / "gone")
+    add_dir = example_dir("add")
+    with hub.client(timeout=None) as used, hub.client(timeout=None) as fresh:
+        used.publish(add_dir)  # its I/O thread exists already, and this thread's socket:
+        with pytest.raises(ServableNotFound):
+            used.run("demo/nothing", [1.0])
+        hub.stop()
+        started = time.monotonic()
+        for call in (used.whoami, fresh.whoami, lambda: used.run("demo/add", [1.0]),
+                     lambda: fresh.run("demo/add", [1.0])):
+            with pytest.raises(HubUnavailable, match="has stopped"):
+                call()
+        assert time.monotonic() - started < 5
+    with pytest.raises(HubUnavailable):
+        hub.client(timeout=None).whoami()
+
+
+def test_an_inproc_address_without_the_hubs_context_is_refused(hub: Hub) -> None:
+    with pytest.raises(ConfigError, match=r"Hub\.client\(\)"):
+        Client(hub.local_address)
+
+
+def test_a_small_array_input_arrives_writable(hub: Hub, serve: Callable[..., str],
+                                              tmp_path: Path) -> None:
+    import numpy as np
+    import yaml
+
+    root = tmp_path / "scale"
+    root.mkdir()
+    (root / "scale.py").write_text(
+        "def run(x):\n    x *= 2  # in place, as many preprocessing steps do\n    return x\n")
+    (root / "servable.yaml").write_text(yaml.safe_dump({
+        "datacite": {"title": "In-place scaler", "creators": ["Test, A"]},
+        "dlhub": {"owner": "demo", "name": "scale"},
+        "servable": {"type": "python_function",
+                     "methods": {"run": {"function": "scale:run",
+                                         "input": {"type": "ndarray"},
+                                         "output": {"type": "ndarray"}}}},
+    }))
+    name = serve(root)
+    with hub.client(timeout=30) as local:
+        out = local.run(name, np.arange(4.0), cache=False)
+    assert np.array_equal(out, [0.0, 2.0, 4.0, 6.0])

@@ -286,3 +286,29 @@ def test_a_malformed_inline_array_raises_protocol_error(record: bytes) -> None:
                     None)
     with pytest.raises(ProtocolError, match="undecodable header"):
         decode(frames)
+
+
+@pytest.mark.parametrize("dtype", ["|V8", "|O"], ids=["void-or-structured", "object"])
+def test_dtypes_that_cannot_be_sent_on_cannot_come_in(dtype: str) -> None:
+    # A hub re-encodes inputs for its workers: what encode() refuses must fail at decode,
+    # as a ProtocolError, not later inside the broker.
+    record = f"{dtype};1;".encode()
+    frames = header(1, int(Tag.REPLY), "r", True,
+                    msgpack.ExtType(NDARRAY_INLINE_EXT, record + b"\x00" * 8), None)
+    with pytest.raises(ProtocolError, match="not accepted"):
+        decode(frames)
+
+
+@pytest.mark.parametrize("index", [0, -1])
+def test_an_array_frame_index_must_point_past_the_header(index: int) -> None:
+    frames = [*header(1, int(Tag.REPLY), "r", True, ext(NDARRAY_EXT, "<u1", [1], index), None),
+              b"\x00"]
+    with pytest.raises(ProtocolError):
+        decode(frames)
+
+
+def test_small_decoded_arrays_are_writable_like_large_ones() -> None:
+    for n in (4, INLINE_ARRAY_BYTES):
+        out = decode(encode(Reply("r", True, np.zeros(n, dtype=np.uint8), None))).value
+        out[0] = 1  # a servable may scale its input in place
+        assert out[0] == 1
