@@ -51,6 +51,7 @@ import psutil
 import zmq
 
 from dlhub_hpc.errors import ProtocolError
+from dlhub_hpc.keys import curve_client, hub_public_key, worker_credential
 from dlhub_hpc.protocol import (
     Assign,
     Batch,
@@ -111,6 +112,10 @@ class WorkerHost:
         # epoll on each socket's ZMQ_FD: a wake-up costs O(ready sockets); zmq.Poller would
         # walk every socket on every wake-up (about 1 us each), which grows with the fleet
         self.selector = selectors.EpollSelector()
+        # Every worker connection passes the hub's CurveZMQ check with the worker credential
+        # the hub recorded for its address, as a real worker does.
+        server, credential = hub_public_key(address), worker_credential(address)
+        self.curve = None if server is None or credential is None else (server, credential)
         self.names: dict[zmq.Socket[bytes], str] = {}  # the live workers' main sockets
         # per worker: its main socket, the socket its heartbeats go from, their frames
         self.beats: list[tuple[zmq.Socket[bytes], zmq.Socket[bytes], list[Any]]] = []
@@ -136,6 +141,8 @@ class WorkerHost:
         sock: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, identity.encode())
+        if self.curve is not None:
+            curve_client(sock, *self.curve)
         sock.connect(address)
         return sock
 
