@@ -5,11 +5,8 @@ actions out, and tests drive this class directly. It owns the queues per (servab
 version, method), the worker table, batching, memoization, heartbeats, retries and
 deadlines.
 
-Batching: a free worker gets everything queued for its servable, up to ``max_batch_size``.
-A part-full batch waits (at most ``max_batch_delay`` after its oldest request arrived) only
-while the servable is under concurrent load: its newest request found others still
-unanswered. A lone request, or the next call of a caller that waits for each answer, goes
-at once.
+How a batch is formed (which queue, how many, how long a part-full one waits) is in
+``batching.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from dlhub_hpc.broker.batching import oldest_queue, release_time, take
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import (
     Action,
@@ -289,14 +287,14 @@ class BrokerState:
         idle = self._idle.get(info.key)
         queues = self._queues.get(info.key)
         while idle and queues:
-            queue, method = self._oldest_queue(queues)
+            queue, method = oldest_queue(queues)
             if queue is None:
                 return
-            release = self._release_time(info, queue)
+            release = release_time(info, queue, self._arriving.get(info.key, False))
             if release > now:
                 self._held[info.key] = release
                 return
-            items = self._take(queue, info.max_batch_size)
+            items = take(queue, info.max_batch_size)
             if not items:
                 queue.live = 0  # only answered requests were left
                 continue
@@ -312,36 +310,6 @@ class BrokerState:
             self.stats["batches"] += 1
             self.stats["batched_items"] += len(items)
             out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items])))
-
-    def _release_time(self, info: ServableInfo, queue: RequestQueue) -> float:
-        """When this queue's part-full batch must go; -inf when it should go now."""
-        if (info.max_batch_delay <= 0 or queue.live >= info.max_batch_size
-                or not self._arriving.get(info.key)):
-            return float("-inf")
-        return queue.items[0].arrived + info.max_batch_delay
-
-    @staticmethod
-    def _oldest_queue(queues: dict[str, RequestQueue]) -> tuple[RequestQueue | None, str]:
-        best: tuple[RequestQueue | None, str] = (None, "")
-        best_seq = 0
-        for method, queue in queues.items():
-            while queue.items and queue.items[0].done:
-                queue.items.popleft()
-            if queue.items and (best[0] is None or queue.items[0].seq < best_seq):
-                best, best_seq = (queue, method), queue.items[0].seq
-        return best
-
-    @staticmethod
-    def _take(queue: RequestQueue, n: int) -> list[Pending]:
-        items: list[Pending] = []
-        while queue.items and len(items) < n:
-            p = queue.items.popleft()
-            if p.done:
-                continue
-            p.queued = False
-            queue.live -= 1
-            items.append(p)
-        return items
 
     def _requeue_front(self, p: Pending) -> None:
         queue = self._queues[p.servable][p.method]
