@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -223,17 +223,26 @@ def hub_session(home: Path, overrides: dict[str, Any]) -> Iterator[HubSession]:
 
 # ---- measurements -------------------------------------------------------------------------
 
-def timed_calls(raw: TimingClient, servable: str, inputs: Sequence[Any], n: int,
-                budget: float, *, cache: bool) -> list[Timed]:
-    """Up to ``n`` sequential calls, cycling through ``inputs``; stops after ``budget`` seconds
-    once ``MIN_CALLS`` are done (a 15 ms servable would take minutes otherwise)."""
-    timed: list[Timed] = []
+T = TypeVar("T")
+
+
+def budgeted(call: Callable[[int], T], n: int, budget: float) -> list[T]:
+    """``call(i)`` for i up to ``n``, one after another; stops after ``budget`` seconds once
+    ``MIN_CALLS`` are done (a 15 ms servable would take minutes otherwise)."""
+    results: list[T] = []
     deadline = time.monotonic() + budget
     for i in range(n):
-        timed.append(raw.call(servable, inputs[i % len(inputs)], cache=cache))
-        if len(timed) >= MIN_CALLS and time.monotonic() > deadline:
+        results.append(call(i))
+        if len(results) >= MIN_CALLS and time.monotonic() > deadline:
             break
-    return timed
+    return results
+
+
+def timed_calls(raw: TimingClient, servable: str, inputs: Sequence[Any], n: int,
+                budget: float, *, cache: bool) -> list[Timed]:
+    """Up to ``n`` sequential calls, cycling through ``inputs`` (see ``budgeted``)."""
+    return budgeted(lambda i: raw.call(servable, inputs[i % len(inputs)], cache=cache),
+                    n, budget)
 
 
 def latency_layers(raw: TimingClient, servable: str, inputs: Sequence[Any],
@@ -358,14 +367,13 @@ def embedded_memo(tmp: Path, source: Path, value: Any, settings: Settings) -> di
                 client.run(servable, value)
             before = session.stats().get("memo_hits", 0)
             watch = CpuWatch(session.worker_pids)
-            times = []
-            deadline = time.monotonic() + settings.budget
-            for i in range(settings.memo_n):
+
+            def hit(_: int) -> float:
                 t0 = time.perf_counter()
                 client.run(servable, value)
-                times.append(time.perf_counter() - t0)
-                if i >= MIN_CALLS and time.monotonic() > deadline:
-                    break
+                return time.perf_counter() - t0
+
+            times = budgeted(hit, settings.memo_n, settings.budget)
             others = watch.stop()["others"]
             hits = session.stats().get("memo_hits", 0) - before
     finally:

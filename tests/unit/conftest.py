@@ -30,6 +30,15 @@ def spec_data(name: str = "fn", methods: dict[str, Any] | None = None,
 
 
 @pytest.fixture
+def keys_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """CurveZMQ keys in tmp_path, whatever the environment points at."""
+    monkeypatch.setenv("DLHUB_HPC_KEYS", str(tmp_path / "keys"))
+    monkeypatch.delenv("DLHUB_HPC_HUB_KEY", raising=False)
+    monkeypatch.delenv("DLHUB_HPC_WORKER_KEY", raising=False)
+    return tmp_path / "keys"
+
+
+@pytest.fixture
 def clean_imports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Undo what loading a servable does to sys.path and sys.modules."""
     monkeypatch.setattr(sys, "path", list(sys.path))

@@ -23,13 +23,7 @@ from dlhub_hpc.registry.search import run as run_search
 from dlhub_hpc.registry.service import PublicationService
 from dlhub_hpc.servable.bundle import make_bundle
 
-
-@pytest.fixture(autouse=True)
-def keys_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DLHUB_HPC_KEYS", str(tmp_path / "keys"))
-    monkeypatch.delenv("DLHUB_HPC_HUB_KEY", raising=False)
-    monkeypatch.delenv("DLHUB_HPC_WORKER_KEY", raising=False)
-    return tmp_path / "keys"
+pytestmark = pytest.mark.usefixtures("keys_dir")  # keys in tmp_path, not the user's
 
 
 @pytest.fixture

@@ -26,13 +26,7 @@ from dlhub_hpc.keys import (
     worker_credential,
 )
 
-
-@pytest.fixture(autouse=True)
-def keys_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DLHUB_HPC_KEYS", str(tmp_path / "keys"))
-    monkeypatch.delenv("DLHUB_HPC_HUB_KEY", raising=False)
-    monkeypatch.delenv("DLHUB_HPC_WORKER_KEY", raising=False)
-    return tmp_path / "keys"
+pytestmark = pytest.mark.usefixtures("keys_dir")  # keys in tmp_path, not the user's
 
 
 def test_the_user_key_pair_is_made_once_with_a_0600_secret(keys_dir: Path) -> None:
