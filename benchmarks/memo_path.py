@@ -53,14 +53,14 @@ from benchmarks.common import (
 )
 from benchmarks.servables import make_inputs, prepare, ref
 from dlhub_hpc import Client
-from dlhub_hpc.auth import user_id
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import ServableInfo
 from dlhub_hpc.broker.memo import memo_key
 from dlhub_hpc.broker.state import BrokerState, FromClient, Tick, ToClient
-from dlhub_hpc.client_auth import ClientCurve
-from dlhub_hpc.keys import KeyPair, curve_client, user_keypair
 from dlhub_hpc.protocol import Reply, Request, decode, encode
+from dlhub_hpc.security.client import ClientCurve
+from dlhub_hpc.security.keys import KeyPair, curve_client, user_keypair
+from dlhub_hpc.security.zap import user_id
 from dlhub_hpc.servable.types import ArgType
 
 logger = logging.getLogger(__name__)

@@ -58,11 +58,11 @@ from benchmarks.common import (
 from benchmarks.servables import NAMES, OQMD_NOTE, make_inputs, prepare, ref, variant
 from dlhub_hpc import Client
 from dlhub_hpc.broker.config import HubConfig
-from dlhub_hpc.client_auth import ClientCurve
 from dlhub_hpc.errors import error_from_wire
 from dlhub_hpc.hub import Hub
-from dlhub_hpc.keys import KeyPair, curve_client, user_keypair
 from dlhub_hpc.protocol import Reply, Request, decode, encode
+from dlhub_hpc.security.client import ClientCurve
+from dlhub_hpc.security.keys import KeyPair, curve_client, user_keypair
 
 logger = logging.getLogger(__name__)
 

@@ -51,7 +51,6 @@ import psutil
 import zmq
 
 from dlhub_hpc.errors import ProtocolError
-from dlhub_hpc.keys import curve_client, hub_public_key, worker_credential
 from dlhub_hpc.protocol import (
     Assign,
     Batch,
@@ -65,6 +64,7 @@ from dlhub_hpc.protocol import (
     decode,
     encode,
 )
+from dlhub_hpc.security.keys import curve_client, hub_public_key, worker_credential
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -36,7 +36,7 @@ from dlhub_hpc.errors import (
     Timeout,
     WorkerLost,
 )
-from dlhub_hpc.keys import KeyPair
+from dlhub_hpc.security.keys import KeyPair
 from dlhub_hpc.servable import ArgType, ServableSpec, make_bundle
 from dlhub_hpc.servable.builders import PythonFunctionServable, ScikitLearnServable
 

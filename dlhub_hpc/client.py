@@ -32,7 +32,6 @@ from typing import Any, cast
 import zmq
 
 from dlhub_hpc.broker.config import default_home, read_hub_file
-from dlhub_hpc.client_auth import ClientCurve, hint
 from dlhub_hpc.client_publication import PublicationMixin
 from dlhub_hpc.errors import (
     ConfigError,
@@ -42,8 +41,9 @@ from dlhub_hpc.errors import (
     ServableDeprecated,
     error_from_wire,
 )
-from dlhub_hpc.keys import KeyPair
 from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, Control, Reply, Request, decode, encode
+from dlhub_hpc.security.client import ClientCurve, hint
+from dlhub_hpc.security.keys import KeyPair
 from dlhub_hpc.servable.bundle import make_bundle
 from dlhub_hpc.servable.spec import parse_ref
 

@@ -26,12 +26,12 @@ from dlhub_hpc.broker.server import BrokerServer, ControlHandler
 from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, PilotError
-from dlhub_hpc.hub_security import HubSecurity
 from dlhub_hpc.pilot.local import local_provider
 from dlhub_hpc.pilot.manager import PilotManager
 from dlhub_hpc.pilot.pilots import Pilot, PilotService, hub_address_for_workers
 from dlhub_hpc.pilot.profiles import load_profile, parse_profile
 from dlhub_hpc.registry.store import Registry
+from dlhub_hpc.security.hub import HubSecurity
 from dlhub_hpc.servable.bundle import read_bundle
 from dlhub_hpc.servable.spec import parse_ref
 

@@ -22,14 +22,6 @@ from typing import Any, cast
 
 import zmq
 
-from dlhub_hpc.auth import (
-    CLIENT_DOMAIN,
-    WORKER_DOMAIN,
-    ServerAuth,
-    ZapHandler,
-    make_curve_server,
-    user_id,
-)
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY
 from dlhub_hpc.broker.state import (
@@ -54,6 +46,14 @@ from dlhub_hpc.protocol import (
     Shutdown,
     decode,
     encode,
+)
+from dlhub_hpc.security.zap import (
+    CLIENT_DOMAIN,
+    WORKER_DOMAIN,
+    ServerAuth,
+    ZapHandler,
+    make_curve_server,
+    user_id,
 )
 
 logger = logging.getLogger(__name__)

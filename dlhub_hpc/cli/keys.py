@@ -12,7 +12,7 @@ from rich.table import Table
 from dlhub_hpc.broker.config import default_home, read_hub_file
 from dlhub_hpc.cli.common import client_from, console
 from dlhub_hpc.errors import ConfigError
-from dlhub_hpc.keys import (
+from dlhub_hpc.security.keys import (
     USER_KEY,
     KeyPair,
     key_dir,

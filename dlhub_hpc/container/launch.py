@@ -15,8 +15,8 @@ from pathlib import Path
 from dlhub_hpc.container.definition import BUNDLES_DIR
 from dlhub_hpc.container.runtimes import ContainerRuntime, get_runtime
 from dlhub_hpc.errors import ContainerError
-from dlhub_hpc.keys import container_worker_access, worker_credential_file
 from dlhub_hpc.registry.images import ImageRecord, ImageStore
+from dlhub_hpc.security.keys import container_worker_access, worker_credential_file
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,9 @@ def worker_command(
 
     With the ``none`` runtime no image is needed: the worker runs on the host. With
     ``credentials``, the hub's worker credential (when this user has one recorded for
-    ``hub``) is bound into the container (see :func:`dlhub_hpc.keys.container_worker_access`)
-    so the worker passes the hub's CurveZMQ check.
+    ``hub``) is bound into the container (see
+    :func:`dlhub_hpc.security.keys.container_worker_access`) so the worker passes the hub's
+    CurveZMQ check.
     """
     rt = get_runtime(runtime) if isinstance(runtime, str) else runtime
     if rt.name == "none":

@@ -215,7 +215,7 @@ class Pilot:
 
     def _credential_access(self, runtime: str) -> tuple[list[str], dict[str, str]]:
         """The bind and variable that give a containerised worker the hub's worker key."""
-        from dlhub_hpc.keys import container_worker_access
+        from dlhub_hpc.security.keys import container_worker_access
 
         try:
             return container_worker_access(self.hub_address,

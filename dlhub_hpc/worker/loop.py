@@ -29,7 +29,6 @@ import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError
-from dlhub_hpc.keys import secure_worker
 from dlhub_hpc.protocol import (
     Assign,
     Batch,
@@ -45,6 +44,7 @@ from dlhub_hpc.protocol import (
     decode,
     encode,
 )
+from dlhub_hpc.security.keys import secure_worker
 from dlhub_hpc.worker.runner import LocalRunner, Runner, WireResult, cached_bundle
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from dlhub_hpc import Client, Hub, HubConfig
-from dlhub_hpc.keys import curve_client, hub_public_key, user_keypair, worker_credential
+from dlhub_hpc.security.keys import curve_client, hub_public_key, user_keypair, worker_credential
 
 SERVABLES = Path(__file__).parent / "servables"
 

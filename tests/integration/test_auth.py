@@ -18,8 +18,8 @@ import zmq
 from dlhub_hpc import Client, Hub
 from dlhub_hpc.errors import AuthenticationError, PermissionDenied, ServableNotFound
 from dlhub_hpc.examples import example_dir
-from dlhub_hpc.keys import KeyPair, write_keypair
 from dlhub_hpc.protocol import Control, encode
+from dlhub_hpc.security.keys import KeyPair, write_keypair
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq was built without CURVE")
 
@@ -180,7 +180,7 @@ def test_the_keys_commands_manage_identities(
 
     from dlhub_hpc.cli import cli
     from dlhub_hpc.cli.common import console
-    from dlhub_hpc.keys import user_keypair
+    from dlhub_hpc.security.keys import user_keypair
 
     monkeypatch.setattr(console, "width", 200)
     runner = CliRunner()

@@ -19,7 +19,7 @@ from dlhub_hpc.errors import (
     ServableNotFound,
 )
 from dlhub_hpc.examples import example_dir
-from dlhub_hpc.keys import KeyPair
+from dlhub_hpc.security.keys import KeyPair
 
 
 @pytest.fixture

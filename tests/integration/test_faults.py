@@ -69,8 +69,8 @@ def test_a_client_posing_as_the_pipeline_runner_is_dropped(
 ) -> None:
     """A peer may pick its own routing id; the pipeline runner's must stay the hub's."""
     from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY
-    from dlhub_hpc.keys import curve_client, hub_public_key, user_keypair
     from dlhub_hpc.protocol import Request, encode
+    from dlhub_hpc.security.keys import curve_client, hub_public_key, user_keypair
 
     serve(SERVABLES / "flaky")
     sock = zmq.Context.instance().socket(zmq.DEALER)

@@ -11,9 +11,9 @@ import yaml
 
 from dlhub_hpc.errors import ConfigError, PermissionDenied
 from dlhub_hpc.examples import example_dir
-from dlhub_hpc.keys import KeyPair
 from dlhub_hpc.registry import Registry
 from dlhub_hpc.registry.access import AccessControl
+from dlhub_hpc.security.keys import KeyPair
 from dlhub_hpc.servable.bundle import make_bundle
 
 

@@ -14,13 +14,13 @@ import zmq
 
 from dlhub_hpc.errors import AuthenticationError, PermissionDenied, SpecError
 from dlhub_hpc.examples import example_dir
-from dlhub_hpc.keys import KeyPair, curve_client, secure_worker, trust_hub
 from dlhub_hpc.registry import Registry
 from dlhub_hpc.registry.access import AccessControl
 from dlhub_hpc.registry.dlhub_json import from_dlhub_json
 from dlhub_hpc.registry.search import SearchQuery, match_expression
 from dlhub_hpc.registry.search import run as run_search
 from dlhub_hpc.registry.service import PublicationService
+from dlhub_hpc.security.keys import KeyPair, curve_client, secure_worker, trust_hub
 from dlhub_hpc.servable.bundle import make_bundle
 
 pytestmark = pytest.mark.usefixtures("keys_dir")  # keys in tmp_path, not the user's
@@ -190,8 +190,8 @@ def _refusal_with(server: KeyPair, used: str, lookup: dict[str, str]) -> Authent
     """Connect a ClientCurve that believes the hub's key is ``used`` to a CURVE hub."""
     import time
 
-    from dlhub_hpc.auth import CLIENT_DOMAIN, ZapHandler, make_curve_server
-    from dlhub_hpc.client_auth import ClientCurve
+    from dlhub_hpc.security.client import ClientCurve
+    from dlhub_hpc.security.zap import CLIENT_DOMAIN, ZapHandler, make_curve_server
 
     ctx = zmq.Context()
     zap = ZapHandler(ctx, lambda _domain, key: lookup.get(key))

@@ -12,8 +12,8 @@ from dlhub_hpc.container.launch import pick_image, worker_argv, worker_command
 from dlhub_hpc.container.rootfs import run_step
 from dlhub_hpc.container.runtimes import IMAGE_PATH, get_runtime, split_bind
 from dlhub_hpc.errors import ContainerError, ImageBuildError, ImageDigestMismatch
-from dlhub_hpc.keys import container_worker_access
 from dlhub_hpc.registry.images import ImageRecord, ImageStore, file_digest, tree_digest
+from dlhub_hpc.security.keys import container_worker_access
 
 
 def _record(path: Path, fmt: str = "sif", version: int = 1) -> ImageRecord:

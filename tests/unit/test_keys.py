@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from dlhub_hpc.auth import ZapHandler, make_curve_server, user_id
 from dlhub_hpc.errors import AuthenticationError
-from dlhub_hpc.keys import (
+from dlhub_hpc.security.keys import (
     KeyPair,
     address_aliases,
     container_worker_access,
@@ -25,6 +24,7 @@ from dlhub_hpc.keys import (
     user_keypair,
     worker_credential,
 )
+from dlhub_hpc.security.zap import ZapHandler, make_curve_server, user_id
 
 pytestmark = pytest.mark.usefixtures("keys_dir")  # keys in tmp_path, not the user's
 
@@ -140,7 +140,7 @@ def test_keys_trust_takes_a_key_that_starts_with_a_dash(keys_dir: Path, first: s
     from click.testing import CliRunner
 
     from dlhub_hpc.cli import cli
-    from dlhub_hpc.keys import hub_public_key
+    from dlhub_hpc.security.keys import hub_public_key
 
     while not (key := KeyPair.generate().public).startswith(first):
         pass

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dlhub_hpc.auth import CLIENT_DOMAIN, WORKER_DOMAIN, HubCredentials, ServerAuth
 from dlhub_hpc.broker.events import ServableInfo
 from dlhub_hpc.errors import ConfigError, PermissionDenied
-from dlhub_hpc.keys import forget_hub, record_hub, user_keypair
 from dlhub_hpc.registry.access import AccessControl
 from dlhub_hpc.registry.service import PublicationService
 from dlhub_hpc.registry.store import Registry
+from dlhub_hpc.security.keys import forget_hub, record_hub, user_keypair
+from dlhub_hpc.security.zap import CLIENT_DOMAIN, WORKER_DOMAIN, HubCredentials, ServerAuth
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 from zmq.utils import z85
 
-from dlhub_hpc.keys import KeyPair, load_or_create
+from dlhub_hpc.security.keys import KeyPair, load_or_create
 
 logger = logging.getLogger(__name__)
 
