@@ -12,6 +12,7 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     ├── HubUnavailable           no hub answers at the address
     ├── AuthenticationError      the hub refused this connection's key (or the key is missing)
     ├── PermissionDenied         the caller's identity may not see or change this servable
+    │   └── IsolationUnavailable the hub cannot start this owner's workers isolated from it
     ├── ServableError
     │   ├── SpecError            a servable spec or directory is invalid
     │   ├── ServableNotFound     no servable with that name (and version)
@@ -30,6 +31,7 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     │   ├── RuntimeNotFound      the container runtime is not installed (says what to install)
     │   ├── ImageBuildError      one build step failed (the step's name and its log tail)
     │   └── ImageDigestMismatch  an image's sha256 differs from its record; it is refused
+    ├── PayloadTooLarge          a message is over a size limit (its size, the limit, the setting)
     ├── EndpointError            Globus Compute could not run the forwarding call on the endpoint
     └── LimitExceeded            a call or its result does not fit Globus Compute's limits
         └── RateLimited          more calls in a window than Globus Compute allows
@@ -76,6 +78,10 @@ class AuthenticationError(DlhubHpcError):
 
 class PermissionDenied(DlhubHpcError):
     """The caller's identity may not run, see or change this servable (or hub setting)."""
+
+
+class IsolationUnavailable(PermissionDenied):
+    """The hub can neither switch to the owner's Unix user nor sandbox the owner's workers."""
 
 
 class ServableError(DlhubHpcError):
@@ -148,6 +154,14 @@ class ImageBuildError(ContainerError):
 
 class ImageDigestMismatch(ContainerError):
     """An image's sha256 differs from the one recorded when it was built; it is not run."""
+
+
+class PayloadTooLarge(DlhubHpcError):
+    """A request, or a result, is larger than the hub accepts.
+
+    ``details`` has ``size`` and ``limit`` in bytes and ``setting``, the knob that raises
+    the limit; a smaller input (or sending it as a file path) is the other fix.
+    """
 
 
 class EndpointError(DlhubHpcError):

@@ -47,7 +47,9 @@ class Hub:
         self._provider = provider
         self.registry = Registry(self.config.home)
         self.state = BrokerState(self._resolve, self.config)
-        self.security = HubSecurity(self.config.home, self.registry, self.state.invalidate)
+        self.security = HubSecurity(self.config.home, self.registry, self.state.invalidate,
+                                    isolation=self.config.worker_isolation,
+                                    user_map=self.config.user_map)
         self.server = BrokerServer(self.state, self.config, self._servable_files, self._ops())
         self.pilot: PilotManager | None = None
         self.pilots = PilotService(self._live_snapshot)
@@ -76,6 +78,7 @@ class Hub:
     def client(self, **kwargs: Any) -> Client:
         """A client in this process, on the hub's ``inproc://`` address: no TCP stack, no
         encryption, no hop through ZeroMQ's I/O threads. It acts as the hub's admin."""
+        kwargs.setdefault("max_message_bytes", self.config.max_message_bytes)
         return Client(self.local_address, context=self.server.context, **kwargs)
 
     # -- lifecycle --
@@ -86,6 +89,8 @@ class Hub:
         self.server.auth = self.security.setup()  # CurveZMQ on both sockets
         self.state.authorize = self.security.authorize
         self.state.may_see = lambda user, name: self.security.access.can_see(user, name)
+        self.state.may_serve = self.security.may_serve  # worker credentials per owner
+        self.state.credential_live = self.security.credential_live
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -163,6 +168,7 @@ class Hub:
             "worker_address": self.worker_address,
             "pid": os.getpid(),
             "started_at": self._started_at,
+            "max_message_bytes": self.config.max_message_bytes,
             "server_key": self.security.credentials.server.public
             if self.security.credentials else None,
         }
@@ -260,10 +266,12 @@ class Hub:
         self.security.access.check_see(str(args.get("caller", "")), name)  # before versions
         record = self.registry.get(name, version)  # fail now, with the versions, if unknown
         refuse_workers(record.spec)  # a pipeline has none: its steps do
-        # Workers run on the hub's allocation, as its user: the owner or the admin decides.
+        # Workers run on the hub's allocation: the owner or the admin decides.
         self.security.access.check_manage(str(args.get("caller", "")), name)
         count = int(args.get("workers", 1))
-        return self._executor.submit(lambda: self._pilot().start_workers(ref, count).to_dict())
+        launch = self.security.worker_launch(name)  # confined unless the admin's own
+        return self._executor.submit(
+            lambda: self._pilot().start_workers(ref, count, launch).to_dict())
 
     def _op_stop_workers(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         blocks = args.get("blocks")
@@ -295,6 +303,7 @@ class Hub:
         profile = (parse_profile(given, "the profile sent") if isinstance(given, dict)
                    else load_profile(str(given)))
         nodes = args.get("nodes")
+        launch = self.security.worker_launch(name, profile.container.runtime != "none")
 
         def start() -> dict[str, Any]:
             # Off the broker thread: some Parsl providers run commands when constructed.
@@ -316,7 +325,7 @@ class Hub:
                 ranks=int(getattr(record.spec.servable, "ranks", 1) or 1),
                 heartbeat_interval=self.config.heartbeat_interval,
                 hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
-                image=image, check_image=check_image,
+                image=image, check_image=check_image, launch=launch,
             )
             return self.pilots.add(pilot).to_dict()
 

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 
 STATE_FILE = "hub.json"
+# The largest message a client or worker may send unless the hub's config says otherwise.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 
 
 def read_hub_file(home: Path) -> dict[str, Any] | None:
@@ -55,8 +57,40 @@ class HubConfig(BaseModel):
     default_timeout: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=1, ge=0)
     memo_max_bytes: int = Field(default=256 * 2**20, ge=0, description="0 turns memoization off")
+    max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES, ge=4096,
+        description="largest request a client may send; larger ones are PayloadTooLarge",
+    )
+    worker_max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES, ge=4096,
+        description="largest message a worker may send (start workers with the same "
+                    "--max-message-bytes, so that bigger results become per-item errors)",
+    )
+    client_send_hwm: int = Field(
+        default=1000, ge=1,
+        description="replies queued for one client that does not read them; past it "
+                    "they are dropped and counted (stats: replies_dropped_hwm)",
+    )
+    large_message_bytes: int = Field(
+        default=2**20, ge=0,
+        description="requests larger than this are decoded and checked off the hub's loop",
+    )
+    large_backlog_bytes: int = Field(
+        default=2 * DEFAULT_MAX_MESSAGE_BYTES, ge=0,
+        description="large requests waiting for their check, in bytes; past it they are "
+                    "refused with Overloaded",
+    )
     batching: dict[str, BatchPolicy] = Field(
         default_factory=dict, description="per servable (owner/name) batching overrides"
+    )
+    worker_isolation: Literal["auto", "user", "sandbox", "off"] = Field(
+        default="auto",
+        description="how workers of owners other than the admin start: as their Unix user "
+                    "(user; the hub runs as root), in bubblewrap (sandbox), whichever this "
+                    "hub can (auto), or as the hub's own user, able to read its keys (off)",
+    )
+    user_map: dict[str, str] = Field(
+        default_factory=dict, description="identity -> Unix user, where the names differ"
     )
 
     @model_validator(mode="after")

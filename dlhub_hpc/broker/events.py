@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.protocol import Message, Reply
 from dlhub_hpc.registry.store import ServableRecord
 from dlhub_hpc.servable.spec import PipelineStage
@@ -70,17 +71,45 @@ Resolver = Callable[[str, "int | None"], ServableInfo]
 
 # ---- events ---------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class InputPlan:
+    """What a request's input is checked against when the check runs off the loop."""
+
+    info: ServableInfo
+    method: str
+    declared: ArgType
+    memoize: bool  # the checked input's memo key is wanted too
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A request's input, checked off the loop (server.py's large-message lane) against
+    ``declared``: the checked value or the error, and its memo key when one was wanted."""
+
+    declared: ArgType
+    payload: Any = None
+    error: DlhubHpcError | None = None
+    memo_key: bytes | None = None
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.payload
+
+
 @dataclass(slots=True)
 class FromClient:
     identity: bytes
     message: Message
     user: str = ""  # the identity CurveZMQ authenticated ('' on a hub without auth)
+    checked: Checked | None = None  # the input was checked already, off the loop
 
 
 @dataclass(slots=True)
 class FromWorker:
     identity: bytes
     message: Message
+    user: str = ""  # the worker credential's identity, worker:OWNER:KEY ('' without auth)
 
 
 @dataclass(slots=True)
@@ -166,6 +195,7 @@ class WorkerInfo:
     ranks: int = 1
     binding: dict[str, Any] | None = None  # GPU binding the worker reported in its Hello
     draining: bool = False
+    user: str = ""  # the credential it registered with; its every message must match
 
 
 @dataclass(slots=True, eq=False)

@@ -9,6 +9,7 @@ used and closed in the loop's own thread; other threads reach the loop only thro
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -23,6 +24,14 @@ from typing import Any, cast
 import zmq
 
 from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.events import Checked, InputPlan
+from dlhub_hpc.broker.lane import (
+    LargeLane,
+    check_input,
+    message_size,
+    peek_request_id,
+    too_large,
+)
 from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY
 from dlhub_hpc.broker.state import (
     Action,
@@ -35,17 +44,23 @@ from dlhub_hpc.broker.state import (
     ToWorker,
     ToWorkers,
 )
-from dlhub_hpc.errors import DlhubHpcError, ProtocolError
+from dlhub_hpc.errors import DlhubHpcError, ExecutionError, Overloaded, ProtocolError
 from dlhub_hpc.protocol import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_DEPTH,
     Assign,
+    BatchResult,
     Bye,
     Control,
     Message,
     Reply,
     Request,
     Shutdown,
+    Tag,
     decode,
     encode,
+    peek,
 )
 from dlhub_hpc.security.zap import (
     CLIENT_DOMAIN,
@@ -88,6 +103,9 @@ class BrokerServer:
         self._finished: queue.SimpleQueue[tuple[bytes, str, Future[Any]]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        self._lane = LargeLane(self._wake, config.large_backlog_bytes)
+        # Messages past this go by the lane (or, past the size limit, are refused there).
+        self._large_bytes = min(config.large_message_bytes, config.max_message_bytes)
         self.client_endpoint = ""
         self.worker_endpoint = ""
         # Callers in this process (``Hub.client()``) connect here: no TCP stack, no
@@ -122,10 +140,15 @@ class BrokerServer:
         ctx = self.context
         zap = None if self.auth is None else ZapHandler(ctx, self.auth.lookup)
         try:
-            clients = self._clients = self._router(ctx, self.config.client_address,
-                                                   self.auth, CLIENT_DOMAIN)
-            workers = self._workers = self._router(ctx, self.config.worker_address,
-                                                   self.auth, WORKER_DOMAIN)
+            cfg = self.config
+            # A client that stops reading costs at most client_send_hwm replies; larger
+            # messages than a socket's limit are refused by ZeroMQ before they are buffered.
+            clients = self._clients = self._router(
+                ctx, cfg.client_address, self.auth, CLIENT_DOMAIN,
+                max_bytes=cfg.max_message_bytes, send_hwm=cfg.client_send_hwm)
+            workers = self._workers = self._router(
+                ctx, cfg.worker_address, self.auth, WORKER_DOMAIN,
+                max_bytes=cfg.worker_max_message_bytes)
             local = self._local = self._router(ctx, self.local_endpoint)
         except DlhubHpcError:
             for sock in (self._clients, self._workers):
@@ -151,23 +174,27 @@ class BrokerServer:
             wait = 0.0
             while not self._stopping.is_set():
                 ready = dict(poller.poll(math.ceil(wait * 1000)))
+                if workers in ready:  # first: heartbeats never wait behind callers
+                    self._drain(workers, self._on_worker_frames)
                 if clients in ready:
                     self._drain(clients, self._on_client_frames)
                 if local in ready:
                     self._drain(local, self._on_local_frames)
-                if workers in ready:
-                    self._drain(workers, self._on_worker_frames)
                 if zap is not None and zap.sock in ready:
-                    zap.handle()
+                    self._survive(zap.handle)
                 if self._wake_r in ready:
-                    self._on_wake()
+                    self._survive(self._on_wake)  # finished controls and large messages
                 now = time.monotonic()
                 wait = self.state.next_wakeup(now)
                 if wait == 0:
-                    self._apply(self.state.handle(Tick(), now))
+                    # Heartbeats that came while this turn ran count before liveness is judged.
+                    self._drain(workers, self._on_worker_frames)
+                    now = time.monotonic()
+                    self._survive(self._tick, now)
                     wait = self.state.next_wakeup(now)
             self._drain_shutdown(poller)
         finally:
+            self._lane.close()
             clients.close(linger=0)
             local.close(linger=0)
             workers.close(linger=0)
@@ -180,13 +207,16 @@ class BrokerServer:
 
     @staticmethod
     def _router(ctx: zmq.Context[Any], address: str, auth: ServerAuth | None = None,
-                domain: str = "") -> zmq.Socket[bytes]:
+                domain: str = "", *, max_bytes: int = -1, send_hwm: int = 0) -> zmq.Socket[bytes]:
         sock = ctx.socket(zmq.ROUTER)
         if auth is not None:
             make_curve_server(sock, auth.credentials.server, domain)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, send_hwm)
         sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)  # per message part; the loop checks the sum
+        if send_hwm:  # a send past the HWM raises (and is counted) instead of vanishing
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         try:
             sock.bind(address)
         except zmq.ZMQError as exc:
@@ -202,17 +232,77 @@ class BrokerServer:
         for _ in range(_DRAIN_LIMIT):
             if not cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
                 return
-            handle(sock.recv_multipart(copy=False))
+            frames = sock.recv_multipart(copy=False)
+            try:
+                handle(frames)
+            except Exception as exc:  # the one boundary: no message may end the loop
+                self._on_bad_message(sock, frames, exc)
 
-    def _decode(self, frames: list[Any]) -> tuple[bytes, Message] | None:
+    def _tick(self, now: float) -> None:
+        self._apply(self.state.handle(Tick(), now))
+
+    def _survive(self, step: Callable[..., Any], *args: Any) -> None:
+        """Run a loop step that is not one received message; a fault in it is counted and
+        logged, and the loop goes on."""
         try:
-            if len(frames) < 2:
-                raise ProtocolError("no identity or no header frame")
-            return frames[0].bytes, decode(frames[1:])
-        except ProtocolError as exc:
+            step(*args)
+        except Exception:
+            self.state.stats["handler_errors"] += 1
+            logger.exception("a step of the hub's loop failed")
+
+    def _on_bad_message(self, sock: zmq.Socket[bytes], frames: list[Any],
+                        exc: Exception) -> None:
+        """Count and log a message that could not be decoded or handled, and answer its
+        sender where the message names what to answer (``_answer_bad``)."""
+        if isinstance(exc, ProtocolError):
             self.state.stats["malformed_frames"] += 1
-            logger.warning("dropped a malformed message: %s", exc.message)
-            return None
+            logger.warning("malformed message: %s", exc.message)
+            error: DlhubHpcError = exc
+        else:  # a fault of the hub's own, found by this message: it must not end the loop
+            self.state.stats["handler_errors"] += 1
+            logger.error("a message failed inside the hub", exc_info=exc)
+            error = exc if isinstance(exc, DlhubHpcError) else DlhubHpcError(
+                f"the hub failed on this message ({type(exc).__name__}: {exc}); "
+                "please report it with the hub's log")
+        try:
+            answered = self._answer_bad(sock, frames, error)
+        except Exception:
+            logger.exception("could not answer the sender of a bad message")
+            answered = False
+        self.state.stats["bad_answered" if answered else "bad_dropped"] += 1
+
+    def _answer_bad(self, sock: zmq.Socket[bytes], frames: list[Any],
+                    error: DlhubHpcError) -> bool:
+        """Answer the sender of a bad message, read as far as its tag and first field: a
+        caller's request or control gets ``error``; a worker's batch result answers the
+        batch's callers (``ExecutionError``) and frees the worker; a hello is refused."""
+        peeked = peek(frames[1:]) if len(frames) >= 2 else None
+        if peeked is None:
+            return False
+        tag, first = peeked
+        identity = frames[0].bytes
+        if sock is not self._workers:
+            if tag not in (Tag.REQUEST, Tag.CONTROL) or not isinstance(first, str):
+                return False
+            self._send(sock, identity, Reply(first, False, None, error.to_wire()), zmq.NOBLOCK)
+            return True
+        if tag == Tag.HELLO:
+            self._send(sock, identity, Shutdown(f"cannot register: {error.message}"))
+            return True
+        if tag != Tag.BATCH_RESULT or type(first) is not int or not INT64_MIN <= first <= INT64_MAX:
+            return False
+        failed = ExecutionError(
+            f"the worker's result could not be read ({error.message}); a servable must "
+            "return plain data: numbers, strings, bytes, numpy arrays, and lists and "
+            f"string-keyed dicts of them nested at most {MAX_DEPTH} deep",
+        ).to_wire()
+        self._from_worker(frames, BatchResult(first, [[False, failed]]))
+        return True
+
+    def _decode(self, frames: list[Any]) -> tuple[bytes, Message]:
+        if len(frames) < 2:
+            raise ProtocolError("no identity or no header frame")
+        return frames[0].bytes, decode(frames[1:])
 
     def _on_client_frames(self, frames: list[Any]) -> None:
         self._on_caller_frames(frames, None)
@@ -222,34 +312,98 @@ class BrokerServer:
         self._on_caller_frames(frames, self.auth.local_user if self.auth is not None else "")
 
     def _on_caller_frames(self, frames: list[Any], local_user: str | None) -> None:
-        decoded = self._decode(frames)
-        if decoded is None:
+        if len(frames) >= 2 and message_size(frames) > self._large_bytes:
+            self._on_large(frames, local_user)
             return
-        identity, msg = decoded
+        decoded = self._decode(frames)
+        caller = self._caller(frames, local_user)
+        if caller is not None:
+            self._on_caller_message(*caller, decoded[1])
+
+    def _caller(self, frames: list[Any], local_user: str | None) -> tuple[bytes, str] | None:
+        """Who sent ``frames``: its routing id in the state's namespace, and its user."""
+        identity = frames[0].bytes
         if local_user is not None:
-            identity = LOCAL_PREFIX + identity  # one namespace for both sockets' callers
-        elif identity == PIPELINE_IDENTITY or identity.startswith(LOCAL_PREFIX):
+            return LOCAL_PREFIX + identity, local_user  # one namespace for both sockets
+        if identity == PIPELINE_IDENTITY or identity.startswith(LOCAL_PREFIX):
             # A peer may choose its own routing id: never let one pose as the hub's pipeline
             # runner, whose step answers would feed other callers' pipelines, or as a
             # caller in the hub's own process.
             self.state.stats["malformed_frames"] += 1
             logger.warning("dropped a message from a client posing as the hub itself")
-            return
-        user = local_user
-        if user is None:
-            user = user_id(frames[1]) if self.auth is not None else ""
+            return None
+        return identity, user_id(frames[1]) if self.auth is not None else ""
+
+    def _on_caller_message(self, identity: bytes, user: str, msg: Message,
+                           checked: Checked | None = None) -> None:
         if isinstance(msg, Request):
-            self._apply(self.state.handle(FromClient(identity, msg, user), time.monotonic()))
+            self._apply(self.state.handle(FromClient(identity, msg, user, checked),
+                                          time.monotonic()))
         elif isinstance(msg, Control):
             self._on_control(identity, msg, user)
         else:
             self.state.stats["unexpected_messages"] += 1
 
+    # -- the large-message lane: decode and input check off the loop thread --
+
+    def _on_large(self, frames: list[Any], local_user: str | None) -> None:
+        """Refuse a message over the size limit (or past the lane's backlog); hand any
+        other large one to the lane, and go on serving others while it is checked."""
+        caller = self._caller(frames, local_user)
+        if caller is None:
+            return
+        size, limit = message_size(frames), self.config.max_message_bytes
+        error: DlhubHpcError | None = None
+        if size > limit:  # the parts passed MAXMSGSIZE one by one, but not their sum
+            self.state.stats["too_large"] += 1
+            error = too_large(size, limit, "HubConfig.max_message_bytes")
+        elif not self._lane.has_room(size):
+            self.state.stats["large_overloaded"] += 1
+            error = Overloaded(
+                f"the hub is checking {self._lane.pending_bytes} bytes of large requests "
+                f"already (the bound is {self.config.large_backlog_bytes}); retry later",
+                queued=self._lane.pending_bytes,
+            )
+        if error is not None:
+            logger.warning("refused a message of %s bytes: %s", size, error.message)
+            request_id = peek_request_id(frames[1])
+            if request_id is not None:
+                self._reply_error(caller[0], request_id, error)
+            return
+        self._lane.reserve(size)
+        self._lane.submit(lambda: decode(frames[1:]),
+                          lambda msg: self._on_large_decoded(caller, size, msg))
+
+    def _on_large_decoded(self, caller: tuple[bytes, str], size: int,
+                          msg: Message | Exception) -> None:
+        if isinstance(msg, Exception):
+            self._lane.release(size)
+            self.state.stats["malformed_frames"] += 1
+            logger.warning("dropped a malformed message: %s", msg)
+            return
+        plan = self.state.input_plan(caller[1], msg) if isinstance(msg, Request) else None
+        if plan is None:  # not a request, or one that fails before its input is checked
+            self._lane.release(size)
+            self._on_caller_message(*caller, msg)
+            return
+        req = cast(Request, msg)
+        self._lane.submit(lambda: check_input(plan, req),
+                          lambda checked: self._on_large_checked(caller, size, req, plan, checked))
+
+    def _on_large_checked(self, caller: tuple[bytes, str], size: int, req: Request,
+                          plan: InputPlan, checked: Checked | Exception) -> None:
+        self._lane.release(size)
+        if isinstance(checked, Exception):
+            checked = Checked(plan.declared, error=DlhubHpcError(
+                f"the input could not be checked: {type(checked).__name__}: {checked}"))
+        self._on_caller_message(*caller, req, checked)
+
     def _on_worker_frames(self, frames: list[Any]) -> None:
-        decoded = self._decode(frames)
-        if decoded is not None:
-            identity, msg = decoded
-            self._apply(self.state.handle(FromWorker(identity, msg), time.monotonic()))
+        self._from_worker(frames, self._decode(frames)[1])
+
+    def _from_worker(self, frames: list[Any], msg: Message) -> None:
+        user = user_id(frames[1]) if self.auth is not None else ""  # worker:OWNER:KEY
+        self._apply(self.state.handle(FromWorker(frames[0].bytes, msg, user), time.monotonic()))
 
     # -- control operations --
 
@@ -284,6 +438,7 @@ class BrokerServer:
                 pass
         except BlockingIOError:
             pass
+        self._lane.run_finished()
         while not self._finished.empty():
             identity, rid, fut = self._finished.get()
             exc = fut.exception()
@@ -319,6 +474,8 @@ class BrokerServer:
             spec, bundle = self._servables(info.name, info.version)
         except DlhubHpcError as exc:
             logger.error("cannot send %s@%s to a worker: %s", info.name, info.version, exc)
+            # A failed load, as if the worker had reported it: its callers get this error.
+            self._apply(self.state.assign_failed(action.identity, exc, time.monotonic()))
             self._send(self._workers, action.identity, Shutdown(str(exc)))
             return
         msg = Assign(info.name, info.version, info.digest, spec, bundle)
@@ -327,10 +484,18 @@ class BrokerServer:
     def _to_client(self, identity: bytes, msg: Message) -> None:
         if identity.startswith(LOCAL_PREFIX):
             self._send(self._local, identity[len(LOCAL_PREFIX):], msg)
-        else:
-            self._send(self._clients, identity, msg)
+            return
+        try:
+            self._send(self._clients, identity, msg, zmq.NOBLOCK)
+        except zmq.Again:  # the client has client_send_hwm replies unread: it does not read
+            self.state.stats["replies_dropped_hwm"] += 1
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self.state.stats["replies_unroutable"] += 1  # the client has gone
 
-    def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message) -> None:
+    def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message,
+              flags: int = 0) -> None:
         assert sock is not None
         try:
             frames = encode(msg)
@@ -338,7 +503,7 @@ class BrokerServer:
             if not isinstance(msg, Reply):
                 raise
             frames = encode(Reply(msg.request_id, False, None, exc.to_wire()))
-        sock.send_multipart([identity, *frames], copy=False)
+        sock.send_multipart([identity, *frames], flags=flags, copy=False)
 
     def _drain_shutdown(self, poller: zmq.Poller) -> None:
         """Tell workers to exit and fail what is left, then wait briefly for their goodbyes."""
@@ -351,9 +516,9 @@ class BrokerServer:
                 self._drain(self._workers, self._on_bye_only)
 
     def _on_bye_only(self, frames: list[Any]) -> None:
-        decoded = self._decode(frames)
-        if decoded is not None and isinstance(decoded[1], Bye):
-            self._apply(self.state.handle(FromWorker(*decoded), time.monotonic()))
+        msg = self._decode(frames)[1]
+        if isinstance(msg, Bye):
+            self._from_worker(frames, msg)
 
 
 def _term_later(ctx: zmq.Context[Any]) -> None:

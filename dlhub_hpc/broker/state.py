@@ -21,10 +21,12 @@ from dlhub_hpc.broker.batching import oldest_queue, release_time, take
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import (
     Action,
+    Checked,
     Event,
     FromClient,
     FromWorker,
     InFlight,
+    InputPlan,
     LoadServable,
     Pending,
     RequestQueue,
@@ -37,6 +39,7 @@ from dlhub_hpc.broker.events import (
     ToWorkers,
     WorkerInfo,
 )
+from dlhub_hpc.broker.load_failures import LoadFailures
 from dlhub_hpc.broker.memo import MemoCache, memo_key
 from dlhub_hpc.broker.pipeline import PipelineRunner
 from dlhub_hpc.errors import (
@@ -44,7 +47,6 @@ from dlhub_hpc.errors import (
     MethodNotFound,
     Overloaded,
     ProtocolError,
-    ServableLoadError,
     ServableNotFound,
     ServableWithdrawn,
     Timeout,
@@ -88,6 +90,7 @@ class BrokerState:
         self._batches: dict[int, InFlight] = {}
         self._deadlines: list[tuple[float, int, Pending]] = []
         self._held: dict[ServableKey, float] = {}  # part-full batches: when they must go
+        self.load_failures = LoadFailures()  # servables whose every worker failed to load
         self._arriving: dict[ServableKey, bool] = {}  # concurrent load: worth waiting to batch
         self._in_flight: Counter[ServableKey] = Counter()  # items at workers, per servable
         self._flights: dict[bytes, list[Pending]] = {}  # memo key -> requests joined to it
@@ -105,6 +108,10 @@ class BrokerState:
         # servable -> True when a pilot will start workers again if its last one dies, so
         # that worker's requests wait for the replacement instead of failing
         self.replacement_expected: Callable[[ServableKey], bool] | None = None
+        # (worker credential identity, servable) -> may a worker with it serve the servable?
+        self.may_serve: Callable[[str, ServableInfo], bool] | None = None
+        # worker credential identity -> is it still live (not revoked)?
+        self.credential_live: Callable[[str], bool] | None = None
         self._worker_handlers: dict[type[Message], Callable[..., None]] = {
             Hello: self._on_hello,
             Ready: self._on_ready,
@@ -121,14 +128,17 @@ class BrokerState:
         out: list[Action] = []
         if isinstance(event, FromClient):
             if isinstance(event.message, Request):
-                self._on_request(event.identity, event.message, now, out, event.user)
+                self._on_request(event.identity, event.message, now, out, event.user,
+                                 event.checked)
             else:
                 self.stats["unexpected_messages"] += 1
         elif isinstance(event, FromWorker):
             handler = self._worker_handlers.get(type(event.message))
             if handler is None:
                 self.stats["unexpected_messages"] += 1
-            else:
+            elif isinstance(event.message, Hello):
+                self._on_hello(event.identity, event.message, now, out, event.user)
+            elif self._admit(event, out):
                 handler(event.identity, event.message, now, out)
         else:
             self._on_tick(now, out)
@@ -147,6 +157,7 @@ class BrokerState:
         """Forget cached lookups of ``name`` (a new version was published)."""
         for key in [k for k in self._servables if k[0] == name]:
             del self._servables[key]
+        self.load_failures.forget(name)
 
     def shutdown(self, reason: str) -> list[Action]:
         """Tell every worker to exit and fail everything not yet answered."""
@@ -168,8 +179,24 @@ class BrokerState:
             self._servables[(name, version)] = info
         return info
 
+    def input_plan(self, user: str, req: Request) -> InputPlan | None:
+        """What ``req``'s input is to be checked against, so that a large one can be checked
+        off the loop; None when ``req`` fails before its check (``handle`` says why)."""
+        try:
+            info = self._resolve(req.servable, req.version)
+            if self.authorize is not None:
+                self.authorize(user, info)
+        except Exception:  # handle() meets the same error and answers it
+            return None
+        method = req.method or info.default_method
+        declared = info.inputs.get(method)
+        if declared is None or info.pipeline:
+            return None
+        memoize = info.deterministic and req.cache and bool(self.memo.max_bytes)
+        return InputPlan(info, method, declared, memoize)
+
     def _on_request(self, client: bytes, req: Request, now: float, out: list[Action],
-                    user: str = "") -> None:
+                    user: str = "", checked: Checked | None = None) -> None:
         self.stats["requests"] += 1
         try:
             info = self._resolve(req.servable, req.version)
@@ -183,7 +210,9 @@ class BrokerState:
                     f"it has {sorted(info.inputs)}",
                     servable=info.name, method=method, methods=sorted(info.inputs),
                 )
-            payload = check_value(declared, req.payload)
+            if checked is not None and checked.declared is not declared:
+                checked = None  # the servable changed while its input was being checked
+            payload = check_value(declared, req.payload) if checked is None else checked.value()
         except DlhubHpcError as exc:
             hidden = (isinstance(exc, (ServableNotFound, ServableWithdrawn))
                       and self.may_see is not None and not self.may_see(user, req.servable))
@@ -203,9 +232,14 @@ class BrokerState:
         )
         key = None
         if info.deterministic and req.cache and self.memo.max_bytes:
-            key = memo_key(info.digest, info.version, method, payload)
+            key = checked.memo_key if checked is not None else None
+            key = key or memo_key(info.digest, info.version, method, payload)
             if self._join_memo(key, pending, now, out):  # answered, or waits on its twin
                 return
+        failed = self.load_failures.get(info.key)
+        if failed is not None and not self._live_workers(info.key):  # no worker will come
+            self._answer(pending, False, None, failed, 0.0, out, now)
+            return
         queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
         if queue.live >= self.config.max_queue_length:
             self.stats["overloaded"] += 1
@@ -319,19 +353,53 @@ class BrokerState:
 
     # -- workers --
 
-    def _on_hello(self, identity: bytes, msg: Hello, now: float, out: list[Action]) -> None:
+    def _admit(self, event: FromWorker, out: list[Action]) -> bool:
+        """Does this message come with the credential its worker registered with, still live?
+
+        A worker's messages name it by routing id, a heartbeat or drain by worker id: a
+        worker with another owner's (or a revoked) credential must not keep a worker of
+        theirs alive, drain it, or answer its batches.
+        """
+        msg = event.message
+        named = (msg.sender if isinstance(msg, Heartbeat)
+                 else msg.worker_id if isinstance(msg, Drain) and event.identity not in
+                 self._workers else None)
+        worker = self._workers.get(named.encode() if named else event.identity)
+        if worker is None or worker.user == event.user:
+            if self.credential_live is None or self.credential_live(event.user):
+                return True
+            self.stats["revoked_worker_messages"] += 1
+            if worker is not None and not isinstance(msg, Heartbeat):
+                out.append(ToWorker(event.identity, Shutdown("its credential was revoked")))
+            return False
+        self.stats["impostor_worker_messages"] += 1
+        logger.warning("dropped a %s for worker %s from another credential (%s)",
+                       type(msg).__name__, worker.worker_id, event.user)
+        return False
+
+    def _on_hello(self, identity: bytes, msg: Hello, now: float, out: list[Action],
+                  user: str = "") -> None:
         try:
             info = self._resolve(msg.servable, msg.version)
         except DlhubHpcError as exc:
             out.append(ToWorker(identity, Shutdown(f"cannot serve {msg.servable}: {exc}")))
             return
+        if self.may_serve is not None and not self.may_serve(user, info):
+            self.stats["workers_refused"] += 1
+            logger.warning("refused worker %s for %s: its credential (%s) does not serve it",
+                           msg.worker_id, info.name, user)
+            out.append(ToWorker(identity, Shutdown(
+                f"this worker credential may not serve {info.name}: it serves its own "
+                "owner's servables only; start workers through the hub")))
+            return
         if identity in self._workers:
             self._lose_worker(identity, "it registered again", now, out)
         self._workers[identity] = WorkerInfo(
             identity, msg.worker_id, info.key, msg.host, msg.pid, msg.block, now, now,
-            ranks=msg.ranks, binding=msg.binding,
+            ranks=msg.ranks, binding=msg.binding, user=user,
         )
         self._worker_count[info.key] += 1
+        self.load_failures.clear(info.key)
         self.stats["workers_registered"] += 1
         out.append(LoadServable(identity, info))
 
@@ -353,6 +421,12 @@ class BrokerState:
         self._idle.setdefault(worker.servable, {})[identity] = None
         self._dispatch(self._resolve(*worker.servable), now, out)
 
+    def assign_failed(self, identity: bytes, error: DlhubHpcError, now: float) -> list[Action]:
+        """The hub could not send a worker its servable (a corrupted bundle): a failed load."""
+        out: list[Action] = []
+        self._on_load_failed(identity, LoadFailed("", error.to_wire()), now, out)
+        return self.pipelines.route(out, now)
+
     def _on_load_failed(
         self, identity: bytes, msg: LoadFailed, now: float, out: list[Action]
     ) -> None:
@@ -365,11 +439,8 @@ class BrokerState:
                        msg.error.get("message"))
         if self._live_workers(worker.servable):
             return
-        name, version = worker.servable
-        error = ServableLoadError(
-            f"{name}@{version} could not be loaded by its worker: {msg.error.get('message')}",
-            servable=name, version=version,
-        ).to_wire()
+        # Its callers get the load's own error (BundleDigestMismatch ...) now, not a Timeout.
+        error = self.load_failures.record(worker.servable, msg.error)
         for queue in self._queues.get(worker.servable, {}).values():
             while queue.items:
                 p = queue.items.popleft()
@@ -389,15 +460,19 @@ class BrokerState:
             return
         del self._batches[msg.batch_id]
         self._in_flight[worker.servable] -= len(flight.items)
-        wrong_count = len(msg.results) != len(flight.items)
+        results = msg.results
+        if len(results) == 1 and _error_record(results[0]) is not None:
+            results = results * len(flight.items)  # one error answers the whole batch
+        wrong_count = len(results) != len(flight.items)
         for i, p in enumerate(flight.items):
             if p.done:
                 continue
-            result = None if wrong_count else msg.results[i]
+            result = None if wrong_count else results[i]
+            error = _error_record(result)
             if isinstance(result, list) and len(result) == 2 and result[0] is True:
                 self._answer(p, True, result[1], None, msg.elapsed, out, now)
-            elif isinstance(result, list) and len(result) == 2 and isinstance(result[1], dict):
-                self._answer(p, False, None, result[1], msg.elapsed, out, now)
+            elif error is not None:
+                self._answer(p, False, None, error, msg.elapsed, out, now)
             else:
                 why = (f"worker returned {len(msg.results)} results for {len(flight.items)} "
                        "inputs") if wrong_count else "malformed result from worker"
@@ -563,6 +638,19 @@ class BrokerState:
         stats = dict(self.stats)
         stats.update(self.memo.stats())
         return {"servables": servables, "workers": workers, "stats": stats}
+
+
+def _error_record(result: Any) -> dict[str, Any] | None:
+    """The error record of a worker's ``[False, error]`` result, in the form clients rebuild
+    errors from (a worker's record is not trusted to have it); None for anything else."""
+    if not (isinstance(result, list) and len(result) == 2 and result[0] is False
+            and isinstance(result[1], dict)):
+        return None
+    error = result[1]
+    details = error.get("details")
+    return {"type": str(error.get("type", "ExecutionError")),
+            "message": str(error.get("message", "the worker gave no message")),
+            "details": details if isinstance(details, dict) else {}}
 
 
 def _binding_text(binding: dict[str, Any] | None) -> str | None:

@@ -20,6 +20,7 @@ from typing import Any
 from parsl.providers.base import ExecutionProvider
 
 from dlhub_hpc.errors import PilotError
+from dlhub_hpc.security.isolation import WorkerLaunch
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ class PilotManager:
         return (f"PilotManager(provider={type(self.provider).__name__}(...), "
                 f"hub_address={self.hub_address!r}, run_dir={str(self.run_dir)!r})")
 
-    def worker_command(self, servable: str, block_id: str) -> str:
-        """The command each worker of a block runs (on the compute node, in its environment)."""
+    def worker_command(self, servable: str, block_id: str,
+                       launch: WorkerLaunch | None = None) -> str:
+        """The command each worker of a block runs (on the compute node, in its environment),
+        confined and credentialed as ``launch`` says (``None``: bare, no credential)."""
         args = [
             self.python, "-m", "dlhub_hpc.worker",
             "--hub", self.hub_address,
@@ -75,16 +78,17 @@ class PilotManager:
             "--heartbeat-interval", str(self.heartbeat_interval),
             "--hub-timeout", str(self.hub_timeout),
         ]
-        return shlex.join(args)
+        return shlex.join(args) if launch is None else launch.command(args, self.python)
 
-    def start_workers(self, servable: str, workers: int) -> Block:
+    def start_workers(self, servable: str, workers: int,
+                      launch: WorkerLaunch | None = None) -> Block:
         """Submit one block running ``workers`` workers for ``servable``."""
         if workers < 1:
             raise PilotError(f"a block needs at least one worker, not {workers}")
         block_id = f"block-{next(self._ids)}"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.provider.script_dir = str(self.run_dir)
-        command = self.worker_command(servable, block_id)
+        command = self.worker_command(servable, block_id, launch)
         try:
             with self._provider_lock:
                 job_id = self.provider.submit(command, workers, job_name=f"dlhub.{block_id}")

@@ -26,6 +26,7 @@ from parsl.providers.base import ExecutionProvider
 from dlhub_hpc.errors import AuthenticationError, PilotError, ProfileError
 from dlhub_hpc.pilot.profiles import SiteProfile, build_provider, expand_vars, unset_variables
 from dlhub_hpc.pilot.scaling import TERMINAL, BlockView, Decision, Load, WalltimePlan, decide
+from dlhub_hpc.security.isolation import WorkerLaunch, credential_redirect
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class Pilot:
         provider: ExecutionProvider | None = None,
         image: str | None = None,
         check_image: Callable[[str], None] | None = None,
+        launch: WorkerLaunch | None = None,
     ) -> None:
         if nodes is not None and nodes < 1:
             raise PilotError(f"--nodes must be at least 1, not {nodes}")
@@ -124,6 +126,8 @@ class Pilot:
         # Raises if the image changed since it was built; run before every block, since
         # replacements are submitted hours after the pilot started.
         self.check_image = check_image
+        # The owner's confinement and credential (None: bare, the key folder's credential).
+        self.launch = launch
         self.heartbeat_interval = heartbeat_interval
         self.hub_timeout = hub_timeout
         if provider is None:
@@ -174,7 +178,15 @@ class Pilot:
     def command(self, block_id: str) -> str:
         """The shell command the launcher runs ``tasks_per_node`` times per node."""
         argv = self.worker_argv(block_id)
+        launch = self.launch
+        if launch is not None:
+            argv += launch.flags()
+        redirect = ""
         spec = self.profile.container
+        if spec.runtime == "none" and launch is not None:
+            argv = launch.confinement.wrap(argv, self.profile.worker_python())
+            if launch.credential is not None:
+                redirect = credential_redirect(launch.credential)
         if spec.runtime != "none":
             from dlhub_hpc.container.definition import BUNDLES_DIR
             from dlhub_hpc.container.runtimes import get_runtime
@@ -190,7 +202,8 @@ class Pilot:
                                  f"no built image was given for {self.servable}")
             if self.check_image is not None:
                 self.check_image(image)
-            binds, env = self._credential_access(spec.runtime)
+            binds, env = (self._credential_access(spec.runtime) if launch is None
+                          else (launch.container_binds(spec.runtime), {}))
             binds = [*spec.binds, *binds]
             env = {**spec.env, **env}
             gpu = None
@@ -201,7 +214,7 @@ class Pilot:
                 env.update({v: f"@@{v}@@" for v in LOCAL_RANK_ENVS})
             argv = get_runtime(spec.runtime).command(image, argv, env=env, binds=binds,
                                                      gpu=gpu)
-        text = shlex.join(argv)
+        text = shlex.join(argv) + redirect
         # These launchers write the command through an unquoted heredoc: escape the "$" so
         # each task's own shell expands it, not the batch script.
         launcher = getattr(self.provider, "launcher", None)

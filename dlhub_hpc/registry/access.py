@@ -151,6 +151,10 @@ class AccessControl:
             return True
         return any(f"group:{g}" in visible for g in self._groups.get(user, ()))
 
+    def owner(self, name: str) -> str:
+        """Who published ``name`` first ('' if nobody has)."""
+        return self._rules.get(name, ("", []))[0]
+
     def check_see(self, user: str, name: str) -> None:
         if not self.can_see(user, name):
             raise PermissionDenied(

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from dlhub_hpc.broker.config import default_home, read_hub_file
-from dlhub_hpc.errors import AuthenticationError
+from dlhub_hpc.errors import AuthenticationError, HubUnavailable
 from dlhub_hpc.security.keys import KeyPair, curve_client, hub_public_key, key_dir, user_keypair
 
 logger = logging.getLogger(__name__)
@@ -71,8 +73,9 @@ class ClientCurve:
 
     def refusal(
         self, monitor: zmq.Socket[bytes] | None, address: str
-    ) -> AuthenticationError | None:
-        """An ``AuthenticationError`` if the hub refused a handshake since the last look."""
+    ) -> AuthenticationError | HubUnavailable | None:
+        """An ``AuthenticationError`` if the hub refused a handshake since the last look;
+        ``HubUnavailable`` if the handshake broke off because the hub went away."""
         if monitor is None:
             return None
         refused: Any = None
@@ -82,6 +85,15 @@ class ClientCurve:
                 refused = event
         if refused is None:
             return None
+        if not refused["event"] & zmq.EVENT_HANDSHAKE_FAILED_AUTH and not listening(address):
+            # A hub killed mid-handshake breaks it off as a wrong key does; but then nothing
+            # listens any more.
+            return HubUnavailable(
+                f"the hub at {address} went away during the connection's handshake and "
+                "nothing listens there now: it stopped or crashed. Start it with 'dlhub-hpc "
+                "hub start' (a stale hub.json of a killed hub is replaced), or check the "
+                "address in the hub's hub.json (or --hub / $DLHUB_HPC_HUB)", address=address,
+            )
         if not refused["event"] & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             # No ZAP verdict: the hub could not even read the handshake, which is what a
             # wrong hub key (a stale record, or $DLHUB_HPC_HUB_KEY of another hub) does.
@@ -107,6 +119,23 @@ class ClientCurve:
             with contextlib.suppress(zmq.ZMQError):  # the socket may be gone already
                 sock.disable_monitor()
             monitor.close(linger=0)
+
+
+def listening(address: str, timeout: float = 1.0) -> bool:
+    """Does anything accept connections at a ``tcp://`` or ``ipc://`` address now?"""
+    parts = urlsplit(address)
+    try:
+        if parts.scheme == "ipc":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(timeout)
+                probe.connect(address[len("ipc://"):])
+            return True
+        if parts.scheme == "tcp" and parts.hostname and parts.port:
+            with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
+                return True
+    except (OSError, ValueError):
+        return False
+    return True  # another transport: no way to tell, so trust the handshake's verdict
 
 
 def hint(address: str, curve: ClientCurve) -> str:

@@ -19,24 +19,28 @@ from dlhub_hpc.errors import ConfigError, PermissionDenied
 from dlhub_hpc.registry.access import AccessControl
 from dlhub_hpc.registry.service import PublicationService
 from dlhub_hpc.registry.store import Registry
-from dlhub_hpc.security.keys import forget_hub, record_hub, user_keypair
+from dlhub_hpc.security.credentials import WorkerCredentials, credential_owner, worker_identity
+from dlhub_hpc.security.isolation import IsolationMode, IsolationPolicy, WorkerLaunch
+from dlhub_hpc.security.keys import forget_hub, key_dir, record_hub, user_keypair
 from dlhub_hpc.security.zap import CLIENT_DOMAIN, WORKER_DOMAIN, HubCredentials, ServerAuth
 
 logger = logging.getLogger(__name__)
-
-WORKER_IDENTITY = "worker"
 
 
 class HubSecurity:
     """Keys, identities and access rules of one hub; ``setup()`` does the file work."""
 
     def __init__(self, home: Path, registry: Registry, invalidate: Callable[[str], None],
-                 admin: str | None = None) -> None:
+                 admin: str | None = None, *, isolation: IsolationMode = "auto",
+                 user_map: dict[str, str] | None = None) -> None:
         self.home = Path(home)
         self.registry = registry
         self.admin = admin or getpass.getuser()
         self._invalidate = invalidate
         self.credentials: HubCredentials | None = None
+        self.isolation = IsolationPolicy(isolation, self.admin, [self.home, key_dir()],
+                                         user_map)
+        self._workers: WorkerCredentials | None = None
         self._access: AccessControl | None = None
         self._publication: PublicationService | None = None
         self._recorded: list[Path] = []
@@ -65,6 +69,9 @@ class HubSecurity:
         if self._access.identity_for_key(admin_key) != self.admin:
             self._access.add_identity(self.admin, admin_key)
         self._publication = PublicationService(self.registry, self._access, self._invalidate)
+        self._workers = WorkerCredentials(
+            self.registry, self.home / "credentials", self.credentials.server.public,
+            self.admin, self.credentials.worker)
         self.server_auth_on = True
         return ServerAuth(self.credentials, self.lookup, local_user=self.admin)
 
@@ -72,10 +79,52 @@ class HubSecurity:
         """The identity of a connecting key (ZAP, in the broker's thread), or None: refuse."""
         assert self.credentials is not None
         if domain == WORKER_DOMAIN:
-            return WORKER_IDENTITY if public_key == self.credentials.worker.public else None
+            owner = self.worker_credentials.owner_of(public_key)
+            return f"{worker_identity(owner)}:{public_key}" if owner else None
         if domain == CLIENT_DOMAIN:
             return self.access.identity_for_key(public_key)
         return None
+
+    @property
+    def worker_credentials(self) -> WorkerCredentials:
+        if self._workers is None:
+            raise ConfigError("the hub has not started: no worker credentials yet")
+        return self._workers
+
+    def may_serve(self, user: str, info: ServableInfo) -> bool:
+        """May a worker connected as ``user`` (worker:OWNER:KEY) serve ``info``? Its owner's
+        servables only; the admin's credential serves every servable."""
+        owner = self._live_owner(user)
+        return owner is not None and owner in (self.admin, self.access.owner(info.name))
+
+    def credential_live(self, user: str) -> bool:
+        return self._live_owner(user) is not None
+
+    def _live_owner(self, user: str) -> str | None:
+        owner_key = credential_owner(user)
+        if owner_key is None or ":" not in owner_key:
+            return None
+        owner, _, key = owner_key.partition(":")
+        return owner if self.worker_credentials.owner_of(key) == owner else None
+
+    def worker_launch(self, name: str, container: bool = False) -> WorkerLaunch:
+        """How the workers of servable ``name`` start: confined as its owner's policy says,
+        with its owner's credential. ``IsolationUnavailable`` when they may not start."""
+        owner = self.access.owner(name) or self.admin
+        confinement = self.isolation.confinement(owner, container=container)
+        if not self.server_auth_on:
+            return WorkerLaunch(confinement)
+        return WorkerLaunch(confinement, self.worker_credentials.issue(owner).path)
+
+    def revoke_workers(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Admin: revoke an owner's worker credential; its workers are dropped."""
+        self.require_admin(args, "revoke worker credentials")
+        owner = str(args.get("owner", ""))
+        return {"owner": owner, "revoked": self.worker_credentials.revoke(owner)}
+
+    def worker_credential_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        self.require_admin(args, "list worker credentials")
+        return self.worker_credentials.listing()
 
     def authorize(self, user: str, info: ServableInfo) -> None:
         """May ``user`` run this servable? Raises ``PermissionDenied`` if not."""
@@ -106,4 +155,6 @@ class HubSecurity:
     def operations(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         names = ("search", "describe", "export", "set_status", "set_visibility", "groups",
                  "identities", "whoami")
-        return {n: self.operation(n) for n in names}
+        return {**{n: self.operation(n) for n in names},
+                "revoke_workers": self.revoke_workers,
+                "worker_credentials": self.worker_credential_list}

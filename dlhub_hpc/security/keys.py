@@ -272,25 +272,54 @@ def curve_client(sock: zmq.Socket[bytes], server_key: str, pair: KeyPair) -> Non
     sock.curve_secretkey = pair.require_secret("this key pair").encode()
 
 
-def secure_worker(sock: zmq.Socket[bytes], address: str, credentials: Path | None = None) -> bool:
-    """Make a worker's socket a CurveZMQ client with the hub's worker credential.
+@dataclass(frozen=True)
+class WorkerKey:
+    """A worker credential, read: its key pair and the hub key recorded with it."""
 
-    The credential is ``credentials`` or ``$DLHUB_HPC_WORKER_KEY`` (a file), else what the
-    hub recorded for ``address`` in the key directory (bind it into containers). False, and
+    pair: KeyPair
+    hub_key: str | None
+
+
+def read_worker_credential(path: Path) -> WorkerKey:
+    """Read a worker credential file once. ``/dev/fd/N`` (the hub hands a worker it starts
+    its credential on an inherited descriptor) is closed afterwards, so the servable's code,
+    which runs in this process later, cannot read it again."""
+    fd = _descriptor(path)
+    try:
+        pair = load_keypair(path)
+        return WorkerKey(pair, recorded_hub_key(path))
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _descriptor(path: Path) -> int | None:
+    m = re.fullmatch(r"/(?:dev/fd|proc/self/fd)/(\d+)", str(path))
+    return int(m.group(1)) if m else None
+
+
+def secure_worker(sock: zmq.Socket[bytes], address: str,
+                  credential: WorkerKey | Path | None = None) -> bool:
+    """Make a worker's socket a CurveZMQ client with a worker credential.
+
+    The credential is ``credential`` (read already, or a file), or ``$DLHUB_HPC_WORKER_KEY``
+    (a file), else what the hub recorded for ``address`` in the key directory. False, and
     a warning, when none is found: the socket then connects in the clear.
     """
-    path = credentials or worker_credential_file(address)
-    pair = load_keypair(path) if path.exists() else None
-    server = (recorded_hub_key(path) if pair else None) or hub_public_key(address)
+    if not isinstance(credential, WorkerKey):
+        path = credential or worker_credential_file(address)
+        credential = read_worker_credential(path) if path.exists() else None
+    server = (credential.hub_key if credential else None) or hub_public_key(address)
     # A refused handshake leaves the socket without a peer, where a send would block for
     # ever: a worker with a wrong credential, or none, must give up and exit, not hang.
     sock.setsockopt(zmq.SNDTIMEO, _WORKER_SEND_TIMEOUT_MS)
-    if server is None or pair is None:
+    if server is None or credential is None:
         logger.warning(
             "no worker credential for the hub at %s in %s (or $%s); connecting without "
             "CurveZMQ, which an authenticating hub refuses", address, key_dir() / "hubs",
             WORKER_KEY_ENV,
         )
         return False
-    curve_client(sock, server, pair)
+    curve_client(sock, server, credential.pair)
     return True

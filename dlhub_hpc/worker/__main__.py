@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES
 from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.servable.spec import parse_ref
 from dlhub_hpc.worker.gpu import GPU_ENVS, GpuBinding
@@ -31,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     parser.add_argument("--hub-timeout", type=float, default=30.0)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--credential", type=Path, default=None, metavar="FILE",
+                        help="the worker credential the hub issued (/dev/fd/N: read once)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest result message to send (the hub's "
+                             "worker_max_message_bytes); larger outputs become item errors")
     parser.add_argument("--mpi", action="store_true", default=os.environ.get(MPI_ENV) == "1",
                         help=f"one worker over every rank of MPI_COMM_WORLD (or {MPI_ENV}=1)")
     parser.add_argument("--drain-after", type=float, default=None, metavar="SECONDS",
@@ -71,6 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
         hub=args.hub, servable=name, version=version, block=args.block,
         heartbeat_interval=args.heartbeat_interval, hub_timeout=args.hub_timeout,
         drain_after=args.drain_after, drain_grace=args.drain_grace,
+        max_message_bytes=args.max_message_bytes,
+        credential=args.credential,
     )
     if args.cache_dir is not None:
         opts.cache_dir = args.cache_dir

@@ -28,7 +28,8 @@ from typing import Any
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError
+from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES
+from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError, PayloadTooLarge
 from dlhub_hpc.protocol import (
     Assign,
     Batch,
@@ -41,10 +42,11 @@ from dlhub_hpc.protocol import (
     Message,
     Ready,
     Shutdown,
+    check_carriable,
     decode,
     encode,
 )
-from dlhub_hpc.security.keys import secure_worker
+from dlhub_hpc.security.keys import WorkerKey, read_worker_credential, secure_worker
 from dlhub_hpc.worker.runner import LocalRunner, Runner, WireResult, cached_bundle
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,11 @@ class WorkerOptions(BaseModel):
     cache_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "dlhub-hpc")
     worker_id: str = Field(default_factory=lambda: f"w-{uuid.uuid4().hex[:12]}")
     binding: dict[str, Any] | None = Field(default=None, description="GPU binding, for Hello")
+    max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES, ge=4096,
+        description="largest result message to send (the hub's worker_max_message_bytes)")
+    credential: Path | None = Field(
+        default=None, description="the worker credential file (/dev/fd/N: read once, closed)")
 
     def __repr__(self) -> str:
         extra = "".join(
@@ -84,11 +91,12 @@ class WorkerOptions(BaseModel):
 def _heartbeats(
     ctx: zmq.Context[Any], opts: WorkerOptions, stop: threading.Event,
     last_sent: Callable[[], float], drain_due: Callable[[], str],
+    credential: WorkerKey | None = None,
 ) -> None:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"{opts.worker_id}/hb".encode())
-    secure_worker(sock, opts.hub)
+    secure_worker(sock, opts.hub, credential)
     sock.connect(opts.hub)
     frames = encode(Heartbeat(opts.worker_id))
     drain_told = False
@@ -147,7 +155,10 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.opts.worker_id.encode())
         try:
-            secure_worker(sock, self.opts.hub)  # CurveZMQ, with the hub's worker credential
+            # Read before any servable code runs here; a descriptor is closed after.
+            credential = (read_worker_credential(self.opts.credential)
+                          if self.opts.credential is not None else None)
+            secure_worker(sock, self.opts.hub, credential)  # CurveZMQ
             sock.connect(self.opts.hub)
         except (zmq.ZMQError, DlhubHpcError) as exc:
             sock.close(linger=0)
@@ -161,7 +172,8 @@ class Worker:
             ) from None
         beat = threading.Thread(
             target=_heartbeats, name="heartbeat", daemon=True,
-            args=(ctx, self.opts, self._beat_stop, lambda: self._last_sent, self._drain_due),
+            args=(ctx, self.opts, self._beat_stop, lambda: self._last_sent, self._drain_due,
+                  credential),
         )
         status = 0
         try:
@@ -257,11 +269,53 @@ class Worker:
             ).to_wire()
             results = [[False, error] for _ in batch.payloads]
         elapsed = time.perf_counter() - started
+        results = [_carriable(r) for r in results]
         try:
-            return encode(BatchResult(batch.batch_id, results, elapsed))
+            frames = encode(BatchResult(batch.batch_id, results, elapsed))
         except DlhubHpcError:
             # Some output cannot travel: send an error for those items, the rest as they are.
-            return encode(BatchResult(batch.batch_id, [_sendable(r) for r in results], elapsed))
+            results = [_sendable(r) for r in results]
+            frames = encode(BatchResult(batch.batch_id, results, elapsed))
+        if _nbytes(frames) <= self.opts.max_message_bytes:
+            return frames
+        return _fit(batch.batch_id, results, elapsed, self.opts.max_message_bytes)
+
+
+def _nbytes(frames: list[Any]) -> int:
+    return sum(memoryview(f).nbytes for f in frames)
+
+
+def _fit(batch_id: int, results: list[WireResult], elapsed: float, limit: int) -> list[Any]:
+    """The results within ``limit`` bytes: the largest outputs become per-item
+    ``PayloadTooLarge`` errors until the rest fit (the hub cuts off a larger message)."""
+    sizes = sorted(((_nbytes(encode(BatchResult(0, [r]))), i) for i, r in enumerate(results)),
+                   reverse=True)
+    fitted = list(results)
+    total = sum(size for size, _ in sizes)
+    budget = limit - 1024 * (len(results) + 1)  # room for the error records and envelope
+    for size, i in sizes:
+        if total <= budget:
+            break
+        fitted[i] = [False, PayloadTooLarge(
+            f"the output is {size} bytes, over the {limit} bytes a worker may send at once; "
+            "return less (or write it to a file and return the path), or raise the hub's "
+            "HubConfig.worker_max_message_bytes and the workers' --max-message-bytes",
+            size=size, limit=limit, setting="HubConfig.worker_max_message_bytes",
+        ).to_wire()]
+        total -= size
+    logger.warning("batch %s: %s outputs too large to send, sent as errors", batch_id,
+                   sum(1 for a, b in zip(fitted, results, strict=True) if a is not b))
+    return encode(BatchResult(batch_id, fitted, elapsed))
+
+
+def _carriable(result: WireResult) -> WireResult:
+    """An output the hub could not carry (a dict key that is not a string, nesting deeper
+    than MAX_DEPTH) becomes this item's ExecutionError; its neighbours are sent as they are."""
+    try:
+        check_carriable(result[1], "the output")
+        return result
+    except DlhubHpcError as exc:
+        return _unsendable(exc)
 
 
 def _sendable(result: WireResult) -> WireResult:
@@ -269,7 +323,13 @@ def _sendable(result: WireResult) -> WireResult:
         encode(BatchResult(0, [result]))
         return result
     except DlhubHpcError as exc:
-        return [False, DlhubHpcError(f"the output cannot be sent: {exc.message}").to_wire()]
+        return _unsendable(exc)
+
+
+def _unsendable(exc: DlhubHpcError) -> WireResult:
+    return [False, ExecutionError(
+        f"the servable's output cannot be sent back: {exc.message}", **exc.details,
+    ).to_wire()]
 
 
 def install_signal_handlers(worker: Worker) -> None:

@@ -12,6 +12,7 @@ import pytest
 from dlhub_hpc.errors import PilotError, ProfileError
 from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
 from dlhub_hpc.pilot.profiles import build_provider, load_profile, parse_profile
+from dlhub_hpc.security.isolation import WorkerLaunch
 
 HUB = "tcp://10.140.1.5:47652"
 
@@ -22,7 +23,8 @@ def account(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def render(name: str, tmp_path: Path, *, ranks: int = 1, nodes: int | None = None,
-           job_id: str = "4242.polaris-pbs-01", **changes: Any) -> tuple[str, list[str], Pilot]:
+           job_id: str = "4242.polaris-pbs-01", launch: WorkerLaunch | None = None,
+           **changes: Any) -> tuple[str, list[str], Pilot]:
     """Submit one block with the site's real Parsl provider; capture the script and command."""
     data = load_profile(name).model_dump(mode="json")
     data.update(changes)
@@ -36,7 +38,7 @@ def render(name: str, tmp_path: Path, *, ranks: int = 1, nodes: int | None = Non
 
     provider.execute_wait = execute_wait  # type: ignore[method-assign]
     pilot = Pilot(profile, "alice/oqmd@3", HUB, tmp_path, ranks=ranks, nodes=nodes,
-                  provider=provider)
+                  provider=provider, launch=launch)
     block = pilot.submit_block()
     assert block.job_id == job_id
     script = calls[-1].split()[-1]
