@@ -31,12 +31,13 @@ from typing import Any, cast
 
 import zmq
 
-from dlhub_hpc.broker.config import default_home, read_hub_file
+from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES, default_home, read_hub_file
 from dlhub_hpc.client_publication import PublicationMixin
 from dlhub_hpc.errors import (
     ConfigError,
     DlhubHpcError,
     HubUnavailable,
+    PayloadTooLarge,
     ProtocolError,
     ServableDeprecated,
     error_from_wire,
@@ -73,6 +74,15 @@ def find_hub_address(home: Path | None = None) -> str:
     if state and state.get("client_address"):
         return str(state["client_address"])
     return f"tcp://127.0.0.1:{DEFAULT_CLIENT_PORT}"
+
+
+def recorded_message_limit(address: str, home: Path | None = None) -> int | None:
+    """The request size limit the hub at ``address`` recorded in its ``hub.json``, if any."""
+    state = read_hub_file(home or default_home())
+    if not state or state.get("client_address") != address:
+        return None
+    limit = state.get("max_message_bytes")
+    return limit if isinstance(limit, int) and limit > 0 else None
 
 
 def _hub_gone(address: str) -> HubUnavailable:
@@ -158,18 +168,22 @@ class Client(PublicationMixin):
     def __init__(
         self, address: str | None = None, *, timeout: float | None = 60.0,
         keys: KeyPair | None = None, server_key: str | None = None,
-        context: zmq.Context[Any] | None = None,
+        context: zmq.Context[Any] | None = None, max_message_bytes: int | None = None,
     ) -> None:
         """``keys``: this caller's CurveZMQ key pair (default: the user's own, made on
         first use); ``server_key``: the hub's public key (default: as the hub recorded it);
         ``context``: the ZeroMQ context of an ``inproc://`` hub in this process (what
-        ``Hub.client()`` passes)."""
+        ``Hub.client()`` passes); ``max_message_bytes``: the largest request to send
+        (default: the limit the hub recorded in its ``hub.json``, else the hubs' default)."""
+        if max_message_bytes is not None and max_message_bytes < 1:
+            raise ConfigError(f"max_message_bytes must be positive, not {max_message_bytes}")
         if address is not None and address.startswith("inproc://") and context is None:
             raise ConfigError(f"{address} is reachable only with the context of the hub that "
                               "bound it: use Hub.client()", address=address)
         self._address = address
         self._context = context
         self.timeout = timeout
+        self._max_message_bytes = max_message_bytes
         self._curve = ClientCurve(keys, server_key)
         self._outbox: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
         self._futures: dict[str, Future[Any]] = {}
@@ -189,6 +203,14 @@ class Client(PublicationMixin):
         if self._address is None:
             self._address = find_hub_address()
         return self._address
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest request this client sends; larger ones raise ``PayloadTooLarge``."""
+        if self._max_message_bytes is None:
+            self._max_message_bytes = (recorded_message_limit(self.address)
+                                       or DEFAULT_MAX_MESSAGE_BYTES)
+        return self._max_message_bytes
 
     def __repr__(self) -> str:
         return f"Client(address={self._address!r}, timeout={self.timeout!r})"
@@ -240,6 +262,7 @@ class Client(PublicationMixin):
         seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
         request_id = self._new_id()
         frames = encode(Request(request_id, name, version, method, inputs, seconds, cache))
+        self._check_size(frames)
         wait = None if seconds is None else seconds + _GRACE
         return self._thread_socket().call(request_id, frames, wait, self.address)
 
@@ -356,9 +379,22 @@ class Client(PublicationMixin):
     def _new_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
 
+    def _check_size(self, frames: list[Any]) -> None:
+        """Refuse, before sending, a request the hub would refuse (and cut the line for)."""
+        size = sum(memoryview(f).nbytes for f in frames)
+        limit = self.max_message_bytes
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the request is {size} bytes, over the limit of {limit} bytes; send a "
+                "smaller input (or a file path the servable can read), or raise the hub's "
+                "HubConfig.max_message_bytes (and Client(max_message_bytes=...) to match)",
+                size=size, limit=limit, setting="HubConfig.max_message_bytes",
+            )
+
     def _send(self, request_id: str, msg: Any, wait: float | None) -> Future[Any]:
         """Queue ``msg`` for the I/O thread; its future fails after ``wait`` seconds unanswered."""
         frames = encode(msg)  # fails here, in the caller's thread, for values that cannot travel
+        self._check_size(frames)
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         with self._lock:

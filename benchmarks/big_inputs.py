@@ -1,0 +1,221 @@
+"""What one caller's big input costs everyone else, and what a client that never reads costs.
+
+    python benchmarks/big_inputs.py [--array-mib 1024] [--unread 100000]
+
+A hub process serves ``demo/add`` (list of floats, deterministic) and ``demo/noop`` (any),
+one worker each. A second process calls ``demo/noop`` with a tiny input in a closed loop
+the whole time; its latencies inside each window below are the "other callers" figures:
+
+* baseline: nobody else sends;
+* list: one caller runs ``demo/add`` on a 10^6-float list;
+* array: one caller tries a ``--array-mib`` float64 array (refused at the client with
+  ``PayloadTooLarge`` when over the hub's limit), then sends it anyway on a raw socket,
+  which the hub must cut off without reading it;
+* largest: a float64 array just under the limit, through ``demo/noop`` (uncached).
+
+Then a raw socket that never reads sends ``--unread`` requests; the hub's RSS is read
+when they are all answered and again after that socket disconnects.
+
+Targets (exit status 1 if missed): other callers' p99 within a window at most 50 ms, and
+no worker lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import zmq
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import CTX, child_process, hub_main, quiet_child, summary, wait_for_hub
+from dlhub_hpc import Client, PayloadTooLarge
+from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES
+from dlhub_hpc.protocol import Request, encode
+from dlhub_hpc.security.keys import curve_client, hub_public_key, user_keypair
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "dlhub_hpc" / "examples"
+STALL_TARGET_MS = 50.0
+MIB = 2**20
+
+
+def small_caller(address: str, conn: Connection) -> None:
+    """Closed loop of tiny requests until told to stop; sends back (start, seconds) pairs."""
+    quiet_child()
+    samples: list[tuple[float, float]] = []
+    with Client(address, timeout=60) as client:
+        conn.send("ready")
+        while not conn.poll():
+            t0 = time.monotonic()
+            client.run("demo/noop", 1, cache=False)
+            samples.append((t0, time.monotonic() - t0))
+    conn.send(samples)
+
+
+def raw_socket(ctx: zmq.Context[Any], address: str, **options: int) -> zmq.Socket[bytes]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    for name, value in options.items():
+        sock.setsockopt(getattr(zmq, name), value)
+    server = hub_public_key(address)
+    if server is not None:
+        curve_client(sock, server, user_keypair())
+    sock.connect(address)
+    return sock
+
+
+class Bench:
+    def __init__(self, address: str, hub_pid: int) -> None:
+        self.address = address
+        self.hub = psutil.Process(hub_pid)
+        self.client = Client(address, timeout=600)
+        self.windows: list[tuple[str, float, float]] = []
+        self.notes: list[str] = []
+
+    def rss_mib(self) -> float:
+        return float(self.hub.memory_info().rss / MIB)
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.client.status()["stats"]
+        return stats
+
+    def window(self, label: str, action: Any) -> None:
+        t0 = time.monotonic()
+        note = action()
+        self.windows.append((label, t0, time.monotonic()))
+        self.notes.append(f"{label}: {note} in {time.monotonic() - t0:.2f} s")
+
+    def big_list(self) -> str:
+        value = self.client.run("demo/add", [1.0] * 10**6, cache=False)
+        return f"demo/add of 10^6 floats = {value}"
+
+    def refused_array(self, mib: int) -> str:
+        array = np.ones(mib * MIB // 8)
+        try:
+            self.client.run("demo/noop", array, cache=False)
+        except PayloadTooLarge as exc:
+            refused = f"client refused it: PayloadTooLarge ({exc.details['size']} bytes)"
+        else:
+            return f"{mib} MiB array served (under the limit)"
+        ctx: zmq.Context[Any] = zmq.Context()
+        sock = raw_socket(ctx, self.address)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        sock.send_multipart(encode(Request("huge", "demo/noop", None, "", array)), copy=False)
+        cut = bool(monitor.poll(60_000))
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        ctx.destroy(linger=0)
+        return f"{refused}; raw send {'cut off by the hub' if cut else 'NOT cut off'}"
+
+    def largest_array(self) -> str:
+        array = np.ones((DEFAULT_MAX_MESSAGE_BYTES - MIB) // 8)
+        out = self.client.run("demo/noop", array, cache=False)
+        return f"{array.nbytes // MIB} MiB array echoed ({out.nbytes // MIB} MiB back)"
+
+    def unread(self, count: int) -> tuple[float, float, float, int]:
+        """RSS before, with ``count`` unread replies, and after the reader disconnects."""
+        ctx: zmq.Context[Any] = zmq.Context()
+        sock = raw_socket(ctx, self.address, RCVHWM=1, RCVBUF=4096)
+        before, rejected0 = self.rss_mib(), self.stats().get("rejected", 0)
+        for i in range(count):
+            sock.send_multipart(encode(Request(f"u{i}", "nobody/none", None, "", 0)))
+        while self.stats().get("rejected", 0) - rejected0 < count:
+            time.sleep(0.2)  # polling the hub's counters, not waiting for time to pass
+        during = self.rss_mib()
+        ctx.destroy(linger=0)
+        after, deadline = during, time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the hub has let go of that pipe
+            self.client.status()
+            now = self.rss_mib()
+            if now >= after and now < during:
+                break
+            after = now
+            time.sleep(0.5)
+        return before, during, after, int(self.stats().get("replies_dropped_hwm", 0))
+
+
+def stall_table(windows: list[tuple[str, float, float]],
+                samples: list[tuple[float, float]]) -> list[tuple[str, dict[str, float]]]:
+    rows = []
+    for label, t0, t1 in windows:
+        inside = [s for start, s in samples if start + s >= t0 and start <= t1]
+        rows.append((label, summary(inside, 1000)))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    home = Path(tempfile.mkdtemp(prefix="dlhub-big-"))
+    with child_process(hub_main, str(home), {}, name="hub") as hub_proc:
+        address = wait_for_hub(home, hub_proc)
+        bench = Bench(address, hub_proc.pid or 0)
+        for name in ("add", "noop"):
+            ref = str(bench.client.publish(EXAMPLES / name)["name"])
+            bench.client.start_workers(ref, 1)
+            bench.client.wait_for_workers(ref, 1, timeout=120)
+        workers0 = sorted(w["worker_id"] for w in bench.client.status()["workers"])
+        rss0 = bench.rss_mib()
+        ours, theirs = CTX.Pipe()
+        with child_process(small_caller, address, theirs, name="small-caller") as caller:
+            assert ours.recv() == "ready"
+            done = threading.Event()
+            bench.window("baseline", lambda: done.wait(3) or "3 s alone")
+            bench.window("10^6-float list", bench.big_list)
+            bench.window(f"{args.array_mib} MiB array", lambda: bench.refused_array(args.array_mib))
+            bench.window("largest array", bench.largest_array)
+            ours.send("stop")
+            samples = ours.recv()
+            caller.join(10)
+        rss1 = bench.rss_mib()
+        before, during, after, dropped = bench.unread(args.unread)
+        stats = bench.stats()
+        workers1 = sorted(w["worker_id"] for w in bench.client.status()["workers"])
+        bench.client.close()
+    return report(bench, stall_table(bench.windows, samples), stats, workers0 == workers1,
+                  (rss0, rss1), (before, during, after, dropped), args.unread)
+
+
+def report(bench: Bench, rows: list[tuple[str, dict[str, float]]], stats: dict[str, Any],
+           same_workers: bool, rss: tuple[float, float],
+           unread: tuple[float, float, float, int], count: int) -> int:
+    for note in bench.notes:
+        print(note)
+    print(f"{'other callers during':<24} {'n':>6} {'p50 ms':>8} {'p99 ms':>8}")
+    for label, row in rows:
+        print(f"{label:<24} {row['n']:>6} {row['p50']:>8.2f} {row['p99']:>8.2f}")
+    lost = int(stats.get("workers_lost", 0))
+    print(f"workers lost: {lost} (same workers before and after: {same_workers})")
+    print(f"hub RSS: {rss[0]:.0f} MiB before, {rss[1]:.0f} MiB after the big inputs")
+    before, during, after, dropped = unread
+    print(f"{count} unread replies: hub RSS {before:.0f} -> {during:.0f} MiB "
+          f"(+{during - before:.1f}), {after:.0f} MiB after the reader left; "
+          f"{dropped} replies dropped at the high-water mark")
+    missed = [label for label, row in rows if not row["p99"] <= STALL_TARGET_MS]
+    if missed:
+        print(f"MISSED: p99 over {STALL_TARGET_MS} ms during {missed}")
+    if lost or not same_workers:
+        print("MISSED: a worker was lost")
+    return 1 if missed or lost or not same_workers else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--array-mib", type=int, default=1024)
+    parser.add_argument("--unread", type=int, default=100_000)
+    with contextlib.suppress(KeyboardInterrupt):
+        return run(parser.parse_args())
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
