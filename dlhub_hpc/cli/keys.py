@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import time
 from pathlib import Path
 
 import click
@@ -99,6 +100,37 @@ def list_(ctx: click.Context) -> None:
         table.add_row(str(r["name"]), str(r["kind"]), ", ".join(r["groups"]) or "-",
                       str(r["public_key"]))
     console.print(table)
+
+
+@keys.command("workers")
+@click.pass_context
+def workers_(ctx: click.Context) -> None:
+    """The worker credentials the hub issued, one per owner (the hub's admin only)."""
+    with client_from(ctx) as client:
+        rows = client.control("worker_credentials")
+    table = Table(title="Worker credentials")
+    for col in ("owner", "public key", "issued", "revoked"):
+        table.add_column(col)
+    for r in rows:
+        revoked = r["revoked_at"]
+        table.add_row(str(r["owner"]), str(r["public_key"]), _when(r["issued_at"]),
+                      "-" if revoked is None else _when(revoked))
+    console.print(table)
+
+
+@keys.command("revoke-workers")
+@click.argument("owner")
+@click.pass_context
+def revoke_workers(ctx: click.Context, owner: str) -> None:
+    """Revoke OWNER's worker credential: its workers are dropped and its key refused; the
+    next 'workers start' or pilot block issues a new one (the hub's admin only)."""
+    with client_from(ctx) as client:
+        done = client.control("revoke_workers", owner=owner)
+    console.print(f"revoked {done['revoked']} worker credential(s) of [bold]{owner}[/]")
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
 
 @keys.command(context_settings=KEY_ARGUMENTS)

@@ -127,8 +127,9 @@ class ApptainerRuntime(ContainerRuntime):
         gpu: str | None = None,
     ) -> list[str]:
         _check_gpu(self.name, gpu)
-        # --no-home: the servable's code must not read the pilot user's home (its keys).
-        cmd = [self.executable, "exec", "--cleanenv", "--no-home"]
+        # --contain --no-home: the servable's code must not read the pilot user's home (its
+        # keys), nor the host's /tmp or the job's folder (the hub's home): only its binds.
+        cmd = [self.executable, "exec", "--cleanenv", "--contain", "--no-home"]
         if gpu == "nvidia":
             cmd.append("--nv")
         elif gpu == "amd":
@@ -190,7 +191,8 @@ class CharliecloudRuntime(ContainerRuntime):
         _check_gpu(self.name, gpu)
         # ch-run passes the host environment through; drop it, then set the image's PATH.
         # --env-no-expand: values are literal ('$' would be expanded, after the unset: empty).
-        cmd = [self.executable, "--unset-env=*", "--env-no-expand",
+        # --private-tmp: ch-run shares the host's /tmp otherwise (other users' files).
+        cmd = [self.executable, "--private-tmp", "--unset-env=*", "--env-no-expand",
                f"--set-env=PATH={IMAGE_PATH}"]
         for bind in binds:
             src, dst, mode = split_bind(bind)

@@ -141,3 +141,19 @@ def test_a_hub_that_cannot_isolate_refuses_other_owners_workers_unless_opted_out
     alice.start_workers("alice/adder", 1)
     alice.wait_for_workers("alice/adder", 1, timeout=60)
     assert alice.run("alice/adder", [2.0, 2.0]) == 4.0
+
+
+def test_the_admin_lists_and_revokes_worker_credentials_from_the_cli(
+    tmp_path: Path, hub: Hub, people: dict[str, Client],
+) -> None:
+    people["alice"].publish(servable_copy(tmp_path, "alice", "adder", ["public"]))
+    issued = hub.security.worker_credentials.issue("alice")
+    cli = [sys.executable, "-m", "dlhub_hpc.cli", "--hub", hub.client_address, "keys"]
+    env = {**os.environ, "COLUMNS": "200"}
+    listed = subprocess.run([*cli, "workers"], capture_output=True, text=True, env=env,
+                            timeout=120, check=True).stdout
+    assert "alice" in listed and issued.public_key in listed
+    done = subprocess.run([*cli, "revoke-workers", "alice"], capture_output=True, text=True,
+                          env=env, timeout=120, check=True).stdout
+    assert "revoked 1 worker credential(s) of alice" in done
+    assert hub.security.worker_credentials.owner_of(issued.public_key) is None

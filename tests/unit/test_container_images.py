@@ -79,7 +79,8 @@ def test_worker_command_picks_the_format_the_runtime_runs(tmp_path: Path) -> Non
         pick_image(get_runtime("bubblewrap"), images)
     cmd = worker_command(ch, images["sqfs"], "tcp://10.1.1.1:5001", extra=["--block", "b1"])
     assert cmd == [
-        "/bin/true", "--unset-env=*", "--env-no-expand", f"--set-env=PATH={IMAGE_PATH}",
+        "/bin/true", "--private-tmp", "--unset-env=*", "--env-no-expand",
+        f"--set-env=PATH={IMAGE_PATH}",
         str(sqfs), "--",
         "python3", "-m", "dlhub_hpc.worker", "--hub", "tcp://10.1.1.1:5001",
         "--servable", "demo/add@1", "--cache-dir", "/opt/dlhub-hpc/bundles", "--block", "b1",

@@ -21,7 +21,7 @@ def test_apptainer_command_is_exact() -> None:
         binds=["/scratch/data:/data:ro", "/lus/run"], gpu="nvidia",
     )
     assert cmd == [
-        "apptainer", "exec", "--cleanenv", "--no-home", "--nv",
+        "apptainer", "exec", "--cleanenv", "--contain", "--no-home", "--nv",
         "--bind", "/scratch/data:/data:ro", "--bind", "/lus/run:/lus/run",
         "--env", "OMP_NUM_THREADS=4", "/images/b.sif", *ARGV,
     ]
@@ -29,7 +29,8 @@ def test_apptainer_command_is_exact() -> None:
 
 def test_singularity_uses_rocm_for_amd_and_its_own_executable() -> None:
     cmd = get_runtime("singularity").command("/i.sif", ["true"], gpu="amd")
-    assert cmd == ["singularity", "exec", "--cleanenv", "--no-home", "--rocm", "/i.sif", "true"]
+    assert cmd == ["singularity", "exec", "--cleanenv", "--contain", "--no-home", "--rocm",
+                   "/i.sif", "true"]
 
 
 def test_apptainer_refuses_env_values_it_would_split() -> None:
@@ -41,7 +42,8 @@ def test_charliecloud_command_is_exact() -> None:
     rt = get_runtime("charliecloud")
     cmd = rt.command("/img/b.sqfs", ARGV, env={"A": "1"}, binds=["/scratch:/mnt"])
     assert cmd == [
-        "ch-run", "--unset-env=*", "--env-no-expand", f"--set-env=PATH={IMAGE_PATH}",
+        "ch-run", "--private-tmp", "--unset-env=*", "--env-no-expand",
+        f"--set-env=PATH={IMAGE_PATH}",
         "--bind=/scratch:/mnt",
         "--set-env=A=1", "/img/b.sqfs", "--", *ARGV,
     ]

@@ -55,7 +55,7 @@ def test_polaris_pbs_script(tmp_path: Path) -> None:
     assert "mpiexec --cpu-bind none --depth=16 --ppn 4 -n $WORKERCOUNT" in script
     assert "WORKERCOUNT=8" in script
     worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
-    assert worker.startswith("apptainer exec --cleanenv --no-home --nv")
+    assert worker.startswith("apptainer exec --cleanenv --contain --no-home --nv")
     # The launcher's local rank reaches the worker inside the clean container environment.
     # Escaped: the heredoc that writes the task script must not expand it in the batch shell.
     assert '--env PALS_LOCAL_RANKID="\\${PALS_LOCAL_RANKID:-}"' in worker
@@ -96,7 +96,7 @@ def test_frontier_slurm_script(tmp_path: Path) -> None:
         assert line in script
     assert "srun --ntasks 8 -l --gpus-per-node=8" in script.replace("  ", " ")
     worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
-    assert "apptainer exec --cleanenv --no-home --rocm" in worker
+    assert "apptainer exec --cleanenv --contain --no-home --rocm" in worker
     assert "--gpu-env ROCR_VISIBLE_DEVICES" in worker
 
 
