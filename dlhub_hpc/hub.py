@@ -7,6 +7,7 @@ writes ``hub.json`` in its home so that clients and the CLI find it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,9 +28,11 @@ from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, PilotError
 from dlhub_hpc.pilot.local import local_provider
-from dlhub_hpc.pilot.manager import PilotManager
-from dlhub_hpc.pilot.pilots import Pilot, PilotService, hub_address_for_workers
-from dlhub_hpc.pilot.profiles import load_profile, parse_profile
+from dlhub_hpc.pilot.manager import Block, PilotManager
+from dlhub_hpc.pilot.pilots import Pilot, PilotBlock, PilotService, hub_address_for_workers
+from dlhub_hpc.pilot.profiles import build_provider, load_profile, parse_profile
+from dlhub_hpc.pilot.recovery import LIVE, Journal, adopt_job, cancel_job, skip_ids, skip_pilot_ids
+from dlhub_hpc.registry.pilots import BlockRecord, PilotRecord, PilotRecords
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.security.hub import HubSecurity
 from dlhub_hpc.servable.bundle import read_bundle
@@ -119,6 +122,7 @@ class Hub:
             heartbeat_interval=self.config.heartbeat_interval,
             hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
         )
+        self._recover_blocks()  # what a crashed hub on this home left running
         self._write_state_file()
         return self
 
@@ -300,6 +304,7 @@ class Hub:
         refuse_workers(record.spec)  # a pipeline has none: its steps do
         self.security.access.check_manage(str(args.get("caller", "")), name)
         given = args.get("profile") or "local"
+        self.security.check_profile_source(str(args.get("caller", "")), given)
         profile = (parse_profile(given, "the profile sent") if isinstance(given, dict)
                    else load_profile(str(given)))
         nodes = args.get("nodes")
@@ -330,6 +335,90 @@ class Hub:
             return self.pilots.add(pilot).to_dict()
 
         return self._executor.submit(start)
+
+    # -- after a crash: the blocks and pilots a previous hub on this home left --
+
+    def _recover_blocks(self) -> None:
+        """Re-adopt the recorded jobs still queued or running, cancel those that cannot be."""
+        assert self.pilot is not None
+        records = PilotRecords(self.registry)
+        journal = self.pilot.journal = self.pilots.journal = Journal(records)
+        manager = self.pilot
+        for rec in records.blocks(""):
+            if rec.provider != type(manager.provider).__name__:
+                self._cancel_recorded(rec, None)
+            elif (state := adopt_job(manager.provider, rec)) in LIVE:
+                manager.adopt(Block(rec.block_id, rec.job_id, rec.servable, rec.workers,
+                                    rec.submitted_at, state))
+                logger.info("adopted %s (job %s) of %s", rec.block_id, rec.job_id, rec.servable)
+                continue
+            journal.blocks_ended([rec.block_id])
+        pilots = records.pilots()
+        skip_pilot_ids([p.pilot_id for p in pilots])
+        for prec in pilots:
+            self._recover_pilot(prec, records.blocks(prec.pilot_id), journal)
+
+    def _recover_pilot(self, prec: PilotRecord, blocks: list[BlockRecord],
+                       journal: Journal) -> None:
+        try:
+            pilot = self._rebuild_pilot(prec)
+        except Exception as exc:  # the servable or the profile is gone: nothing to resume
+            logger.warning("cannot resume %s of %s (%s); cancelling its %d jobs",
+                           prec.pilot_id, prec.servable, exc, len(blocks))
+            provider = None
+            with contextlib.suppress(Exception):  # a profile that still parses cancels best
+                provider = build_provider(parse_profile(prec.profile, prec.pilot_id))
+            for rec in blocks:
+                self._cancel_recorded(rec, provider)
+            journal.pilot_ended(prec.pilot_id)
+            return
+        live = []
+        for rec in blocks:
+            state = adopt_job(pilot.provider, rec)
+            if state in LIVE:
+                live.append(PilotBlock(rec.block_id, rec.job_id, rec.servable, rec.workers,
+                                       rec.submitted_at, prec.pilot_id, pilot.profile.name,
+                                       state=state, reason="adopted after a hub restart"))
+            else:
+                journal.blocks_ended([rec.block_id])
+        skip_ids(pilot._ids, [rec.block_id for rec in blocks])
+        self.pilots.adopt(pilot, live)
+
+    def _rebuild_pilot(self, prec: PilotRecord) -> Pilot:
+        """The recorded pilot, as ``pilot start`` would make it now, under its old id."""
+        from dlhub_hpc.container.launch import check_recorded, image_for
+
+        name, version = parse_ref(prec.servable)
+        record = self.registry.get(name, version)
+        profile = parse_profile(prec.profile, f"the recorded profile of {prec.pilot_id}")
+        runtime = profile.container.runtime
+        launch = self.security.worker_launch(name, runtime != "none")
+        image = (image_for(self.registry.root, name, record.version, runtime)
+                 if runtime != "none" and not profile.container.image else None)
+
+        def check_image(path: str) -> None:
+            check_recorded(self.registry.root, record.name, record.version, path)
+
+        pilot = Pilot(
+            profile, prec.servable, hub_address_for_workers(self.worker_address, profile),
+            self.config.home / "pilots", nodes=prec.nodes,
+            ranks=int(getattr(record.spec.servable, "ranks", 1) or 1),
+            heartbeat_interval=self.config.heartbeat_interval,
+            hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
+            image=image, check_image=check_image, launch=launch,
+        )
+        pilot.pilot_id, pilot.run_dir = prec.pilot_id, self.config.home / "pilots" / prec.pilot_id
+        return pilot
+
+    def _cancel_recorded(self, rec: BlockRecord, provider: ExecutionProvider | None) -> None:
+        """Cancel a recorded job no pilot takes back (a LocalProvider's by its pid)."""
+        if provider is None and rec.provider == "LocalProvider":
+            provider = local_provider()
+        if provider is None:
+            logger.error("job %s (%s of %s) may still run on %s: cancel it by hand",
+                         rec.job_id, rec.block_id, rec.servable, rec.provider)
+            return
+        cancel_job(provider, rec)
 
     def _op_pilot_status(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         def finish() -> list[dict[str, Any]]:

@@ -106,6 +106,9 @@ def main(args: list[str] | None = None) -> int:
         print("confine: no command given after --", file=sys.stderr)
         return 2
     env = kept_environment(os.environ)
+    # Resolved with the job's PATH: the confined PATH is the system's, where 'python3' is
+    # another interpreter than the one these binds are for.
+    argv[0] = shutil.which(argv[0]) or argv[0]
     if opts.sandbox:
         bwrap = shutil.which("bwrap")
         if bwrap is None:

@@ -116,6 +116,19 @@ class HubSecurity:
             return WorkerLaunch(confinement)
         return WorkerLaunch(confinement, self.worker_credentials.issue(owner).path)
 
+    def check_profile_source(self, caller: str, given: object) -> None:
+        """A site profile holds shell commands (``worker_init``, launcher overrides, the
+        worker's ``python``) that a job runs as the hub's user before any confinement: only
+        the admin may send one as data or name a YAML file; others name an installed one."""
+        if caller == self.admin or not self.server_auth_on:
+            return
+        if isinstance(given, dict) or Path(str(given)).suffix in (".yaml", ".yml"):
+            raise PermissionDenied(
+                f"only the hub's admin ({self.admin}) may start pilots from a profile sent as "
+                "data or a file: its commands run as the hub's user; name one of the site "
+                "profiles installed on the hub ('dlhub-hpc profiles list') or ask the admin "
+                "to install yours", identity=caller)
+
     def revoke_workers(self, args: dict[str, Any]) -> dict[str, Any]:
         """Admin: revoke an owner's worker credential; its workers are dropped."""
         self.require_admin(args, "revoke worker credentials")

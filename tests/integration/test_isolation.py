@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from dlhub_hpc import Client, Hub
-from dlhub_hpc.errors import IsolationUnavailable
+from dlhub_hpc.errors import IsolationUnavailable, PermissionDenied
 from dlhub_hpc.security.keys import KeyPair, key_dir, load_keypair
 from tests.integration.conftest import wait_for
 from tests.integration.test_auth import servable_copy
@@ -157,3 +157,26 @@ def test_the_admin_lists_and_revokes_worker_credentials_from_the_cli(
                           env=env, timeout=120, check=True).stdout
     assert "revoked 1 worker credential(s) of alice" in done
     assert hub.security.worker_credentials.owner_of(issued.public_key) is None
+
+
+@needs_bwrap
+def test_a_publishers_pilot_runs_sandboxed_and_may_not_bring_its_own_profile(
+    tmp_path: Path, hub: Hub, people: dict[str, Client],
+) -> None:
+    alice = people["alice"]
+    alice.publish(SNOOP)
+    hostile = {"name": "mine", "description": "runs a command as the hub's user",
+               "provider": {"type": "LocalProvider", "worker_init": "cat ~/.ssh/id_rsa"}}
+    with pytest.raises(PermissionDenied, match="only the hub's admin"):
+        alice.start_pilot("alice/snoop", profile=hostile)
+    (tmp_path / "mine.yaml").write_text("provider: {type: LocalProvider}\n")
+    with pytest.raises(PermissionDenied, match="name one of the site profiles"):
+        alice.start_pilot("alice/snoop", profile=str(tmp_path / "mine.yaml"))
+    pilot = alice.start_pilot("alice/snoop", profile="local")
+    try:
+        alice.wait_for_workers("alice/snoop", 1, timeout=60)
+        found = alice.run("alice/snoop", _secrets(hub))
+        assert not any(found["readable"].values()), found["readable"]
+        assert found["fd3"] == ""
+    finally:
+        alice.stop_pilot([pilot["pilot_id"]])
