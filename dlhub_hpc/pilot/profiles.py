@@ -34,6 +34,9 @@ PROFILE_DIR_ENV = "DLHUB_HPC_PROFILES"
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "site_profiles"
 # Our scaling strategy owns the block counts; a provider must not start blocks by itself.
 _OWNED_KEYS = {"init_blocks", "min_blocks", "max_blocks", "parallelism", "launcher"}
+# Kept by the pilot when the provider has no such option (LocalProvider): its blocks then
+# drain and are replaced at that walltime as a scheduler's would be.
+_PILOT_KEYS = {"walltime"}
 
 
 def _classes(module: Any, base: type) -> dict[str, type]:
@@ -59,6 +62,12 @@ def _resolve(kind: str, name: str, known: dict[str, type]) -> type:
     if name not in known:
         raise ValueError(f"unknown {kind} type {name!r}; valid types: {', '.join(sorted(known))}")
     return known[name]
+
+
+def _provider_kwargs(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` less the pilot's own keys that ``cls`` does not take."""
+    params = inspect.signature(cls).parameters
+    return {k: v for k, v in options.items() if k not in _PILOT_KEYS or k in params}
 
 
 def _check_kwargs(cls: type, options: dict[str, Any], what: str) -> None:
@@ -104,7 +113,7 @@ class ProviderSpec(BaseModel):
         if owned:
             raise ValueError(f"provider options {owned} are set by the profile's scaling: "
                              "block, use scaling.min_blocks/max_blocks instead")
-        _check_kwargs(cls, self.options(), "provider")
+        _check_kwargs(cls, _provider_kwargs(cls, self.options()), "provider")
         return self
 
     def options(self) -> dict[str, Any]:
@@ -365,8 +374,8 @@ def build_provider(profile: SiteProfile, *, mpi: bool = False) -> ExecutionProvi
                                "(e.g. type: MpiExecLauncher, or SrunLauncher with "
                                "overrides: --mpi=pmix) to run servables with ranks > 1")
         launcher_spec = profile.mpi_launcher
-    options = {k: expand_vars(v) for k, v in spec.options().items()}
     cls: Any = provider_types()[spec.type]
+    options = {k: expand_vars(v) for k, v in _provider_kwargs(cls, spec.options()).items()}
     try:
         return cls(launcher=launcher_spec.build(), init_blocks=0, min_blocks=0,
                    max_blocks=profile.scaling.max_blocks + 1, **options)

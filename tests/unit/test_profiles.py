@@ -175,3 +175,15 @@ def test_local_is_embedded_when_no_profile_directory_has_it(
     assert (embedded.scaling.min_blocks, embedded.scaling.max_blocks) == (1, 4)
     with pytest.raises(ProfileError, match="known profiles: none"):
         load_profile("polaris")
+
+
+def test_a_local_profile_with_a_walltime_drains_and_is_replaced_by_the_pilot() -> None:
+    # LocalProvider has no walltime option: the pilot keeps it for drain and replacement.
+    profile = parse_profile({"name": "t", "provider": {"type": "LocalProvider",
+                                                       "walltime": "00:00:30"},
+                             "walltime": {"replace_lead": 12, "drain_margin": 6}})
+    assert profile.provider.walltime_seconds() == 30
+    assert profile.drain_after() == 24
+    assert isinstance(build_provider(profile), LocalProvider)
+    with pytest.raises(ProfileError, match="no option"):
+        parse_profile({"name": "t", "provider": {"type": "LocalProvider", "wallclock": "1"}})
