@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import click
 import numpy as np
@@ -28,6 +28,18 @@ def client_from(ctx: click.Context, timeout: float | None = 60.0) -> Client:
 def fail(exc: DlhubHpcError) -> NoReturn:
     err_console.print(f"[bold red]error[/] {type(exc).__name__}: {escape(exc.message)}")
     sys.exit(1)
+
+
+class InputError(click.BadParameter):
+    """A bad command-line input: one line on stderr and exit status 2, no traceback."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        # Without the usage block: the message says what to pass instead.
+        click.echo(f"Error: {self.format_message()}", file=file, err=True)
+
+
+def input_error(message: str, param: str = "INPUT") -> InputError:
+    return InputError(message, param_hint=param)
 
 
 def to_json(value: Any) -> str:

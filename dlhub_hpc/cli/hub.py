@@ -11,10 +11,11 @@ from pathlib import Path
 
 import click
 
-from dlhub_hpc.broker.config import HubConfig, default_home, read_hub_file
+from dlhub_hpc.broker.config import STATE_FILE, HubConfig, default_home, read_hub_file
 from dlhub_hpc.cli.common import console
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
+from dlhub_hpc.security.client import listening
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _stale_hub_file(home: Path) -> dict[str, str] | None:
+    """The addresses in a ``hub.json`` that a killed hub left; ``ConfigError`` if its hub
+    still runs; None if there is none."""
+    existing = read_hub_file(home)
+    if not existing:
+        return None
+    try:
+        pid = int(existing.get("pid") or 0)
+    except (TypeError, ValueError):
+        pid = 0
+    address = str(existing.get("client_address") or "")
+    alive = pid > 0 and _pid_alive(pid)
+    if alive and listening(address):
+        raise ConfigError(
+            f"a hub (pid {pid}) already runs from {home} at {address}; stop it with "
+            "'dlhub-hpc hub stop'"
+        )
+    why = f"pid {pid} is not running" if not alive else f"nothing listens at {address}"
+    console.print(f"replaced a stale {home / STATE_FILE} left by a hub that is gone ({why}); "
+                  "its pilots' jobs still running are taken back")
+    return {k: str(existing[k]) for k in ("client_address", "worker_address")
+            if isinstance(existing.get(k), str)}
+
+
 @hub.command("start")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Registry and state directory (default $DLHUB_HPC_HOME or ~/.dlhub-hpc).")
@@ -43,18 +68,17 @@ def _pid_alive(pid: int) -> bool:
 def start(home: Path | None, client_address: str | None, worker_address: str | None,
           background: bool) -> None:
     """Start a hub on this machine (loopback only, unless told otherwise)."""
-    settings: dict[str, object] = {"home": home or default_home()}
+    home = home or default_home()
+    stale = _stale_hub_file(home)
+    if stale is not None:  # a crashed hub's: come back on its addresses, for its workers
+        client_address = client_address or stale.get("client_address") or None
+        worker_address = worker_address or stale.get("worker_address") or None
+    settings: dict[str, object] = {"home": home}
     if client_address:
         settings["client_address"] = client_address
     if worker_address:
         settings["worker_address"] = worker_address
     config = HubConfig.model_validate(settings)
-    existing = read_hub_file(config.home)
-    if existing and _pid_alive(int(existing.get("pid", 0))):
-        raise ConfigError(
-            f"a hub (pid {existing['pid']}) already runs from {config.home} at "
-            f"{existing['client_address']}; stop it with 'dlhub-hpc hub stop'"
-        )
     if background:
         _start_background(config, client_address, worker_address)
         return

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from dlhub_hpc.cli.common import client_from, console, to_json
+from dlhub_hpc.cli.common import client_from, console, input_error, to_json
 from dlhub_hpc.errors import SpecError
 from dlhub_hpc.registry.dlhub_json import from_dlhub_json
 
@@ -263,9 +263,11 @@ def import_dlhub(record: Path, directory: Path) -> None:
     """Write DIRECTORY/servable.yaml from a DLHub dlhub.json RECORD (add its files, then
     publish)."""
     try:
-        data = json.loads(record.read_text())
-    except ValueError as exc:
-        raise SpecError(f"{record} is not JSON: {exc}") from None
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, or not JSON
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise input_error(f"{record} is not a readable JSON file: {reason}; pass DLHub's "
+                          "dlhub.json record", "RECORD") from None
     spec = from_dlhub_json(data)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "servable.yaml").write_text(

@@ -11,8 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dlhub_hpc.cli.common import client_from, console, to_json
-from dlhub_hpc.errors import InvalidInput
+from dlhub_hpc.cli.common import client_from, console, input_error, to_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +30,28 @@ def publish(ctx: click.Context, directory: Path) -> None:
 
 
 def _read_input(text: str) -> Any:
-    if text == "-":
-        text = sys.stdin.read()
-    elif text.startswith("@"):
-        text = Path(text[1:]).read_text()
+    """INPUT as JSON: given inline, from @FILE, or from stdin (-); a bad one is a usage error."""
+    where = ""
+    try:
+        if text == "-":
+            where = " on stdin"
+            if sys.stdin is None:
+                raise OSError("stdin is closed")
+            text = sys.stdin.read()
+        elif text.startswith("@"):
+            where = f" in {text[1:] or 'the file named after @ (none)'}"
+            text = Path(text[1:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        source = where.removeprefix(" in ").removeprefix(" on ") or "INPUT"
+        raise input_error(f"cannot read {source}: {reason}; pass JSON, @file.json or -"
+                          ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"INPUT is not JSON ({exc}); quote it, e.g. '[1, 2, 3]', or pass @file.json or -"
+        raise input_error(
+            f"INPUT is not JSON{where} ({exc}); quote it, e.g. '[1, 2, 3]', or pass "
+            "@file.json or -"
         ) from None
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from parsl.providers.base import ExecutionProvider
 
 from dlhub_hpc.errors import PilotError
+from dlhub_hpc.pilot.recovery import Journal, skip_ids
 from dlhub_hpc.security.isolation import WorkerLaunch
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class PilotManager:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._provider_lock = threading.Lock()  # Parsl's providers are not thread-safe
+        self.journal: Journal | None = None  # records blocks, for a hub restarted after a crash
 
     def __repr__(self) -> str:
         return (f"PilotManager(provider={type(self.provider).__name__}(...), "
@@ -102,6 +104,9 @@ class PilotManager:
         block = Block(block_id, str(job_id), servable, workers, time.time())
         with self._lock:
             self._blocks[block_id] = block
+        if self.journal is not None:
+            self.journal.block_started(self.provider, "", block_id, servable, block.job_id,
+                                       workers)
         logger.info("started %s (job %s): %d workers for %s", block_id, job_id, workers, servable)
         return block
 
@@ -139,4 +144,12 @@ class PilotManager:
             for b in chosen:
                 b.state = "CANCELLED"
             logger.info("stopped %s", [b.block_id for b in chosen])
+            if self.journal is not None:
+                self.journal.blocks_ended([b.block_id for b in chosen])
         return chosen
+
+    def adopt(self, block: Block) -> None:
+        """Track a block a previous hub submitted (its job adopted into our provider)."""
+        with self._lock:
+            self._blocks[block.block_id] = block
+            skip_ids(self._ids, list(self._blocks))

@@ -122,6 +122,7 @@ class Pilot:
         self.hub_address = hub_address
         self.run_dir = Path(run_dir) / self.pilot_id
         self.ranks = ranks
+        self.nodes = nodes  # per block, when the profile's is overridden
         self.image = image  # a verified built image, when the profile names none
         # Raises if the image changed since it was built; run before every block, since
         # replacements are submitted hours after the pilot started.
@@ -151,6 +152,7 @@ class Pilot:
         self._stopped = False
         self.failures = 0  # blocks in a row that ended before a worker connected
         self.halted = False
+        self.journal: Any = None  # recovery.Journal: records blocks for a restarted hub
 
     def __repr__(self) -> str:
         return (f"Pilot(load_profile({self.profile.name!r}), {self.servable!r}, "
@@ -268,6 +270,9 @@ class Pilot:
         if orphan:
             self._cancel([block])
             raise PilotError(f"{self.pilot_id} was stopped while {block_id} was submitted")
+        if self.journal is not None:
+            self.journal.block_started(self.provider, self.pilot_id, block_id, self.servable,
+                                       block.job_id, block.workers)
         self._event(f"submitted {block_id} (job {job_id}): {reason}")
         return block
 
@@ -335,12 +340,16 @@ class Pilot:
         if doomed:
             self._cancel(doomed)
         with self._lock:
+            before = set(self.blocks)
             for block_id in d.dead:
                 self.blocks.pop(block_id, None)
             # Blocks that ended after we stopped or replaced them: nothing left to watch.
             for block_id, block in list(self.blocks.items()):
                 if block.state in TERMINAL and (block.stopping or block.replaced):
                     del self.blocks[block_id]
+            gone = sorted(before - set(self.blocks))
+        if self.journal is not None:
+            self.journal.blocks_ended(gone)
         for block_id in d.replace:
             if block_id in self.blocks:
                 self.blocks[block_id].replaced = True
@@ -378,6 +387,8 @@ class Pilot:
         for b in blocks:
             b.state = "CANCELLED"
         self._event(f"stopped {len(blocks)} blocks")
+        if self.journal is not None:
+            self.journal.pilot_ended(self.pilot_id)
         if failed:
             ids = " ".join(b.job_id for b in failed)
             raise PilotError(f"{self.pilot_id}: {self.provider.label} could not cancel jobs "
@@ -418,12 +429,17 @@ class PilotService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False  # shut down: a pilot added now would outlive its hub
+        self.journal: Any = None  # recovery.Journal, given to each pilot added
 
     def __repr__(self) -> str:
         return f"PilotService(period={self.period!r}, pilots={sorted(self.pilots)!r})"
 
     def add(self, pilot: Pilot) -> Pilot:
         """Start ``pilot``: its first ``min_blocks`` blocks now, the rest by the scaling loop."""
+        if self.journal is not None:
+            pilot.journal = self.journal
+            self.journal.pilot_started(pilot.pilot_id, pilot.servable,
+                                       pilot.profile.model_dump(mode="json"), pilot.nodes)
         try:
             for _ in range(max(pilot.profile.scaling.min_blocks, 1)):
                 pilot.submit_block("pilot start")
@@ -440,6 +456,17 @@ class PilotService:
                              "were cancelled")
         self._ensure_thread()
         return pilot
+
+    def adopt(self, pilot: Pilot, blocks: list[PilotBlock]) -> None:
+        """Take over a pilot a previous hub started, with its blocks still running."""
+        pilot.journal = self.journal
+        with pilot._lock:
+            for block in blocks:
+                pilot.blocks[block.block_id] = block
+        with self._lock:
+            self.pilots[pilot.pilot_id] = pilot
+        pilot._event(f"adopted after a hub restart, with {len(blocks)} running blocks")
+        self._ensure_thread()
 
     def get(self, pilot_id: str) -> Pilot:
         with self._lock:

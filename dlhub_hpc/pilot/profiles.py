@@ -339,6 +339,8 @@ def load_profile(name_or_path: str | Path) -> SiteProfile:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not text
+        raise ProfileError(f"cannot read the profile {path}: {exc}") from None
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
     return parse_profile(data, str(path))

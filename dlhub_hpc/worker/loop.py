@@ -124,6 +124,8 @@ class Worker:
         self._stop = threading.Event()
         self._beat_stop = threading.Event()  # heartbeats go on while a draining batch ends
         self._last_heard = time.monotonic()
+        self._rehello_after = opts.hub_timeout / 3  # silence after which Hello is sent again
+        self._hello: list[Any] = []
         self._last_sent = 0.0
         self._drain_at = float("inf")
         self._drain_reason = ""  # set (by a signal, or the clock) when the worker must drain
@@ -177,11 +179,12 @@ class Worker:
         )
         status = 0
         try:
-            sock.send_multipart(encode(Hello(
+            self._hello = encode(Hello(
                 self.opts.worker_id, self.opts.servable, self.opts.version,
                 socket.gethostname(), os.getpid(), self.opts.block,
                 self.runner.ranks, self.opts.binding,
-            )))
+            ))
+            sock.send_multipart(self._hello)
             beat.start()
             status = self._loop(sock)
         finally:
@@ -205,11 +208,20 @@ class Worker:
             if self._drain_sent_at is None:  # wake when the drain comes due, not after it
                 wait = min(poll_s, max(0.0, self._drain_at - time.monotonic()))
             if not sock.poll(int(wait * 1000), zmq.POLLIN):
-                if time.monotonic() - self._last_heard > self.opts.hub_timeout:
+                silent = time.monotonic() - self._last_heard
+                if silent > self.opts.hub_timeout:
                     self.request_stop(f"no word from the hub for {self.opts.hub_timeout}s")
+                elif silent > self._rehello_after and self._drain_sent_at is None:
+                    # A hub restarted on this address after a crash knows no worker: tell
+                    # it again who this one is, well before giving up on it.
+                    self._rehello_after = silent + self.opts.hub_timeout / 3
+                    logger.info("worker %s: no word from the hub for %.1fs; registering again",
+                                self.opts.worker_id, silent)
+                    sock.send_multipart(self._hello)
                 continue
             frames = sock.recv_multipart(copy=False)
             self._last_heard = time.monotonic()
+            self._rehello_after = self.opts.hub_timeout / 3
             try:
                 msg = decode(frames)
             except DlhubHpcError as exc:
