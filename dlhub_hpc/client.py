@@ -42,7 +42,15 @@ from dlhub_hpc.errors import (
     ServableDeprecated,
     error_from_wire,
 )
-from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, Control, Reply, Request, decode, encode
+from dlhub_hpc.protocol import (
+    DEFAULT_CLIENT_PORT,
+    Control,
+    Reply,
+    Request,
+    check_carriable,
+    decode,
+    encode,
+)
 from dlhub_hpc.security.client import ClientCurve, hint
 from dlhub_hpc.security.keys import KeyPair
 from dlhub_hpc.servable.bundle import make_bundle
@@ -83,6 +91,15 @@ def recorded_message_limit(address: str, home: Path | None = None) -> int | None
         return None
     limit = state.get("max_message_bytes")
     return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def _frames(msg: Request | Control) -> list[Any]:
+    """``msg`` encoded, after refusing (``InvalidInput``) what the hub could not carry."""
+    if isinstance(msg, Request):
+        check_carriable(msg.payload, "the input")
+    else:
+        check_carriable(msg.args, f"the arguments of {msg.op}")
+    return encode(msg)
 
 
 def _hub_gone(address: str) -> HubUnavailable:
@@ -261,7 +278,7 @@ class Client(PublicationMixin):
         name, version = parse_ref(servable)
         seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
         request_id = self._new_id()
-        frames = encode(Request(request_id, name, version, method, inputs, seconds, cache))
+        frames = _frames(Request(request_id, name, version, method, inputs, seconds, cache))
         self._check_size(frames)
         wait = None if seconds is None else seconds + _GRACE
         return self._thread_socket().call(request_id, frames, wait, self.address)
@@ -393,7 +410,7 @@ class Client(PublicationMixin):
 
     def _send(self, request_id: str, msg: Any, wait: float | None) -> Future[Any]:
         """Queue ``msg`` for the I/O thread; its future fails after ``wait`` seconds unanswered."""
-        frames = encode(msg)  # fails here, in the caller's thread, for values that cannot travel
+        frames = _frames(msg)  # fails here, in the caller's thread, for values that cannot travel
         self._check_size(frames)
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()

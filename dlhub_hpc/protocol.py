@@ -15,12 +15,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
 from enum import IntEnum
+from itertools import chain
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
 import numpy as np
 
-from dlhub_hpc.errors import InvalidInput, ProtocolError
+from dlhub_hpc.errors import DlhubHpcError, InvalidInput, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,14 @@ NDARRAY_INLINE_EXT = 2  # a small array inside the header: "dtype;shape;" then i
 # Arrays up to this size travel inside the header: every extra frame costs a message part
 # (and a CurveZMQ box) on each hop, and ZeroMQ copies parts this small anyway.
 INLINE_ARRAY_BYTES = 16384
+# How deeply an input or an output may nest (lists and dicts in one another). Senders
+# refuse deeper values (InvalidInput); decoders refuse them too, as ProtocolError.
+MAX_DEPTH = 64
+# A whole header may nest a little deeper: the protocol's own wrappers (a batch's list, a
+# result's pair, the outputs of parallel pipeline stages) come on top of a value.
+_WIRE_DEPTH = MAX_DEPTH + 16
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # integer fields of a message (SQLite's range)
+_PEEK_BYTES = 4096  # peek() reads a tag and a request or batch id: they are short
 
 DEFAULT_CLIENT_PORT = 47650
 DEFAULT_WORKER_PORT = 47651
@@ -62,10 +71,31 @@ class Message:
     TYPES: ClassVar[tuple[Any, ...]]
     FIELDS: ClassVar[tuple[str, ...]]
     REQUIRED: ClassVar[int]  # fields without a default; later ones may be left off the wire
+    DEPTHS: ClassVar[dict[str, int]] = {}  # how deeply a field may nest; else _WIRE_DEPTH
+    CHECKS: ClassVar[tuple[_Check, ...]]  # what decode checks of each field, in order
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    name: str
+    types: Any  # a type or a tuple of types; object: anything
+    exact_bool: bool  # a bool is only accepted where bool is named (it is an int too)
+    ints: bool  # an int must fit in int64
+    floats: bool  # a float must not be NaN (a NaN deadline never comes due)
+    depth: int  # how deeply a list or dict may nest; 0: the field is never one
+    plain: bool  # a type check is all it takes (a string, bytes, a bool)
 
 
 _BY_TAG: dict[int, type[Message]] = {}
 M = TypeVar("M", bound=type[Message])
+
+
+def _check_of(name: str, expected: Any, depth: int) -> _Check:
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    nests = object in kinds or list in kinds or dict in kinds
+    plain = not nests and int not in kinds and float not in kinds
+    return _Check(name, expected, bool not in kinds and object not in kinds, int in kinds,
+                  float in kinds, depth if nests else 0, plain)
 
 
 def _message(cls: M) -> M:
@@ -76,6 +106,10 @@ def _message(cls: M) -> M:
         f for f in fields(cls)  # type: ignore[arg-type]
         if f.default is MISSING and f.default_factory is MISSING
     ])
+    cls.CHECKS = tuple(
+        _check_of(name, expected, cls.DEPTHS.get(name, _WIRE_DEPTH))
+        for name, expected in zip(cls.FIELDS, cls.TYPES, strict=True)
+    )
     _BY_TAG[cls.TAG] = cls
     return cls
 
@@ -90,6 +124,7 @@ class Request(Message):
 
     TAG = Tag.REQUEST
     TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE), bool)
+    DEPTHS = {"payload": MAX_DEPTH}  # what a client may send, so a worker can take it
     request_id: str
     servable: str
     version: int | None
@@ -206,6 +241,7 @@ class BatchResult(Message):
 
     TAG = Tag.BATCH_RESULT
     TYPES = (int, list, _NUM)
+    DEPTHS = {"results": MAX_DEPTH + 2}  # each output, inside its [ok, value] in a list
     batch_id: int
     results: list[Any]
     elapsed: float = 0.0
@@ -273,11 +309,90 @@ def plain_value(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, tuple | set | frozenset):
         return list(obj)
+    if isinstance(obj, int):  # msgpack hands over the integers it has no form for
+        raise InvalidInput(f"the integer {obj} does not fit in 64 bits; send it as a string "
+                           "or a float", type="int")
     raise InvalidInput(
         f"values of type {type(obj).__name__} cannot be sent; use numbers, strings, bytes, "
         "lists, dicts or numpy arrays",
         type=type(obj).__name__,
     )
+
+
+class _Refused(Exception):
+    """A value that cannot travel; ``path`` is filled in on the way out of the walk."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+        self.path: list[Any] = []
+
+    def where(self, root: str) -> str:
+        return root + "".join(f"[{step!r}]" for step in reversed(self.path))
+
+
+# What a decoded value may hold besides lists and dicts (a timestamp ext is not in it).
+_LEAVES = frozenset({str, int, float, bool, bytes, _NONE, np.ndarray})
+_CONTAINERS = (dict, list, tuple, set, frozenset)  # what msgpack sends as a map or an array
+
+
+def _walk(value: Any, room: int, strict: bool) -> None:
+    """Refuse a list or dict nested deeper than ``room`` or holding a non-string key; with
+    ``strict`` (decoded values) also any leaf not in ``_LEAVES``."""
+    if room <= 0:
+        raise _Refused(f"it nests deeper than {MAX_DEPTH} lists or dicts; flatten it, "
+                       "or send a numpy array")
+    items = value
+    if isinstance(value, dict):
+        if value and set(map(type, value)) != _STR:
+            _check_keys(value)
+        items = value.values()
+    kinds = set(map(type, items))
+    if kinds <= _LEAVES:  # the usual case: nothing nested, checked in C
+        return
+    room -= 1
+    if kinds == _LIST and room and set(map(type, chain.from_iterable(items))) <= _LEAVES:
+        return  # flat lists in a list (a batch's results, rows of numbers): checked in C
+    for item in items:
+        kind = type(item)
+        if kind in _LEAVES or (kind is list and room and set(map(type, item)) <= _LEAVES):
+            continue  # a leaf, or a flat list (a result's [ok, value] pair): no call needed
+        try:
+            if isinstance(item, _CONTAINERS):
+                _walk(item, room, strict)
+            elif strict and type(item) not in _LEAVES:
+                raise _Refused(f"a {type(item).__name__} is not a message value")
+        except _Refused as exc:  # the slow path, once: say where
+            exc.path.append(_key_of(value, item))
+            raise
+
+
+_STR = {str}
+_LIST = {list}
+
+
+def _check_keys(value: dict[Any, Any]) -> None:
+    for key in value:
+        if not isinstance(key, str):
+            raise _Refused(f"dict key {key!r} is a {type(key).__name__}, not a string; use "
+                           "string keys, or a list of [key, value] pairs")
+
+
+def _key_of(container: Any, item: Any) -> Any:
+    pairs = container.items() if isinstance(container, dict) else enumerate(container)
+    return next((k for k, v in pairs if v is item), "?")
+
+
+def check_carriable(value: Any, what: str = "the input") -> None:
+    """Refuse, as ``InvalidInput``, what the hub cannot carry: lists and dicts nested deeper
+    than ``MAX_DEPTH``, or a dict key that is not a string. (``encode`` refuses the rest:
+    lone surrogates, integers past 64 bits, types msgpack has no form for.)"""
+    if isinstance(value, _CONTAINERS):
+        try:
+            _walk(value, MAX_DEPTH, strict=False)
+        except _Refused as exc:
+            raise InvalidInput(f"{exc.where(what)} cannot be sent: {exc.why}",
+                               path=exc.where(what)) from None
 
 
 def _pack_default(buffers: list[Any]) -> Any:
@@ -303,7 +418,22 @@ def encode(msg: Message) -> list[Any]:
     buffers: list[Any] = []
     values = [PROTOCOL_VERSION, int(msg.TAG)]
     values.extend(getattr(msg, name) for name in msg.FIELDS)
-    header = msgpack.packb(values, default=_pack_default(buffers), use_bin_type=True)
+    try:
+        header = msgpack.packb(values, default=_pack_default(buffers), use_bin_type=True)
+    except DlhubHpcError:
+        raise
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"a string cannot be sent: {exc.reason} ({exc.object[exc.start:exc.end]!r}); "
+            "strings must be valid Unicode (a lone surrogate usually comes from decoding "
+            "bytes with errors='surrogateescape'); send bytes instead"
+        ) from None
+    except OverflowError:
+        raise InvalidInput("an integer does not fit in 64 bits; send it as a string or a "
+                           "float") from None
+    except Exception as exc:  # msgpack's own refusals, e.g. its recursion limit
+        raise InvalidInput(f"{type(msg).__name__} cannot be sent: {exc}; values may nest at "
+                           f"most {MAX_DEPTH} deep") from None
     return [header, *buffers]
 
 
@@ -335,7 +465,17 @@ def _ext_hook(frames: Sequence[Any]) -> Any:
 
 
 def decode(frames: Sequence[Any]) -> Message:
-    """Decode frames made by :func:`encode`; anything malformed raises ``ProtocolError``."""
+    """Decode frames made by :func:`encode`; anything malformed raises ``ProtocolError``,
+    and nothing a peer sends raises anything else."""
+    try:
+        return _decode(frames)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # a hostile peer may find a path we did not think of
+        raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(frames: Sequence[Any]) -> Message:
     if not frames:
         raise ProtocolError("empty message")
     try:
@@ -346,20 +486,57 @@ def decode(frames: Sequence[Any]) -> Message:
         raise
     except Exception as exc:
         raise ProtocolError(f"undecodable header frame: {exc}") from exc
-    if not isinstance(values, list) or len(values) < 2:
+    if type(values) is not list or len(values) < 2:
         raise ProtocolError("header frame is not a [version, tag, ...] array")
     version, tag, *body = values
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        shown = version if type(version) is int else type(version).__name__
         raise ProtocolError(
-            f"protocol version {version!r} is not {PROTOCOL_VERSION}; upgrade the older side",
-            version=version,
+            f"protocol version {shown!r} is not {PROTOCOL_VERSION}; upgrade the older side",
+            version=shown,
         )
-    cls = _BY_TAG.get(tag) if isinstance(tag, int) else None
+    cls = _BY_TAG.get(tag) if type(tag) is int else None
     if cls is None:
-        raise ProtocolError(f"unknown message tag {tag!r}")
+        raise ProtocolError(f"unknown message tag {tag!r}"[:120])
     if not cls.REQUIRED <= len(body) <= len(cls.FIELDS):  # an older peer omits newer fields
         raise ProtocolError(f"{cls.__name__} has {len(cls.FIELDS)} fields, got {len(body)}")
-    for name, value, expected in zip(cls.FIELDS, body, cls.TYPES, strict=False):
-        if expected is not object and not isinstance(value, expected):
-            raise ProtocolError(f"{cls.__name__}.{name} has type {type(value).__name__}")
+    for check, value in zip(cls.CHECKS, body, strict=False):
+        if not (check.plain and isinstance(value, check.types)):
+            _check_field(cls, check, value)
     return cls(*body)
+
+
+def _check_field(cls: type[Message], check: _Check, value: Any) -> None:
+    kind = type(value)
+    if check.types is not object and (
+        not isinstance(value, check.types) or (kind is bool and check.exact_bool)
+    ):
+        raise ProtocolError(f"{cls.__name__}.{check.name} has type {kind.__name__}")
+    if kind is int and check.ints and not INT64_MIN <= value <= INT64_MAX:
+        raise ProtocolError(f"{cls.__name__}.{check.name} {value} does not fit in 64 bits")
+    if kind is float and check.floats and value != value:
+        raise ProtocolError(f"{cls.__name__}.{check.name} is NaN")
+    if check.depth and (kind is list or kind is dict):
+        try:
+            _walk(value, check.depth, strict=True)
+        except _Refused as exc:
+            raise ProtocolError(
+                f"{exc.where(f'{cls.__name__}.{check.name}')} cannot be carried: {exc.why}"
+            ) from None
+
+
+def peek(frames: Sequence[Any]) -> tuple[int, Any] | None:
+    """The tag and first field of a message that may not decode as a whole, read element by
+    element (so the hub can still answer its sender); None when not even those can be read."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(bytes(memoryview(_as_buffer(frames[0]))[:_PEEK_BYTES]))
+        if unpacker.read_array_header() < 3:
+            return None
+        version, tag, first = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+    except Exception:  # truncated, not msgpack, not an array: nothing to go by
+        return None
+    if type(version) is not int or version != PROTOCOL_VERSION or type(tag) is not int:
+        return None
+    return tag, first
+

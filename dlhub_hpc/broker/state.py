@@ -417,6 +417,9 @@ class BrokerState:
         worker = self._known(identity, out, now)
         if worker is None or worker.draining:
             return
+        if worker.state != "loading":  # said twice: a busy worker would lose its batch
+            self.stats["unexpected_messages"] += 1
+            return
         worker.state = "idle"
         self._idle.setdefault(worker.servable, {})[identity] = None
         self._dispatch(self._resolve(*worker.servable), now, out)
@@ -430,6 +433,11 @@ class BrokerState:
     def _on_load_failed(
         self, identity: bytes, msg: LoadFailed, now: float, out: list[Action]
     ) -> None:
+        loaded = self._workers.get(identity)
+        if loaded is not None and loaded.state != "loading":  # it had loaded: it is gone
+            self._lose_worker(identity, f"it reported a failed load ({msg.error.get('message')})",
+                              now, out)
+            return
         worker = self._workers.pop(identity, None)
         if worker is None:
             return

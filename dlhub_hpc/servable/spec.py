@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 SPEC_FILENAMES = ("servable.yaml", "servable.yml", "servable.json")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+MAX_VERSION = 2**63 - 1  # versions are SQLite integers (int64)
 
 ShimType = Literal[
     "python_function", "sklearn",
@@ -247,6 +248,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
         raise SpecError(f"servable reference {ref!r} should look like owner/name[@version]")
     if not version:
         return name, None
-    if not (version.isascii() and version.isdigit() and int(version) >= 1):
-        raise SpecError(f"version in {ref!r} should be a positive integer")
+    if not (version.isascii() and version.isdigit() and len(version) <= 19
+            and 1 <= int(version) <= MAX_VERSION):
+        raise SpecError(f"version in {ref!r} should be a positive integer, at most {MAX_VERSION}",
+                        ref=ref)
     return name, int(version)
