@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from dlhub_hpc._version import __version__
 from dlhub_hpc.bridge import ComputeLimits, RemoteClient
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.client import USE_CLIENT_DEFAULT, Client
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from dlhub_hpc.hub import Hub
     from dlhub_hpc.parsl_executor import DLHubExecutor, servable_app
 
-__version__ = "0.1.0"
 
 __all__ = [
     "USE_CLIENT_DEFAULT",

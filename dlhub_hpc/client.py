@@ -31,7 +31,6 @@ from typing import Any, cast
 
 import zmq
 
-from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES, default_home, read_hub_file
 from dlhub_hpc.client_publication import PublicationMixin
 from dlhub_hpc.errors import (
     ConfigError,
@@ -42,8 +41,10 @@ from dlhub_hpc.errors import (
     ServableDeprecated,
     error_from_wire,
 )
+from dlhub_hpc.hubfile import default_home, read_hub_file
 from dlhub_hpc.protocol import (
     DEFAULT_CLIENT_PORT,
+    DEFAULT_MAX_MESSAGE_BYTES,
     Control,
     Reply,
     Request,

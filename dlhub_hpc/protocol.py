@@ -40,6 +40,9 @@ _WIRE_DEPTH = MAX_DEPTH + 16
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # integer fields of a message (SQLite's range)
 _PEEK_BYTES = 4096  # peek() reads a tag and a request or batch id: they are short
 
+# The largest message a client or worker may send unless the hub's config says otherwise.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
+
 DEFAULT_CLIENT_PORT = 47650
 DEFAULT_WORKER_PORT = 47651
 

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, DEFAULT_WORKER_PORT
+from dlhub_hpc.hubfile import STATE_FILE, default_home, read_hub_file
+from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_WORKER_PORT
 
 logger = logging.getLogger(__name__)
 
-
-STATE_FILE = "hub.json"
-# The largest message a client or worker may send unless the hub's config says otherwise.
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
-
-
-def read_hub_file(home: Path) -> dict[str, Any] | None:
-    """What a running hub wrote about itself in ``home`` (addresses, pid), or None."""
-    try:
-        data: dict[str, Any] = json.loads((home / STATE_FILE).read_text())
-        return data
-    except (OSError, ValueError):
-        return None
-
-
-def default_home() -> Path:
-    """Where the hub keeps its registry and state: ``$DLHUB_HPC_HOME`` or ``~/.dlhub-hpc``."""
-    return Path(os.environ.get("DLHUB_HPC_HOME", Path.home() / ".dlhub-hpc"))
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "STATE_FILE", "BatchPolicy", "HubConfig", "default_home",
+           "read_hub_file"]
 
 
 class BatchPolicy(BaseModel):

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-import dlhub_hpc
+from dlhub_hpc._version import PACKAGE_DIR
 from dlhub_hpc.container import rootfs as local
 from dlhub_hpc.container.definition import (
     BuildOptions,
@@ -280,7 +280,7 @@ class ImageBuilder:
             bundle_tar.write_bytes(self._bundle_bytes(recipe))
             local.install_bundle(rootfs, recipe, bundle_tar.read_bytes())
             step("metadata")
-            text = render_definition(recipe, bundle_tar, Path(dlhub_hpc.__file__).parent)
+            text = render_definition(recipe, bundle_tar, PACKAGE_DIR)
             definition.write_text(text)
             local.write_metadata(rootfs, recipe, text)
             (out / "labels.json").write_bytes(labels_json(recipe))
@@ -323,7 +323,7 @@ class ImageBuilder:
             bundle_tar = out / "bundle.tar"
             bundle_tar.write_bytes(self._bundle_bytes(recipe))
             source = out / "src" / "dlhub_hpc"
-            shutil.copytree(Path(dlhub_hpc.__file__).parent, source,
+            shutil.copytree(PACKAGE_DIR, source,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             definition = out / "Singularity"
             definition.write_text(render_definition(recipe, bundle_tar, source))

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-import dlhub_hpc
+from dlhub_hpc._version import PACKAGE_DIR, __version__
 from dlhub_hpc.errors import ConfigError
 from dlhub_hpc.servable.spec import ServableSpec
 
@@ -123,8 +123,8 @@ def code_digest() -> str:
 
     Computed once per process: a build copies the code this process was started with.
     """
-    root = Path(dlhub_hpc.__file__).parent
-    h = hashlib.sha256(dlhub_hpc.__version__.encode())
+    root = PACKAGE_DIR
+    h = hashlib.sha256(__version__.encode())
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode() + b"\0")
         h.update(path.read_bytes())
@@ -164,7 +164,7 @@ class Recipe:
             "org.dlhub.servable": self.ref,
             "org.dlhub.bundle-digest": f"sha256:{self.bundle_digest}",
             "org.dlhub.recipe-digest": f"sha256:{self.digest}",
-            "org.dlhub.dlhub-hpc-version": dlhub_hpc.__version__,
+            "org.dlhub.dlhub-hpc-version": __version__,
             # One label per line in a definition file: no line breaks in values.
             "org.opencontainers.image.title": " ".join(self.spec.datacite.title.split()),
         }

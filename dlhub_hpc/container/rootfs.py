@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import dlhub_hpc
+from dlhub_hpc._version import PACKAGE_DIR
 from dlhub_hpc.container.definition import (
     BUNDLES_DIR,
     LIB_DIR,
@@ -298,7 +298,7 @@ def install_python(rootfs: Path, recipe: Recipe, log: Path) -> None:
                        ".".join(map(str, sys.version_info[:2])))
     for dist in worker_distributions():
         copy_distribution(dist, lib)
-    source = Path(dlhub_hpc.__file__).parent
+    source = PACKAGE_DIR
     shutil.copytree(source, lib / "dlhub_hpc", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if recipe.options.pip:

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from dlhub_hpc.broker.config import default_home, read_hub_file
 from dlhub_hpc.errors import AuthenticationError, HubUnavailable
+from dlhub_hpc.hubfile import default_home, read_hub_file
 from dlhub_hpc.security.keys import KeyPair, curve_client, hub_public_key, key_dir, user_keypair
 
 logger = logging.getLogger(__name__)

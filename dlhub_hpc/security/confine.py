@@ -23,6 +23,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from dlhub_hpc._version import PACKAGE_DIR
+
 logger = logging.getLogger(__name__)
 
 # What a worker may inherit from the job's environment: the launcher's rank and the
@@ -52,10 +54,7 @@ def python_paths() -> list[str]:
     Not ``sys.path`` as a whole: it holds the job's working folder (in the hub's home) and
     the user's site-packages.
     """
-    import dlhub_hpc
-
-    package = Path(dlhub_hpc.__file__).resolve().parent
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(package),
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(PACKAGE_DIR),
              str(Path(sys.executable).resolve().parent.parent)}
     return sorted(p for p in paths if p not in ("", "/") and Path(p).is_dir())
 

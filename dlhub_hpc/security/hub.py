@@ -12,9 +12,8 @@ import getpass
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from dlhub_hpc.broker.events import ServableInfo
 from dlhub_hpc.errors import ConfigError, PermissionDenied
 from dlhub_hpc.registry.access import AccessControl
 from dlhub_hpc.registry.service import PublicationService
@@ -25,6 +24,13 @@ from dlhub_hpc.security.keys import forget_hub, key_dir, record_hub, user_keypai
 from dlhub_hpc.security.zap import CLIENT_DOMAIN, WORKER_DOMAIN, HubCredentials, ServerAuth
 
 logger = logging.getLogger(__name__)
+
+
+class Named(Protocol):
+    """What access checks need of a servable (the broker's ``ServableInfo`` is one)."""
+
+    @property
+    def name(self) -> str: ...
 
 
 class HubSecurity:
@@ -91,7 +97,7 @@ class HubSecurity:
             raise ConfigError("the hub has not started: no worker credentials yet")
         return self._workers
 
-    def may_serve(self, user: str, info: ServableInfo) -> bool:
+    def may_serve(self, user: str, info: Named) -> bool:
         """May a worker connected as ``user`` (worker:OWNER:KEY) serve ``info``? Its owner's
         servables only; the admin's credential serves every servable."""
         owner = self._live_owner(user)
@@ -139,7 +145,7 @@ class HubSecurity:
         self.require_admin(args, "list worker credentials")
         return self.worker_credentials.listing()
 
-    def authorize(self, user: str, info: ServableInfo) -> None:
+    def authorize(self, user: str, info: Named) -> None:
         """May ``user`` run this servable? Raises ``PermissionDenied`` if not."""
         self.access.check_see(user, info.name)
 

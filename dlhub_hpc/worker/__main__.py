@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES
 from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from dlhub_hpc.servable.spec import parse_ref
 from dlhub_hpc.worker.gpu import GPU_ENVS, GpuBinding
 from dlhub_hpc.worker.loop import Worker, WorkerOptions, install_signal_handlers

@@ -28,9 +28,9 @@ from typing import Any
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError, PayloadTooLarge
 from dlhub_hpc.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     Assign,
     Batch,
     BatchResult,
