@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CTX, child_process, hub_main, quiet_child, summary, wait_for_hub
+from benchmarks.targets import Targets
 from dlhub_hpc import Client, PayloadTooLarge
 from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES
 from dlhub_hpc.protocol import Request, encode
@@ -200,12 +201,14 @@ def report(bench: Bench, rows: list[tuple[str, dict[str, float]]], stats: dict[s
     print(f"{count} unread replies: hub RSS {before:.0f} -> {during:.0f} MiB "
           f"(+{during - before:.1f}), {after:.0f} MiB after the reader left; "
           f"{dropped} replies dropped at the high-water mark")
-    missed = [label for label, row in rows if not row["p99"] <= STALL_TARGET_MS]
-    if missed:
-        print(f"MISSED: p99 over {STALL_TARGET_MS} ms during {missed}")
-    if lost or not same_workers:
-        print("MISSED: a worker was lost")
-    return 1 if missed or lost or not same_workers else 0
+    targets = Targets()
+    for label, row in rows:
+        targets.check(f"other callers' p99 stall during {label}", row["p99"], STALL_TARGET_MS,
+                      unit="ms")
+    targets.require("no worker lost", not lost and same_workers,
+                    f"{lost} lost, same workers before and after: {same_workers}")
+    targets.report()
+    return targets.exit_code()
 
 
 def main() -> int:

@@ -14,7 +14,9 @@ process that echoes -> back, timed one request at a time in the client.
 
 The floor and the hub run side by side and are timed in alternating rounds, so that
 both see the same background load; HTEX runs afterwards, alone. Figures go to the
-terminal (a rich table) and to ``benchmarks/results/latency.json``.
+terminal (a rich table) and to ``benchmarks/results/latency.json``. Targets: hub p50 at
+most ``HUB_TARGET`` x the floor's, HTEX p50 at least ``HTEX_TARGET`` x the hub's (smallest
+payload); the exit status is 1 when one is missed (``TARGET MISSED: ...``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from benchmarks.common import (
     summary,
     wait_for_hub,
 )
+from benchmarks.targets import Targets
 
 logger = logging.getLogger(__name__)
 
@@ -485,7 +488,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot is not None:
         plot(rows, args.plot)
     logger.info("done in %.1fs", time.monotonic() - started)
-    return 0
+    targets = Targets()
+    targets.check(f"hub p50 / floor p50 at {small}", ratios["hub_p50_over_floor_p50"],
+                  HUB_TARGET, unit="x")
+    targets.check(f"HTEX p50 / hub p50 at {small}", ratios["htex_p50_over_hub_p50"],
+                  HTEX_TARGET, better="higher", unit="x")
+    targets.report()
+    return targets.exit_code()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import pyplot, save_json
+from benchmarks.targets import Targets
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,6 @@ class Results:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    measured: float | None
-    goal: str
-    ok: bool | None
-
-
 def console() -> Console:
     out = Console()
     if not out.is_terminal:  # piped or captured: rich would assume 80 columns
@@ -69,38 +61,34 @@ def _get(results: Results, *path: str) -> float | None:
     return float(node) if isinstance(node, int | float) and not math.isnan(node) else None
 
 
-def _target(name: str, value: float | None, goal: str, ok: Callable[[float], bool]) -> Target:
-    return Target(name, value, goal, None if value is None else ok(value))
+COMPILED = " (compiled trees)"  # oqmd_rf published with compile_trees: true
+SKLEARN = " (sklearn predict)"  # its -sklearn copy: compile_trees: false
 
 
-def _oqmd_targets(results: Results, prefix: str, label: str) -> list[Target]:
+def _oqmd_targets(found: Targets, results: Results, prefix: str, label: str) -> None:
     on = _get(results, "oqmd_rf", "throughput", prefix + "on", "requests_per_s")
     off = _get(results, "oqmd_rf", "throughput", prefix + "off", "requests_per_s")
-    return [
-        _target(f"oqmd_rf{label} req/s, 32 in flight: batching on / off",
-                on / off if on and off else None, f">= {RATIO_TARGET:g}x",
-                lambda v: v >= RATIO_TARGET),
-        _target(f"oqmd_rf{label} req/s, 32 in flight, batching on, 2 workers", on,
-                f">= {OQMD_RPS_TARGET:,.0f}", lambda v: v >= OQMD_RPS_TARGET),
-    ]
+    found.check(f"oqmd_rf{label} req/s, 32 in flight: batching on / off",
+                on / off if on and off else None, RATIO_TARGET, "higher", unit="x")
+    found.check(f"oqmd_rf{label} req/s, 32 in flight, batching on, 2 workers", on,
+                OQMD_RPS_TARGET, "higher")
 
 
-def targets(results: Results) -> list[Target]:
+def targets(results: Results) -> Targets:
     memo = _get(results, "noop", "memo", "on", "p50")
     embedded = _get(results, "noop", "memo", "embedded", "p50")
     noop = _get(results, "noop", "throughput", "on", "requests_per_s")
     htex = (results.htex or {}).get("requests_per_s")
-    return [
-        *_oqmd_targets(results, "", ""),
-        *_oqmd_targets(results, "sklearn ", " (sklearn predict)"),
-        _target("noop memo hit, request p50 (us), hub in its own process", memo,
-                f"< {MEMO_P50_US_TARGET:g}", lambda v: v < MEMO_P50_US_TARGET),
-        _target("noop memo hit, request p50 (us), hub embedded in the caller (inproc)",
-                embedded, f"< {MEMO_P50_US_TARGET:g}", lambda v: v < MEMO_P50_US_TARGET),
-        _target("noop req/s, 32 in flight: hub / Parsl HTEX",
-                noop / htex if noop and htex else None, f">= {HTEX_RATIO_TARGET:g}x",
-                lambda v: v >= HTEX_RATIO_TARGET),
-    ]
+    found = Targets()
+    _oqmd_targets(found, results, "", COMPILED)
+    _oqmd_targets(found, results, "sklearn ", SKLEARN)
+    found.check("noop memo hit, request p50 (us), hub in its own process", memo,
+                MEMO_P50_US_TARGET, strict=True, unit="us")
+    found.check("noop memo hit, request p50 (us), hub embedded in the caller (inproc)",
+                embedded, MEMO_P50_US_TARGET, strict=True, unit="us")
+    found.check("noop req/s, 32 in flight: hub / Parsl HTEX",
+                noop / htex if noop and htex else None, HTEX_RATIO_TARGET, "higher", unit="x")
+    return found
 
 
 # ---- tables --------------------------------------------------------------------------------
@@ -171,7 +159,8 @@ def throughput_table(results: Results) -> Table:
                                                               "on / off"], left=2)
     for name, r in results.servables.items():
         tp = r["throughput"]
-        for prefix, label in (("", name), ("sklearn ", f"{name} (sklearn predict)")):
+        main = name + COMPILED if "sklearn on" in tp else name
+        for prefix, label in (("", main), ("sklearn ", name + SKLEARN)):
             if prefix + "on" not in tp:
                 continue
             on, off = tp[prefix + "on"], tp[prefix + "off"]
@@ -187,11 +176,11 @@ def throughput_table(results: Results) -> Table:
     return table
 
 
-def targets_table(found: list[Target]) -> Table:
+def targets_table(found: Targets) -> Table:
     table = _table("Targets", ["target", "measured", "goal", "verdict"])
-    for t in found:
-        value = "n/a" if t.measured is None else f"{t.measured:,.2f}"
-        table.add_row(t.name, value, t.goal, "not run" if t.ok is None else _verdict(t.ok))
+    for t in found.checks:
+        value = "n/a" if t.value is None else f"{t.value:,.2f}"
+        table.add_row(t.name, value, t.goal(), "not run" if t.ok is None else _verdict(t.ok))
     return table
 
 
@@ -247,7 +236,7 @@ def write_json(results: Results, path: Path) -> None:
         "versions": _versions(),
         "paper": {"noop_invocation_ms": PAPER_NOOP_INVOCATION_MS,
                   "memo_invocation_ms": PAPER_MEMO_INVOCATION_MS},
-        "targets": [asdict(t) for t in targets(results)],
+        "targets": targets(results).as_json(),
         **asdict(results),
     }
     save_json(path, data)
@@ -317,7 +306,8 @@ def _plot_memo(ax: Any, results: Results) -> None:
 
 def _plot_throughput(ax: Any, results: Results) -> None:
     groups = [(label, r["throughput"], prefix) for n, r in results.servables.items()
-              for prefix, label in (("", n), ("sklearn ", f"{n}\n(sklearn)"))
+              for prefix, label in (("", f"{n}\n(compiled)" if "sklearn on" in r["throughput"]
+                                     else n), ("sklearn ", f"{n}\n(sklearn)"))
               if prefix + "on" in r["throughput"]]
     series = {f"batching {mode}": [tp[prefix + mode]["requests_per_s"]
                                    for _, tp, prefix in groups] for mode in ("off", "on")}

@@ -11,6 +11,10 @@ SlurmProvider (profile ``slurm-local`` with a one-minute walltime):
    first block's walltime, to its first worker serving;
 3. requests served across the walltime boundary (a steady stream from before the
    replacement until after the first block has left) and how many failed (expected: 0).
+
+Targets (exit status 1 if missed, ``TARGET MISSED: ...``): no request fails, and the
+replacement serves within ``replace_lead - drain_margin`` seconds of its submission, before
+the first block starts draining, so the servable never drops to zero workers.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ if __package__ in (None, ""):
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.targets import Targets
 from dlhub_hpc import Client, Hub, HubConfig
 from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.pilot.profiles import load_profile
@@ -147,7 +152,14 @@ def main() -> int:
     console.print(table)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    return 0 if result["failed"] == 0 else 1
+    targets = Targets()
+    targets.check("failed requests across the walltime boundary", result["failed"], 0)
+    # the replacement must serve before the first block starts draining (replace_lead -
+    # drain_margin seconds after its submission), or the servable has no worker meanwhile
+    targets.check("replacement block takes over", result["replacement_takeover_s"],
+                  args.replace_lead - args.drain_margin, unit="s")
+    targets.report(console.print)
+    return targets.exit_code()
 
 
 if __name__ == "__main__":

@@ -141,8 +141,9 @@ class ServableBlock(_Strict):
         default=False, description="same input, same output: the hub may memoize answers"
     )
     compile_trees: bool = Field(
-        default=True, description="sklearn tree models (forests, trees, gradient boosting): "
-        "predict with the compiled numpy path; false: scikit-learn's own predict",
+        default=False, description="sklearn tree models (forests, trees, gradient boosting): "
+        "predict with the compiled numpy path, used only if it answers as the model's own "
+        "predict on sample rows at load; false: scikit-learn's own predict",
     )
     max_batch_size: int = Field(default=16, ge=1, le=4096)
     max_batch_delay: float = Field(

@@ -182,7 +182,7 @@ def servable(root: Path, model: Any, **extra: Any) -> SklearnShim:
 def test_the_sklearn_shim_runs_a_batch_through_the_compiled_path(tmp_path: Path) -> None:
     X, y = data()
     model = ensemble.RandomForestRegressor(n_estimators=10, random_state=0).fit(X, y)
-    shim = servable(tmp_path, model)
+    shim = servable(tmp_path, model, compile_trees=True)
     assert not inspect.ismethod(shim._calls["predict"])  # the compiled function
     inputs = [X[i:i + 1] for i in range(5)] + [X[5:9], X[:, :2]]  # the last one is bad
     outcomes = shim.run("predict", inputs)

@@ -11,7 +11,7 @@ from typing import Any
 
 from dlhub_hpc.errors import ServableLoadError
 from dlhub_hpc.servable.shims.base import Shim, StackedShim, model_file, require
-from dlhub_hpc.servable.shims.forest import fast_calls
+from dlhub_hpc.servable.shims.forest import compile_calls
 from dlhub_hpc.servable.spec import ServableSpec
 
 logger = logging.getLogger(__name__)
@@ -65,15 +65,21 @@ class SklearnShim(StackedShim):
     """A pickled scikit-learn estimator; each method is one of its attributes (``predict``...).
 
     A batch of row arrays runs as one call on the stacked rows, split back per request.
-    Tree models (forests, trees, gradient boosting) predict through ``forest.py``'s compiled
-    path unless the spec sets ``compile_trees: false``.
+    With ``compile_trees: true``, tree models (forests, trees, gradient boosting) predict
+    through ``forest.py``'s compiled path if it answers as the model's own predict at load;
+    ``tree_path`` says which path runs (``own``, ``compiled`` or ``fallback``).
     """
+
+    tree_path = "own"
 
     @classmethod
     def load(cls, spec: ServableSpec, root: Path) -> Shim:
         require("sklearn", "sklearn", spec.full_name)
         model = load_object(spec, root)
         calls = bound_methods(spec, model)
-        if spec.servable.compile_trees:
-            calls = fast_calls(model, calls, spec.full_name)
-        return cls(spec, calls)
+        if not spec.servable.compile_trees:
+            return cls(spec, calls)
+        path = compile_calls(model, calls, spec.full_name)
+        shim = cls(spec, path.calls)
+        shim.tree_path = path.state
+        return shim

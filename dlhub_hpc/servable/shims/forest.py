@@ -13,6 +13,10 @@ regressors and classifiers (single-output classifiers; regressors also multi-out
 scikit-learn's (same float32 view of the input, same comparisons, sums in another order).
 Anything else, and any input the compiled path does not take (not a finite 2-d numeric
 array of the right width), goes to scikit-learn's own method, which also raises its errors.
+
+It is an opt-in (the spec's ``compile_trees: true``): a published model answers with its
+own code by default. When on, the compiled methods are checked against the model's own on
+sample rows at load (``forest_check.py``) and used only if they answer the same.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from dlhub_hpc.servable.shims.forest_check import verify
 
 logger = logging.getLogger(__name__)
 
@@ -192,25 +198,52 @@ def compiled_method(model: Any, trees: CompiledTrees, attr: str, fallback: Call)
     return None
 
 
-def fast_calls(model: Any, calls: Mapping[str, Call], servable: str = "") -> dict[str, Call]:
-    """Replace the model's ``predict``/``predict_proba`` in ``calls`` with compiled ones
-    where the model is a supported tree model; other calls stay as they are."""
-    out = dict(calls)
+@dataclass(frozen=True)
+class TreePath:
+    """What ``compile_calls`` chose: ``state`` is ``compiled``, ``fallback`` (compiled but
+    it differed from the model's own methods on the sample rows: ``why``) or ``own``."""
+
+    calls: dict[str, Call]
+    state: str
+    why: str = ""
+
+
+def compile_calls(model: Any, calls: Mapping[str, Call], servable: str = "",
+                  compiler: Callable[[Any], CompiledTrees | None] | None = None) -> TreePath:
+    """Replace the model's ``predict``/``predict_proba`` in ``calls`` with compiled ones where
+    the model is a supported tree model and the compiled ones answer as the model's own do
+    on sample rows (``forest_check``); otherwise keep the model's own, with a warning if
+    they differed. ``compiler`` makes the compiled form (default ``compile_model``)."""
+    own = dict(calls)
     try:
-        trees = compile_model(model)
+        trees = (compiler or compile_model)(model)
     except Exception:  # an estimator shape this module does not know: keep scikit-learn's
         logger.debug("%s: cannot compile %s; using its own predict", servable,
                      type(model).__name__, exc_info=True)
-        return out
+        return TreePath(own, "own")
     if trees is None:
         logger.debug("%s: %s is not a supported tree model; using its own predict",
                      servable, type(model).__name__)
-        return out
+        return TreePath(own, "own")
+    fast: dict[str, Call] = {}
     for name, call in calls.items():
         if getattr(call, "__self__", None) is not model:
             continue
-        fast = compiled_method(model, trees, getattr(call, "__name__", ""), call)
-        if fast is not None:
-            out[name] = fast
-            logger.debug("%s.%s: compiled %r", servable, name, trees)
-    return out
+        compiled = compiled_method(model, trees, getattr(call, "__name__", ""), call)
+        if compiled is not None:
+            fast[name] = compiled
+    if not fast:
+        return TreePath(own, "own")
+    why = verify(model, own, fast)
+    if why is not None:
+        logger.warning("%s: the compiled tree path does not answer as %s's own methods "
+                       "(%s); using the model's own methods", servable or "servable",
+                       type(model).__name__, why)
+        return TreePath(own, "fallback", why)
+    logger.debug("%s: compiled %r for %s", servable, trees, ", ".join(fast))
+    return TreePath({**own, **fast}, "compiled")
+
+
+def fast_calls(model: Any, calls: Mapping[str, Call], servable: str = "") -> dict[str, Call]:
+    """``compile_calls``' calls: compiled where that is proven equal, else the model's own."""
+    return compile_calls(model, calls, servable).calls
