@@ -12,7 +12,13 @@ import pytest
 import zmq
 
 from dlhub_hpc import Client, Hub, HubConfig
-from dlhub_hpc.security.keys import curve_client, hub_public_key, user_keypair, worker_credential
+from dlhub_hpc.security.keys import (
+    KeyPair,
+    curve_client,
+    hub_public_key,
+    user_keypair,
+    worker_credential,
+)
 
 SERVABLES = Path(__file__).parent / "servables"
 
@@ -98,3 +104,18 @@ def serve(client: Client) -> Callable[..., str]:
         return name
 
     return start
+
+
+@pytest.fixture
+def people(hub: Hub) -> Iterator[dict[str, Client]]:
+    """The admin (this Unix user) and two more identities, alice and bob, each with its
+    own key pair, on one hub."""
+    admin = Client(hub.client_address, timeout=60)
+    clients = {"admin": admin}
+    for name in ("alice", "bob"):
+        pair = KeyPair.generate()
+        admin.add_identity(name, pair.public)
+        clients[name] = Client(hub.client_address, timeout=60, keys=pair)
+    yield clients
+    for c in clients.values():
+        c.close()

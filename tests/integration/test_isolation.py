@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import zmq
 
 from dlhub_hpc import Client, Hub
 from dlhub_hpc.errors import IsolationUnavailable, PermissionDenied
-from dlhub_hpc.security.keys import KeyPair, key_dir, load_keypair
+from dlhub_hpc.security.keys import key_dir, load_keypair
 from tests.integration.conftest import wait_for
 from tests.integration.test_auth import servable_copy
 
@@ -24,19 +23,6 @@ SNOOP = Path(__file__).parent / "servables" / "snoop"
 needs_bwrap = pytest.mark.skipif(
     shutil.which("bwrap") is None and os.environ.get("CI") != "true",
     reason="bubblewrap is not installed ('apt-get install bubblewrap')")
-
-
-@pytest.fixture
-def people(hub: Hub) -> Iterator[dict[str, Client]]:
-    admin = Client(hub.client_address, timeout=60)
-    clients = {"admin": admin}
-    for name in ("alice", "bob"):
-        pair = KeyPair.generate()
-        admin.add_identity(name, pair.public)
-        clients[name] = Client(hub.client_address, timeout=60, keys=pair)
-    yield clients
-    for c in clients.values():
-        c.close()
 
 
 def _secrets(hub: Hub) -> list[str]:
