@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import marker_report
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(
@@ -17,6 +19,11 @@ def _isolated_home(
     monkeypatch.setenv("DLHUB_HPC_HOME", str(home))
     monkeypatch.delenv("DLHUB_HPC_HUB", raising=False)
     return home
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Per-marker counts at the end of each run; under CI=true, skips for missing tools fail.
+    marker_report.register(config)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

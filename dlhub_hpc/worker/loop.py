@@ -91,7 +91,7 @@ class WorkerOptions(BaseModel):
 def _heartbeats(
     ctx: zmq.Context[Any], opts: WorkerOptions, stop: threading.Event,
     last_sent: Callable[[], float], drain_due: Callable[[], str],
-    credential: WorkerKey | None = None,
+    credential: WorkerKey | None = None, clock: Callable[[], float] = time.monotonic,
 ) -> None:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -103,7 +103,7 @@ def _heartbeats(
     try:
         while not stop.wait(opts.heartbeat_interval):
             # A result sent within the interval already told the hub this worker lives.
-            if time.monotonic() - last_sent() >= opts.heartbeat_interval:
+            if clock() - last_sent() >= opts.heartbeat_interval:
                 sock.send_multipart(frames)
             # A drain that comes due mid-batch is told at once (the hub's status shows it);
             # the loop tells it again, just before the batch's result, on its own socket.
@@ -116,14 +116,20 @@ def _heartbeats(
 
 
 class Worker:
-    """One warm worker process for one servable."""
+    """One warm worker process for one servable.
 
-    def __init__(self, opts: WorkerOptions, runner: Runner | None = None) -> None:
+    ``clock`` gives every deadline it keeps (drain, grace, hub silence, heartbeats), as
+    ``now`` does for the broker's state, so tests move time instead of waiting for it.
+    """
+
+    def __init__(self, opts: WorkerOptions, runner: Runner | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.opts = opts
         self.runner = runner or LocalRunner(opts.cache_dir)
+        self._clock = clock
         self._stop = threading.Event()
         self._beat_stop = threading.Event()  # heartbeats go on while a draining batch ends
-        self._last_heard = time.monotonic()
+        self._last_heard = clock()
         self._rehello_after = opts.hub_timeout / 3  # silence after which Hello is sent again
         self._hello: list[Any] = []
         self._last_sent = 0.0
@@ -151,7 +157,7 @@ class Worker:
     def run(self) -> int:
         """Serve until shutdown; the exit status is 0 unless the servable failed to load."""
         if self.opts.drain_after is not None:
-            self._drain_at = time.monotonic() + self.opts.drain_after
+            self._drain_at = self._clock() + self.opts.drain_after
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -176,6 +182,7 @@ class Worker:
             target=_heartbeats, name="heartbeat", daemon=True,
             args=(ctx, self.opts, self._beat_stop, lambda: self._last_sent, self._drain_due,
                   credential),
+            kwargs={"clock": self._clock},
         )
         status = 0
         try:
@@ -206,9 +213,9 @@ class Worker:
             self._check_drain(sock)
             wait = poll_s
             if self._drain_sent_at is None:  # wake when the drain comes due, not after it
-                wait = min(poll_s, max(0.0, self._drain_at - time.monotonic()))
+                wait = min(poll_s, max(0.0, self._drain_at - self._clock()))
             if not sock.poll(int(wait * 1000), zmq.POLLIN):
-                silent = time.monotonic() - self._last_heard
+                silent = self._clock() - self._last_heard
                 if silent > self.opts.hub_timeout:
                     self.request_stop(f"no word from the hub for {self.opts.hub_timeout}s")
                 elif silent > self._rehello_after and self._drain_sent_at is None:
@@ -220,7 +227,7 @@ class Worker:
                     sock.send_multipart(self._hello)
                 continue
             frames = sock.recv_multipart(copy=False)
-            self._last_heard = time.monotonic()
+            self._last_heard = self._clock()
             self._rehello_after = self.opts.hub_timeout / 3
             try:
                 msg = decode(frames)
@@ -234,13 +241,13 @@ class Worker:
 
     def _drain_due(self) -> str:
         """Why the worker must drain now, or "" (read by the heartbeat thread too)."""
-        if not self._drain_reason and time.monotonic() >= self._drain_at:
+        if not self._drain_reason and self._clock() >= self._drain_at:
             return f"drain after {self.opts.drain_after}s (walltime)"
         return self._drain_reason
 
     def _check_drain(self, sock: zmq.Socket[bytes]) -> None:
         """Send Drain once it is due; give up waiting for the hub after ``drain_grace``."""
-        now = time.monotonic()
+        now = self._clock()
         self._drain_reason = self._drain_due()
         if self._drain_reason and self._drain_sent_at is None:
             logger.info("worker %s drains: %s", self.opts.worker_id, self._drain_reason)
@@ -255,7 +262,7 @@ class Worker:
             frames = self._run_batch(msg)
             self._check_drain(sock)  # a drain that came up mid-batch goes before the result
             sock.send_multipart(frames, copy=False)
-            self._last_sent = time.monotonic()
+            self._last_sent = self._clock()
         elif isinstance(msg, Assign):
             try:
                 self.runner.load(msg)

@@ -32,7 +32,7 @@ from dlhub_hpc.errors import ImageBuildError, ServableNotFound
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.servable.bundle import make_bundle
 
-from .conftest import worker_processes
+from .conftest import wait_for, worker_processes
 
 # The first test's setup may build the base with mmdebstrap (about a minute, from the network).
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -145,10 +145,8 @@ def test_two_workers_in_the_image_serve_requests(
     futures = [client.submit(name, [i, i, 1.5], cache=False) for i in range(60)]
     assert [f.result(timeout=60) for f in futures] == [2 * i + 1.5 for i in range(60)]
     assert client.run(name, [1, 2, 3]) == 6.0
-    deadline = time.monotonic() + 10
-    while not all(_in_image(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert all(_in_image(w) for w in workers), "the workers do not run inside the image"
+    wait_for(lambda: all(_in_image(w) for w in workers), timeout=10, interval=0.2,
+             what="the workers run inside the image")
     ready = [w for w in client.status()["workers"] if w["servable"].startswith(name)]
     assert len(ready) == 2
 
@@ -161,7 +159,7 @@ def test_an_unchanged_servable_is_not_built_again(
     again = ImageBuilder(hub.config.home, image_cache, backend="local").build("demo/add")
     assert again.cached
     assert again.recipe_digest == add_image.recipe_digest
-    assert again.seconds < 10
+    assert again.steps == {}, "no build step ran"
     assert {f: r.sha256 for f, r in again.images.items()} == {
         f: r.sha256 for f, r in add_image.images.items()
     }

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -76,11 +75,16 @@ def test_a_worker_drains_mid_load_and_no_request_fails(
     drains = spawn(worker_argv(hub, name, "--drain-after", "2.5"))
     wait_for(lambda: {stays.pid, drains.pid} <= set(by_pid(client)), what="both workers")
 
+    # Rounds of 4 requests, two rounds in flight, until the drain and 20 rounds past it.
     futures: list[Future[Any]] = []
-    deadline = time.monotonic() + 6.0  # load well past the drain (2.5 s after start)
-    while time.monotonic() < deadline:
+    rounds_after = -1
+    while rounds_after < 20:
         futures += [client.submit(name, 0.05, timeout=60) for _ in range(4)]
-        time.sleep(0.1)
+        if len(futures) > 8:
+            futures[-9].exception(timeout=60)  # the round before last is answered
+        if rounds_after >= 0 or client.status()["stats"].get("workers_drained", 0):
+            rounds_after += 1
+        assert len(futures) < 40_000, "the worker never drained"
     results, failures = outcomes(futures)
     assert failures == [], failures[:3]
     pids = {r["pid"] for r in results}
@@ -103,7 +107,8 @@ def test_queued_work_waits_for_the_replacement_worker(
     wait_for(lambda: by_pid(client).get(old.pid, {}).get("state") == "busy", what="it runs")
     queued = [client.submit(name, 0.01 * i, timeout=90) for i in range(3)]
     assert old.wait(timeout=30) == 0, "it drained and left by itself"
-    time.sleep(0.5)
+    wait_for(lambda: old.pid not in by_pid(client), what="the hub saw it leave")
+    assert client.status()["servables"][f"{name}@1"]["queued"] == 3
     assert not any(f.done() for f in queued), "queued work waits; it is neither sent nor failed"
     new = spawn(worker_argv(hub, name))  # the replacement block
     results, failures = outcomes(queued)
@@ -124,6 +129,7 @@ def test_sigterm_mid_batch_finishes_the_batch_then_exits(
     queued = client.submit(name, 0.0, timeout=60)  # must not go to the terminating worker
     assert worker.wait(timeout=30) == 0
     assert long.result(timeout=10)["pid"] == worker.pid, "the batch it held was finished"
+    wait_for(lambda: worker.pid not in by_pid(client), what="the hub saw it leave")
     assert not queued.done(), "the queued request waits for a worker"
     other = spawn(worker_argv(hub, name))
     assert queued.result(timeout=60)["pid"] == other.pid

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,9 +85,10 @@ def test_stopping_the_hub_with_an_embedded_client_open_does_not_hang(
     local = hub.client(timeout=2)
     try:
         assert local.whoami()["admin"] is True
-        started = time.monotonic()
-        hub.stop()
-        assert time.monotonic() - started < 8
+        stopper = threading.Thread(target=hub.stop, daemon=True)
+        stopper.start()
+        stopper.join(timeout=45)  # a generous bound, short of the test's own timeout
+        assert not stopper.is_alive(), "Hub.stop() hangs while an embedded client is open"
         with pytest.raises(DlhubHpcError):
             local.whoami()
     finally:
@@ -105,12 +105,12 @@ def test_calls_after_the_embedded_hub_stopped_fail_at_once(
         with pytest.raises(ServableNotFound):
             used.run("demo/nothing", [1.0])
         hub.stop()
-        started = time.monotonic()
+        # With no timeout set, a call that waited for an answer would wait for ever: each
+        # fails at once, from knowing the hub stopped.
         for call in (used.whoami, fresh.whoami, lambda: used.run("demo/add", [1.0]),
                      lambda: fresh.run("demo/add", [1.0])):
             with pytest.raises(HubUnavailable, match="has stopped"):
                 call()
-        assert time.monotonic() - started < 5
     with pytest.raises(HubUnavailable):
         hub.client(timeout=None).whoami()
 

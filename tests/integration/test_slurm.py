@@ -175,9 +175,11 @@ def test_scales_up_on_queue_depth_then_releases_idle_block(sclient: Client) -> N
 
 
 def _load(client: Client, name: str, stop: threading.Event, sink: list[Future[Any]]) -> None:
+    """Requests one after another, at most four in flight, until ``stop``."""
     while not stop.is_set():
         sink.append(client.submit(name, 0.05))
-        time.sleep(0.05)
+        if len(sink) > 4:
+            sink[-5].exception(timeout=120)
 
 
 @pytest.mark.slow
@@ -190,6 +192,8 @@ def test_block_replaced_before_walltime_with_no_failed_request(sclient: Client) 
     info = sclient.start_pilot(name, profile)
     first = info["blocks"][0]
     sclient.wait_for_workers(name, 1, timeout=90)
+    first_pid = next(w["pid"] for w in sclient.status()["workers"]
+                     if w["block"] == first["block_id"])
     futures: list[Future[Any]] = []
     stop = threading.Event()
     feeder = threading.Thread(target=_load, args=(sclient, name, stop, futures), daemon=True)
@@ -197,12 +201,15 @@ def test_block_replaced_before_walltime_with_no_failed_request(sclient: Client) 
     try:
         repl = _wait_for(lambda: [b for b in _blocks(sclient) if "replaces" in b["reason"]],
                          timeout=70, what="a replacement block")[0]
-        _wait_for(lambda: any(w["block"] == repl["block_id"] for w in sclient.status()["workers"]),
-                  timeout=60, what="the replacement's worker connected")
+        repl_pid = _wait_for(lambda: [w["pid"] for w in sclient.status()["workers"]
+                                      if w["block"] == repl["block_id"]],
+                             timeout=60, what="the replacement's worker connected")[0]
         takeover = time.time() - repl["submitted_at"]
         _wait_for(lambda: first["job_id"] not in _our_jobs(), timeout=90,
                   what="the first block's job ended at its walltime")
-        time.sleep(2)  # a little load on the replacement alone
+        after = len(futures)  # a little load on the replacement alone:
+        _wait_for(lambda: len(futures) > after + 20 and futures[after + 20].done(),
+                  timeout=60, what="20 requests answered after the first block ended")
     finally:
         stop.set()
         feeder.join(timeout=10)
@@ -219,7 +226,9 @@ def test_block_replaced_before_walltime_with_no_failed_request(sclient: Client) 
     assert stats.get("workers_lost", 0) == 0 and stats.get("retries", 0) == 0, stats
     print(f"{len(results)} requests across the walltime boundary, 0 failed; "
           f"replacement serving {takeover:.1f}s after its submission")
-    assert len(results) > 100
+    pids = [r["pid"] for r in results]
+    assert first_pid in pids and repl_pid in pids, "the load ran across the boundary"
+    assert first_pid not in pids[after:], "its job ended: the first block served no more"
     sclient.stop_pilot([info["pilot_id"]])
 
 
@@ -230,7 +239,8 @@ def test_scancelled_block_is_noticed_and_replaced(sclient: Client) -> None:
     job = info["blocks"][0]["job_id"]
     sclient.wait_for_workers(name, 1, timeout=90)
     futures = [sclient.submit(name, 0.5) for _ in range(6)]
-    time.sleep(0.5)
+    _wait_for(lambda: any(w["state"] == "busy" for w in sclient.status()["workers"]),
+              timeout=60, what="the block's worker runs a request")
     subprocess.run(["scancel", job], timeout=30, check=True)
     new = _wait_for(lambda: [b for b in _blocks(sclient) if b["job_id"] != job],
                     timeout=60, what="a block replacing the cancelled one")[0]

@@ -33,20 +33,38 @@ from dlhub_hpc.worker.runner import Runner, WireResult
 SPEC = ServableSpec.from_file(example_dir("add") / "servable.yaml")
 
 
-class SlowRunner(Runner):
-    """Doubles each payload after ``delay`` seconds; ``started`` is set when a batch begins."""
+class GatedRunner(Runner):
+    """Doubles each payload; a batch holds until ``release`` is set (at once by default).
+    ``started`` is set when a batch begins, ``finished`` when one ends."""
 
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
+    def __init__(self, hold: bool = False) -> None:
         self.started = threading.Event()
+        self.finished = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
 
     def load(self, assign: Assign) -> ServableSpec:
         return SPEC
 
     def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
         self.started.set()
-        time.sleep(self.delay)
+        assert self.release.wait(60), "the test never released the batch"
+        self.finished.set()
         return [[True, 2 * p] for p in payloads]
+
+
+class ManualClock:
+    """The worker's clock, moved only by the test: deadlines come due when it says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class FakeHub:
@@ -72,6 +90,16 @@ class FakeHub:
                     assert isinstance(msg, kind), f"expected {kind.__name__}, got {msg!r}"
                     return identity, msg
         raise AssertionError(f"no {kind.__name__} within {timeout}s")
+
+    def heartbeats(self, count: int, timeout: float = 30.0) -> None:
+        """Wait for ``count`` heartbeats; what else arrives meanwhile is dropped."""
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while seen < count:
+            assert time.monotonic() < deadline, f"{seen} of {count} heartbeats in {timeout}s"
+            if self.sock.poll(100):
+                _, *frames = self.sock.recv_multipart()
+                seen += isinstance(decode(frames), Heartbeat)
 
     def send(self, identity: bytes, msg: Message) -> None:
         self.sock.send_multipart([identity, *encode(msg)])
@@ -104,65 +132,73 @@ def ready_worker(hub: FakeHub, worker: Worker) -> tuple[bytes, threading.Thread]
 
 
 def test_drain_after_sends_drain_and_exits_when_released(fake_hub: FakeHub) -> None:
-    opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", drain_after=0.5,
-                         heartbeat_interval=0.1, binding={"env": "CUDA_VISIBLE_DEVICES"})
-    worker = Worker(opts, SlowRunner(0.0))
+    clock = ManualClock()
+    opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", drain_after=60.0,
+                         hub_timeout=600.0, heartbeat_interval=0.1,
+                         binding={"env": "CUDA_VISIBLE_DEVICES"})
+    worker = Worker(opts, GatedRunner(), clock=clock)
     identity, thread = ready_worker(fake_hub, worker)
     fake_hub.send(identity, Batch(1, "run", [1, 2]))
     _, result = fake_hub.expect(BatchResult)
     assert result.results == [[True, 2], [True, 4]]
-    began = time.monotonic()
+    assert not worker.draining, "the walltime is not up yet"
+    clock.advance(60.0)
     _, drain = fake_hub.expect(Drain)
-    assert "drain after 0.5s" in drain.reason
+    assert "drain after 60.0s" in drain.reason
     assert thread.is_alive(), "it waits for the hub to release it"
     fake_hub.send(identity, Shutdown("drained"))
     _, bye = fake_hub.expect(Bye)
     assert bye.reason == "drained"
-    thread.join(5)
-    assert not thread.is_alive() and time.monotonic() - began < 5
+    thread.join(30)
+    assert not thread.is_alive(), "released, it exits without waiting on its clock"
 
 
 def test_a_drain_mid_batch_is_announced_before_the_result(fake_hub: FakeHub) -> None:
     opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", heartbeat_interval=0.1)
-    runner = SlowRunner(0.5)
-    worker = Worker(opts, runner)
+    runner = GatedRunner(hold=True)
+    worker = Worker(opts, runner, clock=ManualClock())
     identity, thread = ready_worker(fake_hub, worker)
     fake_hub.send(identity, Batch(7, "run", [5]))
-    assert runner.started.wait(5)
+    assert runner.started.wait(30)
     worker.request_drain("signal SIGTERM")  # what the SIGTERM handler does
+    runner.release.set()
     fake_hub.expect(Drain)  # first, so the hub holds back the next batch
     _, result = fake_hub.expect(BatchResult)
     assert result.batch_id == 7 and result.results == [[True, 10]]
     fake_hub.send(identity, Shutdown("drained"))
     fake_hub.expect(Bye)
-    thread.join(5)
+    thread.join(30)
     assert not thread.is_alive()
 
 
 def test_a_drain_due_mid_batch_is_told_at_once_from_the_heartbeat_socket(
     fake_hub: FakeHub
 ) -> None:
+    clock = ManualClock()
     opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", heartbeat_interval=0.1,
-                         drain_after=0.3)
-    worker = Worker(opts, SlowRunner(3.0))
+                         drain_after=60.0, hub_timeout=600.0)
+    runner = GatedRunner(hold=True)
+    worker = Worker(opts, runner, clock=clock)
     identity, thread = ready_worker(fake_hub, worker)
     fake_hub.send(identity, Batch(1, "run", [1]))
-    began = time.monotonic()
+    assert runner.started.wait(30)
+    clock.advance(60.0)  # the walltime comes up while the batch runs
     hb, drain = fake_hub.expect(Drain, heartbeat_socket=True)
     assert hb == identity + b"/hb" and drain.worker_id == opts.worker_id
-    assert time.monotonic() - began < 2.5, "told while the batch still runs"
+    assert not runner.finished.is_set(), "told while the batch still runs"
+    runner.release.set()
     fake_hub.expect(Drain)  # and again on the main socket, just before the result
     _, result = fake_hub.expect(BatchResult)
     assert result.results == [[True, 2]]
     fake_hub.send(identity, Shutdown("drained"))
     fake_hub.expect(Bye)
-    thread.join(5)
+    thread.join(30)
     assert not thread.is_alive()
 
 
 def test_a_batch_that_crossed_the_drain_is_still_run(fake_hub: FakeHub) -> None:
     opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", heartbeat_interval=0.1)
-    worker = Worker(opts, SlowRunner(0.0))
+    worker = Worker(opts, GatedRunner(), clock=ManualClock())
     identity, thread = ready_worker(fake_hub, worker)
     worker.request_drain("walltime")
     fake_hub.expect(Drain)
@@ -171,19 +207,39 @@ def test_a_batch_that_crossed_the_drain_is_still_run(fake_hub: FakeHub) -> None:
     assert result.results == [[True, 2]]
     fake_hub.send(identity, Shutdown("drained"))
     fake_hub.expect(Bye)
-    thread.join(5)
+    thread.join(30)
     assert not thread.is_alive()
 
 
 def test_a_silent_hub_releases_a_draining_worker_after_the_grace(fake_hub: FakeHub) -> None:
+    clock = ManualClock()
     opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", heartbeat_interval=0.1,
-                         drain_after=0.2, drain_grace=0.5)
-    worker = Worker(opts, SlowRunner(0.0))
-    _, thread = ready_worker(fake_hub, worker)
+                         drain_after=60.0, drain_grace=30.0, hub_timeout=600.0)
+    worker = Worker(opts, GatedRunner(), clock=clock)
+    identity, thread = ready_worker(fake_hub, worker)
+    clock.advance(60.0)
     fake_hub.expect(Drain)
+    clock.advance(29.0)
+    fake_hub.send(identity, Batch(2, "run", [1]))  # the grace is checked before its result
+    fake_hub.expect(BatchResult)
+    assert not worker.exit_reason, "still within the grace"
+    clock.advance(2.0)
     _, bye = fake_hub.expect(Bye)
-    assert "did not release it in 0.5s" in bye.reason
-    thread.join(5)
+    assert "did not release it in 30.0s" in bye.reason
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_a_worker_stops_after_the_hub_is_silent_past_hub_timeout(fake_hub: FakeHub) -> None:
+    clock = ManualClock()
+    opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", heartbeat_interval=0.1,
+                         hub_timeout=30.0)
+    worker = Worker(opts, GatedRunner(), clock=clock)
+    _, thread = ready_worker(fake_hub, worker)
+    clock.advance(31.0)
+    _, bye = fake_hub.expect(Bye)
+    assert bye.reason == "no word from the hub for 30.0s"
+    thread.join(30)
     assert not thread.is_alive()
 
 

@@ -22,7 +22,7 @@ from dlhub_hpc.worker import mpi as worker_mpi
 from dlhub_hpc.worker import runner as worker_runner
 from dlhub_hpc.worker.mpi import CMD, RESULT, MpiRunner, follow
 from dlhub_hpc.worker.runner import Runner, WireResult, load_assigned
-from tests.unit.test_worker_drain import SPEC, FakeHub, SlowRunner
+from tests.unit.test_worker_drain import SPEC, FakeHub, GatedRunner, ManualClock
 
 
 @pytest.fixture
@@ -68,17 +68,26 @@ class CountingWorker(Worker):
 
 
 def test_a_worker_waiting_to_be_released_does_not_spin(fake_hub: FakeHub) -> None:
+    clock = ManualClock()
     opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", heartbeat_interval=0.1,
-                         drain_after=0.1, drain_grace=1.0)
-    worker = CountingWorker(opts, SlowRunner(0.0))
+                         drain_after=60.0, drain_grace=30.0, hub_timeout=600.0)
+    worker = CountingWorker(opts, GatedRunner(), clock=clock)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     fake_hub.expect(Hello)
+    clock.advance(60.0)
     fake_hub.expect(Drain)
-    fake_hub.expect(Bye)  # the hub stays silent: released by the grace
-    thread.join(5)
-    # One poll per 0.1 s for the 1 s grace is ~10 checks; a busy loop makes thousands.
-    assert worker.checks < 100, f"{worker.checks} loop turns while waiting 1 s"
+    before = worker.checks
+    fake_hub.heartbeats(10)  # the heartbeat thread's pace: one per heartbeat_interval
+    turns = worker.checks - before
+    # The loop polls for one heartbeat interval per turn, ~10 turns; a busy loop makes
+    # thousands.
+    assert turns < 100, f"{turns} loop turns while 10 heartbeats went out"
+    clock.advance(31.0)
+    _, bye = fake_hub.expect(Bye)  # the hub stays silent: released by the grace
+    assert "did not release it in 30.0s" in bye.reason
+    thread.join(30)
+    assert not thread.is_alive()
 
 
 # -- MPI, on a fake communicator: rank 0 with helpers that answer at once --
@@ -199,7 +208,7 @@ def test_a_bfloat16_torch_model_loads_and_answers_in_numpy(tmp_path: Path) -> No
     np.testing.assert_allclose(out[0], expected)
 
 
-class ClosingRunner(SlowRunner):
+class ClosingRunner(GatedRunner):
     closed = False
 
     def close(self) -> None:
@@ -207,7 +216,7 @@ class ClosingRunner(SlowRunner):
 
 
 def test_a_bad_hub_address_says_what_to_fix_and_releases_the_runner() -> None:
-    runner = ClosingRunner(0.0)
+    runner = ClosingRunner()
     worker = Worker(WorkerOptions(hub="localhost:5555", servable="demo/add"), runner)
     with pytest.raises(ConfigError, match="tcp://host:port"):
         worker.run()
