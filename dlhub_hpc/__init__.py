@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from dlhub_hpc._version import __version__
+from dlhub_hpc.async_client import AsyncClient
 from dlhub_hpc.bridge import ComputeLimits, RemoteClient
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.client import USE_CLIENT_DEFAULT, Client
@@ -28,7 +29,6 @@ from dlhub_hpc.errors import (
     ProfileError,
     ProtocolError,
     RateLimited,
-    RecordError,
     RuntimeNotFound,
     ServableDeprecated,
     ServableError,
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "USE_CLIENT_DEFAULT",
     "ArgType",
+    "AsyncClient",
     "AuthenticationError",
     "BundleDigestMismatch",
     "Client",
@@ -80,7 +81,6 @@ __all__ = [
     "ProtocolError",
     "PythonFunctionServable",
     "RateLimited",
-    "RecordError",
     "RemoteClient",
     "RuntimeNotFound",
     "ScikitLearnServable",

@@ -3,12 +3,14 @@
 Two paths to the hub, each socket owned by one thread:
 
 - ``run`` (blocking) sends from the calling thread on that thread's own DEALER socket and
-  waits there for the reply: no hand-off between threads, the lowest latency;
+  waits there for the reply: no hand-off between threads, the lowest latency. That socket
+  is closed when its thread ends, or by ``close()``;
 - ``submit`` (futures) hands the request to one background thread that owns a DEALER
   socket and its poll loop, through a queue and a wake-up pipe, so any number of requests
   can be in flight from any thread.
 
-No socket is made until the first call.
+``Client`` and ``AsyncClient`` build and check requests in ``ClientCore``; every reply
+becomes a value or a typed error in ``reply_value``. No socket is made until the first call.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, cast
 
 import zmq
 
-from dlhub_hpc.client_publication import PublicationMixin
+from dlhub_hpc.client_publication import AdminCalls, PublicationCalls
 from dlhub_hpc.errors import (
     ConfigError,
     DlhubHpcError,
@@ -60,7 +63,7 @@ from dlhub_hpc.servable.spec import parse_ref
 logger = logging.getLogger(__name__)
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: enum flag arithmetic costs microseconds per call
-_AUTH_CHECK = 0.25  # seconds between looks for a refused handshake while waiting
+_SLICE = 0.25  # seconds a waiting call sleeps between looks at a refused handshake or close()
 _GRACE = 5.0  # seconds past a request's own timeout before the client gives up on the hub
 
 
@@ -94,94 +97,74 @@ def recorded_message_limit(address: str, home: Path | None = None) -> int | None
     return limit if isinstance(limit, int) and limit > 0 else None
 
 
-def _frames(msg: Request | Control) -> list[Any]:
-    """``msg`` encoded, after refusing (``InvalidInput``) what the hub could not carry."""
-    if isinstance(msg, Request):
-        check_carriable(msg.payload, "the input")
+# -- the one reply path, and the errors of a reply that never comes --
+
+def reply_value(reply: Reply, stacklevel: int = 2) -> Any:
+    """The value a ``Reply`` carries, or its error raised as the typed ``DlhubHpcError``.
+
+    A deprecation notice on the reply becomes a ``ServableDeprecated`` warning.
+    """
+    if reply.warning:
+        warnings.warn(reply.warning, ServableDeprecated, stacklevel=stacklevel + 1)
+    if reply.ok:
+        return reply.value
+    raise error_from_wire(reply.error or {})
+
+
+def settle(future: Any, reply: Reply) -> None:
+    """Resolve ``future`` (concurrent or asyncio) with what ``reply`` says."""
+    try:
+        value = reply_value(reply, stacklevel=1)
+    except DlhubHpcError as exc:
+        future.set_exception(exc)
     else:
-        check_carriable(msg.args, f"the arguments of {msg.op}")
-    return encode(msg)
+        future.set_result(value)
 
 
-def _hub_gone(address: str) -> HubUnavailable:
+def decode_reply(frames: list[Any]) -> Reply | None:
+    """``frames`` as a ``Reply``; None (logged) for anything else the socket received."""
+    try:
+        reply = decode(frames)
+    except ProtocolError as exc:
+        logger.warning("dropped a malformed reply: %s", exc)
+        return None
+    return reply if isinstance(reply, Reply) else None
+
+
+def no_reply(address: str, curve: ClientCurve) -> DlhubHpcError:
+    """Why a request went unanswered: a refused handshake if one was seen, else no hub."""
+    return curve.last_refusal or HubUnavailable(
+        f"no reply from the hub at {address}; is it running? "
+        f"Start one with 'dlhub-hpc hub start'{hint(address, curve)}",
+        address=address,
+    )
+
+
+def hub_gone(address: str) -> HubUnavailable:
     return HubUnavailable(f"the hub at {address} has stopped; its in-process address went with "
                           "it", address=address)
 
 
-class _ThreadSocket:
-    """A DEALER socket owned by one caller thread; closed in that thread when it ends."""
-
-    def __init__(self, address: str, curve: ClientCurve | None = None,
-                 context: zmq.Context[Any] | None = None) -> None:
-        try:
-            self.sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(zmq.DEALER)
-        except zmq.ZMQError:  # the context of an embedded hub that has stopped
-            raise _hub_gone(address) from None
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.curve = curve or ClientCurve()
-        self.monitor = self.curve.secure(self.sock, address)
-        self.sock.connect(address)
-        self._wait: float | None = None  # the receive timeout now set on the socket
-
-    def call(self, request_id: str, frames: list[Any], wait: float | None, address: str) -> Any:
-        # A blocking receive with RCVTIMEO: cheaper per call than a poller. With CurveZMQ
-        # the wait is cut in slices, to notice a refused handshake between them.
-        step = wait if self.monitor is None else min(wait or _AUTH_CHECK, _AUTH_CHECK)
-        if step != self._wait:
-            self.sock.setsockopt(zmq.RCVTIMEO, -1 if step is None else math.ceil(step * 1000))
-            self._wait = step
-        try:
-            self.sock.send_multipart(frames, copy=False)
-        except zmq.ContextTerminated:
-            self.close()  # so that the stopped hub's context can finish terminating
-            raise _hub_gone(address) from None
-        deadline = None if wait is None else time.monotonic() + wait
-        while True:
-            try:
-                received = self.sock.recv_multipart(copy=False)
-            except zmq.ContextTerminated:
-                self.close()
-                raise _hub_gone(address) from None
-            except zmq.Again:
-                refused = self.curve.refusal(self.monitor, address)
-                if refused is not None:
-                    raise refused from None
-                if self.monitor is not None and (deadline is None
-                                                 or time.monotonic() < deadline):
-                    continue
-                received = None
-            if received is None or (deadline is not None and time.monotonic() >= deadline):
-                raise self.curve.last_refusal or HubUnavailable(
-                    f"no reply from the hub at {address}; is it running? "
-                    f"Start one with 'dlhub-hpc hub start'{hint(address, self.curve)}",
-                    address=address,
-                )
-            try:
-                reply = decode(received)
-            except ProtocolError as exc:
-                logger.warning("dropped a malformed reply: %s", exc)
-                continue
-            if isinstance(reply, Reply) and reply.request_id == request_id:
-                if reply.warning:
-                    warnings.warn(reply.warning, ServableDeprecated, stacklevel=3)
-                if reply.ok:
-                    return reply.value
-                raise error_from_wire(reply.error or {})
-            # else: the late answer to an earlier call that gave up; drop it
-
-    def close(self) -> None:
-        ClientCurve.close(self.sock, self.monitor)
-        self.sock.close(linger=0)
-
-    def __del__(self) -> None:
-        # Runs in the owning thread when its thread-local storage is cleared at exit.
-        if getattr(self, "sock", None) is not None and not self.sock.closed:
-            ClientCurve.close(self.sock, self.monitor)
-            self.sock.close(linger=0)
+def client_closed() -> DlhubHpcError:
+    return DlhubHpcError("the client is closed")
 
 
-class Client(PublicationMixin):
-    """Talks to one hub. Thread-safe; use as a context manager or call ``close()``."""
+def workers_ready(status: dict[str, Any], servable: str) -> int:
+    """How many workers of ``servable`` (any version) are loaded and serving."""
+    name, _ = parse_ref(servable)
+    return sum(1 for w in status["workers"]
+               if w["servable"].split("@")[0] == name and w["state"] != "loading")
+
+
+def workers_missing(servable: str, ready: int, count: int, timeout: float) -> HubUnavailable:
+    return HubUnavailable(f"{ready} of {count} workers for {servable} are ready after "
+                          f"{timeout}s; see 'dlhub-hpc status' and the pilot logs",
+                          servable=servable)
+
+
+class ClientCore:
+    """What a client is before it has sockets: where the hub is, its keys and limits, and
+    the building and checking of requests (``Client`` and ``AsyncClient`` share it)."""
 
     def __init__(
         self, address: str | None = None, *, timeout: float | None = 60.0,
@@ -203,18 +186,8 @@ class Client(PublicationMixin):
         self.timeout = timeout
         self._max_message_bytes = max_message_bytes
         self._curve = ClientCurve(keys, server_key)
-        self._outbox: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
-        self._futures: dict[str, Future[Any]] = {}
-        self._expiry: list[tuple[float, str]] = []
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._wake_r = self._wake_w = -1
-        self._wake_armed = False  # a wake-up byte is in the pipe; no need for another
-        self._gone: DlhubHpcError | None = None  # why the I/O thread ended, if it did
-        self._local = threading.local()
 
     @property
     def address(self) -> str:
@@ -231,7 +204,198 @@ class Client(PublicationMixin):
         return self._max_message_bytes
 
     def __repr__(self) -> str:
-        return f"Client(address={self._address!r}, timeout={self.timeout!r})"
+        return f"{type(self).__name__}(address={self._address!r}, timeout={self.timeout!r})"
+
+    def _request(self, servable: str, inputs: Any, method: str,
+                 timeout: float | UseClientDefault | None, cache: bool
+                 ) -> tuple[str, list[Any], float | None]:
+        """A request's id, its checked frames, and how long to wait for its reply."""
+        name, version = parse_ref(servable)
+        seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
+        request_id = self._new_id()
+        frames = self._frames(Request(request_id, name, version, method, inputs, seconds, cache))
+        # The hub answers Timeout at the deadline; past it plus a grace, the hub is gone.
+        return request_id, frames, None if seconds is None else seconds + _GRACE
+
+    def _control(self, op: str, args: dict[str, Any]) -> tuple[str, list[Any]]:
+        request_id = self._new_id()
+        return request_id, self._frames(Control(request_id, op, args))
+
+    def _new_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    def _frames(self, msg: Request | Control) -> list[Any]:
+        """``msg`` encoded, after refusing what the hub could not carry (``InvalidInput``)
+        or would refuse for its size (``PayloadTooLarge``): before anything is sent."""
+        if isinstance(msg, Request):
+            check_carriable(msg.payload, "the input")
+        else:
+            check_carriable(msg.args, f"the arguments of {msg.op}")
+        frames = encode(msg)
+        size = sum(memoryview(f).nbytes for f in frames)
+        limit = self.max_message_bytes
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the request is {size} bytes, over the limit of {limit} bytes; send a "
+                "smaller input (or a file path the servable can read), or raise the hub's "
+                "HubConfig.max_message_bytes (and Client(max_message_bytes=...) to match)",
+                size=size, limit=limit, setting="HubConfig.max_message_bytes",
+            )
+        return frames
+
+    @staticmethod
+    def _bundle(directory: str | Path) -> bytes:
+        return make_bundle(Path(directory)).data
+
+
+class _ThreadSocket:
+    """A DEALER socket one caller thread uses for ``run``; its lock is held for a call, so
+    another thread closes it only between calls (ZeroMQ sockets are not thread-safe)."""
+
+    def __init__(self, address: str, curve: ClientCurve, context: zmq.Context[Any] | None,
+                 closing: threading.Event) -> None:
+        try:
+            self.sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        except zmq.ZMQError:  # the context of an embedded hub that has stopped
+            raise hub_gone(address) from None
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.curve = curve
+        self.monitor = curve.secure(self.sock, address)
+        self.sock.connect(address)
+        self.lock = threading.Lock()
+        self._closing = closing
+        self._wait: float | None = None  # the receive timeout now set on the socket
+
+    def call(self, request_id: str, frames: list[Any], wait: float | None, address: str) -> Any:
+        with self.lock:
+            if self.sock.closed:
+                raise client_closed()
+            reply = self._exchange(request_id, frames, wait, address)
+        return reply_value(reply, stacklevel=3)
+
+    def _exchange(self, request_id: str, frames: list[Any], wait: float | None,
+                  address: str) -> Reply:
+        # A blocking receive with RCVTIMEO: cheaper per call than a poller. The wait is cut
+        # in slices, to notice a refused handshake or close() between them.
+        step = min(wait, _SLICE) if wait is not None else _SLICE
+        if step != self._wait:
+            self.sock.setsockopt(zmq.RCVTIMEO, math.ceil(step * 1000))
+            self._wait = step
+        try:
+            self.sock.send_multipart(frames, copy=False)
+        except zmq.ContextTerminated:
+            self._shut()  # so that the stopped hub's context can finish terminating
+            raise hub_gone(address) from None
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            try:
+                reply = decode_reply(self.sock.recv_multipart(copy=False))
+            except zmq.ContextTerminated:
+                self._shut()
+                raise hub_gone(address) from None
+            except zmq.Again:
+                if self._closing.is_set():
+                    raise client_closed() from None
+                refused = self.curve.refusal(self.monitor, address)
+                if refused is not None:
+                    raise refused from None
+                if deadline is None or time.monotonic() < deadline:
+                    continue
+                raise no_reply(address, self.curve) from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise no_reply(address, self.curve)
+            if reply is not None and reply.request_id == request_id:
+                return reply
+            # else: the late answer to an earlier call that gave up; drop it
+
+    def close(self) -> None:
+        with self.lock:  # waits for a call in progress: it stops within a slice
+            self._shut()
+
+    def _shut(self) -> None:
+        if not self.sock.closed:
+            ClientCurve.close(self.sock, self.monitor)
+            self.sock.close(linger=0)
+
+
+class _ThreadSockets:
+    """The per-thread sockets of one client. Each is closed when its thread ends (a
+    finalizer on a token only that thread's local storage holds, which the interpreter drops
+    as the thread exits), when a new thread finds its thread dead, or by ``close_all``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[threading.Thread, tuple[_ThreadSocket, weakref.finalize]] = {}
+        self._local = threading.local()
+
+    def get(self, make: Callable[[], _ThreadSocket]) -> _ThreadSocket:
+        channel: _ThreadSocket | None = getattr(self._local, "channel", None)
+        if channel is not None and not channel.sock.closed:
+            return channel
+        self._sweep()
+        channel = make()
+        thread, token = threading.current_thread(), _Token()
+        done = weakref.finalize(token, self._release, thread)
+        done.atexit = False  # at exit the process's sockets go with it
+        with self._lock:
+            self._open[thread] = (channel, done)
+        self._local.channel, self._local.token = channel, token
+        return channel
+
+    def sockets(self) -> list[zmq.Socket[bytes]]:
+        """The sockets open now, one per thread that called and has not ended."""
+        with self._lock:
+            return [channel.sock for channel, _ in self._open.values()]
+
+    def _release(self, thread: threading.Thread) -> None:
+        with self._lock:
+            entry = self._open.pop(thread, None)
+        if entry is not None:
+            entry[0].close()
+
+    def _sweep(self) -> None:
+        with self._lock:
+            dead = [t for t in self._open if not t.is_alive()]
+        for thread in dead:
+            self._release(thread)
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries, self._open = list(self._open.values()), {}
+        for channel, done in entries:
+            done.detach()
+            channel.close()
+
+
+class _Token:  # held only by one thread's local storage: it dies with the thread
+    pass
+
+
+class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
+    """Talks to one hub. Thread-safe; use as a context manager or call ``close()``.
+
+    Serving: ``run``, ``submit`` (futures), ``run_batch``; ``publish`` and
+    ``wait_for_workers``; every other hub operation is in ``AdminCalls`` and
+    ``PublicationCalls`` (``client_publication``), through ``control``.
+    """
+
+    def __init__(
+        self, address: str | None = None, *, timeout: float | None = 60.0,
+        keys: KeyPair | None = None, server_key: str | None = None,
+        context: zmq.Context[Any] | None = None, max_message_bytes: int | None = None,
+    ) -> None:
+        super().__init__(address, timeout=timeout, keys=keys, server_key=server_key,
+                         context=context, max_message_bytes=max_message_bytes)
+        self._outbox: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+        self._futures: dict[str, Future[Any]] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._wake_r = self._wake_w = -1
+        self._wake_armed = False  # a wake-up byte is in the pipe; no need for another
+        self._gone: DlhubHpcError | None = None  # why the I/O thread ended, if it did
+        self._sockets = _ThreadSockets()
 
     def __enter__(self) -> Client:
         return self
@@ -242,13 +406,8 @@ class Client(PublicationMixin):
     # -- serving --
 
     def submit(
-        self,
-        servable: str,
-        inputs: Any,
-        *,
-        method: str = "",
-        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
-        cache: bool = True,
+        self, servable: str, inputs: Any, *, method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
     ) -> Future[Any]:
         """Send one request; the future holds the output or a ``DlhubHpcError``.
 
@@ -256,42 +415,22 @@ class Client(PublicationMixin):
         servable's ``run`` (or its first method); ``timeout`` defaults to the client's;
         ``cache=False`` skips the hub's memo cache for this request.
         """
-        name, version = parse_ref(servable)
-        seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
-        request_id = self._new_id()
-        msg = Request(request_id, name, version, method, inputs, seconds, cache)
-        # The hub answers Timeout at the deadline; past it plus a grace, the hub is gone.
-        return self._send(request_id, msg, None if seconds is None else seconds + _GRACE)
+        return self._send(*self._request(servable, inputs, method, timeout, cache))
 
     def run(
-        self,
-        servable: str,
-        inputs: Any,
-        *,
-        method: str = "",
-        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
-        cache: bool = True,
+        self, servable: str, inputs: Any, *, method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
     ) -> Any:
         """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``).
 
         Blocks the calling thread, which talks to the hub on a socket of its own.
         """
-        name, version = parse_ref(servable)
-        seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
-        request_id = self._new_id()
-        frames = _frames(Request(request_id, name, version, method, inputs, seconds, cache))
-        self._check_size(frames)
-        wait = None if seconds is None else seconds + _GRACE
+        request_id, frames, wait = self._request(servable, inputs, method, timeout, cache)
         return self._thread_socket().call(request_id, frames, wait, self.address)
 
     def run_batch(
-        self,
-        servable: str,
-        inputs: list[Any],
-        *,
-        method: str = "",
-        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
-        cache: bool = True,
+        self, servable: str, inputs: list[Any], *, method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
         return_exceptions: bool = False,
     ) -> list[Any]:
         """Run ``servable`` on each of ``inputs``; outputs come back in the same order.
@@ -309,115 +448,41 @@ class Client(PublicationMixin):
 
     def _thread_socket(self) -> _ThreadSocket:
         if self._closing.is_set():
-            raise DlhubHpcError("the client is closed")
-        channel: _ThreadSocket | None = getattr(self._local, "channel", None)
-        if channel is None or channel.sock.closed:
-            channel = self._local.channel = _ThreadSocket(self.address, self._curve,
-                                                          self._context)
-        return channel
+            raise client_closed()
+        return self._sockets.get(
+            lambda: _ThreadSocket(self.address, self._curve, self._context, self._closing))
 
     # -- administration --
 
     def control(self, op: str, timeout: float = 30.0, **args: Any) -> Any:
         """Run a hub operation; ``HubUnavailable`` if no answer comes within ``timeout``."""
-        request_id = self._new_id()
-        return self._send(request_id, Control(request_id, op, args), timeout).result()
+        return self._send(*self._control(op, args), timeout).result()
 
     def publish(self, directory: str | Path) -> dict[str, Any]:
         """Publish a servable directory; returns its name, version and digest."""
-        bundle = make_bundle(Path(directory))
-        result: dict[str, Any] = self.control("publish", bundle=bundle.data)
+        result: dict[str, Any] = self.control("publish", bundle=self._bundle(directory))
         return result
-
-    def status(self, timeout: float = 10.0) -> dict[str, Any]:
-        result: dict[str, Any] = self.control("status", timeout=timeout)
-        return result
-
-    def start_workers(self, servable: str, workers: int = 1) -> dict[str, Any]:
-        result: dict[str, Any] = self.control(
-            "start_workers", timeout=120.0, servable=servable, workers=workers)
-        return result
-
-    def stop_workers(
-        self, servable: str | None = None, blocks: list[str] | None = None
-    ) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.control(
-            "stop_workers", timeout=120.0, servable=servable, blocks=blocks)
-        return result
-
-    def start_pilot(
-        self, servable: str, profile: str | Path | Mapping[str, Any] = "local",
-        nodes: int | None = None,
-    ) -> dict[str, Any]:
-        """Start a pilot for ``servable`` from a site profile (a name, a YAML path, or data)."""
-        if hasattr(profile, "model_dump"):
-            profile = profile.model_dump(mode="json")
-        sent = dict(profile) if isinstance(profile, Mapping) else str(profile)
-        result: dict[str, Any] = self.control(
-            "pilot_start", timeout=180.0, servable=servable, profile=sent, nodes=nodes)
-        return result
-
-    def pilot_status(self) -> list[dict[str, Any]]:
-        """Every pilot: profile, servable, limits, and its blocks with their states."""
-        result: list[dict[str, Any]] = self.control("pilot_status", timeout=60.0)
-        return result
-
-    def stop_pilot(
-        self, pilots: list[str] | None = None, servable: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Stop the named pilots, or those of ``servable``, or (with neither) all."""
-        result: list[dict[str, Any]] = self.control(
-            "pilot_stop", timeout=120.0, pilots=pilots, servable=servable)
-        return result
-
-    def shutdown_hub(self) -> None:
-        self.control("shutdown")
 
     def wait_for_workers(self, servable: str, count: int = 1, timeout: float = 60.0) -> None:
         """Block until ``count`` workers of ``servable`` are loaded and serving."""
-        name, _ = parse_ref(servable)
         deadline = time.monotonic() + timeout
         while True:
-            workers = [
-                w for w in self.status()["workers"]
-                if w["servable"].split("@")[0] == name and w["state"] != "loading"
-            ]
-            if len(workers) >= count:
+            ready = workers_ready(self.status(), servable)
+            if ready >= count:
                 return
             if time.monotonic() > deadline:
-                raise HubUnavailable(
-                    f"{len(workers)} of {count} workers for {servable} are ready after "
-                    f"{timeout}s; see 'dlhub-hpc status' and the pilot logs",
-                    servable=servable,
-                )
+                raise workers_missing(servable, ready, count, timeout)
             time.sleep(0.1)
 
     # -- plumbing --
 
-    def _new_id(self) -> str:
-        return f"{self._prefix}-{next(self._ids)}"
-
-    def _check_size(self, frames: list[Any]) -> None:
-        """Refuse, before sending, a request the hub would refuse (and cut the line for)."""
-        size = sum(memoryview(f).nbytes for f in frames)
-        limit = self.max_message_bytes
-        if size > limit:
-            raise PayloadTooLarge(
-                f"the request is {size} bytes, over the limit of {limit} bytes; send a "
-                "smaller input (or a file path the servable can read), or raise the hub's "
-                "HubConfig.max_message_bytes (and Client(max_message_bytes=...) to match)",
-                size=size, limit=limit, setting="HubConfig.max_message_bytes",
-            )
-
-    def _send(self, request_id: str, msg: Any, wait: float | None) -> Future[Any]:
-        """Queue ``msg`` for the I/O thread; its future fails after ``wait`` seconds unanswered."""
-        frames = _frames(msg)  # fails here, in the caller's thread, for values that cannot travel
-        self._check_size(frames)
+    def _send(self, request_id: str, frames: list[Any], wait: float | None) -> Future[Any]:
+        """Queue ``frames`` for the I/O thread; the future fails if ``wait`` s pass unanswered."""
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         with self._lock:
             if self._closing.is_set():
-                raise DlhubHpcError("the client is closed")
+                raise client_closed()
             if self._gone is not None:
                 raise self._gone
             self._ensure_thread()
@@ -480,7 +545,7 @@ class Client(PublicationMixin):
         except zmq.ZMQError:
             if self._context is None:
                 raise
-            gone = _hub_gone(self.address)  # an embedded hub stopped and took its context along
+            gone = hub_gone(self.address)  # an embedded hub stopped and took its context along
         finally:
             if sock is not None:
                 ClientCurve.close(sock, monitor)
@@ -502,24 +567,13 @@ class Client(PublicationMixin):
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
         while cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
-            frames = sock.recv_multipart(copy=False)
-            try:
-                reply = decode(frames)
-            except ProtocolError as exc:
-                logger.warning("dropped a malformed reply: %s", exc)
-                continue
-            if not isinstance(reply, Reply):
+            reply = decode_reply(sock.recv_multipart(copy=False))
+            if reply is None:
                 continue
             with self._lock:
                 future = self._futures.pop(reply.request_id, None)
-            if future is None:
-                continue  # answered already (expired here) or not ours
-            if reply.warning:
-                warnings.warn(reply.warning, ServableDeprecated, stacklevel=1)
-            if reply.ok:
-                future.set_result(reply.value)
-            else:
-                future.set_exception(error_from_wire(reply.error or {}))
+            if future is not None:  # else answered already (expired here) or not ours
+                settle(future, reply)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -528,11 +582,7 @@ class Client(PublicationMixin):
             with self._lock:
                 future = self._futures.pop(request_id, None)
             if future is not None:
-                future.set_exception(self._curve.last_refusal or HubUnavailable(
-                    f"no reply from the hub at {self.address}; is it running? "
-                    f"Start one with 'dlhub-hpc hub start'{hint(self.address, self._curve)}",
-                    address=self.address,
-                ))
+                future.set_exception(no_reply(self.address, self._curve))
 
     def _fail_all(self, error: DlhubHpcError) -> None:
         with self._lock:
@@ -542,17 +592,13 @@ class Client(PublicationMixin):
                 future.set_exception(error)
 
     def close(self) -> None:
-        """Stop the client's thread; requests still open fail.
-
-        The calling thread's own socket closes now; other threads' close when they end.
-        """
-        channel = getattr(self._local, "channel", None)
-        if channel is not None:
-            channel.close()
-            self._local.channel = None
+        """Close every socket of this client, in every thread, and stop its I/O thread;
+        requests still open fail. A ``run`` waiting in another thread fails within a
+        fraction of a second with ``DlhubHpcError('the client is closed')``."""
         with self._lock:
             self._closing.set()
             thread, self._thread = self._thread, None
+        self._sockets.close_all()
         if thread is not None:
             os.write(self._wake_w, b"x")
             thread.join(timeout=5)

@@ -1,0 +1,245 @@
+"""``AsyncClient``: the calls of ``Client`` for asyncio code (``await client.run(...)``).
+
+One DEALER socket (``zmq.asyncio``) per client, made on first use in the running event loop,
+and one reader task that hands each reply to the future waiting for it, so any number of
+requests can be awaited at once. Requests are built and checked by ``ClientCore``, replies
+become values or typed errors in ``settle``, and the socket is secured by ``ClientCurve``:
+all as in ``Client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, cast
+
+import zmq
+import zmq.asyncio
+
+from dlhub_hpc.client import (
+    _SLICE,
+    USE_CLIENT_DEFAULT,
+    ClientCore,
+    UseClientDefault,
+    client_closed,
+    decode_reply,
+    no_reply,
+    settle,
+    workers_missing,
+    workers_ready,
+)
+from dlhub_hpc.client_publication import AdminCalls, PublicationCalls
+from dlhub_hpc.errors import ConfigError, DlhubHpcError
+from dlhub_hpc.security.client import ClientCurve
+from dlhub_hpc.security.keys import KeyPair
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Awaitable[Any]]):
+    """Talks to one hub from one event loop; ``async with`` it or ``await close()``.
+
+    ``run``, ``run_batch``, ``control``, ``publish``, ``wait_for_workers`` and every call
+    of ``AdminCalls`` / ``PublicationCalls`` are awaited; ``submit`` returns an
+    ``asyncio.Future`` at once, with the request already on its way.
+    """
+
+    def __init__(
+        self, address: str | None = None, *, timeout: float | None = 60.0,
+        keys: KeyPair | None = None, server_key: str | None = None,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        """As ``Client``. A hub in this process is reached on its ``tcp://`` address
+        (``hub.client_address``), not ``inproc://``."""
+        if address is not None and address.startswith("inproc://"):
+            raise ConfigError(
+                f"AsyncClient cannot reach {address}: an in-process address needs the hub's "
+                "own ZeroMQ context, which asyncio sockets cannot share safely. Use "
+                "AsyncClient(hub.client_address), or hub.client() for a Client",
+                address=address)
+        super().__init__(address, timeout=timeout, keys=keys, server_key=server_key,
+                         max_message_bytes=max_message_bytes)
+        self._sock: zmq.asyncio.Socket | None = None
+        self._monitor: Any = None  # the handshake monitor, as asyncio and as a plain socket
+        self._monitor_view: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: dict[str, tuple[asyncio.Future[Any], asyncio.TimerHandle | None]] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- serving --
+
+    def submit(
+        self, servable: str, inputs: Any, *, method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
+    ) -> asyncio.Future[Any]:
+        """Send one request now; await the future for the output (or its typed error).
+
+        Must be called with the client's event loop running. Bad inputs raise here.
+        """
+        return self._send(*self._request(servable, inputs, method, timeout, cache))
+
+    async def run(
+        self, servable: str, inputs: Any, *, method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
+    ) -> Any:
+        """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``)."""
+        return await self.submit(servable, inputs, method=method, timeout=timeout, cache=cache)
+
+    async def run_batch(
+        self, servable: str, inputs: list[Any], *, method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """As ``Client.run_batch``: outputs in order; the first failed item (in order)
+        raises, or with ``return_exceptions=True`` stands in the list."""
+        futures = [self.submit(servable, x, method=method, timeout=timeout, cache=cache)
+                   for x in inputs]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        return list(results)
+
+    # -- administration --
+
+    async def control(self, op: str, timeout: float = 30.0, **args: Any) -> Any:
+        """Run a hub operation; ``HubUnavailable`` if no answer comes within ``timeout``."""
+        return await self._send(*self._control(op, args), timeout)
+
+    async def publish(self, directory: str | Path) -> dict[str, Any]:
+        """Publish a servable directory; returns its name, version and digest."""
+        bundle = await asyncio.to_thread(self._bundle, directory)  # reads and hashes files
+        result: dict[str, Any] = await self.control("publish", bundle=bundle)
+        return result
+
+    async def wait_for_workers(self, servable: str, count: int = 1,
+                               timeout: float = 60.0) -> None:
+        """Return once ``count`` workers of ``servable`` are loaded and serving."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            ready = workers_ready(await self.status(), servable)
+            if ready >= count:
+                return
+            if loop.time() > deadline:
+                raise workers_missing(servable, ready, count, timeout)
+            await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        """Close the socket and stop the client's tasks; requests still open fail."""
+        self._closed = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_all(client_closed())
+        self._shut()
+
+    # -- plumbing --
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        if self._closed:
+            raise client_closed()
+        loop = asyncio.get_running_loop()
+        if self._sock is None:
+            self._open(loop)
+        elif loop is not self._loop:
+            raise ConfigError("an AsyncClient serves the event loop it was first used in; "
+                              "make one AsyncClient per event loop")
+        assert self._sock is not None
+        return self._sock
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        # An asyncio view of the process's ZeroMQ context: no I/O thread of its own.
+        ctx = zmq.asyncio.Context(shadow=zmq.Context.instance())
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        self._monitor = self._curve.secure(cast(Any, sock), self.address)
+        if self._monitor is not None:  # ClientCurve reads it without awaiting
+            self._monitor_view = zmq.Socket.shadow(self._monitor.underlying)
+        sock.connect(self.address)
+        self._sock, self._loop = sock, loop
+        self._tasks = [loop.create_task(self._read(sock), name="dlhub-async-client")]
+        if self._monitor_view is not None:
+            self._tasks.append(loop.create_task(self._watch(self._monitor_view)))
+
+    def _send(self, request_id: str, frames: list[Any], wait: float | None
+              ) -> asyncio.Future[Any]:
+        sock = self._socket()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        timer = None if wait is None else loop.call_later(wait, self._expire, request_id)
+        self._pending[request_id] = (future, timer)
+        sent = cast("asyncio.Future[Any]", sock.send_multipart(frames, copy=False))
+        sent.add_done_callback(lambda done: self._sent(request_id, done))
+        return future
+
+    def _sent(self, request_id: str, done: Any) -> None:
+        error = None if done.cancelled() else done.exception()
+        if error is not None:
+            self._finish(request_id, error=DlhubHpcError(
+                f"could not send to the hub at {self.address}: {error}", address=self.address))
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            try:
+                frames = await sock.recv_multipart(copy=False)
+            except zmq.ZMQError as exc:  # the socket broke: nothing more will arrive on it
+                self._fail_all(DlhubHpcError(f"the connection to the hub at {self.address} "
+                                             f"broke: {exc}", address=self.address))
+                raise
+            reply = decode_reply(frames)
+            if reply is not None:
+                self._finish(reply.request_id, reply=reply)
+
+    async def _watch(self, monitor: zmq.Socket[bytes]) -> None:
+        """Fail every open request at once when the hub refuses the handshake."""
+        while True:
+            await asyncio.sleep(_SLICE)
+            refused = self._curve.refusal(monitor, self.address)
+            if refused is not None:
+                self._fail_all(refused)
+
+    def _finish(self, request_id: str, *, reply: Any = None,
+                error: BaseException | None = None) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            return  # answered already (expired here) or not ours
+        future, timer = entry
+        if timer is not None:
+            timer.cancel()
+        if future.done():
+            return  # cancelled by its caller
+        if error is not None:
+            future.set_exception(error)
+        else:
+            settle(future, reply)
+
+    def _expire(self, request_id: str) -> None:
+        self._finish(request_id, error=no_reply(self.address, self._curve))
+
+    def _fail_all(self, error: DlhubHpcError) -> None:
+        for request_id in list(self._pending):
+            self._finish(request_id, error=error)
+
+    def _shut(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            ClientCurve.close(cast(Any, sock), self._monitor)
+            sock.close(linger=0)
+        self._monitor = self._monitor_view = None
