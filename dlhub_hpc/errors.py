@@ -15,6 +15,7 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     │   └── IsolationUnavailable the hub cannot start this owner's workers isolated from it
     ├── ServableError
     │   ├── SpecError            a servable spec or directory is invalid
+    │   │   └── RecordError      a DLHub record cannot be imported (its field path, the fix)
     │   ├── ServableNotFound     no servable with that name (and version)
     │   ├── ServableWithdrawn    the version was withdrawn (the reason, and any replacement)
     │   ├── BundleDigestMismatch a stored bundle's sha256 differs from its record; not loaded
@@ -90,6 +91,10 @@ class ServableError(DlhubHpcError):
 
 class SpecError(ServableError):
     """A servable spec or servable directory is invalid."""
+
+
+class RecordError(SpecError):
+    """A DLHub ``dlhub.json`` record cannot be imported; ``details['field']`` is its path."""
 
 
 class ServableNotFound(ServableError):

@@ -256,19 +256,38 @@ def export(ctx: click.Context, servable: str, output: Path | None) -> None:
         console.print(f"wrote {output}")
 
 
+def _id_map(pairs: tuple[str, ...], option: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, name = pair.partition("=")
+        if not (sep and key and name):
+            raise input_error(f"{option} {pair!r} should look like GLOBUS_ID=NAME", option)
+        out[key.strip()] = name.strip()
+    return out
+
+
 @click.command("import-dlhub")
 @click.argument("record", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def import_dlhub(record: Path, directory: Path) -> None:
+@click.option("--owner", default=None,
+              help="The servable's owner on this hub (needed when the record names none, "
+                   "as the DLHub SDK's records do).")
+@click.option("--map-group", "map_group", multiple=True, metavar="GLOBUS_GROUP_ID=GROUP",
+              help="Carry visible_to's Globus group as this hub group (repeat).")
+@click.option("--map-user", "map_user", multiple=True, metavar="GLOBUS_IDENTITY_ID=USER",
+              help="Carry visible_to's Globus identity as this hub user (repeat).")
+def import_dlhub(record: Path, directory: Path, owner: str | None, map_group: tuple[str, ...],
+                 map_user: tuple[str, ...]) -> None:
     """Write DIRECTORY/servable.yaml from a DLHub dlhub.json RECORD (add its files, then
-    publish)."""
+    publish). Globus groups and users in visible_to must be mapped, or it is refused."""
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # unreadable, not UTF-8, or not JSON
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise input_error(f"{record} is not a readable JSON file: {reason}; pass DLHub's "
                           "dlhub.json record", "RECORD") from None
-    spec = from_dlhub_json(data)
+    spec = from_dlhub_json(data, owner=owner, group_map=_id_map(map_group, "--map-group"),
+                           user_map=_id_map(map_user, "--map-user"))
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "servable.yaml").write_text(
         yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True) | {

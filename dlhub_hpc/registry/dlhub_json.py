@@ -1,237 +1,374 @@
-"""Import and export DLHub ``dlhub.json`` records (DLHub's public servable schema).
+"""Import DLHub ``dlhub.json`` records (as the DLHub SDK's ``to_dict()`` writes them, and as
+found in public repositories) as our ``ServableSpec``; ``to_dlhub_json`` (in
+``dlhub_export``) writes one back.
 
-A DLHub record has three blocks: ``datacite`` in DataCite's JSON spelling (``titles``,
-``creators`` with ``creatorName``/``affiliations``/``nameIdentifiers``, ``publicationYear``,
-``relatedIdentifiers``...), ``dlhub`` (owner, name, version, domains, visible_to, files,
-dependencies) and ``servable`` (``shim`` such as ``sklearn.ScikitLearnServable`` or
-``python.PythonStaticMethodServable``, and ``methods`` with typed input, output,
-``parameters`` and ``method_details``). ``from_dlhub_json`` makes our ``ServableSpec`` of
-one; ``to_dlhub_json`` writes one back.
+Rules, so that nothing is silently widened or renamed:
+
+- owner: ``owner=`` (the CLI's ``--owner``), else the record's ``dlhub.owner``; DLHub took it
+  from the Globus login, so SDK records have none and need ``--owner``.
+- ``visible_to``: ``public`` stays public; ``urn:globus:groups:id:ID`` becomes
+  ``group:NAME`` for ``--map-group ID=NAME``; ``urn:globus:auth:identity:ID`` becomes
+  ``user:NAME`` for ``--map-user ID=NAME``; an unmapped one is refused, never dropped.
+- version: ``datacite.version`` (the author's); ``dlhub.version`` is the SDK's, not used.
+- DOI: the SDK's placeholders (``10.YET/UNASSIGNED``, ``10.datacite/placeholder``) mean
+  "no DOI yet"; ``DOI: 10.x/y`` is read as ``10.x/y``.
+- name: lower-cased, other characters than ``a-z 0-9 _ . -`` become ``-``.
+- files: ``./`` dropped; absolute paths made relative to their common folder (the SDK's
+  ``simplify_paths``).
+- a record with a ``dlhub_hpc`` block (written by our export) is imported from that block,
+  losslessly; owner and visibility options still apply.
+
+Every refusal is a ``RecordError`` naming the field path and the fix; nothing is written
+unless the whole record converts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+from pathlib import PurePosixPath
 from typing import Any
 
-from dlhub_hpc.errors import SpecError
+from dlhub_hpc.errors import RecordError, SpecError
+from dlhub_hpc.registry.dlhub_types import arg_in, record_error
+from dlhub_hpc.servable.datacite import normalize_doi
 from dlhub_hpc.servable.spec import ServableSpec
-from dlhub_hpc.servable.types import ArgType
 
 logger = logging.getLogger(__name__)
 
-_SHIM_TO_TYPE = {
-    "sklearn.ScikitLearnServable": "sklearn",
+EXTENSION = "dlhub_hpc"  # our namespaced block in an exported record
+SHIM_TO_TYPE = {
     "python.PythonStaticMethodServable": "python_function",
+    "python.PythonClassMethodServable": "python_class_method",
+    "sklearn.ScikitLearnServable": "sklearn",
+    "torch.TorchServable": "torch",
+    "keras.KerasServable": "keras",
+    "tensorflow.TensorFlowServable": "tensorflow",
 }
-_TYPE_TO_SHIM = {v: k for k, v in _SHIM_TO_TYPE.items()}
-_ARG_KEYS = set(ArgType.model_fields)
+PLACEHOLDER_DOIS = ("10.yet/unassigned", "10.datacite/placeholder")
+_GLOBUS_GROUP = "urn:globus:groups:id:"
+_GLOBUS_USER = "urn:globus:auth:identity:"
+_FILE_KEY = {"python_class_method": "pickle", "sklearn": "model", "torch": "model",
+             "keras": "model"}
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9_.-]", "-", text.lower()).strip("-") or "unnamed"
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_.-]", "-", text.lower()).strip("-.")[:63]
 
 
-def _arg(data: Any) -> dict[str, Any]:
-    """A DLHub type declaration without the keys we do not model (kept loose on import)."""
-    if not isinstance(data, dict):
-        return {"type": "any"}
-    out = {k: v for k, v in data.items() if k in _ARG_KEYS}
-    for key in ("item_type",):
-        if key in out:
-            out[key] = _arg(out[key])
-    if "element_types" in out:
-        out["element_types"] = [_arg(e) for e in out["element_types"]]
-    if "properties" in out:
-        out["properties"] = {k: _arg(v) for k, v in out["properties"].items()}
-    if out.get("type") == "python object" and "python_type" not in out:
-        out["python_type"] = data.get("python_type")
-    return out
+def _block(record: dict[str, Any], key: str) -> dict[str, Any]:
+    value = record.get(key)
+    if not isinstance(value, dict):
+        raise record_error(key, "missing or not an object",
+                           "a dlhub.json record has datacite, dlhub and servable blocks")
+    return value
 
 
-def _creator_in(c: dict[str, Any]) -> dict[str, Any]:
+def _text(block: dict[str, Any], key: str, path: str, default: str = "") -> str:
+    value = block.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise record_error(f"{path}.{key}", f"should be text, got {type(value).__name__}",
+                           "give a string")
+    return str(value)
+
+
+def _doi(dc: dict[str, Any]) -> str | None:
+    ident = dc.get("identifier") or {}
+    if not isinstance(ident, dict) or not ident.get("identifier"):
+        return None
+    raw = str(ident["identifier"]).strip()
+    text = re.sub(r"^doi:\s*", "", raw, flags=re.IGNORECASE)
+    if text.lower() in PLACEHOLDER_DOIS:
+        return None  # the SDK's "no DOI yet"
+    try:
+        return normalize_doi(text)
+    except ValueError:
+        raise record_error("datacite.identifier.identifier", f"{raw!r} is not a DOI",
+                           "give a DOI like 10.1234/abc, or 10.YET/UNASSIGNED for none"
+                           ) from None
+
+
+def _creator_in(c: Any, path: str) -> dict[str, Any]:
+    if not isinstance(c, dict):
+        raise record_error(path, "a creator should be an object", 'give {"creatorName": '
+                           '"Family, Given"}')
     name = c.get("creatorName") or ", ".join(
-        p for p in (c.get("familyName"), c.get("givenName")) if p
-    )
-    orcid = next((i.get("nameIdentifier") for i in c.get("nameIdentifiers", [])
-                  if str(i.get("nameIdentifierScheme", "")).upper() == "ORCID"), None)
-    return {"name": name or "unknown", "affiliations": list(c.get("affiliations", [])),
+        str(p) for p in (c.get("familyName"), c.get("givenName")) if p)
+    if not name:
+        raise record_error(path, "a creator without a name",
+                           "give creatorName, or familyName and givenName")
+    ids = c.get("nameIdentifiers") or []
+    orcid = next((i.get("nameIdentifier") for i in ids if isinstance(i, dict)
+                  and str(i.get("nameIdentifierScheme", "")).upper() == "ORCID"), None)
+    return {"name": str(name), "affiliations": [str(a) for a in c.get("affiliations") or []],
             "orcid": orcid}
 
 
-def _datacite_in(dc: dict[str, Any]) -> dict[str, Any]:
-    ident = dc.get("identifier") or {}
-    doi = ident.get("identifier") if ident.get("identifierType") == "DOI" else None
-    if doi and "YET" in doi.upper():  # DLHub's placeholder "10.YET/UNASSIGNED"
-        doi = None
+def _year(dc: dict[str, Any]) -> int | None:
     year = dc.get("publicationYear")
+    if year in (None, ""):
+        return None
+    if not str(year).isdigit():
+        raise record_error("datacite.publicationYear", f"{year!r} is not a year",
+                           'give four digits, e.g. "2021", or ""')
+    return int(str(year))
+
+
+def _datacite_in(dc: dict[str, Any]) -> dict[str, Any]:
+    titles = [t.get("title") for t in _items(dc, "titles", "datacite") if isinstance(t, dict)]
+    if not any(titles):
+        raise record_error("datacite.titles", "no title", 'give [{"title": "..."}]')
     return {
-        "title": next((t["title"] for t in dc.get("titles", []) if t.get("title")), "untitled"),
-        "creators": [_creator_in(c) for c in dc.get("creators", [])],
-        "description": " ".join(d.get("description", "") for d in dc.get("descriptions", [])),
-        "publisher": dc.get("publisher", "DLHub"),
-        "publication_year": int(year) if year else None,
-        "subjects": [s["subject"] for s in dc.get("subjects", []) if s.get("subject")],
+        "title": str(next(t for t in titles if t)),
+        "creators": [_creator_in(c, f"datacite.creators[{i}]")
+                     for i, c in enumerate(_items(dc, "creators", "datacite"))],
+        "description": " ".join(str(d.get("description", "")) for d in
+                                _items(dc, "descriptions", "datacite") if isinstance(d, dict)),
+        "publisher": _text(dc, "publisher", "datacite", "DLHub") or "DLHub",
+        "publication_year": _year(dc),
+        "subjects": [str(s["subject"]) for s in _items(dc, "subjects", "datacite")
+                     if isinstance(s, dict) and s.get("subject")],
         "related_identifiers": [
-            {"identifier": r["relatedIdentifier"],
-             "identifier_type": r.get("relatedIdentifierType", "DOI"),
-             "relation_type": r.get("relationType", "IsDescribedBy")}
-            for r in dc.get("relatedIdentifiers", []) if r.get("relatedIdentifier")
-        ],
-        "rights": "; ".join(r.get("rights", "") for r in dc.get("rightsList", [])),
-        "funding": [
-            {"funder": f.get("funderName", ""),
-             "award": str((f.get("awardNumber") or {}).get("awardNumber", ""))}
-            for f in dc.get("fundingReferences", [])
-        ],
-        "doi": doi,
+            {"identifier": str(r["relatedIdentifier"]),
+             "identifier_type": str(r.get("relatedIdentifierType", "DOI")),
+             "relation_type": str(r.get("relationType", "IsDescribedBy"))}
+            for r in _items(dc, "relatedIdentifiers", "datacite")
+            if isinstance(r, dict) and r.get("relatedIdentifier")],
+        "rights": "; ".join(str(r.get("rights", "")) for r in
+                            _items(dc, "rightsList", "datacite") if isinstance(r, dict)),
+        "funding": [{"funder": str(f.get("funderName", "")),
+                     "award": str((f.get("awardNumber") or {}).get("awardNumber", ""))}
+                    for f in _items(dc, "fundingReferences", "datacite") if isinstance(f, dict)],
+        "doi": _doi(dc),
     }
 
 
-def _files_in(files: Any) -> tuple[list[str], str | None]:
-    if isinstance(files, list):
-        return [str(f) for f in files], None
-    if isinstance(files, dict):
-        model = files.get("model")
-        listed = [str(f) for f in files.get("other", [])] + ([model] if model else [])
-        return listed, model
-    return [], None
+def _items(block: dict[str, Any], key: str, path: str) -> list[Any]:
+    value = block.get(key) or []
+    if not isinstance(value, list):
+        raise record_error(f"{path}.{key}", f"should be a list, got {type(value).__name__}",
+                           "give a JSON array")
+    return value
 
 
-def _method_in(kind: str, name: str, m: dict[str, Any]) -> dict[str, Any]:
-    details = m.get("method_details", {})
-    out: dict[str, Any] = {
-        "input": _arg(m.get("input")), "output": _arg(m.get("output")),
-        "description": m.get("description", ""), "parameters": dict(m.get("parameters", {})),
-    }
-    if kind == "python_function":
-        module, func = details.get("module"), details.get("method_name")
-        if not (module and func):
-            raise SpecError(f"method {name!r}: method_details needs 'module' and 'method_name'")
-        out["function"] = f"{module}:{func}"
-        out["takes_batch"] = bool(details.get("batch", False))  # the function takes a list
-    elif details.get("method_name") and details["method_name"] != name:
-        out["function"] = details["method_name"]
+def visibility_in(values: Any, group_map: dict[str, str],
+                  user_map: dict[str, str]) -> list[str]:
+    """Our access rules of DLHub's ``visible_to`` (the mapping rules in the module doc)."""
+    if values is None:
+        return ["public"]  # DLHub's default
+    if not isinstance(values, list) or not values:
+        raise record_error("dlhub.visible_to", "should be a non-empty list",
+                           'give ["public"] or Globus URNs')
+    out = []
+    for i, v in enumerate(values):
+        path = f"dlhub.visible_to[{i}]"
+        text = str(v)
+        if text == "public":
+            out.append("public")
+        elif text.startswith(_GLOBUS_GROUP):
+            gid = text.removeprefix(_GLOBUS_GROUP)
+            if gid not in group_map:
+                raise record_error(path, f"Globus group {gid} has no hub group",
+                                   f"pass --map-group {gid}=GROUP (a hub group: "
+                                   "'dlhub-hpc groups')")
+            out.append(f"group:{group_map[gid]}")
+        elif text.startswith(_GLOBUS_USER):
+            uid = text.removeprefix(_GLOBUS_USER)
+            if uid not in user_map:
+                raise record_error(path, f"Globus identity {uid} has no hub user",
+                                   f"pass --map-user {uid}=USER (a user of this hub)")
+            out.append(f"user:{user_map[uid]}")
+        else:
+            raise record_error(path, f"{text!r} is neither 'public' nor a Globus URN",
+                               "use 'public' or urn:globus:groups:id:ID / "
+                               "urn:globus:auth:identity:ID")
     return out
 
 
-def from_dlhub_json(record: dict[str, Any]) -> ServableSpec:
-    """Our spec of a DLHub record; unsupported shims are a ``SpecError`` naming the supported."""
-    try:
-        dc, dl, sv = record["datacite"], record["dlhub"], record["servable"]
-    except (KeyError, TypeError) as exc:
-        raise SpecError(
-            f"a dlhub.json record needs datacite, dlhub and servable blocks: no {exc}"
-        ) from None
-    try:
-        return _spec_of(dc, dl, sv)
-    except (AttributeError, TypeError, ValueError, KeyError) as exc:  # a block of a wrong shape
-        raise SpecError(f"this dlhub.json record does not follow DLHub's schema: "
-                        f"{type(exc).__name__}: {exc}") from None
+def _files_in(files: Any) -> tuple[list[str], dict[str, str]]:
+    """(all files, the named ones such as model/pickle), relative to the bundle."""
+    if files is None:
+        return [], {}
+    if isinstance(files, list):
+        named: dict[str, str] = {}
+        listed = [str(f) for f in files]
+    elif isinstance(files, dict):
+        named = {str(k): str(v) for k, v in files.items() if k != "other" and isinstance(v, str)}
+        listed = [str(f) for f in _items(files, "other", "dlhub.files")] + list(named.values())
+    else:
+        raise record_error("dlhub.files", "should be an object or a list of paths",
+                           'give {"model": FILE, "other": [FILES]}')
+    absolute = [f for f in listed if f.startswith("/")]
+    base = os.path.commonpath([os.path.dirname(f) for f in absolute]) if absolute else ""
+
+    def rel(f: str) -> str:
+        p = os.path.relpath(f, base) if f.startswith("/") else os.path.normpath(f)
+        if p.startswith("..") or PurePosixPath(p).is_absolute():
+            raise record_error("dlhub.files", f"{f!r} points outside the servable's folder",
+                               "list files inside it")
+        return p
+
+    return list(dict.fromkeys(rel(f) for f in listed)), {k: rel(v) for k, v in named.items()}
 
 
-def _spec_of(dc: Any, dl: Any, sv: Any) -> ServableSpec:
-    shim = sv.get("shim", "")
-    kind = _SHIM_TO_TYPE.get(shim)
+def _method_in(kind: str, name: str, m: Any) -> dict[str, Any]:
+    path = f"servable.methods.{name}"
+    if not isinstance(m, dict):
+        raise record_error(path, "a method should be an object", "give input, output, "
+                           "parameters and method_details")
+    details = m.get("method_details") or {}
+    params = m.get("parameters") or {}
+    if not isinstance(details, dict) or not isinstance(params, dict):
+        raise record_error(path, "method_details and parameters should be objects",
+                           "give JSON objects")
+    out: dict[str, Any] = {
+        "input": arg_in(m.get("input", {"type": "python object"}), f"{path}.input"),
+        "output": arg_in(m.get("output", {"type": "python object"}), f"{path}.output"),
+        "parameters": dict(params), "autobatch": bool(details.get("autobatch", False)),
+        "unpack": bool(details.get("unpack", False)),
+    }
+    method_name = details.get("method_name")
+    if kind == "python_function":
+        module = details.get("module")
+        if not (isinstance(module, str) and module and isinstance(method_name, str)
+                and method_name):
+            raise record_error(f"{path}.method_details", "needs 'module' and 'method_name'",
+                               "name the function, e.g. module numpy, method_name max")
+        out["function"] = f"{module}:{method_name}"
+    elif kind == "torch":
+        out["unpack"] = out["input"]["type"] == "tuple"  # DLHub passes a tuple as *inputs
+    elif kind == "tensorflow":
+        out["unpack"] = out["input"]["type"] == "tuple"
+    elif isinstance(method_name, str) and method_name not in (name, "__call__"):
+        out["function"] = method_name
+    return out
+
+
+def _model_of(kind: str, files: list[str], named: dict[str, str],
+              sv: dict[str, Any]) -> str | None:
+    if kind == "tensorflow":
+        pb = [f for f in files if PurePosixPath(f).name == "saved_model.pb"]
+        if not pb:
+            raise record_error("dlhub.files.other", "no saved_model.pb listed",
+                               "list the SavedModel directory's files")
+        return str(PurePosixPath(pb[0]).parent)
+    if kind == "keras" and "arch" in named:
+        raise record_error("dlhub.files.arch", "a separate architecture file is not loaded "
+                           "here", "save the model as one .keras or .h5 file and list it "
+                           "as files.model")
+    if kind == "keras" and (sv.get("options") or {}).get("custom_objects"):
+        raise record_error("servable.options.custom_objects", "custom Keras layers are not "
+                           "loaded here", "register them with keras.saving in the model's "
+                           "module, or save a model without them")
+    key = _FILE_KEY.get(kind)
+    if key is None:
+        return None
+    if key not in named:
+        raise record_error(f"dlhub.files.{key}", f"a {kind} servable names its file here",
+                           f'give "{key}": FILE')
+    return named[key]
+
+
+def _dependencies(dl: dict[str, Any], sv: dict[str, Any]) -> dict[str, str]:
+    deps = dl.get("dependencies") or sv.get("dependencies") or {}
+    python = deps.get("python", {}) if isinstance(deps, dict) else None
+    if not isinstance(python, dict):
+        raise record_error("dlhub.dependencies.python", "should be an object",
+                           'give {"package": "version"}')
+    return {str(k): "" if v in (None, "latest", "detect") else str(v)
+            for k, v in python.items()}
+
+
+def _owner(dl: dict[str, Any], owner: str | None) -> str:
+    name = slug(owner or _text(dl, "owner", "dlhub"))
+    if not name:
+        raise record_error("dlhub.owner", "the record names no owner (DLHub took it from "
+                           "the Globus login)", "pass --owner NAME (your name on this hub)")
+    return name
+
+
+def _servable_in(sv: dict[str, Any], files: list[str], named: dict[str, str]
+                 ) -> dict[str, Any]:
+    shim = sv.get("shim")
+    kind = SHIM_TO_TYPE.get(str(shim))
     if kind is None:
-        raise SpecError(f"shim {shim!r} cannot be imported; supported: {sorted(_SHIM_TO_TYPE)}")
-    files, model = _files_in(dl.get("files"))
-    deps = dl.get("dependencies", {})
-    deps = deps.get("python", deps) if isinstance(deps, dict) else {}
+        raise record_error("servable.shim", f"{shim!r} cannot be imported",
+                           f"supported shims: {', '.join(sorted(SHIM_TO_TYPE))}")
+    methods = sv.get("methods")
+    if not isinstance(methods, dict) or not methods:
+        raise record_error("servable.methods", "no methods", 'give at least "run"')
+    options = sv.get("options") or {}
+    if not isinstance(options, dict):
+        raise record_error("servable.options", "should be an object", "give a JSON object")
+    return {
+        "type": kind, "model": _model_of(kind, files, named, sv),
+        "model_summary": _text(sv, "model_summary", "servable"), "options": options,
+        "methods": {str(n): _method_in(kind, str(n), m) for n, m in methods.items()},
+    }
+
+
+def from_dlhub_json(record: Any, *, owner: str | None = None,
+                    group_map: dict[str, str] | None = None,
+                    user_map: dict[str, str] | None = None) -> ServableSpec:
+    """Our spec of a DLHub record (the rules in the module doc), or ``RecordError``."""
+    if not isinstance(record, dict):
+        raise record_error("(record)", "not a JSON object", "pass one dlhub.json record")
+    groups, users = group_map or {}, user_map or {}
+    if isinstance(record.get(EXTENSION), dict):
+        return _from_extension(record, owner, groups, users)
+    dl = _block(record, "dlhub")
+    kind = dl.get("type", "servable")
+    if kind != "servable" or "servable" not in record:
+        raise record_error("dlhub.type", f"a {kind} record, not a servable",
+                           "import servable records; a pipeline needs its dlhub_hpc block")
+    dc, sv = _block(record, "datacite"), _block(record, "servable")
+    name = slug(_text(dl, "name", "dlhub"))
+    if not name:
+        raise record_error("dlhub.name", "missing", "give the servable's short name")
+    files, named = _files_in(dl.get("files"))
     data = {
         "datacite": _datacite_in(dc),
-        "dlhub": {
-            "owner": _slug(dl.get("owner", "unknown")), "name": _slug(dl.get("name", "")),
-            "version": str(dl.get("version", "")), "domains": list(dl.get("domains", [])),
-            "visible_to": [v if v == "public" or ":" in v else f"user:{v}"
-                           for v in dl.get("visible_to", ["public"])
-                           if not str(v).startswith("urn:")] or ["public"],
-            "dependencies": {str(k): str(v) for k, v in deps.items()},
-            "files": files,
-        },
-        "servable": {
-            "type": kind, "model": model, "model_summary": sv.get("model_summary", ""),
-            "methods": {n: _method_in(kind, n, m) for n, m in sv.get("methods", {}).items()},
-        },
+        "dlhub": {"owner": _owner(dl, owner), "name": name,
+                  "version": _text(dc, "version", "datacite"),
+                  "domains": [str(d) for d in _items(dl, "domains", "dlhub")],
+                  "visible_to": visibility_in(dl.get("visible_to"), groups, users),
+                  "dependencies": _dependencies(dl, sv), "files": files},
+        "servable": _servable_in(sv, files, named),
     }
-    return ServableSpec.from_data(data, "dlhub.json")
+    return _valid(data)
 
 
-def _datacite_out(spec: ServableSpec) -> dict[str, Any]:
-    dc = spec.datacite
-    creators = []
-    for c in dc.creators:
-        entry: dict[str, Any] = {"creatorName": c.name, "affiliations": c.affiliations}
-        family, _, given = c.name.partition(", ")
-        if given:
-            entry.update(familyName=family, givenName=given)
-        if c.orcid:
-            entry["nameIdentifiers"] = [{"nameIdentifier": c.orcid,
-                                         "nameIdentifierScheme": "ORCID"}]
-        creators.append(entry)
-    out: dict[str, Any] = {
-        "titles": [{"title": dc.title}],
-        "creators": creators,
-        "publisher": dc.publisher,
-        "resourceType": {"resourceTypeGeneral": "InteractiveResource"},
-        "descriptions": [{"description": dc.description, "descriptionType": "Abstract"}]
-        if dc.description else [],
-        "subjects": [{"subject": s} for s in dc.subjects],
-        "relatedIdentifiers": [
-            {"relatedIdentifier": r.identifier, "relatedIdentifierType": r.identifier_type,
-             "relationType": r.relation_type} for r in dc.related_identifiers
-        ],
-        "rightsList": [{"rights": dc.rights}] if dc.rights else [],
-        "fundingReferences": [
-            {"funderName": f.funder, "awardNumber": {"awardNumber": f.award}}
-            for f in dc.funding
-        ],
-        "identifier": {"identifier": dc.doi or "10.YET/UNASSIGNED", "identifierType": "DOI"},
-    }
-    if dc.publication_year:
-        out["publicationYear"] = str(dc.publication_year)
-    return out
+def _valid(data: dict[str, Any]) -> ServableSpec:
+    try:
+        return ServableSpec.from_data(data, "the imported dlhub.json record")
+    except SpecError as exc:
+        raise RecordError(f"{exc}; fix the record's matching field", field="(spec)") from None
 
 
-def _method_out(spec: ServableSpec, name: str) -> dict[str, Any]:
-    m = spec.servable.methods[name]
-    details: dict[str, Any] = {"method_name": m.function or name}
-    if spec.servable.type == "python_function" and m.function:
-        module, _, func = m.function.partition(":")
-        details = {"module": module, "method_name": func, "autobatch": False,
-                   "batch": m.takes_batch}
-    return {
-        "input": m.input.model_dump(exclude_defaults=True),
-        "output": m.output.model_dump(exclude_defaults=True),
-        "parameters": m.parameters, "method_details": details,
-        **({"description": m.description} if m.description else {}),
-    }
+def _from_extension(record: dict[str, Any], owner: str | None, groups: dict[str, str],
+                    users: dict[str, str]) -> ServableSpec:
+    """A record our export wrote: its ``dlhub_hpc.spec`` is the spec, exactly."""
+    ext = record[EXTENSION]
+    spec = ext.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("dlhub"), dict):
+        raise record_error(f"{EXTENSION}.spec", "missing or not a servable spec",
+                           f"remove the {EXTENSION} block to import the DLHub part alone")
+    data = dict(spec) | {"dlhub": dict(spec["dlhub"])}
+    if owner:
+        data["dlhub"]["owner"] = slug(owner)
+    rules = data["dlhub"].get("visible_to", ["public"])
+    if groups or users:  # rules written as Globus URNs by hand may still be mapped
+        rules = [r if not str(r).startswith("urn:") else visibility_in([r], groups, users)[0]
+                 for r in rules]
+    data["dlhub"]["visible_to"] = rules
+    return _valid(data)
 
 
-def to_dlhub_json(spec: ServableSpec) -> dict[str, Any]:
-    """The DLHub record of a spec (sklearn and python-function servables)."""
-    shim = _TYPE_TO_SHIM.get(spec.servable.type)
-    if shim is None:
-        raise SpecError(f"DLHub's schema has no shim for type {spec.servable.type!r}; "
-                        f"exportable: {sorted(_TYPE_TO_SHIM)}")
-    dl = spec.dlhub
-    model = spec.servable.model
-    return {
-        "datacite": _datacite_out(spec),
-        "dlhub": {
-            "owner": dl.owner, "name": dl.name, "shorthand_name": spec.full_name,
-            "version": dl.version, "domains": dl.domains, "visible_to": dl.visible_to,
-            "type": "servable",
-            "files": {"model": model, "other": [f for f in dl.files if f != model]}
-            if model else {"other": dl.files},
-            "dependencies": {"python": dl.dependencies},
-        },
-        "servable": {
-            "type": "Scikit-learn estimator" if spec.servable.type == "sklearn"
-            else "Python static method",
-            "shim": shim, "language": "python",
-            "model_summary": spec.servable.model_summary,
-            "methods": {n: _method_out(spec, n) for n in spec.servable.methods},
-        },
-    }
+def to_dlhub_json(spec: ServableSpec, **options: Any) -> dict[str, Any]:
+    """The DLHub record of ``spec`` (``dlhub_export.to_dlhub_json``)."""
+    from dlhub_hpc.registry.dlhub_export import to_dlhub_json as export
+
+    return export(spec, **options)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Any
 
 from dlhub_hpc.errors import ConfigError, PermissionDenied, SpecError
@@ -118,9 +118,9 @@ class PublicationService:
 
     def export(self, args: dict[str, Any]) -> dict[str, Any]:
         record = self._record(args)
-        out = to_dlhub_json(record.spec)
-        out["dlhub"]["visible_to"] = record.visible_to  # the rules now, not those at publish
-        return out
+        # the rules now, not those at publish
+        return to_dlhub_json(record.spec, visible_to=list(record.visible_to),
+                             year=_year_of(record.published_at))
 
     def set_status(self, args: dict[str, Any]) -> dict[str, Any]:
         ident = parse_identifier(str(args.get("servable", "")))
@@ -181,3 +181,7 @@ class PublicationService:
         caller = str(args.get("caller", ""))
         groups = sorted(g for g, members in self.access.groups().items() if caller in members)
         return {"identity": caller, "admin": caller == self.access.admin, "groups": groups}
+
+
+def _year_of(timestamp: float) -> int:
+    return datetime.fromtimestamp(timestamp, timezone.utc).year

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,6 +286,11 @@ def read_worker_credential(path: Path) -> WorkerKey:
     its credential on an inherited descriptor) is closed afterwards, so the servable's code,
     which runs in this process later, cannot read it again."""
     fd = _descriptor(path)
+    if fd is not None and not _is_file_descriptor(fd):
+        raise AuthenticationError(
+            f"{path} is not an open credential file: start the worker through the hub "
+            "('workers start' or a pilot), which opens it on that descriptor, or pass "
+            "--credential FILE", path=str(path))
     try:
         pair = load_keypair(path)
         return WorkerKey(pair, recorded_hub_key(path))
@@ -292,6 +298,14 @@ def read_worker_credential(path: Path) -> WorkerKey:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _is_file_descriptor(fd: int) -> bool:
+    """Is ``fd`` open on a regular file? (Never close a socket or pipe by mistake.)"""
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _descriptor(path: Path) -> int | None:

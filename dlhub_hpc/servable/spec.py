@@ -29,8 +29,9 @@ MAX_VERSION = 2**63 - 1  # versions are SQLite integers (int64)
 ShimType = Literal[
     "python_function", "sklearn",
     "python_class_method", "torch", "onnx", "keras", "pipeline",  # model types and pipelines
+    "tensorflow",
 ]
-MODEL_FILE_TYPES = ("sklearn", "python_class_method", "torch", "onnx", "keras")
+MODEL_FILE_TYPES = ("sklearn", "python_class_method", "torch", "onnx", "keras", "tensorflow")
 
 
 class _Strict(BaseModel):
@@ -78,6 +79,21 @@ class MethodSpec(_Strict):
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="default keyword parameters of the method (DLHub's)"
     )
+    autobatch: bool = Field(
+        default=False, description="DLHub's autobatch: an input is a list, the function is "
+        "called once per element and the answer is the list of results",
+    )
+    unpack: bool = Field(
+        default=False, description="DLHub's unpack: a list or tuple input is passed as "
+        "positional arguments, f(*x)",
+    )
+
+    @model_validator(mode="after")
+    def _one_batching(self) -> MethodSpec:
+        if self.autobatch and self.takes_batch:
+            raise ValueError("'autobatch' (called per element) and 'takes_batch' (called on "
+                             "the whole batch) exclude each other; keep one")
+        return self
 
 
 class PipelineStep(_Strict):
@@ -137,6 +153,10 @@ class ServableBlock(_Strict):
     )
     methods: dict[str, MethodSpec]
     model_summary: str = Field(default="", description="e.g. 'RandomForestRegressor(n=100)'")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="DLHub's servable options, e.g. "
+        "serialization_method of an sklearn model; kept as the record gave them",
+    )
     deterministic: bool = Field(
         default=False, description="same input, same output: the hub may memoize answers"
     )

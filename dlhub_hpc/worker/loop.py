@@ -158,14 +158,19 @@ class Worker:
         """Serve until shutdown; the exit status is 0 unless the servable failed to load."""
         if self.opts.drain_after is not None:
             self._drain_at = self._clock() + self.opts.drain_after
+        try:
+            # Read before any servable code runs here (a descriptor is closed after), and
+            # before ZeroMQ opens descriptors of its own.
+            credential = (read_worker_credential(self.opts.credential)
+                          if self.opts.credential is not None else None)
+        except DlhubHpcError:
+            self.runner.close()  # MPI: the other ranks would wait for a stop forever
+            raise
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.opts.worker_id.encode())
         try:
-            # Read before any servable code runs here; a descriptor is closed after.
-            credential = (read_worker_credential(self.opts.credential)
-                          if self.opts.credential is not None else None)
             secure_worker(sock, self.opts.hub, credential)  # CurveZMQ
             sock.connect(self.opts.hub)
         except (zmq.ZMQError, DlhubHpcError) as exc:

@@ -17,7 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "hubfile": set(),
     "protocol": {"errors"},
     "servable": {"errors", "_version"},
-    "registry": {"errors", "servable"},
+    "registry": {"errors", "_version", "servable"},
     "security": {"errors", "_version", "hubfile", "protocol", "registry", "servable"},
     "broker": {"errors", "hubfile", "protocol", "registry", "security", "servable"},
     "worker": {"errors", "protocol", "security", "servable"},

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dlhub_hpc.errors import IsolationUnavailable
-from dlhub_hpc.pilot.manager import PilotManager
+from dlhub_hpc.pilot.command import Container, worker_command
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.security.confine import bwrap_argv, kept_environment
 from dlhub_hpc.security.credentials import WorkerCredentials
@@ -32,6 +32,9 @@ def test_the_admins_workers_run_as_the_hub_and_others_are_confined() -> None:
     assert policy().confinement("hubadmin").kind == "bare"
     assert policy().confinement("alice").kind == "sandbox"
     assert policy().confinement("alice", container=True).kind == "container"
+    # The admin's workers in an image get the credential as a bound file too: inside a
+    # container, descriptor 3 is not the job shell's.
+    assert policy().confinement("hubadmin", container=True).kind == "container"
     # A hub running as root switches to a real account; 'nobody' exists on every Debian.
     as_root = policy(root=True, user_map={"alice": "nobody"}).confinement("alice")
     assert (as_root.kind, as_root.unix_user) == ("user", "nobody")
@@ -53,10 +56,9 @@ def test_a_hub_that_can_neither_switch_nor_sandbox_refuses_unless_off() -> None:
 def test_the_local_worker_command_is_sandboxed_with_the_credential_on_fd_3() -> None:
     launch = WorkerLaunch(Confinement("alice", "sandbox", hide=(str(HUB_HOME),)),
                           HUB_HOME / "credentials" / "alice" / "worker.key")
-    manager = PilotManager.__new__(PilotManager)
-    manager.python, manager.hub_address = "/opt/py/bin/python", "tcp://127.0.0.1:5"
-    manager.heartbeat_interval, manager.hub_timeout = 1.0, 30.0
-    command = PilotManager.worker_command(manager, "alice/snoop@1", "block-1", launch)
+    command = worker_command("tcp://127.0.0.1:5", "alice/snoop@1", python="/opt/py/bin/python",
+                             block="block-1", heartbeat_interval=1.0, hub_timeout=30.0,
+                             launch=launch).shell()
     argv = shlex.split(command.rsplit(" 3<", 1)[0])
     assert argv[:7] == ["/opt/py/bin/python", "-m", "dlhub_hpc.security.confine", "--sandbox",
                         "--hide", str(HUB_HOME), "--"]
@@ -67,9 +69,10 @@ def test_the_local_worker_command_is_sandboxed_with_the_credential_on_fd_3() -> 
 
 def test_a_user_switched_worker_command() -> None:
     launch = WorkerLaunch(Confinement("alice", "user", unix_user="alice"), Path("/k/w.key"))
-    command = launch.command(["py", "-m", "dlhub_hpc.worker", "--servable", "alice/x"], "py")
+    command = worker_command("tcp://h:1", "alice/x", python="py", launch=launch).shell()
     assert command == ("py -m dlhub_hpc.security.confine --user alice -- py -m "
-                       "dlhub_hpc.worker --servable alice/x --credential /dev/fd/3 3</k/w.key")
+                       "dlhub_hpc.worker --hub tcp://h:1 --servable alice/x --credential "
+                       "/dev/fd/3 3</k/w.key")
 
 
 def test_a_slurm_job_carries_the_sandbox_and_the_redirect_through_its_heredoc(
@@ -94,6 +97,19 @@ def test_a_container_sees_only_its_owners_credential_folder(tmp_path: Path) -> N
     assert f"--bind {cred.parent}:/mnt:ro" in worker
     assert "--credential /mnt/worker.key" in worker
     assert "DLHUB_HPC_WORKER_KEY" not in worker and " 3<" not in worker
+
+
+def test_the_admins_containerised_worker_reads_its_credential_on_mnt(tmp_path: Path) -> None:
+    # Was: the admin's confinement is "bare", so its worker in a container was told
+    # --credential /dev/fd/3, which nothing opens there: the worker read a stray descriptor.
+    cred = tmp_path / "credentials" / "hubadmin" / "worker.key"
+    launch = WorkerLaunch(policy().confinement("hubadmin", container=True), cred)
+    command = worker_command("tcp://h:1", "hubadmin/x@1", launch=launch,
+                             container=Container("bubblewrap", "/images/x"))
+    assert command.argv[-2:] == ["--credential", "/mnt/worker.key"]
+    assert ["--ro-bind", str(cred.parent), "/mnt"] == command.argv[
+        command.argv.index(str(cred.parent)) - 1:command.argv.index(str(cred.parent)) + 2]
+    assert command.redirect == "" and "confine" not in command.shell()
 
 
 def test_the_sandbox_binds_python_read_only_and_hides_the_hub(tmp_path: Path) -> None:
@@ -155,3 +171,17 @@ def test_a_credential_on_a_descriptor_is_read_once_and_closed(tmp_path: Path) ->
     assert key.pair == pair and key.hub_key == "h" * 40
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_a_descriptor_that_is_no_credential_file_is_refused_and_left_open() -> None:
+    from dlhub_hpc.errors import AuthenticationError
+    from dlhub_hpc.security.keys import read_worker_credential
+
+    r, w = os.pipe()
+    try:
+        with pytest.raises(AuthenticationError, match="not an open credential file"):
+            read_worker_credential(Path(f"/dev/fd/{r}"))
+        os.fstat(r)  # still open: it was never ours to close
+    finally:
+        os.close(r)
+        os.close(w)

@@ -1,7 +1,7 @@
 """Shims load a model from an unpacked bundle and call its methods on batches of inputs.
 
 One module per model type: ``python_function``, ``class_method`` (a pickled object's
-methods, and scikit-learn), ``torch``, ``onnx`` and ``keras``. Heavy frameworks are
+methods, and scikit-learn), ``torch``, ``onnx``, ``keras`` and ``tensorflow``. Heavy frameworks are
 imported only when a servable of their type loads; a missing one fails the load with
 ``ServableLoadError`` naming the extra to install. A pipeline runs in the hub, never in a
 worker.
@@ -26,6 +26,7 @@ from dlhub_hpc.servable.shims.class_method import PythonClassMethodShim, Sklearn
 from dlhub_hpc.servable.shims.keras import KerasShim
 from dlhub_hpc.servable.shims.onnx import OnnxShim
 from dlhub_hpc.servable.shims.python_function import PythonFunctionShim
+from dlhub_hpc.servable.shims.tensorflow import TensorFlowShim
 from dlhub_hpc.servable.shims.torch import TorchShim
 from dlhub_hpc.servable.spec import ServableSpec
 
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SHIMS", "KerasShim", "OnnxShim", "Outcome", "PythonClassMethodShim",
-    "PythonFunctionShim", "Shim", "SklearnShim", "StackedShim", "TorchShim", "bound_gpu_env",
+    "PythonFunctionShim", "Shim", "SklearnShim", "StackedShim", "TensorFlowShim", "TorchShim",
+    "bound_gpu_env",
     "gpu_bound",
     "load_servable", "split_output", "stack_rows",
 ]
@@ -45,6 +47,7 @@ SHIMS: dict[str, type[Shim]] = {
     "torch": TorchShim,
     "onnx": OnnxShim,
     "keras": KerasShim,
+    "tensorflow": TensorFlowShim,
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from dlhub_hpc.errors import ServableLoadError
 from dlhub_hpc.servable.shims.base import Shim, StackedShim, model_file, require
+from dlhub_hpc.servable.shims.calling import dlhub_call
 from dlhub_hpc.servable.shims.forest import compile_calls
 from dlhub_hpc.servable.spec import ServableSpec
 
@@ -23,7 +24,8 @@ def load_object(spec: ServableSpec, root: Path) -> Any:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))  # classes the pickle names may live in the bundle
     try:
-        if path.suffix == ".joblib":
+        if path.suffix == ".joblib" or spec.servable.options.get(
+                "serialization_method") == "joblib":  # DLHub's sklearn option
             joblib = require("joblib", "sklearn", spec.full_name)
             return joblib.load(path)
         with path.open("rb") as fh:
@@ -49,7 +51,7 @@ def bound_methods(spec: ServableSpec, obj: Any) -> dict[str, Callable[[Any], Any
                 f"{type(obj).__name__} has no method {attr!r} for {spec.full_name}.{name}",
                 servable=spec.full_name, method=name,
             )
-        calls[name] = call
+        calls[name] = dlhub_call(call, m)
     return calls
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from dlhub_hpc.errors import ServableLoadError
 from dlhub_hpc.servable.shims.base import Shim, import_attr
+from dlhub_hpc.servable.shims.calling import dlhub_call
 from dlhub_hpc.servable.spec import ServableSpec
 
 logger = logging.getLogger(__name__)
@@ -22,12 +23,13 @@ def _import_function(ref: str, root: Path) -> Callable[[Any], Any]:
 
 
 class PythonFunctionShim(Shim):
-    """Each method is a plain function in a module of the bundle."""
+    """Each method is a plain function in a module of the bundle (or an installed module, as
+    DLHub's static methods such as ``numpy:max``), called with its default parameters."""
 
     @classmethod
     def load(cls, spec: ServableSpec, root: Path) -> Shim:
         calls = {
-            name: _import_function(str(m.function), root)
+            name: dlhub_call(_import_function(str(m.function), root), m)
             for name, m in spec.servable.methods.items()
         }
         return cls(spec, calls)

@@ -48,7 +48,7 @@ def _load_module(spec: ServableSpec, root: Path, torch: Any, device: str) -> Any
             # Exported in the mode it should run in (eval); .eval() is not allowed on it.
             return torch.export.load(str(path)).module()
         if block.module is None:
-            return torch.jit.load(str(path), map_location=device)
+            return _scripted_or_pickled(torch, path, device)
         cls = import_attr(block.module, root, "Class")
         model = cls(**block.init_kwargs)
         state = torch.load(str(path), map_location=device, weights_only=True)
@@ -64,6 +64,22 @@ def _load_module(spec: ServableSpec, root: Path, torch: Any, device: str) -> Any
             f"{type(exc).__name__}: {exc}",
             servable=spec.full_name,
         ) from exc
+
+
+def _scripted_or_pickled(torch: Any, path: Path, device: str) -> Any:
+    """A TorchScript file, else a whole pickled module (what DLHub's torch servables hold;
+    the publisher's own file, unpickled in their confined worker as pickled objects are)."""
+    try:
+        return torch.jit.load(str(path), map_location=device)
+    except RuntimeError as not_script:
+        logger.debug("%s is not TorchScript; trying it as a pickled module", path.name)
+        try:
+            model = torch.load(str(path), map_location=device, weights_only=False)
+        except Exception:
+            raise not_script from None
+        if not isinstance(model, torch.nn.Module):  # e.g. a state dict without 'module'
+            raise not_script from None
+        return model
 
 
 class TorchShim(StackedShim):
@@ -103,25 +119,34 @@ class TorchShim(StackedShim):
         shim = cls(spec, {}, device, dtype)
         for name, m in spec.servable.methods.items():
             attr = m.function or "forward"
-            target = model if attr == "forward" else getattr(model, attr, None)
+            target = model if attr in ("forward", "__call__") else getattr(model, attr, None)
             if not callable(target):
                 raise ServableLoadError(
                     f"the model of {spec.full_name} has no method {attr!r} for method {name}",
                     servable=spec.full_name, method=name,
                 )
-            shim._calls[name] = _numpy_call(torch, target, device, shim.prepare, weights)
+            shim._calls[name] = _numpy_call(torch, target, device, shim.prepare, weights,
+                                            dict(m.parameters), m.unpack)
         logger.info("%s loaded on %s", spec.full_name, device)
         return shim
 
 
 def _numpy_call(torch: Any, target: Callable[..., Any], device: str,
-                prepare: Callable[[Any], Any], weights: Any = None) -> Callable[[Any], Any]:
-    def call(x: Any) -> Any:
+                prepare: Callable[[Any], Any], weights: Any = None,
+                params: dict[str, Any] | None = None, unpack: bool = False,
+                ) -> Callable[[Any], Any]:
+    def tensor_of(x: Any) -> Any:
         tensor = torch.as_tensor(prepare(np.asarray(x))).to(device)
         if weights is not None and tensor.is_floating_point() and tensor.dtype != weights:
             tensor = tensor.to(weights)  # bfloat16 weights: numpy cannot hold that type
+        return tensor
+
+    def call(x: Any) -> Any:
+        # unpack: a tuple of arrays goes in as the model's positional inputs (DLHub's
+        # multi-input torch servables)
+        tensors = [tensor_of(e) for e in x] if unpack else [tensor_of(x)]
         with torch.inference_mode():
-            return _to_numpy(target(tensor))
+            return _to_numpy(target(*tensors, **(params or {})))
 
     return call
 
