@@ -39,8 +39,9 @@ from rich.table import Table
 import dlhub_hpc.examples
 from dlhub_hpc import Client, Hub, HubConfig
 from dlhub_hpc.container.build import BuildResult, ImageBuilder, default_cache_dir
-from dlhub_hpc.container.launch import worker_command
+from dlhub_hpc.container.launch import runnable_image
 from dlhub_hpc.container.runtimes import get_runtime
+from dlhub_hpc.pilot.command import Container, worker_command
 from dlhub_hpc.registry.images import ImageRecord
 
 logger = logging.getLogger(__name__)
@@ -104,8 +105,10 @@ def commands(image: BuildResult, hub: Hub) -> dict[str, list[str]]:
         if not get_runtime(runtime).available():
             console.print(f"[yellow]skipping {mode}: {runtime} is not installed")
             continue
-        found[mode] = worker_command(runtime, record, hub.worker_address, servable=SERVABLE,
-                                     extra=extra, verify=False)
+        container = (None if record is None else
+                     Container(runtime, runnable_image(runtime, record, verify=False)))
+        found[mode] = worker_command(hub.worker_address, SERVABLE, extra=extra,
+                                     container=container).argv
     return found
 
 

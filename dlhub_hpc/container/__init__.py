@@ -15,7 +15,7 @@ from dlhub_hpc.container.runtimes import ContainerRuntime, get_runtime
 if TYPE_CHECKING:
     from dlhub_hpc.container.build import BuildResult, ImageBuilder
     from dlhub_hpc.container.definition import BuildOptions
-    from dlhub_hpc.container.launch import pick_image, worker_command
+    from dlhub_hpc.container.launch import pick_image, runnable_image
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ _LAZY = {
     "BuildResult": "dlhub_hpc.container.build",
     "ImageBuilder": "dlhub_hpc.container.build",
     "pick_image": "dlhub_hpc.container.launch",
-    "worker_command": "dlhub_hpc.container.launch",
+    "runnable_image": "dlhub_hpc.container.launch",
 }
 
 
@@ -41,5 +41,5 @@ __all__ = [
     "ImageBuilder",
     "get_runtime",
     "pick_image",
-    "worker_command",
+    "runnable_image",
 ]

@@ -4,15 +4,15 @@ A :class:`Pilot` owns one Parsl provider built from its profile; each block is o
 ``provider.submit`` of the worker command (wrapped in the profile's container runtime, run
 by its launcher), watched with ``provider.status`` and stopped with ``provider.cancel``.
 :meth:`Pilot.tick` feeds what the provider and the hub report to the scaling strategy
-(:func:`dlhub_hpc.pilot.scaling.decide`) and applies its decision. :class:`PilotService`
-holds a hub's pilots and runs their ticks in one thread.
+(:func:`dlhub_hpc.pilot.scaling.decide`) and applies its decision. A *fixed* pilot (what
+``workers start`` makes) is one block of a set size on the hub's own provider: it is never
+scaled nor replaced. :class:`~dlhub_hpc.pilot.service.PilotService` holds a hub's pilots.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -23,20 +23,31 @@ from urllib.parse import urlsplit
 
 from parsl.providers.base import ExecutionProvider
 
-from dlhub_hpc.errors import AuthenticationError, PilotError, ProfileError
-from dlhub_hpc.pilot.profiles import SiteProfile, build_provider, expand_vars, unset_variables
+from dlhub_hpc.errors import PilotError, ProfileError
+from dlhub_hpc.pilot.command import Container, worker_command
+from dlhub_hpc.pilot.profiles import (
+    EMBEDDED_LOCAL,
+    SiteProfile,
+    build_provider,
+    expand_vars,
+    parse_profile,
+    unset_variables,
+)
 from dlhub_hpc.pilot.scaling import TERMINAL, BlockView, Decision, Load, WalltimePlan, decide
-from dlhub_hpc.security.isolation import WorkerLaunch, credential_redirect
+from dlhub_hpc.security.isolation import WorkerLaunch
 
 logger = logging.getLogger(__name__)
 
 _pilot_ids = itertools.count(1)
-# Where launchers put a task's rank on its node (the worker reads these: worker/gpu.py).
-LOCAL_RANK_ENVS = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK",
-                   "PALS_LOCAL_RANKID", "MPI_LOCALRANKID")
-HEREDOC_LAUNCHERS = frozenset({"GnuParallelLauncher", "MpiExecLauncher", "MpiRunLauncher",
-                               "SrunLauncher", "SrunMPILauncher", "AprunLauncher",
-                               "JsrunLauncher"})
+
+
+def fixed_profile(workers: int) -> SiteProfile:
+    """The profile of a fixed pilot: ``workers`` workers in one block on this machine, no
+    scheduler, no walltime, no scaling (the embedded default, whatever site_profiles say)."""
+    if workers < 1:
+        raise PilotError(f"a block needs at least one worker, not {workers}")
+    return parse_profile({**EMBEDDED_LOCAL, "workers_per_node": workers,
+                          "scaling": {"min_blocks": 1, "max_blocks": 1}}, "workers start")
 
 
 def hub_address_for_workers(hub_worker_address: str, profile: SiteProfile) -> str:
@@ -111,12 +122,17 @@ class Pilot:
         image: str | None = None,
         check_image: Callable[[str], None] | None = None,
         launch: WorkerLaunch | None = None,
+        pilot_id: str | None = None,
+        fixed: bool = False,
+        provider_lock: threading.Lock | None = None,
     ) -> None:
         if nodes is not None and nodes < 1:
             raise PilotError(f"--nodes must be at least 1, not {nodes}")
         if ranks < 1:
             raise PilotError(f"a servable needs at least one rank, not {ranks}")
-        self.pilot_id = f"pilot-{next(_pilot_ids)}"
+        self.pilot_id = pilot_id or f"pilot-{next(_pilot_ids)}"
+        # One block named as the pilot, never scaled nor replaced; recorded as no pilot's.
+        self.fixed = fixed
         self.profile = profile
         self.servable = servable
         self.hub_address = hub_address
@@ -147,8 +163,9 @@ class Pilot:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         # Parsl's providers are not thread-safe: a status() that overlaps a submit() marks
-        # the new job "missing, so completed" while it runs. One call at a time, per pilot.
-        self._provider_lock = threading.Lock()
+        # the new job "missing, so completed" while it runs. One call at a time, per
+        # provider (pilots that share one share its lock).
+        self._provider_lock = provider_lock or threading.Lock()
         self._stopped = False
         self.failures = 0  # blocks in a row that ended before a worker connected
         self.halted = False
@@ -160,83 +177,41 @@ class Pilot:
 
     # -- the command a block runs --
 
-    def worker_argv(self, block_id: str) -> list[str]:
-        """The worker's argv on the compute node (before the container and launcher wrap it)."""
-        argv = [
-            self.profile.worker_python(), "-m", "dlhub_hpc.worker",
-            "--hub", self.hub_address, "--servable", self.servable, "--block", block_id,
-            "--heartbeat-interval", str(self.heartbeat_interval),
-            "--hub-timeout", str(self.hub_timeout),
-        ]
-        drain = self.profile.drain_after()
-        if drain is not None:  # finish what it holds and leave before the scheduler kills it
-            argv += ["--drain-after", f"{drain:g}"]
-        if self.profile.gpus is not None:
-            argv += self.profile.gpus.worker_flags()
-        if self.ranks > 1:
-            argv.append("--mpi")
-        return argv
-
     def command(self, block_id: str) -> str:
         """The shell command the launcher runs ``tasks_per_node`` times per node."""
-        argv = self.worker_argv(block_id)
-        launch = self.launch
-        if launch is not None:
-            argv += launch.flags()
-        redirect = ""
+        profile = self.profile
+        gpus = profile.gpus
+        return worker_command(
+            self.hub_address, self.servable, python=profile.worker_python(), block=block_id,
+            heartbeat_interval=self.heartbeat_interval, hub_timeout=self.hub_timeout,
+            drain_after=profile.drain_after(), mpi=self.ranks > 1,
+            extra=[] if gpus is None else gpus.worker_flags(),
+            container=self._container(), launch=self.launch,
+        ).shell(getattr(self.provider, "launcher", None))
+
+    def _container(self) -> Container | None:
+        """The profile's container runtime and this servable's image (checked), or None."""
         spec = self.profile.container
-        if spec.runtime == "none" and launch is not None:
-            argv = launch.confinement.wrap(argv, self.profile.worker_python())
-            if launch.credential is not None:
-                redirect = credential_redirect(launch.credential)
-        if spec.runtime != "none":
-            from dlhub_hpc.container.definition import BUNDLES_DIR
-            from dlhub_hpc.container.runtimes import get_runtime
+        if spec.runtime == "none":
+            return None
+        # {name} picks the servable's image: owner/name -> owner_name.
+        image = self.image or expand_vars(spec.image or "").replace(
+            "{name}", self.servable.split("@")[0].replace("/", "_"))
+        if not image:
+            raise PilotError(f"profile {self.profile.name!r} names no container.image and "
+                             f"no built image was given for {self.servable}")
+        if self.check_image is not None:
+            self.check_image(image)
+        gpus = self.profile.gpus
+        return Container(spec.runtime, image, spec.binds, spec.env,
+                         gpu=None if gpus is None else {"nvidia": "nvidia",
+                                                        "amd": "amd"}.get(gpus.vendor),
+                         local_rank=gpus is not None)
 
-            # The servable's bundle is baked into its image, where the worker looks first.
-            argv += ["--cache-dir", BUNDLES_DIR]
-
-            # {name} picks the servable's image: owner/name -> owner_name.
-            image = self.image or expand_vars(spec.image or "").replace(
-                "{name}", self.servable.split("@")[0].replace("/", "_"))
-            if not image:
-                raise PilotError(f"profile {self.profile.name!r} names no container.image and "
-                                 f"no built image was given for {self.servable}")
-            if self.check_image is not None:
-                self.check_image(image)
-            binds, env = (self._credential_access(spec.runtime) if launch is None
-                          else (launch.container_binds(spec.runtime), {}))
-            binds = [*spec.binds, *binds]
-            env = {**spec.env, **env}
-            gpu = None
-            if self.profile.gpus is not None:
-                gpu = {"nvidia": "nvidia", "amd": "amd"}.get(self.profile.gpus.vendor)
-                # Runtimes start from a clean environment; the worker picks its GPU from the
-                # launcher's local rank, so that is passed in (expanded by the task's shell).
-                env.update({v: f"@@{v}@@" for v in LOCAL_RANK_ENVS})
-            argv = get_runtime(spec.runtime).command(image, argv, env=env, binds=binds,
-                                                     gpu=gpu)
-        text = shlex.join(argv) + redirect
-        # These launchers write the command through an unquoted heredoc: escape the "$" so
-        # each task's own shell expands it, not the batch script.
-        launcher = getattr(self.provider, "launcher", None)
-        heredoc = type(launcher).__name__ in HEREDOC_LAUNCHERS
-        dollar = "\\$" if heredoc else "$"
-        if heredoc:  # single quotes do not protect a heredoc: escape \, ` and $ themselves
-            text = text.replace("\\", "\\\\").replace("`", "\\`").replace("$", "\\$")
-        for var in LOCAL_RANK_ENVS:  # quoted: an unset one must stay one (empty) argument
-            text = text.replace(f"@@{var}@@", f'"{dollar}{{{var}:-}}"')
-        return text
-
-    def _credential_access(self, runtime: str) -> tuple[list[str], dict[str, str]]:
-        """The bind and variable that give a containerised worker the hub's worker key."""
-        from dlhub_hpc.security.keys import container_worker_access
-
-        try:
-            return container_worker_access(self.hub_address,
-                                           read_only=runtime != "charliecloud")
-        except AuthenticationError:
-            return [], {}  # no credential recorded: a hub without CurveZMQ
+    @property
+    def record_id(self) -> str:
+        """The pilot its blocks belong to, in records and ``status``: none for a fixed one."""
+        return "" if self.fixed else self.pilot_id
 
     @property
     def tasks_per_node(self) -> int:
@@ -247,12 +222,12 @@ class Pilot:
     def submit_block(self, reason: str = "start") -> PilotBlock:
         if self._stopped:
             raise PilotError(f"{self.pilot_id} was stopped; start a new pilot")
-        block_id = f"{self.pilot_id}.b{next(self._ids)}"
+        block_id = self.pilot_id if self.fixed else f"{self.pilot_id}.b{next(self._ids)}"
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.provider.script_dir = str(self.run_dir)
         command = self.command(block_id)  # its own errors (a changed image) stay typed
         try:
             with self._provider_lock:
+                self.provider.script_dir = str(self.run_dir)
                 job_id = self.provider.submit(command, self.tasks_per_node,
                                               job_name=f"dlhub.{block_id}")
         except Exception as exc:
@@ -262,7 +237,7 @@ class Pilot:
             raise PilotError(f"{self.provider.label} is at capacity; no block was started")
         workers = self.tasks_per_node * int(getattr(self.provider, "nodes_per_block", 1))
         block = PilotBlock(block_id, str(job_id), self.servable, 1 if self.ranks > 1 else workers,
-                           time.time(), self.pilot_id, self.profile.name, reason=reason)
+                           time.time(), self.record_id, self.profile.name, reason=reason)
         with self._lock:
             orphan = self._stopped  # stopped while sbatch ran: cancel, never leave it queued
             if not orphan:
@@ -271,7 +246,7 @@ class Pilot:
             self._cancel([block])
             raise PilotError(f"{self.pilot_id} was stopped while {block_id} was submitted")
         if self.journal is not None:
-            self.journal.block_started(self.provider, self.pilot_id, block_id, self.servable,
+            self.journal.block_started(self.provider, self.record_id, block_id, self.servable,
                                        block.job_id, block.workers)
         self._event(f"submitted {block_id} (job {job_id}): {reason}")
         return block
@@ -280,12 +255,12 @@ class Pilot:
         logger.info("%s: %s", self.pilot_id, text)
         self.events = [*self.events[-49:], f"{time.strftime('%H:%M:%S')} {text}"]
 
-    def refresh(self, workers: list[dict[str, Any]], now: float) -> None:
-        """Update blocks from the provider's status and the hub's worker table."""
+    def refresh_states(self, now: float) -> list[PilotBlock]:
+        """Update blocks from the provider's status; returns them."""
         with self._lock:
             blocks = list(self.blocks.values())
         if not blocks:
-            return
+            return blocks
         try:
             with self._provider_lock:
                 states = self.provider.status([b.job_id for b in blocks])
@@ -298,6 +273,11 @@ class Pilot:
             block.stderr = status.stderr_path or block.stderr
             if block.state == "RUNNING" and block.started_at is None:
                 block.started_at = now
+        return blocks
+
+    def refresh(self, workers: list[dict[str, Any]], now: float) -> None:
+        """Update blocks from the provider's status and the hub's worker table."""
+        blocks = self.refresh_states(now)
         for block in blocks:
             mine = [w for w in workers if w.get("block") == block.block_id]
             block.connected = len(mine)
@@ -387,7 +367,9 @@ class Pilot:
         for b in blocks:
             b.state = "CANCELLED"
         self._event(f"stopped {len(blocks)} blocks")
-        if self.journal is not None:
+        if self.journal is not None and self.fixed:
+            self.journal.blocks_ended([b.block_id for b in blocks])
+        elif self.journal is not None:
             self.journal.pilot_ended(self.pilot_id)
         if failed:
             ids = " ".join(b.job_id for b in failed)
@@ -409,145 +391,3 @@ class Pilot:
             "gpus": None if self.profile.gpus is None else self.profile.gpus.model_dump(),
             "blocks": blocks, "events": list(self.events[-10:]),
         }
-
-
-Snapshot = Callable[[], dict[str, Any]]
-
-
-class PilotService:
-    """A hub's pilots, and the thread that runs their scaling ticks.
-
-    The loop runs every ``period`` seconds, or (None) at the shortest ``scaling.period`` of
-    the pilots it holds.
-    """
-
-    def __init__(self, snapshot: Snapshot, period: float | None = None) -> None:
-        self._snapshot = snapshot
-        self.period = period
-        self.pilots: dict[str, Pilot] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False  # shut down: a pilot added now would outlive its hub
-        self.journal: Any = None  # recovery.Journal, given to each pilot added
-
-    def __repr__(self) -> str:
-        return f"PilotService(period={self.period!r}, pilots={sorted(self.pilots)!r})"
-
-    def add(self, pilot: Pilot) -> Pilot:
-        """Start ``pilot``: its first ``min_blocks`` blocks now, the rest by the scaling loop."""
-        if self.journal is not None:
-            pilot.journal = self.journal
-            self.journal.pilot_started(pilot.pilot_id, pilot.servable,
-                                       pilot.profile.model_dump(mode="json"), pilot.nodes)
-        try:
-            for _ in range(max(pilot.profile.scaling.min_blocks, 1)):
-                pilot.submit_block("pilot start")
-        except BaseException:
-            pilot.stop()  # cancel the blocks that did start
-            raise
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                self.pilots[pilot.pilot_id] = pilot
-        if closed:  # the hub stopped while the blocks were submitted: never leave them queued
-            pilot.stop()
-            raise PilotError(f"the hub was stopped while {pilot.pilot_id} started; its blocks "
-                             "were cancelled")
-        self._ensure_thread()
-        return pilot
-
-    def adopt(self, pilot: Pilot, blocks: list[PilotBlock]) -> None:
-        """Take over a pilot a previous hub started, with its blocks still running."""
-        pilot.journal = self.journal
-        with pilot._lock:
-            for block in blocks:
-                pilot.blocks[block.block_id] = block
-        with self._lock:
-            self.pilots[pilot.pilot_id] = pilot
-        pilot._event(f"adopted after a hub restart, with {len(blocks)} running blocks")
-        self._ensure_thread()
-
-    def get(self, pilot_id: str) -> Pilot:
-        with self._lock:
-            if pilot_id not in self.pilots:
-                raise PilotError(f"no pilot {pilot_id!r}; running: {sorted(self.pilots) or 'none'}")
-            return self.pilots[pilot_id]
-
-    def all(self) -> list[Pilot]:
-        with self._lock:
-            return list(self.pilots.values())
-
-    def replaces(self, servable: tuple[str, int]) -> bool:
-        """Will a pilot bring up new workers for ``(name, version)`` if its last one dies?"""
-        ref = f"{servable[0]}@{servable[1]}"
-        with self._lock:
-            return any(p.servable == ref and not p.halted for p in self.pilots.values())
-
-    def stop(self, pilot_ids: list[str] | None = None, servable: str | None = None) -> list[Pilot]:
-        """Stop the named pilots, or those of ``servable``, or (with neither) all."""
-        with self._lock:
-            if pilot_ids:
-                unknown = sorted(set(pilot_ids) - set(self.pilots))
-                if unknown:
-                    raise PilotError(f"no such pilots: {unknown}; see 'dlhub-hpc pilot status'")
-            chosen = [p for p in self.pilots.values()
-                      if (not pilot_ids or p.pilot_id in pilot_ids)
-                      and (servable is None or p.servable == servable)]
-            for p in chosen:
-                del self.pilots[p.pilot_id]
-        errors = []
-        for p in chosen:
-            try:
-                p.stop()
-            except PilotError as exc:  # stop the others, then say which jobs are left
-                errors.append(exc.message)
-        if errors:
-            raise PilotError("; ".join(errors))
-        return chosen
-
-    def shutdown(self) -> None:
-        with self._lock:
-            self._closed = True
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.stop()
-
-    def _period(self) -> float:
-        if self.period is not None:
-            return self.period
-        return min((p.profile.scaling.period for p in self.all()), default=1.0)
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="hub-scaling", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._period()):
-            try:
-                self.tick_all()
-            except Exception:
-                logger.exception("the scaling loop failed; it retries next period")
-
-    def tick_all(self, now: float | None = None) -> None:
-        """One scaling decision for every pilot, from one hub snapshot."""
-        pilots = self.all()
-        if not pilots:
-            return
-        snap = self._snapshot()
-        now = time.time() if now is None else now
-        for pilot in pilots:
-            workers = [w for w in snap.get("workers", []) if w.get("servable") == pilot.servable
-                       or str(w.get("block", "")).startswith(pilot.pilot_id + ".")]
-            queue = snap.get("servables", {}).get(pilot.servable, {})
-            load = Load(queued=int(queue.get("queued", 0)),
-                        in_flight=int(queue.get("in_flight", 0)),
-                        workers=len(workers),
-                        busy=sum(1 for w in workers if w.get("state") == "busy"))
-            try:
-                pilot.tick(load, workers, now)
-            except Exception:
-                logger.exception("scaling %s failed", pilot.pilot_id)

@@ -158,10 +158,5 @@ class WorkerLaunch:
         """The worker flags that point it at its credential."""
         return [] if self.credential is None else credential_flags(self.confinement.kind)
 
-    def command(self, argv: list[str], python: str) -> str:
-        """The shell command for a bare, user-switched or sandboxed worker."""
-        text = shlex.join(self.confinement.wrap([*argv, *self.flags()], python))
-        return text + (credential_redirect(self.credential) if self.credential else "")
-
     def container_binds(self, runtime: str) -> list[str]:
         return [] if self.credential is None else container_binds(self.credential, runtime)

@@ -26,9 +26,10 @@ from dlhub_hpc import Client, Hub
 from dlhub_hpc.cli import cli
 from dlhub_hpc.container.build import BuildResult, ImageBuilder
 from dlhub_hpc.container.definition import PREFIX, build_options
-from dlhub_hpc.container.launch import pick_image, worker_command
+from dlhub_hpc.container.launch import pick_image, runnable_image
 from dlhub_hpc.container.runtimes import get_runtime
 from dlhub_hpc.errors import ImageBuildError, ServableNotFound
+from dlhub_hpc.pilot.command import Container, worker_command
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.servable.bundle import make_bundle
 
@@ -137,8 +138,8 @@ def test_two_workers_in_the_image_serve_requests(
     name = str(client.publish(ADD)["name"])
     image = add_image.image(fmt)
     assert pick_image(runtime, {fmt: image}) == image
-    cmd = worker_command(runtime, image, hub.worker_address, servable=name,
-                         extra=["--heartbeat-interval", "0.1"])
+    cmd = worker_command(hub.worker_address, name, heartbeat_interval=0.1,
+                         container=Container(runtime, runnable_image(runtime, image))).argv
     workers = [start_in_container(cmd) for _ in range(2)]
     client.wait_for_workers(name, 2, timeout=90)
 

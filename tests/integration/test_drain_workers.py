@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from dlhub_hpc import Client, Hub
+from dlhub_hpc.pilot.command import worker_command
 
 from .conftest import SERVABLES, wait_for
 
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.slow
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
 
-def worker_argv(hub: Hub, servable: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dlhub_hpc.worker", "--hub", hub.worker_address,
-            "--servable", servable, "--heartbeat-interval", "0.1", "--log-level", "WARNING",
-            *extra]
+def worker_argv(hub: Hub, servable: str, *extra: str, mpi: bool = False) -> list[str]:
+    """The worker command production builds, for a worker started by hand."""
+    return worker_command(hub.worker_address, servable, heartbeat_interval=0.1, mpi=mpi,
+                          extra=["--log-level", "WARNING", *extra]).argv
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ def test_a_hub_that_cannot_isolate_refuses_other_owners_workers_unless_opted_out
     hub.security.isolation.can_switch = False
     with pytest.raises(IsolationUnavailable, match="worker_isolation: off"):
         alice.start_workers("alice/adder", 1)
-    assert not hub.pilot or not hub.pilot.blocks()
+    assert not hub.pilots.worker_blocks()
     hub.security.isolation.mode = "off"  # the admin accepts the risk, in the hub's config
     alice.start_workers("alice/adder", 1)
     alice.wait_for_workers("alice/adder", 1, timeout=60)

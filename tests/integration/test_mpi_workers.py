@@ -19,7 +19,6 @@ import pytest
 from dlhub_hpc import Client, Hub
 from dlhub_hpc.errors import ExecutionError, ServableLoadError
 from dlhub_hpc.examples import EXAMPLES
-from dlhub_hpc.pilot import PilotManager
 
 from .conftest import worker_processes
 from .test_drain_workers import Spawn, by_pid, spawn, wait_for, worker_argv
@@ -54,7 +53,14 @@ def hub(make_hub: Callable[..., Hub]) -> Hub:
 
 def mpiexec(ranks: int, argv: list[str]) -> list[str]:
     assert MPIEXEC is not None
-    return [MPIEXEC, "--oversubscribe", "-n", str(ranks), *argv, "--mpi"]
+    return [MPIEXEC, "--oversubscribe", "-n", str(ranks), *argv]
+
+
+def mpi_profile(name: str, provider: dict[str, Any], mpi_launcher: dict[str, Any]
+                ) -> dict[str, Any]:
+    """A one-block site profile whose MPI servables run under ``mpi_launcher``."""
+    return {"name": name, "provider": provider, "mpi_launcher": mpi_launcher,
+            "scaling": {"min_blocks": 1, "max_blocks": 1}}
 
 
 SPLIT_MODULE = '''
@@ -105,7 +111,7 @@ def test_an_ensemble_runs_one_member_per_rank_and_rank_0_averages(
     hub: Hub, client: Client, spawn: Spawn
 ) -> None:
     name = client.publish(EXAMPLES / "ensemble_mpi")["name"]
-    job = spawn(mpiexec(2, worker_argv(hub, name)), env=ROOT_OK)
+    job = spawn(mpiexec(2, worker_argv(hub, name, mpi=True)), env=ROOT_OK)
     wait_for(lambda: by_pid(client), timeout=60, what="the MPI worker registers")
     (worker,) = client.status()["workers"]
     assert worker["ranks"] == 2
@@ -125,7 +131,7 @@ def test_a_split_batch_runs_on_both_ranks_in_order_with_per_item_errors(
     hub: Hub, client: Client, spawn: Spawn, tmp_path: Path
 ) -> None:
     name = client.publish(split_servable(tmp_path))["name"]
-    job = spawn(mpiexec(2, worker_argv(hub, name)), env=ROOT_OK)
+    job = spawn(mpiexec(2, worker_argv(hub, name, mpi=True)), env=ROOT_OK)
     client.wait_for_workers(name, 1, timeout=60)
 
     inputs = [float(i) for i in range(8)]
@@ -154,7 +160,7 @@ def test_a_rank_that_cannot_load_fails_the_load_with_its_rank(
                       "    raise ImportError('no GPU on this rank')\n" + module.read_text())
     name = client.publish(directory)["name"]
     waiting = client.submit(name, 1.0, timeout=60)
-    job = spawn(mpiexec(2, worker_argv(hub, name)), env=ROOT_OK)
+    job = spawn(mpiexec(2, worker_argv(hub, name, mpi=True)), env=ROOT_OK)
     assert job.wait(timeout=60) != 0
     with pytest.raises(ServableLoadError, match=r"rank 1: .*no GPU on this rank"):
         waiting.result(timeout=30)
@@ -163,29 +169,23 @@ def test_a_rank_that_cannot_load_fails_the_load_with_its_rank(
 def test_a_pilot_block_through_parsl_mpiexec_launcher(
     hub: Hub, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from parsl.launchers import MpiExecLauncher
-    from parsl.providers import LocalProvider
-
     monkeypatch.chdir(tmp_path)  # the launcher writes its hostfile into the current directory
 
     name = client.publish(EXAMPLES / "ensemble_mpi")["name"]
     exports = " ".join(f"{k}={v}" for k, v in {**ROOT_OK, "DLHUB_HPC_MPI": "1"}.items())
-    provider = LocalProvider(
-        launcher=MpiExecLauncher(debug=False, overrides="--oversubscribe"),
-        init_blocks=0, min_blocks=0, max_blocks=4,
-        worker_init=f"export {exports}; export PATH={Path(sys.executable).parent}:$PATH",
-    )
-    manager = PilotManager(provider, hub.worker_address, tmp_path / "pilot",
-                           heartbeat_interval=0.1)
+    profile = mpi_profile("local-mpi", {
+        "type": "LocalProvider", "launcher": {"type": "SingleNodeLauncher", "debug": False},
+        "worker_init": f"export {exports}; export PATH={Path(sys.executable).parent}:$PATH",
+    }, {"type": "MpiExecLauncher", "debug": False, "overrides": "--oversubscribe"})
+    info = client.start_pilot(name, profile)  # ranks 2: mpiexec -n 2
     try:
-        block = manager.start_workers(name, 2)  # tasks_per_node=2: mpiexec -n 2
         wait_for(lambda: client.status()["workers"], timeout=60, what="the block's worker")
         (worker,) = client.status()["workers"]
-        assert worker["ranks"] == 2 and worker["block"] == block.block_id
+        assert worker["ranks"] == 2 and worker["block"] == info["blocks"][0]["block_id"]
         client.wait_for_workers(name, 1)
         assert client.run(name, None, method="member") == 0.5
     finally:
-        manager.stop()
+        client.stop_pilot([info["pilot_id"]])
     wait_for(lambda: not client.status()["workers"], what="cancel ends the MPI job")
     wait_for(lambda: not worker_processes(hub.worker_address), what="no rank is left behind")
 
@@ -205,9 +205,6 @@ def _slurm_conf() -> str | None:
 def test_an_mpi_worker_as_a_slurm_job_through_srun(
     hub: Hub, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from parsl.launchers import SrunLauncher
-    from parsl.providers import SlurmProvider
-
     conf = _slurm_conf()
     if conf is None:
         reason = "no Slurm answers; start one with scripts/slurm/start.sh (make test does)"
@@ -216,17 +213,15 @@ def test_an_mpi_worker_as_a_slurm_job_through_srun(
     monkeypatch.setenv("SLURM_CONF", conf)
     monkeypatch.chdir(tmp_path)  # where sbatch runs the job, and its output goes
     name = client.publish(split_servable(tmp_path))["name"]
-    provider = SlurmProvider(
-        partition="debug", nodes_per_block=1, init_blocks=0, min_blocks=0, max_blocks=1,
-        walltime="00:05:00", exclusive=False, cmd_timeout=60,
-        launcher=SrunLauncher(debug=False, overrides="--mpi=pmix"),
-        worker_init=(f"export SLURM_CONF={conf} DLHUB_HPC_MPI=1 "
-                     f"PATH={Path(sys.executable).parent}:$PATH"),
-    )
-    manager = PilotManager(provider, hub.worker_address, tmp_path / "pilot",
-                           heartbeat_interval=0.1)
+    profile = mpi_profile("slurm-mpi", {
+        "type": "SlurmProvider", "partition": "debug", "nodes_per_block": 1,
+        "walltime": "00:05:00", "exclusive": False, "cmd_timeout": 60,
+        "launcher": {"type": "SrunLauncher", "debug": False},
+        "worker_init": (f"export SLURM_CONF={conf} DLHUB_HPC_MPI=1 "
+                        f"PATH={Path(sys.executable).parent}:$PATH"),
+    }, {"type": "SrunLauncher", "debug": False, "overrides": "--mpi=pmix"})
+    info = client.start_pilot(name, profile)  # one Slurm job: srun --ntasks 2 --mpi=pmix
     try:
-        manager.start_workers(name, 2)  # one Slurm job: srun --ntasks 2 --mpi=pmix
         wait_for(lambda: client.status()["workers"], timeout=180, what="the job's worker")
         (worker,) = client.status()["workers"]
         assert worker["ranks"] == 2
@@ -235,5 +230,5 @@ def test_an_mpi_worker_as_a_slurm_job_through_srun(
         assert [r["x"] for r in results] == [float(i) for i in range(6)]
         assert {r["rank"] for r in results} == {0, 1}
     finally:
-        manager.stop()
+        client.stop_pilot([info["pilot_id"]])
     wait_for(lambda: not client.status()["workers"], timeout=60, what="scancel ends the job")

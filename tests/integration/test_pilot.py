@@ -9,7 +9,7 @@ import pytest
 
 from dlhub_hpc import Client, Hub, PilotError
 from dlhub_hpc.examples import example_dir
-from dlhub_hpc.pilot import PilotManager, local_provider
+from dlhub_hpc.pilot import PilotService, WorkersSetup, fixed_profile, local_provider
 
 from .conftest import wait_for, worker_processes
 
@@ -42,26 +42,27 @@ def test_hub_stop_leaves_no_worker_behind(make_hub: Callable[..., Hub]) -> None:
 
 def test_worker_exits_when_the_hub_goes_silent(tmp_path: Path) -> None:
     # A hub that vanished without a goodbye: workers must not linger on compute nodes.
-    manager = PilotManager(local_provider(), "tcp://127.0.0.1:9", tmp_path, hub_timeout=1.0,
-                           heartbeat_interval=0.1)
-    manager.start_workers("demo/add", 1)
+    pilots = PilotService(dict, workers=WorkersSetup(
+        local_provider(), "tcp://127.0.0.1:9", tmp_path, hub_timeout=1.0, heartbeat_interval=0.1))
+    pilots.start_workers("demo/add", 1)
     wait_for(lambda: bool(worker_processes("tcp://127.0.0.1:9")))
     wait_for(lambda: not worker_processes("tcp://127.0.0.1:9"), timeout=20)
-    manager.stop()
+    pilots.shutdown()
 
 
 def test_unknown_servable_and_bad_counts_are_refused(client: Client) -> None:
     with pytest.raises(Exception, match="no servable named 'demo/none'"):
         client.start_workers("demo/none", 1)
-    manager = PilotManager(local_provider(), "tcp://127.0.0.1:9", Path("/tmp"))
+    pilots = PilotService(dict, workers=WorkersSetup(local_provider(), "tcp://127.0.0.1:9",
+                                                     Path("/tmp")))
     with pytest.raises(PilotError, match="at least one worker"):
-        manager.start_workers("demo/add", 0)
+        pilots.start_workers("demo/add", 0)
     with pytest.raises(PilotError, match="no such blocks"):
-        manager.stop(["block-99"])
+        pilots.stop_workers(["block-99"])
 
 
 def test_worker_command_names_hub_and_servable(tmp_path: Path) -> None:
-    manager = PilotManager(local_provider(), "tcp://10.0.0.1:47651", tmp_path)
-    cmd = manager.worker_command("demo/add@2", "block-7")
+    setup = WorkersSetup(local_provider(), "tcp://10.0.0.1:47651", tmp_path)
+    cmd = setup.pilot("demo/add@2", fixed_profile(1), "block-7").command("block-7")
     assert "-m dlhub_hpc.worker --hub tcp://10.0.0.1:47651 --servable demo/add@2" in cmd
     assert "--block block-7" in cmd

@@ -5,15 +5,23 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dlhub_hpc.container.launch import pick_image, worker_argv, worker_command
+from dlhub_hpc.container.launch import pick_image, runnable_image
 from dlhub_hpc.container.rootfs import run_step
-from dlhub_hpc.container.runtimes import IMAGE_PATH, get_runtime, split_bind
+from dlhub_hpc.container.runtimes import IMAGE_PATH, ContainerRuntime, get_runtime, split_bind
 from dlhub_hpc.errors import ContainerError, ImageBuildError, ImageDigestMismatch
+from dlhub_hpc.pilot.command import Container, worker_command
 from dlhub_hpc.registry.images import ImageRecord, ImageStore, file_digest, tree_digest
 from dlhub_hpc.security.keys import container_worker_access
+
+
+def _in_image(runtime: ContainerRuntime, rec: ImageRecord, hub: str, **kwargs: Any) -> list[str]:
+    """The production worker command for ``rec``'s servable, verified, under ``runtime``."""
+    return worker_command(hub, rec.ref, container=Container(runtime, runnable_image(runtime, rec)),
+                          **kwargs).argv
 
 
 def _record(path: Path, fmt: str = "sif", version: int = 1) -> ImageRecord:
@@ -65,7 +73,7 @@ def test_a_changed_root_filesystem_is_refused(tmp_path: Path) -> None:
         rec.verify()
     # ... and a worker is never started from it.
     with pytest.raises(ImageDigestMismatch):
-        worker_command(get_runtime("bubblewrap", "/bin/true"), rec, "tcp://127.0.0.1:1")
+        _in_image(get_runtime("bubblewrap", "/bin/true"), rec, "tcp://127.0.0.1:1")
 
 
 def test_worker_command_picks_the_format_the_runtime_runs(tmp_path: Path) -> None:
@@ -77,7 +85,7 @@ def test_worker_command_picks_the_format_the_runtime_runs(tmp_path: Path) -> Non
     assert pick_image(get_runtime("apptainer"), images).format == "sif"
     with pytest.raises(ContainerError, match="runs \\['dir'\\] images"):
         pick_image(get_runtime("bubblewrap"), images)
-    cmd = worker_command(ch, images["sqfs"], "tcp://10.1.1.1:5001", extra=["--block", "b1"])
+    cmd = _in_image(ch, images["sqfs"], "tcp://10.1.1.1:5001", block="b1")
     assert cmd == [
         "/bin/true", "--private-tmp", "--unset-env=*", "--env-no-expand",
         f"--set-env=PATH={IMAGE_PATH}",
@@ -85,9 +93,9 @@ def test_worker_command_picks_the_format_the_runtime_runs(tmp_path: Path) -> Non
         "python3", "-m", "dlhub_hpc.worker", "--hub", "tcp://10.1.1.1:5001",
         "--servable", "demo/add@1", "--cache-dir", "/opt/dlhub-hpc/bundles", "--block", "b1",
     ]
-    host = worker_command("none", None, "tcp://h:1", servable="demo/add@1")
+    host = worker_command("tcp://h:1", "demo/add@1").argv
     assert host[1:] == ["-m", "dlhub_hpc.worker", "--hub", "tcp://h:1", "--servable", "demo/add@1"]
-    assert worker_argv("tcp://h:1", "a/b")[0] == "python3"
+    assert cmd[cmd.index("--") + 1] == "python3"
 
 
 def test_a_failing_build_step_names_the_step_and_shows_the_log_tail(tmp_path: Path) -> None:
@@ -126,16 +134,16 @@ def test_the_hubs_worker_credential_is_bound_into_the_container(
     binds, env = container_worker_access("tcp://h:1")
     (src, dst, _), inside = split_bind(binds[0]), env["DLHUB_HPC_WORKER_KEY"]
     assert src == str(key.parent)
-    bwrap = worker_command(get_runtime("bubblewrap", "/bin/true"), rec, "tcp://h:1")
+    bwrap = _in_image(get_runtime("bubblewrap", "/bin/true"), rec, "tcp://h:1")
     at = bwrap.index(src)
     assert bwrap[at - 1: at + 2] == ["--ro-bind", src, dst]
     at = bwrap.index("DLHUB_HPC_WORKER_KEY")
     assert bwrap[at - 1: at + 2] == ["--setenv", "DLHUB_HPC_WORKER_KEY", inside]
-    ch = worker_command(get_runtime("charliecloud", "/bin/true"), rec, "tcp://h:1")
+    ch = _in_image(get_runtime("charliecloud", "/bin/true"), rec, "tcp://h:1")
     assert f"--bind={src}:{dst}" in ch
     assert f"--set-env=DLHUB_HPC_WORKER_KEY={inside}" in ch
-    bare = worker_command(get_runtime("charliecloud", "/bin/true"), rec, "tcp://h:1",
-                          credentials=False)
+    bare = _in_image(get_runtime("charliecloud", "/bin/true"), rec, "tcp://h:1",
+                     hub_credential=False)
     assert not any("DLHUB_HPC_WORKER_KEY" in part for part in bare)
 
 

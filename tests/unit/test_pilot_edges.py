@@ -83,7 +83,7 @@ def test_pilot_added_after_hub_shutdown_cancels_its_blocks(tmp_path: Path) -> No
     # hub.stop() shuts the pilot service down while a 'pilot start' may still be submitting
     # on the hub's executor: its jobs must not be left queued with no hub to serve.
     from dlhub_hpc.errors import PilotError
-    from dlhub_hpc.pilot.pilots import PilotService
+    from dlhub_hpc.pilot.service import PilotService
 
     service = PilotService(lambda: {}, period=60)
     service.shutdown()
@@ -147,7 +147,7 @@ def test_pilot_stop_says_which_jobs_could_not_be_cancelled(tmp_path: Path) -> No
     # Parsl's SlurmProvider.cancel returns [False, ...] when scancel fails, and raises nothing:
     # 'pilot stop' must not report success while the jobs still hold nodes.
     from dlhub_hpc.errors import PilotError
-    from dlhub_hpc.pilot.pilots import PilotService
+    from dlhub_hpc.pilot.service import PilotService
 
     class Stuck(_FakeProvider):
         def cancel(self, job_ids: list[str]) -> list[bool]:
