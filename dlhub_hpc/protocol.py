@@ -5,14 +5,16 @@ zero or more raw buffer frames. A numpy array larger than ``INLINE_ARRAY_BYTES``
 as a raw frame: the header holds only an ext record ``(dtype, shape, frame index)``, so a
 large array is never copied through Python objects on either side (it is sent from, and
 decoded as a view of, the frame's memory). A smaller one travels inside the header, so a
-batch of single rows stays one message part per hop. Messages are small dataclasses
-dispatched by tag.
+batch of single rows stays one message part per hop. A value the hub passes on as it
+received it (``Encoded``) travels as a frame of msgpack bytes, expanded by the receiver's
+decode with the same checks as any other value. Messages are small dataclasses dispatched
+by tag.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, fields
 from enum import IntEnum
 from itertools import chain
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 NDARRAY_EXT = 1  # an array in a frame of its own: "dtype;shape;frame index"
 NDARRAY_INLINE_EXT = 2  # a small array inside the header: "dtype;shape;" then its bytes
+ENCODED_EXT = 3  # a value already msgpack-encoded, in a frame of its own: "frame index"
 # Arrays up to this size travel inside the header: every extra frame costs a message part
 # (and a CurveZMQ box) on each hop, and ZeroMQ copies parts this small anyway.
 INLINE_ARRAY_BYTES = 16384
@@ -39,6 +42,12 @@ MAX_DEPTH = 64
 _WIRE_DEPTH = MAX_DEPTH + 16
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # integer fields of a message (SQLite's range)
 _PEEK_BYTES = 4096  # peek() reads a tag and a request or batch id: they are short
+# A sliced decode (``pause`` given) parses this much msgpack, or walks this many list items,
+# between pauses: about a millisecond of work holding the GIL.
+_SLICE_BYTES = 1 << 17
+_WALK_SLICE = 16384
+_FLOAT64 = 0xCB  # msgpack's marker of a float 64
+Pause = Callable[[], None]  # what a sliced decode calls between slices
 
 # The largest message a client or worker may send unless the hub's config says otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
@@ -296,6 +305,18 @@ class Drain(Message):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One value kept as the msgpack bytes it arrived in, to be sent on without decoding
+    and re-encoding it (the hub forwards a large checked input this way). ``data`` holds
+    exactly one value with no array frames of its own (small arrays inline are fine)."""
+
+    data: Any  # bytes, or a memoryview of a received frame
+
+    def __repr__(self) -> str:
+        return f"Encoded({memoryview(self.data).nbytes} bytes)"
+
+
 def check_sendable_array(arr: np.ndarray) -> None:
     """Refuse arrays whose bytes alone cannot rebuild them (objects, structured records)."""
     if arr.dtype.hasobject or arr.dtype.names is not None or arr.dtype.kind == "V":
@@ -400,6 +421,9 @@ def check_carriable(value: Any, what: str = "the input") -> None:
 
 def _pack_default(buffers: list[Any]) -> Any:
     def default(obj: Any) -> Any:
+        if isinstance(obj, Encoded):  # sent as it came: a frame, never copied here
+            buffers.append(obj.data)
+            return msgpack.ExtType(ENCODED_EXT, str(len(buffers)).encode())
         if not isinstance(obj, np.ndarray):
             return plain_value(obj)
         check_sendable_array(obj)
@@ -440,21 +464,52 @@ def encode(msg: Message) -> list[Any]:
     return [header, *buffers]
 
 
+def encode_value(value: Any, pause: Pause) -> Encoded | None:
+    """``value`` encoded as it would be inside a message, a slice of a list at a time with
+    ``pause()`` between slices; None when it holds arrays that need frames of their own
+    (those travel without a copy anyway) or that encode() would refuse."""
+    buffers: list[Any] = []
+    packer = msgpack.Packer(default=_pack_default(buffers), use_bin_type=True)
+    try:
+        if not isinstance(value, list) or len(value) <= _WALK_SLICE:
+            out: Any = packer.pack(value)
+        else:
+            out = bytearray(packer.pack_array_header(len(value)))
+            for start in range(0, len(value), _WALK_SLICE):
+                part = value[start:start + _WALK_SLICE]
+                out += memoryview(packer.pack(part))[_array_header_size(len(part)):]
+                pause()
+    except Exception:  # encode() says why, where the message is sent
+        return None
+    return None if buffers else Encoded(out)
+
+
+def _array_header_size(count: int) -> int:
+    return 1 if count <= 0x0F else 3 if count <= 0xFFFF else 5
+
+
 def _as_buffer(frame: Any) -> Any:
     # zmq.Frame exposes its memory as .buffer; bytes and memoryview are used as they are.
     return getattr(frame, "buffer", frame)
 
 
-def _ext_hook(frames: Sequence[Any]) -> Any:
+def _ext_hook(frames: Sequence[Any], pause: Pause | None = None) -> Any:
+    expanded: set[int] = set()
+
     def hook(code: int, data: bytes) -> Any:
+        if code == ENCODED_EXT:
+            index = _frame_index(frames, data, "an encoded value")
+            if index in expanded:  # each frame once: no way to multiply one frame's objects
+                raise ProtocolError(f"encoded value frame {index} is referred to twice")
+            expanded.add(index)
+            # Expanded with no frames: an encoded value holds no frame references of its own.
+            return _unpack(_as_buffer(frames[index]), _ext_hook((), pause), pause)
         if code == NDARRAY_INLINE_EXT:
             dtype, shape, raw = data.split(b";", 2)
             memory: Any = bytearray(raw)  # writable, like an array read from its own frame
         elif code == NDARRAY_EXT:
-            dtype, shape, index = data.split(b";")
-            if int(index) < 1:
-                raise ProtocolError(f"array frame index {int(index)} points at the header")
-            memory = _as_buffer(frames[int(index)])
+            dtype, shape, where = data.split(b";")
+            memory = _as_buffer(frames[_frame_index(frames, where, "an array")])
         else:
             raise ProtocolError(f"unknown msgpack extension code {code}")
         dt = np.dtype(dtype.decode())
@@ -467,28 +522,66 @@ def _ext_hook(frames: Sequence[Any]) -> Any:
     return hook
 
 
-def decode(frames: Sequence[Any]) -> Message:
+def _frame_index(frames: Sequence[Any], data: bytes, what: str) -> int:
+    index = int(data)
+    if not 1 <= index < len(frames):  # 0 is the header itself
+        raise ProtocolError(f"{what} refers to frame {index}, which this message does not "
+                            f"have ({len(frames) - 1} besides the header)")
+    return index
+
+
+def _unpack(buffer: Any, hook: Any, pause: Pause | None) -> Any:
+    """One msgpack value, exactly; with ``pause``, parsed a slice at a time and ``pause()``
+    called between slices (so a thread decoding a big value lets others run)."""
+    if pause is None:  # the loop's small messages: nothing in their way
+        return msgpack.unpackb(buffer, ext_hook=hook, raw=False, strict_map_key=False)
+    view = memoryview(buffer).cast("B")
+    size = view.nbytes
+    if size <= _SLICE_BYTES:
+        return msgpack.unpackb(view, ext_hook=hook, raw=False, strict_map_key=False)
+    # The same length limits as unpackb's (each the buffer's size); the parse resumes where
+    # the previous slice ran out.
+    unpacker = msgpack.Unpacker(ext_hook=hook, raw=False, strict_map_key=False,
+                                max_buffer_size=size)
+    for start in range(0, size, _SLICE_BYTES):
+        unpacker.feed(view[start:start + _SLICE_BYTES])
+        try:
+            value = unpacker.unpack()
+        except msgpack.OutOfData:
+            pause()
+            continue
+        if unpacker.tell() != size:
+            raise ProtocolError(f"{size - unpacker.tell()} bytes of extra data after the value")
+        return value
+    raise ProtocolError("truncated msgpack: a value runs past the end of its frame")
+
+
+def decode(frames: Sequence[Any], pause: Pause | None = None) -> Message:
     """Decode frames made by :func:`encode`; anything malformed raises ``ProtocolError``,
-    and nothing a peer sends raises anything else."""
+    and nothing a peer sends raises anything else. With ``pause`` (a thread beside the
+    hub's loop decoding a large message), the work is cut in slices of about a
+    millisecond and ``pause()`` is called between them."""
     try:
-        return _decode(frames)
+        return _decode(frames, pause)
     except ProtocolError:
         raise
     except Exception as exc:  # a hostile peer may find a path we did not think of
         raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from None
 
 
-def _decode(frames: Sequence[Any]) -> Message:
+def _decode(frames: Sequence[Any], pause: Pause | None) -> Message:
     if not frames:
         raise ProtocolError("empty message")
     try:
-        values = msgpack.unpackb(
-            _as_buffer(frames[0]), ext_hook=_ext_hook(frames), raw=False, strict_map_key=False
-        )
+        values = _unpack(_as_buffer(frames[0]), _ext_hook(frames, pause), pause)
     except ProtocolError:
         raise
     except Exception as exc:
         raise ProtocolError(f"undecodable header frame: {exc}") from exc
+    return _message_of(values, pause)
+
+
+def _message_of(values: Any, pause: Pause | None) -> Message:
     if type(values) is not list or len(values) < 2:
         raise ProtocolError("header frame is not a [version, tag, ...] array")
     version, tag, *body = values
@@ -505,11 +598,12 @@ def _decode(frames: Sequence[Any]) -> Message:
         raise ProtocolError(f"{cls.__name__} has {len(cls.FIELDS)} fields, got {len(body)}")
     for check, value in zip(cls.CHECKS, body, strict=False):
         if not (check.plain and isinstance(value, check.types)):
-            _check_field(cls, check, value)
+            _check_field(cls, check, value, pause)
     return cls(*body)
 
 
-def _check_field(cls: type[Message], check: _Check, value: Any) -> None:
+def _check_field(cls: type[Message], check: _Check, value: Any,
+                 pause: Pause | None = None) -> None:
     kind = type(value)
     if check.types is not object and (
         not isinstance(value, check.types) or (kind is bool and check.exact_bool)
@@ -521,11 +615,105 @@ def _check_field(cls: type[Message], check: _Check, value: Any) -> None:
         raise ProtocolError(f"{cls.__name__}.{check.name} is NaN")
     if check.depth and (kind is list or kind is dict):
         try:
-            _walk(value, check.depth, strict=True)
+            if pause is not None and kind is list and len(value) > _WALK_SLICE:
+                _walk_sliced(value, check.depth, pause)
+            else:
+                _walk(value, check.depth, strict=True)
         except _Refused as exc:
             raise ProtocolError(
                 f"{exc.where(f'{cls.__name__}.{check.name}')} cannot be carried: {exc.why}"
             ) from None
+
+
+def _walk_sliced(value: list[Any], room: int, pause: Pause) -> None:
+    """``_walk(value, room, strict=True)``, a slice of the list at a time."""
+    for start in range(0, len(value), _WALK_SLICE):
+        try:
+            _walk(value[start:start + _WALK_SLICE], room, strict=True)
+        except _Refused as exc:
+            if exc.path and type(exc.path[-1]) is int:  # an index in the slice: in the list
+                exc.path[-1] += start
+            raise
+        pause()
+
+
+# -- a large request's payload, kept encoded (the hub's large-message lane) --
+
+def split_request(frames: Sequence[Any], pause: Pause) -> Request | None:
+    """A one-frame REQUEST decoded but for its payload, which stays ``Encoded`` (a view of
+    the frame, not yet checked: :func:`expand_payload` checks it); None for any other
+    message, or one too odd to split: :func:`decode` it."""
+    if len(frames) != 1:  # arrays in frames of their own: the header is small, decode it
+        return None
+    view = memoryview(_as_buffer(frames[0])).cast("B")
+    size = view.nbytes
+    try:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=size)
+        unpacker.feed(view[:_PEEK_BYTES])
+        count = unpacker.read_array_header() - 2
+        head = [unpacker.unpack() for _ in range(6)]  # version, tag, and four fields
+        if head[:2] != [PROTOCOL_VERSION, Tag.REQUEST] or type(head[1]) is not int or not (
+                Request.REQUIRED <= count <= len(Request.FIELDS)):
+            return None
+        start, fed = unpacker.tell(), _PEEK_BYTES
+        while True:  # find the payload's end, a slice at a time
+            try:
+                unpacker.skip()
+                break
+            except msgpack.OutOfData:
+                if fed >= size:
+                    return None
+                unpacker.feed(view[fed:fed + _SLICE_BYTES])
+                fed += _SLICE_BYTES
+                pause()
+        end = unpacker.tell()
+        if size - end > _PEEK_BYTES:  # the fields after the payload are two scalars
+            return None
+        unpacker.feed(view[fed:])
+        rest = [unpacker.unpack() for _ in range(count - 5)]
+        if unpacker.tell() != size:
+            return None
+    except Exception:  # not what encode() makes: decode() says what is wrong
+        return None
+    message = _message_of([*head, Encoded(view[start:end]), *rest], pause)
+    return message if isinstance(message, Request) else None
+
+
+def expand_payload(value: Encoded, pause: Pause | None = None) -> Any:
+    """The value a split request's payload holds, checked as :func:`decode` checks a
+    request's payload (``ProtocolError`` if it is not one)."""
+    try:
+        payload = _unpack(value.data, _ext_hook((), pause), pause)
+        _check_field(Request, Request.CHECKS[Request.FIELDS.index("payload")], payload, pause)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"undecodable request payload: {type(exc).__name__}: {exc}") from None
+    return payload
+
+
+def packed_floats(value: Encoded) -> bool:
+    """Whether ``value`` is a list of float64s exactly as msgpack writes one (the shortest
+    array header): its bytes are then the canonical form of the list they hold."""
+    view = memoryview(value.data).cast("B")
+    size = view.nbytes
+    if size == 0:
+        return False
+    first = view[0]
+    if 0x90 <= first <= 0x9F:
+        count, head = first & 0x0F, 1
+    elif first == 0xDC and size >= 3:
+        count, head = int.from_bytes(view[1:3], "big"), 3
+        count = count if count > 0x0F else -1
+    elif first == 0xDD and size >= 5:
+        count, head = int.from_bytes(view[1:5], "big"), 5
+        count = count if count > 0xFFFF else -1
+    else:
+        return False
+    if count < 0 or size != head + 9 * count:
+        return False
+    markers = np.frombuffer(view, dtype=np.uint8, offset=head)[::9]
+    return bool((markers == _FLOAT64).all())
 
 
 def peek(frames: Sequence[Any]) -> tuple[int, Any] | None:

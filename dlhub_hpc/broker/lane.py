@@ -5,48 +5,57 @@ Python; on the loop that stalls every other caller and starves workers' heartbea
 loop hands such a request here with a continuation: the work runs on the lane's thread,
 the continuation back on the loop's (``run_finished``, when the wake pipe fires), so only
 the loop ever touches the broker's state.
+
+The lane's own work is cut in slices of about a millisecond with a pause between them, so
+the loop never waits long for the GIL. A request's payload stays in the msgpack bytes it
+came in (``Encoded``) until its check needs it decoded; a list of floats for a servable
+that takes one is checked on those bytes alone. Whatever was checked goes to the worker
+encoded (as it came, or encoded here), so the loop never encodes a large input either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import msgpack
-
 from dlhub_hpc.broker.events import Checked, InputPlan
-from dlhub_hpc.broker.memo import memo_key
-from dlhub_hpc.errors import DlhubHpcError, PayloadTooLarge
-from dlhub_hpc.protocol import Request
-from dlhub_hpc.servable.types import check_value
+from dlhub_hpc.broker.memo import memo_key, packed_memo_key
+from dlhub_hpc.errors import DlhubHpcError, PayloadTooLarge, ProtocolError
+from dlhub_hpc.protocol import (
+    Encoded,
+    Message,
+    Request,
+    decode,
+    encode_value,
+    expand_payload,
+    packed_floats,
+    split_request,
+)
+from dlhub_hpc.servable.types import ArgType, check_value
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_PEEK_BYTES = 4096  # a request id is read from this much of the header, at most
+# A bare GIL release (sleep(0)) is mostly taken straight back by the thread that released
+# it; a short sleep lets the loop's thread, when it waits, take the GIL in between.
+_PAUSE_SECONDS = 50e-6
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+_FLAT_SLICE = 65536  # list items whose types are read in one go
+
+
+def pause() -> None:
+    """Between two slices of a large message's work: let the loop's thread run."""
+    time.sleep(_PAUSE_SECONDS)
 
 
 def message_size(frames: Sequence[Any]) -> int:
     """Bytes in a received message's frames after the routing id."""
     return sum(len(f) for f in frames[1:])
-
-
-def peek_request_id(header: Any) -> str | None:
-    """The request id of a REQUEST or CONTROL header, read without decoding its payload."""
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(bytes(memoryview(getattr(header, "buffer", header))[:_PEEK_BYTES]))
-    try:
-        if unpacker.read_array_header() < 3:
-            return None
-        unpacker.skip()  # the protocol version
-        unpacker.skip()  # the tag
-        request_id = unpacker.unpack()
-    except Exception:  # a header too odd to peek at: no reply can be addressed
-        return None
-    return request_id if isinstance(request_id, str) else None
 
 
 def too_large(size: int, limit: int, setting: str) -> PayloadTooLarge:
@@ -57,16 +66,79 @@ def too_large(size: int, limit: int, setting: str) -> PayloadTooLarge:
     )
 
 
+def decode_large(frames: Sequence[Any]) -> Message:
+    """Decode a large message (its frames after the routing id), a slice at a time; a
+    one-frame request keeps its payload encoded (``check_input`` or ``expand`` reads it)."""
+    return split_request(frames, pause) or decode(frames, pause)
+
+
+def expand(req: Request) -> Request:
+    """``req`` with its payload decoded (and checked as ``decode`` checks one)."""
+    if not isinstance(req.payload, Encoded):
+        return req
+    return dataclasses.replace(req, payload=expand_payload(req.payload, pause))
+
+
+def takes_floats_as_sent(declared: ArgType) -> bool:
+    """Whether a list of floats passes ``declared``'s check unchanged."""
+    if declared.type in ("any", "python object"):
+        return True
+    item = declared.item_type
+    return declared.type == "list" and (item is None or item.type in ("float", "number"))
+
+
 def check_input(plan: InputPlan, req: Request) -> Checked:
-    """Check ``req``'s input against ``plan`` (and hash it for the memo cache if wanted)."""
+    """Check ``req``'s input against ``plan`` (and hash it for the memo cache if wanted).
+    The checked input comes back ``Encoded`` where it can, for the loop to send as it is;
+    a payload that is not msgpack a request may carry raises ``ProtocolError``."""
+    payload = sent = req.payload
+    if isinstance(sent, Encoded):
+        if takes_floats_as_sent(plan.declared) and packed_floats(sent):
+            return Checked(plan.declared, sent, memo_key=_packed_key(plan, sent))
+        payload = expand_payload(sent, pause)
     try:
-        payload = check_value(plan.declared, req.payload)
+        checked = check_value(plan.declared, payload)
     except DlhubHpcError as exc:
         return Checked(plan.declared, error=exc)
+    encoded = sent if checked is payload and isinstance(sent, Encoded) else None
+    encoded = encoded or encode_value(checked, pause)
     key = None
-    if plan.memoize:
-        key = memo_key(plan.info.digest, plan.info.version, plan.method, payload)
-    return Checked(plan.declared, payload, memo_key=key)
+    if plan.memoize and encoded is not None and is_flat(checked):  # canonical bytes then
+        key = _packed_key(plan, encoded)
+    elif plan.memoize:
+        key = memo_key(plan.info.digest, plan.info.version, plan.method, checked)
+    if encoded is None:
+        return Checked(plan.declared, checked, memo_key=key)
+    for value in (payload, checked):  # only their bytes go on: let go of them here
+        if value is not sent:
+            release(value)
+    return Checked(plan.declared, encoded, memo_key=key)
+
+
+def _packed_key(plan: InputPlan, value: Encoded) -> bytes | None:
+    if not plan.memoize:
+        return None
+    return packed_memo_key(plan.info.digest, plan.info.version, plan.method, value.data)
+
+
+def release(value: Any) -> None:
+    """Empty a big list this thread alone holds, a slice at a time: freeing 10^6 objects
+    at once holds the GIL for tens of milliseconds."""
+    if type(value) is list:
+        while len(value) > _FLAT_SLICE:
+            del value[-_FLAT_SLICE:]
+            pause()
+
+
+def is_flat(value: Any) -> bool:
+    """Whether ``value`` is a list of numbers, strings, bytes, bools and Nones only."""
+    if type(value) is not list:
+        return False
+    for start in range(0, len(value), _FLAT_SLICE):
+        if not set(map(type, value[start:start + _FLAT_SLICE])) <= _SCALARS:
+            return False
+        pause()
+    return True
 
 
 class LargeLane:
@@ -101,7 +173,8 @@ class LargeLane:
             try:
                 result: T | Exception = work()
             except Exception as exc:  # handed to the loop, which answers it
-                logger.exception("a large message failed on the lane")
+                if not isinstance(exc, ProtocolError):  # a malformed message is no fault here
+                    logger.exception("a large message failed on the lane")
                 result = exc
             self._done.put(lambda: then(result))
             self._wake()

@@ -28,10 +28,23 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def memo_key(digest: str, version: int, method: str, payload: Any) -> bytes:
-    """The cache key of one request; equal inputs give equal keys."""
+def _key_hash(digest: str, version: int, method: str) -> Any:
     h = hashlib.blake2b(digest_size=20)
     h.update(f"{digest}\0{version}\0{method}\0".encode())
+    return h
+
+
+def packed_memo_key(digest: str, version: int, method: str, packed: Any) -> bytes:
+    """``memo_key`` of the payload whose canonical msgpack bytes (no arrays, no dicts) are
+    ``packed``, without decoding them."""
+    h = _key_hash(digest, version, method)
+    h.update(packed)
+    return bytes(h.digest())
+
+
+def memo_key(digest: str, version: int, method: str, payload: Any) -> bytes:
+    """The cache key of one request; equal inputs give equal keys."""
+    h = _key_hash(digest, version, method)
     arrays: list[np.ndarray] = []
 
     def default(obj: Any) -> Any:

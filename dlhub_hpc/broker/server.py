@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, cast
 
 import zmq
@@ -28,8 +29,9 @@ from dlhub_hpc.broker.events import Checked, InputPlan
 from dlhub_hpc.broker.lane import (
     LargeLane,
     check_input,
+    decode_large,
+    expand,
     message_size,
-    peek_request_id,
     too_large,
 )
 from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY
@@ -313,7 +315,9 @@ class BrokerServer:
 
     def _on_caller_frames(self, frames: list[Any], local_user: str | None) -> None:
         if len(frames) >= 2 and message_size(frames) > self._large_bytes:
-            self._on_large(frames, local_user)
+            sock = self._clients if local_user is None else self._local
+            assert sock is not None
+            self._on_large(sock, frames, local_user)
             return
         decoded = self._decode(frames)
         caller = self._caller(frames, local_user)
@@ -346,7 +350,8 @@ class BrokerServer:
 
     # -- the large-message lane: decode and input check off the loop thread --
 
-    def _on_large(self, frames: list[Any], local_user: str | None) -> None:
+    def _on_large(self, sock: zmq.Socket[bytes], frames: list[Any],
+                  local_user: str | None) -> None:
         """Refuse a message over the size limit (or past the lane's backlog); hand any
         other large one to the lane, and go on serving others while it is checked."""
         caller = self._caller(frames, local_user)
@@ -366,37 +371,55 @@ class BrokerServer:
             )
         if error is not None:
             logger.warning("refused a message of %s bytes: %s", size, error.message)
-            request_id = peek_request_id(frames[1])
-            if request_id is not None:
-                self._reply_error(caller[0], request_id, error)
+            self._answer_bad(sock, frames, error)
             return
+        large = _Large(sock, frames, caller, size)
         self._lane.reserve(size)
-        self._lane.submit(lambda: decode(frames[1:]),
-                          lambda msg: self._on_large_decoded(caller, size, msg))
+        self._lane.submit(lambda: decode_large(frames[1:]),
+                          lambda msg: self._on_large_decoded(large, msg))
 
-    def _on_large_decoded(self, caller: tuple[bytes, str], size: int,
-                          msg: Message | Exception) -> None:
+    def _on_large_decoded(self, large: _Large, msg: Message | Exception) -> None:
         if isinstance(msg, Exception):
-            self._lane.release(size)
-            self.state.stats["malformed_frames"] += 1
-            logger.warning("dropped a malformed message: %s", msg)
+            self._large_failed(large, msg)
             return
-        plan = self.state.input_plan(caller[1], msg) if isinstance(msg, Request) else None
-        if plan is None:  # not a request, or one that fails before its input is checked
-            self._lane.release(size)
-            self._on_caller_message(*caller, msg)
+        plan = self.state.input_plan(large.caller[1], msg) if isinstance(msg, Request) else None
+        if plan is None:  # not a request, or one the state checks itself (or refuses)
+            if isinstance(msg, Request):  # its payload may still be encoded
+                self._lane.submit(lambda: expand(msg),
+                                  lambda req: self._on_large_done(large, req))
+            else:
+                self._on_large_done(large, msg)
             return
         req = cast(Request, msg)
         self._lane.submit(lambda: check_input(plan, req),
-                          lambda checked: self._on_large_checked(caller, size, req, plan, checked))
+                          lambda checked: self._on_large_checked(large, req, plan, checked))
 
-    def _on_large_checked(self, caller: tuple[bytes, str], size: int, req: Request,
-                          plan: InputPlan, checked: Checked | Exception) -> None:
-        self._lane.release(size)
+    def _on_large_checked(self, large: _Large, req: Request, plan: InputPlan,
+                          checked: Checked | Exception) -> None:
+        if isinstance(checked, ProtocolError):
+            self._large_failed(large, checked)
+            return
         if isinstance(checked, Exception):
             checked = Checked(plan.declared, error=DlhubHpcError(
                 f"the input could not be checked: {type(checked).__name__}: {checked}"))
-        self._on_caller_message(*caller, req, checked)
+        now = self.state.input_plan(large.caller[1], req)
+        if now is None or now.declared is not plan.declared:  # changed while it was checked
+            self._on_large_decoded(large, req)
+            return
+        self._on_large_done(large, req, checked)
+
+    def _on_large_done(self, large: _Large, msg: Message | Exception,
+                       checked: Checked | None = None) -> None:
+        if isinstance(msg, Exception):
+            self._large_failed(large, msg)
+            return
+        self._lane.release(large.size)
+        self._on_caller_message(*large.caller, msg, checked)
+
+    def _large_failed(self, large: _Large, exc: Exception) -> None:
+        """A large message that did not decode: through the same boundary as any other."""
+        self._lane.release(large.size)
+        self._on_bad_message(large.sock, large.frames, exc)
 
     def _on_worker_frames(self, frames: list[Any]) -> None:
         self._from_worker(frames, self._decode(frames)[1])
@@ -519,6 +542,16 @@ class BrokerServer:
         msg = self._decode(frames)[1]
         if isinstance(msg, Bye):
             self._from_worker(frames, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class _Large:
+    """A large caller message on its way through the lane."""
+
+    sock: zmq.Socket[bytes]  # where it came in: a bad one is answered there
+    frames: list[Any]
+    caller: tuple[bytes, str]  # its routing id in the state's namespace, and its user
+    size: int
 
 
 def _term_later(ctx: zmq.Context[Any]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -97,6 +98,30 @@ def test_a_big_request_is_checked_while_workers_stay_registered(
         after = [w["worker_id"] for w in client.status()["workers"]]
     assert after == before
     assert hub.state.stats["workers_lost"] == 0
+
+
+@pytest.mark.parametrize("frames", [
+    # one frame: the payload stays encoded until its check finds an unknown extension
+    [msgpack.packb([1, 1, "bad", "demo/add", None, "", [1.0] * 20_000
+                    + [msgpack.ExtType(9, b"")]])],
+    # an array frame besides the header: decoded whole, and its dtype is refused
+    [msgpack.packb([1, 1, "bad", "demo/add", None, "", msgpack.ExtType(1, b"|O;2;1")]),
+     b"x" * 20_000],
+    # not a request: a control whose args are not a dict
+    [msgpack.packb([1, 3, "bad", "status", [1.0] * 20_000])],
+], ids=["payload", "array-frame", "control"])
+def test_a_malformed_large_message_gets_a_typed_error(
+        make_hub: Callable[..., Hub], ctx: zmq.Context[Any], frames: list[bytes]) -> None:
+    hub = make_hub(large_message_bytes=4096)  # all of these go by the lane
+    hostile = curve_dealer(ctx, hub.client_address)
+    hostile.send_multipart(frames)
+    assert hostile.poll(30_000), "a malformed large message must be answered, not dropped"
+    reply = decode(hostile.recv_multipart())
+    assert isinstance(reply, Reply) and reply.request_id == "bad" and not reply.ok
+    assert reply.error is not None and reply.error["type"] == "ProtocolError"
+    with Client(hub.client_address, timeout=10) as client:  # and the hub serves on
+        assert "stats" in client.status()
+    hostile.close(linger=0)
 
 
 def test_a_client_that_never_reads_costs_at_most_its_high_water_mark(

@@ -1,6 +1,6 @@
 """Size limits: a client refuses an oversized request before sending, the hub learns the
 limit from its config, a worker turns an oversized output into an item error, and the
-large-message lane peeks at a request id without decoding the payload."""
+hub reads a request id without decoding the payload."""
 
 from __future__ import annotations
 
@@ -14,8 +14,19 @@ import pytest
 
 from dlhub_hpc import Client, HubConfig, PayloadTooLarge
 from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES, STATE_FILE
-from dlhub_hpc.broker.lane import LargeLane, message_size, peek_request_id
-from dlhub_hpc.protocol import Assign, Batch, BatchResult, Bye, Hello, Ready, Request, encode
+from dlhub_hpc.broker.lane import LargeLane, message_size
+from dlhub_hpc.protocol import (
+    Assign,
+    Batch,
+    BatchResult,
+    Bye,
+    Hello,
+    Ready,
+    Request,
+    Tag,
+    encode,
+    peek,
+)
 from dlhub_hpc.servable.spec import ServableSpec
 from dlhub_hpc.worker import Worker, WorkerOptions
 from dlhub_hpc.worker.runner import Runner, WireResult
@@ -59,10 +70,10 @@ def test_hub_limits_are_settings_with_sane_bounds() -> None:
         HubConfig(client_send_hwm=0)
 
 
-def test_the_lane_reads_a_request_id_without_the_payload() -> None:
+def test_a_request_id_is_read_without_the_payload() -> None:
     frames = encode(Request("r-42", "demo/add", None, "", [1.0] * 100_000))
-    assert peek_request_id(frames[0]) == "r-42"
-    assert peek_request_id(b"\xc1garbage") is None
+    assert peek(frames) == (Tag.REQUEST, "r-42")
+    assert peek([b"\xc1garbage"]) is None
     assert message_size([b"identity", *frames]) == len(frames[0])
 
 

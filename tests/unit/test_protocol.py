@@ -248,7 +248,7 @@ def ext(code: int, dtype: str, shape: list[int], index: int) -> msgpack.ExtType:
     (header(1, int(Tag.REPLY), "r", True, ext(9, "<f8", [1], 1), None),
      "unknown msgpack extension code 9"),
     (header(1, int(Tag.REPLY), "r", True, ext(NDARRAY_EXT, "<f8", [1], 1), None),
-     "undecodable header"),  # the array's frame is missing
+     "refers to frame 1, which this message does not have"),
     (header(1, int(Tag.REPLY), "r", True, msgpack.ExtType(NDARRAY_EXT, b"\xff;;"), None),
      "undecodable header"),  # the array record itself is garbage
 ], ids=[
