@@ -8,10 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from dlhub_hpc.broker.config import default_home
 from dlhub_hpc.cli.common import console
-from dlhub_hpc.container.build import ImageBuilder, default_cache_dir
-from dlhub_hpc.container.definition import build_options, render_definition
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +50,18 @@ def build(servable: str, home: Path | None, base: str, apt: tuple[str, ...],
           pip: tuple[str, ...], backend: str, cache_dir: Path | None, force: bool,
           definition_only: bool, keep: int | None) -> None:
     """Build the container image of a published servable (cached by content)."""
+    # Imported here: the builder and the registry cost a few tenths of a second.
+    from dlhub_hpc.container.build import ImageBuilder, default_cache_dir
+    from dlhub_hpc.container.definition import build_options, render_definition
+    from dlhub_hpc.hubfile import default_home
+
     options = build_options(base=base, apt=apt, pip=pip)
     builder = ImageBuilder(home or default_home(), cache_dir or default_cache_dir(),
                            backend=backend, console=console, progress=True)  # type: ignore[arg-type]
     if definition_only:
         recipe = builder.recipe(servable, options)
-        console.print(render_definition(recipe, Path("bundle.tar"), Path("dlhub_hpc")),
-                      markup=False, highlight=False)
+        # Raw text: a console would wrap long lines and break %post and %labels.
+        click.echo(render_definition(recipe, Path("bundle.tar"), Path("dlhub_hpc")), nl=False)
         return
     result = builder.build(servable, options, force=force)
     verb = "found cached" if result.cached else "built"

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
-from dlhub_hpc.client import Client
 from dlhub_hpc.errors import DlhubHpcError
+
+if TYPE_CHECKING:
+    from dlhub_hpc.client import Client
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,9 @@ err_console = Console(stderr=True)
 
 
 def client_from(ctx: click.Context, timeout: float | None = 60.0) -> Client:
+    # Imported here: commands that need no hub (profiles, build, init) skip the client.
+    from dlhub_hpc.client import Client
+
     return Client(ctx.obj.get("hub") if ctx.obj else None, timeout=timeout)
 
 
@@ -44,6 +48,7 @@ def input_error(message: str, param: str = "INPUT") -> InputError:
 
 def to_json(value: Any) -> str:
     """JSON for a servable output: numpy arrays and scalars become lists and numbers."""
+    import numpy as np  # loaded already wherever an output came from the client
 
     def default(obj: Any) -> Any:
         if isinstance(obj, np.ndarray):

@@ -26,12 +26,15 @@ def example_dir(name: str) -> Path:
 
 
 def prepare_iris(dest: Path) -> Path:
-    """Copy the iris example to ``dest`` and train its model there (a pickled forest)."""
+    """Copy the iris example to ``dest`` and train its model there (a pickled forest);
+    ``python -m dlhub_hpc.examples.iris DIR`` does this from a shell."""
     from sklearn.datasets import load_iris
     from sklearn.ensemble import RandomForestClassifier
 
     dest = Path(dest)
-    shutil.copytree(EXAMPLES / "iris", dest, dirs_exist_ok=True)
+    # The servable is servable.yaml and the model; the Python files here only train it.
+    shutil.copytree(EXAMPLES / "iris", dest, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     x, y = load_iris(return_X_y=True)
     model = RandomForestClassifier(n_estimators=20, random_state=0).fit(x, y)
     with (dest / "model.pkl").open("wb") as fh:

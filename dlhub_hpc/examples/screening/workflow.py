@@ -6,11 +6,12 @@ facility, on whatever executor the site uses); scoring is a servable app on a
 ``DLHubExecutor``, so each batch of candidates goes to warm workers on the hub. The apps
 chain through futures: ``predict(generate(best))`` and ``keep_best(best, ...)``.
 
-Run it against a hub that serves the example model::
+With a hub running (``dlhub-hpc hub start --background``)::
 
-    dlhub-hpc publish dlhub_hpc/examples/screening/model
-    dlhub-hpc workers start --servable demo/screening
     python -m dlhub_hpc.examples.screening.workflow --rounds 5
+
+publishes the example model (``demo/screening``) if the hub lacks it and starts a warm
+worker for it if it has none (``--no-setup`` skips both), then runs the loop.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from parsl import python_app
 from parsl.config import Config
 from parsl.executors import ThreadPoolExecutor
 
+from dlhub_hpc.client import Client, find_hub_address
+from dlhub_hpc.errors import DlhubHpcError, HubUnavailable, ServableNotFound
 from dlhub_hpc.parsl_executor import DLHubExecutor, servable_app
+from dlhub_hpc.security.client import listening
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +96,29 @@ def screen(rounds: int = 5, batches: int = 4, batch_size: int = 64, keep: int = 
     return result
 
 
+def ensure_served(hub_address: str | None = None, servable: str = SERVABLE,
+                  model_dir: Path = MODEL_DIR, timeout: float = 120.0) -> list[str]:
+    """Publish ``model_dir`` if the hub lacks ``servable`` and start a worker if it has
+    none; returns what was done, one line each."""
+    address = hub_address or find_hub_address()
+    if not listening(address):  # at once, not after the client's wait for a reply
+        raise HubUnavailable(f"nothing listens at {address}")
+    done: list[str] = []
+    with Client(address, timeout=60) as client:
+        try:
+            client.describe(servable)
+        except ServableNotFound:
+            record = client.publish(model_dir)
+            done.append(f"published {record['name']}@{record['version']}")
+        ready = [w for w in client.status()["workers"]
+                 if w["servable"].split("@")[0] == servable]
+        if not ready:
+            client.start_workers(servable, 1)
+            client.wait_for_workers(servable, 1, timeout=timeout)
+            done.append(f"started a warm worker for {servable}")
+    return done
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hub", default=None, help="the hub's client address")
@@ -100,7 +127,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--keep", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-setup", dest="setup", action="store_false",
+                        help="do not publish the model or start its worker")
     args = parser.parse_args(argv)
+    if args.setup:
+        try:
+            for line in ensure_served(args.hub):
+                print(line)
+        except HubUnavailable:
+            raise SystemExit("no hub is running: start one first with "
+                             "'dlhub-hpc hub start --background' (or pass --hub ADDRESS)"
+                             ) from None
+        except DlhubHpcError as exc:
+            raise SystemExit(f"could not set up {SERVABLE}: {type(exc).__name__}: {exc}"
+                             ) from None
     with parsl.load(make_config(args.hub)):
         candidates, scores = screen(args.rounds, args.batches, args.batch_size, args.keep,
                                     args.seed)
