@@ -9,6 +9,7 @@ from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.client import USE_CLIENT_DEFAULT, Client
 from dlhub_hpc.errors import (
     AuthenticationError,
+    BrokerInvariantError,
     BundleDigestMismatch,
     ConfigError,
     ContainerError,
@@ -55,6 +56,7 @@ __all__ = [
     "ArgType",
     "AsyncClient",
     "AuthenticationError",
+    "BrokerInvariantError",
     "BundleDigestMismatch",
     "Client",
     "ComputeLimits",

@@ -201,6 +201,7 @@ class WorkerInfo:
 @dataclass(slots=True, eq=False)
 class InFlight:
     worker: bytes
+    servable: ServableKey  # the worker's, kept here so a flight names it on its own
     items: list[Pending]
     sent: float = 0.0
 

@@ -4,6 +4,10 @@ Clients connect to ``client_address``, workers to ``worker_address``, and caller
 hub's own process to ``local_endpoint`` (inproc; they act as the hub's admin). Every socket is made,
 used and closed in the loop's own thread; other threads reach the loop only through
 ``stop()`` and finished control futures, both of which wake it through a pipe.
+
+The loop owns the ``BrokerState``: no other thread reads or writes it. After a turn that
+changed it, at most every ``PUBLISH_INTERVAL`` seconds, the loop publishes a frozen
+``Snapshot`` in ``published``, which any thread may read.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dlhub_hpc.broker.lane import (
     too_large,
 )
 from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY
+from dlhub_hpc.broker.snapshot import Snapshot
 from dlhub_hpc.broker.state import (
     Action,
     BrokerState,
@@ -83,6 +88,9 @@ _DRAIN_LIMIT = 512  # messages taken from one socket per loop turn, so neither s
 # How the state knows inproc callers: ZeroMQ's own routing ids are 5 bytes starting with a
 # zero byte, so no id it makes for a remote peer starts with this.
 LOCAL_PREFIX = b"\x00local:"
+# How stale the published snapshot may be while the state changes: it is rebuilt at most
+# this often, so a busy loop spends little on it and a reader waits at most this long.
+PUBLISH_INTERVAL = 0.05
 
 
 class BrokerServer:
@@ -118,6 +126,9 @@ class BrokerServer:
         self._local: zmq.Socket[bytes] | None = None  # inproc callers, on a socket of their own
         self._workers: zmq.Socket[bytes] | None = None
         self.auth: ServerAuth | None = None  # CurveZMQ on both sockets; set before run()
+        # The state as other threads may see it: replaced (never changed) by the loop.
+        self.published: Snapshot = Snapshot()
+        self._publish_due = 0.0
 
     def __repr__(self) -> str:
         return f"BrokerServer(client={self.client_endpoint!r}, worker={self.worker_endpoint!r})"
@@ -194,7 +205,9 @@ class BrokerServer:
                     now = time.monotonic()
                     self._survive(self._tick, now)
                     wait = self.state.next_wakeup(now)
+                wait = min(wait, self._publish(now))
             self._drain_shutdown(poller)
+            self._publish(math.inf)
         finally:
             self._lane.close()
             clients.close(linger=0)
@@ -240,6 +253,17 @@ class BrokerServer:
             except Exception as exc:  # the one boundary: no message may end the loop
                 self._on_bad_message(sock, frames, exc)
 
+    def _publish(self, now: float) -> float:
+        """Publish the state's snapshot if it changed and the last is old enough; return
+        the seconds until the next is due (inf when nothing waits to be published)."""
+        if self.state.changes == self.published.changes:
+            return math.inf
+        if now < self._publish_due:
+            return self._publish_due - now
+        self.published = self.state.view()
+        self._publish_due = now + PUBLISH_INTERVAL
+        return math.inf
+
     def _tick(self, now: float) -> None:
         self._apply(self.state.handle(Tick(), now))
 
@@ -249,7 +273,7 @@ class BrokerServer:
         try:
             step(*args)
         except Exception:
-            self.state.stats["handler_errors"] += 1
+            self.state.count("handler_errors")
             logger.exception("a step of the hub's loop failed")
 
     def _on_bad_message(self, sock: zmq.Socket[bytes], frames: list[Any],
@@ -257,11 +281,11 @@ class BrokerServer:
         """Count and log a message that could not be decoded or handled, and answer its
         sender where the message names what to answer (``_answer_bad``)."""
         if isinstance(exc, ProtocolError):
-            self.state.stats["malformed_frames"] += 1
+            self.state.count("malformed_frames")
             logger.warning("malformed message: %s", exc.message)
             error: DlhubHpcError = exc
         else:  # a fault of the hub's own, found by this message: it must not end the loop
-            self.state.stats["handler_errors"] += 1
+            self.state.count("handler_errors")
             logger.error("a message failed inside the hub", exc_info=exc)
             error = exc if isinstance(exc, DlhubHpcError) else DlhubHpcError(
                 f"the hub failed on this message ({type(exc).__name__}: {exc}); "
@@ -271,7 +295,7 @@ class BrokerServer:
         except Exception:
             logger.exception("could not answer the sender of a bad message")
             answered = False
-        self.state.stats["bad_answered" if answered else "bad_dropped"] += 1
+        self.state.count("bad_answered" if answered else "bad_dropped")
 
     def _answer_bad(self, sock: zmq.Socket[bytes], frames: list[Any],
                     error: DlhubHpcError) -> bool:
@@ -333,7 +357,7 @@ class BrokerServer:
             # A peer may choose its own routing id: never let one pose as the hub's pipeline
             # runner, whose step answers would feed other callers' pipelines, or as a
             # caller in the hub's own process.
-            self.state.stats["malformed_frames"] += 1
+            self.state.count("malformed_frames")
             logger.warning("dropped a message from a client posing as the hub itself")
             return None
         return identity, user_id(frames[1]) if self.auth is not None else ""
@@ -346,7 +370,7 @@ class BrokerServer:
         elif isinstance(msg, Control):
             self._on_control(identity, msg, user)
         else:
-            self.state.stats["unexpected_messages"] += 1
+            self.state.count("unexpected_messages")
 
     # -- the large-message lane: decode and input check off the loop thread --
 
@@ -360,10 +384,10 @@ class BrokerServer:
         size, limit = message_size(frames), self.config.max_message_bytes
         error: DlhubHpcError | None = None
         if size > limit:  # the parts passed MAXMSGSIZE one by one, but not their sum
-            self.state.stats["too_large"] += 1
+            self.state.count("too_large")
             error = too_large(size, limit, "HubConfig.max_message_bytes")
         elif not self._lane.has_room(size):
-            self.state.stats["large_overloaded"] += 1
+            self.state.count("large_overloaded")
             error = Overloaded(
                 f"the hub is checking {self._lane.pending_bytes} bytes of large requests "
                 f"already (the bound is {self.config.large_backlog_bytes}); retry later",
@@ -511,11 +535,11 @@ class BrokerServer:
         try:
             self._send(self._clients, identity, msg, zmq.NOBLOCK)
         except zmq.Again:  # the client has client_send_hwm replies unread: it does not read
-            self.state.stats["replies_dropped_hwm"] += 1
+            self.state.count("replies_dropped_hwm")
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
                 raise
-            self.state.stats["replies_unroutable"] += 1  # the client has gone
+            self.state.count("replies_unroutable")  # the client has gone
 
     def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message,
               flags: int = 0) -> None:

@@ -6,7 +6,10 @@ version, method), the worker table, batching, memoization, heartbeats, retries a
 deadlines.
 
 How a batch is formed (which queue, how many, how long a part-full one waits) is in
-``batching.py``.
+``batching.py``; who may call or serve what, in the ``Gate`` it is made with (``gate.py``).
+
+One thread owns a state: the hub's loop. Others read the ``Snapshot`` it publishes
+(``view()``), never the state itself. ``validate()`` checks its books (``invariants.py``).
 """
 
 from __future__ import annotations
@@ -39,10 +42,14 @@ from dlhub_hpc.broker.events import (
     ToWorkers,
     WorkerInfo,
 )
+from dlhub_hpc.broker.gate import Gate, OpenGate
+from dlhub_hpc.broker.invariants import problems
 from dlhub_hpc.broker.load_failures import LoadFailures
 from dlhub_hpc.broker.memo import MemoCache, memo_key
 from dlhub_hpc.broker.pipeline import PipelineRunner
+from dlhub_hpc.broker.snapshot import Snapshot, take_snapshot
 from dlhub_hpc.errors import (
+    BrokerInvariantError,
     DlhubHpcError,
     MethodNotFound,
     Overloaded,
@@ -79,8 +86,15 @@ __all__ = [
 class BrokerState:
     """Queues, workers, in-flight batches and the memo cache of one hub."""
 
-    def __init__(self, resolver: Resolver, config: HubConfig | None = None) -> None:
+    def __init__(self, resolver: Resolver, config: HubConfig | None = None,
+                 gate: Gate | None = None, *,
+                 replacement_expected: Callable[[ServableKey], bool] | None = None) -> None:
         self.config = config or HubConfig()
+        # Who may call, see or serve what; None: an OpenGate, which lets everyone in.
+        self.gate: Gate = gate if gate is not None else OpenGate()
+        # servable -> True when a pilot will start workers again if its last one dies, so
+        # that worker's requests wait for the replacement instead of failing
+        self.replacement_expected = replacement_expected
         self._resolver = resolver
         self._servables: dict[tuple[str, int | None], ServableInfo] = {}
         self._queues: dict[ServableKey, dict[str, RequestQueue]] = {}
@@ -98,20 +112,9 @@ class BrokerState:
         self._next_batch_id = 0
         self._seq = 0
         self._next_heartbeat = 0.0
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()  # written through count() and handle()
+        self.changes = 0  # events handled and counts taken: a snapshot is stale if it moved
         self.pipelines = PipelineRunner(self._on_request, self.stats)  # steps: requests
-        # (user, servable) -> None, or raises PermissionDenied: the hub's access rules
-        self.authorize: Callable[[str, ServableInfo], None] | None = None
-        # (user, name) -> may they know the servable exists? Lookup errors (which list the
-        # versions, or a withdrawal's reason) are told only to those who may.
-        self.may_see: Callable[[str, str], bool] | None = None
-        # servable -> True when a pilot will start workers again if its last one dies, so
-        # that worker's requests wait for the replacement instead of failing
-        self.replacement_expected: Callable[[ServableKey], bool] | None = None
-        # (worker credential identity, servable) -> may a worker with it serve the servable?
-        self.may_serve: Callable[[str, ServableInfo], bool] | None = None
-        # worker credential identity -> is it still live (not revoked)?
-        self.credential_live: Callable[[str], bool] | None = None
         self._worker_handlers: dict[type[Message], Callable[..., None]] = {
             Hello: self._on_hello,
             Ready: self._on_ready,
@@ -125,6 +128,7 @@ class BrokerState:
     # -- entry points --
 
     def handle(self, event: Event, now: float) -> list[Action]:
+        self.changes += 1
         out: list[Action] = []
         if isinstance(event, FromClient):
             if isinstance(event.message, Request):
@@ -153,14 +157,21 @@ class BrokerState:
             due = min(due, min(self._held.values()))
         return max(0.0, due - now)
 
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` (what the shell saw: malformed frames...)."""
+        self.changes += 1
+        self.stats[name] += n
+
     def invalidate(self, name: str) -> None:
         """Forget cached lookups of ``name`` (a new version was published)."""
+        self.changes += 1
         for key in [k for k in self._servables if k[0] == name]:
             del self._servables[key]
         self.load_failures.forget(name)
 
     def shutdown(self, reason: str) -> list[Action]:
         """Tell every worker to exit and fail everything not yet answered."""
+        self.changes += 1
         out: list[Action] = [ToWorker(i, Shutdown(reason)) for i in self._workers]
         error = WorkerLost(f"the hub is shutting down: {reason}").to_wire()
         unanswered = [p for qs in self._queues.values() for q in qs.values() for p in q.items]
@@ -168,6 +179,9 @@ class BrokerState:
         for p in unanswered:
             if not p.done:
                 self._answer(p, False, None, error, 0.0, out)
+        for queue in (q for qs in self._queues.values() for q in qs.values()):
+            queue.items.clear()  # all answered: the queues hold nothing now
+            queue.live = 0
         return self.pipelines.route(out, 0.0)
 
     # -- clients --
@@ -184,8 +198,7 @@ class BrokerState:
         off the loop; None when ``req`` fails before its check (``handle`` says why)."""
         try:
             info = self._resolve(req.servable, req.version)
-            if self.authorize is not None:
-                self.authorize(user, info)
+            self.gate.authorize(user, info)
         except Exception:  # handle() meets the same error and answers it
             return None
         method = req.method or info.default_method
@@ -200,8 +213,7 @@ class BrokerState:
         self.stats["requests"] += 1
         try:
             info = self._resolve(req.servable, req.version)
-            if self.authorize is not None:  # before the memo cache: a hit is an answer too
-                self.authorize(user, info)
+            self.gate.authorize(user, info)  # before the memo cache: a hit is an answer too
             method = req.method or info.default_method
             declared = info.inputs.get(method)
             if declared is None:
@@ -215,7 +227,7 @@ class BrokerState:
             payload = check_value(declared, req.payload) if checked is None else checked.value()
         except DlhubHpcError as exc:
             hidden = (isinstance(exc, (ServableNotFound, ServableWithdrawn))
-                      and self.may_see is not None and not self.may_see(user, req.servable))
+                      and not self.gate.may_see(user, req.servable))
             if hidden:
                 exc = ServableNotFound(f"no servable {req.servable} that {user!r} may use",
                                        servable=req.servable)
@@ -338,7 +350,7 @@ class BrokerState:
             worker.last_sent = now
             self._next_batch_id += 1
             batch_id = self._next_batch_id
-            self._batches[batch_id] = InFlight(identity, items, now)
+            self._batches[batch_id] = InFlight(identity, info.key, items, now)
             self._in_flight[info.key] += len(items)
             worker.state, worker.batch_id = "busy", batch_id
             self.stats["batches"] += 1
@@ -366,7 +378,7 @@ class BrokerState:
                  self._workers else None)
         worker = self._workers.get(named.encode() if named else event.identity)
         if worker is None or worker.user == event.user:
-            if self.credential_live is None or self.credential_live(event.user):
+            if self.gate.credential_live(event.user):
                 return True
             self.stats["revoked_worker_messages"] += 1
             if worker is not None and not isinstance(msg, Heartbeat):
@@ -384,7 +396,7 @@ class BrokerState:
         except DlhubHpcError as exc:
             out.append(ToWorker(identity, Shutdown(f"cannot serve {msg.servable}: {exc}")))
             return
-        if self.may_serve is not None and not self.may_serve(user, info):
+        if not self.gate.may_serve(user, info):
             self.stats["workers_refused"] += 1
             logger.warning("refused worker %s for %s: its credential (%s) does not serve it",
                            msg.worker_id, info.name, user)
@@ -426,6 +438,7 @@ class BrokerState:
 
     def assign_failed(self, identity: bytes, error: DlhubHpcError, now: float) -> list[Action]:
         """The hub could not send a worker its servable (a corrupted bundle): a failed load."""
+        self.changes += 1
         out: list[Action] = []
         self._on_load_failed(identity, LoadFailed("", error.to_wire()), now, out)
         return self.pipelines.route(out, now)
@@ -622,30 +635,26 @@ class BrokerState:
         return Timeout(f"{name}@{version}.{p.method} did not answer in time: {hint}",
                        servable=name, version=version)
 
-    # -- status --
+    # -- status and books --
 
-    def snapshot(self) -> dict[str, Any]:
-        """Queues, workers and counters, as plain data (for ``dlhub-hpc status``)."""
-        servables: dict[str, dict[str, Any]] = {}
-        for (name, version), queues in self._queues.items():
-            entry = servables.setdefault(f"{name}@{version}", {"queued": 0, "in_flight": 0})
-            entry["queued"] += sum(q.live for q in queues.values())
-        for flight in self._batches.values():
-            name, version = self._workers[flight.worker].servable
-            entry = servables.setdefault(f"{name}@{version}", {"queued": 0, "in_flight": 0})
-            entry["in_flight"] += sum(1 for p in flight.items if not p.done)
-        workers = [
-            {
-                "worker_id": w.worker_id, "servable": f"{w.servable[0]}@{w.servable[1]}",
-                "state": w.state, "host": w.host, "pid": w.pid, "block": w.block,
-                "batches": w.batches, "items": w.items,
-                "ranks": w.ranks, "gpus": _binding_text(w.binding),
-            }
-            for w in self._workers.values()
-        ]
+    def view(self) -> Snapshot:
+        """Queues, workers and counters, frozen: what the loop publishes to other threads."""
         stats = dict(self.stats)
         stats.update(self.memo.stats())
-        return {"servables": servables, "workers": workers, "stats": stats}
+        return take_snapshot(self._queues, self._batches.values(), self._workers.values(),
+                             stats, self.changes)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``view()`` as plain data (for ``dlhub-hpc status``); on the loop thread only."""
+        return self.view().as_dict()
+
+    def validate(self) -> None:
+        """Check the books (``invariants.py``); ``BrokerInvariantError`` names each fault."""
+        found = problems(self)
+        if found:
+            raise BrokerInvariantError(
+                "the broker's books do not balance: " + "; ".join(found)
+                + "; please report it with the events that led here", problems=found)
 
 
 def _error_record(result: Any) -> dict[str, Any] | None:
@@ -659,10 +668,3 @@ def _error_record(result: Any) -> dict[str, Any] | None:
     return {"type": str(error.get("type", "ExecutionError")),
             "message": str(error.get("message", "the worker gave no message")),
             "details": details if isinstance(details, dict) else {}}
-
-
-def _binding_text(binding: dict[str, Any] | None) -> str | None:
-    """``CUDA_VISIBLE_DEVICES=0,1`` for a worker bound to GPUs; None for one that is not."""
-    if not binding:
-        return None
-    return f"{binding.get('env')}={binding.get('devices')}"

@@ -34,7 +34,13 @@ class Named(Protocol):
 
 
 class HubSecurity:
-    """Keys, identities and access rules of one hub; ``setup()`` does the file work."""
+    """Keys, identities and access rules of one hub; ``setup()`` loads the keys.
+
+    It is the broker state's gate (``dlhub_hpc.broker.gate.Gate``: ``authorize``,
+    ``may_see``, ``may_serve``, ``credential_live``) from construction on: the access rules
+    are read from the registry when it is made; until ``setup()`` has loaded the worker
+    credentials, no worker credential is live.
+    """
 
     def __init__(self, home: Path, registry: Registry, invalidate: Callable[[str], None],
                  admin: str | None = None, *, isolation: IsolationMode = "auto",
@@ -42,39 +48,24 @@ class HubSecurity:
         self.home = Path(home)
         self.registry = registry
         self.admin = admin or getpass.getuser()
-        self._invalidate = invalidate
         self.credentials: HubCredentials | None = None
         self.isolation = IsolationPolicy(isolation, self.admin, [self.home, key_dir()],
                                          user_map)
         self._workers: WorkerCredentials | None = None
-        self._access: AccessControl | None = None
-        self._publication: PublicationService | None = None
+        self.access = AccessControl(self.registry, self.admin)
+        self.publication = PublicationService(self.registry, self.access, invalidate)
         self._recorded: list[Path] = []
         self.server_auth_on = False  # identities are only known once CurveZMQ is on
 
     def __repr__(self) -> str:
         return f"HubSecurity(home={str(self.home)!r}, admin={self.admin!r})"
 
-    @property
-    def access(self) -> AccessControl:
-        if self._access is None:
-            raise ConfigError("the hub has not started: no access rules yet")
-        return self._access
-
-    @property
-    def publication(self) -> PublicationService:
-        if self._publication is None:
-            raise ConfigError("the hub has not started: no publication service yet")
-        return self._publication
-
     def setup(self) -> ServerAuth:
         """Load or make the keys; trust the admin's key; return what the broker needs."""
         self.credentials = HubCredentials.in_home(self.home)
-        self._access = AccessControl(self.registry, self.admin)
         admin_key = user_keypair().public
-        if self._access.identity_for_key(admin_key) != self.admin:
-            self._access.add_identity(self.admin, admin_key)
-        self._publication = PublicationService(self.registry, self._access, self._invalidate)
+        if self.access.identity_for_key(admin_key) != self.admin:
+            self.access.add_identity(self.admin, admin_key)
         self._workers = WorkerCredentials(
             self.registry, self.home / "credentials", self.credentials.server.public,
             self.admin, self.credentials.worker)
@@ -106,10 +97,14 @@ class HubSecurity:
     def credential_live(self, user: str) -> bool:
         return self._live_owner(user) is not None
 
+    def may_see(self, user: str, name: str) -> bool:
+        """May ``user`` know that servable ``name`` exists?"""
+        return self.access.can_see(user, name)
+
     def _live_owner(self, user: str) -> str | None:
         owner_key = credential_owner(user)
-        if owner_key is None or ":" not in owner_key:
-            return None
+        if owner_key is None or ":" not in owner_key or self._workers is None:
+            return None  # before setup() no credential is loaded, so none is live
         owner, _, key = owner_key.partition(":")
         return owner if self.worker_credentials.owner_of(key) == owner else None
 

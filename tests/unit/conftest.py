@@ -1,4 +1,5 @@
-"""Fixtures shared by the unit tests: servable directories written to tmp_path."""
+"""Fixtures shared by the unit tests: servable directories written to tmp_path, and the
+broker's books checked after every event it handles."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from dlhub_hpc.broker.state import BrokerState
 
 WriteServable = Callable[..., Path]
 
@@ -27,6 +30,21 @@ def spec_data(name: str = "fn", methods: dict[str, Any] | None = None,
             **servable,
         },
     }
+
+
+@pytest.fixture(autouse=True)
+def validated_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``BrokerState`` a unit test drives checks its books (``validate()``) after
+    each event, shutdown and failed assignment, as dask's worker state machine does."""
+    for name in ("handle", "shutdown", "assign_failed"):
+        original = getattr(BrokerState, name)
+
+        def checked(self: BrokerState, *args: Any, _original: Any = original) -> Any:
+            out = _original(self, *args)
+            self.validate()
+            return out
+
+        monkeypatch.setattr(BrokerState, name, checked)
 
 
 @pytest.fixture

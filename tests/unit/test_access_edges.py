@@ -118,16 +118,14 @@ def test_a_malformed_dlhub_record_is_a_spec_error(record: object) -> None:
 
 
 def test_a_memo_hit_or_a_single_flight_join_is_no_way_around_the_access_check() -> None:
-    from tests.unit.test_pipeline import STRING, Harness, step
-
-    h = Harness(step("parse", STRING, deterministic=True))
-    h.worker("parse")
+    from tests.unit.test_pipeline import STRING, Authorizing, Harness, step
 
     def authorize(user: str, info: object) -> None:
         if user != "alice":
             raise PermissionDenied(f"{user!r} may not use demo/parse")
 
-    h.state.authorize = authorize  # type: ignore[assignment]
+    h = Harness(step("parse", STRING, deterministic=True), gate=Authorizing(authorize))
+    h.worker("parse")
     h.call("a1", "Fe", servable="demo/parse", client=b"alice", user="alice")
     h.call("b1", "Fe", servable="demo/parse", client=b"bob", user="bob")  # would join a1
     h.run_step("parse", str.upper)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.gate import Gate, OpenGate
 from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY, check_steps
 from dlhub_hpc.broker.state import (
     BrokerState,
@@ -56,13 +57,20 @@ def pipeline(name: str, *refs: str | list[str], inputs: ArgType = STRING) -> Ser
                         pipeline=stages(*refs))
 
 
+class Authorizing(OpenGate):
+    """A gate that asks ``authorize`` about each request and lets the rest in."""
+
+    def __init__(self, authorize: Any) -> None:
+        self.authorize = authorize  # type: ignore[method-assign]
+
+
 class Harness:
     """A BrokerState with a catalog, a clock, and one worker per step servable."""
 
-    def __init__(self, *infos: ServableInfo) -> None:
+    def __init__(self, *infos: ServableInfo, gate: Gate | None = None) -> None:
         self.infos = {i.name: i for i in infos}
         self.state = BrokerState(self.resolve, HubConfig(heartbeat_interval=60,
-                                                         heartbeat_timeout=120))
+                                                         heartbeat_timeout=120), gate)
         self.now = 0.0
         self.replies: list[tuple[bytes, Reply]] = []
         self.batches: dict[str, list[Batch]] = {}
@@ -114,14 +122,18 @@ class Harness:
         self._collect(self.state.handle(Tick(), at))
 
 
-@pytest.fixture
-def three() -> Harness:
+def make_three(gate: Gate | None = None) -> Harness:
     """parse -> feat -> model, with a worker each; parse is deterministic (memoized)."""
     h = Harness(step("parse", STRING, deterministic=True), step("feat"), step("model"),
-                pipeline("pipe", "parse", "feat", "model"))
+                pipeline("pipe", "parse", "feat", "model"), gate=gate)
     for name in ("parse", "feat", "model"):
         h.worker(name)
     return h
+
+
+@pytest.fixture
+def three() -> Harness:
+    return make_three()
 
 
 def test_a_pipeline_runs_its_steps_in_order_and_only_the_last_answer_reaches_the_caller(
@@ -369,7 +381,7 @@ def test_publishing_checks_that_each_step_exists_with_its_method() -> None:
             check_steps(ServableSpec.from_data(pipeline_spec(steps)), lookup)
 
 
-def test_every_step_passes_the_brokers_own_access_check_as_the_caller(three: Harness) -> None:
+def test_every_step_passes_the_brokers_own_access_check_as_the_caller() -> None:
     checked: list[tuple[str, str]] = []
 
     def authorize(user: str, info: ServableInfo) -> None:
@@ -377,7 +389,7 @@ def test_every_step_passes_the_brokers_own_access_check_as_the_caller(three: Har
         if info.name == "demo/feat" and user != "carol":
             raise DlhubHpcError(f"{user} may not use {info.name}")
 
-    three.state.authorize = authorize
+    three = make_three(Authorizing(authorize))
     three.call("r1", "Fe", user="dave")
     three.run_step("parse", lambda s: s)
     assert checked == [("dave", "demo/pipe"), ("dave", "demo/parse"), ("dave", "demo/feat")]

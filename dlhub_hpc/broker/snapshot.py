@@ -1,0 +1,96 @@
+"""What the broker's state looks like from outside: a frozen copy, taken on its loop thread.
+
+Only the loop thread reads or writes a ``BrokerState``. The loop publishes a ``Snapshot``
+(``BrokerServer.published``) that other threads (the pilots' scaling thread, status
+replies finished off the loop) read without a lock: nothing in it can change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from dlhub_hpc.broker.events import InFlight, RequestQueue, ServableKey, WorkerInfo
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """One servable version's requests: waiting in its queues, and at its workers."""
+
+    queued: int = 0
+    in_flight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker, as ``dlhub-hpc status`` shows it."""
+
+    worker_id: str
+    servable: str  # name@version
+    state: str
+    host: str
+    pid: int
+    block: str | None
+    batches: int
+    items: int
+    ranks: int
+    gpus: str | None  # CUDA_VISIBLE_DEVICES=0,1 for a worker bound to GPUs
+
+
+_WORKER_FIELDS = tuple(WorkerView.__dataclass_fields__)
+
+
+def _frozen(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Queues, workers and counters of one broker at one moment; immutable."""
+
+    servables: Mapping[str, QueueView] = field(default_factory=lambda: _frozen({}))
+    workers: tuple[WorkerView, ...] = ()
+    stats: Mapping[str, int] = field(default_factory=lambda: _frozen({}))
+    changes: int = -1  # the state's change count when taken (-1: before the first)
+
+    def as_dict(self) -> dict[str, Any]:
+        """As plain data (fresh dicts and lists), the shape status replies carry."""
+        return {
+            "servables": {ref: {"queued": q.queued, "in_flight": q.in_flight}
+                          for ref, q in self.servables.items()},
+            "workers": [{f: getattr(w, f) for f in _WORKER_FIELDS} for w in self.workers],
+            "stats": dict(self.stats),
+        }
+
+
+def take_snapshot(queues: Mapping[ServableKey, Mapping[str, RequestQueue]],
+                  batches: Iterable[InFlight], workers: Iterable[WorkerInfo],
+                  stats: Mapping[str, int], changes: int) -> Snapshot:
+    """A ``Snapshot`` of the state's own tables (called on the loop thread only)."""
+    counts: dict[str, list[int]] = {}
+    for (name, version), methods in queues.items():
+        entry = counts.setdefault(f"{name}@{version}", [0, 0])
+        entry[0] += sum(q.live for q in methods.values())
+    for flight in batches:  # the flight names its servable: no lookup of its worker
+        name, version = flight.servable
+        entry = counts.setdefault(f"{name}@{version}", [0, 0])
+        entry[1] += sum(1 for p in flight.items if not p.done)
+    views = tuple(
+        WorkerView(w.worker_id, f"{w.servable[0]}@{w.servable[1]}", w.state, w.host, w.pid,
+                   w.block, w.batches, w.items, w.ranks, _binding_text(w.binding))
+        for w in workers
+    )
+    servables = {ref: QueueView(q, f) for ref, (q, f) in counts.items()}
+    return Snapshot(_frozen(servables), views, _frozen(stats), changes)
+
+
+def _binding_text(binding: dict[str, Any] | None) -> str | None:
+    """``CUDA_VISIBLE_DEVICES=0,1`` for a worker bound to GPUs; None for one that is not."""
+    if not binding:
+        return None
+    return f"{binding.get('env')}={binding.get('devices')}"

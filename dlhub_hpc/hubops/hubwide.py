@@ -1,0 +1,76 @@
+"""Operations on the hub as a whole: publish a servable, report status, shut down."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from dlhub_hpc.broker.pipeline import check_steps
+from dlhub_hpc.hubops.parts import HubParts
+from dlhub_hpc.servable.bundle import read_bundle
+
+logger = logging.getLogger(__name__)
+
+
+class HubOps:
+    """``publish``, ``status`` and ``shutdown``."""
+
+    def __init__(self, parts: HubParts) -> None:
+        self.parts = parts
+        self.registry = parts.registry
+        self.security = parts.security
+        self.pilots = parts.pilots
+        self._executor = parts.executor
+
+    def __repr__(self) -> str:
+        return f"HubOps({self.registry!r})"
+
+    def publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        bundle = read_bundle(bytes(args["bundle"]))
+        if bundle.spec.servable.steps is not None:  # a pipeline: its steps must exist
+            check_steps(bundle.spec, lambda name, version: self.registry.get(name, version).spec)
+        record = self.security.publication.publish(bundle, str(args.get("caller", "")))
+        return {"name": record.name, "version": record.version, "digest": record.digest,
+                "pid": record.pid}
+
+    def status(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
+        caller = str(args.get("caller", ""))
+        # Taken here, on the loop thread that owns the state; the rest is finished off it.
+        snapshot = self._visible_snapshot(caller, self.parts.state.snapshot())
+        records = self.security.publication.visible(caller, self.registry.list())
+
+        def finish() -> dict[str, Any]:
+            blocks = [b.to_dict() for b in self.pilots.worker_blocks()]
+            blocks += [b for p in self.pilots.all() for b in p.to_dict()["blocks"]]
+            return {
+                "hub": self.parts.about(),
+                "published": [
+                    {"name": r.name, "version": r.version, "digest": r.digest,
+                     "type": r.spec.servable.type, "methods": sorted(r.spec.servable.methods),
+                     "title": r.spec.datacite.title}
+                    for r in records
+                ],
+                "blocks": blocks,
+                **snapshot,
+            }
+
+        return self._executor.submit(finish)
+
+    def _visible_snapshot(self, caller: str, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """The broker's queues and workers, less those of servables ``caller`` may not see."""
+        def sees(ref: str) -> bool:
+            return self.security.access.can_see(caller, ref.split("@")[0])
+
+        return {
+            **snapshot,
+            "servables": {ref: q for ref, q in snapshot["servables"].items() if sees(ref)},
+            "workers": [w for w in snapshot["workers"] if sees(str(w.get("servable", "")))],
+        }
+
+    def shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.security.require_admin(args, "shut the hub down")
+        # Reply first: the loop sends this reply, then notices the stop on its next turn.
+        threading.Timer(0.05, self.parts.stop, args=("shutdown requested",)).start()
+        return {"stopping": True}

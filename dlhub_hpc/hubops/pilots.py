@@ -1,0 +1,93 @@
+"""Pilots from site profiles (``dlhub_hpc/pilot/pilots.py``): ``pilot start / status / stop``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from dlhub_hpc.broker.pipeline import refuse_workers
+from dlhub_hpc.hubops.parts import HubParts
+from dlhub_hpc.hubops.workers import check_stop
+from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
+from dlhub_hpc.pilot.profiles import load_profile, parse_profile
+from dlhub_hpc.servable.spec import parse_ref
+
+logger = logging.getLogger(__name__)
+
+
+class PilotOps:
+    """``pilot_start``, ``pilot_status`` and ``pilot_stop``."""
+
+    def __init__(self, parts: HubParts) -> None:
+        self.parts = parts
+        self.config = parts.config
+        self.registry = parts.registry
+        self.security = parts.security
+        self.pilots = parts.pilots
+        self._executor = parts.executor
+
+    def __repr__(self) -> str:
+        return f"PilotOps({self.pilots!r})"
+
+    def pilot_start(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
+        name, version = parse_ref(str(args.get("servable", "")))
+        self.security.access.check_see(str(args.get("caller", "")), name)  # before versions
+        record = self.registry.get(name, version)  # fail now, with the published versions
+        refuse_workers(record.spec)  # a pipeline has none: its steps do
+        self.security.access.check_manage(str(args.get("caller", "")), name)
+        given = args.get("profile") or "local"
+        self.security.check_profile_source(str(args.get("caller", "")), given)
+        profile = (parse_profile(given, "the profile sent") if isinstance(given, dict)
+                   else load_profile(str(given)))
+        nodes = args.get("nodes")
+        launch = self.security.worker_launch(name, profile.container.runtime != "none")
+        worker_address = self.parts.worker_address()
+
+        def start() -> dict[str, Any]:
+            # Off the broker thread: some Parsl providers run commands when constructed.
+            from dlhub_hpc.container.launch import check_recorded, image_for
+
+            image = None
+            if profile.container.runtime != "none" and not profile.container.image:
+                # The image 'dlhub-hpc build' made, refused if its digest no longer matches.
+                image = image_for(self.registry.root, record.name, record.version,
+                                  profile.container.runtime)
+
+            def check_image(path: str) -> None:
+                check_recorded(self.registry.root, record.name, record.version, path)
+
+            pilot = Pilot(
+                profile, f"{record.name}@{record.version}",
+                hub_address_for_workers(worker_address, profile),
+                self.config.home / "pilots", nodes=None if nodes is None else int(nodes),
+                ranks=int(getattr(record.spec.servable, "ranks", 1) or 1),
+                heartbeat_interval=self.config.heartbeat_interval,
+                hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
+                image=image, check_image=check_image, launch=launch,
+            )
+            return self.pilots.add(pilot).to_dict()
+
+        return self._executor.submit(start)
+
+    def pilot_status(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
+        snap = self.parts.state.snapshot()  # here, on the loop thread that owns the state
+
+        def finish() -> list[dict[str, Any]]:
+            pilots = self.pilots.all()
+            for p in pilots:
+                p.refresh([w for w in snap["workers"] if w["servable"] == p.servable],
+                          time.time())
+            return [p.to_dict() for p in pilots]
+
+        return self._executor.submit(finish)
+
+    def pilot_stop(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
+        ids = args.get("pilots") or None
+        servable = args.get("servable")
+        chosen = [servable] if servable else (
+            [self.pilots.get(i).servable for i in ids] if ids else None)
+        check_stop(self.security, args, chosen)
+        return self._executor.submit(
+            lambda: [p.to_dict() for p in self.pilots.stop(ids, servable)])
