@@ -64,7 +64,9 @@ def bwrap_argv(argv: Sequence[str], env: Mapping[str, str], *, hide: Sequence[st
                paths: Sequence[str] | None = None) -> list[str]:
     """The bubblewrap command that runs ``argv`` sandboxed (see the module's docstring)."""
     cmd = [bwrap, "--unshare-all", "--share-net", "--die-with-parent", "--new-session",
-           "--cap-drop", "ALL"]
+           "--cap-drop", "ALL",
+           # The private /tmp first: binds under /tmp (a venv there) must land on top of it.
+           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in SYSTEM_PATHS:
         if os.path.islink(path):  # merged /usr: /bin -> usr/bin
             cmd += ["--symlink", os.readlink(path), path]
@@ -79,8 +81,7 @@ def bwrap_argv(argv: Sequence[str], env: Mapping[str, str], *, hide: Sequence[st
     for path in hide:  # the hub's home, were it under a bound path: an empty folder
         if Path(path).is_dir() and any(Path(path).is_relative_to(p) for p in bound):
             cmd += ["--tmpfs", path]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp",
-            "--clearenv"]
+    cmd += ["--chdir", "/tmp", "--clearenv"]
     clean = {**env, "PATH": SANDBOX_PATH, "HOME": "/tmp", "PYTHONNOUSERSITE": "1"}
     for key, value in sorted(clean.items()):
         cmd += ["--setenv", key, value]

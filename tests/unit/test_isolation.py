@@ -185,3 +185,10 @@ def test_a_descriptor_that_is_no_credential_file_is_refused_and_left_open() -> N
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_binds_under_tmp_land_on_top_of_the_private_tmp(tmp_path: Path) -> None:
+    venv = tmp_path / "clone" / ".venv"  # a checkout under /tmp, as CI's may be
+    venv.mkdir(parents=True)
+    argv = bwrap_argv(["python"], {}, paths=[str(venv)])
+    assert argv.index("/tmp", argv.index("--tmpfs")) < argv.index(str(venv))
