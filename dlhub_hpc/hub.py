@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,9 +31,30 @@ from dlhub_hpc.hubops import HubParts, Recovery, control_operations
 from dlhub_hpc.pilot.local import local_provider
 from dlhub_hpc.pilot.service import PilotService, WorkersSetup
 from dlhub_hpc.registry.store import Registry
+from dlhub_hpc.security.client import listening
 from dlhub_hpc.security.hub import HubSecurity
 
 logger = logging.getLogger(__name__)
+
+
+def _refuse_a_running_hub(home: Path) -> None:
+    """Two hubs on one home would share its registry and overwrite each other's hub.json."""
+    state = read_hub_file(home) or {}
+    pid, address = state.get("pid"), str(state.get("client_address") or "")
+    if not isinstance(pid, int) or pid <= 0 or not listening(address):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass  # another user's process: alive
+    raise ConfigError(
+        f"a hub (pid {pid}) already runs from {home} at {address}; reach it with Client(), "
+        "stop it with 'dlhub-hpc hub stop', or give this hub a home of its own: "
+        "Hub(HubConfig(home=...))"
+    )
+
 
 class Hub:
     """One hub: serves clients and workers until stopped.
@@ -45,7 +67,10 @@ class Hub:
     def __init__(
         self, config: HubConfig | None = None, provider: ExecutionProvider | None = None
     ) -> None:
-        self.config = config or HubConfig()
+        # Hub() with no config is embedded in a script: free loopback ports, so that it
+        # starts beside a CLI hub on the fixed ones; callers find it through hub.json.
+        self.config = config or HubConfig(client_address="tcp://127.0.0.1:0",
+                                          worker_address="tcp://127.0.0.1:0")
         self._provider = provider
         self.registry = Registry(self.config.home)
         # Publishing runs on the loop thread, which owns the state: it may forget lookups.
@@ -95,6 +120,7 @@ class Hub:
     def start(self, timeout: float = 10.0) -> Hub:
         """Start the broker loop in a thread; return once it listens."""
         self.config.home.mkdir(parents=True, exist_ok=True)
+        _refuse_a_running_hub(self.config.home)
         self.server.auth = self.security.setup()  # CurveZMQ on both sockets
         errors: list[BaseException] = []
 
@@ -155,7 +181,8 @@ class Hub:
         self._executor.shutdown(wait=True)
         self.registry.close()
         state = read_hub_file(self.config.home)
-        if state is not None and state.get("pid") == os.getpid():
+        started = self._thread is not None  # a hub refused at start wrote no hub.json
+        if started and state is not None and state.get("pid") == os.getpid():
             (self.config.home / STATE_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> Hub:
