@@ -27,6 +27,7 @@ from dlhub_hpc.client import (
     client_closed,
     decode_reply,
     no_reply,
+    raise_load_failure,
     settle,
     workers_missing,
     workers_ready,
@@ -129,9 +130,11 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            ready = workers_ready(await self.status(), servable)
+            status = await self.status()
+            ready = workers_ready(status, servable)
             if ready >= count:
                 return
+            raise_load_failure(status, servable)  # at once, with the worker's own error
             if loop.time() > deadline:
                 raise workers_missing(servable, ready, count, timeout)
             await asyncio.sleep(0.1)

@@ -149,11 +149,28 @@ def client_closed() -> DlhubHpcError:
     return DlhubHpcError("the client is closed")
 
 
+def asked_version(status: dict[str, Any], servable: str) -> str:
+    """``name@version`` as asked, or with the latest published version when none is."""
+    name, version = parse_ref(servable)
+    if version is None:
+        versions = [int(p["version"]) for p in status.get("published", []) if p["name"] == name]
+        version = max(versions, default=None)
+    return name if version is None else f"{name}@{version}"
+
+
 def workers_ready(status: dict[str, Any], servable: str) -> int:
-    """How many workers of ``servable`` (any version) are loaded and serving."""
-    name, _ = parse_ref(servable)
+    """How many workers of ``servable`` (the version asked, else the latest) are serving."""
+    ref = asked_version(status, servable)
     return sum(1 for w in status["workers"]
-               if w["servable"].split("@")[0] == name and w["state"] != "loading")
+               if (w["servable"] == ref or w["servable"].split("@")[0] == ref)
+               and w["state"] != "loading")
+
+
+def raise_load_failure(status: dict[str, Any], servable: str) -> None:
+    """Raise the load error the hub holds for the asked version, if its workers all failed."""
+    error = status.get("load_failures", {}).get(asked_version(status, servable))
+    if error is not None:
+        raise error_from_wire(error)
 
 
 def workers_missing(servable: str, ready: int, count: int, timeout: float) -> HubUnavailable:
@@ -464,12 +481,15 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         return result
 
     def wait_for_workers(self, servable: str, count: int = 1, timeout: float = 60.0) -> None:
-        """Block until ``count`` workers of ``servable`` are loaded and serving."""
+        """Block until ``count`` workers of ``servable`` (the version asked, else the latest)
+        are loaded and serving; their load error at once if the workers failed to load it."""
         deadline = time.monotonic() + timeout
         while True:
-            ready = workers_ready(self.status(), servable)
+            status = self.status()
+            ready = workers_ready(status, servable)
             if ready >= count:
                 return
+            raise_load_failure(status, servable)  # at once, with the worker's own error
             if time.monotonic() > deadline:
                 raise workers_missing(servable, ready, count, timeout)
             time.sleep(0.1)

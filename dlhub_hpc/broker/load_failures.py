@@ -51,6 +51,10 @@ class LoadFailures:
     def get(self, key: ServableKey) -> dict[str, Any] | None:
         return self._errors.get(key)
 
+    def by_ref(self) -> dict[str, dict[str, Any]]:
+        """Every held error by ``name@version`` (what ``status`` shows, for wait_for_workers)."""
+        return {f"{name}@{version}": dict(error) for (name, version), error in self._errors.items()}
+
     def clear(self, key: ServableKey) -> None:
         """A new worker tries to load ``key``: its callers wait for it again."""
         self._errors.pop(key, None)

@@ -57,6 +57,8 @@ class Snapshot:
     workers: tuple[WorkerView, ...] = ()
     stats: Mapping[str, int] = field(default_factory=lambda: _frozen({}))
     changes: int = -1  # the state's change count when taken (-1: before the first)
+    # name@version -> the load error of a version whose workers all failed to load it
+    load_failures: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
 
     def as_dict(self) -> dict[str, Any]:
         """As plain data (fresh dicts and lists), the shape status replies carry."""
@@ -65,12 +67,14 @@ class Snapshot:
                           for ref, q in self.servables.items()},
             "workers": [{f: getattr(w, f) for f in _WORKER_FIELDS} for w in self.workers],
             "stats": dict(self.stats),
+            "load_failures": {ref: dict(e) for ref, e in self.load_failures.items()},
         }
 
 
 def take_snapshot(queues: Mapping[ServableKey, Mapping[str, RequestQueue]],
                   batches: Iterable[InFlight], workers: Iterable[WorkerInfo],
-                  stats: Mapping[str, int], changes: int) -> Snapshot:
+                  stats: Mapping[str, int], changes: int,
+                  load_failures: Mapping[str, Mapping[str, Any]] | None = None) -> Snapshot:
     """A ``Snapshot`` of the state's own tables (called on the loop thread only)."""
     counts: dict[str, list[int]] = {}
     for (name, version), methods in queues.items():
@@ -86,7 +90,8 @@ def take_snapshot(queues: Mapping[ServableKey, Mapping[str, RequestQueue]],
         for w in workers
     )
     servables = {ref: QueueView(q, f) for ref, (q, f) in counts.items()}
-    return Snapshot(_frozen(servables), views, _frozen(stats), changes)
+    return Snapshot(_frozen(servables), views, _frozen(stats), changes,
+                    _frozen(load_failures or {}))
 
 
 def _binding_text(binding: dict[str, Any] | None) -> str | None:

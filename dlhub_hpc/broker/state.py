@@ -642,7 +642,7 @@ class BrokerState:
         stats = dict(self.stats)
         stats.update(self.memo.stats())
         return take_snapshot(self._queues, self._batches.values(), self._workers.values(),
-                             stats, self.changes)
+                             stats, self.changes, self.load_failures.by_ref())
 
     def snapshot(self) -> dict[str, Any]:
         """``view()`` as plain data (for ``dlhub-hpc status``); on the loop thread only."""

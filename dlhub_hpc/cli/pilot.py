@@ -41,8 +41,32 @@ def start(ctx: click.Context, profile: str, servable: str, nodes: int | None, wa
                       f"{info['profile']} ({info['provider']}): {jobs}")
         if wait:
             with console.status(f"waiting for a worker of {info['pilot_id']}"):
-                client.wait_for_workers(info["servable"], 1, timeout=timeout)
+                wait_for_pilot(client, info["pilot_id"], info["servable"], timeout)
             console.print(f"first worker ready after {time.monotonic() - t0:.1f}s")
+
+
+def wait_for_pilot(client: Any, pilot_id: str, servable: str, timeout: float) -> None:
+    """Until a worker of ``servable`` serves; ``PilotError`` at once, with the pilot's last
+    events, when the pilot gave up (halted) or is gone, and the load error when it failed."""
+    from dlhub_hpc.client import raise_load_failure, workers_missing, workers_ready
+    from dlhub_hpc.errors import PilotError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.status()
+        ready = workers_ready(status, servable)
+        if ready >= 1:
+            return
+        raise_load_failure(status, servable)
+        mine = [p for p in client.pilot_status() if p["pilot_id"] == pilot_id]
+        if not mine or mine[0]["halted"]:
+            events = "; ".join(mine[0]["events"][-5:]) if mine else "none"
+            why = "gave up (halted)" if mine else "is no longer running"
+            raise PilotError(f"{pilot_id} {why} before a worker of {servable} connected; "
+                             f"its last events: {events}", pilot=pilot_id)
+        if time.monotonic() > deadline:
+            raise workers_missing(servable, ready, 1, timeout)
+        time.sleep(0.2)
 
 
 def _blocks_table(pilots: list[dict[str, Any]]) -> Table:

@@ -23,6 +23,19 @@ def pick_image(runtime: ContainerRuntime, images: Mapping[str, ImageRecord]) -> 
     for fmt in runtime.formats:
         if fmt in images:
             return images[fmt]
+    if runtime.formats == ("ref",):  # podman-hpc: an OCI image in its own store
+        some = next(iter(images.values()))
+        tag = f"dlhub-hpc/{some.servable.replace('/', '_')}:{some.version}"
+        rootfs = images["dir"].path if "dir" in images else "ROOTFS"
+        how = "" if "dir" in images else (
+            f"'dlhub-hpc build {some.ref} --backend local' (it records a root filesystem), "
+            "then ")
+        raise ContainerError(
+            f"{runtime.name} runs OCI images from its own store, which 'dlhub-hpc build' "
+            f"cannot make; run {how}on the site's login node 'tar -C {rootfs} -c . | "
+            f"{runtime.name} import - {tag}' and '{runtime.name} migrate {tag}', and set "
+            "container.image: dlhub-hpc/{name}:{version} in a copy of the profile",
+            runtime=runtime.name, built=sorted(images), servable=some.ref)
     raise ContainerError(
         f"the {runtime.name} runtime runs {list(runtime.formats)} images, but only "
         f"{sorted(images)} were built; use another runtime or build on a machine with "

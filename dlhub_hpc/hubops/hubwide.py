@@ -67,6 +67,8 @@ class HubOps:
             **snapshot,
             "servables": {ref: q for ref, q in snapshot["servables"].items() if sees(ref)},
             "workers": [w for w in snapshot["workers"] if sees(str(w.get("servable", "")))],
+            "load_failures": {ref: e for ref, e in snapshot.get("load_failures", {}).items()
+                              if sees(ref)},
         }
 
     def shutdown(self, args: dict[str, Any]) -> dict[str, Any]:

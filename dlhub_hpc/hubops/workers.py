@@ -36,8 +36,9 @@ class WorkerOps:
         self.security.access.check_manage(str(args.get("caller", "")), name)
         count = int(args.get("workers", 1))
         launch = self.security.worker_launch(name)  # confined unless the admin's own
+        ranks = int(getattr(record.spec.servable, "ranks", 1) or 1)  # refused if above 1
         return self._executor.submit(
-            lambda: self.pilots.start_workers(ref, count, launch).to_dict())
+            lambda: self.pilots.start_workers(ref, count, launch, ranks).to_dict())
 
     def stop_workers(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         blocks = args.get("blocks")

@@ -92,13 +92,14 @@ class PilotBlock:
     idle_since: float | None = None
     replaced: bool = False
     stopping: bool = False
+    draining: bool = False  # at walltime, no job slot for a replacement: resubmit once ended
     reason: str = ""
     stderr: str | None = None
 
     def view(self) -> BlockView:
         return BlockView(self.block_id, self.state, self.submitted_at, self.started_at,
                          self.connected, self.ever_connected, self.busy, self.idle_since,
-                         self.replaced, self.stopping)
+                         self.replaced, self.stopping, self.draining)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +171,11 @@ class Pilot:
         self.failures = 0  # blocks in a row that ended before a worker connected
         self.halted = False
         self.journal: Any = None  # recovery.Journal: records blocks for a restarted hub
+        if self.walltime is not None and not fixed and not profile.queue.overlaps(
+                profile.scaling.min_blocks):
+            self._event(f"warning: queue.jobs_per_user is {profile.queue.jobs_per_user}: a block's "
+                        "walltime replacement cannot run beside it, so each block drains and "
+                        "is resubmitted after it ends (serving pauses while it queues)")
 
     def __repr__(self) -> str:
         return (f"Pilot(load_profile({self.profile.name!r}), {self.servable!r}, "
@@ -194,9 +200,10 @@ class Pilot:
         spec = self.profile.container
         if spec.runtime == "none":
             return None
-        # {name} picks the servable's image: owner/name -> owner_name.
+        # {name} picks the servable's image: owner/name -> owner_name; {version}: its version.
+        name, _, version = self.servable.partition("@")
         image = self.image or expand_vars(spec.image or "").replace(
-            "{name}", self.servable.split("@")[0].replace("/", "_"))
+            "{name}", name.replace("/", "_")).replace("{version}", version or "latest")
         if not image:
             raise PilotError(f"profile {self.profile.name!r} names no container.image and "
                              f"no built image was given for {self.servable}")
@@ -299,7 +306,8 @@ class Pilot:
         self.refresh(workers, now)
         with self._lock:
             views = [b.view() for b in self.blocks.values()]
-        decision = decide(self.profile.scaling, views, load, now, self.walltime, self.failures)
+        decision = decide(self.profile.scaling, views, load, now, self.walltime, self.failures,
+                          self.profile.queue.jobs_per_user)
         if decision.halted and self.halted and not decision.dead:
             return decision  # said so already; wait for 'pilot stop'
         for why in decision.reasons:
@@ -325,11 +333,15 @@ class Pilot:
                 self.blocks.pop(block_id, None)
             # Blocks that ended after we stopped or replaced them: nothing left to watch.
             for block_id, block in list(self.blocks.items()):
-                if block.state in TERMINAL and (block.stopping or block.replaced):
+                if block.state in TERMINAL and (block.stopping or block.replaced
+                                                or block.draining):
                     del self.blocks[block_id]
             gone = sorted(before - set(self.blocks))
         if self.journal is not None:
             self.journal.blocks_ended(gone)
+        for block_id in d.drain:
+            if block_id in self.blocks:
+                self.blocks[block_id].draining = True
         for block_id in d.replace:
             if block_id in self.blocks:
                 self.blocks[block_id].replaced = True

@@ -210,6 +210,18 @@ class ScalingSpec(BaseModel):
         return self
 
 
+class QueueSpec(BaseModel):
+    """What the site's queue allows one user: walltime replacement needs two jobs at once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    jobs_per_user: int | None = Field(default=None, ge=1, description="jobs of one user the "
+                                      "queue runs at once (None: no limit stated)")
+
+    def overlaps(self, blocks: int) -> bool:
+        """Can a replacement run beside ``blocks`` blocks of this pilot?"""
+        return self.jobs_per_user is None or blocks < self.jobs_per_user
+
+
 class WalltimeSpec(BaseModel):
     """Seconds before a block's walltime ends at which workers drain / a replacement starts."""
 
@@ -240,6 +252,7 @@ class SiteProfile(BaseModel):
     hub: HubAccess = Field(default_factory=HubAccess)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     walltime: WalltimeSpec = Field(default_factory=WalltimeSpec)
+    queue: QueueSpec = Field(default_factory=QueueSpec)
 
     def __repr__(self) -> str:
         return f"load_profile({self.name!r})"
@@ -250,6 +263,10 @@ class SiteProfile(BaseModel):
         if wall is not None and self.walltime.replace_lead >= wall:
             raise ValueError(f"walltime.replace_lead ({self.walltime.replace_lead:g}s) must be "
                              f"shorter than the provider walltime ({wall:g}s)")
+        limit = self.queue.jobs_per_user
+        if limit is not None and self.scaling.min_blocks > limit:
+            raise ValueError(f"scaling.min_blocks ({self.scaling.min_blocks}) exceeds "
+                             f"queue.jobs_per_user ({limit}): the queue would never run them")
         return self
 
     @property

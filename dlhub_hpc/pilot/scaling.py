@@ -15,10 +15,12 @@ in order:
    submitted (even above ``max_blocks``), so the servable never drops to zero workers; the
    old block's workers drain ``drain_margin`` seconds before the end and leave. A block
    idle for ``idle_release`` with nothing queued and enough others for ``min_blocks`` is
-   not replaced: rule 5 releases it.
+   not replaced: rule 5 releases it. Where the queue runs no more of the user's jobs
+   (``jobs_per_user``) the two cannot overlap: the block drains, and its replacement is
+   submitted once it has ended (rule 3), with a warning that serving pauses meanwhile.
 3. floor: fewer live blocks than ``min_blocks``: submit.
 4. up: queued items per worker above ``queue_per_worker``, with every worker busy, and no
-   block still pending: one more block, up to ``max_blocks``.
+   block still pending: one more block, up to ``max_blocks`` (and ``jobs_per_user``).
 5. down: nothing queued, and a block whose workers all sat idle for ``idle_release``
    seconds while more than ``min_blocks`` remain: release it (one per decision).
 """
@@ -49,6 +51,7 @@ class BlockView:
     idle_since: float | None = None  # all its workers idle since (None: some busy)
     replaced: bool = False  # a walltime replacement was already submitted for it
     stopping: bool = False  # we cancelled it or it is draining at walltime
+    draining: bool = False  # at walltime with no job slot for a replacement: ends, then resubmit
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,13 @@ class Decision:
     replace: list[str] = field(default_factory=list)  # blocks whose walltime replacement starts
     cancel: list[str] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
+    drain: list[str] = field(default_factory=list)  # replaced only once they have ended
     failed: int = 0  # dead blocks that never connected a worker
     halted: bool = False
     reasons: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.submit or self.replace or self.cancel or self.dead)
+        return bool(self.submit or self.replace or self.cancel or self.dead or self.drain)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class WalltimePlan:
 
 
 def _is_dead(block: BlockView, now: float, grace: float) -> str | None:
-    if block.stopping or block.replaced:
+    if block.stopping or block.replaced or block.draining:
         return None  # its workers leave on purpose; a replacement is already on its way
     if block.state in TERMINAL:
         when = "while serving" if block.ever_connected else "before any worker connected"
@@ -98,6 +102,29 @@ def _is_dead(block: BlockView, now: float, grace: float) -> str | None:
     return None
 
 
+def _walltime(spec: ScalingSpec, live: list[BlockView], load: Load, now: float,
+              walltime: WalltimePlan, free: int | None, d: Decision) -> None:
+    """Rule 2: replace blocks near their walltime, or drain them where no job slot is free."""
+    for b in live:
+        due = b.started_at is not None and (
+            now >= b.started_at + walltime.walltime - walltime.replace_lead)
+        # An idle block above the floor is not worth a new job: rule 5 releases it.
+        others = sum(1 for o in live if o is not b and not o.replaced)
+        spare = (load.queued == 0 and b.idle_since is not None
+                 and now - b.idle_since >= spec.idle_release)
+        if not due or b.replaced or b.draining or (spare and others >= spec.min_blocks):
+            continue
+        if free is not None and free <= len(d.replace):
+            d.drain.append(b.block_id)
+            d.reasons.append(f"{b.block_id} nears its walltime, and the queue runs no more of "
+                             "this user's jobs (queue.jobs_per_user): it drains, and its "
+                             "replacement is submitted once it has ended; serving pauses "
+                             "until the replacement starts")
+            continue
+        d.replace.append(b.block_id)
+        d.reasons.append(f"{b.block_id} nears its walltime: replacement submitted")
+
+
 def decide(
     spec: ScalingSpec,
     blocks: list[BlockView],
@@ -105,8 +132,10 @@ def decide(
     now: float,
     walltime: WalltimePlan | None = None,
     failures: int = 0,
+    jobs_per_user: int | None = None,
 ) -> Decision:
-    """What to do now; ``failures``: blocks in a row that ended before a worker connected."""
+    """What to do now; ``failures``: blocks in a row that ended before a worker connected;
+    ``jobs_per_user``: how many of the user's jobs the queue runs at once (None: no limit)."""
     d = Decision()
     live: list[BlockView] = []
     for b in blocks:
@@ -124,25 +153,22 @@ def decide(
         d.reasons.append(f"{failures + d.failed} blocks in a row ended before a worker "
                          "connected: no more are submitted; see the jobs' stderr")
         return d
+    # Jobs still in the queue hold a slot until they end, those we stop included.
+    held = sum(1 for b in blocks if b.state not in TERMINAL and b.block_id not in d.dead)
+    free = None if jobs_per_user is None else max(jobs_per_user - held, 0)
 
     if walltime is not None:
-        for b in live:
-            due = b.started_at is not None and (
-                now >= b.started_at + walltime.walltime - walltime.replace_lead)
-            # An idle block above the floor is not worth a new job: rule 5 releases it.
-            others = sum(1 for o in live if o is not b and not o.replaced)
-            spare = (load.queued == 0 and b.idle_since is not None
-                     and now - b.idle_since >= spec.idle_release)
-            if due and not b.replaced and not (spare and others >= spec.min_blocks):
-                d.replace.append(b.block_id)
-                d.reasons.append(f"{b.block_id} nears its walltime: replacement submitted")
+        _walltime(spec, live, load, now, walltime, free, d)
+    free = None if free is None else free - len(d.replace)
     # Blocks being replaced no longer count: their replacements stand in for them.
     counted = [b for b in live if not b.replaced and b.block_id not in d.replace]
     count = len(counted) + len(d.replace)
 
     if count < spec.min_blocks:
-        d.submit = spec.min_blocks - count
-        d.reasons.append(f"{count} live blocks, fewer than min_blocks {spec.min_blocks}")
+        d.submit = spec.min_blocks - count if free is None else min(
+            spec.min_blocks - count, free)
+        if d.submit:  # else a job slot frees when a stopped block ends: no event each tick
+            d.reasons.append(f"{count} live blocks, fewer than min_blocks {spec.min_blocks}")
         return d
 
     # A running block whose workers have not connected yet is still starting (image pull,
@@ -154,7 +180,8 @@ def decide(
     # With no worker at all (min_blocks 0, all released) any queued item needs a block.
     wanted = load.queued > 0 if load.workers == 0 else (
         load.queued > spec.queue_per_worker * capacity)
-    if wanted and saturated and not pending and count < spec.max_blocks:
+    room = count < spec.max_blocks and (free is None or free > 0)
+    if wanted and saturated and not pending and room:
         d.submit = 1
         d.reasons.append(f"{load.queued} queued for {load.workers} busy workers: one more block")
         return d

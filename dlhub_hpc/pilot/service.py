@@ -113,8 +113,19 @@ class PilotService:
     # -- 'workers start': fixed pilots of one block --
 
     def start_workers(self, servable: str, workers: int,
-                      launch: WorkerLaunch | None = None) -> PilotBlock:
-        """Submit one block running ``workers`` workers for ``servable``; never scaled."""
+                      launch: WorkerLaunch | None = None, ranks: int = 1) -> PilotBlock:
+        """Submit one block running ``workers`` workers for ``servable``; never scaled.
+
+        ``ranks``: the MPI ranks the servable declares. The hub's provider runs single
+        processes, so a servable of more ranks is refused: one rank alone would give another
+        answer (an ensemble of one member), and the hub would memoize it.
+        """
+        if ranks > 1:
+            raise PilotError(
+                f"{servable} declares ranks: {ranks}; 'workers start' runs single-process "
+                f"workers and cannot start it under an MPI launcher: use 'dlhub-hpc pilot "
+                f"start {servable} --profile PROFILE' with a profile that has an mpi_launcher "
+                "(e.g. slurm-local, polaris, frontier)", servable=servable, ranks=ranks)
         profile = fixed_profile(workers)
         pilot = self.setup().pilot(servable, profile, f"block-{next(self._block_ids)}", launch)
         self.add(pilot)

@@ -25,7 +25,7 @@ from dlhub_hpc.errors import ConfigError, ExecutionError, ServableLoadError
 from dlhub_hpc.protocol import Assign
 from dlhub_hpc.servable.shims import Shim
 from dlhub_hpc.servable.spec import ServableSpec
-from dlhub_hpc.worker.runner import Runner, WireResult, load_assigned, run_shim
+from dlhub_hpc.worker.runner import Runner, WireResult, check_ranks, load_assigned, run_shim
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class MpiRunner(Runner):
         if problems or spec is None:
             raise ServableLoadError("; ".join(problems), ranks=self.ranks)
         self.ensemble = spec.servable.ensemble
+        check_ranks(spec, self.ranks)
         if spec.servable.ranks != self.ranks:
             logger.warning("%s declares %d ranks but runs on %d", spec.full_name,
                            spec.servable.ranks, self.ranks)

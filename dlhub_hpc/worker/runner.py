@@ -96,6 +96,18 @@ def load_assigned(assign: Assign, cache_dir: Path) -> tuple[ServableSpec, Shim]:
         ) from exc
 
 
+def check_ranks(spec: ServableSpec, ranks: int) -> None:
+    """Refuse a servable that declares more MPI ranks than this worker runs on: an ensemble
+    on fewer members answers differently, and the hub would memoize that answer."""
+    if spec.servable.ranks > ranks:
+        raise ServableLoadError(
+            f"{spec.full_name} declares ranks: {spec.servable.ranks} but this worker runs on "
+            f"{ranks} rank(s); start it under an MPI launcher with "
+            f"'dlhub-hpc pilot start {spec.full_name} --profile PROFILE' (a profile with an "
+            "mpi_launcher), not 'workers start'",
+            servable=spec.full_name, ranks=ranks, declared=spec.servable.ranks)
+
+
 def run_shim(shim: Shim, method: str, payloads: list[Any]) -> list[WireResult]:
     """Run one batch through ``shim``: one wire result per payload, a failure stays per item."""
     return [
@@ -132,10 +144,10 @@ class LocalRunner(Runner):
         return f"LocalRunner(cache_dir={str(self.cache_dir)!r})"
 
     def load(self, assign: Assign) -> ServableSpec:
+        # Checked before the model is imported: a refused servable costs nothing to load.
+        check_ranks(ServableSpec.from_data(assign.spec, f"{assign.servable}@{assign.version}"),
+                    self.ranks)
         spec, self.shim = load_assigned(assign, self.cache_dir)
-        if spec.servable.ranks > 1:
-            logger.warning("%s declares %d MPI ranks but this worker runs alone (no --mpi); "
-                           "an ensemble then has one member", spec.full_name, spec.servable.ranks)
         return spec
 
     def run(self, method: str, payloads: list[Any]) -> list[WireResult]:

@@ -51,8 +51,12 @@ def test_polaris_pbs_script(tmp_path: Path) -> None:
     assert "#PBS -l select=2:ncpus=64:ngpus=4" in script
     assert "#PBS -l walltime=01:00:00" in script
     assert "#PBS -l filesystems=home:eagle" in script
+    assert "#PBS -l singularity_fakeroot=true" in script  # apptainer build --fakeroot
     assert "module load spack-pe-base apptainer" in script
-    assert "mpiexec --cpu-bind none --depth=16 --ppn 4 -n $WORKERCOUNT" in script
+    # Each worker bound to its 8 cores (Parsl's "none" goes to --mem-bind, not --cpu-bind).
+    assert ("mpiexec --mem-bind none --ppn 4 --depth=8 --cpu-bind depth -n $WORKERCOUNT"
+            in script)
+    assert "--cpu-bind none" not in script
     assert "WORKERCOUNT=8" in script
     worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
     assert worker.startswith("apptainer exec --cleanenv --contain --no-home --nv")
@@ -72,6 +76,12 @@ def test_aurora_binds_twelve_tiles_with_ze_affinity_mask(tmp_path: Path) -> None
     script, _, pilot = render("aurora", tmp_path)
     assert "#PBS -l select=1:ncpus=208" in script
     assert "WORKERCOUNT=12" in script and "--ppn 12" in script
+    assert "#PBS -l filesystems=home:flare" in script
+    assert ("--cpu-bind list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:"
+            "85-92:93-100") in script and "--cpu-bind none" not in script
+    assert pilot.profile.hub.interface == "hsn0"  # ALCF's Aurora Parsl guidance
+    assert pilot.profile.queue.jobs_per_user == 1  # debug: one job per user
+    assert any("cannot run beside it" in e for e in pilot.events)
     worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
     assert "--gpu-env ZE_AFFINITY_MASK" in worker and "--nv" not in worker
     assert "0.0,0.1,1.0,1.1,2.0,2.1,3.0,3.1,4.0,4.1,5.0,5.1" in worker
@@ -80,7 +90,7 @@ def test_aurora_binds_twelve_tiles_with_ze_affinity_mask(tmp_path: Path) -> None
 
 def test_mpi_servable_runs_under_the_mpi_launcher(tmp_path: Path) -> None:
     script, _, pilot = render("polaris", tmp_path, ranks=4)
-    assert "mpiexec --cpu-bind none --depth=8 -n $WORKERCOUNT" in script
+    assert "mpiexec --mem-bind none --ppn 4 --depth=8 --cpu-bind depth -n $WORKERCOUNT" in script
     assert "WORKERCOUNT=4" in script
     worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
     assert "--mpi" in worker.split()
@@ -94,17 +104,67 @@ def test_frontier_slurm_script(tmp_path: Path) -> None:
                  "#SBATCH --account=matsci", "#SBATCH --partition=batch", "#SBATCH -C nvme",
                  "#SBATCH --exclusive"):
         assert line in script
-    assert "srun --ntasks 8 -l --gpus-per-node=8" in script.replace("  ", " ")
+    assert ("srun --ntasks 8 -l --gpus-per-node=8 --gpu-bind=closest -c 7 --threads-per-core=1"
+            in script.replace("  ", " "))
+    assert ("module load olcf-container-tools apptainer-enable-mpi apptainer-enable-gpu"
+            in script)
     worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
     assert "apptainer exec --cleanenv --contain --no-home --rocm" in worker
-    assert "--gpu-env ROCR_VISIBLE_DEVICES" in worker
+    assert "--gpus 4,5,2,3,6,7,0,1 --gpu-env ROCR_VISIBLE_DEVICES" in worker
 
 
 def test_perlmutter_uses_podman_hpc_with_gpus(tmp_path: Path) -> None:
-    script, _, _ = render("perlmutter", tmp_path, job_id="99")
+    container = {"runtime": "podman-hpc", "image": "dlhub-hpc/{name}:{version}"}
+    script, _, pilot = render("perlmutter", tmp_path, job_id="99", container=container)
     assert "#SBATCH --qos=regular" in script and "#SBATCH --constraint=gpu" in script
+    assert "#SBATCH --gpus-per-node=4" in script
+    assert "srun --ntasks 4 -l -c 32 --cpu-bind=cores" in script
+    assert pilot.provider.cmd_timeout == 120  # type: ignore[attr-defined]
     worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
-    assert worker.startswith("podman-hpc run") and "dlhub-hpc/alice_oqmd:latest" in worker
+    assert worker.startswith("podman-hpc run") and " --gpu " in worker
+    assert "dlhub-hpc/alice_oqmd:3 python3" in worker  # as 'podman-hpc migrate'd
+
+
+def test_perlmutter_refuses_without_an_image_and_says_how_to_make_one(
+        tmp_path: Path) -> None:
+    from dlhub_hpc.container.launch import pick_image
+    from dlhub_hpc.container.runtimes import get_runtime
+    from dlhub_hpc.errors import ContainerError
+    from dlhub_hpc.registry.images import ImageRecord
+
+    assert load_profile("perlmutter").container.image is None
+    built = {"sif": ImageRecord("alice/oqmd", 3, "d", "r", "sif", "/i/image.sif", "s", 0.0),
+             "dir": ImageRecord("alice/oqmd", 3, "d", "r", "dir", "/i/rootfs", "s", 0.0)}
+    with pytest.raises(ContainerError) as caught:
+        pick_image(get_runtime("podman-hpc"), built)
+    message = caught.value.message
+    assert "tar -C /i/rootfs -c . | podman-hpc import - dlhub-hpc/alice_oqmd:3" in message
+    assert "podman-hpc migrate dlhub-hpc/alice_oqmd:3" in message
+    assert "container.image" in message
+
+
+@pytest.mark.parametrize(("site", "directives"), [
+    ("polaris", ["#PBS -l singularity_fakeroot=true", "--cpu-bind depth", "--depth=8"]),
+    ("aurora", ["#PBS -l filesystems=home:flare", "--cpu-bind list:1-8:", "--ppn 12"]),
+    ("frontier", ["apptainer-enable-gpu", "--gpu-bind=closest", "-c 7", "#SBATCH -C nvme"]),
+    ("perlmutter", ["#SBATCH --constraint=gpu", "#SBATCH --gpus-per-node=4", "-c 32",
+                    "podman-hpc run"]),
+])
+def test_profiles_render_shows_each_sites_key_directives(site: str,
+                                                         directives: list[str]) -> None:
+    from dlhub_hpc.pilot.render import render_block
+
+    block = render_block(load_profile(site), "alice/oqmd@3", "tcp://0.0.0.0:47651")
+    text = block.script + block.submit_command
+    for directive in directives:
+        assert directive in text, f"{site}: {directive!r} not in the rendered block"
+    assert "--cpu-bind none" not in text
+
+
+def test_every_site_profile_sets_a_scheduler_command_timeout() -> None:
+    for site in ("polaris", "aurora", "frontier", "perlmutter", "slurm", "pbs"):
+        timeout = load_profile(site).provider.options().get("cmd_timeout")
+        assert timeout is not None and timeout >= 60, site
 
 
 def test_unset_variables_and_bad_counts_are_refused(tmp_path: Path,

@@ -93,3 +93,31 @@ def test_blocks_that_never_connect_halt_the_pilot_after_max_failures() -> None:
     served = running("b4", state="CANCELLED", connected=0)
     d = decide(spec, [served], Load(), NOW, failures=2)
     assert d.failed == 0 and d.submit == 1 and not d.halted
+
+
+def test_one_job_per_user_drains_then_resubmits_instead_of_overlapping() -> None:
+    plan = WalltimePlan(walltime=100, replace_lead=20)
+    near = running(started_at=NOW - 85)  # 15 s left: due for replacement
+    d = decide(SPEC, [near], Load(queued=3, workers=2, busy=2), NOW, plan, jobs_per_user=1)
+    assert d.replace == [] and d.submit == 0, "a second job would not run beside the first"
+    assert d.drain == ["b1"] and "serving pauses" in d.reasons[0]
+    # While it drains it still serves: nothing more is submitted, and it is not 'dead'.
+    draining = replace(near, draining=True)
+    assert not decide(SPEC, [draining], Load(queued=3, workers=2, busy=2), NOW, plan,
+                      jobs_per_user=1)
+    # Once it has ended, its slot is free: the replacement goes in, and no failure counts.
+    ended = replace(draining, state="TIMEOUT", connected=0)
+    d = decide(SPEC, [ended], Load(), NOW + 30, plan, jobs_per_user=1)
+    assert d.submit == 1 and not d.dead and d.failed == 0
+    # With room for two jobs the replacement overlaps, as before.
+    d = decide(SPEC, [near], Load(queued=3, workers=2, busy=2), NOW, plan, jobs_per_user=2)
+    assert d.replace == ["b1"] and not d.drain
+
+
+def test_jobs_per_user_caps_scaling_up() -> None:
+    busy = Load(queued=100, workers=2, busy=2)
+    assert decide(SPEC, [running()], busy, NOW, jobs_per_user=2).submit == 1
+    assert not decide(SPEC, [running()], busy, NOW, jobs_per_user=1)
+    stopping = BlockView("b0", "RUNNING", NOW - 50, NOW - 40, stopping=True)
+    assert not decide(SPEC, [running(), stopping], busy, NOW, jobs_per_user=2), (
+        "a cancelled job still in the queue holds its slot")

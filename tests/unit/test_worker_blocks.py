@@ -116,3 +116,22 @@ def test_blocks_are_recorded_as_no_pilots_and_adopted_after_a_restart(
         assert records.blocks() == []
     finally:
         registry.close()
+
+
+def test_an_mpi_servable_is_refused_rather_than_run_on_one_rank(
+        service: PilotService, provider: _Recording) -> None:
+    with pytest.raises(PilotError, match=r"declares ranks: 2.*pilot start demo/ens"):
+        service.start_workers("demo/ens", 1, ranks=2)
+    assert provider.commands == [], "nothing was submitted"
+
+
+def test_a_worker_alone_refuses_a_servable_of_two_ranks(tmp_path: Path) -> None:
+    from dlhub_hpc.errors import ServableLoadError
+    from dlhub_hpc.protocol import Assign
+    from dlhub_hpc.worker.runner import LocalRunner
+
+    spec = {"datacite": {"title": "t"}, "dlhub": {"owner": "demo", "name": "ens"},
+            "servable": {"type": "python_function", "ranks": 2, "ensemble": "mean",
+                         "methods": {"run": {"input": {"type": "any"}, "function": "m:f"}}}}
+    with pytest.raises(ServableLoadError, match=r"declares ranks: 2 but this worker runs on 1"):
+        LocalRunner(tmp_path).load(Assign("demo/ens", 1, "d" * 64, spec, b""))
