@@ -82,28 +82,33 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
     def submit(
         self, servable: str, inputs: Any, *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
+        parameters: dict[str, Any] | None = None,
     ) -> asyncio.Future[Any]:
         """Send one request now; await the future for the output (or its typed error).
+        The arguments are ``Client.submit``'s.
 
         Must be called with the client's event loop running. Bad inputs raise here.
         """
-        return self._send(*self._request(servable, inputs, method, timeout, cache))
+        return self._send(*self._request(servable, inputs, method, timeout, cache, parameters))
 
     async def run(
         self, servable: str, inputs: Any, *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
+        parameters: dict[str, Any] | None = None,
     ) -> Any:
         """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``)."""
-        return await self.submit(servable, inputs, method=method, timeout=timeout, cache=cache)
+        return await self.submit(servable, inputs, method=method, timeout=timeout, cache=cache,
+                                 parameters=parameters)
 
     async def run_batch(
         self, servable: str, inputs: list[Any], *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
-        return_exceptions: bool = False,
+        return_exceptions: bool = False, parameters: dict[str, Any] | None = None,
     ) -> list[Any]:
         """As ``Client.run_batch``: outputs in order; the first failed item (in order)
         raises, or with ``return_exceptions=True`` stands in the list."""
-        futures = [self.submit(servable, x, method=method, timeout=timeout, cache=cache)
+        futures = [self.submit(servable, x, method=method, timeout=timeout, cache=cache,
+                               parameters=parameters)
                    for x in inputs]
         results = await asyncio.gather(*futures, return_exceptions=True)
         if not return_exceptions:

@@ -39,6 +39,7 @@ from dlhub_hpc.errors import (
     ConfigError,
     DlhubHpcError,
     HubUnavailable,
+    InvalidInput,
     PayloadTooLarge,
     ProtocolError,
     ServableDeprecated,
@@ -179,6 +180,18 @@ def workers_missing(servable: str, ready: int, count: int, timeout: float) -> Hu
                           servable=servable)
 
 
+def checked_parameters(parameters: Any) -> dict[str, Any] | None:
+    """``parameters`` as a request carries them: None when there are none to override
+    (so such requests batch and memoize with the plain ones); ``InvalidInput`` unless a
+    dict keyed by the method's parameter names."""
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict) or not all(isinstance(k, str) for k in parameters):
+        raise InvalidInput("parameters should be a dict of the method's parameter names to "
+                           f"values, not {type(parameters).__name__}", path="parameters")
+    return dict(parameters) or None
+
+
 class ClientCore:
     """What a client is before it has sockets: where the hub is, its keys and limits, and
     the building and checking of requests (``Client`` and ``AsyncClient`` share it)."""
@@ -224,13 +237,15 @@ class ClientCore:
         return f"{type(self).__name__}(address={self._address!r}, timeout={self.timeout!r})"
 
     def _request(self, servable: str, inputs: Any, method: str,
-                 timeout: float | UseClientDefault | None, cache: bool
+                 timeout: float | UseClientDefault | None, cache: bool,
+                 parameters: dict[str, Any] | None = None,
                  ) -> tuple[str, list[Any], float | None]:
         """A request's id, its checked frames, and how long to wait for its reply."""
         name, version = parse_ref(servable)
         seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
         request_id = self._new_id()
-        frames = self._frames(Request(request_id, name, version, method, inputs, seconds, cache))
+        frames = self._frames(Request(request_id, name, version, method, inputs, seconds, cache,
+                                      checked_parameters(parameters)))
         # The hub answers Timeout at the deadline; past it plus a grace, the hub is gone.
         return request_id, frames, None if seconds is None else seconds + _GRACE
 
@@ -246,6 +261,8 @@ class ClientCore:
         or would refuse for its size (``PayloadTooLarge``): before anything is sent."""
         if isinstance(msg, Request):
             check_carriable(msg.payload, "the input")
+            if msg.parameters:
+                check_carriable(msg.parameters, "the parameters")
         else:
             check_carriable(msg.args, f"the arguments of {msg.op}")
         frames = encode(msg)
@@ -425,30 +442,36 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
     def submit(
         self, servable: str, inputs: Any, *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
+        parameters: dict[str, Any] | None = None,
     ) -> Future[Any]:
         """Send one request; the future holds the output or a ``DlhubHpcError``.
 
         ``servable`` is ``owner/name`` or ``owner/name@version``; ``method`` defaults to the
         servable's ``run`` (or its first method); ``timeout`` defaults to the client's;
-        ``cache=False`` skips the hub's memo cache for this request.
+        ``cache=False`` skips the hub's memo cache for this request; ``parameters``
+        override the method's default keyword parameters (names it does not declare are
+        ``InvalidInput``).
         """
-        return self._send(*self._request(servable, inputs, method, timeout, cache))
+        return self._send(*self._request(servable, inputs, method, timeout, cache, parameters))
 
     def run(
         self, servable: str, inputs: Any, *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
+        parameters: dict[str, Any] | None = None,
     ) -> Any:
-        """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``).
+        """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``);
+        the arguments are ``submit``'s.
 
         Blocks the calling thread, which talks to the hub on a socket of its own.
         """
-        request_id, frames, wait = self._request(servable, inputs, method, timeout, cache)
+        request_id, frames, wait = self._request(servable, inputs, method, timeout, cache,
+                                                 parameters)
         return self._thread_socket().call(request_id, frames, wait, self.address)
 
     def run_batch(
         self, servable: str, inputs: list[Any], *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
-        return_exceptions: bool = False,
+        return_exceptions: bool = False, parameters: dict[str, Any] | None = None,
     ) -> list[Any]:
         """Run ``servable`` on each of ``inputs``; outputs come back in the same order.
 
@@ -457,7 +480,8 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         ``asyncio.gather``) stands in the list in place of its output.
         """
         futures = [
-            self.submit(servable, x, method=method, timeout=timeout, cache=cache) for x in inputs
+            self.submit(servable, x, method=method, timeout=timeout, cache=cache,
+                        parameters=parameters) for x in inputs
         ]
         if not return_exceptions:
             return [f.result() for f in futures]

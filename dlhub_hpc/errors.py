@@ -33,6 +33,7 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     │   ├── ImageBuildError      one build step failed (the step's name and its log tail)
     │   └── ImageDigestMismatch  an image's sha256 differs from its record; it is refused
     ├── PayloadTooLarge          a message is over a size limit (its size, the limit, the setting)
+    ├── NotSupportedHere         a DLHub SDK call with no meaning on a hub (says what replaces it)
     ├── BrokerInvariantError     the broker's books do not balance: a fault of the hub's own
     ├── EndpointError            Globus Compute could not run the forwarding call on the endpoint
     └── LimitExceeded            a call or its result does not fit Globus Compute's limits
@@ -168,6 +169,11 @@ class PayloadTooLarge(DlhubHpcError):
     ``details`` has ``size`` and ``limit`` in bytes and ``setting``, the knob that raises
     the limit; a smaller input (or sending it as a file path) is the other fix.
     """
+
+
+class NotSupportedHere(DlhubHpcError):
+    """A DLHub SDK call that has no meaning on this hub (Globus login, cloud container
+    builds); the message says what replaces it."""
 
 
 class BrokerInvariantError(DlhubHpcError):

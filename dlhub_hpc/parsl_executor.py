@@ -49,24 +49,26 @@ class ServableCall:
 
     def __init__(self, servable: str, method: str = "",
                  timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
-                 cache: bool = True) -> None:
+                 cache: bool = True, parameters: dict[str, Any] | None = None) -> None:
         parse_ref(servable)  # a bad reference fails where the app is made
         self.servable = servable
         self.method = method
         self.timeout = timeout
         self.cache = cache
+        self.parameters = parameters
         self.__name__ = re.sub(r"\W", "_", servable)
         self.__qualname__ = self.__name__
         self.__doc__ = f"Run servable {servable} on one input."
 
     def __repr__(self) -> str:
         return (f"ServableCall({self.servable!r}, method={self.method!r}, "
-                f"timeout={self.timeout!r}, cache={self.cache!r})")
+                f"timeout={self.timeout!r}, cache={self.cache!r}, "
+                f"parameters={self.parameters!r})")
 
     def __call__(self, data: Any) -> Any:
         with Client() as client:
             return client.run(self.servable, data, method=self.method, timeout=self.timeout,
-                              cache=self.cache)
+                              cache=self.cache, parameters=self.parameters)
 
 
 def servable_app(
@@ -76,15 +78,18 @@ def servable_app(
     executor: str = "dlhub",
     timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     cache: bool = True,
+    parameters: dict[str, Any] | None = None,
     data_flow_kernel: Any = None,
 ) -> PythonApp:
     """A Parsl app that runs ``servable`` (``owner/name[@version]``) on its one argument.
 
     ``executor`` is the label of the ``DLHubExecutor`` in the loaded Config; ``timeout``
     (seconds, default: the executor's) is the hub's deadline per call, and a ``walltime=``
-    given to one call overrides it; ``cache=False`` skips the hub's memo cache.
+    given to one call overrides it; ``cache=False`` skips the hub's memo cache;
+    ``parameters`` override the method's default parameters (``parameters=`` given to
+    one call overrides them).
     """
-    call = ServableCall(servable, method, timeout, cache)
+    call = ServableCall(servable, method, timeout, cache, parameters)
     return PythonApp(call, data_flow_kernel=data_flow_kernel, executors=[executor])
 
 
@@ -165,6 +170,7 @@ class DLHubExecutor(ParslExecutor):
         for key in _MONITORING_KWARGS:
             kwargs.pop(key, None)
         timeout = kwargs.pop("walltime", call.timeout)
+        parameters = kwargs.pop("parameters", call.parameters)
         if len(args) != 1 or kwargs:
             raise InvalidInput(
                 f"a servable app takes exactly one positional input; got {len(args)} "
@@ -172,7 +178,7 @@ class DLHubExecutor(ParslExecutor):
                 servable=call.servable,
             )
         return self.client.submit(call.servable, args[0], method=call.method, timeout=timeout,
-                                  cache=call.cache)
+                                  cache=call.cache, parameters=parameters)
 
     def shutdown(self) -> None:
         if self._client is not None:

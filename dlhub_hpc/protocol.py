@@ -84,6 +84,9 @@ class Message:
     FIELDS: ClassVar[tuple[str, ...]]
     REQUIRED: ClassVar[int]  # fields without a default; later ones may be left off the wire
     DEPTHS: ClassVar[dict[str, int]] = {}  # how deeply a field may nest; else _WIRE_DEPTH
+    # The last field is left off the wire when it is None, so a peer that predates it
+    # still decodes the message whenever the field is not used.
+    OMIT_LAST_NONE: ClassVar[bool] = False
     CHECKS: ClassVar[tuple[_Check, ...]]  # what decode checks of each field, in order
 
 
@@ -132,11 +135,15 @@ class Request(Message):
     """Client -> hub: run ``method`` of ``servable`` (at ``version``; None is the latest).
 
     ``cache=False`` bypasses the memo cache (and single flight) for this request.
+    ``parameters`` override the method's default keyword parameters (DLHub's
+    ``run(..., parameters=)``); None keeps the defaults.
     """
 
     TAG = Tag.REQUEST
-    TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE), bool)
-    DEPTHS = {"payload": MAX_DEPTH}  # what a client may send, so a worker can take it
+    TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE), bool, (dict, _NONE))
+    # what a client may send, so a worker can take it
+    DEPTHS = {"payload": MAX_DEPTH, "parameters": MAX_DEPTH}
+    OMIT_LAST_NONE = True
     request_id: str
     servable: str
     version: int | None
@@ -144,6 +151,7 @@ class Request(Message):
     payload: Any
     timeout: float | None = None
     cache: bool = True
+    parameters: dict[str, Any] | None = None
 
 
 @_message
@@ -234,13 +242,18 @@ class LoadFailed(Message):
 @_message
 @dataclass(slots=True)
 class Batch(Message):
-    """Hub -> worker: run ``method`` on each payload."""
+    """Hub -> worker: run ``method`` on each payload. ``parameters``, one per payload
+    (a dict, or None for the defaults), override the method's default parameters; None
+    when no request of the batch gave any (the common case costs nothing)."""
 
     TAG = Tag.BATCH
-    TYPES = (int, str, list)
+    TYPES = (int, str, list, (list, _NONE))
+    DEPTHS = {"parameters": MAX_DEPTH + 2}  # a request's parameters, in a dict in a list
+    OMIT_LAST_NONE = True
     batch_id: int
     method: str
     payloads: list[Any]
+    parameters: list[dict[str, Any] | None] | None = None
 
 
 @_message
@@ -445,6 +458,8 @@ def encode(msg: Message) -> list[Any]:
     buffers: list[Any] = []
     values = [PROTOCOL_VERSION, int(msg.TAG)]
     values.extend(getattr(msg, name) for name in msg.FIELDS)
+    if msg.OMIT_LAST_NONE and values[-1] is None:
+        values.pop()
     try:
         header = msgpack.packb(values, default=_pack_default(buffers), use_bin_type=True)
     except DlhubHpcError:
@@ -667,7 +682,7 @@ def split_request(frames: Sequence[Any], pause: Pause) -> Request | None:
                 fed += _SLICE_BYTES
                 pause()
         end = unpacker.tell()
-        if size - end > _PEEK_BYTES:  # the fields after the payload are two scalars
+        if size - end > _PEEK_BYTES:  # the fields after the payload are small
             return None
         unpacker.feed(view[fed:])
         rest = [unpacker.unpack() for _ in range(count - 5)]

@@ -40,6 +40,8 @@ class ServableInfo:
     deterministic: bool = False  # same input, same output: answers may be memoized
     pipeline: tuple[PipelineStage, ...] = ()  # a pipeline's stages; it runs in the hub
     notice: str | None = None  # sent with every answer: e.g. the version is deprecated
+    # each method's default parameters, by name: what a request may override
+    params: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, record: ServableRecord) -> ServableInfo:
@@ -54,6 +56,7 @@ class ServableInfo:
             deterministic=block.deterministic,
             pipeline=tuple(block.steps or ()),
             notice=deprecation_notice(record),
+            params={name: tuple(m.parameters) for name, m in block.methods.items()},
         )
 
     @property
@@ -170,6 +173,7 @@ class Pending:
     queued: bool = True
     done: bool = False
     notice: str | None = None  # ServableInfo.notice, for the reply
+    parameters: dict[str, Any] | None = None  # overrides of the method's defaults
 
 
 @dataclass(slots=True, eq=False)

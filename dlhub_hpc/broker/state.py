@@ -46,6 +46,7 @@ from dlhub_hpc.broker.gate import Gate, OpenGate
 from dlhub_hpc.broker.invariants import problems
 from dlhub_hpc.broker.load_failures import LoadFailures
 from dlhub_hpc.broker.memo import MemoCache, memo_key
+from dlhub_hpc.broker.parameters import check_parameters, memo_method
 from dlhub_hpc.broker.pipeline import PipelineRunner
 from dlhub_hpc.broker.snapshot import Snapshot, take_snapshot
 from dlhub_hpc.errors import (
@@ -206,7 +207,11 @@ class BrokerState:
         if declared is None or info.pipeline:
             return None
         memoize = info.deterministic and req.cache and bool(self.memo.max_bytes)
-        return InputPlan(info, method, declared, memoize)
+        try:  # the method as the memo key names it: with the request's parameters
+            keyed = memo_method(method, check_parameters(info, method, req.parameters))
+        except DlhubHpcError:
+            return None
+        return InputPlan(info, keyed, declared, memoize)
 
     def _on_request(self, client: bytes, req: Request, now: float, out: list[Action],
                     user: str = "", checked: Checked | None = None) -> None:
@@ -224,6 +229,8 @@ class BrokerState:
                 )
             if checked is not None and checked.declared is not declared:
                 checked = None  # the servable changed while its input was being checked
+            parameters = check_parameters(info, method, req.parameters)
+            keyed = memo_method(method, parameters)
             payload = check_value(declared, req.payload) if checked is None else checked.value()
         except DlhubHpcError as exc:
             hidden = (isinstance(exc, (ServableNotFound, ServableWithdrawn))
@@ -241,11 +248,12 @@ class BrokerState:
         pending = Pending(
             client, req.request_id, info.key, method, payload,
             None if timeout is None else now + timeout, self._seq, now, notice=info.notice,
+            parameters=parameters,
         )
         key = None
         if info.deterministic and req.cache and self.memo.max_bytes:
             key = checked.memo_key if checked is not None else None
-            key = key or memo_key(info.digest, info.version, method, payload)
+            key = key or memo_key(info.digest, info.version, keyed, payload)
             if self._join_memo(key, pending, now, out):  # answered, or waits on its twin
                 return
         failed = self.load_failures.get(info.key)
@@ -355,7 +363,9 @@ class BrokerState:
             worker.state, worker.batch_id = "busy", batch_id
             self.stats["batches"] += 1
             self.stats["batched_items"] += len(items)
-            out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items])))
+            params = [p.parameters for p in items]  # per item; None in the common case
+            out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items],
+                                                params if any(params) else None)))
 
     def _requeue_front(self, p: Pending) -> None:
         queue = self._queues[p.servable][p.method]

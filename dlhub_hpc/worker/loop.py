@@ -285,7 +285,7 @@ class Worker:
     def _run_batch(self, batch: Batch) -> list[Any]:
         started = time.perf_counter()
         try:
-            results = self.runner.run(batch.method, batch.payloads)
+            results = self.runner.run(batch.method, batch.payloads, batch.parameters)
         except Exception as exc:  # a runner's own bug must not kill the worker
             logger.exception("batch %s of %s failed as a whole", batch.batch_id, batch.method)
             error = ExecutionError(

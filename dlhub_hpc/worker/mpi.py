@@ -24,6 +24,7 @@ import numpy as np
 from dlhub_hpc.errors import ConfigError, ExecutionError, ServableLoadError
 from dlhub_hpc.protocol import Assign
 from dlhub_hpc.servable.shims import Shim
+from dlhub_hpc.servable.shims.calling import ItemParameters
 from dlhub_hpc.servable.spec import ServableSpec
 from dlhub_hpc.worker.runner import Runner, WireResult, check_ranks, load_assigned, run_shim
 
@@ -138,17 +139,21 @@ class MpiRunner(Runner):
                            spec.servable.ranks, self.ranks)
         return spec
 
-    def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
+    def run(self, method: str, payloads: list[Any],
+            parameters: ItemParameters = None) -> list[WireResult]:
         assert self.shim is not None, "the hub sent a batch before the servable was loaded"
         if self.ensemble is not None:
             shares = [payloads] * self.ranks
+            params: list[Any] = [parameters] * self.ranks
         else:
             shares = split(payloads, self.ranks)
+            params = split(parameters, self.ranks) if parameters else [None] * self.ranks
         helpers = [rank for rank in range(1, self.ranks) if shares[rank]]  # small batches: fewer
         for rank in helpers:
-            self.comm.send(("run", method, shares[rank]), dest=rank, tag=CMD)
-        parts = [_run_share(self.shim, method, shares[0], 0)]  # never raises: the helpers'
-        parts += [_recv(self.comm, rank, RESULT) for rank in helpers]  # results must be read
+            self.comm.send(("run", method, shares[rank], params[rank]), dest=rank, tag=CMD)
+        # _run_share never raises: the helpers' results must be read
+        parts = [_run_share(self.shim, method, shares[0], 0, params[0])]
+        parts += [_recv(self.comm, rank, RESULT) for rank in helpers]
         if self.ensemble is not None:
             return combine(parts, self.ensemble)
         return [r for part in parts for r in part]
@@ -182,8 +187,8 @@ def follow(comm: Any, cache_dir: Path) -> int:
                 logger.error("rank %d cannot load %s@%s: %s", rank, name, version, exc)
                 comm.send(str(getattr(exc, "message", exc)), dest=0, tag=RESULT)
         elif kind == "run":
-            _, method, payloads = command
-            results = _run_share(shim, method, payloads, rank)
+            _, method, payloads, *rest = command  # rest: the items' parameters, if any
+            results = _run_share(shim, method, payloads, rank, rest[0] if rest else None)
             try:
                 comm.send(results, dest=0, tag=RESULT)
             except Exception as exc:  # an output pickle cannot carry: rank 0 still gets one
@@ -193,13 +198,14 @@ def follow(comm: Any, cache_dir: Path) -> int:
                 comm.send([[False, error] for _ in payloads], dest=0, tag=RESULT)
 
 
-def _run_share(shim: Shim | None, method: str, payloads: list[Any], rank: int) -> list[WireResult]:
+def _run_share(shim: Shim | None, method: str, payloads: list[Any], rank: int,
+               parameters: ItemParameters = None) -> list[WireResult]:
     """This rank's share; whatever goes wrong, rank 0 gets one result per item (no hang)."""
     if not payloads:
         return []
     try:
         assert shim is not None, "rank 0 sent a batch before the servable was loaded"
-        return run_shim(shim, method, payloads)
+        return run_shim(shim, method, payloads, parameters)
     except Exception as exc:
         logger.exception("rank %d failed its share of a batch", rank)
         error = ExecutionError(f"MPI rank {rank} failed: {type(exc).__name__}: {exc}",

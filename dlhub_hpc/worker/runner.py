@@ -19,6 +19,7 @@ from dlhub_hpc.errors import DlhubHpcError, ServableLoadError
 from dlhub_hpc.protocol import Assign
 from dlhub_hpc.servable.bundle import unpack_bundle
 from dlhub_hpc.servable.shims import Shim, load_servable
+from dlhub_hpc.servable.shims.calling import ItemParameters, group_by_parameters
 from dlhub_hpc.servable.spec import ServableSpec
 
 logger = logging.getLogger(__name__)
@@ -108,11 +109,21 @@ def check_ranks(spec: ServableSpec, ranks: int) -> None:
             servable=spec.full_name, ranks=ranks, declared=spec.servable.ranks)
 
 
-def run_shim(shim: Shim, method: str, payloads: list[Any]) -> list[WireResult]:
-    """Run one batch through ``shim``: one wire result per payload, a failure stays per item."""
+def run_shim(shim: Shim, method: str, payloads: list[Any],
+             parameters: ItemParameters = None) -> list[WireResult]:
+    """Run one batch through ``shim``: one wire result per payload, a failure stays per item.
+    Items with the same ``parameters`` run as one call; the plain batch, as one."""
+    if not parameters or not any(parameters):
+        outcomes = shim.run(method, payloads)
+    else:
+        outcomes = [None] * len(payloads)
+        for params, where in group_by_parameters(parameters).values():
+            for i, o in zip(where, shim.run(method, [payloads[i] for i in where], params),
+                            strict=True):
+                outcomes[i] = o
     return [
         [False, o.to_wire()] if isinstance(o, DlhubHpcError) else [True, o]
-        for o in shim.run(method, payloads)
+        for o in outcomes
     ]
 
 
@@ -126,8 +137,10 @@ class Runner(ABC):
         """Load the servable (on every rank); raise ``ServableLoadError`` if any rank cannot."""
 
     @abstractmethod
-    def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
-        """One batch: one ``[ok, value or error record]`` per payload, in order."""
+    def run(self, method: str, payloads: list[Any],
+            parameters: ItemParameters = None) -> list[WireResult]:
+        """One batch: one ``[ok, value or error record]`` per payload, in order;
+        ``parameters`` (one per payload, or None) override the method's defaults."""
 
     def close(self) -> None:  # noqa: B027 (most runners hold nothing)
         """Release what the runner holds (other ranks, for MPI)."""
@@ -150,6 +163,7 @@ class LocalRunner(Runner):
         spec, self.shim = load_assigned(assign, self.cache_dir)
         return spec
 
-    def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
+    def run(self, method: str, payloads: list[Any],
+            parameters: ItemParameters = None) -> list[WireResult]:
         assert self.shim is not None, "the hub sent a batch before the servable was loaded"
-        return run_shim(self.shim, method, payloads)
+        return run_shim(self.shim, method, payloads, parameters)

@@ -88,7 +88,8 @@ class Outputs(Runner):
     def load(self, assign: Any) -> Any:
         raise NotImplementedError
 
-    def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
+    def run(self, method: str, payloads: list[Any],
+            parameters: list[Any] | None = None) -> list[WireResult]:
         return [[True, out] for out in self.outputs]
 
 

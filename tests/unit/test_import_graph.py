@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "parsl_executor": {"errors", "client", "servable", "protocol"},
     "bridge": {"errors", "client", "protocol", "servable", "shipped"},
     "gateway": {"errors", "client", "protocol", "servable"},
+    "compat": {"errors", "client", "registry", "servable"},
 }
 TOP = {"hub", "demo", "cli", "examples", "__init__", "hub_ops", "hubops"}
 

@@ -108,7 +108,8 @@ class BigOutputRunner(Runner):
     def load(self, assign: Assign) -> ServableSpec:
         return SPEC
 
-    def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
+    def run(self, method: str, payloads: list[Any],
+            parameters: list[Any] | None = None) -> list[WireResult]:
         return [[True, b"y" * len(p)] for p in payloads]
 
 

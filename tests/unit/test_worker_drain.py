@@ -47,7 +47,8 @@ class GatedRunner(Runner):
     def load(self, assign: Assign) -> ServableSpec:
         return SPEC
 
-    def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
+    def run(self, method: str, payloads: list[Any],
+            parameters: list[Any] | None = None) -> list[WireResult]:
         self.started.set()
         assert self.release.wait(60), "the test never released the batch"
         self.finished.set()

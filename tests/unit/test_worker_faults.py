@@ -36,7 +36,8 @@ class BrokenRunner(Runner):
     def load(self, assign: Assign) -> ServableSpec:
         return SPEC
 
-    def run(self, method: str, payloads: list[Any]) -> list[WireResult]:
+    def run(self, method: str, payloads: list[Any],
+            parameters: list[Any] | None = None) -> list[WireResult]:
         raise RuntimeError("the runner itself broke")
 
 
@@ -103,7 +104,8 @@ class OneShim(Shim):
     def load(cls, spec: ServableSpec, root: Path) -> Shim:
         raise NotImplementedError
 
-    def run(self, method: str, inputs: list[Any]) -> list[Any]:
+    def run(self, method: str, inputs: list[Any],
+            parameters: dict[str, Any] | None = None) -> list[Any]:
         if self.explode:
             raise KeyError(method)
         return [2 * x if self.output is None else self.output for x in inputs]

@@ -1,7 +1,8 @@
 """The shim plug-in interface, and what every shim shares.
 
 A shim is a small plug-in: ``load(spec, root)`` once per worker, then ``run(method,
-inputs)`` per batch. ``run`` returns one outcome per input, in order: the value, or the
+inputs, parameters)`` per batch (``parameters``: the batch's overrides of the method's
+default parameters, or None). ``run`` returns one outcome per input, in order: the value, or the
 ``DlhubHpcError`` for that input alone, so one bad input never fails its neighbours.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dlhub_hpc.errors import DlhubHpcError, ExecutionError, ServableLoadError
+from dlhub_hpc.servable.shims.calling import overridden
 from dlhub_hpc.servable.spec import ServableSpec
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,17 @@ class Shim(ABC):
     def load(cls, spec: ServableSpec, root: Path) -> Shim:
         """Load the model from ``root`` (an unpacked bundle) and resolve every method."""
 
-    def run(self, method: str, inputs: list[Any]) -> list[Outcome]:
-        call = self._calls[method]
+    def call_for(self, method: str, parameters: dict[str, Any] | None = None
+                 ) -> Callable[[Any], Any]:
+        """The call of ``method``, with ``parameters`` overriding its defaults."""
+        return overridden(self._calls[method], parameters, f"{self.spec.full_name}.{method}")
+
+    def run(self, method: str, inputs: list[Any],
+            parameters: dict[str, Any] | None = None) -> list[Outcome]:
+        try:
+            call = self.call_for(method, parameters)
+        except DlhubHpcError as exc:
+            return [exc for _ in inputs]
         if self.spec.servable.methods[method].takes_batch:
             try:
                 outputs = list(call(inputs))
@@ -79,18 +90,19 @@ class StackedShim(Shim):
     ONNX, Keras): the inputs of a batch run as one call on the stacked rows, split back per
     request; when they cannot be stacked, or the stacked call fails, one by one."""
 
-    def run(self, method: str, inputs: list[Any]) -> list[Outcome]:
+    def run(self, method: str, inputs: list[Any],
+            parameters: dict[str, Any] | None = None) -> list[Outcome]:
         stacked = stack_rows([self.prepare(x) for x in inputs]) if len(inputs) > 1 else None
         if stacked is not None:
             rows, splits = stacked
             try:
-                out = self._calls[method](rows)
+                out = self.call_for(method, parameters)(rows)
                 parts = split_output(out, len(rows), splits)
                 if parts is not None:
                     return parts
             except Exception:
                 logger.debug("stacked call failed; running items one by one", exc_info=True)
-        return super().run(method, inputs)
+        return super().run(method, inputs, parameters)
 
     def prepare(self, x: Any) -> Any:
         """Convert one input to what the model takes (a dtype cast); the default: as is."""

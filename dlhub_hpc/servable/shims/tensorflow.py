@@ -12,6 +12,7 @@ import numpy as np
 
 from dlhub_hpc.errors import ServableLoadError
 from dlhub_hpc.servable.shims.base import Shim, StackedShim, require
+from dlhub_hpc.servable.shims.calling import with_parameters
 from dlhub_hpc.servable.spec import ServableSpec
 
 logger = logging.getLogger(__name__)
@@ -66,4 +67,7 @@ def _tensor_call(tf: Any, target: Callable[..., Any], params: dict[str, Any],
             return {k: np.asarray(v) for k, v in out.items()}
         return np.asarray(out)
 
-    return call
+    if not params:
+        return call
+    return with_parameters(call, lambda more: _tensor_call(tf, target, {**params, **more},
+                                                           unpack))

@@ -26,6 +26,7 @@ from dlhub_hpc.servable.shims.base import (
     model_file,
     require,
 )
+from dlhub_hpc.servable.shims.calling import with_parameters
 from dlhub_hpc.servable.spec import ServableSpec
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,10 @@ def _numpy_call(torch: Any, target: Callable[..., Any], device: str,
         with torch.inference_mode():
             return _to_numpy(target(*tensors, **(params or {})))
 
-    return call
+    if not params:
+        return call
+    return with_parameters(call, lambda more: _numpy_call(
+        torch, target, device, prepare, weights, {**params, **more}, unpack))
 
 
 def _to_numpy(out: Any) -> Any:
