@@ -22,7 +22,7 @@ from dlhub_hpc.errors import ConfigError, RuntimeNotFound
 
 logger = logging.getLogger(__name__)
 
-GPU_KINDS = (None, "nvidia", "amd")
+GPU_KINDS = (None, "nvidia", "amd", "intel")
 
 # PATH inside the images we build; runtimes that start from an empty environment set it.
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -52,7 +52,8 @@ def split_bind(bind: str) -> tuple[str, str, str]:
 class ContainerRuntime(ABC):
     """Builds the command that runs ``argv`` inside ``image``.
 
-    ``gpu`` is None, ``"nvidia"`` or ``"amd"``. ``binds`` are ``SRC[:DST[:ro|rw]]``.
+    ``gpu`` is None, ``"nvidia"``, ``"amd"`` or ``"intel"`` (``/dev/dri``).
+    ``binds`` are ``SRC[:DST[:ro|rw]]``.
     ``env`` is passed into the container; the host environment is not (a host venv's
     PYTHONPATH or PATH would break the image's Python).
     """
@@ -134,6 +135,9 @@ class ApptainerRuntime(ContainerRuntime):
             cmd.append("--nv")
         elif gpu == "amd":
             cmd.append("--rocm")
+        elif gpu == "intel":
+            # --contain gives a minimal /dev; Intel GPUs (Aurora) are the host's /dev/dri.
+            cmd += ["--bind", "/dev/dri"]
         for bind in binds:
             src, dst, mode = split_bind(bind)
             cmd += ["--bind", f"{src}:{dst}:{mode}" if mode == "ro" else f"{src}:{dst}"]
@@ -208,12 +212,13 @@ class CharliecloudRuntime(ContainerRuntime):
         _check_gpu(self.name, gpu)
         if gpu == "nvidia":
             return [["ch-fromhost", "--nvidia", image]]
-        # ROCm's user libraries must be in the image itself; /dev/kfd and /dev/dri are visible.
+        # ROCm's and Level Zero's user libraries must be in the image itself; ch-run shares
+        # the host's /dev, so /dev/kfd and /dev/dri are visible.
         return []
 
 
 class PodmanHpcRuntime(ContainerRuntime):
-    """NERSC's ``podman-hpc run``: ``--gpu`` for NVIDIA, device passthrough for AMD."""
+    """NERSC's ``podman-hpc run``: ``--gpu`` for NVIDIA, device passthrough for AMD and Intel."""
 
     name = "podman-hpc"
     formats = ("ref",)
@@ -237,6 +242,8 @@ class PodmanHpcRuntime(ContainerRuntime):
             cmd.append("--gpu")
         elif gpu == "amd":
             cmd += ["--device", "/dev/kfd", "--device", "/dev/dri"]
+        elif gpu == "intel":
+            cmd += ["--device", "/dev/dri"]
         for bind in binds:
             src, dst, mode = split_bind(bind)
             cmd += ["-v", f"{src}:{dst}:ro" if mode == "ro" else f"{src}:{dst}"]

@@ -40,7 +40,7 @@ class Container:
     image: str
     binds: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
-    gpu: str | None = None  # "nvidia" / "amd": the runtime exposes the devices
+    gpu: str | None = None  # "nvidia" / "amd" / "intel": the runtime exposes the devices
     # Runtimes start from a clean environment: pass the launcher's local rank in (the worker
     # picks its GPU from it), expanded by the task's shell (only in :meth:`WorkerCommand.shell`).
     local_rank: bool = False

@@ -211,8 +211,7 @@ class Pilot:
             self.check_image(image)
         gpus = self.profile.gpus
         return Container(spec.runtime, image, spec.binds, spec.env,
-                         gpu=None if gpus is None else {"nvidia": "nvidia",
-                                                        "amd": "amd"}.get(gpus.vendor),
+                         gpu=None if gpus is None else gpus.vendor,
                          local_rank=gpus is not None)
 
     @property

@@ -33,6 +33,14 @@ def test_singularity_uses_rocm_for_amd_and_its_own_executable() -> None:
                    "/i.sif", "true"]
 
 
+@pytest.mark.parametrize("name", ["apptainer", "singularity"])
+def test_apptainer_binds_dev_dri_for_intel_gpus(name: str) -> None:
+    # --contain leaves a minimal /dev: without the bind, Aurora's GPUs are not there.
+    cmd = get_runtime(name).command("/i.sif", ["true"], gpu="intel")
+    assert cmd == [name, "exec", "--cleanenv", "--contain", "--no-home",
+                   "--bind", "/dev/dri", "/i.sif", "true"]
+
+
 def test_apptainer_refuses_env_values_it_would_split() -> None:
     with pytest.raises(ConfigError, match="comma"):
         get_runtime("apptainer").command("/i.sif", ["true"], env={"X": "a,b"})
@@ -63,6 +71,9 @@ def test_podman_hpc_command_is_exact() -> None:
     ]
     amd = get_runtime("podman-hpc").command("img", ["true"], gpu="amd")
     assert amd[5:9] == ["--device", "/dev/kfd", "--device", "/dev/dri"]
+    intel = get_runtime("podman-hpc").command("img", ["true"], gpu="intel")
+    assert intel == ["podman-hpc", "run", "--rm", "--net", "host", "--device", "/dev/dri",
+                     "img", "true"]
 
 
 def test_bubblewrap_command_is_exact() -> None:
@@ -77,6 +88,15 @@ def test_bubblewrap_command_is_exact() -> None:
     gpu = get_runtime("bubblewrap").command("/root", ["x"], gpu="nvidia")
     assert gpu[6:9] == ["--dev-bind", "/dev", "/dev"]
     assert "--dev" not in gpu
+    intel = get_runtime("bubblewrap").command("/root", ["x"], gpu="intel")
+    assert intel[6:9] == ["--dev-bind", "/dev", "/dev"]
+
+
+def test_charliecloud_shares_the_host_dev_for_intel_gpus() -> None:
+    rt = get_runtime("charliecloud")
+    # ch-run keeps the host's /dev: the command is the same with or without the GPU.
+    assert rt.command("/img", ["x"], gpu="intel") == rt.command("/img", ["x"])
+    assert rt.setup_commands("/img", gpu="intel") == []
 
 
 def test_none_runs_argv_as_is() -> None:
@@ -94,8 +114,8 @@ def test_unknown_runtime_lists_the_valid_ones() -> None:
 
 
 def test_unknown_gpu_kind_and_bad_bind_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="gpu='intel'"):
-        get_runtime("apptainer").command("/i.sif", ["x"], gpu="intel")
+    with pytest.raises(ConfigError, match="gpu='habana'"):
+        get_runtime("apptainer").command("/i.sif", ["x"], gpu="habana")
     with pytest.raises(ConfigError, match="SRC"):
         get_runtime("apptainer").command("/i.sif", ["x"], binds=["/a:/b:rx"])
 

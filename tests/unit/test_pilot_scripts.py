@@ -84,6 +84,8 @@ def test_aurora_binds_twelve_tiles_with_ze_affinity_mask(tmp_path: Path) -> None
     assert any("cannot run beside it" in e for e in pilot.events)
     worker = next(line for line in script.splitlines() if "dlhub_hpc.worker" in line)
     assert "--gpu-env ZE_AFFINITY_MASK" in worker and "--nv" not in worker
+    # Apptainer's --contain gives a minimal /dev: the Intel GPUs are bound in.
+    assert "apptainer exec --cleanenv --contain --no-home --bind /dev/dri " in worker
     assert "0.0,0.1,1.0,1.1,2.0,2.1,3.0,3.1,4.0,4.1,5.0,5.1" in worker
     assert pilot.tasks_per_node == 12
 
