@@ -286,6 +286,9 @@ def import_dlhub(record: Path, directory: Path, owner: str | None, map_group: tu
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise input_error(f"{record} is not a readable JSON file: {reason}; pass DLHub's "
                           "dlhub.json record", "RECORD") from None
+    except RecursionError:  # JSON nested deeper than the parser follows
+        raise input_error(f"{record} nests too deeply to be a dlhub.json record; pass "
+                          "DLHub's dlhub.json record", "RECORD") from None
     spec = from_dlhub_json(data, owner=owner, group_map=_id_map(map_group, "--map-group"),
                            user_map=_id_map(map_user, "--map-user"))
     directory.mkdir(parents=True, exist_ok=True)

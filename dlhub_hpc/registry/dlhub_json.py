@@ -11,12 +11,18 @@ Rules, so that nothing is silently widened or renamed:
   ``user:NAME`` for ``--map-user ID=NAME``; an unmapped one is refused, never dropped.
 - version: ``datacite.version`` (the author's); ``dlhub.version`` is the SDK's, not used.
 - DOI: the SDK's placeholders (``10.YET/UNASSIGNED``, ``10.datacite/placeholder``) mean
-  "no DOI yet"; ``DOI: 10.x/y`` is read as ``10.x/y``.
+  "no DOI yet", also as ``doi:`` or ``https://doi.org/`` forms; ``DOI: 10.x/y`` and
+  ``https://doi.org/10.x/y`` are read as ``10.x/y``; an identifier given as a bare string
+  is read as a DOI.
+- ``autobatch`` and ``unpack``: JSON booleans only (``"false"`` is refused, not true).
+- scikit-learn methods: ``_predict_proba`` / ``_predict`` (what older SDKs wrote, the
+  names of DLHub's own shim) are called as the estimator's ``predict_proba`` / ``predict``.
 - name: lower-cased, other characters than ``a-z 0-9 _ . -`` become ``-``.
 - files: ``./`` dropped; absolute paths made relative to their common folder (the SDK's
   ``simplify_paths``).
 - a record with a ``dlhub_hpc`` block (written by our export) is imported from that block,
-  losslessly; owner and visibility options still apply.
+  losslessly; owner and visibility options still apply. Where DLHub's part restricts
+  ``visible_to``, the block may not be wider (it is refused, naming both fields).
 
 Every refusal is a ``RecordError`` naming the field path and the fix; nothing is written
 unless the whole record converts.
@@ -38,6 +44,7 @@ from dlhub_hpc.servable.spec import ServableSpec
 logger = logging.getLogger(__name__)
 
 EXTENSION = "dlhub_hpc"  # our namespaced block in an exported record
+SKLEARN_METHODS = {"_predict_proba": "predict_proba", "_predict": "predict"}
 SHIM_TO_TYPE = {
     "python.PythonStaticMethodServable": "python_function",
     "python.PythonClassMethodServable": "python_class_method",
@@ -75,18 +82,28 @@ def _text(block: dict[str, Any], key: str, path: str, default: str = "") -> str:
     return str(value)
 
 
+_RESOLVER = re.compile(r"^(doi:\s*|https?://(dx\.)?doi\.org/)", re.IGNORECASE)
+
+
 def _doi(dc: dict[str, Any]) -> str | None:
     ident = dc.get("identifier") or {}
-    if not isinstance(ident, dict) or not ident.get("identifier"):
-        return None
-    raw = str(ident["identifier"]).strip()
-    text = re.sub(r"^doi:\s*", "", raw, flags=re.IGNORECASE)
+    path = "datacite.identifier"
+    if isinstance(ident, str):  # a bare DOI string, not DataCite's object
+        raw = ident.strip()
+    elif isinstance(ident, dict):
+        if not ident.get("identifier"):
+            return None
+        raw, path = str(ident["identifier"]).strip(), f"{path}.identifier"
+    else:
+        raise record_error(path, f"should be an object, got {type(ident).__name__}",
+                           'give {"identifier": "10.1234/abc", "identifierType": "DOI"}')
+    text = _RESOLVER.sub("", raw).strip()
     if text.lower() in PLACEHOLDER_DOIS:
         return None  # the SDK's "no DOI yet"
     try:
         return normalize_doi(text)
     except ValueError:
-        raise record_error("datacite.identifier.identifier", f"{raw!r} is not a DOI",
+        raise record_error(path, f"{raw!r} is not a DOI",
                            "give a DOI like 10.1234/abc, or 10.YET/UNASSIGNED for none"
                            ) from None
 
@@ -103,8 +120,13 @@ def _creator_in(c: Any, path: str) -> dict[str, Any]:
     ids = c.get("nameIdentifiers") or []
     orcid = next((i.get("nameIdentifier") for i in ids if isinstance(i, dict)
                   and str(i.get("nameIdentifierScheme", "")).upper() == "ORCID"), None)
-    return {"name": str(name), "affiliations": [str(a) for a in c.get("affiliations") or []],
-            "orcid": orcid}
+    affiliations = c.get("affiliations") or []
+    if isinstance(affiliations, str):
+        affiliations = [affiliations]  # one affiliation, not its letters
+    elif not isinstance(affiliations, list):
+        raise record_error(f"{path}.affiliations", "should be a list of names",
+                           'give ["Argonne National Laboratory"]')
+    return {"name": str(name), "affiliations": [str(a) for a in affiliations], "orcid": orcid}
 
 
 def _year(dc: dict[str, Any]) -> int | None:
@@ -227,8 +249,9 @@ def _method_in(kind: str, name: str, m: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
         "input": arg_in(m.get("input", {"type": "python object"}), f"{path}.input"),
         "output": arg_in(m.get("output", {"type": "python object"}), f"{path}.output"),
-        "parameters": dict(params), "autobatch": bool(details.get("autobatch", False)),
-        "unpack": bool(details.get("unpack", False)),
+        "parameters": dict(params),
+        "autobatch": _flag(details, "autobatch", f"{path}.method_details"),
+        "unpack": _flag(details, "unpack", f"{path}.method_details"),
     }
     method_name = details.get("method_name")
     if kind == "python_function":
@@ -242,9 +265,19 @@ def _method_in(kind: str, name: str, m: Any) -> dict[str, Any]:
         out["unpack"] = out["input"]["type"] == "tuple"  # DLHub passes a tuple as *inputs
     elif kind == "tensorflow":
         out["unpack"] = out["input"]["type"] == "tuple"
+    elif kind == "sklearn" and method_name in SKLEARN_METHODS:
+        out["function"] = SKLEARN_METHODS[str(method_name)]  # DLHub's shim called these
     elif isinstance(method_name, str) and method_name not in (name, "__call__"):
         out["function"] = method_name
     return out
+
+
+def _flag(details: dict[str, Any], key: str, path: str) -> bool:
+    value = details.get(key, False)
+    if not isinstance(value, bool):
+        raise record_error(f"{path}.{key}", f"should be true or false, got {value!r}",
+                           "give a JSON boolean (not a string or number)")
+    return value
 
 
 def _model_of(kind: str, files: list[str], named: dict[str, str],
@@ -363,8 +396,26 @@ def _from_extension(record: dict[str, Any], owner: str | None, groups: dict[str,
     if groups or users:  # rules written as Globus URNs by hand may still be mapped
         rules = [r if not str(r).startswith("urn:") else visibility_in([r], groups, users)[0]
                  for r in rules]
-    data["dlhub"]["visible_to"] = rules
+    data["dlhub"]["visible_to"] = _not_wider(record, rules, groups, users)
     return _valid(data)
+
+
+def _not_wider(record: dict[str, Any], rules: list[Any], groups: dict[str, str],
+               users: dict[str, str]) -> list[Any]:
+    """``rules`` (the block's), refused where DLHub's own part is restricted and they are
+    wider: the block must never make a restricted servable more visible."""
+    dl = record.get("dlhub")
+    own = dl.get("visible_to") if isinstance(dl, dict) else None
+    if own is None or own == ["public"] or (isinstance(own, list) and "public" in own):
+        return rules  # DLHub's part is public (or silent: our export leaves restricted out)
+    allowed = visibility_in(own, groups, users)  # the mapping rules apply to it too
+    wider = [r for r in rules if r not in allowed]
+    if wider:
+        raise record_error(f"{EXTENSION}.spec.dlhub.visible_to",
+                           f"{wider} is wider than dlhub.visible_to {own} (read as {allowed})",
+                           f"make {EXTENSION}.spec.dlhub.visible_to a subset of "
+                           "dlhub.visible_to, or remove the block")
+    return rules
 
 
 def to_dlhub_json(spec: ServableSpec, **options: Any) -> dict[str, Any]:

@@ -246,3 +246,81 @@ def test_import_dlhub_cli_maps_groups_and_refuses_bad_maps(tmp_path: Path) -> No
     assert refused.exit_code != 0 and not (tmp_path / "t" / "servable.yaml").exists()
     bad = runner.invoke(cli, ["import-dlhub", str(src), str(tmp_path / "u"), "--map-group", "x"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize(("flag", "value"), [("autobatch", "false"), ("unpack", "no"),
+                                             ("autobatch", 0), ("unpack", None)])
+def test_batching_flags_are_json_booleans_only(flag: str, value: Any) -> None:
+    data = record("static_sqrt_autobatch")
+    data["servable"]["methods"]["run"]["method_details"][flag] = value
+    field = f"servable.methods.run.method_details.{flag}"
+    with pytest.raises(RecordError) as err:
+        from_dlhub_json(data, owner="alice")
+    assert err.value.details["field"] == field
+
+
+def _with_public_block(visible_to: list[str]) -> dict[str, Any]:
+    data = to_dlhub_json(imported("static_numpy_max"))  # its block says public
+    data["dlhub"]["visible_to"] = visible_to
+    return json.loads(json.dumps(data))
+
+
+def test_the_extension_block_never_widens_a_restricted_dlhub_part() -> None:
+    urn = f"urn:globus:groups:id:{GROUP}"
+    with pytest.raises(RecordError) as err:
+        from_dlhub_json(_with_public_block([urn]), group_map={GROUP: "chem"})
+    assert "dlhub.visible_to" in str(err.value)
+    assert err.value.details["field"] == f"{EXTENSION}.spec.dlhub.visible_to"
+    with pytest.raises(RecordError, match="--map-group"):  # DLHub's part is mapped first
+        from_dlhub_json(_with_public_block([urn]))
+    narrow = _with_public_block([urn])
+    narrow[EXTENSION]["spec"]["dlhub"]["visible_to"] = ["group:chem"]
+    assert from_dlhub_json(narrow, group_map={GROUP: "chem"}).dlhub.visible_to == [
+        "group:chem"]
+    assert from_dlhub_json(_with_public_block(["public"])).dlhub.visible_to == ["public"]
+
+
+def test_sklearn_records_of_older_sdks_call_the_public_methods(tmp_path: Path) -> None:
+    from sklearn.svm import SVC
+
+    x = np.array([[0.0, 0.0], [1.0, 1.0], [0.1, 0.0], [0.9, 1.0], [0.0, 0.1], [1.0, 0.9]])
+    model = SVC(probability=True, kernel="linear", random_state=0).fit(x, [0, 1] * 3)
+    (tmp_path / "clf.pkl").write_bytes(pickle.dumps(model))
+    for old, new in (("_predict_proba", "predict_proba"), ("_predict", "predict")):
+        data = record("sklearn_pickle")
+        data["servable"]["methods"]["run"]["method_details"]["method_name"] = old
+        spec = from_dlhub_json(data, owner="alice")
+        assert spec.servable.methods["run"].function == new
+        (answer,) = load_servable(spec, tmp_path).run("run", [x[:2]])
+        assert np.allclose(answer, getattr(model, new)(x[:2]))
+
+
+@pytest.mark.parametrize("ident", ["https://doi.org/10.YET/UNASSIGNED",
+                                   "doi:10.yet/unassigned", {"identifier": "https://doi.org/"
+                                                             "10.datacite/placeholder"}])
+def test_placeholder_dois_in_any_spelling_mean_none(ident: Any) -> None:
+    data = record("static_numpy_max")
+    data["datacite"]["identifier"] = ident
+    assert from_dlhub_json(data, owner="alice").datacite.doi is None
+
+
+def test_identifiers_and_affiliations_given_as_strings() -> None:
+    data = record("static_numpy_max")
+    data["datacite"]["identifier"] = "https://doi.org/10.1234/ABC"
+    data["datacite"]["creators"] = [{"creatorName": "Ward, Logan", "affiliations": "ANL"}]
+    spec = from_dlhub_json(data, owner="alice")
+    assert spec.datacite.doi == "10.1234/abc"
+    assert spec.datacite.creators[0].affiliations == ["ANL"]
+    data["datacite"]["identifier"] = "not a doi"
+    with pytest.raises(RecordError) as err:
+        from_dlhub_json(data, owner="alice")
+    assert err.value.details["field"] == "datacite.identifier"
+
+
+def test_import_dlhub_cli_refuses_deeply_nested_json_in_one_line(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    out = CliRunner().invoke(cli, ["import-dlhub", str(deep), str(tmp_path / "s"),
+                                   "--owner", "alice"])
+    assert out.exit_code == 2 and "nests too deeply" in out.output
+    assert not isinstance(out.exception, RecursionError)
