@@ -41,11 +41,16 @@ logger = logging.getLogger(__name__)
 _pilot_ids = itertools.count(1)
 
 
+MAX_WORKERS_PER_BLOCK = 4096
+
+
 def fixed_profile(workers: int) -> SiteProfile:
     """The profile of a fixed pilot: ``workers`` workers in one block on this machine, no
     scheduler, no walltime, no scaling (the embedded default, whatever site_profiles say)."""
     if workers < 1:
         raise PilotError(f"a block needs at least one worker, not {workers}")
+    if workers > MAX_WORKERS_PER_BLOCK:  # a typo, not a request: no machine runs that many
+        raise PilotError(f"a block runs at most {MAX_WORKERS_PER_BLOCK} workers, not {workers}")
     return parse_profile({**EMBEDDED_LOCAL, "workers_per_node": workers,
                           "scaling": {"min_blocks": 1, "max_blocks": 1}}, "workers start")
 

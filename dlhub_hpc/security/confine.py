@@ -15,11 +15,14 @@ This launcher only execs: it costs one Python start-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import pwd
 import shutil
+import stat
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -121,6 +124,25 @@ def main(args: list[str] | None = None) -> int:
     return _switch_user(opts.user, argv, env)
 
 
+def private_tmp(root: Path, uid: int) -> Path:
+    """``root/dlhub-hpc-UID``, made 0700 by this (already switched) user; if another user
+    made it first, or opened it to others, a fresh private directory instead: a planted one
+    could feed the worker files or read what it writes."""
+    tmp = root / f"dlhub-hpc-{uid}"
+    with contextlib.suppress(FileExistsError):
+        tmp.mkdir(mode=0o700)
+    try:
+        st = tmp.lstat()  # lstat: a symlink planted there is not followed
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == uid \
+            and not stat.S_IMODE(st.st_mode) & 0o077:
+        return tmp
+    print(f"confine: {tmp} is not this user's private directory; using a fresh one",
+          file=sys.stderr)
+    return Path(tempfile.mkdtemp(prefix=f"dlhub-hpc-{uid}-", dir=root))
+
+
 def _switch_user(name: str, argv: list[str], env: dict[str, str]) -> int:
     try:
         account = pwd.getpwnam(name)
@@ -134,8 +156,7 @@ def _switch_user(name: str, argv: list[str], env: dict[str, str]) -> int:
     os.initgroups(name, account.pw_gid)
     os.setgid(account.pw_gid)
     os.setuid(account.pw_uid)
-    tmp = Path(f"/tmp/dlhub-hpc-{account.pw_uid}")
-    tmp.mkdir(mode=0o700, exist_ok=True)
+    tmp = private_tmp(Path("/tmp"), account.pw_uid)
     env.update(HOME=account.pw_dir, USER=name, LOGNAME=name, TMPDIR=str(tmp),
                PATH=SANDBOX_PATH, PYTHONNOUSERSITE="1")
     os.execve(argv[0], argv, env)
