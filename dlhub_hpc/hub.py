@@ -32,6 +32,7 @@ from dlhub_hpc.pilot.local import local_provider
 from dlhub_hpc.pilot.service import PilotService, WorkersSetup
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.security.client import listening
+from dlhub_hpc.security.home import private_home
 from dlhub_hpc.security.hub import HubSecurity
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Hub:
         self.config = config or HubConfig(client_address="tcp://127.0.0.1:0",
                                           worker_address="tcp://127.0.0.1:0")
         self._provider = provider
+        private_home(self.config.home)  # before the registry makes files in it
         self.registry = Registry(self.config.home)
         # Publishing runs on the loop thread, which owns the state: it may forget lookups.
         self.security = HubSecurity(self.config.home, self.registry,
@@ -119,7 +121,7 @@ class Hub:
 
     def start(self, timeout: float = 10.0) -> Hub:
         """Start the broker loop in a thread; return once it listens."""
-        self.config.home.mkdir(parents=True, exist_ok=True)
+        private_home(self.config.home)
         _refuse_a_running_hub(self.config.home)
         self.server.auth = self.security.setup()  # CurveZMQ on both sockets
         errors: list[BaseException] = []
