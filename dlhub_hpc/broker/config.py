@@ -75,6 +75,16 @@ class HubConfig(BaseModel):
     user_map: dict[str, str] = Field(
         default_factory=dict, description="identity -> Unix user, where the names differ"
     )
+    max_workers_per_owner: int = Field(
+        default=16, ge=0,
+        description="workers one owner's servables may run through 'workers start' "
+                    "(the admin is not limited)",
+    )
+    max_nodes_per_pilot: int = Field(
+        default=8, ge=1,
+        description="nodes a pilot a non-admin starts may hold (--nodes times the "
+                    "profile's max_blocks)",
+    )
 
     @model_validator(mode="after")
     def _timeout_covers_heartbeats(self) -> HubConfig:

@@ -41,9 +41,13 @@ class HubOps:
         snapshot = self._visible_snapshot(caller, self.parts.state.snapshot())
         records = self.security.publication.visible(caller, self.registry.list())
 
+        def sees(ref: str) -> bool:
+            return self.security.access.can_see(caller, ref.split("@")[0])
+
         def finish() -> dict[str, Any]:
-            blocks = [b.to_dict() for b in self.pilots.worker_blocks()]
-            blocks += [b for p in self.pilots.all() for b in p.to_dict()["blocks"]]
+            blocks = [b.to_dict() for b in self.pilots.worker_blocks() if sees(b.servable)]
+            blocks += [b for p in self.pilots.all() if sees(p.servable)
+                       for b in p.to_dict()["blocks"]]
             return {
                 "hub": self.parts.about(),
                 "published": [

@@ -8,6 +8,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from dlhub_hpc.broker.pipeline import refuse_workers
+from dlhub_hpc.hubops.limits import check_pilot_nodes
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.hubops.workers import check_stop
 from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
@@ -42,6 +43,9 @@ class PilotOps:
         profile = (parse_profile(given, "the profile sent") if isinstance(given, dict)
                    else load_profile(str(given)))
         nodes = args.get("nodes")
+        if nodes is not None:
+            check_pilot_nodes(self.parts, str(args.get("caller", "")), int(nodes),
+                              profile.scaling.max_blocks)
         launch = self.security.worker_launch(name, profile.container.runtime != "none")
         worker_address = self.parts.worker_address()
 
@@ -73,9 +77,12 @@ class PilotOps:
 
     def pilot_status(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         snap = self.parts.state.snapshot()  # here, on the loop thread that owns the state
+        caller = str(args.get("caller", ""))
 
         def finish() -> list[dict[str, Any]]:
-            pilots = self.pilots.all()
+            # Only the pilots of servables the caller may see: the rest are others' secrets.
+            pilots = [p for p in self.pilots.all()
+                      if self.security.access.can_see(caller, p.servable.split("@")[0])]
             for p in pilots:
                 p.refresh([w for w in snap["workers"] if w["servable"] == p.servable],
                           time.time())

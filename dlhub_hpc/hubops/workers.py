@@ -7,6 +7,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from dlhub_hpc.broker.pipeline import refuse_workers
+from dlhub_hpc.hubops.limits import check_worker_limit
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.security.hub import HubSecurity
 from dlhub_hpc.servable.spec import parse_ref
@@ -22,6 +23,7 @@ class WorkerOps:
         self.security = parts.security
         self._executor = parts.executor
         self.pilots = parts.pilots
+        self.parts = parts
 
     def __repr__(self) -> str:
         return f"WorkerOps({self.registry!r})"
@@ -37,8 +39,14 @@ class WorkerOps:
         count = int(args.get("workers", 1))
         launch = self.security.worker_launch(name)  # confined unless the admin's own
         ranks = int(getattr(record.spec.servable, "ranks", 1) or 1)  # refused if above 1
-        return self._executor.submit(
-            lambda: self.pilots.start_workers(ref, count, launch, ranks).to_dict())
+        caller = str(args.get("caller", ""))
+
+        def start() -> dict[str, Any]:
+            # On the one executor thread: two starts cannot both pass the same count.
+            check_worker_limit(self.parts, caller, name, count)
+            return self.pilots.start_workers(ref, count, launch, ranks).to_dict()
+
+        return self._executor.submit(start)
 
     def stop_workers(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         blocks = args.get("blocks")
