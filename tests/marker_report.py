@@ -3,15 +3,19 @@
 At the end of a run, the count of tests run and skipped per marker (slurm, container, mpi,
 globus, slow). Under ``CI=true`` a skipped test of a marker that needs tools installed
 (slurm, container, mpi, globus) fails instead, with what to install, and so does a test
-module that skipped as a whole (an ``importorskip`` at its top): CI installs everything the
-suite needs, so a skip there means a group did not run. Off CI the skips stay, and ``-ra``
-prints why. ``DLHUB_HPC_CI_ALLOW_SKIP=container,mpi`` names markers a CI machine may skip
-on purpose; the summary says which were let through.
+module that skipped as a whole (an ``importorskip`` at its top), and any other test whose
+skip says a dependency is missing (``pytest.importorskip``'s "could not import", or a reason
+that says what to install): CI installs everything the suite needs, so a skip there means
+tests did not run. Off CI the skips stay, and ``-ra`` prints why.
+``DLHUB_HPC_CI_ALLOW_SKIP=container,mpi,onnx`` names markers, or modules / words of a skip's
+reason, that a CI machine may skip on purpose; the summary says which markers were let
+through.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Generator
 from typing import Any
@@ -31,6 +35,11 @@ INSTALL: dict[str, str] = {
 }
 COUNTED = ("slurm", "container", "mpi", "globus", "slow")
 ALLOW_ENV = "DLHUB_HPC_CI_ALLOW_SKIP"
+# A skip reason that says a dependency is missing: pytest.importorskip's own text, or words
+# that name something to install ("not installed", "pip install X", libzmq "built without").
+MISSING_DEPENDENCY = re.compile(
+    r"^could not import|\bnot installed\b|\binstall\b|\bbuilt without\b", re.I)
+IMPORTED = re.compile(r"^could not import '([\w.]+)'")
 NAME = "dlhub-marker-report"
 
 
@@ -63,12 +72,17 @@ class MarkerReport:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         marks = frozenset(m.name for m in item.iter_markers() if m.name in COUNTED)
-        outcome = report.outcome
+        outcome: str = report.outcome
         if report.skipped and not hasattr(report, "wasxfail"):
             needs = sorted((marks & INSTALL.keys()) - self.allowed)
             if self.ci and needs:
                 report.outcome = "failed"
                 report.longrepr = self._missing(needs, _reason(report))
+                outcome = "missing"
+            elif (self.ci and not marks & INSTALL.keys()  # a marker's own rule decided
+                  and self._missing_dependency(_reason(report))):
+                report.outcome = "failed"
+                report.longrepr = self._dependency(_reason(report))
                 outcome = "missing"
         elif report.when == "call" or report.failed:
             outcome = "failed" if report.failed else "ran"
@@ -111,6 +125,21 @@ class MarkerReport:
         if self.skipped_modules and self.ci:
             tr.write_line("CI installs everything the suite needs: pip install -e '.[test]' "
                           "and 'make system-deps' as root", red=True)
+
+    def _missing_dependency(self, reason: str) -> bool:
+        """Whether a skip outside the tool markers says a dependency is missing, and the
+        allow list does not name it (an imported module, or a word of the reason)."""
+        if not MISSING_DEPENDENCY.search(reason):
+            return False
+        imported = IMPORTED.match(reason)
+        names = {imported.group(1), imported.group(1).split(".")[0]} if imported else set()
+        words = set(re.findall(r"[\w.-]+", reason.lower()))
+        return not ({a.lower() for a in self.allowed} & (names | words))
+
+    def _dependency(self, reason: str) -> str:
+        return (f"CI=true and this test could not run: {reason}\nInstall what it needs "
+                "(pip install -e '.[test]'; 'make system-deps' as root), or name it in "
+                f"{ALLOW_ENV} where this CI machine cannot have it")
 
     def _missing(self, marks: list[str], reason: str) -> str:
         hints = "; ".join(f"{m}: install {INSTALL[m]}" for m in marks)

@@ -110,6 +110,40 @@ def test_on_ci_a_marker_named_in_the_allow_list_may_skip(tmp_path: Path) -> None
         "slurm      0 ran (0 failed), 1 skipped (may skip: DLHUB_HPC_CI_ALLOW_SKIP)")
 
 
+DEPENDENCIES = '''
+import pytest
+
+def test_importorskip_inside():
+    pytest.importorskip("no_such_module_here")
+
+def test_names_what_to_install():
+    pytest.skip("onnx is not installed: pip install onnx")
+
+@pytest.mark.skipif(True, reason="libzmq was built without CURVE")
+def test_built_without():
+    pass
+
+def test_not_about_a_dependency():
+    pytest.skip("tensorflow is installed here")
+'''
+
+
+def test_on_ci_a_skip_for_a_missing_dependency_fails_unless_allowed(tmp_path: Path) -> None:
+    files = {"test_deps.py": DEPENDENCIES}
+    rc, out = run_suite(tmp_path, files)
+    assert rc == 0 and "4 skipped" in out, out
+    rc, out = run_suite(tmp_path, files, CI="true")
+    assert rc == 1, out
+    assert "2 failed, 1 skipped, 1 error" in out, out  # the skipif, at setup
+    assert "CI=true and this test could not run: could not import 'no_such_module_here'" in out
+    assert "CI=true and this test could not run: onnx is not installed" in out
+    assert "CI=true and this test could not run: libzmq was built without CURVE" in out
+    assert "SKIPPED [1] test_deps.py:15: tensorflow is installed here" in out
+    rc, out = run_suite(tmp_path, files, CI="true",
+                        DLHUB_HPC_CI_ALLOW_SKIP="no_such_module_here,onnx,curve")
+    assert rc == 0 and "4 skipped" in out, out
+
+
 def test_a_whole_module_skipped_fails_on_ci_and_is_named_off_it(tmp_path: Path) -> None:
     files = {"test_whole.py": WHOLE_MODULE, "test_ok.py": "def test_ok():\n    pass\n"}
     rc, out = run_suite(tmp_path, files)
