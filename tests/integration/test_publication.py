@@ -86,7 +86,7 @@ def test_the_life_of_a_published_servable(
     assert [v["version"] for v in record["versions"]] == [1, 2]
 
     client.start_workers("demo/add@1", 1)
-    client.wait_for_workers("demo/add", 1, timeout=60)
+    client.wait_for_workers("demo/add@1", 1, timeout=60)  # per version: v2 is the latest
     dlhub("deprecate", "demo/add@1", "--reason", "off by one in v2's favour")
     with pytest.warns(ServableDeprecated, match="demo/add@1 is deprecated: off by one"):
         assert client.run("demo/add@1", [1.0, 2.0]) == 3.0  # deprecated: still runs

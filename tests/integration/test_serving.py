@@ -92,7 +92,8 @@ def test_new_version_is_served_by_its_own_workers(
     assert client.publish(changed)["version"] == 2
     assert client.publish(changed)["version"] == 2, "an unchanged bundle keeps its version"
     client.start_workers("test/flaky@2", 1)
-    client.wait_for_workers("test/flaky", 2)
+    client.wait_for_workers("test/flaky@1", 1)  # waiting is per version
+    client.wait_for_workers("test/flaky@2", 1)
     assert client.run("test/flaky@1", 5) == 10
     assert client.run("test/flaky@2", 5) == 15
     assert client.run("test/flaky", 5) == 15, "no version means the latest"
