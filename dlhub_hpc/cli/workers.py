@@ -28,10 +28,11 @@ def start(ctx: click.Context, servable: str, count: int, wait: bool, timeout: fl
     """Start a block of COUNT workers for a servable."""
     with client_from(ctx) as client:
         block = client.start_workers(servable, count)
+        workers = f"{count} worker{'' if count == 1 else 's'}"
         console.print(f"started {block['block_id']} (job {block['job_id']}): "
-                      f"{count} workers for {servable}")
+                      f"{workers} for {servable}")
         if wait:
-            with console.status(f"waiting for {count} workers to load {servable}"):
+            with console.status(f"waiting for {workers} to load {servable}"):
                 client.wait_for_workers(servable, count, timeout=timeout)
             console.print("workers ready")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         except DlhubHpcError as exc:
             raise SystemExit(f"could not set up {SERVABLE}: {type(exc).__name__}: {exc}"
                              ) from None
-    with parsl.load(make_config(args.hub)):
+    # Parsl's run directory (logs, checkpoints) goes to a temporary folder, not the caller's.
+    with tempfile.TemporaryDirectory(prefix="dlhub-screening-") as run_dir, \
+            parsl.load(make_config(args.hub, str(Path(run_dir) / "runinfo"))):
         candidates, scores = screen(args.rounds, args.batches, args.batch_size, args.keep,
                                     args.seed)
     for x, y in zip(candidates, scores, strict=True):
