@@ -13,6 +13,7 @@ from typing import Any
 from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.protocol import Message, Reply
 from dlhub_hpc.registry.store import ServableRecord
+from dlhub_hpc.servable.shims.calling import KEYWORD_TYPES
 from dlhub_hpc.servable.spec import PipelineStage
 from dlhub_hpc.servable.types import ArgType
 
@@ -42,6 +43,7 @@ class ServableInfo:
     notice: str | None = None  # sent with every answer: e.g. the version is deprecated
     # each method's default parameters, by name: what a request may override
     params: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    any_keywords: bool = False  # a request may pass names it does not declare (as on DLHub)
 
     @classmethod
     def from_record(cls, record: ServableRecord) -> ServableInfo:
@@ -57,6 +59,7 @@ class ServableInfo:
             pipeline=tuple(block.steps or ()),
             notice=deprecation_notice(record),
             params={name: tuple(m.parameters) for name, m in block.methods.items()},
+            any_keywords=block.type in KEYWORD_TYPES,
         )
 
     @property

@@ -1,6 +1,8 @@
-"""A request's ``parameters`` (overrides of a method's default keyword parameters, as
-DLHub's ``run(..., parameters=)``): checked against what the method declares, and part of
-the memo key, so answers for other parameters are never shared."""
+"""A request's ``parameters`` (keyword arguments merged over a method's defaults, as
+DLHub's ``run(..., parameters=)``): for Python function, class-method and scikit-learn
+servables any name is passed on, as DLHub did (a function that does not take it fails per
+item, naming it); for other types the names are checked against what the method declares.
+They are part of the memo key, so answers for other parameters are never shared."""
 
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ logger = logging.getLogger(__name__)
 
 def check_parameters(info: ServableInfo, method: str, parameters: dict[str, Any] | None
                      ) -> dict[str, Any] | None:
-    """``parameters`` if every name is one ``method`` declares (None for none);
-    ``InvalidInput`` naming the unknown ones and the allowed ones."""
+    """``parameters`` (None for none) if ``info`` takes any keyword, or every name is one
+    ``method`` declares; else ``InvalidInput`` naming the unknown ones and the allowed ones."""
     if not parameters:
         return None
+    if info.any_keywords:
+        return parameters
     allowed = info.params.get(method, ())
     unknown = sorted(set(parameters) - set(allowed))
     if unknown:

@@ -12,7 +12,7 @@ import pytest
 
 from dlhub_hpc import Client, Hub
 from dlhub_hpc.compat import DLHubClient, DLHubFuture, NoSuchMethod, NoSuchServable
-from dlhub_hpc.errors import InvalidInput, NotSupportedHere
+from dlhub_hpc.errors import ExecutionError, InvalidInput, NotSupportedHere
 from tests.dlhub_schema import DLHUB_DATA
 
 X = np.array([[1.0, 5.0], [7.0, 2.0]])
@@ -44,9 +44,17 @@ def test_run_with_parameters_overrides_the_defaults(dl: DLHubClient, npmax: str,
                for p in (None, {"axis": 1}, {"axis": 0}, {"axis": 1})]
     assert [list(f.result()) for f in futures] == [[7.0, 5.0], [5.0, 7.0], [7.0, 5.0],
                                                    [5.0, 7.0]]
-    with pytest.raises(InvalidInput) as err:
+    with pytest.raises(ExecutionError, match="axes"):  # passed on, as DLHub did
         dl.run(npmax, X, parameters={"axes": 1})
-    assert err.value.details["unknown"] == ["axes"] and err.value.details["allowed"] == ["axis"]
+
+
+def test_run_passes_keywords_a_record_does_not_declare(dl: DLHubClient) -> None:
+    record = _record("static_numpy_max")
+    record["dlhub"]["name"] = "np_max_plain"  # type: ignore[index]
+    record["servable"]["methods"]["run"]["parameters"] = {}  # type: ignore[index]
+    ref = dl.publish_servable(record).partition("@")[0]
+    assert dl.run(ref, X) == 7.0
+    assert np.array_equal(dl.run(ref, X, parameters={"axis": 1}), [5.0, 7.0])
 
 
 def test_the_sdk_discovery_examples(dl: DLHubClient, npmax: str) -> None:

@@ -18,6 +18,7 @@ from dlhub_hpc.client import checked_parameters
 from dlhub_hpc.errors import InvalidInput
 from dlhub_hpc.protocol import PROTOCOL_VERSION, Batch, Request, Tag, decode, encode
 from dlhub_hpc.registry.dlhub_json import from_dlhub_json
+from dlhub_hpc.registry.store import ServableRecord
 from dlhub_hpc.servable.shims import load_servable
 from dlhub_hpc.servable.types import ArgType
 from dlhub_hpc.worker.runner import run_shim
@@ -72,18 +73,41 @@ def test_a_batch_with_mixed_parameters_answers_each_item_with_its_own(tmp_path: 
     assert [list(r[1]) for r in results] == [[7.0, 5.0], [5.0, 7.0], [7.0, 5.0]]
 
 
-def test_a_method_without_defaults_refuses_overrides_per_item(tmp_path: Path) -> None:
+def test_keywords_a_function_does_not_take_fail_per_item_naming_them(tmp_path: Path) -> None:
     record = json.loads((DLHUB_DATA / "sdk" / "static_sqrt_autobatch.json").read_text())
     shim = load_servable(from_dlhub_json(record, owner="dlhub"), tmp_path)
     ok, bad = run_shim(shim, "run", [[4.0], [9.0]], [None, {"x": 1}])
     assert ok == [True, [2.0]]
-    assert bad[0] is False and bad[1]["type"] == "InvalidInput"
-    assert "declares no parameters" in bad[1]["message"]
+    assert bad[0] is False and bad[1]["type"] == "ExecutionError"
+    assert "parameters x" in bad[1]["message"]
+
+
+def test_undeclared_keywords_pass_through_as_on_dlhub(tmp_path: Path) -> None:
+    record = json.loads((DLHUB_DATA / "sdk" / "static_numpy_max.json").read_text())
+    record["servable"]["methods"]["run"]["parameters"] = {}  # a plain numpy.max
+    shim = load_servable(from_dlhub_json(record, owner="dlhub"), tmp_path)
+    (plain,), (rows,) = shim.run("run", [X]), shim.run("run", [X], {"axis": 1})
+    assert plain == 7.0 and np.array_equal(rows, [5.0, 7.0])
+    (kept,) = _numpy_max(tmp_path).run("run", [X], {"keepdims": True})  # merged over axis=0
+    assert np.array_equal(kept, [[7.0, 5.0]])
+
+
+def _info(name: str) -> ServableInfo:
+    record = json.loads((DLHUB_DATA / "sdk" / f"{name}.json").read_text())
+    spec = from_dlhub_json(record, owner="dlhub")
+    return ServableInfo.from_record(ServableRecord(spec.full_name, 1, "d", spec, 0.0))
+
+
+def test_the_hub_passes_any_keyword_for_python_and_sklearn_servables() -> None:
+    for name in ("static_sqrt_autobatch", "class_method", "sklearn_pickle"):
+        assert check_parameters(_info(name), "run", {"axis": 1}) == {"axis": 1}
+    with pytest.raises(InvalidInput, match="declares none"):
+        check_parameters(_info("torch"), "run", {"axis": 1})
 
 
 def test_the_hub_names_unknown_parameters_and_the_allowed_ones() -> None:
-    info = ServableInfo("dlhub/numpy_max", 1, "d", {"run": ArgType(type="any")},
-                        params={"run": ("axis",)})
+    info = ServableInfo("dlhub/torch_net", 1, "d", {"run": ArgType(type="any")},
+                        params={"run": ("axis",)})  # a type that takes only what it declares
     assert check_parameters(info, "run", {"axis": 1}) == {"axis": 1}
     assert check_parameters(info, "run", None) is None
     with pytest.raises(InvalidInput) as err:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from dlhub_hpc.errors import DlhubHpcError, ExecutionError, ServableLoadError
-from dlhub_hpc.servable.shims.calling import overridden
+from dlhub_hpc.servable.shims.calling import KEYWORD_TYPES, dlhub_call, overridden
 from dlhub_hpc.servable.spec import ServableSpec
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,11 @@ class Shim(ABC):
     def call_for(self, method: str, parameters: dict[str, Any] | None = None
                  ) -> Callable[[Any], Any]:
         """The call of ``method``, with ``parameters`` overriding its defaults."""
-        return overridden(self._calls[method], parameters, f"{self.spec.full_name}.{method}")
+        call = self._calls[method]
+        if (parameters and self.spec.servable.type in KEYWORD_TYPES
+                and not hasattr(call, "with_parameters")):  # a plain call takes them too
+            return dlhub_call(call, self.spec.servable.methods[method], parameters)
+        return overridden(call, parameters, f"{self.spec.full_name}.{method}")
 
     def run(self, method: str, inputs: list[Any],
             parameters: dict[str, Any] | None = None) -> list[Outcome]:

@@ -3,9 +3,10 @@
 list, the function called once per element). Shims wrap each method's callable with
 ``dlhub_call`` so a record imported from DLHub answers as it did there.
 
-A call made for a method with default parameters carries ``with_parameters(overrides)``:
-the same call with some defaults overridden (a request's ``parameters``, as DLHub's
-``run(..., parameters=)``). ``overridden`` finds it on any shim's call."""
+Every such call but the plain one carries ``with_parameters(overrides)``: the same call with keyword
+arguments merged over the method's defaults (a request's ``parameters``, as DLHub's
+``run(..., parameters=)``, which passed any keyword the caller gave; a function that does
+not take one fails per item, naming it). ``overridden`` finds it on any shim's call."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from dlhub_hpc.servable.spec import MethodSpec
 logger = logging.getLogger(__name__)
 
 Call = Callable[[Any], Any]
+# the servable types whose calls take any keyword a request passes (as DLHub's shims did)
+KEYWORD_TYPES = frozenset({"python_function", "python_class_method", "sklearn"})
 
 
 def dlhub_call(func: Callable[..., Any], method: MethodSpec,
@@ -30,15 +33,15 @@ def dlhub_call(func: Callable[..., Any], method: MethodSpec,
     default parameters, ``overrides`` replacing some of them."""
     params = dict(method.parameters) | (overrides or {})
     if not (params or method.unpack or method.autobatch):
-        return func  # the plain call: nothing to add
+        return func  # the plain call: nothing to add (``Shim.call_for`` wraps it for overrides)
 
     def one(x: Any) -> Any:
         if not method.unpack:
-            return func(x, **params)
+            return named(func, x, params, overrides)
         if not isinstance(x, list | tuple):
             raise InvalidInput(f"input should be a list or tuple of arguments (the method "
                                f"unpacks it), got {type(x).__name__}", path="input")
-        return func(*x, **params)
+        return named(func, x, params, overrides, unpack=True)
 
     call: Any = one
     if method.autobatch:
@@ -49,10 +52,21 @@ def dlhub_call(func: Callable[..., Any], method: MethodSpec,
             return [one(e) for e in x]
 
         call = each
-    if method.parameters:
-        return with_parameters(call, lambda more: dlhub_call(func, method,
-                                                             (overrides or {}) | more))
-    return call
+    return with_parameters(call, lambda more: dlhub_call(func, method,
+                                                         (overrides or {}) | more))
+
+
+def named(func: Callable[..., Any], x: Any, params: dict[str, Any],
+          overrides: dict[str, Any] | None, unpack: bool = False) -> Any:
+    """``func`` called on ``x``; a ``TypeError`` names the request's parameters (a builtin
+    says only "takes no keyword arguments")."""
+    try:
+        return func(*x, **params) if unpack else func(x, **params)
+    except TypeError as exc:
+        if not overrides:
+            raise
+        raise TypeError(f"{exc} (the request passed parameters "
+                        f"{', '.join(sorted(overrides))})") from exc
 
 
 def with_parameters(call: Call, make: Callable[[dict[str, Any]], Call]) -> Call:
