@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -106,16 +107,25 @@ def serve(client: Client) -> Callable[..., str]:
     return start
 
 
-@pytest.fixture
-def people(hub: Hub) -> Iterator[dict[str, Client]]:
+@contextlib.contextmanager
+def people_on(hub: Hub) -> Iterator[dict[str, Client]]:
     """The admin (this Unix user) and two more identities, alice and bob, each with its
-    own key pair, on one hub."""
+    own key pair, as clients of ``hub``; closed afterwards."""
     admin = Client(hub.client_address, timeout=60)
     clients = {"admin": admin}
-    for name in ("alice", "bob"):
-        pair = KeyPair.generate()
-        admin.add_identity(name, pair.public)
-        clients[name] = Client(hub.client_address, timeout=60, keys=pair)
-    yield clients
-    for c in clients.values():
-        c.close()
+    try:
+        for name in ("alice", "bob"):
+            pair = KeyPair.generate()
+            admin.add_identity(name, pair.public)
+            clients[name] = Client(hub.client_address, timeout=60, keys=pair)
+        yield clients
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+@pytest.fixture
+def people(hub: Hub) -> Iterator[dict[str, Client]]:
+    """admin, alice and bob on one hub."""
+    with people_on(hub) as clients:
+        yield clients

@@ -17,7 +17,7 @@ import zmq
 
 from dlhub_hpc import Client, Hub
 from dlhub_hpc.errors import PermissionDenied
-from tests.integration.conftest import FAST
+from tests.integration.conftest import FAST, people_on
 from tests.integration.test_auth import servable_copy
 
 needs_curve = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq was built without CURVE")
@@ -66,18 +66,9 @@ def test_an_open_home_is_tightened_with_a_warning(
 def shared(make_hub: Callable[..., Hub]) -> Iterator[dict[str, Client]]:
     """admin, alice and bob on a hub that lets an owner run one worker, and pilots of two
     nodes."""
-    from dlhub_hpc.security.keys import KeyPair
-
     hub = make_hub(max_workers_per_owner=1, max_nodes_per_pilot=2, **FAST)
-    admin = Client(hub.client_address, timeout=60)
-    clients = {"admin": admin}
-    for name in ("alice", "bob"):
-        pair = KeyPair.generate()
-        admin.add_identity(name, pair.public)
-        clients[name] = Client(hub.client_address, timeout=60, keys=pair)
-    yield clients
-    for c in clients.values():
-        c.close()
+    with people_on(hub) as clients:
+        yield clients
 
 
 @needs_curve
