@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from dlhub_hpc.broker.config import default_home, read_hub_file
 from dlhub_hpc.cli.common import client_from, console
@@ -98,7 +99,7 @@ def list_(ctx: click.Context) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(str(r["name"]), str(r["kind"]), ", ".join(r["groups"]) or "-",
-                      str(r["public_key"]))
+                      Text(str(r["public_key"])))  # Z85 has '[': not markup
     console.print(table)
 
 
@@ -113,7 +114,7 @@ def workers_(ctx: click.Context) -> None:
         table.add_column(col)
     for r in rows:
         revoked = r["revoked_at"]
-        table.add_row(str(r["owner"]), str(r["public_key"]), _when(r["issued_at"]),
+        table.add_row(str(r["owner"]), Text(str(r["public_key"])), _when(r["issued_at"]),
                       "-" if revoked is None else _when(revoked))
     console.print(table)
 
