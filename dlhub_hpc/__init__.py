@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 from dlhub_hpc._version import __version__
 from dlhub_hpc.errors import (
     AuthenticationError,
+    BadReference,
     BrokerInvariantError,
     BundleDigestMismatch,
     ConfigError,
@@ -21,6 +22,7 @@ from dlhub_hpc.errors import (
     LimitExceeded,
     MethodNotFound,
     NotSupportedHere,
+    NoUnixAccount,
     Overloaded,
     PayloadTooLarge,
     PermissionDenied,
@@ -29,6 +31,10 @@ from dlhub_hpc.errors import (
     ProtocolError,
     RateLimited,
     RecordError,
+    ReferenceDenied,
+    ReferenceFormatError,
+    ReferenceNotFound,
+    ReferenceTooLarge,
     RuntimeNotFound,
     ServableDeprecated,
     ServableError,
@@ -38,6 +44,7 @@ from dlhub_hpc.errors import (
     ServingError,
     SpecError,
     Timeout,
+    URLFetchFailed,
     WorkerLost,
 )
 
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
     from dlhub_hpc.client import USE_CLIENT_DEFAULT, Client
     from dlhub_hpc.hub import Hub
     from dlhub_hpc.parsl_executor import DLHubExecutor, servable_app
+    from dlhub_hpc.references import FileRef, URLRef
     from dlhub_hpc.security.keys import KeyPair
     from dlhub_hpc.servable import ArgType, ServableSpec, make_bundle
     from dlhub_hpc.servable.builders import PythonFunctionServable, ScikitLearnServable
@@ -61,6 +69,7 @@ _LAZY: dict[str, str] = {
     "Client": "dlhub_hpc.client",
     "ComputeLimits": "dlhub_hpc.bridge",
     "DLHubExecutor": "dlhub_hpc.parsl_executor",
+    "FileRef": "dlhub_hpc.references",
     "Hub": "dlhub_hpc.hub",
     "HubConfig": "dlhub_hpc.broker.config",
     "KeyPair": "dlhub_hpc.security.keys",
@@ -68,6 +77,7 @@ _LAZY: dict[str, str] = {
     "RemoteClient": "dlhub_hpc.bridge",
     "ScikitLearnServable": "dlhub_hpc.servable.builders",
     "ServableSpec": "dlhub_hpc.servable",
+    "URLRef": "dlhub_hpc.references",
     "USE_CLIENT_DEFAULT": "dlhub_hpc.client",
     "make_bundle": "dlhub_hpc.servable",
     "servable_app": "dlhub_hpc.parsl_executor",
@@ -79,6 +89,7 @@ __all__ = [
     "ArgType",
     "AsyncClient",
     "AuthenticationError",
+    "BadReference",
     "BrokerInvariantError",
     "BundleDigestMismatch",
     "Client",
@@ -89,6 +100,7 @@ __all__ = [
     "DlhubHpcError",
     "EndpointError",
     "ExecutionError",
+    "FileRef",
     "Hub",
     "HubConfig",
     "HubUnavailable",
@@ -99,6 +111,7 @@ __all__ = [
     "KeyPair",
     "LimitExceeded",
     "MethodNotFound",
+    "NoUnixAccount",
     "NotSupportedHere",
     "Overloaded",
     "PayloadTooLarge",
@@ -109,6 +122,10 @@ __all__ = [
     "PythonFunctionServable",
     "RateLimited",
     "RecordError",
+    "ReferenceDenied",
+    "ReferenceFormatError",
+    "ReferenceNotFound",
+    "ReferenceTooLarge",
     "RemoteClient",
     "RuntimeNotFound",
     "ScikitLearnServable",
@@ -121,6 +138,8 @@ __all__ = [
     "ServingError",
     "SpecError",
     "Timeout",
+    "URLFetchFailed",
+    "URLRef",
     "WorkerLost",
     "__version__",
     "make_bundle",

@@ -21,6 +21,13 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     │   ├── BundleDigestMismatch a stored bundle's sha256 differs from its record; not loaded
     │   ├── MethodNotFound       the servable has no such method
     │   ├── InvalidInput         the input does not match the declared type
+    │   │   └── BadReference     a FileRef/URLRef or result_to cannot be used (subclasses say why)
+    │   │       ├── ReferenceNotFound    the file (or a folder on its path) does not exist
+    │   │       ├── ReferenceDenied      the caller's Unix account may not read (or write) it
+    │   │       ├── NoUnixAccount        the caller's identity maps to no Unix account here
+    │   │       ├── ReferenceTooLarge    the file or download is over the hub's cap
+    │   │       ├── ReferenceFormatError a scheme, path or file format that is not taken
+    │   │       └── URLFetchFailed       the URL could not be fetched (status or reason)
     │   ├── ServableLoadError    a worker could not load the servable
     │   └── ExecutionError       the model raised while running one item
     ├── ServingError
@@ -117,6 +124,38 @@ class MethodNotFound(ServableError):
 
 class InvalidInput(ServableError):
     """The input does not match the type the servable declares."""
+
+
+class BadReference(InvalidInput):
+    """An input reference (``FileRef``, ``URLRef``) or a ``result_to`` cannot be used;
+    ``details`` has ``reference`` (the path or URL) and, where known, ``item``."""
+
+
+class ReferenceNotFound(BadReference):
+    """The referenced file, or a folder on its path (``details['component']``), is missing."""
+
+
+class ReferenceDenied(BadReference):
+    """The caller's Unix account may not read (or, for ``result_to``, write) the reference;
+    ``details['component']`` is the first path component that stops it."""
+
+
+class NoUnixAccount(BadReference):
+    """The caller's identity maps to no Unix account on the hub's node (``user_map`` in the
+    hub's config names one), so file references cannot be checked for it."""
+
+
+class ReferenceTooLarge(BadReference):
+    """The file or download is larger than ``HubConfig.max_reference_bytes``."""
+
+
+class ReferenceFormatError(BadReference):
+    """A reference's scheme or path is not accepted (relative path, http:// to a remote host),
+    or its file is not the format its name says (a ``.npy`` that numpy cannot read)."""
+
+
+class URLFetchFailed(BadReference):
+    """The hub could not fetch a ``URLRef``: ``details`` has the status or the reason."""
 
 
 class ServableLoadError(ServableError):

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 import msgpack
 import numpy as np
 
+from dlhub_hpc import references
 from dlhub_hpc.errors import DlhubHpcError, InvalidInput, ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ PROTOCOL_VERSION = 1
 NDARRAY_EXT = 1  # an array in a frame of its own: "dtype;shape;frame index"
 NDARRAY_INLINE_EXT = 2  # a small array inside the header: "dtype;shape;" then its bytes
 ENCODED_EXT = 3  # a value already msgpack-encoded, in a frame of its own: "frame index"
+REF_EXT = 5  # a FileRef or URLRef: msgpack [kind, target] (dlhub_hpc.references)
 # Arrays up to this size travel inside the header: every extra frame costs a message part
 # (and a CurveZMQ box) on each hop, and ZeroMQ copies parts this small anyway.
 INLINE_ARRAY_BYTES = 16384
@@ -136,11 +138,13 @@ class Request(Message):
 
     ``cache=False`` bypasses the memo cache (and single flight) for this request.
     ``parameters`` override the method's default keyword parameters (DLHub's
-    ``run(..., parameters=)``); None keeps the defaults.
+    ``run(..., parameters=)``); None keeps the defaults. ``result_to`` names a file the
+    hub writes the result to (as the caller may), replying with its ``FileRef``.
     """
 
     TAG = Tag.REQUEST
-    TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE), bool, (dict, _NONE))
+    TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE), bool, (dict, _NONE),
+             (str, _NONE))
     # what a client may send, so a worker can take it
     DEPTHS = {"payload": MAX_DEPTH, "parameters": MAX_DEPTH}
     OMIT_LAST_NONE = True
@@ -152,6 +156,7 @@ class Request(Message):
     timeout: float | None = None
     cache: bool = True
     parameters: dict[str, Any] | None = None
+    result_to: str | None = None
 
 
 @_message
@@ -369,7 +374,8 @@ class _Refused(Exception):
 
 
 # What a decoded value may hold besides lists and dicts (a timestamp ext is not in it).
-_LEAVES = frozenset({str, int, float, bool, bytes, _NONE, np.ndarray})
+_LEAVES = frozenset({str, int, float, bool, bytes, _NONE, np.ndarray, references.FileRef,
+                     references.URLRef})
 _CONTAINERS = (dict, list, tuple, set, frozenset)  # what msgpack sends as a map or an array
 
 
@@ -438,6 +444,8 @@ def _pack_default(buffers: list[Any]) -> Any:
             buffers.append(obj.data)
             return msgpack.ExtType(ENCODED_EXT, str(len(buffers)).encode())
         if not isinstance(obj, np.ndarray):
+            if isinstance(obj, references.FileRef | references.URLRef):
+                return msgpack.ExtType(REF_EXT, references.to_wire(obj))
             return plain_value(obj)
         check_sendable_array(obj)
         shape = ",".join(map(str, obj.shape))
@@ -458,8 +466,8 @@ def encode(msg: Message) -> list[Any]:
     buffers: list[Any] = []
     values = [PROTOCOL_VERSION, int(msg.TAG)]
     values.extend(getattr(msg, name) for name in msg.FIELDS)
-    if msg.OMIT_LAST_NONE and values[-1] is None:
-        values.pop()
+    while msg.OMIT_LAST_NONE and len(values) > 2 + msg.REQUIRED and values[-1] is None:
+        values.pop()  # trailing optional fields left unset
     try:
         header = msgpack.packb(values, default=_pack_default(buffers), use_bin_type=True)
     except DlhubHpcError:
@@ -519,6 +527,8 @@ def _ext_hook(frames: Sequence[Any], pause: Pause | None = None) -> Any:
             expanded.add(index)
             # Expanded with no frames: an encoded value holds no frame references of its own.
             return _unpack(_as_buffer(frames[index]), _ext_hook((), pause), pause)
+        if code == REF_EXT:
+            return references.from_wire(data)
         if code == NDARRAY_INLINE_EXT:
             dtype, shape, raw = data.split(b";", 2)
             memory: Any = bytearray(raw)  # writable, like an array read from its own frame

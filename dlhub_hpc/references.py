@@ -1,0 +1,142 @@
+"""Inputs by reference: a file on a shared filesystem or an HTTPS URL in place of its bytes.
+
+``FileRef("/lus/proj/frame.npy")`` and ``URLRef("https://...")`` may stand anywhere in an
+input. The hub reads what they name (a file only after checking that the caller's Unix
+account may read it) and hands the servable the content: a numpy array for a name ending
+in ``.npy`` (memory-mapped for files), else the raw bytes. On the wire a reference is one
+msgpack ext record (``protocol.REF_EXT``) holding ``[kind, target]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgpack
+
+from dlhub_hpc.errors import ReferenceFormatError
+
+logger = logging.getLogger(__name__)
+
+MAX_TARGET_CHARS = 4096  # PATH_MAX; a URL longer than this is no reference either
+CLI_PREFIX = "@ref:"  # ``dlhub-hpc run NAME @ref:/path`` or ``@ref:https://...``
+NPY_SUFFIX = ".npy"
+
+
+def _check_target(target: Any, what: str) -> str:
+    if not isinstance(target, str) or not target or len(target) > MAX_TARGET_CHARS:
+        raise ReferenceFormatError(
+            f"a {what} must be a non-empty string of at most {MAX_TARGET_CHARS} characters",
+            reference=str(target)[:200])
+    if "\x00" in target:
+        raise ReferenceFormatError(f"a {what} may not hold a NUL character",
+                                   reference=target[:200])
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """A file the hub reads for the caller: an absolute path on a filesystem the hub sees."""
+
+    path: str
+
+    def __post_init__(self) -> None:
+        path = _check_target(str(self.path) if hasattr(self.path, "__fspath__") else self.path,
+                             "file reference")
+        if not posixpath.isabs(path):
+            raise ReferenceFormatError(
+                f"file reference {path!r} is relative; give an absolute path (the hub does "
+                "not share your working directory)", reference=path)
+        object.__setattr__(self, "path", path)
+
+    @property
+    def target(self) -> str:
+        return self.path
+
+    @property
+    def is_npy(self) -> bool:
+        return self.path.endswith(NPY_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class URLRef:
+    """A URL the hub fetches for the caller (no credentials are sent): ``https://``, or
+    ``http://`` to a loopback host only."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        url = _check_target(self.url, "URL reference")
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ReferenceFormatError(
+                f"URL reference {url[:200]!r} is not an https:// URL with a host",
+                reference=url[:200])
+
+    @property
+    def target(self) -> str:
+        return self.url
+
+    @property
+    def is_npy(self) -> bool:
+        return urlsplit(self.url).path.endswith(NPY_SUFFIX)
+
+
+Reference = FileRef | URLRef
+_KINDS: dict[str, type[FileRef] | type[URLRef]] = {"file": FileRef, "url": URLRef}
+_KIND_OF = {FileRef: "file", URLRef: "url"}
+
+
+def to_wire(ref: Reference) -> bytes:
+    """The ext record's bytes: msgpack ``[kind, target]``."""
+    return msgpack.packb([_KIND_OF[type(ref)], ref.target], use_bin_type=True)
+
+
+def from_wire(data: bytes) -> Reference:
+    """A reference from its ext record; ``ReferenceFormatError`` if it is not one."""
+    try:
+        kind, target = msgpack.unpackb(data, raw=False)
+    except Exception:
+        raise ReferenceFormatError("a reference record is not [kind, target]") from None
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ReferenceFormatError(f"unknown reference kind {str(kind)[:40]!r}; "
+                                   f"known: {sorted(_KINDS)}")
+    return cls(target)
+
+
+def parse_cli(text: str) -> Reference | None:
+    """``@ref:/path`` or ``@ref:https://...`` as the CLI takes it; None for other text."""
+    if not text.startswith(CLI_PREFIX):
+        return None
+    target = text[len(CLI_PREFIX):]
+    if "://" in target:
+        return URLRef(target)
+    return FileRef(target)
+
+
+def has_references(value: Any) -> bool:
+    """Whether ``value`` holds a reference anywhere in its lists and dicts."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _REF_TYPES:
+            return True
+        if kind is dict:
+            item = list(item.values())
+        elif kind is not list:
+            continue
+        kinds = set(map(type, item))  # one pass in C: a list of numbers costs no Python call
+        if kinds & _REF_TYPES:
+            return True
+        if kinds & _NESTS:
+            stack.extend(x for x in item if type(x) in _NESTS)
+    return False
+
+
+_REF_TYPES = frozenset({FileRef, URLRef})
+_NESTS = frozenset({list, dict})
