@@ -27,7 +27,7 @@ from dlhub_hpc.broker.server import BrokerServer
 from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
-from dlhub_hpc.hubops import HubParts, Recovery, control_operations
+from dlhub_hpc.hubops import HubParts, OnDemandStarter, Recovery, control_operations
 from dlhub_hpc.pilot.local import local_provider
 from dlhub_hpc.pilot.service import PilotService, WorkersSetup
 from dlhub_hpc.registry.store import Registry
@@ -93,6 +93,7 @@ class Hub:
                          about=self._about, stop=lambda why: self.server.stop(why))
         self.server = BrokerServer(self.state, self.config, self._servable_files,
                                    control_operations(parts))
+        self.server.on_demand = OnDemandStarter(parts, self.state.ondemand)
         self._recovery = Recovery(parts)
 
     def __repr__(self) -> str:

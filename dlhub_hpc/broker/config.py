@@ -86,6 +86,25 @@ class HubConfig(BaseModel):
                     "profile's max_blocks)",
     )
 
+    start_on_demand: dict[str, str] = Field(
+        default_factory=dict,
+        description="servable (owner/name, or '*' for every one) -> the site profile a "
+                    "pilot starts from when a request finds no worker serving it",
+    )
+    idle_release_after: float | None = Field(
+        default=None, gt=0,
+        description="seconds without requests after which a servable started on demand "
+                    "is stopped, back to zero workers (None: kept until stopped)",
+    )
+    max_starts_per_minute: int = Field(
+        default=6, ge=1, description="on-demand pilot starts per minute, hub-wide",
+    )
+    queue_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="per servable (owner/name): requests one method may queue, below "
+                    "max_queue_length; past it callers get QueueFull",
+    )
+
     @model_validator(mode="after")
     def _timeout_covers_heartbeats(self) -> HubConfig:
         if self.heartbeat_timeout <= self.heartbeat_interval:

@@ -29,7 +29,7 @@ from typing import Any, cast
 import zmq
 
 from dlhub_hpc.broker.config import HubConfig
-from dlhub_hpc.broker.events import Checked, InputPlan
+from dlhub_hpc.broker.events import Checked, InputPlan, ReleaseServable, StartServable
 from dlhub_hpc.broker.lane import (
     LargeLane,
     check_input,
@@ -126,6 +126,8 @@ class BrokerServer:
         self._local: zmq.Socket[bytes] | None = None  # inproc callers, on a socket of their own
         self._workers: zmq.Socket[bytes] | None = None
         self.auth: ServerAuth | None = None  # CurveZMQ on both sockets; set before run()
+        # Starts and stops pilots for servables started on demand (hubops/ondemand.py).
+        self.on_demand: Callable[[StartServable | ReleaseServable], None] | None = None
         # The state as other threads may see it: replaced (never changed) by the loop.
         self.published: Snapshot = Snapshot()
         self._publish_due = 0.0
@@ -514,6 +516,8 @@ class BrokerServer:
                     self._workers.send_multipart([identity, *frames], copy=False)
             elif isinstance(action, LoadServable):
                 self._assign(action)
+            elif self.on_demand is not None:  # StartServable or ReleaseServable
+                self._survive(self.on_demand, action)
 
     def _assign(self, action: LoadServable) -> None:
         info = action.servable
