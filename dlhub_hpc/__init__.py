@@ -46,6 +46,7 @@ from dlhub_hpc.errors import (
     ServingError,
     SpecError,
     Timeout,
+    TokenRefused,
     URLFetchFailed,
     WorkerLost,
 )
@@ -142,6 +143,7 @@ __all__ = [
     "ServingError",
     "SpecError",
     "Timeout",
+    "TokenRefused",
     "URLFetchFailed",
     "URLRef",
     "WorkerLost",

@@ -11,6 +11,7 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     ├── ProtocolError            a frame could not be decoded or has the wrong version
     ├── HubUnavailable           no hub answers at the address
     ├── AuthenticationError      the hub refused this connection's key (or the key is missing)
+    │   └── TokenRefused         a bearer token is unknown, revoked, or its identity is gone
     ├── PermissionDenied         the caller's identity may not see or change this servable
     │   └── IsolationUnavailable the hub cannot start this owner's workers isolated from it
     ├── ServableError
@@ -86,6 +87,11 @@ class HubUnavailable(DlhubHpcError):
 
 class AuthenticationError(DlhubHpcError):
     """The hub refused this connection's CurveZMQ key, or no key pair could be found."""
+
+
+class TokenRefused(AuthenticationError):
+    """A bearer token (the Open Inference Protocol gateway's) is unknown, revoked, or maps
+    to an identity the hub no longer has."""
 
 
 class PermissionDenied(DlhubHpcError):

@@ -34,6 +34,7 @@ from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.security.client import listening
 from dlhub_hpc.security.home import private_home
 from dlhub_hpc.security.hub import HubSecurity
+from dlhub_hpc.security.tokens import TokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,11 @@ class Hub:
         parts = HubParts(self.config, self.registry, self.security, self.state, self.pilots,
                          self._executor, worker_address=lambda: self.worker_address,
                          about=self._about, stop=lambda why: self.server.stop(why))
+        self.tokens = TokenStore(self.registry, self.security.access)  # bearer tokens
         self.server = BrokerServer(self.state, self.config, self._servable_files,
-                                   control_operations(parts))
+                                   {**control_operations(parts),
+                                    **self.tokens.operations(self.security.require_admin)})
+        self.server.tokens = self.tokens
         self.server.on_demand = OnDemandStarter(parts, self.state.ondemand)
         self._recovery = Recovery(parts)
 

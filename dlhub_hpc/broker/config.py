@@ -75,6 +75,18 @@ class HubConfig(BaseModel):
     user_map: dict[str, str] = Field(
         default_factory=dict, description="identity -> Unix user, where the names differ"
     )
+    max_reference_bytes: int = Field(
+        default=2**30, ge=0,
+        description="bytes the hub reads for one request's FileRef/URLRef inputs together; "
+                    "past it they are ReferenceTooLarge",
+    )
+    reference_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle to verify URLRef servers against (default: the system's)",
+    )
+    reference_fetch_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a URLRef download may stall",
+    )
     max_workers_per_owner: int = Field(
         default=16, ge=0,
         description="workers one owner's servables may run through 'workers start' "
