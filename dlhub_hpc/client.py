@@ -56,6 +56,7 @@ from dlhub_hpc.protocol import (
     decode,
     encode,
 )
+from dlhub_hpc.references import ResultTo, result_path
 from dlhub_hpc.security.client import ClientCurve, hint
 from dlhub_hpc.security.keys import KeyPair
 from dlhub_hpc.servable.bundle import make_bundle
@@ -239,13 +240,15 @@ class ClientCore:
     def _request(self, servable: str, inputs: Any, method: str,
                  timeout: float | UseClientDefault | None, cache: bool,
                  parameters: dict[str, Any] | None = None,
+                 result_to: ResultTo = None,
                  ) -> tuple[str, list[Any], float | None]:
         """A request's id, its checked frames, and how long to wait for its reply."""
         name, version = parse_ref(servable)
         seconds = self.timeout if isinstance(timeout, UseClientDefault) else timeout
         request_id = self._new_id()
         frames = self._frames(Request(request_id, name, version, method, inputs, seconds, cache,
-                                      checked_parameters(parameters)))
+                                      checked_parameters(parameters),
+                                      result_to=result_path(result_to)))
         # The hub answers Timeout at the deadline; past it plus a grace, the hub is gone.
         return request_id, frames, None if seconds is None else seconds + _GRACE
 
@@ -442,7 +445,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
     def submit(
         self, servable: str, inputs: Any, *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
-        parameters: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None, result_to: ResultTo = None,
     ) -> Future[Any]:
         """Send one request; the future holds the output or a ``DlhubHpcError``.
 
@@ -450,14 +453,17 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         servable's ``run`` (or its first method); ``timeout`` defaults to the client's;
         ``cache=False`` skips the hub's memo cache for this request; ``parameters``
         override the method's default keyword parameters (names it does not declare are
-        ``InvalidInput``).
+        ``InvalidInput``). Inputs may hold ``FileRef``/``URLRef`` values, which the hub
+        reads for you; ``result_to`` (a path) has the hub write the output there (``.npy``
+        for an array, else bytes) and return its ``FileRef``.
         """
-        return self._send(*self._request(servable, inputs, method, timeout, cache, parameters))
+        return self._send(*self._request(servable, inputs, method, timeout, cache, parameters,
+                                         result_to))
 
     def run(
         self, servable: str, inputs: Any, *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
-        parameters: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None, result_to: ResultTo = None,
     ) -> Any:
         """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``);
         the arguments are ``submit``'s.
@@ -465,7 +471,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         Blocks the calling thread, which talks to the hub on a socket of its own.
         """
         request_id, frames, wait = self._request(servable, inputs, method, timeout, cache,
-                                                 parameters)
+                                                 parameters, result_to)
         return self._thread_socket().call(request_id, frames, wait, self.address)
 
     def run_batch(

@@ -27,13 +27,14 @@ from dlhub_hpc.broker.server import BrokerServer
 from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
-from dlhub_hpc.hubops import HubParts, Recovery, control_operations
+from dlhub_hpc.hubops import HubParts, OnDemandStarter, Recovery, control_operations
 from dlhub_hpc.pilot.local import local_provider
 from dlhub_hpc.pilot.service import PilotService, WorkersSetup
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.security.client import listening
 from dlhub_hpc.security.home import private_home
 from dlhub_hpc.security.hub import HubSecurity
+from dlhub_hpc.security.tokens import TokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,12 @@ class Hub:
         parts = HubParts(self.config, self.registry, self.security, self.state, self.pilots,
                          self._executor, worker_address=lambda: self.worker_address,
                          about=self._about, stop=lambda why: self.server.stop(why))
+        self.tokens = TokenStore(self.registry, self.security.access)  # bearer tokens
         self.server = BrokerServer(self.state, self.config, self._servable_files,
-                                   control_operations(parts))
+                                   {**control_operations(parts),
+                                    **self.tokens.operations(self.security.require_admin)})
+        self.server.tokens = self.tokens
+        self.server.on_demand = OnDemandStarter(parts, self.state.ondemand)
         self._recovery = Recovery(parts)
 
     def __repr__(self) -> str:

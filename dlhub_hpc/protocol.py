@@ -140,11 +140,13 @@ class Request(Message):
     ``parameters`` override the method's default keyword parameters (DLHub's
     ``run(..., parameters=)``); None keeps the defaults. ``result_to`` names a file the
     hub writes the result to (as the caller may), replying with its ``FileRef``.
+    ``token``: a bearer token (``dlhub_hpc.security.tokens``); the hub acts as the identity
+    it maps to, not as the connection's.
     """
 
     TAG = Tag.REQUEST
     TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE), bool, (dict, _NONE),
-             (str, _NONE))
+             (str, _NONE), (str, _NONE))
     # what a client may send, so a worker can take it
     DEPTHS = {"payload": MAX_DEPTH, "parameters": MAX_DEPTH}
     OMIT_LAST_NONE = True
@@ -157,6 +159,7 @@ class Request(Message):
     cache: bool = True
     parameters: dict[str, Any] | None = None
     result_to: str | None = None
+    token: str | None = None
 
 
 @_message

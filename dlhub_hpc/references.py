@@ -10,6 +10,7 @@ msgpack ext record (``protocol.REF_EXT``) holding ``[kind, target]``.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -63,15 +64,14 @@ class FileRef:
 
 @dataclass(frozen=True, slots=True)
 class URLRef:
-    """A URL the hub fetches for the caller (no credentials are sent): ``https://``, or
-    ``http://`` to a loopback host only."""
+    """An ``https://`` URL the hub fetches for the caller (no credentials are sent)."""
 
     url: str
 
     def __post_init__(self) -> None:
         url = _check_target(self.url, "URL reference")
         parts = urlsplit(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
+        if parts.scheme != "https" or not parts.hostname:
             raise ReferenceFormatError(
                 f"URL reference {url[:200]!r} is not an https:// URL with a host",
                 reference=url[:200])
@@ -140,3 +140,18 @@ def has_references(value: Any) -> bool:
 
 _REF_TYPES = frozenset({FileRef, URLRef})
 _NESTS = frozenset({list, dict})
+
+
+def result_path(target: str | os.PathLike[str] | FileRef | None) -> str | None:
+    """``run(..., result_to=)`` as a request carries it: an absolute path (a relative one
+    is taken from this process's working directory, which the hub does not share)."""
+    if target is None:
+        return None
+    if isinstance(target, URLRef):
+        raise ReferenceFormatError("result_to takes a file path; the hub does not upload "
+                                   "results to URLs", reference=target.url[:200])
+    path = target.path if isinstance(target, FileRef) else os.fspath(target)
+    return FileRef(os.path.abspath(path)).path
+
+
+ResultTo = str | os.PathLike[str] | FileRef | None  # what run(..., result_to=) takes

@@ -75,6 +75,18 @@ class HubConfig(BaseModel):
     user_map: dict[str, str] = Field(
         default_factory=dict, description="identity -> Unix user, where the names differ"
     )
+    max_reference_bytes: int = Field(
+        default=2**30, ge=0,
+        description="bytes the hub reads for one request's FileRef/URLRef inputs together; "
+                    "past it they are ReferenceTooLarge",
+    )
+    reference_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle to verify URLRef servers against (default: the system's)",
+    )
+    reference_fetch_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a URLRef download may stall",
+    )
     max_workers_per_owner: int = Field(
         default=16, ge=0,
         description="workers one owner's servables may run through 'workers start' "
@@ -84,6 +96,25 @@ class HubConfig(BaseModel):
         default=8, ge=1,
         description="nodes a pilot a non-admin starts may hold (--nodes times the "
                     "profile's max_blocks)",
+    )
+
+    start_on_demand: dict[str, str] = Field(
+        default_factory=dict,
+        description="servable (owner/name, or '*' for every one) -> the site profile a "
+                    "pilot starts from when a request finds no worker serving it",
+    )
+    idle_release_after: float | None = Field(
+        default=None, gt=0,
+        description="seconds without requests after which a servable started on demand "
+                    "is stopped, back to zero workers (None: kept until stopped)",
+    )
+    max_starts_per_minute: int = Field(
+        default=6, ge=1, description="on-demand pilot starts per minute, hub-wide",
+    )
+    queue_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="per servable (owner/name): requests one method may queue, below "
+                    "max_queue_length; past it callers get QueueFull",
     )
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ from typing import Any, cast
 import zmq
 
 from dlhub_hpc.broker.config import HubConfig
-from dlhub_hpc.broker.events import Checked, InputPlan
+from dlhub_hpc.broker.events import Checked, InputPlan, ReleaseServable, StartServable
 from dlhub_hpc.broker.lane import (
     LargeLane,
     check_input,
@@ -39,6 +39,7 @@ from dlhub_hpc.broker.lane import (
     too_large,
 )
 from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY
+from dlhub_hpc.broker.reference_routing import ReferenceRouting
 from dlhub_hpc.broker.snapshot import Snapshot
 from dlhub_hpc.broker.state import (
     Action,
@@ -114,6 +115,10 @@ class BrokerServer:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._lane = LargeLane(self._wake, config.large_backlog_bytes)
+        # Inputs by reference and result_to: read, fetched and written on threads of their own.
+        self._references = ReferenceRouting(
+            config, self._wake, lambda: self.auth.local_user if self.auth is not None else "",
+            self.state.input_plan, self._on_caller_message, self._to_client)
         # Messages past this go by the lane (or, past the size limit, are refused there).
         self._large_bytes = min(config.large_message_bytes, config.max_message_bytes)
         self.client_endpoint = ""
@@ -126,6 +131,8 @@ class BrokerServer:
         self._local: zmq.Socket[bytes] | None = None  # inproc callers, on a socket of their own
         self._workers: zmq.Socket[bytes] | None = None
         self.auth: ServerAuth | None = None  # CurveZMQ on both sockets; set before run()
+        # Starts and stops pilots for servables started on demand (hubops/ondemand.py).
+        self.on_demand: Callable[[StartServable | ReleaseServable], None] | None = None
         # The state as other threads may see it: replaced (never changed) by the loop.
         self.published: Snapshot = Snapshot()
         self._publish_due = 0.0
@@ -210,6 +217,7 @@ class BrokerServer:
             self._publish(math.inf)
         finally:
             self._lane.close()
+            self._references.close()
             clients.close(linger=0)
             local.close(linger=0)
             workers.close(linger=0)
@@ -364,6 +372,8 @@ class BrokerServer:
 
     def _on_caller_message(self, identity: bytes, user: str, msg: Message,
                            checked: Checked | None = None) -> None:
+        if self._references.takes(identity, user, msg, checked):
+            return  # back here once its references are read
         if isinstance(msg, Request):
             self._apply(self.state.handle(FromClient(identity, msg, user, checked),
                                           time.monotonic()))
@@ -486,6 +496,7 @@ class BrokerServer:
         except BlockingIOError:
             pass
         self._lane.run_finished()
+        self._references.run_finished()
         while not self._finished.empty():
             identity, rid, fut = self._finished.get()
             exc = fut.exception()
@@ -514,6 +525,8 @@ class BrokerServer:
                     self._workers.send_multipart([identity, *frames], copy=False)
             elif isinstance(action, LoadServable):
                 self._assign(action)
+            elif self.on_demand is not None:  # StartServable or ReleaseServable
+                self._survive(self.on_demand, action)
 
     def _assign(self, action: LoadServable) -> None:
         info = action.servable
@@ -529,6 +542,8 @@ class BrokerServer:
         self._send(self._workers, action.identity, msg)
 
     def _to_client(self, identity: bytes, msg: Message) -> None:
+        if self._references.takes_reply(identity, msg):
+            return  # sent once its value is written to its result_to
         if identity.startswith(LOCAL_PREFIX):
             self._send(self._local, identity[len(LOCAL_PREFIX):], msg)
             return

@@ -46,6 +46,7 @@ from dlhub_hpc.broker.gate import Gate, OpenGate
 from dlhub_hpc.broker.invariants import problems
 from dlhub_hpc.broker.load_failures import LoadFailures
 from dlhub_hpc.broker.memo import MemoCache, memo_key
+from dlhub_hpc.broker.ondemand import OnDemand, find_request, timeout_error
 from dlhub_hpc.broker.parameters import check_parameters, memo_method
 from dlhub_hpc.broker.pipeline import PipelineRunner
 from dlhub_hpc.broker.pool_state import PoolDispatch
@@ -55,11 +56,10 @@ from dlhub_hpc.errors import (
     BrokerInvariantError,
     DlhubHpcError,
     MethodNotFound,
-    Overloaded,
     ProtocolError,
+    QueueFull,
     ServableNotFound,
     ServableWithdrawn,
-    Timeout,
     WorkerLost,
 )
 from dlhub_hpc.protocol import (
@@ -91,8 +91,11 @@ class BrokerState(PoolDispatch):
 
     def __init__(self, resolver: Resolver, config: HubConfig | None = None,
                  gate: Gate | None = None, *,
-                 replacement_expected: Callable[[ServableKey], bool] | None = None) -> None:
+                 replacement_expected: Callable[[ServableKey], bool] | None = None,
+                 ondemand: OnDemand | None = None) -> None:
         self.config = config or HubConfig()
+        # Servables that start when a request finds no worker (the hub's starter acts)
+        self.ondemand = ondemand if ondemand is not None else OnDemand.from_config(self.config)
         # Who may call, see or serve what; None: an OpenGate, which lets everyone in.
         self.gate: Gate = gate if gate is not None else OpenGate()
         self.pools = PoolBook(self.gate.may_serve)  # pooled workers (pool_state.py)
@@ -159,6 +162,8 @@ class BrokerState(PoolDispatch):
             due = min(due, self._deadlines[0][0])
         if self._held:
             due = min(due, min(self._held.values()))
+        if self.ondemand.active:
+            due = min(due, now + self.ondemand.next_check(now))
         return max(0.0, due - now)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -251,7 +256,7 @@ class BrokerState(PoolDispatch):
         pending = Pending(
             client, req.request_id, info.key, method, payload,
             None if timeout is None else now + timeout, self._seq, now, notice=info.notice,
-            parameters=parameters,
+            parameters=parameters, user=user,
         )
         key = None
         if info.deterministic and req.cache and self.memo.max_bytes:
@@ -264,13 +269,13 @@ class BrokerState(PoolDispatch):
             self._answer(pending, False, None, failed, 0.0, out, now)
             return
         queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
-        if queue.live >= self.config.max_queue_length:
+        limit = self.config.queue_limits.get(info.name, self.config.max_queue_length)
+        if queue.live >= limit:
             self.stats["overloaded"] += 1
-            self._reject(client, req.request_id, Overloaded(
+            self._reject(client, req.request_id, QueueFull(
                 f"{info.name}@{info.version}.{method} has {queue.live} requests queued "
-                f"(the bound is {self.config.max_queue_length}); retry later or start "
-                "more workers",
-                servable=info.name, queued=queue.live,
+                f"(the bound is {limit}); retry later or start more workers",
+                servable=info.name, queued=queue.live, limit=limit,
             ), out)
             return
         if pending.deadline is not None:
@@ -281,6 +286,12 @@ class BrokerState(PoolDispatch):
         self._note_arrival(info, now)
         queue.items.append(pending)
         queue.live += 1
+        if self.ondemand.active:  # nothing serves it: its default profile starts a pilot
+            start = (None if self._live_workers(info.key)
+                     else self.ondemand.wanted(info.key, now))
+            self.ondemand.used(info.key, now)
+            if start is not None:
+                out.append(start)
         self._dispatch(info, now, out)
 
     def _reject(self, client: bytes, request_id: str, exc: DlhubHpcError,
@@ -628,6 +639,8 @@ class BrokerState(PoolDispatch):
             heapq.heapify(self._deadlines)
         for key in [k for k, due in self._held.items() if due <= now]:
             self._dispatch(self._resolve(*key), now, out)
+        if self.ondemand.active:
+            self._on_demand_tick(now, out)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             silent = [
@@ -655,7 +668,8 @@ class BrokerState(PoolDispatch):
             self._queues[p.servable][p.method].live -= 1
         self.stats["timeouts"] += 1
         key, p.memo_key = p.memo_key, None
-        self._answer(p, False, None, self._timeout_error(p).to_wire(), 0.0, out, now)
+        error = timeout_error(p, self._live_workers(p.servable), self.start_stage(p.servable))
+        self._answer(p, False, None, error.to_wire(), 0.0, out, now)
         if key is None:
             return
         waiting = [f for f in self._flights.pop(key, []) if not f.done]
@@ -671,15 +685,30 @@ class BrokerState(PoolDispatch):
         followers = sum(len(f) for f in self._flights.values())
         return queued + followers + sum(len(f.items) for f in self._batches.values())
 
-    def _timeout_error(self, p: Pending) -> Timeout:
-        name, version = p.servable
-        if not self._live_workers(p.servable):
-            hint = (f"no worker serves {name}@{version}; start one with "
-                    f"'dlhub-hpc workers start --servable {name}'")
-        else:
-            hint = "the servable's workers are busy; start more workers or raise the timeout"
-        return Timeout(f"{name}@{version}.{p.method} did not answer in time: {hint}",
-                       servable=name, version=version)
+    def _on_demand_tick(self, now: float, out: list[Action]) -> None:
+        """Failed starts answer their waiting callers; deferred starts and idle releases."""
+        for key, error in self.ondemand.take_failures():
+            self._fail_queued(key, error, now, out)
+
+        def waiting(key: ServableKey) -> int:
+            return self._in_flight[key] + sum(q.live for q in self._queues.get(key, {}).values())
+
+        out.extend(self.ondemand.tick(now, waiting, self._live_workers))
+
+    def start_stage(self, key: ServableKey) -> str | None:
+        """How far ``key``'s start on demand got; None when it serves or is not starting."""
+        if any(w.servable == key and w.state == "loading" for w in self._workers.values()):
+            return "model loading" if self.ondemand.stage(key) else None
+        return None if self._live_workers(key) else self.ondemand.stage(key)
+
+    def request_status(self, user: str, request_id: str) -> dict[str, Any] | None:
+        """``user``'s unanswered request: queued or running, and its servable's start stage."""
+        found = find_request(self._queues, self._batches.values(), user, request_id)
+        if found is None:
+            return None
+        p, where = found
+        return {"request_id": request_id, "servable": f"{p.servable[0]}@{p.servable[1]}",
+                "state": where, "stage": self.start_stage(p.servable)}
 
     # -- status and books --
 

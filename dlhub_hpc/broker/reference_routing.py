@@ -1,0 +1,158 @@
+"""Where the hub's loop hands requests with references, and results with ``result_to``,
+to threads of their own, and takes them back.
+
+The loop calls ``takes`` on each caller request and ``takes_reply`` on each reply; a
+request it takes comes back through ``deliver`` with its references replaced by their
+content and its input checked (off the loop, like the large-message lane's), or is
+answered with a typed error; a reply it takes is sent once its value is written. Every
+continuation runs on the loop (``run_finished``, after ``wake``), so only the loop touches
+the broker's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.events import Checked, InputPlan
+from dlhub_hpc.broker.lane import check_input
+from dlhub_hpc.broker.references import References, ReferenceSettings
+from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.protocol import Encoded, Message, Reply, Request
+from dlhub_hpc.references import has_references
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_THREADS = 4  # file reads and downloads wait on I/O: a few side by side
+Deliver = Callable[[bytes, str, Request, Checked | None], None]
+
+
+class ReferenceRouting:
+    """The loop's side of references: which requests and replies go by them, and back."""
+
+    def __init__(self, config: HubConfig, wake: Callable[[], None], admin: Callable[[], str],
+                 plan: Callable[[str, Request], InputPlan | None], deliver: Deliver,
+                 send: Callable[[bytes, Message], None]) -> None:
+        self._config = config
+        self._wake = wake
+        self._admin = admin  # the hub's admin identity, known once the hub runs
+        self._plan = plan
+        self._deliver = deliver
+        self._send = send
+        self._refs: References | None = None  # made on first use
+        self._pool: ThreadPoolExecutor | None = None
+        self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._results_to: dict[tuple[bytes, str], tuple[str, str]] = {}  # loop thread only
+
+    def __repr__(self) -> str:
+        return f"ReferenceRouting(pending_results={len(self._results_to)})"
+
+    # -- loop thread --
+
+    def takes(self, identity: bytes, user: str, msg: Message, checked: Checked | None) -> bool:
+        """Take ``msg`` if it is a request with references or a ``result_to``."""
+        if not isinstance(msg, Request):
+            return False
+        refs = not isinstance(msg.payload, Encoded) and has_references(msg.payload)
+        if not refs and msg.result_to is None:
+            return False
+        def then(out: Any) -> None:
+            self._resolved(identity, user, msg, checked, out)
+
+        self._submit(lambda: self._references().resolve(msg.payload, user, msg.result_to),
+                     then)
+        return True
+
+    def _resolved(self, identity: bytes, user: str, req: Request, checked: Checked | None,
+                  out: Any) -> None:
+        if isinstance(out, Exception):
+            self._send(identity, Reply(req.request_id, False, None, _error(out).to_wire()))
+            return
+        if req.result_to is not None:
+            self._results_to[(identity, req.request_id)] = (user, req.result_to)
+        resolved = dataclasses.replace(req, payload=out, result_to=None)
+        plan = None if out is req.payload else self._plan(user, resolved)
+        if plan is None:  # nothing was read (the state checks it), or it fails before
+            self._deliver(identity, user, resolved, checked if out is req.payload else None)
+            return
+
+        def then(result: Checked | Exception) -> None:
+            if isinstance(result, Exception):
+                result = Checked(plan.declared, error=_error(result))
+            now = self._plan(user, resolved)
+            same = now is not None and now.declared is plan.declared
+            self._deliver(identity, user, resolved, result if same else None)
+
+        self._submit(lambda: check_input(plan, resolved), then)
+
+    def takes_reply(self, identity: bytes, msg: Message) -> bool:
+        """Take a reply whose request named ``result_to``: send it once written."""
+        if not self._results_to or not isinstance(msg, Reply):
+            return False
+        target = self._results_to.pop((identity, msg.request_id), None)
+        if target is None:
+            return False
+        if not msg.ok:
+            self._send(identity, msg)
+            return True
+        user, path = target
+
+        def then(out: Any) -> None:
+            if isinstance(out, Exception):
+                self._send(identity, Reply(msg.request_id, False, None, _error(out).to_wire(),
+                                           msg.timing, msg.warning))
+            else:
+                self._send(identity, Reply(msg.request_id, True, out, None, msg.timing,
+                                           msg.warning))
+
+        self._submit(lambda: self._references().write(path, user, msg.value), then)
+        return True
+
+    def run_finished(self) -> None:
+        """Run the continuations of finished work (loop thread)."""
+        while True:
+            try:
+                then = self._done.get_nowait()
+            except queue.Empty:
+                return
+            then()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _references(self) -> References:
+        """Made on a reference thread at first use (it reads the CA bundle); two threads
+        making one each at once is harmless."""
+        if self._refs is None:
+            self._refs = References(ReferenceSettings.of(self._config, self._admin()))
+        return self._refs
+
+    def _submit(self, work: Callable[[], T], then: Callable[[Any], None]) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="hub-references")
+
+        def run() -> None:
+            try:
+                result: Any = work()
+            except Exception as exc:  # handed to the loop, which answers the caller
+                if not isinstance(exc, DlhubHpcError):
+                    logger.exception("a reference could not be resolved or written")
+                result = exc
+            self._done.put(lambda: then(result))
+            self._wake()
+
+        self._pool.submit(run)
+
+
+def _error(exc: Exception) -> DlhubHpcError:
+    if isinstance(exc, DlhubHpcError):
+        return exc
+    return DlhubHpcError(f"the hub could not use a reference ({type(exc).__name__}: {exc}); "
+                         "please report it with the hub's log")
