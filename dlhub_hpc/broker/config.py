@@ -40,6 +40,13 @@ class HubConfig(BaseModel):
     default_timeout: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=1, ge=0)
     memo_max_bytes: int = Field(default=256 * 2**20, ge=0, description="0 turns memoization off")
+    metrics_address: str = Field(
+        default="127.0.0.1", description="where the hub serves Prometheus metrics (loopback)")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the hub's /metrics; None serves none, 0 takes a free one "
+                    "(hub.json names it: metrics_url)",
+    )
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES, ge=4096,
         description="largest request a client may send; larger ones are PayloadTooLarge",

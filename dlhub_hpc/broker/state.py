@@ -62,6 +62,7 @@ from dlhub_hpc.errors import (
     ServableWithdrawn,
     WorkerLost,
 )
+from dlhub_hpc.metrics.recorder import BrokerMetrics
 from dlhub_hpc.protocol import (
     Batch,
     BatchResult,
@@ -120,6 +121,7 @@ class BrokerState(PoolDispatch):
         self._seq = 0
         self._next_heartbeat = 0.0
         self.stats: Counter[str] = Counter()  # written through count() and handle()
+        self.metrics: BrokerMetrics | None = None  # set when the hub serves metrics
         self.changes = 0  # events handled and counts taken: a snapshot is stale if it moved
         self.pipelines = PipelineRunner(self._on_request, self.stats)  # steps: requests
         self._worker_handlers: dict[type[Message], Callable[..., None]] = {
@@ -297,6 +299,8 @@ class BrokerState(PoolDispatch):
     def _reject(self, client: bytes, request_id: str, exc: DlhubHpcError,
                 out: list[Action]) -> None:
         self.stats["rejected"] += 1
+        if self.metrics is not None:
+            self.metrics.refused(type(exc).__name__)
         out.append(ToClient(client, Reply(request_id, False, None, exc.to_wire())))
 
     def _note_arrival(self, info: ServableInfo, now: float) -> None:
@@ -314,6 +318,8 @@ class BrokerState(PoolDispatch):
         if hit:
             pending.done, pending.payload = True, None
             self.stats["replies_ok"] += 1
+            if self.metrics is not None:
+                self.metrics.memo_hit(pending)
             out.append(ToClient(pending.client, Reply(pending.request_id, True, value, None,
                                                       [0.0, 0.0], pending.notice)))
             return True
@@ -335,6 +341,9 @@ class BrokerState(PoolDispatch):
         p.payload = None  # the deadline heap may hold p a while; not its (maybe large) input
         out.append(ToClient(p.client, Reply(p.request_id, ok, value, error, timing, p.notice)))
         self.stats["replies_ok" if ok else "replies_error"] += 1
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.answered(p, ok, error, now)
         if p.memo_key is None:
             return
         followers = self._flights.pop(p.memo_key, [])
@@ -344,6 +353,8 @@ class BrokerState(PoolDispatch):
             if not f.done:
                 f.done, f.payload = True, None
                 self.stats["replies_ok" if ok else "replies_error"] += 1
+                if metrics is not None:
+                    metrics.answered(f, ok, error, now)
                 timing = None if now is None else [now - f.arrived, inference]
                 out.append(ToClient(f.client, Reply(f.request_id, ok, value, error, timing,
                                                     f.notice)))
@@ -367,6 +378,8 @@ class BrokerState(PoolDispatch):
             release = release_time(info, queue, self._arriving.get(info.key, False))
             if release > now:
                 self._held[info.key] = release
+                if self.metrics is not None:
+                    self.metrics.held(info.key, now)
                 return
             items = take(queue, info.max_batch_size)
             if not items:
@@ -386,6 +399,8 @@ class BrokerState(PoolDispatch):
             worker.state, worker.batch_id = "busy", batch_id
             self.stats["batches"] += 1
             self.stats["batched_items"] += len(items)
+            if self.metrics is not None:
+                self.metrics.dispatched(info.key, method, items, len(items), now)
             params = [p.parameters for p in items]  # per item; None in the common case
             out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items],
                                                 params if any(params) else None,
@@ -528,6 +543,8 @@ class BrokerState(PoolDispatch):
             return
         del self._batches[msg.batch_id]
         self._in_flight[worker.servable] -= len(flight.items)
+        if self.metrics is not None and flight.items:
+            self.metrics.batch_done(flight.servable, flight.items[0].method, msg.elapsed)
         results = msg.results
         if len(results) == 1 and _error_record(results[0]) is not None:
             results = results * len(flight.items)  # one error answers the whole batch
