@@ -132,7 +132,12 @@ class Hub:
         """Start the broker loop in a thread; return once it listens."""
         private_home(self.config.home)
         _refuse_a_running_hub(self.config.home)
-        self.server.auth = self.security.setup()  # CurveZMQ on both sockets
+        if self.config.benchmark_without_curve:  # loopback only: the config checked it
+            logger.warning("the hub runs WITHOUT CurveZMQ (benchmark_without_curve): every "
+                           "caller on this machine acts as its admin")
+            self.server.unauthenticated = self.security.setup_without_curve()
+        else:
+            self.server.auth = self.security.setup()  # CurveZMQ on both sockets
         errors: list[BaseException] = []
         self._start_metrics()
 

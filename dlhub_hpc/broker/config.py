@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Literal
@@ -104,6 +105,12 @@ class HubConfig(BaseModel):
         description="nodes a pilot a non-admin starts may hold (--nodes times the "
                     "profile's max_blocks)",
     )
+    benchmark_without_curve: bool = Field(
+        default=False,
+        description="loopback benchmarks only: no CurveZMQ on either socket, so every "
+                    "caller and worker is unauthenticated and acts as the admin; refused "
+                    "unless both addresses are loopback tcp:// or ipc://",
+    )
 
     start_on_demand: dict[str, str] = Field(
         default_factory=dict,
@@ -134,6 +141,13 @@ class HubConfig(BaseModel):
         for addr in (self.client_address, self.worker_address):
             if not addr.startswith(("tcp://", "ipc://", "inproc://")):
                 raise ValueError(f"address {addr!r} should start with tcp://, ipc:// or inproc://")
+        if self.benchmark_without_curve:
+            for addr in (self.client_address, self.worker_address):
+                if not _loopback(addr):
+                    raise ValueError(
+                        f"benchmark_without_curve needs loopback addresses (tcp://127.0.0.1, "
+                        f"tcp://[::1], tcp://localhost or ipc://), not {addr!r}: without "
+                        "CurveZMQ anyone who reaches the hub acts as its admin")
         return self
 
     def __repr__(self) -> str:
@@ -143,3 +157,16 @@ class HubConfig(BaseModel):
         }
         args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
         return f"HubConfig(home={str(self.home)!r}{', ' if args else ''}{args})"
+
+
+def _loopback(address: str) -> bool:
+    """Is ``address`` reachable from this machine only (ipc://, or tcp:// on loopback)?"""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    host = address.removeprefix("tcp://").rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name or an interface: it may be reachable from elsewhere
+        return False

@@ -132,6 +132,8 @@ class BrokerServer:
         self._local: zmq.Socket[bytes] | None = None  # inproc callers, on a socket of their own
         self._workers: zmq.Socket[bytes] | None = None
         self.auth: ServerAuth | None = None  # CurveZMQ on both sockets; set before run()
+        # Who callers and workers are when auth is None (a loopback benchmark hub).
+        self.unauthenticated: tuple[str, str] = ("", "")
         # Starts and stops pilots for servables started on demand (hubops/ondemand.py).
         self.on_demand: Callable[[StartServable | ReleaseServable], None] | None = None
         # The state as other threads may see it: replaced (never changed) by the loop.
@@ -377,7 +379,8 @@ class BrokerServer:
             self.state.count("malformed_frames")
             logger.warning("dropped a message from a client posing as the hub itself")
             return None
-        return identity, user_id(frames[1]) if self.auth is not None else ""
+        return identity, (user_id(frames[1]) if self.auth is not None
+                          else self.unauthenticated[0])
 
     def _on_caller_message(self, identity: bytes, user: str, msg: Message,
                            checked: Checked | None = None) -> None:
@@ -468,7 +471,8 @@ class BrokerServer:
         self._from_worker(frames, self._decode(frames)[1])
 
     def _from_worker(self, frames: list[Any], msg: Message) -> None:
-        user = user_id(frames[1]) if self.auth is not None else ""  # worker:OWNER:KEY
+        user = (user_id(frames[1]) if self.auth is not None  # worker:OWNER:KEY
+                else self.unauthenticated[1])
         self._apply(self.state.handle(FromWorker(frames[0].bytes, msg, user), time.monotonic()))
 
     # -- control operations --
