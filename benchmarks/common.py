@@ -201,8 +201,10 @@ def htex_config(run_dir: Path, poll_period: int, workers: int = 1) -> Any:
         label="htex",
         address="127.0.0.1",
         max_workers_per_node=workers,
-        poll_period=poll_period,  # ms; Parsl's default is 10
-        encrypted=False,  # the hub and the floor are unencrypted too
+        poll_period=poll_period,  # ms; Parsl's default is 10: a lower one is tuned
+        # Parsl's default: no encryption. Compare it with the hub and the floor *without*
+        # CurveZMQ (latency.py's "plain" rows); the hub's default has CurveZMQ on.
+        encrypted=False,
         provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
     )
     return Config(executors=[executor], run_dir=str(run_dir), strategy_period=0.5,

@@ -11,6 +11,7 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     ├── ProtocolError            a frame could not be decoded or has the wrong version
     ├── HubUnavailable           no hub answers at the address
     ├── AuthenticationError      the hub refused this connection's key (or the key is missing)
+    │   └── TokenRefused         a bearer token is unknown, revoked, or its identity is gone
     ├── PermissionDenied         the caller's identity may not see or change this servable
     │   └── IsolationUnavailable the hub cannot start this owner's workers isolated from it
     ├── ServableError
@@ -33,7 +34,9 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     ├── ServingError
     │   ├── WorkerLost           the worker holding the request died, and no retry was possible
     │   ├── Timeout              the request's deadline passed
+    │   │   └── ServableStarting the deadline passed while the servable was starting (its stage)
     │   └── Overloaded           the servable's queue is full
+    │       └── QueueFull        one servable's queue is at its own limit (the setting to raise)
     ├── PilotError               workers could not be started or stopped
     ├── ContainerError           a servable image could not be built, found or run
     │   ├── RuntimeNotFound      the container runtime is not installed (says what to install)
@@ -84,6 +87,11 @@ class HubUnavailable(DlhubHpcError):
 
 class AuthenticationError(DlhubHpcError):
     """The hub refused this connection's CurveZMQ key, or no key pair could be found."""
+
+
+class TokenRefused(AuthenticationError):
+    """A bearer token (the Open Inference Protocol gateway's) is unknown, revoked, or maps
+    to an identity the hub no longer has."""
 
 
 class PermissionDenied(DlhubHpcError):
@@ -178,8 +186,21 @@ class Timeout(ServingError):
     """The request's deadline passed before a result came back."""
 
 
+class ServableStarting(Timeout):
+    """The deadline passed while the servable was still starting on demand.
+
+    ``details['stage']`` says how far it got: ``requested``, ``queued at scheduler``,
+    ``job running`` or ``model loading``; retry with a longer timeout once it serves.
+    """
+
+
 class Overloaded(ServingError):
     """The servable's queue is at its bound; retry later or start more workers."""
+
+
+class QueueFull(Overloaded):
+    """One servable's queue is at its limit (``details['limit']``, set by HubConfig
+    ``queue_limits`` or ``max_queue_length``); retry later, or ask the admin to raise it."""
 
 
 class PilotError(DlhubHpcError):

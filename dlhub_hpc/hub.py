@@ -27,13 +27,17 @@ from dlhub_hpc.broker.server import BrokerServer
 from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
-from dlhub_hpc.hubops import HubParts, Recovery, control_operations
+from dlhub_hpc.hubops import HubParts, OnDemandStarter, Recovery, control_operations
+from dlhub_hpc.metrics import BrokerMetrics, LoopMetrics
+from dlhub_hpc.metrics.exporter import MetricsServer
+from dlhub_hpc.metrics.hub import block_states, serve_hub_metrics
 from dlhub_hpc.pilot.local import local_provider
 from dlhub_hpc.pilot.service import PilotService, WorkersSetup
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.security.client import listening
 from dlhub_hpc.security.home import private_home
 from dlhub_hpc.security.hub import HubSecurity
+from dlhub_hpc.security.tokens import TokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +95,14 @@ class Hub:
         parts = HubParts(self.config, self.registry, self.security, self.state, self.pilots,
                          self._executor, worker_address=lambda: self.worker_address,
                          about=self._about, stop=lambda why: self.server.stop(why))
+        self.tokens = TokenStore(self.registry, self.security.access)  # bearer tokens
         self.server = BrokerServer(self.state, self.config, self._servable_files,
-                                   control_operations(parts))
+                                   {**control_operations(parts),
+                                    **self.tokens.operations(self.security.require_admin)})
+        self.server.tokens = self.tokens
+        self.server.on_demand = OnDemandStarter(parts, self.state.ondemand)
         self._recovery = Recovery(parts)
+        self.metrics: MetricsServer | None = None  # /metrics, when config.metrics_port is set
 
     def __repr__(self) -> str:
         return f"Hub({self.config!r})"
@@ -123,8 +132,14 @@ class Hub:
         """Start the broker loop in a thread; return once it listens."""
         private_home(self.config.home)
         _refuse_a_running_hub(self.config.home)
-        self.server.auth = self.security.setup()  # CurveZMQ on both sockets
+        if self.config.benchmark_without_curve:  # loopback only: the config checked it
+            logger.warning("the hub runs WITHOUT CurveZMQ (benchmark_without_curve): every "
+                           "caller on this machine acts as its admin")
+            self.server.unauthenticated = self.security.setup_without_curve()
+        else:
+            self.server.auth = self.security.setup()  # CurveZMQ on both sockets
         errors: list[BaseException] = []
+        self._start_metrics()
 
         def run() -> None:
             try:
@@ -174,6 +189,8 @@ class Hub:
         """Stop workers and pilot blocks, the loop, and the registry; idempotent."""
         self.security.forget()
         self.server.stop("the hub was stopped")
+        if self.metrics is not None:
+            self.metrics.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
@@ -200,12 +217,24 @@ class Hub:
             "pid": os.getpid(),
             "started_at": self._started_at,
             "max_message_bytes": self.config.max_message_bytes,
+            "metrics_url": self.metrics.url if self.metrics is not None else None,
             "server_key": self.security.credentials.server.public
             if self.security.credentials else None,
         }
         tmp = self.config.home / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.config.home / STATE_FILE)
+
+    def _start_metrics(self) -> None:
+        """Record in the loop and serve /metrics, where the config names a port."""
+        if self.config.metrics_port is None:
+            return
+        self.state.metrics = BrokerMetrics()
+        self.server.loop_metrics = LoopMetrics()
+        self.metrics = serve_hub_metrics(
+            lambda: self.server.published, self.state.metrics, self.server.loop_metrics,
+            block_states(lambda: self.pilots.pilots.values()),
+            self.config.metrics_address, self.config.metrics_port)
 
     # -- what the broker asks of the registry --
 

@@ -140,11 +140,13 @@ class Request(Message):
     ``parameters`` override the method's default keyword parameters (DLHub's
     ``run(..., parameters=)``); None keeps the defaults. ``result_to`` names a file the
     hub writes the result to (as the caller may), replying with its ``FileRef``.
+    ``token``: a bearer token (``dlhub_hpc.security.tokens``); the hub acts as the identity
+    it maps to, not as the connection's.
     """
 
     TAG = Tag.REQUEST
     TYPES = (str, str, (int, _NONE), str, object, (*_NUM, _NONE), bool, (dict, _NONE),
-             (str, _NONE))
+             (str, _NONE), (str, _NONE))
     # what a client may send, so a worker can take it
     DEPTHS = {"payload": MAX_DEPTH, "parameters": MAX_DEPTH}
     OMIT_LAST_NONE = True
@@ -157,6 +159,7 @@ class Request(Message):
     cache: bool = True
     parameters: dict[str, Any] | None = None
     result_to: str | None = None
+    token: str | None = None
 
 
 @_message
@@ -198,7 +201,8 @@ class Hello(Message):
     """Worker -> hub: a new worker that wants to serve ``servable``."""
 
     TAG = Tag.HELLO
-    TYPES = (str, str, (int, _NONE), str, int, (str, _NONE), int, (dict, _NONE))
+    TYPES = (str, str, (int, _NONE), str, int, (str, _NONE), int, (dict, _NONE), (dict, _NONE))
+    OMIT_LAST_NONE = True
     worker_id: str
     servable: str
     version: int | None
@@ -207,6 +211,8 @@ class Hello(Message):
     block: str | None = None
     ranks: int = 1  # MPI ranks behind this worker (rank 0 speaks for them)
     binding: dict[str, Any] | None = None  # GPU binding: {"env", "devices", "local_rank"}
+    # a pooled worker (servable ""): {"spec": "owner:alice", "budget": bytes}
+    pool: dict[str, Any] | None = None
 
 
 @_message
@@ -226,11 +232,17 @@ class Assign(Message):
 @_message
 @dataclass(slots=True)
 class Ready(Message):
-    """Worker -> hub: the servable is loaded; send batches."""
+    """Worker -> hub: the servable is loaded; send batches.
+
+    A pooled worker adds ``pool``: {"loaded": ref, "nbytes": n, "holds": [[ref, nbytes],
+    ...] least recently used first, "evicted": [ref, ...]} (``worker/models.py``).
+    """
 
     TAG = Tag.READY
-    TYPES = (str,)
+    TYPES = (str, (dict, _NONE))
+    OMIT_LAST_NONE = True
     worker_id: str
+    pool: dict[str, Any] | None = None
 
 
 @_message
@@ -252,13 +264,14 @@ class Batch(Message):
     when no request of the batch gave any (the common case costs nothing)."""
 
     TAG = Tag.BATCH
-    TYPES = (int, str, list, (list, _NONE))
+    TYPES = (int, str, list, (list, _NONE), (str, _NONE))
     DEPTHS = {"parameters": MAX_DEPTH + 2}  # a request's parameters, in a dict in a list
     OMIT_LAST_NONE = True
     batch_id: int
     method: str
     payloads: list[Any]
     parameters: list[dict[str, Any] | None] | None = None
+    servable: str | None = None  # to a pooled worker: which of its servables (name@version)
 
 
 @_message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,13 @@ class HubConfig(BaseModel):
     default_timeout: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=1, ge=0)
     memo_max_bytes: int = Field(default=256 * 2**20, ge=0, description="0 turns memoization off")
+    metrics_address: str = Field(
+        default="127.0.0.1", description="where the hub serves Prometheus metrics (loopback)")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the hub's /metrics; None serves none, 0 takes a free one "
+                    "(hub.json names it: metrics_url)",
+    )
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES, ge=4096,
         description="largest request a client may send; larger ones are PayloadTooLarge",
@@ -97,6 +105,31 @@ class HubConfig(BaseModel):
         description="nodes a pilot a non-admin starts may hold (--nodes times the "
                     "profile's max_blocks)",
     )
+    benchmark_without_curve: bool = Field(
+        default=False,
+        description="loopback benchmarks only: no CurveZMQ on either socket, so every "
+                    "caller and worker is unauthenticated and acts as the admin; refused "
+                    "unless both addresses are loopback tcp:// or ipc://",
+    )
+
+    start_on_demand: dict[str, str] = Field(
+        default_factory=dict,
+        description="servable (owner/name, or '*' for every one) -> the site profile a "
+                    "pilot starts from when a request finds no worker serving it",
+    )
+    idle_release_after: float | None = Field(
+        default=None, gt=0,
+        description="seconds without requests after which a servable started on demand "
+                    "is stopped, back to zero workers (None: kept until stopped)",
+    )
+    max_starts_per_minute: int = Field(
+        default=6, ge=1, description="on-demand pilot starts per minute, hub-wide",
+    )
+    queue_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="per servable (owner/name): requests one method may queue, below "
+                    "max_queue_length; past it callers get QueueFull",
+    )
 
     @model_validator(mode="after")
     def _timeout_covers_heartbeats(self) -> HubConfig:
@@ -108,6 +141,13 @@ class HubConfig(BaseModel):
         for addr in (self.client_address, self.worker_address):
             if not addr.startswith(("tcp://", "ipc://", "inproc://")):
                 raise ValueError(f"address {addr!r} should start with tcp://, ipc:// or inproc://")
+        if self.benchmark_without_curve:
+            for addr in (self.client_address, self.worker_address):
+                if not _loopback(addr):
+                    raise ValueError(
+                        f"benchmark_without_curve needs loopback addresses (tcp://127.0.0.1, "
+                        f"tcp://[::1], tcp://localhost or ipc://), not {addr!r}: without "
+                        "CurveZMQ anyone who reaches the hub acts as its admin")
         return self
 
     def __repr__(self) -> str:
@@ -117,3 +157,16 @@ class HubConfig(BaseModel):
         }
         args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
         return f"HubConfig(home={str(self.home)!r}{', ' if args else ''}{args})"
+
+
+def _loopback(address: str) -> bool:
+    """Is ``address`` reachable from this machine only (ipc://, or tcp:// on loopback)?"""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    host = address.removeprefix("tcp://").rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name or an interface: it may be reachable from elsewhere
+        return False

@@ -5,11 +5,11 @@ Plain data, no behaviour: ``state.py`` decides, ``server.py`` carries out.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlhub_hpc.broker.fairshare import FairQueue
 from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.protocol import Message, Reply
 from dlhub_hpc.registry.store import ServableRecord
@@ -44,6 +44,13 @@ class ServableInfo:
     # each method's default parameters, by name: what a request may override
     params: dict[str, tuple[str, ...]] = field(default_factory=dict)
     any_keywords: bool = False  # a request may pass names it does not declare (as on DLHub)
+    # what a pool asks of it (broker/pools.py): whose, its tags, public, pinned packages
+    owner: str = ""
+    tags: tuple[str, ...] = ()
+    public: bool = False
+    pins: tuple[tuple[str, str], ...] = ()
+    ranks: int = 1
+    image: str | None = None  # its own container image: it gets workers of its own
 
     @classmethod
     def from_record(cls, record: ServableRecord) -> ServableInfo:
@@ -60,6 +67,11 @@ class ServableInfo:
             notice=deprecation_notice(record),
             params={name: tuple(m.parameters) for name, m in block.methods.items()},
             any_keywords=block.type in KEYWORD_TYPES,
+            owner=record.owner or record.name.partition("/")[0],
+            tags=tuple(record.spec.datacite.subjects) + tuple(record.spec.dlhub.domains),
+            public="public" in record.visible_to,
+            pins=tuple(sorted(record.spec.dlhub.dependencies.items())),
+            ranks=block.ranks,
         )
 
     @property
@@ -156,7 +168,23 @@ class ToWorkers:
     message: Message
 
 
-Action = ToClient | ToWorker | ToWorkers | LoadServable
+@dataclass(frozen=True, slots=True)
+class StartServable:
+    """Start a pilot for a servable a request found with no worker (``broker/ondemand.py``)."""
+
+    servable: ServableKey
+    profile: str  # the site profile its pilot starts from
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseServable:
+    """Stop the pilot started on demand for an idle servable: back to zero workers."""
+
+    servable: ServableKey
+    pilot: str  # '' when its start had not named a pilot yet
+
+
+Action = ToClient | ToWorker | ToWorkers | LoadServable | StartServable | ReleaseServable
 
 
 # ---- state ----------------------------------------------------------------------------
@@ -177,11 +205,17 @@ class Pending:
     done: bool = False
     notice: str | None = None  # ServableInfo.notice, for the reply
     parameters: dict[str, Any] | None = None  # overrides of the method's defaults
+    user: str = ""  # who asked: queues share their workers fairly between users
+
+
+def _by_user(p: Pending) -> str:
+    return p.user
 
 
 @dataclass(slots=True, eq=False)
 class RequestQueue:
-    items: deque[Pending] = field(default_factory=deque)
+    # a deque per user, served in round robin: one caller's flood does not starve others
+    items: FairQueue[Pending] = field(default_factory=lambda: FairQueue(_by_user))
     live: int = 0  # items not yet answered; done ones are dropped lazily
 
 
@@ -203,6 +237,7 @@ class WorkerInfo:
     binding: dict[str, Any] | None = None  # GPU binding the worker reported in its Hello
     draining: bool = False
     user: str = ""  # the credential it registered with; its every message must match
+    pooled: bool = False  # serves a pool (broker/pools.py): servable is what it runs now
 
 
 @dataclass(slots=True, eq=False)

@@ -25,7 +25,7 @@ _STATES = {"loading", "idle", "busy", "draining"}
 def problems(state: BrokerState) -> list[str]:
     """Everything wrong with ``state``'s books."""
     return [*_workers(state), *_batches(state), *_idle(state), *_queues(state),
-            *_deadlines(state), *_flights(state)]
+            *_deadlines(state), *_flights(state), *_pools(state)]
 
 
 def _workers(s: BrokerState) -> Iterator[str]:
@@ -40,7 +40,7 @@ def _workers(s: BrokerState) -> Iterator[str]:
             yield f"worker {w.worker_id} is {w.state} with batch {w.batch_id}"
         if w.batch_id is not None and w.batch_id not in s._batches:
             yield f"worker {w.worker_id} holds batch {w.batch_id}, which is not in flight"
-    counts = Counter(w.servable for w in s._workers.values())
+    counts = Counter(w.servable for w in s._workers.values() if not w.pooled)
     for key in set(counts) | set(s._worker_count):
         if s._worker_count[key] != counts[key]:
             yield f"{key} counts {s._worker_count[key]} workers; {counts[key]} are known"
@@ -78,7 +78,7 @@ def _idle(s: BrokerState) -> Iterator[str]:
             elif w.servable != key or w.state != "idle":
                 yield f"{key} lists {w.worker_id} as idle; it is {w.state} for {w.servable}"
     for identity, w in s._workers.items():
-        if w.state == "idle" and identity not in listed:
+        if w.state == "idle" and identity not in listed and not w.pooled:
             yield f"worker {w.worker_id} is idle but not listed for work"
 
 
@@ -129,3 +129,27 @@ def _flights(s: BrokerState) -> Iterator[str]:
         for f in followers:
             if f.queued or f.memo_key is not None:
                 yield f"request {f.request_id} follows a flight but is queued or leads one"
+
+
+def _pools(s: BrokerState) -> Iterator[str]:
+    """Pooled workers: the book's members are the pooled workers; the free ones are idle;
+    one loading says what; a busy one holds what its batch runs."""
+    book = s.pools
+    pooled = {i for i, w in s._workers.items() if w.pooled}
+    for identity in pooled ^ set(book.members):
+        yield f"worker {identity!r} is pooled in one book and not the other"
+    for identity in book.free:
+        if identity not in book.members:
+            yield f"pool lists {identity!r} as free, which is no member"
+    for identity, m in book.members.items():
+        w = s._workers.get(identity)
+        if w is None:
+            continue
+        if (w.state == "idle") != (identity in book.free):
+            yield f"pooled worker {w.worker_id} is {w.state}; free: {identity in book.free}"
+        if (w.state == "loading") != (m.loading is not None):
+            yield f"pooled worker {w.worker_id} is {w.state} while loading {m.loading}"
+        if m.loading is not None and m.loading != w.servable:
+            yield f"pooled worker {w.worker_id} loads {m.loading} but is filed for {w.servable}"
+        if w.state == "busy" and w.servable not in m.holds:
+            yield f"pooled worker {w.worker_id} runs {w.servable}, which it does not hold"

@@ -29,7 +29,7 @@ from typing import Any, cast
 import zmq
 
 from dlhub_hpc.broker.config import HubConfig
-from dlhub_hpc.broker.events import Checked, InputPlan
+from dlhub_hpc.broker.events import Checked, InputPlan, ReleaseServable, StartServable
 from dlhub_hpc.broker.lane import (
     LargeLane,
     check_input,
@@ -53,6 +53,7 @@ from dlhub_hpc.broker.state import (
     ToWorkers,
 )
 from dlhub_hpc.errors import DlhubHpcError, ExecutionError, Overloaded, ProtocolError
+from dlhub_hpc.metrics.recorder import LoopMetrics, frames_bytes
 from dlhub_hpc.protocol import (
     INT64_MAX,
     INT64_MIN,
@@ -131,9 +132,14 @@ class BrokerServer:
         self._local: zmq.Socket[bytes] | None = None  # inproc callers, on a socket of their own
         self._workers: zmq.Socket[bytes] | None = None
         self.auth: ServerAuth | None = None  # CurveZMQ on both sockets; set before run()
+        # Who callers and workers are when auth is None (a loopback benchmark hub).
+        self.unauthenticated: tuple[str, str] = ("", "")
+        # Starts and stops pilots for servables started on demand (hubops/ondemand.py).
+        self.on_demand: Callable[[StartServable | ReleaseServable], None] | None = None
         # The state as other threads may see it: replaced (never changed) by the loop.
         self.published: Snapshot = Snapshot()
         self._publish_due = 0.0
+        self.loop_metrics: LoopMetrics | None = None  # set when the hub serves metrics
 
     def __repr__(self) -> str:
         return f"BrokerServer(client={self.client_endpoint!r}, worker={self.worker_endpoint!r})"
@@ -190,8 +196,11 @@ class BrokerServer:
         self._bound.set()
         try:
             wait = 0.0
+            mark = time.monotonic()  # metrics: when the loop last went to poll, or woke
             while not self._stopping.is_set():
                 ready = dict(poller.poll(math.ceil(wait * 1000)))
+                if self.loop_metrics is not None:
+                    mark = _woke(self.loop_metrics, wait, mark)
                 if workers in ready:  # first: heartbeats never wait behind callers
                     self._drain(workers, self._on_worker_frames)
                 if clients in ready:
@@ -211,6 +220,8 @@ class BrokerServer:
                     self._survive(self._tick, now)
                     wait = self.state.next_wakeup(now)
                 wait = min(wait, self._publish(now))
+                if self.loop_metrics is not None:
+                    mark = _turned(self.loop_metrics, mark)
             self._drain_shutdown(poller)
             self._publish(math.inf)
         finally:
@@ -254,6 +265,8 @@ class BrokerServer:
             if not cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
                 return
             frames = sock.recv_multipart(copy=False)
+            if self.loop_metrics is not None:
+                self.loop_metrics.received_bytes += frames_bytes(frames)
             try:
                 handle(frames)
             except Exception as exc:  # the one boundary: no message may end the loop
@@ -366,7 +379,8 @@ class BrokerServer:
             self.state.count("malformed_frames")
             logger.warning("dropped a message from a client posing as the hub itself")
             return None
-        return identity, user_id(frames[1]) if self.auth is not None else ""
+        return identity, (user_id(frames[1]) if self.auth is not None
+                          else self.unauthenticated[0])
 
     def _on_caller_message(self, identity: bytes, user: str, msg: Message,
                            checked: Checked | None = None) -> None:
@@ -457,7 +471,8 @@ class BrokerServer:
         self._from_worker(frames, self._decode(frames)[1])
 
     def _from_worker(self, frames: list[Any], msg: Message) -> None:
-        user = user_id(frames[1]) if self.auth is not None else ""  # worker:OWNER:KEY
+        user = (user_id(frames[1]) if self.auth is not None  # worker:OWNER:KEY
+                else self.unauthenticated[1])
         self._apply(self.state.handle(FromWorker(frames[0].bytes, msg, user), time.monotonic()))
 
     # -- control operations --
@@ -519,10 +534,14 @@ class BrokerServer:
             elif isinstance(action, ToWorkers):
                 assert self._workers is not None
                 frames = encode(action.message)
+                if self.loop_metrics is not None:
+                    self.loop_metrics.sent_bytes += frames_bytes(frames) * len(action.identities)
                 for identity in action.identities:
                     self._workers.send_multipart([identity, *frames], copy=False)
             elif isinstance(action, LoadServable):
                 self._assign(action)
+            elif self.on_demand is not None:  # StartServable or ReleaseServable
+                self._survive(self.on_demand, action)
 
     def _assign(self, action: LoadServable) -> None:
         info = action.servable
@@ -562,6 +581,8 @@ class BrokerServer:
                 raise
             frames = encode(Reply(msg.request_id, False, None, exc.to_wire()))
         sock.send_multipart([identity, *frames], flags=flags, copy=False)
+        if self.loop_metrics is not None:
+            self.loop_metrics.sent_bytes += frames_bytes(frames)
 
     def _drain_shutdown(self, poller: zmq.Poller) -> None:
         """Tell workers to exit and fail what is left, then wait briefly for their goodbyes."""
@@ -587,6 +608,19 @@ class _Large:
     frames: list[Any]
     caller: tuple[bytes, str]  # its routing id in the state's namespace, and its user
     size: int
+
+
+def _woke(loop: LoopMetrics, asked: float, since: float) -> float:
+    """Record how late a timed poll came back (poll rounds up to milliseconds)."""
+    now = time.monotonic()
+    loop.woke(math.ceil(asked * 1000) / 1000, now - since)
+    return now
+
+
+def _turned(loop: LoopMetrics, since: float) -> float:
+    now = time.monotonic()
+    loop.turn(now - since)
+    return now
 
 
 def _term_later(ctx: zmq.Context[Any]) -> None:

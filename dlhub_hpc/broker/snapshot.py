@@ -7,6 +7,7 @@ replies finished off the loop) read without a lock: nothing in it can change.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class Snapshot:
     changes: int = -1  # the state's change count when taken (-1: before the first)
     # name@version -> the load error of a version whose workers all failed to load it
     load_failures: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
+    # pooled workers (broker/pools.py PoolBook.view): what each holds, and the counters
+    pools: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
 
     def as_dict(self) -> dict[str, Any]:
         """As plain data (fresh dicts and lists), the shape status replies carry."""
@@ -68,13 +71,15 @@ class Snapshot:
             "workers": [{f: getattr(w, f) for f in _WORKER_FIELDS} for w in self.workers],
             "stats": dict(self.stats),
             "load_failures": {ref: dict(e) for ref, e in self.load_failures.items()},
+            "pools": copy.deepcopy(dict(self.pools)),
         }
 
 
 def take_snapshot(queues: Mapping[ServableKey, Mapping[str, RequestQueue]],
                   batches: Iterable[InFlight], workers: Iterable[WorkerInfo],
                   stats: Mapping[str, int], changes: int,
-                  load_failures: Mapping[str, Mapping[str, Any]] | None = None) -> Snapshot:
+                  load_failures: Mapping[str, Mapping[str, Any]] | None = None, *,
+                  pools: Mapping[str, Any] | None = None) -> Snapshot:
     """A ``Snapshot`` of the state's own tables (called on the loop thread only)."""
     counts: dict[str, list[int]] = {}
     for (name, version), methods in queues.items():
@@ -85,13 +90,19 @@ def take_snapshot(queues: Mapping[ServableKey, Mapping[str, RequestQueue]],
         entry = counts.setdefault(f"{name}@{version}", [0, 0])
         entry[1] += sum(1 for p in flight.items if not p.done)
     views = tuple(
-        WorkerView(w.worker_id, f"{w.servable[0]}@{w.servable[1]}", w.state, w.host, w.pid,
+        WorkerView(w.worker_id, _serving(w), w.state, w.host, w.pid,
                    w.block, w.batches, w.items, w.ranks, _binding_text(w.binding))
         for w in workers
     )
     servables = {ref: QueueView(q, f) for ref, (q, f) in counts.items()}
     return Snapshot(_frozen(servables), views, _frozen(stats), changes,
-                    _frozen(load_failures or {}))
+                    _frozen(load_failures or {}), _frozen(pools or {}))
+
+
+def _serving(w: WorkerInfo) -> str:
+    """name@version; a pooled worker's says it is pooled (and what it runs or loads now)."""
+    ref = f"{w.servable[0]}@{w.servable[1]}" if w.servable[0] else ""
+    return f"pool: {ref}" if w.pooled else ref
 
 
 def _binding_text(binding: dict[str, Any] | None) -> str | None:

@@ -46,20 +46,23 @@ from dlhub_hpc.broker.gate import Gate, OpenGate
 from dlhub_hpc.broker.invariants import problems
 from dlhub_hpc.broker.load_failures import LoadFailures
 from dlhub_hpc.broker.memo import MemoCache, memo_key
+from dlhub_hpc.broker.ondemand import OnDemand, find_request, timeout_error
 from dlhub_hpc.broker.parameters import check_parameters, memo_method
 from dlhub_hpc.broker.pipeline import PipelineRunner
+from dlhub_hpc.broker.pool_state import PoolDispatch
+from dlhub_hpc.broker.pools import PoolBook, ref_of
 from dlhub_hpc.broker.snapshot import Snapshot, take_snapshot
 from dlhub_hpc.errors import (
     BrokerInvariantError,
     DlhubHpcError,
     MethodNotFound,
-    Overloaded,
     ProtocolError,
+    QueueFull,
     ServableNotFound,
     ServableWithdrawn,
-    Timeout,
     WorkerLost,
 )
+from dlhub_hpc.metrics.recorder import BrokerMetrics
 from dlhub_hpc.protocol import (
     Batch,
     BatchResult,
@@ -84,15 +87,19 @@ __all__ = [
 ]
 
 
-class BrokerState:
+class BrokerState(PoolDispatch):
     """Queues, workers, in-flight batches and the memo cache of one hub."""
 
     def __init__(self, resolver: Resolver, config: HubConfig | None = None,
                  gate: Gate | None = None, *,
-                 replacement_expected: Callable[[ServableKey], bool] | None = None) -> None:
+                 replacement_expected: Callable[[ServableKey], bool] | None = None,
+                 ondemand: OnDemand | None = None) -> None:
         self.config = config or HubConfig()
+        # Servables that start when a request finds no worker (the hub's starter acts)
+        self.ondemand = ondemand if ondemand is not None else OnDemand.from_config(self.config)
         # Who may call, see or serve what; None: an OpenGate, which lets everyone in.
         self.gate: Gate = gate if gate is not None else OpenGate()
+        self.pools = PoolBook(self.gate.may_serve)  # pooled workers (pool_state.py)
         # servable -> True when a pilot will start workers again if its last one dies, so
         # that worker's requests wait for the replacement instead of failing
         self.replacement_expected = replacement_expected
@@ -114,6 +121,7 @@ class BrokerState:
         self._seq = 0
         self._next_heartbeat = 0.0
         self.stats: Counter[str] = Counter()  # written through count() and handle()
+        self.metrics: BrokerMetrics | None = None  # set when the hub serves metrics
         self.changes = 0  # events handled and counts taken: a snapshot is stale if it moved
         self.pipelines = PipelineRunner(self._on_request, self.stats)  # steps: requests
         self._worker_handlers: dict[type[Message], Callable[..., None]] = {
@@ -156,6 +164,8 @@ class BrokerState:
             due = min(due, self._deadlines[0][0])
         if self._held:
             due = min(due, min(self._held.values()))
+        if self.ondemand.active:
+            due = min(due, now + self.ondemand.next_check(now))
         return max(0.0, due - now)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -248,7 +258,7 @@ class BrokerState:
         pending = Pending(
             client, req.request_id, info.key, method, payload,
             None if timeout is None else now + timeout, self._seq, now, notice=info.notice,
-            parameters=parameters,
+            parameters=parameters, user=user,
         )
         key = None
         if info.deterministic and req.cache and self.memo.max_bytes:
@@ -261,13 +271,13 @@ class BrokerState:
             self._answer(pending, False, None, failed, 0.0, out, now)
             return
         queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
-        if queue.live >= self.config.max_queue_length:
+        limit = self.config.queue_limits.get(info.name, self.config.max_queue_length)
+        if queue.live >= limit:
             self.stats["overloaded"] += 1
-            self._reject(client, req.request_id, Overloaded(
+            self._reject(client, req.request_id, QueueFull(
                 f"{info.name}@{info.version}.{method} has {queue.live} requests queued "
-                f"(the bound is {self.config.max_queue_length}); retry later or start "
-                "more workers",
-                servable=info.name, queued=queue.live,
+                f"(the bound is {limit}); retry later or start more workers",
+                servable=info.name, queued=queue.live, limit=limit,
             ), out)
             return
         if pending.deadline is not None:
@@ -278,11 +288,19 @@ class BrokerState:
         self._note_arrival(info, now)
         queue.items.append(pending)
         queue.live += 1
+        if self.ondemand.active:  # nothing serves it: its default profile starts a pilot
+            start = (None if self._live_workers(info.key)
+                     else self.ondemand.wanted(info.key, now))
+            self.ondemand.used(info.key, now)
+            if start is not None:
+                out.append(start)
         self._dispatch(info, now, out)
 
     def _reject(self, client: bytes, request_id: str, exc: DlhubHpcError,
                 out: list[Action]) -> None:
         self.stats["rejected"] += 1
+        if self.metrics is not None:
+            self.metrics.refused(type(exc).__name__)
         out.append(ToClient(client, Reply(request_id, False, None, exc.to_wire())))
 
     def _note_arrival(self, info: ServableInfo, now: float) -> None:
@@ -300,6 +318,8 @@ class BrokerState:
         if hit:
             pending.done, pending.payload = True, None
             self.stats["replies_ok"] += 1
+            if self.metrics is not None:
+                self.metrics.memo_hit(pending)
             out.append(ToClient(pending.client, Reply(pending.request_id, True, value, None,
                                                       [0.0, 0.0], pending.notice)))
             return True
@@ -321,6 +341,9 @@ class BrokerState:
         p.payload = None  # the deadline heap may hold p a while; not its (maybe large) input
         out.append(ToClient(p.client, Reply(p.request_id, ok, value, error, timing, p.notice)))
         self.stats["replies_ok" if ok else "replies_error"] += 1
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.answered(p, ok, error, now)
         if p.memo_key is None:
             return
         followers = self._flights.pop(p.memo_key, [])
@@ -330,6 +353,8 @@ class BrokerState:
             if not f.done:
                 f.done, f.payload = True, None
                 self.stats["replies_ok" if ok else "replies_error"] += 1
+                if metrics is not None:
+                    metrics.answered(f, ok, error, now)
                 timing = None if now is None else [now - f.arrived, inference]
                 out.append(ToClient(f.client, Reply(f.request_id, ok, value, error, timing,
                                                     f.notice)))
@@ -340,21 +365,32 @@ class BrokerState:
         self._held.pop(info.key, None)
         idle = self._idle.get(info.key)
         queues = self._queues.get(info.key)
-        while idle and queues:
+        while queues:
+            # the longest idle worker of its own, else a free pooled worker that holds it
+            identity = next(iter(idle)) if idle else self.pools.free_holder(info)
+            if identity is None:
+                if self.pools.members and oldest_queue(queues)[0] is not None:
+                    self._pool_load(info, now, out)  # a pooled worker loads it
+                return
             queue, method = oldest_queue(queues)
             if queue is None:
                 return
             release = release_time(info, queue, self._arriving.get(info.key, False))
             if release > now:
                 self._held[info.key] = release
+                if self.metrics is not None:
+                    self.metrics.held(info.key, now)
                 return
             items = take(queue, info.max_batch_size)
             if not items:
                 queue.live = 0  # only answered requests were left
                 continue
-            identity = next(iter(idle))  # the longest idle: work spreads over the workers
-            del idle[identity]
             worker = self._workers[identity]
+            if worker.pooled:
+                self.pools.use(identity, info.key)
+                worker.servable = info.key
+            else:
+                self._idle[info.key].pop(identity)
             worker.last_sent = now
             self._next_batch_id += 1
             batch_id = self._next_batch_id
@@ -363,9 +399,12 @@ class BrokerState:
             worker.state, worker.batch_id = "busy", batch_id
             self.stats["batches"] += 1
             self.stats["batched_items"] += len(items)
+            if self.metrics is not None:
+                self.metrics.dispatched(info.key, method, items, len(items), now)
             params = [p.parameters for p in items]  # per item; None in the common case
             out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items],
-                                                params if any(params) else None)))
+                                                params if any(params) else None,
+                                                ref_of(info.key) if worker.pooled else None)))
 
     def _requeue_front(self, p: Pending) -> None:
         queue = self._queues[p.servable][p.method]
@@ -401,6 +440,9 @@ class BrokerState:
 
     def _on_hello(self, identity: bytes, msg: Hello, now: float, out: list[Action],
                   user: str = "") -> None:
+        if msg.pool is not None:
+            self._pool_hello(identity, msg, now, out, user)
+            return
         try:
             info = self._resolve(msg.servable, msg.version)
         except DlhubHpcError as exc:
@@ -442,6 +484,9 @@ class BrokerState:
         if worker.state != "loading":  # said twice: a busy worker would lose its batch
             self.stats["unexpected_messages"] += 1
             return
+        if worker.pooled:
+            self._pool_ready(identity, worker, msg, now, out)
+            return
         worker.state = "idle"
         self._idle.setdefault(worker.servable, {})[identity] = None
         self._dispatch(self._resolve(*worker.servable), now, out)
@@ -457,6 +502,9 @@ class BrokerState:
         self, identity: bytes, msg: LoadFailed, now: float, out: list[Action]
     ) -> None:
         loaded = self._workers.get(identity)
+        if loaded is not None and loaded.pooled and loaded.state == "loading":
+            self._pool_load_failed(identity, loaded, msg, now, out)  # it keeps the others
+            return
         if loaded is not None and loaded.state != "loading":  # it had loaded: it is gone
             self._lose_worker(identity, f"it reported a failed load ({msg.error.get('message')})",
                               now, out)
@@ -472,7 +520,11 @@ class BrokerState:
             return
         # Its callers get the load's own error (BundleDigestMismatch ...) now, not a Timeout.
         error = self.load_failures.record(worker.servable, msg.error)
-        for queue in self._queues.get(worker.servable, {}).values():
+        self._fail_queued(worker.servable, error, now, out)
+
+    def _fail_queued(self, key: ServableKey, error: dict[str, Any], now: float,
+                     out: list[Action]) -> None:
+        for queue in self._queues.get(key, {}).values():
             while queue.items:
                 p = queue.items.popleft()
                 if not p.done:
@@ -491,6 +543,8 @@ class BrokerState:
             return
         del self._batches[msg.batch_id]
         self._in_flight[worker.servable] -= len(flight.items)
+        if self.metrics is not None and flight.items:
+            self.metrics.batch_done(flight.servable, flight.items[0].method, msg.elapsed)
         results = msg.results
         if len(results) == 1 and _error_record(results[0]) is not None:
             results = results * len(flight.items)  # one error answers the whole batch
@@ -515,6 +569,9 @@ class BrokerState:
             worker.state = "draining"
             out.append(ToWorker(identity, Shutdown("drained")))
             return
+        if worker.pooled:
+            self._pool_freed(identity, now, out)
+            return
         self._idle.setdefault(worker.servable, {})[identity] = None
         self._dispatch(self._resolve(*worker.servable), now, out)
 
@@ -537,6 +594,7 @@ class BrokerState:
             return
         worker.draining, worker.state = True, "draining"
         self._idle.get(worker.servable, {}).pop(identity, None)
+        self.pools.hold_back(identity)
         self.stats["workers_drained"] += 1
         logger.info("worker %s (%s@%s) drains: %s", worker.worker_id, *worker.servable,
                     msg.reason)
@@ -544,19 +602,24 @@ class BrokerState:
             out.append(ToWorker(identity, Shutdown("drained")))
 
     def _live_workers(self, servable: ServableKey) -> int:
-        return self._worker_count[servable]
+        return self._worker_count[servable] + self._pool_live(servable)
 
     def _lose_worker(
         self, identity: bytes, why: str, now: float, out: list[Action], *, graceful: bool = False
     ) -> None:
         worker = self._workers.pop(identity)
-        self._worker_count[worker.servable] -= 1
+        if worker.pooled:
+            self.pools.leave(identity)
+        else:
+            self._worker_count[worker.servable] -= 1
         self._idle.get(worker.servable, {}).pop(identity, None)
         self.stats["workers_exited" if graceful else "workers_lost"] += 1
         logger.log(logging.INFO if graceful else logging.WARNING, "worker %s (%s@%s) gone: %s",
                    worker.worker_id, *worker.servable, why)
         flight = self._batches.pop(worker.batch_id, None) if worker.batch_id else None
         if flight is None:
+            if worker.pooled and worker.state == "loading":  # another may load it
+                self._dispatch(self._resolve(*worker.servable), now, out)
             return
         self._in_flight[worker.servable] -= len(flight.items)
         others = self._live_workers(worker.servable)
@@ -593,6 +656,8 @@ class BrokerState:
             heapq.heapify(self._deadlines)
         for key in [k for k, due in self._held.items() if due <= now]:
             self._dispatch(self._resolve(*key), now, out)
+        if self.ondemand.active:
+            self._on_demand_tick(now, out)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             silent = [
@@ -601,6 +666,7 @@ class BrokerState:
             ]
             for worker in silent:  # none of them may take the others' retries
                 self._idle.get(worker.servable, {}).pop(worker.identity, None)
+                self.pools.hold_back(worker.identity)
             for identity in [w.identity for w in silent]:
                 self._lose_worker(
                     identity, f"no heartbeat for {self.config.heartbeat_timeout}s", now, out
@@ -619,7 +685,8 @@ class BrokerState:
             self._queues[p.servable][p.method].live -= 1
         self.stats["timeouts"] += 1
         key, p.memo_key = p.memo_key, None
-        self._answer(p, False, None, self._timeout_error(p).to_wire(), 0.0, out, now)
+        error = timeout_error(p, self._live_workers(p.servable), self.start_stage(p.servable))
+        self._answer(p, False, None, error.to_wire(), 0.0, out, now)
         if key is None:
             return
         waiting = [f for f in self._flights.pop(key, []) if not f.done]
@@ -635,15 +702,30 @@ class BrokerState:
         followers = sum(len(f) for f in self._flights.values())
         return queued + followers + sum(len(f.items) for f in self._batches.values())
 
-    def _timeout_error(self, p: Pending) -> Timeout:
-        name, version = p.servable
-        if not self._live_workers(p.servable):
-            hint = (f"no worker serves {name}@{version}; start one with "
-                    f"'dlhub-hpc workers start --servable {name}'")
-        else:
-            hint = "the servable's workers are busy; start more workers or raise the timeout"
-        return Timeout(f"{name}@{version}.{p.method} did not answer in time: {hint}",
-                       servable=name, version=version)
+    def _on_demand_tick(self, now: float, out: list[Action]) -> None:
+        """Failed starts answer their waiting callers; deferred starts and idle releases."""
+        for key, error in self.ondemand.take_failures():
+            self._fail_queued(key, error, now, out)
+
+        def waiting(key: ServableKey) -> int:
+            return self._in_flight[key] + sum(q.live for q in self._queues.get(key, {}).values())
+
+        out.extend(self.ondemand.tick(now, waiting, self._live_workers))
+
+    def start_stage(self, key: ServableKey) -> str | None:
+        """How far ``key``'s start on demand got; None when it serves or is not starting."""
+        if any(w.servable == key and w.state == "loading" for w in self._workers.values()):
+            return "model loading" if self.ondemand.stage(key) else None
+        return None if self._live_workers(key) else self.ondemand.stage(key)
+
+    def request_status(self, user: str, request_id: str) -> dict[str, Any] | None:
+        """``user``'s unanswered request: queued or running, and its servable's start stage."""
+        found = find_request(self._queues, self._batches.values(), user, request_id)
+        if found is None:
+            return None
+        p, where = found
+        return {"request_id": request_id, "servable": f"{p.servable[0]}@{p.servable[1]}",
+                "state": where, "stage": self.start_stage(p.servable)}
 
     # -- status and books --
 
@@ -652,7 +734,8 @@ class BrokerState:
         stats = dict(self.stats)
         stats.update(self.memo.stats())
         return take_snapshot(self._queues, self._batches.values(), self._workers.values(),
-                             stats, self.changes, self.load_failures.by_ref())
+                             stats, self.changes, self.load_failures.by_ref(),
+                             pools=self.pools.view() if self.pools.members else None)
 
     def snapshot(self) -> dict[str, Any]:
         """``view()`` as plain data (for ``dlhub-hpc status``); on the loop thread only."""

@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "endpoint": ("endpoint", "endpoint",
                  "Serve callers from anywhere through a Globus Compute endpoint on this site."),
     "export": ("publication", "export", "SERVABLE's record as DLHub's dlhub.json."),
+    "gateway": ("gateway", "gateway",
+                "Serve models over the Open Inference Protocol (KServe v2 REST) for any "
+                "language."),
     "groups": ("publication", "groups",
                "List groups, or define GROUP as exactly MEMBERS (the hub's admin only)."),
     "hub": ("hub", "hub", "Run the hub (broker + registry + pilot manager)."),

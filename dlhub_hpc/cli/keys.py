@@ -164,3 +164,47 @@ def hub_key(home: Path | None) -> None:
         raise ConfigError(f"no running hub in {home or default_home()}; start one with "
                           "'dlhub-hpc hub start'")
     click.echo(f"{state['client_address']} {state['server_key']}")
+
+
+@keys.group("token")
+def token_() -> None:
+    """Bearer tokens for the Open Inference Protocol gateway (the hub's admin only)."""
+
+
+@token_.command("create")
+@click.option("--identity", required=True, help="The hub identity the token acts as.")
+@click.option("--note", default="", help="What the token is for (shown by 'list').")
+@click.pass_context
+def token_create(ctx: click.Context, identity: str, note: str) -> None:
+    """Make a token that acts as IDENTITY; it is printed this once (the hub keeps a hash)."""
+    with client_from(ctx) as client:
+        made = client.control("tokens", action="create", identity=identity, note=note)
+    console.print(f"token [bold]{made['id']}[/] acts as [bold]{made['identity']}[/]; keep it "
+                  "secret, it is not shown again:", highlight=False)
+    click.echo(made["token"])
+
+
+@token_.command("list")
+@click.pass_context
+def token_list(ctx: click.Context) -> None:
+    """The tokens the hub knows (never the tokens themselves)."""
+    with client_from(ctx) as client:
+        rows = client.control("tokens", action="list")
+    table = Table(title="Bearer tokens")
+    for col in ("id", "identity", "created", "revoked", "note"):
+        table.add_column(col)
+    for r in rows:
+        revoked = r["revoked_at"]
+        table.add_row(str(r["id"]), str(r["identity"]), _when(r["created_at"]),
+                      "-" if revoked is None else _when(revoked), Text(str(r["note"])))
+    console.print(table)
+
+
+@token_.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke the token TOKEN_ID (or every token of the identity TOKEN_ID): refused at once."""
+    with client_from(ctx) as client:
+        done = client.control("tokens", action="revoke", id=token_id)
+    console.print(f"revoked {done['revoked']} token(s)")

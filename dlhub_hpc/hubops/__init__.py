@@ -13,6 +13,7 @@ import logging
 
 from dlhub_hpc.broker.server import ControlHandler
 from dlhub_hpc.hubops.hubwide import HubOps
+from dlhub_hpc.hubops.ondemand import OnDemandStarter, request_status
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.hubops.pilots import PilotOps
 from dlhub_hpc.hubops.recovery import Recovery
@@ -20,7 +21,8 @@ from dlhub_hpc.hubops.workers import WorkerOps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubOps", "HubParts", "PilotOps", "Recovery", "WorkerOps", "control_operations"]
+__all__ = ["HubOps", "HubParts", "OnDemandStarter", "PilotOps", "Recovery", "WorkerOps",
+           "control_operations"]
 
 
 def control_operations(parts: HubParts) -> dict[str, ControlHandler]:
@@ -34,6 +36,7 @@ def control_operations(parts: HubParts) -> dict[str, ControlHandler]:
         "pilot_start": pilots.pilot_start,
         "pilot_status": pilots.pilot_status,
         "pilot_stop": pilots.pilot_stop,
+        "request_status": lambda args: request_status(parts, args),
         "shutdown": hub.shutdown,
         **parts.security.operations(),
     }

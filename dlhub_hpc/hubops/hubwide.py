@@ -38,7 +38,9 @@ class HubOps:
     def status(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
         caller = str(args.get("caller", ""))
         # Taken here, on the loop thread that owns the state; the rest is finished off it.
-        snapshot = self._visible_snapshot(caller, self.parts.state.snapshot())
+        state = self.parts.state
+        snapshot = self._visible_snapshot(
+            caller, {**state.snapshot(), "starting": state.ondemand.view(state.start_stage)})
         records = self.security.publication.visible(caller, self.registry.list())
 
         def sees(ref: str) -> bool:
@@ -73,6 +75,7 @@ class HubOps:
             "workers": [w for w in snapshot["workers"] if sees(str(w.get("servable", "")))],
             "load_failures": {ref: e for ref, e in snapshot.get("load_failures", {}).items()
                               if sees(ref)},
+            "starting": {ref: s for ref, s in snapshot.get("starting", {}).items() if sees(ref)},
         }
 
     def shutdown(self, args: dict[str, Any]) -> dict[str, Any]:

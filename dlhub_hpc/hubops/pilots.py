@@ -12,10 +12,38 @@ from dlhub_hpc.hubops.limits import check_pilot_nodes
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.hubops.workers import check_stop
 from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
-from dlhub_hpc.pilot.profiles import load_profile, parse_profile
+from dlhub_hpc.pilot.profiles import SiteProfile, load_profile, parse_profile
+from dlhub_hpc.registry.store import ServableRecord
+from dlhub_hpc.security.isolation import WorkerLaunch
 from dlhub_hpc.servable.spec import parse_ref
 
 logger = logging.getLogger(__name__)
+
+
+def build_pilot(parts: HubParts, record: ServableRecord, profile: SiteProfile,
+                launch: WorkerLaunch | None, nodes: int | None = None) -> Pilot:
+    """The pilot ``pilot start`` makes for ``record`` (and a start on demand too); run off
+    the loop: it builds the profile's provider and finds the servable's image."""
+    from dlhub_hpc.container.launch import check_recorded, image_for
+
+    image = None
+    if profile.container.runtime != "none" and not profile.container.image:
+        # The image 'dlhub-hpc build' made, refused if its digest no longer matches.
+        image = image_for(parts.registry.root, record.name, record.version,
+                          profile.container.runtime)
+
+    def check_image(path: str) -> None:
+        check_recorded(parts.registry.root, record.name, record.version, path)
+
+    return Pilot(
+        profile, f"{record.name}@{record.version}",
+        hub_address_for_workers(parts.worker_address(), profile),
+        parts.config.home / "pilots", nodes=nodes,
+        ranks=int(getattr(record.spec.servable, "ranks", 1) or 1),
+        heartbeat_interval=parts.config.heartbeat_interval,
+        hub_timeout=max(30.0, 3 * parts.config.heartbeat_timeout),
+        image=image, check_image=check_image, launch=launch,
+    )
 
 
 class PilotOps:
@@ -47,30 +75,11 @@ class PilotOps:
             check_pilot_nodes(self.parts, str(args.get("caller", "")), int(nodes),
                               profile.scaling.max_blocks)
         launch = self.security.worker_launch(name, profile.container.runtime != "none")
-        worker_address = self.parts.worker_address()
 
         def start() -> dict[str, Any]:
             # Off the broker thread: some Parsl providers run commands when constructed.
-            from dlhub_hpc.container.launch import check_recorded, image_for
-
-            image = None
-            if profile.container.runtime != "none" and not profile.container.image:
-                # The image 'dlhub-hpc build' made, refused if its digest no longer matches.
-                image = image_for(self.registry.root, record.name, record.version,
-                                  profile.container.runtime)
-
-            def check_image(path: str) -> None:
-                check_recorded(self.registry.root, record.name, record.version, path)
-
-            pilot = Pilot(
-                profile, f"{record.name}@{record.version}",
-                hub_address_for_workers(worker_address, profile),
-                self.config.home / "pilots", nodes=None if nodes is None else int(nodes),
-                ranks=int(getattr(record.spec.servable, "ranks", 1) or 1),
-                heartbeat_interval=self.config.heartbeat_interval,
-                hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
-                image=image, check_image=check_image, launch=launch,
-            )
+            pilot = build_pilot(self.parts, record, profile, launch,
+                                None if nodes is None else int(nodes))
             return self.pilots.add(pilot).to_dict()
 
         return self._executor.submit(start)

@@ -69,6 +69,9 @@ class PilotService:
         self._thread: threading.Thread | None = None
         self._closed = False  # shut down: a pilot added now would outlive its hub
         self.journal: Any = None  # recovery.Journal, given to each pilot added
+        # Called with each scaled pilot after its tick (on the scaling thread): the
+        # on-demand starter follows its blocks from queued to running this way.
+        self.observers: list[Callable[[Pilot], None]] = []
 
     def __repr__(self) -> str:
         return f"PilotService(period={self.period!r}, pilots={sorted(self.pilots)!r})"
@@ -267,6 +270,11 @@ class PilotService:
                 pilot.tick(load, workers, now)
             except Exception:
                 logger.exception("scaling %s failed", pilot.pilot_id)
+            for observe in self.observers:
+                try:
+                    observe(pilot)
+                except Exception:
+                    logger.exception("an observer of %s failed", pilot.pilot_id)
 
 
 __all__ = ["PilotService", "WorkersSetup"]

@@ -72,6 +72,16 @@ class HubSecurity:
         self.server_auth_on = True
         return ServerAuth(self.credentials, self.lookup, local_user=self.admin)
 
+    def setup_without_curve(self) -> tuple[str, str]:
+        """Loopback benchmarks only: keys and credentials as ``setup`` makes them, but no
+        CurveZMQ. Returns the identities that every caller and every worker then get (the
+        admin, and a worker with the admin's credential); workers start without a key file.
+        """
+        auth = self.setup()
+        self.server_auth_on = False
+        admin_worker = self.worker_credentials.issue(self.admin).public_key
+        return auth.local_user, f"{worker_identity(self.admin)}:{admin_worker}"
+
     def lookup(self, domain: str, public_key: str) -> str | None:
         """The identity of a connecting key (ZAP, in the broker's thread), or None: refuse."""
         assert self.credentials is not None
@@ -108,10 +118,12 @@ class HubSecurity:
         owner, _, key = owner_key.partition(":")
         return owner if self.worker_credentials.owner_of(key) == owner else None
 
-    def worker_launch(self, name: str, container: bool = False) -> WorkerLaunch:
-        """How the workers of servable ``name`` start: confined as its owner's policy says,
-        with its owner's credential. ``IsolationUnavailable`` when they may not start."""
-        owner = self.access.owner(name) or self.admin
+    def worker_launch(self, name: str, container: bool = False,
+                      owner: str | None = None) -> WorkerLaunch:
+        """How the workers of servable ``name`` (or of a pool of ``owner``'s) start:
+        confined as its owner's policy says, with its owner's credential.
+        ``IsolationUnavailable`` when they may not start."""
+        owner = owner or self.access.owner(name) or self.admin
         confinement = self.isolation.confinement(owner, container=container)
         if not self.server_auth_on:
             return WorkerLaunch(confinement)

@@ -267,7 +267,7 @@ def test_a_full_queue_answers_overloaded_at_once(catalog: Catalog) -> None:
     error = error_of(replies(hub.request("r3"))["r3"])
     assert isinstance(error, Overloaded)
     assert "2 requests queued (the bound is 2)" in error.message
-    assert error.details == {"servable": "demo/add", "queued": 2}
+    assert error.details == {"servable": "demo/add", "queued": 2, "limit": 2}
     assert hub.request("other", servable="demo/multi", method="score") == []  # own queue
 
 

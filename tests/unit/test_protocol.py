@@ -51,6 +51,9 @@ EVERY_MESSAGE = [
     Bye("w1", "signal SIGTERM"),
     Drain("w1", "walltime in 30s"),
     Hello("w2", "demo/mpi", 1, "nid0002", 7, None, 2, {"env": "CUDA_VISIBLE_DEVICES"}),
+    Hello("w3", "", None, "nid0003", 8, None, 1, None, {"spec": "owner:alice", "budget": 1}),
+    Ready("w3", {"loaded": "alice/a@1", "nbytes": 5, "holds": [["alice/a@1", 5]]}),
+    Batch(8, "run", [[1.0]], None, "alice/a@1"),
 ]
 
 
@@ -238,7 +241,7 @@ def ext(code: int, dtype: str, shape: list[int], index: int) -> msgpack.ExtType:
     (header(2, int(Tag.READY), "w1"), "protocol version 2 is not 1"),
     (header(1, 99, "w1"), "unknown message tag 99"),
     (header(1, "READY", "w1"), "unknown message tag 'READY'"),
-    (header(1, int(Tag.READY)), "Ready has 1 fields, got 0"),
+    (header(1, int(Tag.READY)), "Ready has 2 fields, got 0"),
     (header(1, int(Tag.BYE), "w1", "x", "y"), "Bye has 2 fields, got 3"),
     (header(1, int(Tag.READY), 17), "Ready.worker_id has type int"),
     (header(1, int(Tag.BATCH), "1", "run", []), "Batch.batch_id has type str"),

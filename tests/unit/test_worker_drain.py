@@ -271,7 +271,7 @@ def test_an_older_workers_hello_without_the_new_fields_still_decodes() -> None:
     old = [PROTOCOL_VERSION, int(Tag.HELLO), "w1", "demo/add", None, "node", 7, "block-1"]
     hello = decode([msgpack.packb(old)])
     assert isinstance(hello, Hello) and hello.ranks == 1 and hello.binding is None
-    with pytest.raises(ProtocolError, match="Hello has 8 fields, got 4"):
+    with pytest.raises(ProtocolError, match="Hello has 9 fields, got 4"):
         decode([msgpack.packb(old[:6])])  # required fields may not be left off
     with pytest.raises(ProtocolError, match=r"Hello\.ranks has type str"):
         decode([msgpack.packb([*old, "two", None])])

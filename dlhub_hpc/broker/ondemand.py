@@ -1,0 +1,225 @@
+"""Start on first request: which servables start when a request finds no worker, how far
+each start got, and when an idle one goes back to zero workers.
+
+The broker's loop decides (``wanted``, ``tick``) and emits ``StartServable`` or
+``ReleaseServable`` actions; the hub's starter (``dlhub_hpc.hubops.ondemand``) carries
+them out through the pilot service, off the loop, and reports back here with
+``set_stage`` and ``fail`` from its own threads: this board is the one object both sides
+touch, behind its lock. The loop reads failures on its ticks (``take_failures``) and
+answers the waiting requests with them.
+
+Stages, in order: ``requested`` (the start was asked for), ``queued at scheduler`` (the
+pilot's job is submitted), ``job running`` (the job started; its worker is coming up),
+``model loading`` (a worker registered and loads the servable: the state sees this itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.events import (
+    InFlight,
+    Pending,
+    ReleaseServable,
+    RequestQueue,
+    ServableKey,
+    StartServable,
+)
+from dlhub_hpc.errors import ServableStarting, Timeout
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["STAGES", "OnDemand", "find_request", "timeout_error"]
+
+STAGES = ("requested", "queued at scheduler", "job running", "model loading")
+POLL = 0.25  # seconds between the loop's looks at the board while a start is under way
+RATE_WINDOW = 60.0  # max_starts_per_minute counts starts in this window
+
+
+@dataclass(slots=True)
+class _Start:
+    profile: str
+    stage: str
+    since: float
+    last_used: float
+    pilot: str = ""
+    error: dict[str, Any] | None = None
+
+
+class OnDemand:
+    """The hub's board of on-demand starts; ``profiles`` maps a servable name (or ``*``)
+    to the site profile its pilot starts from."""
+
+    def __init__(self, profiles: Mapping[str, str] | None = None,
+                 idle_release_after: float | None = None,
+                 max_starts_per_minute: int = 6) -> None:
+        self.profiles = dict(profiles or {})
+        self.idle_release_after = idle_release_after
+        self.max_starts_per_minute = max_starts_per_minute
+        self.active = bool(self.profiles)  # read on the hot path: nothing to do when False
+        self._lock = threading.Lock()
+        self._starts: dict[ServableKey, _Start] = {}
+        self._recent: deque[float] = deque()
+        self._deferred: dict[ServableKey, str] = {}  # refused by the rate limit: retried
+
+    @classmethod
+    def from_config(cls, config: HubConfig) -> OnDemand:
+        return cls(config.start_on_demand, config.idle_release_after,
+                   config.max_starts_per_minute)
+
+    def __repr__(self) -> str:
+        return (f"OnDemand(profiles={self.profiles!r}, "
+                f"idle_release_after={self.idle_release_after!r})")
+
+    def profile_for(self, name: str) -> str | None:
+        return self.profiles.get(name) or self.profiles.get("*")
+
+    # -- the loop's side --
+
+    def wanted(self, key: ServableKey, now: float) -> StartServable | None:
+        """A request for ``key`` found no worker: the start to make, if one is due."""
+        profile = self.profile_for(key[0])
+        if profile is None:
+            return None
+        with self._lock:
+            entry = self._starts.get(key)
+            if entry is not None:
+                entry.last_used = now
+                return None  # under way, or started and its workers are coming back
+            return self._start_locked(key, profile, now)
+
+    def _start_locked(self, key: ServableKey, profile: str, now: float) -> StartServable | None:
+        while self._recent and self._recent[0] <= now - RATE_WINDOW:
+            self._recent.popleft()
+        if len(self._recent) >= self.max_starts_per_minute:
+            if key not in self._deferred:
+                logger.warning("start of %s@%s deferred: %d starts in the last minute "
+                               "(max_starts_per_minute)", *key, len(self._recent))
+            self._deferred[key] = profile
+            return None
+        self._deferred.pop(key, None)
+        self._recent.append(now)
+        self._starts[key] = _Start(profile, "requested", now, now)
+        logger.info("starting %s@%s on demand with profile %s", *key, profile)
+        return StartServable(key, profile)
+
+    def used(self, key: ServableKey, now: float) -> None:
+        """A request for ``key`` arrived: it is not idle."""
+        entry = self._starts.get(key)
+        if entry is not None:
+            entry.last_used = now
+
+    def tick(self, now: float, waiting: Callable[[ServableKey], int],
+             workers: Callable[[ServableKey], int]) -> list[StartServable | ReleaseServable]:
+        """Deferred starts whose requests still wait and no worker serves; releases of
+        started servables with nothing waiting for ``idle_release_after`` seconds."""
+        out: list[StartServable | ReleaseServable] = []
+        with self._lock:
+            for key, profile in list(self._deferred.items()):
+                if not waiting(key) or workers(key):
+                    del self._deferred[key]
+                    continue
+                start = self._start_locked(key, profile, now)
+                if start is not None:
+                    out.append(start)
+            if self.idle_release_after is None:
+                return out
+            for key, entry in list(self._starts.items()):
+                if waiting(key):
+                    entry.last_used = now
+                elif entry.error is None and now - entry.last_used >= self.idle_release_after:
+                    del self._starts[key]
+                    logger.info("releasing %s@%s: idle for %.0fs", *key, now - entry.last_used)
+                    out.append(ReleaseServable(key, entry.pilot))
+        return out
+
+    def take_failures(self) -> list[tuple[ServableKey, dict[str, Any]]]:
+        """Starts that failed since last asked (forgotten, so a later request retries)."""
+        with self._lock:
+            failed = [(k, e.error) for k, e in self._starts.items() if e.error is not None]
+            for key, _ in failed:
+                del self._starts[key]
+        return [(k, e) for k, e in failed if e is not None]
+
+    def next_check(self, now: float) -> float:
+        """Seconds until ``tick`` is next worth running (inf: nothing started or deferred)."""
+        return POLL if self._starts or self._deferred else math.inf
+
+    def stage(self, key: ServableKey) -> str | None:
+        entry = self._starts.get(key)
+        return None if entry is None else entry.stage
+
+    def view(self, stage_of: Callable[[ServableKey], str | None]) -> dict[str, dict[str, Any]]:
+        """The starts under way, by ``name@version``, for ``status``."""
+        with self._lock:
+            items = list(self._starts.items())
+        shown = {}
+        for key, entry in items:
+            stage = stage_of(key)
+            if stage is not None:
+                shown[f"{key[0]}@{key[1]}"] = {"stage": stage, "profile": entry.profile,
+                                               "pilot": entry.pilot, "since": entry.since}
+        return shown
+
+    # -- the starter's side (any thread) --
+
+    def set_stage(self, key: ServableKey, stage: str, now: float, pilot: str = "") -> None:
+        with self._lock:
+            entry = self._starts.get(key)
+            if entry is None:
+                return  # released meanwhile
+            if stage != entry.stage:
+                entry.stage, entry.since = stage, now
+            entry.pilot = pilot or entry.pilot
+
+    def fail(self, key: ServableKey, error: dict[str, Any]) -> None:
+        with self._lock:
+            entry = self._starts.get(key)
+            if entry is not None:
+                entry.error = error
+
+    def pilot_of(self, key: ServableKey) -> str:
+        with self._lock:
+            entry = self._starts.get(key)
+            return "" if entry is None else entry.pilot
+
+
+def timeout_error(p: Pending, live_workers: int, stage: str | None) -> Timeout:
+    """The error of a request whose deadline passed: the stage when its servable was
+    starting on demand (``ServableStarting``), else what to change."""
+    name, version = p.servable
+    if stage is not None:
+        return ServableStarting(
+            f"{name}@{version}.{p.method} did not answer in time: the servable is starting "
+            f"on demand ({stage}); retry with a longer timeout, or see 'dlhub-hpc status'",
+            servable=name, version=version, stage=stage)
+    if not live_workers:
+        hint = (f"no worker serves {name}@{version}; start one with "
+                f"'dlhub-hpc workers start --servable {name}'")
+    else:
+        hint = "the servable's workers are busy; start more workers or raise the timeout"
+    return Timeout(f"{name}@{version}.{p.method} did not answer in time: {hint}",
+                   servable=name, version=version)
+
+
+def find_request(queues: Mapping[ServableKey, Mapping[str, RequestQueue]],
+                 batches: Iterable[InFlight], user: str,
+                 request_id: str) -> tuple[Pending, str] | None:
+    """``user``'s unanswered request ``request_id``, and whether it is queued or running."""
+    for methods in queues.values():
+        for queue in methods.values():
+            for p in queue.items:
+                if p.request_id == request_id and p.user == user and not p.done:
+                    return p, "queued"
+    for flight in batches:
+        for p in flight.items:
+            if p.request_id == request_id and p.user == user and not p.done:
+                return p, "running"
+    return None

@@ -1,0 +1,157 @@
+"""The pooled workers' part of the broker's state machine (``BrokerState`` inherits it).
+
+A pooled worker registers with ``Hello(pool=...)`` and no servable; the state gives it
+batches of any servable its pool admits (``pools.py`` decides which worker and keeps the
+books). A load is an ``Assign`` (``LoadServable``) to a free worker; its ``Ready`` says what
+it now holds. Requests wait in the servable's queue meanwhile, so a servable evicted while
+its requests are queued is loaded again where they go: none is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from dlhub_hpc.broker.batching import oldest_queue
+from dlhub_hpc.broker.events import (
+    Action,
+    LoadServable,
+    RequestQueue,
+    ServableInfo,
+    ServableKey,
+    ToWorker,
+    WorkerInfo,
+)
+from dlhub_hpc.broker.load_failures import LoadFailures
+from dlhub_hpc.broker.pools import NO_SERVABLE, PoolBook, ref_of
+from dlhub_hpc.errors import ConfigError, DlhubHpcError
+from dlhub_hpc.protocol import Hello, LoadFailed, Ready, Shutdown
+from dlhub_hpc.servable.pools import PoolSpec
+
+logger = logging.getLogger(__name__)
+
+
+class PoolDispatch:
+    """Hooks the state calls for pooled workers; the state's own tables are shared."""
+
+    pools: PoolBook
+    stats: Counter[str]
+    load_failures: LoadFailures
+    _workers: dict[bytes, WorkerInfo]
+    _queues: dict[ServableKey, dict[str, RequestQueue]]
+    _worker_count: Counter[ServableKey]
+
+    # -- what the state provides --
+
+    def _resolve(self, name: str, version: int | None) -> ServableInfo:
+        raise NotImplementedError
+
+    def _dispatch(self, info: ServableInfo, now: float, out: list[Action]) -> None:
+        raise NotImplementedError
+
+    def _lose_worker(self, identity: bytes, why: str, now: float, out: list[Action], *,
+                     graceful: bool = False) -> None:
+        raise NotImplementedError
+
+    def _fail_queued(self, key: ServableKey, error: dict[str, Any], now: float,
+                     out: list[Action]) -> None:
+        raise NotImplementedError
+
+    # -- hooks --
+
+    def _pool_hello(self, identity: bytes, msg: Hello, now: float, out: list[Action],
+                    user: str) -> None:
+        try:
+            spec = PoolSpec.from_wire(msg.pool)
+        except ConfigError as exc:
+            out.append(ToWorker(identity, Shutdown(f"cannot serve the pool: {exc.message}")))
+            return
+        if identity in self._workers:
+            self._lose_worker(identity, "it registered again", now, out)
+        self._workers[identity] = WorkerInfo(
+            identity, msg.worker_id, NO_SERVABLE, msg.host, msg.pid, msg.block, now, now,
+            state="idle", ranks=msg.ranks, binding=msg.binding, user=user, pooled=True,
+        )
+        member = self.pools.join(identity, msg.worker_id, spec, user)
+        self.stats["workers_registered"] += 1
+        logger.info("worker %s serves pool %s (%s bytes; owner %s)", msg.worker_id,
+                    spec.text(), spec.budget, member.owner or "any")
+        self._pool_freed(identity, now, out)
+
+    def _pool_live(self, key: ServableKey) -> int:
+        """Pooled workers that could serve ``key``."""
+        if not self.pools.members:
+            return 0
+        try:
+            return self.pools.serving(self._resolve(*key))
+        except DlhubHpcError:  # withdrawn meanwhile: no pool serves it
+            return 0
+
+    def _pool_load(self, info: ServableInfo, now: float, out: list[Action]) -> None:
+        """No free worker holds ``info``: have the cheapest free pooled worker load it."""
+        if self._worker_count[info.key]:  # it has workers of its own: they take it
+            return
+        identity = self.pools.loader(info)
+        if identity is None:
+            return
+        worker = self._workers[identity]
+        self.pools.start_load(identity, info)
+        worker.state, worker.servable, worker.last_sent = "loading", info.key, now
+        self.stats["pool_loads"] += 1
+        logger.info("worker %s loads %s", worker.worker_id, ref_of(info.key))
+        out.append(LoadServable(identity, info))
+
+    def _pool_ready(self, identity: bytes, worker: WorkerInfo, msg: Ready, now: float,
+                    out: list[Action]) -> None:
+        info = self._resolve(*worker.servable)
+        evicted = self.pools.loaded(identity, info, msg.pool)
+        self.stats["pool_evictions"] += len(evicted)
+        if evicted:
+            logger.info("worker %s evicted %s to load %s", worker.worker_id,
+                        ", ".join(map(ref_of, evicted)), ref_of(info.key))
+        self.load_failures.clear(info.key)
+        self._pool_freed(identity, now, out, first=info)
+
+    def _pool_load_failed(self, identity: bytes, worker: WorkerInfo, msg: LoadFailed,
+                          now: float, out: list[Action]) -> None:
+        """One load failed; the worker keeps the rest. Callers get the load's error when
+        nothing else could serve the servable."""
+        key = worker.servable
+        self.pools.load_failed(identity, key)
+        self.stats["load_failures"] += 1
+        logger.warning("worker %s could not load %s: %s", worker.worker_id, ref_of(key),
+                       msg.error.get("message"))
+        if not self._worker_count[key] and not self._pool_live(key):
+            self._fail_queued(key, self.load_failures.record(key, msg.error), now, out)
+        self._pool_freed(identity, now, out)
+
+    def _pool_freed(self, identity: bytes, now: float, out: list[Action],
+                    first: ServableInfo | None = None) -> None:
+        """A pooled worker is free: give it the oldest waiting work it may take, what it
+        holds first (``first``: what it just loaded)."""
+        self._workers[identity].state = "idle"
+        self.pools.release(identity)
+        if first is not None:
+            self._dispatch(first, now, out)
+        tried: set[ServableKey] = set()
+        while identity in self.pools.free:
+            info = self.pools.next_for(identity, (w for w in self._waiting()
+                                                  if w[1].key not in tried))
+            if info is None:
+                return
+            tried.add(info.key)
+            self._dispatch(info, now, out)
+
+    def _waiting(self) -> list[tuple[int, ServableInfo]]:
+        """Each servable with requests queued: its oldest request's seq, and its info."""
+        found = []
+        for key, methods in self._queues.items():
+            queue, _ = oldest_queue(methods)
+            if queue is None:
+                continue
+            try:
+                found.append((queue.items[0].seq, self._resolve(*key)))
+            except DlhubHpcError:
+                continue
+        return found

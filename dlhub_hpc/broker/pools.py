@@ -1,0 +1,294 @@
+"""Pooled workers' books: what each holds, which takes a batch, and the counters.
+
+Pure bookkeeping, no sockets: ``BrokerState`` (through ``pool_state.py``) asks it which free
+pooled worker takes a servable's batch and tells it what workers report. A batch goes to a
+free worker that holds the servable (a hit); else a free worker loads it, the one whose
+load is cheapest: it would evict the fewest bytes, then holds the fewest.
+
+What a worker holds is what it said in its last ``Ready`` (it measures each model's RSS
+growth and evicts the least recently used past its budget, ``worker/models.py``); the hub
+mirrors it, and between two reports nothing changes, since a worker loads only when told.
+
+A servable whose workers cannot be shared gets workers of its own, and the books say why:
+one that runs over MPI ranks, one with its own container image, one whose pinned packages
+conflict with what a worker already imported (a process cannot unload a package).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlhub_hpc.broker.events import ServableInfo, ServableKey
+from dlhub_hpc.servable.pools import PoolSpec
+
+logger = logging.getLogger(__name__)
+
+NO_SERVABLE: ServableKey = ("", 0)  # a pooled worker's servable before its first load
+_COUNTERS = ("loads", "evictions", "hits", "load_failures")
+
+
+def ref_of(key: ServableKey) -> str:
+    return f"{key[0]}@{key[1]}"
+
+
+def key_of(ref: Any) -> ServableKey | None:
+    """``name@version`` -> its key; None for anything else (a worker's report is untrusted)."""
+    if not isinstance(ref, str):
+        return None
+    name, _, version = ref.rpartition("@")
+    if not name or not version.isascii() or not version.isdigit() or len(version) > 19:
+        return None
+    return (name, int(version))
+
+
+def credential_owner(user: str) -> str | None:
+    """``worker:alice:KEY`` -> ``alice``; None on a hub without identities."""
+    kind, _, rest = user.partition(":")
+    return rest.partition(":")[0] or None if kind == "worker" else None
+
+
+def exclusion(info: ServableInfo) -> str | None:
+    """Why ``info`` can share no pooled worker at all; None when it can."""
+    if info.ranks > 1:
+        return f"it runs over {info.ranks} MPI ranks, started by its own pilot"
+    if info.image:
+        return f"it runs in its own container image ({info.image})"
+    if info.pipeline:
+        return "it is a pipeline: the hub runs it, its steps have workers"
+    return None
+
+
+@dataclass(slots=True, eq=False)
+class Member:
+    """One pooled worker."""
+
+    identity: bytes
+    worker_id: str
+    spec: PoolSpec
+    user: str  # its credential identity, for the gate
+    owner: str | None  # the one owner whose servables it serves (None: no identities here)
+    holds: OrderedDict[ServableKey, int] = field(default_factory=OrderedDict)  # LRU first
+    pins: dict[str, tuple[str, ServableKey]] = field(default_factory=dict)  # ever imported
+    failed: set[ServableKey] = field(default_factory=set)  # loads that failed here
+    loading: ServableKey | None = None
+    fresh: ServableKey | None = None  # loaded, its first batch not yet sent (not a hit)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(self.holds.values())
+
+    def conflict(self, info: ServableInfo) -> str | None:
+        for package, wanted in info.pins:
+            have = self.pins.get(package)
+            if have is not None and have[0] != wanted:
+                return (f"it pins {package} {wanted} but {ref_of(have[1])}, already loaded "
+                        f"there, pins {package} {have[0]}")
+        return None
+
+
+class PoolBook:
+    """Every pooled worker's holdings, the free ones, and the counters."""
+
+    def __init__(self, may_serve: Callable[[str, ServableInfo], bool]) -> None:
+        self._may_serve = may_serve  # the gate: may this credential serve this servable?
+        self.members: dict[bytes, Member] = {}
+        self.free: dict[bytes, None] = {}  # ordered: the longest free first
+        self.sizes: dict[ServableKey, int] = {}  # measured bytes of each loaded servable
+        self.counts: dict[ServableKey, Counter[str]] = {}
+        self.own_workers: dict[ServableKey, str] = {}  # servable -> why no pool takes it
+
+    def __repr__(self) -> str:
+        return f"PoolBook(members={len(self.members)}, free={len(self.free)})"
+
+    # -- membership --
+
+    def join(self, identity: bytes, worker_id: str, spec: PoolSpec, user: str) -> Member:
+        member = Member(identity, worker_id, spec, user, spec.owner or credential_owner(user))
+        self.members[identity] = member
+        self.free[identity] = None
+        return member
+
+    def leave(self, identity: bytes) -> None:
+        self.members.pop(identity, None)
+        self.free.pop(identity, None)
+
+    def hold_back(self, identity: bytes) -> None:
+        """Take a member off the free list (it is silent, draining, or busy)."""
+        self.free.pop(identity, None)
+
+    def release(self, identity: bytes) -> None:
+        if identity in self.members:
+            self.free[identity] = None
+
+    # -- who may take what --
+
+    def refusal(self, member: Member, info: ServableInfo) -> str | None:
+        """Why ``member`` may not serve ``info``; None when it may."""
+        spec = member.spec
+        if not spec.names_servable(info.name, info.owner, info.tags, info.public):
+            return f"pool {spec.text()} does not name it"
+        if member.owner is not None and info.owner != member.owner:
+            return f"pool {spec.text()} serves {member.owner}'s servables only"
+        if not self._may_serve(member.user, info):
+            return "the worker's credential does not serve it"
+        if info.key in member.failed:
+            return "it failed to load on this worker"
+        return exclusion(info) or member.conflict(info)
+
+    def admits(self, member: Member, info: ServableInfo) -> bool:
+        return self.refusal(member, info) is None
+
+    def serving(self, info: ServableInfo) -> int:
+        """Pooled workers that could serve ``info`` (now or after a load)."""
+        return sum(1 for m in self.members.values() if self.admits(m, info))
+
+    def free_holder(self, info: ServableInfo) -> bytes | None:
+        """The longest-free member that holds ``info`` loaded (a hit), or None."""
+        for identity in self.free:
+            member = self.members[identity]
+            if info.key in member.holds and self.admits(member, info):
+                return identity
+        return None
+
+    def loader(self, info: ServableInfo) -> bytes | None:
+        """The free member whose load of ``info`` is cheapest; None when none may, or one
+        is loading it already (its batch waits for that load, not a second one)."""
+        if any(m.loading == info.key for m in self.members.values()):
+            return None
+        need = self.sizes.get(info.key, 0)
+        best: tuple[int, int, int] | None = None
+        chosen = None
+        for rank, identity in enumerate(self.free):
+            member = self.members[identity]
+            if not self.admits(member, info):
+                continue
+            evicts = max(0, need - (member.spec.budget - member.held_bytes))
+            cost = (evicts, member.held_bytes, rank)
+            if best is None or cost < best:
+                best, chosen = cost, identity
+        if chosen is None:
+            self._note_refused(info)
+        return chosen
+
+    def _note_refused(self, info: ServableInfo) -> None:
+        """Say once (log and status) why no pooled worker takes a servable its pool names."""
+        if any(self.admits(m, info) for m in self.members.values()):
+            return
+        named = [m for m in self.members.values()
+                 if m.spec.names_servable(info.name, info.owner, info.tags, info.public)]
+        why = exclusion(info) if named else None
+        why = why or next((c for m in named if (c := m.conflict(info))), None)
+        if why and self.own_workers.get(info.key) != why:
+            self.own_workers[info.key] = why
+            logger.warning("%s gets workers of its own, not a pool's: %s", ref_of(info.key), why)
+
+    # -- what workers do --
+
+    def start_load(self, identity: bytes, info: ServableInfo) -> None:
+        member = self.members[identity]
+        self.free.pop(identity, None)
+        member.loading = info.key
+        member.counts["loads"] += 1
+        self._count(info.key, "loads")
+
+    def loaded(self, identity: bytes, info: ServableInfo, report: Any) -> list[ServableKey]:
+        """A member's ``Ready`` after a load: mirror what it holds; the evicted keys."""
+        member = self.members[identity]
+        member.loading = None
+        report = report if isinstance(report, dict) else {}
+        holds: OrderedDict[ServableKey, int] = OrderedDict()
+        for entry in report.get("holds") or []:
+            if isinstance(entry, list) and len(entry) == 2 and type(entry[1]) is int:
+                key = key_of(entry[0])
+                if key is not None and (key in member.holds or key == info.key):
+                    holds[key] = max(0, entry[1])  # only what it was sent: nothing new
+        if info.key not in holds:  # a report without it: it holds it, size unknown
+            holds[info.key] = self.sizes.get(info.key, 0)
+        holds.move_to_end(info.key)
+        evicted = [k for k in member.holds if k not in holds]
+        member.holds = holds
+        member.fresh = info.key
+        self.sizes[info.key] = holds[info.key]
+        for package, wanted in info.pins:
+            member.pins.setdefault(package, (wanted, info.key))
+        for key in evicted:
+            member.counts["evictions"] += 1
+            self._count(key, "evictions")
+        self.own_workers.pop(info.key, None)
+        return evicted
+
+    def load_failed(self, identity: bytes, key: ServableKey) -> None:
+        member = self.members[identity]
+        member.loading = None
+        member.failed.add(key)
+        member.counts["load_failures"] += 1
+        self._count(key, "load_failures")
+
+    def use(self, identity: bytes, key: ServableKey) -> None:
+        """A batch of ``key`` goes to ``identity``, which holds it: a hit, unless it is the
+        first batch after its load."""
+        member = self.members[identity]
+        self.free.pop(identity, None)
+        member.holds.move_to_end(key)
+        if member.fresh == key:
+            member.fresh = None
+            return
+        member.counts["hits"] += 1
+        self._count(key, "hits")
+
+    def _count(self, key: ServableKey, what: str) -> None:
+        self.counts.setdefault(key, Counter())[what] += 1
+
+    def next_for(self, identity: bytes, waiting: Iterable[tuple[int, ServableInfo]]
+                 ) -> ServableInfo | None:
+        """What a member that just came free should take: of the servables with requests
+        waiting (oldest request's seq, info), one it holds first, else the oldest it may
+        load that no one is loading."""
+        member = self.members.get(identity)
+        if member is None:
+            return None
+        held: tuple[int, ServableInfo] | None = None
+        other: tuple[int, ServableInfo] | None = None
+        loading = {m.loading for m in self.members.values()}
+        for seq, info in waiting:
+            if not self.admits(member, info):
+                continue
+            if info.key in member.holds:
+                if held is None or seq < held[0]:
+                    held = (seq, info)
+            elif info.key not in loading and (other is None or seq < other[0]):
+                other = (seq, info)
+        chosen = held or other
+        return None if chosen is None else chosen[1]
+
+    # -- status --
+
+    def view(self) -> dict[str, Any]:
+        """Plain data for ``status``: each pooled worker, each servable's counters."""
+        workers = {
+            m.worker_id: {
+                "pool": m.spec.text(), "budget": m.spec.budget, "owner": m.owner,
+                "holds": {ref_of(k): n for k, n in m.holds.items()},
+                "held_bytes": m.held_bytes,
+                "loading": None if m.loading is None else ref_of(m.loading),
+                **{c: m.counts[c] for c in _COUNTERS},
+                "hit_rate": hit_rate(m.counts),
+            }
+            for m in self.members.values()
+        }
+        servables = {ref_of(k): {**{c: n[c] for c in _COUNTERS}, "hit_rate": hit_rate(n),
+                                 "bytes": self.sizes.get(k)}
+                     for k, n in self.counts.items()}
+        return {"workers": workers, "servables": servables,
+                "own_workers": {ref_of(k): why for k, why in self.own_workers.items()}}
+
+
+def hit_rate(counts: Counter[str]) -> float | None:
+    """Batches sent to a worker already holding the servable, of all that needed it."""
+    total = counts["hits"] + counts["loads"]
+    return None if total == 0 else counts["hits"] / total

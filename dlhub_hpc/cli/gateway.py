@@ -1,0 +1,49 @@
+"""``dlhub-hpc gateway``: the Open Inference Protocol (KServe v2 REST) gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import click
+
+from dlhub_hpc.cli.common import console
+
+logger = logging.getLogger(__name__)
+
+
+@click.group()
+def gateway() -> None:
+    """Serve models over the Open Inference Protocol (KServe v2 REST) for any language."""
+
+
+@gateway.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default; give TLS for any other).")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port (0: any free).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="PEM certificate: serve HTTPS.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="PEM private key of --tls-cert.")
+@click.option("--timeout", default=60.0, show_default=True, type=float,
+              help="Seconds a request may take at the hub.")
+@click.pass_context
+def start(ctx: click.Context, host: str, port: int, tls_cert: Path | None,
+          tls_key: Path | None, timeout: float) -> None:
+    """Serve the hub's models at http(s)://HOST:PORT/v2 until interrupted. Callers send
+    'Authorization: Bearer TOKEN' ('dlhub-hpc keys token create --identity NAME')."""
+    from dlhub_hpc.gateway import GatewayConfig, serve
+
+    config = GatewayConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
+                           hub_address=ctx.obj.get("hub") if ctx.obj else None,
+                           timeout=timeout)
+
+    def started(url: str) -> None:
+        # One line a script can wait for and parse (the port, when --port 0).
+        click.echo(f"gateway listening on {url}", nl=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, started))
+    console.print("gateway stopped")

@@ -1,0 +1,212 @@
+"""The Open Inference Protocol's REST endpoints, over one ``HubClient``.
+
+Every model endpoint needs ``Authorization: Bearer TOKEN``; the token goes to the hub with
+the call, and the hub acts as the identity it maps to. Health and server metadata are open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from dlhub_hpc._version import __version__
+from dlhub_hpc.errors import DlhubHpcError, InvalidInput, MethodNotFound, TokenRefused
+from dlhub_hpc.gateway.hubclient import HubClient
+from dlhub_hpc.gateway.names import servable_of, version_of
+from dlhub_hpc.gateway.statuses import error_response
+from dlhub_hpc.gateway.tensors import (
+    as_input,
+    as_tensors,
+    decode_tensor,
+    encode_output,
+    tensor_metadata,
+)
+
+logger = logging.getLogger(__name__)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data"]
+# Request parameters the protocol (or tritonclient) uses itself: not the servable's.
+_PROTOCOL_PARAMETERS = {"method", "binary_data_output", "timeout", "sequence_id",
+                        "sequence_start", "sequence_end", "priority", "headers"}
+
+
+def bearer_token(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenRefused("send 'Authorization: Bearer TOKEN'; the hub's admin makes tokens "
+                           "with 'dlhub-hpc keys token create --identity NAME'")
+    return token.strip()
+
+
+def pick_method(spec: dict[str, Any], asked: str) -> tuple[str, dict[str, Any]]:
+    """The method a request runs (``run`` if it names none, else the first) and its spec."""
+    methods: dict[str, Any] = spec.get("servable", {}).get("methods", {})
+    name = asked or ("run" if "run" in methods else next(iter(methods), ""))
+    if name not in methods:
+        raise MethodNotFound(f"no method {name!r}; the model's methods are "
+                             f"{', '.join(sorted(methods))} (set parameters.method)")
+    return name, methods[name]
+
+
+class Gateway:
+    """The handlers; ``routes()`` lists them for an aiohttp application."""
+
+    def __init__(self, hub: HubClient, timeout: float | None = None) -> None:
+        self.hub = hub
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"Gateway(hub={self.hub!r})"
+
+    def routes(self) -> list[web.RouteDef]:
+        out = [web.get("/v2/health/live", self.live), web.get("/v2/health/ready", self.ready),
+               web.get("/v2", self.server_metadata)]
+        for model in ("{owner}/{name}", "{model}"):
+            for base in (f"/v2/models/{model}", f"/v2/models/{model}/versions/{{version}}"):
+                out += [web.get(base, self.model_metadata),
+                        web.get(f"{base}/ready", self.model_ready),
+                        web.post(f"{base}/infer", self.infer)]
+        return out
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        try:
+            await self.hub.control("whoami", timeout=5.0)
+        except DlhubHpcError as exc:
+            return error_response(exc, 503)
+        return web.json_response({"ready": True})
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response({"name": "dlhub-hpc", "version": __version__,
+                                  "extensions": EXTENSIONS})
+
+    async def _record(self, request: web.Request, cached: bool = False
+                      ) -> tuple[str, int | None, dict[str, Any]]:
+        token = bearer_token(request)
+        servable, version = servable_of(request.match_info), version_of(request.match_info)
+        return token, version, await self.hub.describe_as(token, servable, version, cached)
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        try:
+            _, _, record = await self._record(request)
+        except DlhubHpcError as exc:
+            return error_response(exc)
+        return web.json_response(model_metadata(record))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        try:
+            _, _, record = await self._record(request)
+        except DlhubHpcError as exc:
+            return error_response(exc)
+        ok = record.get("status") != "withdrawn"
+        return web.json_response({"name": record["name"], "ready": ok}, status=200 if ok else 400)
+
+    async def infer(self, request: web.Request) -> web.Response:
+        try:
+            return await self._infer(request)
+        except DlhubHpcError as exc:
+            return error_response(exc)
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        # The hub checks the token again on the request itself: a cached record will do.
+        token, version, record = await self._record(request, cached=True)
+        body = await request.read()
+        header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        params = header.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInput("'parameters' must be a JSON object")
+        method, method_spec = pick_method(record["spec"], str(params.get("method") or ""))
+        payload = as_input(read_inputs(header, binary), method_spec.get("input", {}))
+        extra = {k: v for k, v in params.items() if k not in _PROTOCOL_PARAMETERS}
+        value = await self.hub.infer(token, record["name"], version, method, payload,
+                                     extra or None, self.timeout)
+        return respond(header, record, value, bool(params.get("binary_data_output")))
+
+
+def model_metadata(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the protocol's model metadata: the default method's tensors; every
+    method's in ``parameters.methods``."""
+    spec = record["spec"]
+    name, _ = pick_method(spec, "")
+    methods = {m: {"inputs": [tensor_metadata(s.get("input", {}), "input")],
+                   "outputs": [tensor_metadata(s.get("output", {}), "output")]}
+               for m, s in spec.get("servable", {}).get("methods", {}).items()}
+    versions = [str(v["version"]) for v in record.get("versions", [])
+                if v.get("status") != "withdrawn"]
+    return {"name": record["name"], "versions": versions or [str(record["version"])],
+            "platform": f"dlhub_{spec.get('servable', {}).get('type', 'servable')}",
+            "inputs": methods[name]["inputs"], "outputs": methods[name]["outputs"],
+            "parameters": {"default_method": name, "methods": methods}}
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """The JSON header of an inference request, and the binary data after it."""
+    view = memoryview(body)
+    size = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} {header_length!r} is not a length within "
+                               f"the body's {len(body)} bytes")
+        size = int(header_length)
+    try:
+        header = json.loads(bytes(view[:size]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"the request's JSON header cannot be read: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidInput("the request must be a JSON object with 'inputs'")
+    return header, view[size:]
+
+
+def read_inputs(header: dict[str, Any], binary: memoryview) -> list[Any]:
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list):
+        raise InvalidInput("'inputs' must be a list of tensors")
+    out, at = [], 0
+    for i, spec in enumerate(inputs):
+        params = spec.get("parameters") or {} if isinstance(spec, dict) else {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        raw = None
+        if size is not None:
+            if type(size) is not int or size < 0 or at + size > len(binary):
+                raise InvalidInput(f"inputs[{i}]: binary_data_size {size!r} runs past the "
+                                   f"{len(binary)} bytes of binary data")
+            raw, at = binary[at:at + size], at + size
+        out.append(decode_tensor(spec, raw, f"inputs[{i}]"))
+    if at != len(binary):
+        raise InvalidInput(f"{len(binary) - at} bytes of binary data belong to no input")
+    return out
+
+
+def respond(header: dict[str, Any], record: dict[str, Any], value: Any,
+            binary_default: bool) -> web.Response:
+    """The inference response: JSON, or JSON then binary data where an output asks so."""
+    asked = {o.get("name"): (o.get("parameters") or {}) for o in header.get("outputs") or []
+             if isinstance(o, dict)}
+    tensors = as_tensors(value)
+    if asked:
+        missing = set(asked) - {n for n, _ in tensors}
+        if missing:
+            raise InvalidInput(f"no output named {', '.join(sorted(map(str, missing)))}; the "
+                               f"outputs are {', '.join(n for n, _ in tensors)}")
+        tensors = [t for t in tensors if t[0] in asked]
+    outputs, blobs = [], []
+    for name, array in tensors:
+        binary = bool(asked.get(name, {}).get("binary_data", binary_default))
+        out, raw = encode_output(name, array, binary)
+        outputs.append(out)
+        blobs.append(raw)
+    answer = {"model_name": record["name"], "model_version": str(record["version"]),
+              "outputs": outputs}
+    if "id" in header:
+        answer["id"] = header["id"]
+    text = json.dumps(answer).encode()
+    if not any(blobs):
+        return web.Response(body=text, content_type="application/json")
+    return web.Response(body=b"".join([text, *blobs]), content_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(len(text))})

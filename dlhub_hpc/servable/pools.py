@@ -1,0 +1,109 @@
+"""Which servables a pool of shared workers serves, and how they say so on the command line.
+
+A pool is named by one of: a list of servables (``alice/a,alice/b``), an owner
+(``owner:alice``), a tag (``tag:materials``: the servable's DataCite subjects and DLHub
+domains) or ``public`` (every public servable). Whatever it names, one pool mixes one
+owner's servables only (a worker credential serves its owner's; the admin's serves the
+admin's own), so one owner's code never shares a process with another's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dlhub_hpc.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+POOL_PREFIX = "pool:"  # a pilot's servable ref that names a pool: pool:owner:alice
+DEFAULT_BUDGET = 2 << 30  # bytes of loaded models a pooled worker keeps by default
+
+
+class PoolSpec(BaseModel):
+    """One pool: what it serves, and the memory budget of each of its workers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["names", "owner", "tag", "public"]
+    names: tuple[str, ...] = ()
+    value: str = Field(default="", description="the owner or tag the pool names")
+    budget: int = Field(default=DEFAULT_BUDGET, ge=1,
+                        description="bytes of loaded models one worker keeps, at most")
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> PoolSpec:
+        if (self.kind == "names") != bool(self.names):
+            raise ValueError("a list pool names its servables, and only it does")
+        if self.kind in ("owner", "tag") and not self.value:
+            raise ValueError(f"a {self.kind} pool names its {self.kind}")
+        owners = {n.partition("/")[0] for n in self.names}
+        if len(owners) > 1:
+            raise ValueError(f"a pool mixes one owner's servables only; {sorted(owners)} differ")
+        for n in self.names:
+            owner, _, short = n.partition("/")
+            if not owner or not short or "@" in n:
+                raise ValueError(f"{n!r} should look like owner/name")
+        return self
+
+    def __repr__(self) -> str:
+        return f"PoolSpec.parse({self.text()!r}, budget={self.budget})"
+
+    @property
+    def owner(self) -> str | None:
+        """The one owner whose servables it serves, when the spec itself says."""
+        if self.kind == "owner":
+            return self.value
+        if self.kind == "names":
+            return self.names[0].partition("/")[0]
+        return None
+
+    def text(self) -> str:
+        """The command-line form, which ``parse`` reads back."""
+        if self.kind == "names":
+            return ",".join(self.names)
+        return "public" if self.kind == "public" else f"{self.kind}:{self.value}"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"spec": self.text(), "budget": self.budget}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> PoolSpec:
+        """A worker's Hello: untrusted; ``ConfigError`` for anything malformed."""
+        if not isinstance(data, dict) or not isinstance(data.get("spec"), str):
+            raise ConfigError("a pool is {'spec': str, 'budget': int}")
+        budget = data.get("budget", DEFAULT_BUDGET)
+        if type(budget) is not int:
+            raise ConfigError("a pool's budget is a whole number of bytes")
+        return cls.parse(data["spec"], budget)
+
+    @classmethod
+    def parse(cls, text: str, budget: int = DEFAULT_BUDGET) -> PoolSpec:
+        """``owner:alice``, ``tag:materials``, ``public``, or ``alice/a,alice/b``."""
+        text = text.strip()
+        kind, sep, value = text.partition(":")
+        try:
+            if text == "public":
+                return cls(kind="public", budget=budget)
+            if sep and kind in ("owner", "tag"):
+                return cls(kind=kind, value=value, budget=budget)  # type: ignore[arg-type]
+            names = tuple(n.strip() for n in text.split(",") if n.strip())
+            return cls(kind="names", names=names, budget=budget)
+        except ValidationError as exc:
+            reasons = "; ".join(str(e["msg"]) for e in exc.errors())
+            raise ConfigError(
+                f"pool {text!r} is not valid ({reasons}); give owner:NAME, tag:TAG, public, "
+                "or owner/name[,owner/name...] of one owner", pool=text) from None
+
+    def names_servable(self, name: str, owner: str, tags: tuple[str, ...], public: bool) -> bool:
+        """Does the spec name this servable (before the one-owner rule and the gate)?"""
+        if self.kind == "names":
+            return name in self.names
+        if self.kind == "owner":
+            return owner == self.value
+        if self.kind == "tag":
+            return self.value in tags
+        return public
+

@@ -1,0 +1,241 @@
+"""The Open Inference Protocol gateway, called by clients nobody here wrote: tritonclient,
+curl, and C and Fortran programs built with libcurl. A real hub, real workers, and the
+gateway as its own process (``dlhub-hpc gateway start``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlhub_hpc import Client, Hub, HubConfig
+from dlhub_hpc.security.keys import KeyPair
+from tests.integration.conftest import FAST, SERVABLES
+from tests.integration.test_auth import servable_copy
+
+OIP = Path(__file__).resolve().parents[2] / "docs" / "oip"
+FLOATS = [1.5, 2.5, 4.0]
+
+
+@dataclass
+class Site:
+    hub: Hub
+    admin: Client
+    url: str
+    tokens: dict[str, str]  # identity -> token
+    token_ids: dict[str, str]
+
+
+def start_gateway(hub_address: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """``dlhub-hpc gateway start --port 0`` as a process; its URL once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dlhub_hpc.cli", "--hub", hub_address, "gateway", "start",
+         "--port", "0", *extra],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the process prints its URL once it listens
+    assert line.startswith("gateway listening on "), f"the gateway did not start: {line!r}"
+    return proc, line.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    home = tmp_path_factory.mktemp("gateway-hub")
+    hub = Hub(HubConfig(home=home, client_address="tcp://127.0.0.1:0",
+                        worker_address="tcp://127.0.0.1:0", **FAST)).start()
+    admin = Client(hub.client_address, timeout=60)
+    proc = None
+    try:
+        for name in ("alice", "bob"):
+            admin.add_identity(name, KeyPair.generate().public)
+        private = servable_copy(home.parent, "alice", "secret", ["user:alice"])
+        for directory in (SERVABLES / "tensors", private):
+            name = admin.publish(directory)["name"]
+            admin.start_workers(name, 1)
+            admin.wait_for_workers(name, 1, timeout=60)
+        made = {n: admin.control("tokens", action="create", identity=n) for n in ("alice", "bob")}
+        proc, url = start_gateway(hub.client_address)
+        yield Site(hub, admin, url, {n: m["token"] for n, m in made.items()},
+                   {n: m["id"] for n, m in made.items()})
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        admin.close()
+        hub.stop()
+
+
+def curl(*args: str) -> tuple[int, dict[str, object]]:
+    """curl's answer: the HTTP status and the JSON body."""
+    out = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    body, _, status = out.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+def infer_body(data: list[float], datatype: str = "FP32") -> str:
+    return json.dumps({"inputs": [{"name": "input", "shape": [len(data)],
+                                   "datatype": datatype, "data": data}]})
+
+
+def test_tritonclient_reads_metadata_and_infers_with_json_and_binary_tensors(
+        site: Site) -> None:
+    httpclient = pytest.importorskip("tritonclient.http", reason="pip install tritonclient[http]")
+    url = site.url.removeprefix("http://")
+    headers = {"Authorization": f"Bearer {site.tokens['alice']}"}
+    triton = httpclient.InferenceServerClient(url)
+    try:
+        assert triton.is_server_live() and triton.is_server_ready()
+        assert "binary_tensor_data" in triton.get_server_metadata()["extensions"]
+        meta = triton.get_model_metadata("test/tensors", headers=headers)
+        assert meta["name"] == "test/tensors" and meta["versions"] == ["1"]
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1]}]
+        assert triton.is_model_ready("test/tensors", headers=headers)
+        x = np.array(FLOATS, dtype=np.float32)
+        for binary in (False, True):
+            tensor = httpclient.InferInput("input", [3], "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            wanted = httpclient.InferRequestedOutput("output", binary_data=binary)
+            result = triton.infer("test/tensors", [tensor], outputs=[wanted], headers=headers,
+                                  model_version="1")
+            out = result.as_numpy("output")
+            assert out.dtype == np.float32 and out.tolist() == [3.0, 5.0, 8.0]
+    finally:
+        triton.close()
+
+
+def test_curl_calls_a_method_named_in_the_parameters(site: Site) -> None:
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES",
+                                   "data": ["Ada"]}], "parameters": {"method": "greet"}})
+    status, answer = curl("-H", f"Authorization: Bearer {site.tokens['alice']}",
+                          "-d", body, f"{site.url}/v2/models/test%2Ftensors/infer")
+    assert status == 200, answer
+    assert answer["outputs"] == [{"name": "output", "datatype": "BYTES", "shape": [1],
+                                  "data": ["hello, Ada"]}]
+
+
+def test_errors_come_back_in_the_protocols_format_with_fitting_statuses(site: Site) -> None:
+    alice, bob = (f"Authorization: Bearer {site.tokens[n]}" for n in ("alice", "bob"))
+    infer = f"{site.url}/v2/models/%s/infer"
+    cases = [
+        (401, "TokenRefused", ["-H", "Authorization: Bearer dlh_wrong", "-d",
+                               infer_body(FLOATS), infer % "test/tensors"]),
+        (401, "TokenRefused", ["-d", infer_body(FLOATS), infer % "test/tensors"]),
+        (403, "PermissionDenied", ["-H", bob, "-d", infer_body(FLOATS),
+                                   infer % "alice/secret"]),
+        (404, "ServableNotFound", ["-H", alice, "-d", infer_body(FLOATS),
+                                   infer % "test/nothing"]),
+        (400, "InvalidInput", ["-H", alice, "-d", json.dumps({"inputs": [
+            {"name": "input", "shape": [4], "datatype": "FP32", "data": FLOATS}]}),
+            infer % "test/tensors"]),
+        (400, "InvalidInput", ["-H", alice, "-d", infer_body(["a"], "FP32"),  # type: ignore[list-item]
+                               infer % "test/tensors"]),
+    ]
+    for status, kind, args in cases:
+        got, answer = curl(*args)
+        assert (got, list(answer)) == (status, ["error"]), (args, answer)
+        assert str(answer["error"]).startswith(f"{kind}: "), answer
+
+
+def test_the_owner_runs_a_private_model_that_others_may_not_see(site: Site) -> None:
+    status, answer = curl("-H", f"Authorization: Bearer {site.tokens['alice']}",
+                          "-d", infer_body(FLOATS, "FP64"), f"{site.url}/v2/models/alice/secret/infer")
+    assert status == 200, answer
+    assert answer["outputs"][0]["data"] == [8.0]  # type: ignore[index]
+    status, answer = curl("-H", f"Authorization: Bearer {site.tokens['bob']}",
+                          f"{site.url}/v2/models/alice/secret")
+    assert status == 403 and "PermissionDenied" in str(answer["error"])
+
+
+def _build(tmp_path: Path, compiler: str, *sources: str) -> Path:
+    exe = tmp_path / f"infer-{compiler}"
+    if compiler == "gfortran":
+        obj = tmp_path / "oip_client.o"
+        subprocess.run(["gcc", "-c", "-O2", "-o", str(obj), str(OIP / "oip_client.c")],
+                       check=True)
+        sources = (*sources, str(obj))
+    else:
+        sources = (*sources, str(OIP / "oip_client.c"))
+    subprocess.run([compiler, "-O2", "-o", str(exe), *sources, "-lcurl"], check=True,
+                   capture_output=True, timeout=120)
+    return exe
+
+
+@pytest.mark.parametrize(("compiler", "source"), [("gcc", "infer.c"),
+                                                  ("gfortran", "infer.f90")])
+def test_a_c_and_a_fortran_program_call_a_model_through_libcurl(
+        site: Site, tmp_path: Path, compiler: str, source: str) -> None:
+    if shutil.which(compiler) is None or not any(
+            Path(d, "curl", "curl.h").exists()
+            for d in ("/usr/include", "/usr/include/x86_64-linux-gnu",
+                      "/usr/include/aarch64-linux-gnu")):
+        pytest.skip(f"needs {compiler} and libcurl's headers: apt-get install {compiler} "
+                    "libcurl4-openssl-dev (scripts/install-system-deps.sh)")
+    exe = _build(tmp_path, compiler, str(OIP / source))
+    url = f"{site.url}/v2/models/test/tensors/infer"
+    run = subprocess.run([str(exe), url, site.tokens["alice"]], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert [float(v) for v in run.stdout.split()] == [3.0, 5.0, 8.0]
+    refused = subprocess.run([str(exe), url, "dlh_wrong"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1
+    assert "TokenRefused" in refused.stderr + refused.stdout
+
+
+def test_keys_token_commands_make_list_and_revoke_a_token(site: Site) -> None:
+    env = {**os.environ, "DLHUB_HPC_HUB": site.hub.client_address}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "dlhub_hpc.cli", "keys", "token", *args],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    token = cli("create", "--identity", "bob", "--note", "ci").strip().splitlines()[-1]
+    assert token.startswith("dlh_")
+    listing = cli("list")
+    assert "bob" in listing and token not in listing
+    me = f"Authorization: Bearer {token}"
+    assert curl("-H", me, f"{site.url}/v2/models/test/tensors")[0] == 200
+    token_id = [m["id"] for m in site.admin.control("tokens", action="list")
+                if m["note"] == "ci"][0]
+    assert "revoked 1 token" in cli("revoke", token_id)
+    status, answer = curl("-H", me, f"{site.url}/v2/models/test/tensors")
+    assert status == 401 and "TokenRefused" in str(answer["error"])
+
+
+def test_a_non_admin_caller_cannot_make_tokens(site: Site) -> None:
+    pair = KeyPair.generate()
+    site.admin.add_identity("carol", pair.public)
+    with Client(site.hub.client_address, timeout=30, keys=pair) as carol:
+        with pytest.raises(Exception, match="only the hub's admin"):
+            carol.control("tokens", action="create", identity="alice")
+
+
+def test_tls_with_a_given_certificate(site: Site, tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a certificate: apt-get install openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    proc, url = start_gateway(site.hub.client_address, "--tls-cert", str(cert),
+                              "--tls-key", str(key))
+    try:
+        assert url.startswith("https://")
+        status, answer = curl("--cacert", str(cert), "-H",
+                              f"Authorization: Bearer {site.tokens['alice']}",
+                              "-d", infer_body(FLOATS), f"{url}/v2/models/test/tensors/infer")
+        assert status == 200 and answer["outputs"][0]["data"] == [3.0, 5.0, 8.0]  # type: ignore[index]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,286 @@
+"""Pooled workers in the broker's state: placement, loads, evictions, counters, scoping.
+
+Driven as test_broker_state.py drives the state (events in, actions out); every event is
+followed by ``validate()`` (conftest), which checks the pool's books too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlhub_hpc.broker.config import HubConfig
+from dlhub_hpc.broker.events import ServableInfo
+from dlhub_hpc.broker.pools import PoolBook, credential_owner, key_of
+from dlhub_hpc.broker.state import BrokerState, FromClient, FromWorker, LoadServable, Tick
+from dlhub_hpc.errors import ConfigError, ServableLoadError, error_from_wire
+from dlhub_hpc.protocol import (
+    Batch,
+    BatchResult,
+    Bye,
+    Hello,
+    LoadFailed,
+    Ready,
+    Request,
+    Shutdown,
+)
+from dlhub_hpc.servable.pools import PoolSpec
+from dlhub_hpc.servable.types import ArgType
+from tests.unit.test_broker_state import Catalog, batches, replies
+
+ANY = {"run": ArgType(type="any")}
+
+
+def info(name: str, **kw: Any) -> ServableInfo:
+    return ServableInfo(name, 1, f"digest-{name}", ANY, max_batch_size=4,
+                        owner=name.partition("/")[0], **kw)
+
+
+class PoolHub:
+    """A state with pooled workers; each load is answered by ``ready`` with a report."""
+
+    def __init__(self, *infos: ServableInfo, gate: Any = None) -> None:
+        self.state = BrokerState(Catalog(*infos), HubConfig(heartbeat_interval=0.1,
+                                                            heartbeat_timeout=0.5), gate)
+        self.now = 0.0
+        self.held: dict[str, list[tuple[str, int]]] = {}  # what each worker says it holds
+
+    def send(self, wid: str, msg: Any, user: str = "") -> list[Any]:
+        return self.state.handle(FromWorker(wid.encode(), msg, user), self.now)
+
+    def join(self, wid: str, spec: str = "owner:alice", budget: int = 100,
+             user: str = "") -> list[Any]:
+        self.held[wid] = []
+        pool = PoolSpec.parse(spec, budget).to_wire()
+        return self.send(wid, Hello(wid, "", None, "n", 1, None, 1, None, pool), user)
+
+    def request(self, rid: str, name: str, payload: Any = 1) -> list[Any]:
+        return self.state.handle(
+            FromClient(b"c", Request(rid, name, None, "", payload, 60.0, False)), self.now)
+
+    def ready(self, wid: str, ref: str, nbytes: int, budget: int = 100) -> list[Any]:
+        """The worker loaded ``ref`` (``nbytes``) and evicted LRU models past ``budget``."""
+        holds = [h for h in self.held[wid] if h[0] != ref] + [(ref, nbytes)]
+        evicted = []
+        while sum(n for _, n in holds) > budget and len(holds) > 1:
+            evicted.append(holds.pop(0)[0])
+        self.held[wid] = holds
+        report = {"loaded": ref, "nbytes": nbytes, "holds": [list(h) for h in holds],
+                  "evicted": evicted}
+        return self.send(wid, Ready(wid, report))
+
+    def finish(self, wid: str, batch: Batch) -> list[Any]:
+        assert batch.servable is not None
+        ref = batch.servable
+        self.held[wid] = [h for h in self.held[wid] if h[0] != ref] + [
+            next(h for h in self.held[wid] if h[0] == ref)]  # used: most recent now
+        return self.send(wid, BatchResult(batch.batch_id, [[True, p] for p in batch.payloads]))
+
+
+def loads(actions: list[Any]) -> list[tuple[bytes, str]]:
+    return [(a.identity, a.servable.name) for a in actions if isinstance(a, LoadServable)]
+
+
+def test_a_request_loads_into_a_pooled_worker_then_runs_there() -> None:
+    hub = PoolHub(info("alice/a"), info("alice/b"))
+    assert hub.join("w1") == []  # nothing waits: it loads nothing
+    out = hub.request("r1", "alice/a")
+    assert loads(out) == [(b"w1", "alice/a")]
+    out = hub.ready("w1", "alice/a@1", 10)
+    ((who, batch),) = batches(out)
+    assert who == b"w1" and batch.servable == "alice/a@1" and batch.payloads == [1]
+    assert replies(hub.finish("w1", batch))["r1"].value == 1
+    # the second request for it is a hit: no load
+    out = hub.request("r2", "alice/a")
+    assert loads(out) == [] and batches(out)[0][1].servable == "alice/a@1"
+    view = hub.state.view().pools
+    assert view["servables"]["alice/a@1"]["loads"] == 1
+    assert view["servables"]["alice/a@1"]["hits"] == 1
+    assert view["workers"]["w1"]["holds"] == {"alice/a@1": 10}
+
+
+def test_a_free_worker_holding_the_servable_wins_over_an_empty_one() -> None:
+    hub = PoolHub(info("alice/a"), info("alice/b"))
+    hub.join("w1")
+    hub.request("r1", "alice/a")
+    (_, batch), = batches(hub.ready("w1", "alice/a@1", 10))
+    hub.finish("w1", batch)
+    hub.join("w2")  # empty, and free longer than nothing: w1 still wins, it holds a
+    out = hub.request("r2", "alice/a")
+    assert batches(out)[0][0] == b"w1" and loads(out) == []
+
+
+def test_the_load_goes_to_the_worker_that_would_evict_least() -> None:
+    hub = PoolHub(info("alice/a"), info("alice/b"), info("alice/c"))
+    hub.join("w1")
+    hub.join("w2")
+    for rid, name, wid in (("r1", "alice/a", "w1"), ("r2", "alice/b", "w2")):
+        out = hub.request(rid, name)
+        assert loads(out) == [(wid.encode(), name)]
+        (_, batch), = batches(hub.ready(wid, f"{name}@1", 90 if wid == "w1" else 20))
+        hub.finish(wid, batch)
+    hub.state.pools.sizes[("alice/c", 1)] = 50  # measured before, on a worker since gone
+    out = hub.request("r3", "alice/c")
+    assert loads(out) == [(b"w2", "alice/c")]  # w2 has room for 50; w1 would evict a
+
+
+def test_an_eviction_is_counted_and_its_queued_requests_are_loaded_again() -> None:
+    hub = PoolHub(info("alice/a"), info("alice/b"))
+    hub.join("w1")
+    hub.request("r1", "alice/a")
+    (_, batch), = batches(hub.ready("w1", "alice/a@1", 80))
+    hub.request("r2", "alice/b")  # waits: w1 is busy
+    out = hub.finish("w1", batch)
+    assert loads(out) == [(b"w1", "alice/b")]
+    hub.request("r3", "alice/a")  # queued while a is being evicted
+    out = hub.ready("w1", "alice/b@1", 80)  # a is evicted (budget 100)
+    (_, batch), = batches(out)
+    assert batch.servable == "alice/b@1"
+    out = hub.finish("w1", batch)
+    assert "r2" in replies(out) and loads(out) == [(b"w1", "alice/a")]  # r3 is not lost
+    (_, batch), = batches(hub.ready("w1", "alice/a@1", 80))
+    assert replies(hub.finish("w1", batch))["r3"].ok
+    view = hub.state.view().pools
+    assert view["servables"]["alice/a@1"]["evictions"] == 1
+    assert view["servables"]["alice/b@1"]["evictions"] == 1
+    assert view["workers"]["w1"]["loads"] == 3
+    assert hub.state.stats["pool_evictions"] == 2
+
+
+def test_a_pool_serves_one_owner_and_its_credential_scopes_it() -> None:
+    class OwnersOnly:  # the hub's rule: a credential serves its owner's servables
+        def authorize(self, user: str, info: ServableInfo) -> None: ...
+        def may_see(self, user: str, name: str) -> bool: return True
+        def may_serve(self, user: str, info: ServableInfo) -> bool:
+            return credential_owner(user) in (info.owner, "admin")
+        def credential_live(self, user: str) -> bool: return True
+
+    hub = PoolHub(info("alice/a", public=True), info("bob/b", public=True),
+                  info("admin/p", public=True), gate=OwnersOnly())
+    hub.join("wa", "public", user="worker:alice:K1")  # alice's credential: alice's public
+    hub.join("wz", "public", user="worker:admin:K2")  # the admin's: the admin's public
+    assert loads(hub.request("r1", "bob/b")) == []  # neither may take bob's
+    assert loads(hub.request("r2", "admin/p")) == [(b"wz", "admin/p")]
+    assert loads(hub.request("r3", "alice/a")) == [(b"wa", "alice/a")]
+    hub.join("wb", "owner:bob", user="worker:alice:K1")  # names bob; alice's credential
+    assert loads(hub.request("r4", "bob/b")) == []
+
+
+def test_an_mpi_servable_or_a_conflicting_pin_gets_its_own_workers_and_says_why() -> None:
+    hub = PoolHub(info("alice/a", pins=(("numpy", "==1.26"),)),
+                  info("alice/b", pins=(("numpy", "==2.0"),)), info("alice/m", ranks=4))
+    hub.join("w1")
+    hub.request("r1", "alice/a")
+    (_, batch), = batches(hub.ready("w1", "alice/a@1", 10))
+    hub.finish("w1", batch)
+    assert loads(hub.request("r2", "alice/b")) == []
+    assert loads(hub.request("r3", "alice/m")) == []
+    why = hub.state.view().pools["own_workers"]
+    assert "numpy" in why["alice/b@1"] and "alice/a@1" in why["alice/b@1"]
+    assert "4 MPI ranks" in why["alice/m@1"]
+
+
+def test_a_failed_load_keeps_the_worker_and_answers_with_the_load_error() -> None:
+    hub = PoolHub(info("alice/a"), info("alice/b"))
+    hub.join("w1")
+    hub.request("r1", "alice/a")
+    error = ServableLoadError("no module named torch").to_wire()
+    out = hub.send("w1", LoadFailed("w1", error))
+    assert isinstance(error_from_wire(replies(out)["r1"].error), ServableLoadError)
+    assert not [a for a in out if isinstance(getattr(a, "message", None), Shutdown)]
+    assert loads(hub.request("r2", "alice/b")) == [(b"w1", "alice/b")]  # it serves on
+
+
+def test_a_pooled_worker_lost_mid_batch_has_its_batch_retried_on_another() -> None:
+    hub = PoolHub(info("alice/a"))
+    hub.join("w1")
+    hub.join("w2")
+    hub.request("r1", "alice/a")
+    (who, _), = batches(hub.ready("w1", "alice/a@1", 10))
+    assert who == b"w1"
+    out = hub.send("w1", Bye("w1", "killed"))
+    assert loads(out) == [(b"w2", "alice/a")]
+    (who, batch), = batches(hub.ready("w2", "alice/a@1", 10))
+    assert who == b"w2" and replies(hub.finish("w2", batch))["r1"].ok
+
+
+def test_a_silent_pooled_worker_is_dropped_and_its_load_goes_elsewhere() -> None:
+    hub = PoolHub(info("alice/a"))
+    hub.join("w1")
+    hub.request("r1", "alice/a")  # w1 loads, then goes silent
+    hub.join("w2")
+    hub.now = 0.3
+    hub.send("w2", Ready("w2"))  # w2 is heard from (an unexpected Ready is ignored)
+    hub.now = 0.7
+    out = hub.state.handle(Tick(), hub.now)
+    assert loads(out) == [(b"w2", "alice/a")] and b"w1" not in hub.state.pools.members
+
+
+def test_a_malformed_pool_is_refused_at_hello() -> None:
+    hub = PoolHub(info("alice/a"))
+    out = hub.send("w1", Hello("w1", "", None, "n", 1, None, 1, None, {"spec": 7}))
+    assert [a.message for a in out if isinstance(a.message, Shutdown)]
+    assert not hub.state.pools.members
+
+
+def test_a_report_cannot_claim_servables_it_was_never_sent() -> None:
+    hub = PoolHub(info("alice/a"))
+    hub.join("w1")
+    hub.request("r1", "alice/a")
+    report = {"holds": [["alice/zzz@1", 5], ["alice/a@1", "x"], "junk"], "evicted": 3}
+    hub.send("w1", Ready("w1", report))
+    assert hub.state.view().pools["workers"]["w1"]["holds"] == {"alice/a@1": 0}
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("owner:alice", "owner"), ("tag:materials", "tag"), ("public", "public"),
+    ("alice/a, alice/b", "names"),
+])
+def test_pool_specs_read_back_as_written(text: str, kind: str) -> None:
+    spec = PoolSpec.parse(text, 123)
+    assert spec.kind == kind and PoolSpec.from_wire(spec.to_wire()) == spec
+
+
+@pytest.mark.parametrize("text", ["alice/a,bob/b", "owner:", "tag:", "", "alice"])
+def test_bad_pool_specs_say_what_to_give(text: str) -> None:
+    with pytest.raises(ConfigError, match="owner:NAME, tag:TAG, public"):
+        PoolSpec.parse(text)
+
+
+def test_keys_of_untrusted_refs() -> None:
+    assert key_of("alice/a@3") == ("alice/a", 3)
+    assert key_of("alice/a") is None and key_of(3) is None and key_of("a@٣") is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5), st.integers(1, 60)),
+                min_size=1, max_size=40))
+def test_placement_never_loses_a_request_and_books_balance(
+        ops: list[tuple[int, int, int]]) -> None:
+    """Any mix of requests over 6 servables on 3 pooled workers, each answered as it is
+    asked: every request is answered exactly once, and hits + loads count every batch."""
+    names = [f"alice/s{i}" for i in range(6)]
+    hub = PoolHub(*(info(n) for n in names))
+    for w in ("w0", "w1", "w2"):
+        hub.join(w)
+    pending: list[Any] = []
+    answered: dict[str, Any] = {}
+    for i, (_, servable, size) in enumerate(ops):
+        pending += hub.request(f"r{i}", names[servable], i)
+        while pending:
+            a = pending.pop(0)
+            if isinstance(a, LoadServable):
+                pending += hub.ready(a.identity.decode(), f"{a.servable.name}@1", size)
+            elif isinstance(getattr(a, "message", None), Batch):
+                pending += hub.finish(a.identity.decode(), a.message)
+            elif hasattr(a, "message") and hasattr(a.message, "request_id"):
+                assert a.message.request_id not in answered
+                answered[a.message.request_id] = a.message.value
+    assert answered == {f"r{i}": i for i in range(len(ops))}
+    book: PoolBook = hub.state.pools
+    batches_sent = hub.state.stats["batches"]
+    total = sum(c["hits"] + c["loads"] for c in book.counts.values())
+    assert total == batches_sent + sum(1 for m in book.members.values() if m.fresh)
