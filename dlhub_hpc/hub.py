@@ -28,6 +28,7 @@ from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.hubops import HubParts, OnDemandStarter, Recovery, control_operations
+from dlhub_hpc.hubops.gateway import GatewayProcess
 from dlhub_hpc.metrics import BrokerMetrics, LoopMetrics
 from dlhub_hpc.metrics.exporter import MetricsServer
 from dlhub_hpc.metrics.hub import block_states, serve_hub_metrics
@@ -102,6 +103,7 @@ class Hub:
         self.server.tokens = self.tokens
         self.server.on_demand = OnDemandStarter(parts, self.state.ondemand)
         self._recovery = Recovery(parts)
+        self.gateway: GatewayProcess | None = None  # HubConfig.gateway, once started
         self.metrics: MetricsServer | None = None  # /metrics, when config.metrics_port is set
 
     def __repr__(self) -> str:
@@ -169,6 +171,7 @@ class Hub:
             hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
         )
         self._recovery.run()  # what a crashed hub on this home left running
+        self._start_gateway()
         self._write_state_file()
         return self
 
@@ -187,6 +190,8 @@ class Hub:
 
     def stop(self) -> None:
         """Stop workers and pilot blocks, the loop, and the registry; idempotent."""
+        if self.gateway is not None:
+            self.gateway.stop()
         self.security.forget()
         self.server.stop("the hub was stopped")
         if self.metrics is not None:
@@ -210,6 +215,17 @@ class Hub:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _start_gateway(self) -> None:
+        """Start the Open Inference Protocol gateway, where the config asks for one."""
+        if self.config.gateway is None:
+            return
+        self.gateway = GatewayProcess(self.config.gateway, self.client_address)
+        try:
+            self.gateway.start()
+        except DlhubHpcError:
+            self.stop()
+            raise
+
     def _write_state_file(self) -> None:
         data = {
             "client_address": self.client_address,
@@ -220,6 +236,7 @@ class Hub:
             "metrics_url": self.metrics.url if self.metrics is not None else None,
             "server_key": self.security.credentials.server.public
             if self.security.credentials else None,
+            "gateway_url": self.gateway.url if self.gateway is not None else None,
         }
         tmp = self.config.home / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(data, indent=2))

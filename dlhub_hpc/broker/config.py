@@ -14,8 +14,8 @@ from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, DEFAULT_MAX_MESSAGE_BYTES, D
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "STATE_FILE", "BatchPolicy", "HubConfig", "default_home",
-           "read_hub_file"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "STATE_FILE", "BatchPolicy", "GatewaySettings",
+           "HubConfig", "default_home", "read_hub_file"]
 
 
 class BatchPolicy(BaseModel):
@@ -27,6 +27,29 @@ class BatchPolicy(BaseModel):
     max_batch_delay: float | None = Field(default=None, ge=0, le=1.0)
 
 
+class GatewaySettings(BaseModel):
+    """The Open Inference Protocol gateway a hub starts beside itself (``dlhub_hpc.gateway``):
+    loopback by default; any other host only with TLS, so that tokens never cross a network
+    in clear."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> GatewaySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("the gateway's TLS needs both tls_cert and tls_key")
+        if self.tls_cert is None and not _loopback(f"tcp://{self.host}:0"):
+            raise ValueError(f"the gateway may listen on {self.host!r} only with TLS "
+                             "(tls_cert and tls_key): bearer tokens must not cross a "
+                             "network in clear")
+        return self
+
+
 class HubConfig(BaseModel):
     """Everything a hub needs. Addresses default to loopback: nothing is exposed by default."""
 
@@ -35,6 +58,8 @@ class HubConfig(BaseModel):
     home: Path = Field(default_factory=default_home)
     client_address: str = f"tcp://127.0.0.1:{DEFAULT_CLIENT_PORT}"
     worker_address: str = f"tcp://127.0.0.1:{DEFAULT_WORKER_PORT}"
+    gateway: GatewaySettings | None = Field(
+        default=None, description="start the Open Inference Protocol gateway with the hub")
     heartbeat_interval: float = Field(default=1.0, gt=0)
     heartbeat_timeout: float = Field(default=10.0, gt=0)
     max_queue_length: int = Field(default=10_000, ge=1)

@@ -71,6 +71,7 @@ from dlhub_hpc.protocol import (
     encode,
     peek,
 )
+from dlhub_hpc.security.tokens import TokenStore
 from dlhub_hpc.security.zap import (
     CLIENT_DOMAIN,
     WORKER_DOMAIN,
@@ -136,6 +137,8 @@ class BrokerServer:
         self.unauthenticated: tuple[str, str] = ("", "")
         # Starts and stops pilots for servables started on demand (hubops/ondemand.py).
         self.on_demand: Callable[[StartServable | ReleaseServable], None] | None = None
+        # Bearer tokens: a request that carries one acts as its identity (set before run()).
+        self.tokens: TokenStore | None = None
         # The state as other threads may see it: replaced (never changed) by the loop.
         self.published: Snapshot = Snapshot()
         self._publish_due = 0.0
@@ -384,6 +387,12 @@ class BrokerServer:
 
     def _on_caller_message(self, identity: bytes, user: str, msg: Message,
                            checked: Checked | None = None) -> None:
+        if self.tokens is not None:  # first: every later step acts as the token's identity
+            try:
+                user = self.tokens.acting_user(user, msg)
+            except DlhubHpcError as exc:
+                self._reply_error(identity, getattr(msg, "request_id", ""), exc)
+                return
         if self._references.takes(identity, user, msg, checked):
             return  # back here once its references are read
         if isinstance(msg, Request):

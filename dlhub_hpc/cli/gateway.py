@@ -8,8 +8,10 @@ import logging
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from dlhub_hpc.cli.common import console
+from dlhub_hpc.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +36,18 @@ def start(ctx: click.Context, host: str, port: int, tls_cert: Path | None,
           tls_key: Path | None, timeout: float) -> None:
     """Serve the hub's models at http(s)://HOST:PORT/v2 until interrupted. Callers send
     'Authorization: Bearer TOKEN' ('dlhub-hpc keys token create --identity NAME')."""
-    from dlhub_hpc.gateway import GatewayConfig, serve
-
-    config = GatewayConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
-                           hub_address=ctx.obj.get("hub") if ctx.obj else None,
-                           timeout=timeout)
+    try:
+        from dlhub_hpc.gateway import GatewayConfig, serve
+    except ImportError as exc:
+        raise ConfigError(f"the gateway needs aiohttp ({exc}): pip install "
+                          "'dlhub-hpc[gateway]'") from None
+    try:
+        config = GatewayConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
+                               hub_address=ctx.obj.get("hub") if ctx.obj else None,
+                               timeout=timeout)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(e["msg"].removeprefix("Value error, ")
+                                    for e in exc.errors())) from None
 
     def started(url: str) -> None:
         # One line a script can wait for and parse (the port, when --port 0).

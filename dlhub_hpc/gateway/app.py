@@ -8,6 +8,7 @@ callable gets the application before it starts, to add routes or middlewares of 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable, Iterable
@@ -28,6 +29,15 @@ GATEWAY_KEY = web.AppKey("dlhub_gateway", Gateway)
 SETUP_HOOKS: list[AppSetup] = []
 
 
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name or an interface: it may be reachable from elsewhere
+        return False
+
+
 class GatewayConfig(BaseModel):
     """Where the gateway listens, and the hub it serves (None: the one ``hub.json`` names)."""
 
@@ -45,6 +55,10 @@ class GatewayConfig(BaseModel):
     def _tls_pair(self) -> GatewayConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.tls_cert is None and not loopback(self.host):
+            raise ValueError(f"the gateway may listen on {self.host!r} only with TLS "
+                             "(--tls-cert and --tls-key): bearer tokens must not cross a "
+                             "network in clear")
         return self
 
     def ssl_context(self) -> ssl.SSLContext | None:

@@ -239,3 +239,30 @@ def test_tls_with_a_given_certificate(site: Site, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_hub_with_gateway_settings_starts_and_stops_its_gateway(tmp_path: Path) -> None:
+    hub = Hub(HubConfig(home=tmp_path / "hub", client_address="tcp://127.0.0.1:0",
+                        worker_address="tcp://127.0.0.1:0", gateway={"port": 0}, **FAST))
+    hub.start()
+    try:
+        assert hub.gateway is not None
+        url = json.loads((tmp_path / "hub" / "hub.json").read_text())["gateway_url"]
+        assert url == hub.gateway.url and url.startswith("http://127.0.0.1:")
+        assert curl(f"{url}/v2/health/live") == (200, {"live": True})
+        assert curl(f"{url}/v2/health/ready") == (200, {"ready": True})
+        proc = hub.gateway._proc
+        assert proc is not None
+    finally:
+        hub.stop()
+    assert proc.wait(timeout=30) is not None  # the hub ended its gateway
+
+
+def test_the_gateway_refuses_a_network_address_without_tls() -> None:
+    done = subprocess.run([sys.executable, "-m", "dlhub_hpc.cli", "gateway", "start",
+                           "--host", "0.0.0.0", "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "only with TLS" in done.stderr
+    with pytest.raises(ValueError, match="only with TLS"):
+        HubConfig(gateway={"host": "0.0.0.0"})
