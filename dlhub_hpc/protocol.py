@@ -264,7 +264,7 @@ class Batch(Message):
     when no request of the batch gave any (the common case costs nothing)."""
 
     TAG = Tag.BATCH
-    TYPES = (int, str, list, (list, _NONE), (str, _NONE))
+    TYPES = (int, str, list, (list, _NONE), (str, _NONE), (list, _NONE))
     DEPTHS = {"parameters": MAX_DEPTH + 2}  # a request's parameters, in a dict in a list
     OMIT_LAST_NONE = True
     batch_id: int
@@ -272,6 +272,7 @@ class Batch(Message):
     payloads: list[Any]
     parameters: list[dict[str, Any] | None] | None = None
     servable: str | None = None  # to a pooled worker: which of its servables (name@version)
+    request_ids: list[str] | None = None  # one per payload, for the worker's log records
 
 
 @_message

@@ -52,6 +52,10 @@ from dlhub_hpc.broker.state import (
     ToWorker,
     ToWorkers,
 )
+from dlhub_hpc.broker.tracing import request_in as tracing_in
+from dlhub_hpc.broker.tracing import to_client as tracing_to_client
+from dlhub_hpc.broker.tracing import to_worker as tracing_to_worker
+from dlhub_hpc.broker.tracing import tracing
 from dlhub_hpc.errors import DlhubHpcError, ExecutionError, Overloaded, ProtocolError
 from dlhub_hpc.metrics.recorder import LoopMetrics, frames_bytes
 from dlhub_hpc.protocol import (
@@ -396,6 +400,8 @@ class BrokerServer:
         if self._references.takes(identity, user, msg, checked):
             return  # back here once its references are read
         if isinstance(msg, Request):
+            if tracing():
+                tracing_in(msg, user)
             self._apply(self.state.handle(FromClient(identity, msg, user, checked),
                                           time.monotonic()))
         elif isinstance(msg, Control):
@@ -539,6 +545,8 @@ class BrokerServer:
             if isinstance(action, ToClient):
                 self._to_client(action.identity, action.message)
             elif isinstance(action, ToWorker):
+                if tracing():
+                    tracing_to_worker(action.identity, action.message)
                 self._send(self._workers, action.identity, action.message)
             elif isinstance(action, ToWorkers):
                 assert self._workers is not None
@@ -568,6 +576,8 @@ class BrokerServer:
     def _to_client(self, identity: bytes, msg: Message) -> None:
         if self._references.takes_reply(identity, msg):
             return  # sent once its value is written to its result_to
+        if tracing():
+            tracing_to_client(msg)
         if identity.startswith(LOCAL_PREFIX):
             self._send(self._local, identity[len(LOCAL_PREFIX):], msg)
             return

@@ -404,7 +404,8 @@ class BrokerState(PoolDispatch):
             params = [p.parameters for p in items]  # per item; None in the common case
             out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items],
                                                 params if any(params) else None,
-                                                ref_of(info.key) if worker.pooled else None)))
+                                                ref_of(info.key) if worker.pooled else None,
+                                                [p.request_id for p in items])))
 
     def _requeue_front(self, p: Pending) -> None:
         queue = self._queues[p.servable][p.method]

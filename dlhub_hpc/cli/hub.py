@@ -15,6 +15,7 @@ from dlhub_hpc.broker.config import STATE_FILE, HubConfig, default_home, read_hu
 from dlhub_hpc.cli.common import console
 from dlhub_hpc.client import Client
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
+from dlhub_hpc.logging_setup import LOG_FORMATS, setup_logging
 from dlhub_hpc.security.client import listening
 
 logger = logging.getLogger(__name__)
@@ -97,9 +98,18 @@ def _hub_config(settings: dict[str, object], source: str) -> HubConfig:
 @click.option("--client-address", default=None, help="Where clients connect (tcp://HOST:PORT).")
 @click.option("--worker-address", default=None, help="Where workers connect (tcp://HOST:PORT).")
 @click.option("--background", is_flag=True, help="Detach; return once the hub listens.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on this port (0: a free one; hub.json names it).")
+@click.option("--metrics-address", default=None,
+              help="Where metrics are served (default 127.0.0.1).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
+              help="json: one JSON object a line, with request ids; workers log alike.")
 def start(config_file: Path | None, home: Path | None, client_address: str | None,
-          worker_address: str | None, background: bool) -> None:
+          worker_address: str | None, background: bool, metrics_port: int | None,
+          metrics_address: str | None, log_format: str) -> None:
     """Start a hub on this machine (loopback only, unless told otherwise)."""
+    if log_format != "text":
+        setup_logging(logging.getLogger().level, log_format)
     settings = _settings_file(config_file)
     home = home or (Path(str(settings["home"])).expanduser() if settings.get("home")
                     else default_home())
@@ -111,18 +121,30 @@ def start(config_file: Path | None, home: Path | None, client_address: str | Non
         settings["client_address"] = client_address
     if worker_address:
         settings["worker_address"] = worker_address
+    settings.update({k: v for k, v in (("metrics_port", metrics_port),
+                                        ("metrics_address", metrics_address)) if v is not None})
     config = _hub_config(settings, str(config_file or "hub settings"))
     if background:
         # The resolved addresses: the options', the stale file's, or the settings file's.
-        _start_background(config, config.client_address, config.worker_address, config_file)
+        _start_background(config, config.client_address, config.worker_address, config_file,
+                          _passed_on(metrics_port, metrics_address, log_format))
         return
     from dlhub_hpc.hub import Hub  # Parsl is imported only by the process that runs the hub
 
     Hub(config).serve_forever()
 
 
+def _passed_on(metrics_port: int | None, metrics_address: str | None,
+               log_format: str) -> list[str]:
+    """The options of 'hub start' that its background process gets again."""
+    args = [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
+    args += [] if metrics_address is None else ["--metrics-address", metrics_address]
+    return [*args, "--log-format", log_format]
+
+
 def _start_background(config: HubConfig, client_address: str | None,
-                      worker_address: str | None, config_file: Path | None = None) -> None:
+                      worker_address: str | None, config_file: Path | None = None,
+                      extra: list[str] | None = None) -> None:
     config.home.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "dlhub_hpc.cli", "hub", "start", "--home", str(config.home)]
     if config_file is not None:
@@ -131,6 +153,7 @@ def _start_background(config: HubConfig, client_address: str | None,
         args += ["--client-address", client_address]
     if worker_address:
         args += ["--worker-address", worker_address]
+    args += extra or []
     log = (config.home / "hub.log").open("ab")
     proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                             start_new_session=True)

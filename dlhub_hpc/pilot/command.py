@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from dlhub_hpc.container.definition import BUNDLES_DIR
 from dlhub_hpc.container.runtimes import ContainerRuntime, get_runtime
 from dlhub_hpc.errors import AuthenticationError
+from dlhub_hpc.logging_setup import worker_log_flags
 from dlhub_hpc.security.isolation import WorkerLaunch, credential_flags, credential_redirect
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def worker_command(
         argv += ["--hub-timeout", str(hub_timeout)]
     if drain_after is not None:  # finish what it holds and leave before the scheduler kills it
         argv += ["--drain-after", f"{drain_after:g}"]
+    argv += worker_log_flags()  # log as the hub does (JSON, debug); extra may override
     argv += extra
     if mpi:
         argv.append("--mpi")

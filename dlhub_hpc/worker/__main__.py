@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.logging_setup import LOG_FORMATS, setup_logging
 from dlhub_hpc.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from dlhub_hpc.servable.spec import parse_ref
 from dlhub_hpc.worker.gpu import GPU_ENVS, GpuBinding
@@ -35,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--credential", type=Path, default=None, metavar="FILE",
                         help="the worker credential the hub issued (/dev/fd/N: read once)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                        help="json: one JSON object a line, with the request ids of each item")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest result message to send (the hub's "
                              "worker_max_message_bytes); larger outputs become item errors")
@@ -55,10 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [worker %(process)d] %(message)s",
-    )
+    setup_logging(args.log_level, args.log_format,
+                  text_format="%(asctime)s %(levelname)s %(name)s [worker %(process)d] "
+                              "%(message)s")
     try:
         return _serve(args)
     except DlhubHpcError as exc:

@@ -29,6 +29,7 @@ import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError, PayloadTooLarge
+from dlhub_hpc.logging_setup import log_items, request_id_var
 from dlhub_hpc.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Assign,
@@ -284,6 +285,7 @@ class Worker:
 
     def _run_batch(self, batch: Batch) -> list[Any]:
         started = time.perf_counter()
+        traced = request_id_var.set(batch.request_ids)  # the servable's records carry them
         try:
             results = self.runner.run(batch.method, batch.payloads, batch.parameters)
         except Exception as exc:  # a runner's own bug must not kill the worker
@@ -293,6 +295,8 @@ class Worker:
             ).to_wire()
             results = [[False, error] for _ in batch.payloads]
         elapsed = time.perf_counter() - started
+        request_id_var.reset(traced)
+        log_items(logger, batch.request_ids, results, f"batch {batch.batch_id} ({batch.method})")
         results = [_carriable(r) for r in results]
         try:
             frames = encode(BatchResult(batch.batch_id, results, elapsed))

@@ -1,0 +1,91 @@
+"""JSON log records, request ids in them, and workers told to log as the hub does."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from dlhub_hpc.logging_setup import (
+    current_format,
+    log_items,
+    request_context,
+    setup_logging,
+    worker_log_flags,
+)
+from dlhub_hpc.pilot.command import worker_command
+
+log = logging.getLogger("dlhub_hpc.test")
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    out = io.StringIO()
+    setup_logging(logging.DEBUG, "json", out)
+    yield out
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in saved[0]:
+        root.addHandler(h)
+    root.setLevel(saved[1])
+
+
+def lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_each_record_is_one_json_object_with_the_request_id(stream: io.StringIO) -> None:
+    log.info("plain %s", "text")
+    with request_context("req-1"):
+        log.warning("inside\nacross lines")
+    log.info("given", extra={"request_id": "req-2", "servable": "a/b"})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    plain, inside, given, failed = lines(stream)
+    assert plain["message"] == "plain text" and "request_id" not in plain
+    assert (plain["level"], plain["logger"]) == ("INFO", "dlhub_hpc.test")
+    assert str(plain["time"]).endswith("+00:00")
+    assert (inside["request_id"], inside["message"]) == ("req-1", "inside\nacross lines")
+    assert (given["request_id"], given["servable"]) == ("req-2", "a/b")
+    assert "ValueError: boom" in str(failed["exc"])
+
+
+def test_a_batch_logs_each_item_with_its_own_id(stream: io.StringIO) -> None:
+    error = {"type": "ExecutionError", "message": "no", "details": {}}
+    with request_context(["r1", "r2"]):
+        log.info("running")
+    log_items(log, ["r1", "r2"], [[True, 1], [False, error]], "batch 3 (run)")
+    running, done, failed = lines(stream)
+    assert running["request_ids"] == ["r1", "r2"]
+    assert (done["request_id"], done["level"]) == ("r1", "DEBUG")
+    assert (failed["request_id"], failed["level"]) == ("r2", "INFO")
+    assert "ExecutionError" in str(failed["message"])
+
+
+def test_workers_are_started_logging_as_the_hub_does(stream: io.StringIO) -> None:
+    assert current_format() == "json"
+    assert worker_log_flags() == ["--log-format", "json", "--log-level", "DEBUG"]
+    argv = worker_command("tcp://127.0.0.1:5", "a/b", extra=["--log-level", "INFO"]).argv
+    assert argv[-6:] == ["--log-format", "json", "--log-level", "DEBUG", "--log-level", "INFO"]
+
+
+def test_a_text_hub_adds_no_flags() -> None:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        assert current_format() == "text" and worker_log_flags() == []
+    finally:
+        root.setLevel(level)
+
+
+def test_an_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="text, json"):
+        setup_logging("INFO", "yaml")
