@@ -109,13 +109,14 @@ def from_wire(data: bytes) -> Reference:
 
 
 def parse_cli(text: str) -> Reference | None:
-    """``@ref:/path`` or ``@ref:https://...`` as the CLI takes it; None for other text."""
+    """``@ref:PATH`` (relative to this process's working directory) or ``@ref:https://...``
+    as the CLI takes it; None for other text."""
     if not text.startswith(CLI_PREFIX):
         return None
     target = text[len(CLI_PREFIX):]
     if "://" in target:
         return URLRef(target)
-    return FileRef(target)
+    return FileRef(os.path.abspath(target) if target else target)
 
 
 def has_references(value: Any) -> bool:

@@ -12,6 +12,8 @@ import click
 from rich.table import Table
 
 from dlhub_hpc.cli.common import client_from, console, input_error, to_json
+from dlhub_hpc.errors import ReferenceFormatError
+from dlhub_hpc.references import FileRef, parse_cli
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ def _read_input(text: str) -> Any:
     """INPUT as JSON: given inline, from @FILE, or from stdin (-); a bad one is a usage error."""
     where = ""
     try:
+        if (ref := parse_cli(text)) is not None:  # @ref:PATH or @ref:https://...
+            return ref
         if text == "-":
             where = " on stdin"
             if sys.stdin is None:
@@ -41,6 +45,8 @@ def _read_input(text: str) -> Any:
         elif text.startswith("@"):
             where = f" in {text[1:] or 'the file named after @ (none)'}"
             text = Path(text[1:]).read_text(encoding="utf-8")
+    except ReferenceFormatError as exc:
+        raise input_error(f"INPUT {text!r}: {exc.message}") from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         source = where.removeprefix(" in ").removeprefix(" on ") or "INPUT"
@@ -60,13 +66,19 @@ def _read_input(text: str) -> Any:
 @click.argument("input_text", metavar="INPUT")
 @click.option("-m", "--method", default="", help="Method to call (default: run, or the first).")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+@click.option("--result-to", type=click.Path(dir_okay=False), default=None,
+              help="Have the hub write the output to this file (.npy, or bytes) for you.")
 @click.pass_context
-def run(ctx: click.Context, servable: str, input_text: str, method: str, timeout: float) -> None:
-    """Run SERVABLE (owner/name[@version]) on INPUT (JSON, @file.json, or - for stdin)."""
+def run(ctx: click.Context, servable: str, input_text: str, method: str, timeout: float,
+        result_to: str | None) -> None:
+    """Run SERVABLE (owner/name[@version]) on INPUT (JSON, @file.json, or - for stdin).
+
+    INPUT may also be @ref:PATH or @ref:https://URL: a file or URL the hub reads for you.
+    """
     inputs = _read_input(input_text)
     with client_from(ctx, timeout=timeout) as client:
-        result = client.run(servable, inputs, method=method)
-    click.echo(to_json(result))
+        result = client.run(servable, inputs, method=method, result_to=result_to)
+    click.echo(to_json(result.path if isinstance(result, FileRef) else result))
 
 
 def _published_table(status: dict[str, Any]) -> Table:

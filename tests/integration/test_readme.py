@@ -36,6 +36,10 @@ SKIPPED: dict[str, str] = {
     "admin$": "needs other Unix users (alice, an admin) on the login node",
     'eval "$(scripts/slurm/start.sh)"': "needs root and Slurm installed (a site's scheduler)",
     "dlhub-hpc pilot start --profile slurm-local": "needs the Slurm started above",
+    "dlhub-hpc run alice/seg @ref:": "needs a shared filesystem and the reader's servable; "
+                                     "tests/integration/test_references.py runs these",
+    'FileRef("/lus/': "needs a shared filesystem and the reader's servable; "
+                      "tests/integration/test_references.py runs these",
 }
 TIMEOUT = 300  # one command or block, on a loaded machine
 

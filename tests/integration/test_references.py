@@ -1,0 +1,214 @@
+"""Inputs and results by reference through a real hub and worker: the hub reads a file for
+a caller only if the caller's Unix account could, and writes results as the caller's own.
+
+alice is mapped to the Unix user ``nobody``; the hub runs as root (as CI does), so the
+files below can belong to either of them.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import pwd
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+import zmq
+
+from dlhub_hpc import Client, FileRef, Hub, URLRef
+from dlhub_hpc.errors import (
+    NoUnixAccount,
+    ReferenceDenied,
+    ReferenceNotFound,
+    ReferenceTooLarge,
+    URLFetchFailed,
+)
+from tests.integration.conftest import people_on
+
+REFDATA = Path(__file__).parent / "servables" / "refdata"
+LIMIT = 2**20  # max_reference_bytes of these hubs
+pytestmark = [
+    pytest.mark.skipif(not zmq.has("curve"), reason="libzmq was built without CURVE"),
+    pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
+                       reason="needs root, to make files of a second Unix user (CI runs as root)"),
+]
+NOBODY = pwd.getpwnam("nobody")
+
+
+@pytest.fixture
+def share() -> Iterator[Path]:
+    """A world-searchable folder with alice's own (nobody's) folder in it."""
+    root = Path(tempfile.mkdtemp(prefix="dlhub-refs-"))
+    os.chmod(root, 0o755)
+    (root / "alice").mkdir(mode=0o700)
+    os.chown(root / "alice", NOBODY.pw_uid, NOBODY.pw_gid)
+    yield root
+    shutil.rmtree(root)
+
+
+@pytest.fixture
+def certificate(share: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    cert, key = share / "cert.pem", share / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def site(make_hub: Callable[..., Hub], tmp_path: Path,
+         certificate: tuple[Path, Path]) -> Iterator[dict[str, Any]]:
+    """A hub that maps alice to nobody, trusts the test's CA, serves refdata publicly."""
+    hub = make_hub(user_map={"alice": "nobody"}, max_reference_bytes=LIMIT,
+                   reference_ca_file=certificate[0])
+    with people_on(hub) as people:
+        admin = people["admin"]
+        folder = Path(shutil.copytree(REFDATA, tmp_path / "refdata"))
+        spec = yaml.safe_load((folder / "servable.yaml").read_text())
+        spec["dlhub"]["owner"] = admin.whoami()["identity"]
+        (folder / "servable.yaml").write_text(yaml.safe_dump(spec))
+        name = str(admin.publish(folder)["name"])
+        admin.start_workers(name, 1)
+        admin.wait_for_workers(name, 1, timeout=60)
+        yield {"hub": hub, "name": name, **people}
+
+
+def _as_nobody(path: Path, mode: int = 0o600) -> Path:
+    os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+    os.chmod(path, mode)
+    return path
+
+
+def _root_only(path: Path) -> Path:
+    np.save(path, np.ones(3))
+    os.chmod(path, 0o600)
+    return path
+
+
+def test_the_callers_own_npy_is_served_memory_mapped_and_raw_bytes_as_bytes(
+        site: dict[str, Any], share: Path) -> None:
+    np.save(share / "alice" / "frame.npy", np.arange(12.0).reshape(3, 4))
+    _as_nobody(share / "alice" / "frame.npy")
+    (share / "alice" / "blob.bin").write_bytes(b"\x00raw bytes")
+    _as_nobody(share / "alice" / "blob.bin")
+    alice: Client = site["alice"]
+    got = alice.run(site["name"], {"frame": FileRef(str(share / "alice" / "frame.npy")),
+                                   "blob": FileRef(str(share / "alice" / "blob.bin"))})
+    assert got["frame"] == {"kind": "ndarray", "dtype": "<f8", "shape": [3, 4], "sum": 66.0}
+    assert got["blob"] == {"kind": "bytes", "size": 10, "head": b"\x00raw bytes"}
+
+
+def test_a_file_only_root_can_read_is_refused_to_alice_but_not_to_the_admin(
+        site: dict[str, Any], share: Path) -> None:
+    secret = _root_only(share / "secret.npy")
+    with pytest.raises(ReferenceDenied) as err:
+        site["alice"].run(site["name"], FileRef(str(secret)))
+    assert err.value.details["component"] == str(secret)
+    assert "nobody" in err.value.message
+    assert site["admin"].run(site["name"], FileRef(str(secret)))["sum"] == 3.0
+
+
+def test_a_symlink_to_a_forbidden_file_is_judged_on_its_target(
+        site: dict[str, Any], share: Path) -> None:
+    secret = _root_only(share / "secret.npy")
+    os.symlink(secret, share / "alice" / "mine.npy")
+    os.lchown(share / "alice" / "mine.npy", NOBODY.pw_uid, NOBODY.pw_gid)
+    os.symlink("/etc/shadow", share / "alice" / "shadow")
+    for link in ("mine.npy", "shadow"):
+        with pytest.raises(ReferenceDenied) as err:
+            site["alice"].run(site["name"], FileRef(str(share / "alice" / link)))
+        assert err.value.details["component"] in (str(secret), "/etc/shadow")
+
+
+def test_result_to_writes_an_npy_the_caller_owns_and_refuses_a_folder_she_cannot_write(
+        site: dict[str, Any], share: Path) -> None:
+    np.save(share / "alice" / "v.npy", np.array([1.0, 2.0]))
+    _as_nobody(share / "alice" / "v.npy")
+    out = share / "alice" / "doubled.npy"
+    got = site["alice"].run(site["name"], FileRef(str(share / "alice" / "v.npy")),
+                            method="double", result_to=out)
+    assert got == FileRef(str(out))
+    assert out.stat().st_uid == NOBODY.pw_uid
+    read = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(out)],
+                          capture_output=True, check=True).stdout
+    assert np.load(out).tolist() == [2.0, 4.0] and read == out.read_bytes()
+    with pytest.raises(ReferenceDenied, match="may not write"):
+        site["alice"].run(site["name"], [1.0], method="double", result_to=share / "x.npy")
+    assert not (share / "x.npy").exists()
+
+
+def test_one_bad_reference_fails_only_its_item_and_no_account_is_refused(
+        site: dict[str, Any], share: Path) -> None:
+    np.save(share / "alice" / "ok.npy", np.ones(4))
+    _as_nobody(share / "alice" / "ok.npy")
+    good, bad = FileRef(str(share / "alice" / "ok.npy")), FileRef(str(share / "gone.npy"))
+    out = site["alice"].run_batch(site["name"], [good, bad, good], return_exceptions=True)
+    assert out[0]["sum"] == out[2]["sum"] == 4.0
+    assert isinstance(out[1], ReferenceNotFound)
+    with pytest.raises(NoUnixAccount, match="user_map"):  # bob has no Unix account here
+        site["bob"].run(site["name"], good)
+
+
+@pytest.fixture
+def https(share: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
+    """An https server on loopback serving ``share/www`` with the test's certificate."""
+    www = share / "www"
+    www.mkdir()
+    np.save(www / "frame.npy", np.arange(5.0))
+    (www / "big.bin").write_bytes(b"x" * (LIMIT + 1))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(www), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_https_url_is_fetched_with_the_configured_ca_and_capped(
+        site: dict[str, Any], https: str) -> None:
+    alice: Client = site["alice"]
+    got = alice.run(site["name"], URLRef(f"{https}/frame.npy"))
+    assert got == {"kind": "ndarray", "dtype": "<f8", "shape": [5], "sum": 10.0}
+    with pytest.raises(URLFetchFailed, match="404"):
+        alice.run(site["name"], URLRef(f"{https}/missing.npy"))
+    with pytest.raises(ReferenceTooLarge):
+        alice.run(site["name"], URLRef(f"{https}/big.bin"))
+
+
+def test_the_cli_takes_a_reference_and_result_to(site: dict[str, Any], share: Path) -> None:
+    np.save(share / "v.npy", np.array([0.5, 1.5]))
+    out = share / "cli-out.npy"
+    done = subprocess.run(
+        [sys.executable, "-m", "dlhub_hpc.cli", "--hub", site["hub"].client_address, "run",
+         site["name"], f"@ref:{share / 'v.npy'}", "--method", "double", "--result-to",
+         str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f'"{out}"'
+    assert np.load(out).tolist() == [1.0, 3.0]
+    bad = subprocess.run(
+        [sys.executable, "-m", "dlhub_hpc.cli", "--hub", site["hub"].client_address, "run",
+         site["name"], "@ref:http://127.0.0.1/x"], capture_output=True, text=True,
+        timeout=120, check=False)
+    assert bad.returncode != 0 and "https://" in bad.stderr
