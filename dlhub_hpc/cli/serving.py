@@ -135,5 +135,9 @@ def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
     console.print(_published_table(data))
     console.print(_workers_table(data))
     console.print(_blocks_table(data))
+    from dlhub_hpc.cli.pools import pools_tables
+
+    for table in pools_tables(data):  # pooled workers, what they hold, their counters
+        console.print(table)
     stats = ", ".join(f"{k} {v}" for k, v in sorted(data["stats"].items()))
     console.print(f"counters: {stats or 'none yet'}")

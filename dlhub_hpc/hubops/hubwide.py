@@ -9,6 +9,7 @@ from typing import Any
 
 from dlhub_hpc.broker.pipeline import check_steps
 from dlhub_hpc.hubops.parts import HubParts
+from dlhub_hpc.hubops.pools import visible_pools
 from dlhub_hpc.servable.bundle import read_bundle
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class HubOps:
             "load_failures": {ref: e for ref, e in snapshot.get("load_failures", {}).items()
                               if sees(ref)},
             "starting": {ref: s for ref, s in snapshot.get("starting", {}).items() if sees(ref)},
+            "pools": visible_pools(snapshot.get("pools", {}), sees),
         }
 
     def shutdown(self, args: dict[str, Any]) -> dict[str, Any]:

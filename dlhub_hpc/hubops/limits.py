@@ -11,6 +11,8 @@ import logging
 from dlhub_hpc.errors import PermissionDenied
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.pilot.scaling import TERMINAL
+from dlhub_hpc.security.hub import HubSecurity
+from dlhub_hpc.servable.pools import PoolSpec, pool_of
 from dlhub_hpc.servable.spec import parse_ref
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ def check_worker_limit(parts: HubParts, caller: str, name: str, count: int) -> N
     running = sum(
         b.workers for b in parts.pilots.worker_blocks()
         if b.state not in TERMINAL and not b.stopping
-        and parts.security.access.owner(parse_ref(b.servable)[0]) == owner)
+        and block_owner(parts.security, b.servable) == owner)
     limit = parts.config.max_workers_per_owner
     if running + count > limit:
         raise PermissionDenied(
@@ -39,6 +41,27 @@ def check_worker_limit(parts: HubParts, caller: str, name: str, count: int) -> N
             f"{limit} per owner (setting max_workers_per_owner): stop some with 'dlhub-hpc "
             "workers stop' or ask the hub's admin", identity=caller, running=running,
             requested=count, limit=limit)
+
+
+def pool_owner(security: HubSecurity, pool: PoolSpec) -> str:
+    """Whose servables (and credential) a pool's workers have: the owner it names, its
+    servables' owner (one for all of them), else the admin."""
+    if pool.kind == "names":
+        owners = {security.access.owner(n) or security.admin for n in pool.names}
+        if len(owners) > 1:
+            raise PermissionDenied(
+                f"pool {pool.text()} names servables of {sorted(owners)}; a pool mixes one "
+                "owner's servables only: start one pool per owner")
+        return owners.pop()
+    return pool.owner or security.admin
+
+
+def block_owner(security: HubSecurity, ref: str) -> str:
+    """Whose allocation a block of ``ref`` (a servable, or a pool) takes."""
+    pool = pool_of(ref)
+    if pool is not None:
+        return pool_owner(security, pool)
+    return security.access.owner(parse_ref(ref)[0])
 
 
 def check_pilot_nodes(parts: HubParts, caller: str, nodes: int, max_blocks: int) -> None:

@@ -7,9 +7,11 @@ from concurrent.futures import Future
 from typing import Any
 
 from dlhub_hpc.broker.pipeline import refuse_workers
-from dlhub_hpc.hubops.limits import check_worker_limit
+from dlhub_hpc.hubops.limits import check_worker_limit, pool_owner
 from dlhub_hpc.hubops.parts import HubParts
+from dlhub_hpc.hubops.pools import start_pool_workers
 from dlhub_hpc.security.hub import HubSecurity
+from dlhub_hpc.servable.pools import pool_of
 from dlhub_hpc.servable.spec import parse_ref
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class WorkerOps:
 
     def start_workers(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
         ref = str(args.get("servable", ""))
+        if pool_of(ref) is not None:  # a pool's workers (hubops/pools.py)
+            return start_pool_workers(self.parts, args, ref)
         name, version = parse_ref(ref)
         self.security.access.check_see(str(args.get("caller", "")), name)  # before versions
         record = self.registry.get(name, version)  # fail now, with the versions, if unknown
@@ -63,4 +67,10 @@ def check_stop(security: HubSecurity, args: dict[str, Any], servables: list[str]
         security.require_admin(args, "stop every servable's workers")
         return
     for ref in servables:
+        pool = pool_of(str(ref))
+        if pool is not None:  # a pool's: its owner's, or (named by none) the admin's
+            owner = pool_owner(security, pool)
+            if str(args.get("caller", "")) != owner:
+                security.require_admin(args, f"stop the workers of pool {pool.text()}")
+            continue
         security.access.check_manage(str(args.get("caller", "")), parse_ref(str(ref))[0])

@@ -53,12 +53,9 @@ class PoolSpec(BaseModel):
 
     @property
     def owner(self) -> str | None:
-        """The one owner whose servables it serves, when the spec itself says."""
-        if self.kind == "owner":
-            return self.value
-        if self.kind == "names":
-            return self.names[0].partition("/")[0]
-        return None
+        """The owner an ``owner:`` pool names; others serve their credential's owner's
+        (a list: its servables' owner, as the registry has it)."""
+        return self.value if self.kind == "owner" else None
 
     def text(self) -> str:
         """The command-line form, which ``parse`` reads back."""
@@ -79,10 +76,23 @@ class PoolSpec(BaseModel):
             raise ConfigError("a pool's budget is a whole number of bytes")
         return cls.parse(data["spec"], budget)
 
+    def ref(self) -> str:
+        """The pool as a pilot's servable ref: ``pool:SPEC[,budget=BYTES]``."""
+        budget = "" if self.budget == DEFAULT_BUDGET else f",budget={self.budget}"
+        return f"{POOL_PREFIX}{self.text()}{budget}"
+
     @classmethod
     def parse(cls, text: str, budget: int = DEFAULT_BUDGET) -> PoolSpec:
-        """``owner:alice``, ``tag:materials``, ``public``, or ``alice/a,alice/b``."""
-        text = text.strip()
+        """``owner:alice``, ``tag:materials``, ``public``, or ``alice/a,alice/b``; a
+        ``,budget=BYTES`` item sets the budget."""
+        items = [i.strip() for i in text.split(",")]
+        for item in [i for i in items if i.startswith("budget=")]:
+            items.remove(item)
+            number = item.partition("=")[2]
+            if not (number.isascii() and number.isdigit() and len(number) <= 19):
+                raise ConfigError(f"pool budget {item!r} should be budget=BYTES", pool=text)
+            budget = int(number)
+        text = ",".join(items).strip()
         kind, sep, value = text.partition(":")
         try:
             if text == "public":
@@ -107,3 +117,11 @@ class PoolSpec(BaseModel):
             return self.value in tags
         return public
 
+
+
+def pool_of(ref: str, budget: int = DEFAULT_BUDGET) -> PoolSpec | None:
+    """The pool a ``pool:SPEC`` servable ref names (a pilot's, a worker's); None for a
+    plain ``owner/name`` ref."""
+    if not ref.startswith(POOL_PREFIX):
+        return None
+    return PoolSpec.parse(ref[len(POOL_PREFIX):], budget)

@@ -12,12 +12,14 @@ import os
 import sys
 from pathlib import Path
 
-from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.logging_setup import LOG_FORMATS, setup_logging
 from dlhub_hpc.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from dlhub_hpc.servable.pools import DEFAULT_BUDGET, pool_of
 from dlhub_hpc.servable.spec import parse_ref
 from dlhub_hpc.worker.gpu import GPU_ENVS, GpuBinding
 from dlhub_hpc.worker.loop import Worker, WorkerOptions, install_signal_handlers
+from dlhub_hpc.worker.models import PoolRunner
 from dlhub_hpc.worker.runner import LocalRunner, Runner
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,12 @@ MPI_ENV = "DLHUB_HPC_MPI"  # "1": as --mpi, for launchers that cannot add flags
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dlhub_hpc.worker")
     parser.add_argument("--hub", required=True, help="the hub's worker address")
-    parser.add_argument("--servable", required=True, help="owner/name[@version]")
+    parser.add_argument("--servable", required=True,
+                        help="owner/name[@version], or pool:SPEC for a pooled worker (SPEC: "
+                             "owner:NAME, tag:TAG, public, or owner/a,owner/b)")
+    parser.add_argument("--memory-budget", type=int, default=DEFAULT_BUDGET, metavar="BYTES",
+                        help="a pooled worker's bytes of loaded models; past it the least "
+                             "recently used are evicted")
     parser.add_argument("--block", default=None, help="the pilot block this worker belongs to")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     parser.add_argument("--hub-timeout", type=float, default=30.0)
@@ -74,9 +81,13 @@ def _serve(args: argparse.Namespace) -> int:
         binding = GpuBinding.from_flags(
             args.gpus, args.gpu_env, args.workers_per_gpu, args.local_rank
         ).apply()
-    name, version = parse_ref(args.servable)
+    pool = pool_of(args.servable, args.memory_budget)
+    if pool is not None and args.mpi:
+        raise ConfigError("a pooled worker runs in one process; start MPI servables with "
+                          "their own pilot ('dlhub-hpc pilot start OWNER/NAME')")
+    name, version = (args.servable, None) if pool else parse_ref(args.servable)
     opts = WorkerOptions(
-        hub=args.hub, servable=name, version=version, block=args.block,
+        hub=args.hub, servable=name, version=version, block=args.block, pool=pool,
         heartbeat_interval=args.heartbeat_interval, hub_timeout=args.hub_timeout,
         drain_after=args.drain_after, drain_grace=args.drain_grace,
         max_message_bytes=args.max_message_bytes,
@@ -84,7 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if args.cache_dir is not None:
         opts.cache_dir = args.cache_dir
-    runner: Runner = LocalRunner(opts.cache_dir)
+    runner: Runner = (LocalRunner(opts.cache_dir) if pool is None
+                      else PoolRunner(opts.cache_dir, pool.budget))
     if args.mpi:
         from dlhub_hpc.worker.mpi import MpiRunner, follow, world
 

@@ -48,6 +48,8 @@ from dlhub_hpc.protocol import (
     encode,
 )
 from dlhub_hpc.security.keys import WorkerKey, read_worker_credential, secure_worker
+from dlhub_hpc.servable.pools import PoolSpec
+from dlhub_hpc.worker.models import PoolRunner
 from dlhub_hpc.worker.runner import LocalRunner, Runner, WireResult, cached_bundle
 
 logger = logging.getLogger(__name__)
@@ -80,10 +82,12 @@ class WorkerOptions(BaseModel):
         description="largest result message to send (the hub's worker_max_message_bytes)")
     credential: Path | None = Field(
         default=None, description="the worker credential file (/dev/fd/N: read once, closed)")
+    pool: PoolSpec | None = Field(
+        default=None, description="serve this pool (servable is then its pool:SPEC name)")
 
     def __repr__(self) -> str:
         extra = "".join(
-            f", {k}={getattr(self, k)!r}" for k in ("version", "block", "drain_after")
+            f", {k}={getattr(self, k)!r}" for k in ("version", "block", "drain_after", "pool")
             if getattr(self, k) is not None
         )
         return f"WorkerOptions(hub={self.hub!r}, servable={self.servable!r}{extra})"
@@ -126,7 +130,8 @@ class Worker:
     def __init__(self, opts: WorkerOptions, runner: Runner | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.opts = opts
-        self.runner = runner or LocalRunner(opts.cache_dir)
+        self.runner = runner or (LocalRunner(opts.cache_dir) if opts.pool is None
+                                 else PoolRunner(opts.cache_dir, opts.pool.budget))
         self._clock = clock
         self._stop = threading.Event()
         self._beat_stop = threading.Event()  # heartbeats go on while a draining batch ends
@@ -192,10 +197,11 @@ class Worker:
         )
         status = 0
         try:
+            pool = self.opts.pool
             self._hello = encode(Hello(
-                self.opts.worker_id, self.opts.servable, self.opts.version,
+                self.opts.worker_id, "" if pool else self.opts.servable, self.opts.version,
                 socket.gethostname(), os.getpid(), self.opts.block,
-                self.runner.ranks, self.opts.binding,
+                self.runner.ranks, self.opts.binding, pool.to_wire() if pool else None,
             ))
             sock.send_multipart(self._hello)
             beat.start()
@@ -265,6 +271,8 @@ class Worker:
 
     def _handle(self, sock: zmq.Socket[bytes], msg: Message) -> int | None:
         if isinstance(msg, Batch):
+            if isinstance(self.runner, PoolRunner):
+                self.runner.select(msg.servable)
             frames = self._run_batch(msg)
             self._check_drain(sock)  # a drain that came up mid-batch goes before the result
             sock.send_multipart(frames, copy=False)
@@ -275,10 +283,13 @@ class Worker:
             except DlhubHpcError as exc:
                 logger.error("cannot load %s@%s: %s", msg.servable, msg.version, exc)
                 sock.send_multipart(encode(LoadFailed(self.opts.worker_id, exc.to_wire())))
+                if isinstance(self.runner, PoolRunner):
+                    return None  # a pooled worker serves the others it may load
                 self.request_stop(f"load failed: {exc}")
                 return 1
             logger.info("worker %s loaded %s@%s", self.opts.worker_id, msg.servable, msg.version)
-            sock.send_multipart(encode(Ready(self.opts.worker_id)))
+            report = self.runner.last_report if isinstance(self.runner, PoolRunner) else None
+            sock.send_multipart(encode(Ready(self.opts.worker_id, report)))
         elif isinstance(msg, Shutdown):
             self.request_stop(msg.reason if self.draining else f"the hub said: {msg.reason}")
         return None

@@ -284,3 +284,31 @@ def test_placement_never_loses_a_request_and_books_balance(
     batches_sent = hub.state.stats["batches"]
     total = sum(c["hits"] + c["loads"] for c in book.counts.values())
     assert total == batches_sent + sum(1 for m in book.members.values() if m.fresh)
+
+
+def test_the_cli_names_a_pool_as_a_ref_and_refuses_both_or_neither() -> None:
+    import click
+
+    from dlhub_hpc.cli.pools import servable_or_pool
+
+    assert servable_or_pool(None, ("owner:alice",), 1000) == "pool:owner:alice,budget=1000"
+    assert servable_or_pool(None, ("alice/a", "alice/b"), None) == "pool:alice/a,alice/b"
+    assert servable_or_pool("alice/a", (), None) == "alice/a"
+    for servable, pools in (("alice/a", ("public",)), (None, ())):
+        with pytest.raises(click.UsageError, match="--servable or --pool"):
+            servable_or_pool(servable, pools, None)
+    with pytest.raises(click.BadParameter, match="one owner"):
+        servable_or_pool(None, ("alice/a", "bob/b"), None)
+
+
+def test_status_shows_a_caller_only_the_pooled_servables_it_may_see() -> None:
+    from dlhub_hpc.hubops.pools import visible_pools
+
+    pools = {"workers": {"w1": {"pool": "public", "holds": {"alice/a@1": 5, "bob/b@1": 7},
+                                "loading": "bob/c@1"}},
+             "servables": {"alice/a@1": {"loads": 1}, "bob/b@1": {"loads": 1}},
+             "own_workers": {"bob/m@1": "it runs over 4 MPI ranks"}}
+    seen = visible_pools(pools, lambda ref: ref.startswith("alice/"))
+    assert seen["workers"]["w1"]["holds"] == {"alice/a@1": 5}
+    assert seen["workers"]["w1"]["loading"] is None
+    assert list(seen["servables"]) == ["alice/a@1"] and seen["own_workers"] == {}

@@ -1,0 +1,141 @@
+"""Shared pools with real processes: 3 pooled workers serve 20 servables (the same code,
+different weights) within a memory budget that holds a few each, so models are evicted and
+loaded again while requests for them wait. Every answer is checked; the counters come from
+``status``; nothing here waits on time."""
+
+from __future__ import annotations
+
+import textwrap
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from dlhub_hpc import Client
+from dlhub_hpc.cli.pools import pool_workers, pools_tables
+from dlhub_hpc.errors import Timeout
+from dlhub_hpc.hub import Hub
+from dlhub_hpc.servable.pools import PoolSpec
+
+from .conftest import wait_for
+
+SERVABLES = 20
+WEIGHT_BYTES = 1 << 20  # each servable's weights; the budget holds three
+BUDGET = 3 * WEIGHT_BYTES + WEIGHT_BYTES // 2
+
+
+def write_scaled(root: Path, i: int, tag: str = "pooltest") -> Path:
+    """A servable that answers ``weight * sum(x)``, its weight ``i + 1`` in weights.npy."""
+    d = root / f"scaled-{i}"
+    d.mkdir(parents=True)
+    (d / "servable.yaml").write_text(textwrap.dedent(f"""\
+        datacite:
+          title: Scaled sum {i}
+          creators: ["Test, T"]
+          subjects: [{tag}]
+        dlhub:
+          owner: test
+          name: scaled-{i}
+        servable:
+          type: python_function
+          max_batch_size: 4
+          methods:
+            run:
+              function: "model:run"
+              input: {{type: list, item_type: {{type: float}}}}
+              output: {{type: float}}
+        """))
+    (d / "model.py").write_text(textwrap.dedent("""\
+        import pathlib
+
+        import numpy as np
+
+        _W = np.load(pathlib.Path(__file__).with_name("weights.npy"))
+
+
+        def run(x):
+            return float(_W[0] * sum(x))
+        """))
+    np.save(d / "weights.npy", np.full(WEIGHT_BYTES // 8, float(i + 1)))
+    return d
+
+
+def pools_of(client: Client) -> dict[str, Any]:
+    return client.status()["pools"]
+
+
+def run_wave(client: Client, names: list[str], per_servable: int) -> None:
+    """Every servable's requests at once, interleaved; each answer checked."""
+    futures: list[tuple[Future[Any], float]] = []
+    for k in range(per_servable):
+        for i, name in enumerate(names):
+            x = [1.0, float(k)]
+            futures.append((client.submit(name, x, cache=False), (i + 1) * sum(x)))
+    for future, expected in futures:
+        assert future.result(timeout=120) == expected
+
+
+def test_a_pool_of_three_serves_twenty_servables_loading_and_evicting(
+        client: Client, hub: Hub, tmp_path: Path) -> None:
+    names = [str(client.publish(write_scaled(tmp_path, i))["name"]) for i in range(SERVABLES)]
+    ref = PoolSpec.parse("tag:pooltest", BUDGET).ref()
+    client.start_workers(ref, 3)
+    wait_for(lambda: pool_workers(client.status(), ref) == 3, what="3 pooled workers")
+
+    run_wave(client, names, 3)  # the first wave loads each at least once
+    first = pools_of(client)
+    run_wave(client, names, 3)  # 20 servables over 9 slots: most were evicted since
+
+    pools = pools_of(client)
+    servables = pools["servables"]
+    assert set(servables) == {f"{n}@1" for n in names}
+    loads = sum(c["loads"] for c in servables.values())
+    evictions = sum(c["evictions"] for c in servables.values())
+    assert sum(c["loads"] for c in first["servables"].values()) >= SERVABLES
+    assert loads >= SERVABLES + (SERVABLES - 9)  # the second wave found at most 9 loaded
+    assert evictions >= loads - 9  # what is loaded now is all that was not evicted
+    assert all(c["load_failures"] == 0 for c in servables.values())
+    assert any(c["hits"] for c in servables.values())
+    for w in pools["workers"].values():
+        assert w["pool"] == "tag:pooltest" and w["budget"] == BUDGET
+        assert 1 <= len(w["holds"]) <= 3  # within the budget (its first load may be larger)
+        assert w["loads"] >= 1
+    stats = client.status()["stats"]
+    assert stats["replies_ok"] == 2 * 3 * SERVABLES and not stats.get("replies_error")
+    assert not stats.get("workers_lost")
+
+
+def test_a_pool_serves_only_what_its_spec_names_and_status_shows_it(
+        client: Client, hub: Hub, tmp_path: Path) -> None:
+    inside = str(client.publish(write_scaled(tmp_path, 0))["name"])
+    outside = str(client.publish(write_scaled(tmp_path / "other", 1, tag="elsewhere"))["name"])
+    ref = PoolSpec.parse("tag:pooltest").ref()
+    client.start_workers(ref, 1)
+    wait_for(lambda: pool_workers(client.status(), ref) == 1, what="1 pooled worker")
+    assert client.run(inside, [2.0]) == 2.0
+    with pytest.raises(Timeout, match="no worker serves"):  # the pool does not name it
+        client.run(outside, [2.0], timeout=1.0)
+    status = client.status()
+    pooled = [w for w in status["workers"] if w["servable"].startswith("pool")]
+    assert len(pooled) == 1
+    console = Console(record=True, width=200)
+    for table in pools_tables(status):
+        console.print(table)
+    text = console.export_text()
+    assert f"{inside}@1" in text and "tag:pooltest" in text and outside not in text
+
+
+def test_pool_workers_restart_cleanly_after_stop(client: Client, hub: Hub,
+                                                 tmp_path: Path) -> None:
+    name = str(client.publish(write_scaled(tmp_path, 2))["name"])
+    ref = PoolSpec.parse("tag:pooltest").ref()
+    client.start_workers(ref, 1)
+    wait_for(lambda: pool_workers(client.status(), ref) == 1, what="1 pooled worker")
+    assert client.run(name, [1.0]) == 3.0
+    stopped = client.stop_workers(servable=ref)
+    assert [b["servable"] for b in stopped] == [ref]
+    wait_for(lambda: pool_workers(client.status(), ref) == 0, what="the pool to stop")
+
