@@ -34,6 +34,7 @@ from dlhub_hpc.client import (
 )
 from dlhub_hpc.client_publication import AdminCalls, PublicationCalls
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
+from dlhub_hpc.references import ResultTo
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.security.keys import KeyPair
 
@@ -82,23 +83,24 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
     def submit(
         self, servable: str, inputs: Any, *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
-        parameters: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None, result_to: ResultTo = None,
     ) -> asyncio.Future[Any]:
         """Send one request now; await the future for the output (or its typed error).
         The arguments are ``Client.submit``'s.
 
         Must be called with the client's event loop running. Bad inputs raise here.
         """
-        return self._send(*self._request(servable, inputs, method, timeout, cache, parameters))
+        return self._send(*self._request(servable, inputs, method, timeout, cache, parameters,
+                                         result_to))
 
     async def run(
         self, servable: str, inputs: Any, *, method: str = "",
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
-        parameters: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None, result_to: ResultTo = None,
     ) -> Any:
         """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``)."""
         return await self.submit(servable, inputs, method=method, timeout=timeout, cache=cache,
-                                 parameters=parameters)
+                                 parameters=parameters, result_to=result_to)
 
     async def run_batch(
         self, servable: str, inputs: list[Any], *, method: str = "",

@@ -7,6 +7,7 @@ files below can belong to either of them.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
 import pwd
@@ -25,7 +26,7 @@ import pytest
 import yaml
 import zmq
 
-from dlhub_hpc import Client, FileRef, Hub, URLRef
+from dlhub_hpc import AsyncClient, Client, FileRef, Hub, URLRef
 from dlhub_hpc.errors import (
     NoUnixAccount,
     ReferenceDenied,
@@ -160,6 +161,9 @@ def test_one_bad_reference_fails_only_its_item_and_no_account_is_refused(
         site["bob"].run(site["name"], good)
 
 
+HELD: list[threading.Event] = [threading.Event()]  # lets the https server's /held/ answer
+
+
 @pytest.fixture
 def https(share: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
     """An https server on loopback serving ``share/www`` with the test's certificate."""
@@ -168,9 +172,17 @@ def https(share: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
     np.save(www / "frame.npy", np.arange(5.0))
     (www / "big.bin").write_bytes(b"x" * (LIMIT + 1))
 
+    release = threading.Event()
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(www), **kwargs)
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/held/"):  # answers once the test lets it
+                release.wait(60)
+                self.path = self.path.removeprefix("/held")
+            super().do_GET()
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -181,7 +193,9 @@ def https(share: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    HELD[0] = release
     yield f"https://127.0.0.1:{server.server_address[1]}"
+    release.set()
     server.shutdown()
     server.server_close()
 
@@ -212,3 +226,31 @@ def test_the_cli_takes_a_reference_and_result_to(site: dict[str, Any], share: Pa
          site["name"], "@ref:http://127.0.0.1/x"], capture_output=True, text=True,
         timeout=120, check=False)
     assert bad.returncode != 0 and "https://" in bad.stderr
+
+
+def test_a_download_in_progress_holds_no_other_caller(site: dict[str, Any], https: str,
+                                                      share: Path) -> None:
+    alice: Client = site["alice"]
+    held = alice.submit(site["name"], URLRef(f"{https}/held/frame.npy"))
+    # While the hub waits on that server, others are answered, by reference too.
+    assert site["admin"].run(site["name"], [1.0, 2.0], method="double").tolist() == [2.0, 4.0]
+    np.save(share / "alice" / "v.npy", np.ones(2))
+    _as_nobody(share / "alice" / "v.npy")
+    assert alice.run(site["name"], FileRef(str(share / "alice" / "v.npy")))["sum"] == 2.0
+    assert not held.done()
+    HELD[0].set()
+    assert held.result(timeout=60)["sum"] == 10.0
+
+
+def test_the_async_client_takes_references_and_result_to(site: dict[str, Any],
+                                                         share: Path) -> None:
+    np.save(share / "w.npy", np.array([3.0]))
+    out = share / "async-out.npy"
+
+    async def call() -> Any:
+        async with AsyncClient(site["hub"].client_address, timeout=60) as client:
+            return await client.run(site["name"], FileRef(str(share / "w.npy")),
+                                    method="double", result_to=out)
+
+    assert asyncio.run(call()) == FileRef(str(out))
+    assert np.load(out).tolist() == [6.0]

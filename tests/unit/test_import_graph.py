@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "client": {"errors", "hubfile", "protocol", "security", "servable", "client_publication",
                "references"},
     "async_client": {"errors", "hubfile", "protocol", "security", "servable", "client",
-                     "client_publication"},
+                     "client_publication", "references"},
     "parsl_executor": {"errors", "client", "servable", "protocol"},
     "bridge": {"errors", "client", "protocol", "servable", "shipped"},
     "gateway": {"errors", "_version", "client", "async_client", "protocol", "servable"},
