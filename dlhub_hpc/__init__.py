@@ -47,6 +47,8 @@ from dlhub_hpc.errors import (
     SpecError,
     Timeout,
     TokenRefused,
+    TransferFailed,
+    TransferStalled,
     URLFetchFailed,
     WorkerLost,
 )
@@ -144,6 +146,8 @@ __all__ = [
     "SpecError",
     "Timeout",
     "TokenRefused",
+    "TransferFailed",
+    "TransferStalled",
     "URLFetchFailed",
     "URLRef",
     "WorkerLost",

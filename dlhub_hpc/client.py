@@ -61,6 +61,8 @@ from dlhub_hpc.security.client import ClientCurve, hint
 from dlhub_hpc.security.keys import KeyPair
 from dlhub_hpc.servable.bundle import make_bundle
 from dlhub_hpc.servable.spec import parse_ref
+from dlhub_hpc.transfer import call as streamed
+from dlhub_hpc.transfer.window import Outgoing
 
 logger = logging.getLogger(__name__)
 
@@ -303,11 +305,16 @@ class _ThreadSocket:
         self._closing = closing
         self._wait: float | None = None  # the receive timeout now set on the socket
 
-    def call(self, request_id: str, frames: list[Any], wait: float | None, address: str) -> Any:
+    def call(self, request_id: str, frames: list[Any], wait: float | None, address: str,
+             upload: Outgoing | None = None) -> Any:
         with self.lock:
             if self.sock.closed:
                 raise client_closed()
-            reply = self._exchange(request_id, frames, wait, address)
+            if upload is None:
+                reply = self._exchange(request_id, frames, wait, address)
+            else:  # a large array input, in chunks (dlhub_hpc.transfer)
+                reply = streamed.exchange(self.sock, request_id, frames, upload, wait, address)
+            reply = streamed.fetch(self.sock, reply)  # a large array output, in chunks
         return reply_value(reply, stacklevel=3)
 
     def _exchange(self, request_id: str, frames: list[Any], wait: float | None,
@@ -470,9 +477,11 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
 
         Blocks the calling thread, which talks to the hub on a socket of its own.
         """
-        request_id, frames, wait = self._request(servable, inputs, method, timeout, cache,
-                                                 parameters, result_to)
-        return self._thread_socket().call(request_id, frames, wait, self.address)
+        inputs, upload = streamed.stream_input(inputs)  # a large array goes in chunks
+        request_id, frames, wait = self._request(servable, inputs, method, timeout,
+                                                 cache and upload is None, parameters,
+                                                 result_to)
+        return self._thread_socket().call(request_id, frames, wait, self.address, upload)
 
     def run_batch(
         self, servable: str, inputs: list[Any], *, method: str = "",

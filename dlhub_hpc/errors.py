@@ -33,6 +33,8 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     │   └── ExecutionError       the model raised while running one item
     ├── ServingError
     │   ├── WorkerLost           the worker holding the request died, and no retry was possible
+    │   ├── TransferFailed       a chunked transfer of a large array was dropped (why)
+    │   │   └── TransferStalled  it made no progress within transfer_timeout
     │   ├── Timeout              the request's deadline passed
     │   │   └── ServableStarting the deadline passed while the servable was starting (its stage)
     │   └── Overloaded           the servable's queue is full
@@ -180,6 +182,18 @@ class ServingError(DlhubHpcError):
 
 class WorkerLost(ServingError):
     """The worker holding the request died and no other worker could retry it."""
+
+
+class TransferFailed(ServingError):
+    """A large array's chunked transfer was dropped: its peer left, a chunk came out of
+    order, too large or past its credit, or the receiver could not hold the array.
+    ``details['transfer_id']`` names it; retry the call (a smaller input, or a file
+    reference, if it keeps failing)."""
+
+
+class TransferStalled(TransferFailed):
+    """A chunked transfer made no progress for ``HubConfig.transfer_timeout`` seconds (its
+    peer stopped reading or sending); retry, or raise the setting for slow links."""
 
 
 class Timeout(ServingError):

@@ -32,6 +32,7 @@ PROTOCOL_VERSION = 1
 NDARRAY_EXT = 1  # an array in a frame of its own: "dtype;shape;frame index"
 NDARRAY_INLINE_EXT = 2  # a small array inside the header: "dtype;shape;" then its bytes
 ENCODED_EXT = 3  # a value already msgpack-encoded, in a frame of its own: "frame index"
+STREAM_EXT = 4  # an array that follows in chunks (dlhub_hpc.transfer): "id;dtype;shape"
 REF_EXT = 5  # a FileRef or URLRef: msgpack [kind, target] (dlhub_hpc.references)
 # Arrays up to this size travel inside the header: every extra frame costs a message part
 # (and a CurveZMQ box) on each hop, and ZeroMQ copies parts this small anyway.
@@ -72,6 +73,9 @@ class Tag(IntEnum):
     SHUTDOWN = 11
     BYE = 12
     DRAIN = 20  # worker lifecycle messages beyond the core set start at 20
+    CHUNK = 30  # chunked transfers of large arrays (dlhub_hpc.transfer) start at 30
+    CREDIT = 31
+    ABORT = 32
 
 
 _NONE = type(None)
@@ -337,6 +341,81 @@ class Drain(Message):
     reason: str
 
 
+@_message
+@dataclass(slots=True)
+class Chunk(Message):
+    """Either way: ``data`` (a 1-d uint8 array, sent as a raw frame) is the bytes of
+    transfer ``transfer_id`` from ``offset`` on (``dlhub_hpc.transfer``)."""
+
+    TAG = Tag.CHUNK
+    TYPES = (str, int, np.ndarray)
+    transfer_id: str
+    offset: int
+    data: np.ndarray
+
+
+@_message
+@dataclass(slots=True)
+class Credit(Message):
+    """From a transfer's receiver: it has ``offset`` bytes in place; from the hub to its
+    sender: it may send up to ``offset``, in chunks of at most ``chunk_bytes``."""
+
+    TAG = Tag.CREDIT
+    TYPES = (str, int, int)
+    transfer_id: str
+    offset: int
+    chunk_bytes: int = 0
+
+
+@_message
+@dataclass(slots=True)
+class Abort(Message):
+    """Either way: transfer ``transfer_id`` is dropped; ``error`` says why (a wire error)."""
+
+    TAG = Tag.ABORT
+    TYPES = (str, dict)
+    transfer_id: str
+    error: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamRef:
+    """Stands in a message for an array that follows in chunks: transfer ``transfer_id``
+    of ``nbytes`` bytes. Compared by identity: the hub routes a transfer only with the very
+    ref object its sender's message held."""
+
+    transfer_id: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.dtype(self.dtype).itemsize * _product(self.shape))
+
+    def __repr__(self) -> str:
+        return f"StreamRef({self.transfer_id!r}, {self.dtype!r}, {self.shape!r})"
+
+
+def _product(shape: Sequence[int]) -> int:
+    out = 1
+    for dim in shape:
+        out *= dim
+    return out
+
+
+def _stream_ref(data: bytes) -> StreamRef:
+    tid, dtype, shape = data.decode().split(";")
+    if not 0 < len(tid) <= 64 or not tid.replace("-", "").isalnum():
+        raise ProtocolError("a stream's transfer id must be 1-64 letters, digits or '-'")
+    dt = np.dtype(dtype)
+    if dt.hasobject or dt.names is not None or dt.kind == "V" or dt.itemsize == 0:
+        raise ProtocolError(f"numpy arrays of dtype {dt} are not accepted on the wire")
+    dims = tuple(int(d) for d in shape.split(",")) if shape else ()
+    if len(dims) > 32 or any(d < 0 for d in dims) or _product(dims) * dt.itemsize > INT64_MAX:
+        raise ProtocolError(f"a stream's shape {dims} is not an array's"[:120])
+    return StreamRef(tid, dt.str, dims)
+
+
 @dataclass(frozen=True, slots=True)
 class Encoded:
     """One value kept as the msgpack bytes it arrived in, to be sent on without decoding
@@ -389,7 +468,7 @@ class _Refused(Exception):
 
 # What a decoded value may hold besides lists and dicts (a timestamp ext is not in it).
 _LEAVES = frozenset({str, int, float, bool, bytes, _NONE, np.ndarray, references.FileRef,
-                     references.URLRef})
+                     references.URLRef, StreamRef})
 _CONTAINERS = (dict, list, tuple, set, frozenset)  # what msgpack sends as a map or an array
 
 
@@ -457,6 +536,9 @@ def _pack_default(buffers: list[Any]) -> Any:
         if isinstance(obj, Encoded):  # sent as it came: a frame, never copied here
             buffers.append(obj.data)
             return msgpack.ExtType(ENCODED_EXT, str(len(buffers)).encode())
+        if isinstance(obj, StreamRef):
+            shape = ",".join(map(str, obj.shape))
+            return msgpack.ExtType(STREAM_EXT, f"{obj.transfer_id};{obj.dtype};{shape}".encode())
         if not isinstance(obj, np.ndarray):
             if isinstance(obj, references.FileRef | references.URLRef):
                 return msgpack.ExtType(REF_EXT, references.to_wire(obj))
@@ -543,6 +625,8 @@ def _ext_hook(frames: Sequence[Any], pause: Pause | None = None) -> Any:
             return _unpack(_as_buffer(frames[index]), _ext_hook((), pause), pause)
         if code == REF_EXT:
             return references.from_wire(data)
+        if code == STREAM_EXT:
+            return _stream_ref(data)
         if code == NDARRAY_INLINE_EXT:
             dtype, shape, raw = data.split(b";", 2)
             memory: Any = bytearray(raw)  # writable, like an array read from its own frame

@@ -96,6 +96,23 @@ class HubConfig(BaseModel):
         description="large requests waiting for their check, in bytes; past it they are "
                     "refused with Overloaded",
     )
+    transfer_window_bytes: int = Field(
+        default=16 * 2**20, ge=2**16,
+        description="bytes of one chunked transfer (a large array) the hub may hold: its "
+                    "sender runs at most this far ahead of its receiver",
+    )
+    transfer_chunk_bytes: int = Field(
+        default=4 * 2**20, ge=2**16, le=64 * 2**20,
+        description="the largest chunk of a chunked transfer (one loop step moves one)",
+    )
+    transfer_timeout: float = Field(
+        default=30.0, gt=0,
+        description="seconds a chunked transfer may make no progress before it is dropped "
+                    "(TransferStalled to its caller)",
+    )
+    max_transfer_bytes: int = Field(
+        default=64 * 2**30, ge=0, description="the largest array a chunked transfer carries",
+    )
     batching: dict[str, BatchPolicy] = Field(
         default_factory=dict, description="per servable (owner/name) batching overrides"
     )

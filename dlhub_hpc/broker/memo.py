@@ -15,6 +15,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from dlhub_hpc.protocol import StreamRef
+
 logger = logging.getLogger(__name__)
 
 _ENTRY_OVERHEAD = 64  # bytes of bookkeeping per entry, roughly
@@ -103,6 +105,8 @@ class MemoCache:
         return True, entry[0]
 
     def put(self, key: bytes, value: Any) -> None:
+        if type(value) is StreamRef:  # a streamed output: its bytes pass by once
+            return
         size = value_nbytes(value) + _ENTRY_OVERHEAD
         if size > self.max_bytes:
             return  # larger than the whole cache: not worth evicting everything for

@@ -52,6 +52,7 @@ from dlhub_hpc.broker.state import (
     ToWorker,
     ToWorkers,
 )
+from dlhub_hpc.broker.streams import HubStreams, is_chunk
 from dlhub_hpc.broker.tracing import request_in as tracing_in
 from dlhub_hpc.broker.tracing import to_client as tracing_to_client
 from dlhub_hpc.broker.tracing import to_worker as tracing_to_worker
@@ -121,6 +122,7 @@ class BrokerServer:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._lane = LargeLane(self._wake, config.large_backlog_bytes)
+        self._streams = HubStreams(config)  # chunked transfers of large arrays
         # Inputs by reference and result_to: read, fetched and written on threads of their own.
         self._references = ReferenceRouting(
             config, self._wake, lambda: self.auth.local_user if self.auth is not None else "",
@@ -291,6 +293,7 @@ class BrokerServer:
         return math.inf
 
     def _tick(self, now: float) -> None:
+        self._streams.expire(now, self._send_to)
         self._apply(self.state.handle(Tick(), now))
 
     def _survive(self, step: Callable[..., Any], *args: Any) -> None:
@@ -364,7 +367,8 @@ class BrokerServer:
         self._on_caller_frames(frames, self.auth.local_user if self.auth is not None else "")
 
     def _on_caller_frames(self, frames: list[Any], local_user: str | None) -> None:
-        if len(frames) >= 2 and message_size(frames) > self._large_bytes:
+        if (len(frames) >= 2 and message_size(frames) > self._large_bytes
+                and not is_chunk(frames)):
             sock = self._clients if local_user is None else self._local
             assert sock is not None
             self._on_large(sock, frames, local_user)
@@ -399,6 +403,11 @@ class BrokerServer:
                 return
         if self._references.takes(identity, user, msg, checked):
             return  # back here once its references are read
+        streamed = self._streams.from_caller(identity, user, msg, checked,
+                                             self.state.input_plan, self._send_to)
+        if streamed is None:  # a transfer's step: relayed
+            return
+        msg, checked = streamed
         if isinstance(msg, Request):
             if tracing():
                 tracing_in(msg, user)
@@ -488,6 +497,8 @@ class BrokerServer:
     def _from_worker(self, frames: list[Any], msg: Message) -> None:
         user = (user_id(frames[1]) if self.auth is not None  # worker:OWNER:KEY
                 else self.unauthenticated[1])
+        if self._streams.from_worker(frames[0].bytes, user, msg, self._send_to):
+            return  # a transfer's step: relayed
         self._apply(self.state.handle(FromWorker(frames[0].bytes, msg, user), time.monotonic()))
 
     # -- control operations --
@@ -541,6 +552,7 @@ class BrokerServer:
     # -- actions --
 
     def _apply(self, actions: list[Action]) -> None:
+        self._streams.before(actions, self._send_to)  # a streamed value's receiver
         for action in actions:
             if isinstance(action, ToClient):
                 self._to_client(action.identity, action.message)
@@ -572,6 +584,12 @@ class BrokerServer:
             return
         msg = Assign(info.name, info.version, info.digest, spec, bundle)
         self._send(self._workers, action.identity, msg)
+
+    def _send_to(self, worker: bool, identity: bytes, msg: Message) -> None:
+        if worker:
+            self._send(self._workers, identity, msg)
+        else:
+            self._to_client(identity, msg)
 
     def _to_client(self, identity: bytes, msg: Message) -> None:
         if self._references.takes_reply(identity, msg):

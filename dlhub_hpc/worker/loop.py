@@ -51,6 +51,7 @@ from dlhub_hpc.security.keys import WorkerKey, read_worker_credential, secure_wo
 from dlhub_hpc.servable.pools import PoolSpec
 from dlhub_hpc.worker.models import PoolRunner
 from dlhub_hpc.worker.runner import LocalRunner, Runner, WireResult, cached_bundle
+from dlhub_hpc.worker.streams import WorkerStreams
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class Worker:
         self._drain_reason = ""  # set (by a signal, or the clock) when the worker must drain
         self._drain_sent_at: float | None = None
         self.exit_reason = ""
+        self._streams = WorkerStreams()  # large inputs and outputs, in chunks
 
     def __repr__(self) -> str:
         return f"Worker(hub={self.opts.hub!r}, servable={self.opts.servable!r})"
@@ -223,6 +225,11 @@ class Worker:
         poll_s = min(self.opts.heartbeat_interval, 0.25)
         while not self._stop.is_set():
             self._check_drain(sock)
+            if self._streams.stash:  # what came while a batch's arrays moved
+                status = self._handle(sock, self._streams.stash.pop(0))
+                if status is not None:
+                    return status
+                continue
             wait = poll_s
             if self._drain_sent_at is None:  # wake when the drain comes due, not after it
                 wait = min(poll_s, max(0.0, self._drain_at - self._clock()))
@@ -273,10 +280,11 @@ class Worker:
         if isinstance(msg, Batch):
             if isinstance(self.runner, PoolRunner):
                 self.runner.select(msg.servable)
-            frames = self._run_batch(msg)
+            frames = self._run_batch(self._streams.receive(sock, msg))
             self._check_drain(sock)  # a drain that came up mid-batch goes before the result
             sock.send_multipart(frames, copy=False)
             self._last_sent = self._clock()
+            self._streams.send(sock)  # its streamed outputs, as the callers take them
         elif isinstance(msg, Assign):
             try:
                 self.runner.load(msg)
@@ -298,7 +306,7 @@ class Worker:
         started = time.perf_counter()
         traced = request_id_var.set(batch.request_ids)  # the servable's records carry them
         try:
-            results = self.runner.run(batch.method, batch.payloads, batch.parameters)
+            results = self._streams.run(self.runner, batch)
         except Exception as exc:  # a runner's own bug must not kill the worker
             logger.exception("batch %s of %s failed as a whole", batch.batch_id, batch.method)
             error = ExecutionError(
@@ -308,7 +316,7 @@ class Worker:
         elapsed = time.perf_counter() - started
         request_id_var.reset(traced)
         log_items(logger, batch.request_ids, results, f"batch {batch.batch_id} ({batch.method})")
-        results = [_carriable(r) for r in results]
+        results = self._streams.split([_carriable(r) for r in results])
         try:
             frames = encode(BatchResult(batch.batch_id, results, elapsed))
         except DlhubHpcError:

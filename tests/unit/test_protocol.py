@@ -16,11 +16,14 @@ from dlhub_hpc.protocol import (
     NDARRAY_EXT,
     NDARRAY_INLINE_EXT,
     PROTOCOL_VERSION,
+    Abort,
     Assign,
     Batch,
     BatchResult,
     Bye,
+    Chunk,
     Control,
+    Credit,
     Drain,
     Heartbeat,
     Hello,
@@ -54,6 +57,9 @@ EVERY_MESSAGE = [
     Hello("w3", "", None, "nid0003", 8, None, 1, None, {"spec": "owner:alice", "budget": 1}),
     Ready("w3", {"loaded": "alice/a@1", "nbytes": 5, "holds": [["alice/a@1", 5]]}),
     Batch(8, "run", [[1.0]], None, "alice/a@1"),
+    Credit("t1", 4096, 1024),
+    Abort("t1", {"type": "TransferFailed", "message": "gone", "details": {}}),
+    Chunk("t1", 0, np.ones(1, dtype=np.uint8)),  # one byte: inline, and == works
 ]
 
 
