@@ -75,6 +75,7 @@ class References:
     def _resolve(self, payload: Any, user: str, result_to: str | None) -> Any:
         account = self.account(user)
         if result_to is not None:
+            _check_can_give(account, result_to)
             with parent_of(FileRef(result_to).path, account) as (walk, name):
                 check_writable(walk, name, account)
         budget = [self.settings.max_bytes]
@@ -109,6 +110,7 @@ class References:
 
     def _write(self, path: str, user: str, value: Any) -> FileRef:
         account = self.account(user)
+        _check_can_give(account, path)
         data = _result_bytes(value, path)
         with parent_of(path, account) as (walk, name):
             check_writable(walk, name, account)
@@ -118,6 +120,17 @@ class References:
             finally:
                 os.close(folder)
         return FileRef(path)
+
+
+def _check_can_give(account: Account, path: str) -> None:
+    """A file the hub writes must end up the caller's own: the hub must be root (it gives
+    the file away) or the caller's own user. Anything else would leave the result in a
+    file of the hub's user, which the caller could read only if everyone could."""
+    if os.geteuid() not in (0, account.uid):
+        raise ReferenceDenied(
+            f"this hub runs as uid {os.geteuid()}, neither root nor Unix user {account.name}, "
+            f"so a file it wrote to {path} would not be yours; run without result_to and "
+            "save the output yourself", reference=path, unix_user=account.name)
 
 
 def _unusable(exc: OSError) -> ReferenceDenied:

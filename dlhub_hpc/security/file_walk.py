@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from dlhub_hpc.errors import ReferenceDenied, ReferenceFormatError, ReferenceNotFound
 from dlhub_hpc.security.file_access import (
+    ACL_OTHER,
     ACL_XATTR,
     READ,
     SEARCH,
@@ -65,7 +66,11 @@ def acl_of(fd: int) -> tuple[AclEntry, ...] | None:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             return None  # no ACL, or a filesystem without them: the mode bits decide
         raise
-    return parse_acl(raw)
+    try:
+        return parse_acl(raw)
+    except ValueError:
+        logger.warning("an ACL in no form the hub reads: only the owner may use the file")
+        return (AclEntry(ACL_OTHER, 0, 0),)  # no group entries: others get "other", nothing
 
 
 def _denied(account: Account, what: int, component: str, reference: str) -> ReferenceDenied:

@@ -222,3 +222,4 @@ def test_writing_needs_the_folder_and_never_replaces_anothers_file(tree: Path) -
         check_writable(walk, name, OTHER)
     with parent_of(str(tree / "new.npy"), OTHER) as (walk, name):
         check_writable(walk, name, OTHER)
+
