@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 import zmq
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
@@ -37,9 +38,13 @@ from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.protocol import (
     NDARRAY_EXT,
     NDARRAY_INLINE_EXT,
+    STREAM_EXT,
+    Abort,
     BatchResult,
     Bye,
+    Chunk,
     Control,
+    Credit,
     Drain,
     Heartbeat,
     Hello,
@@ -47,6 +52,7 @@ from dlhub_hpc.protocol import (
     Message,
     Ready,
     Request,
+    StreamRef,
     decode,
     encode,
 )
@@ -86,6 +92,10 @@ POOL: list[Any] = [
     _deep(65), _deep(100), _deep(1000), _deep(1100), _deep(5000),
     Raw(b"\xdd\xff\xff\xff\xff"),  # an array that claims 4 billion elements
     Raw(b"\xc1"),  # never used in msgpack
+    # chunked transfers (dlhub_hpc.transfer): refs to arrays that follow, valid or not
+    msgpack.ExtType(STREAM_EXT, b"fuzz1;<f8;1000"), msgpack.ExtType(STREAM_EXT, b"fuzz1;|O;3"),
+    msgpack.ExtType(STREAM_EXT, b"fuzz2;<f8;99999999999,99999999999"),
+    msgpack.ExtType(STREAM_EXT, b"bad id;<f8;3"), msgpack.ExtType(STREAM_EXT, b";;"),
 ]
 
 
@@ -96,14 +106,28 @@ def seeds(worker_id: str) -> dict[str, list[Message]]:
         Ready(worker_id), Heartbeat(worker_id), Drain(worker_id, "fuzz"), Bye(worker_id, "f"),
         LoadFailed(worker_id, {"type": "ServableLoadError", "message": "fuzz"}),
         *[BatchResult(i, [[True, 1.0], [False, {"type": "X"}]], 0.1) for i in range(1, 4)],
+        BatchResult(1, [[True, StreamRef("fuzz3", "<f8", (4096,))]], 0.1),
+        *transfer_steps(),
     ]
     caller = [
         Request("f1", "demo/add", None, "run", [1.0, 2.0], 5.0),
         Request("f2", "demo/add", 1, "", [3.0], None, False),
         Request("f3", "demo/none", None, "run", {"a": 1}),
         Control("f4", "status", {}),
+        Request("f5", "demo/add", None, "run", StreamRef("fuzz1", "<f8", (1000,)), 5.0, False),
+        *transfer_steps(),
     ]
     return {"worker": worker, "client": caller + worker[:3]}
+
+
+def transfer_steps() -> list[Message]:
+    """A chunked transfer's messages, for transfers that exist (fuzz1) and that do not."""
+    return [
+        Credit("fuzz1", 0), Credit("fuzz1", 2**40, 4096), Credit("nope", 8),
+        Chunk("fuzz1", 0, np.zeros(20_000, dtype=np.uint8)),  # a raw frame of its own
+        Chunk("fuzz1", 4096, np.zeros(8000, dtype=np.uint8)),  # inside the header
+        Abort("fuzz1", {"type": "TransferFailed", "message": "fuzz"}),
+    ]
 
 
 def _pack(values: list[Any]) -> bytes:
@@ -124,7 +148,7 @@ def mutate(msg: Message, rng: random.Random) -> list[bytes]:
             values[rng.randrange(len(values))] = rng.choice(POOL)
         return [_pack(values), *frames[1:]]
     if how == "tag":
-        values[1] = rng.choice([*range(0, 25), 255, 2**16, -1])
+        values[1] = rng.choice([*range(0, 25), 30, 31, 32, 255, 2**16, -1])
         return [_pack(values), *frames[1:]]
     if how == "grow":  # fields added or taken away
         values = [*values, rng.choice(POOL)] if rng.random() < 0.5 else values[:-1]
