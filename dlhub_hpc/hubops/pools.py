@@ -1,4 +1,5 @@
-"""``workers start --pool``: a block of pooled workers, run with one owner's credential.
+"""``workers start --pool`` and ``pilot start --pool``: pooled workers, run with one
+owner's credential.
 
 A pool's workers serve one owner's servables (``dlhub_hpc.servable.pools``): the owner the
 pool names (``owner:alice``, or a list of alice's servables), else the admin's own (a
@@ -14,9 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from dlhub_hpc.errors import PermissionDenied
+from dlhub_hpc.errors import PermissionDenied, PilotError
 from dlhub_hpc.hubops.limits import check_worker_limit, is_admin, pool_owner
 from dlhub_hpc.hubops.parts import HubParts
+from dlhub_hpc.pilot.profiles import SiteProfile
+from dlhub_hpc.pilot.service import PilotService
 from dlhub_hpc.servable.pools import pool_of
 
 logger = logging.getLogger(__name__)
@@ -61,3 +64,45 @@ def visible_pools(pools: dict[str, Any], sees: Callable[[str], bool]) -> dict[st
         "servables": {r: c for r, c in pools.get("servables", {}).items() if sees(r)},
         "own_workers": {r: why for r, why in pools.get("own_workers", {}).items() if sees(r)},
     }
+
+
+def stop_pool_workers(pilots: PilotService, ref: str) -> list[dict[str, Any]]:
+    """Stop the ``workers start`` blocks of the pool ``ref`` names, whatever their budget."""
+    pool = pool_of(ref)
+    assert pool is not None, ref
+    refs = {b.servable for b in pilots.worker_blocks()
+            if (other := pool_of(b.servable)) is not None and other.text() == pool.text()}
+    return [b.to_dict() for r in sorted(refs) for b in pilots.stop_workers(None, r)]
+
+
+def start_pool_pilot(parts: HubParts, args: dict[str, Any], ref: str,
+                     profile: SiteProfile, nodes: int | None) -> Future[dict[str, Any]]:
+    """``pilot start --pool``: a scaled pilot whose workers serve the pool ``ref`` names.
+    Its workers run in the profile's image, if it runs containers: a pool shares one."""
+    from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
+
+    pool = pool_of(ref)
+    assert pool is not None, ref
+    caller = str(args.get("caller", ""))
+    owner = pool_owner(parts.security, pool)
+    if not is_admin(parts, caller) and caller != owner:
+        raise PermissionDenied(
+            f"pool {pool.text()} serves {owner}'s servables: {owner} or the hub's admin "
+            f"starts its pilots, not {caller!r}", identity=caller)
+    runtime = profile.container.runtime
+    if runtime != "none" and not profile.container.image:
+        raise PilotError(
+            f"profile {profile.name} runs workers in containers ({runtime}) but names no "
+            "image; a pool's workers share one: set container.image in the profile",
+            profile=profile.name)
+    launch = parts.security.worker_launch("", runtime != "none", owner=owner)
+
+    def start() -> dict[str, Any]:
+        pilot = Pilot(
+            profile, pool.ref(), hub_address_for_workers(parts.worker_address(), profile),
+            parts.config.home / "pilots", nodes=nodes,
+            heartbeat_interval=parts.config.heartbeat_interval,
+            hub_timeout=max(30.0, 3 * parts.config.heartbeat_timeout), launch=launch)
+        return parts.pilots.add(pilot).to_dict()
+
+    return parts.executor.submit(start)

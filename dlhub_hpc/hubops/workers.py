@@ -9,7 +9,7 @@ from typing import Any
 from dlhub_hpc.broker.pipeline import refuse_workers
 from dlhub_hpc.hubops.limits import check_worker_limit, pool_owner
 from dlhub_hpc.hubops.parts import HubParts
-from dlhub_hpc.hubops.pools import start_pool_workers
+from dlhub_hpc.hubops.pools import start_pool_workers, stop_pool_workers
 from dlhub_hpc.security.hub import HubSecurity
 from dlhub_hpc.servable.pools import pool_of
 from dlhub_hpc.servable.spec import parse_ref
@@ -56,6 +56,8 @@ class WorkerOps:
         blocks = args.get("blocks")
         servable = args.get("servable")
         check_stop(self.security, args, [servable] if servable else None)
+        if servable and pool_of(str(servable)) is not None:  # whatever budget it was given
+            return self._executor.submit(lambda: stop_pool_workers(self.pilots, str(servable)))
         return self._executor.submit(
             lambda: [b.to_dict() for b in self.pilots.stop_workers(blocks, servable)]
         )

@@ -128,14 +128,14 @@ def test_a_pool_serves_only_what_its_spec_names_and_status_shows_it(
     assert f"{inside}@1" in text and "tag:pooltest" in text and outside not in text
 
 
-def test_pool_workers_restart_cleanly_after_stop(client: Client, hub: Hub,
+def test_pool_workers_stop_by_their_pool_whatever_their_budget(client: Client, hub: Hub,
                                                  tmp_path: Path) -> None:
     name = str(client.publish(write_scaled(tmp_path, 2))["name"])
-    ref = PoolSpec.parse("tag:pooltest").ref()
+    ref = PoolSpec.parse("tag:pooltest", 5 * WEIGHT_BYTES).ref()
     client.start_workers(ref, 1)
     wait_for(lambda: pool_workers(client.status(), ref) == 1, what="1 pooled worker")
     assert client.run(name, [1.0]) == 3.0
-    stopped = client.stop_workers(servable=ref)
+    stopped = client.stop_workers(servable=PoolSpec.parse("tag:pooltest").ref())  # any budget
     assert [b["servable"] for b in stopped] == [ref]
     wait_for(lambda: pool_workers(client.status(), ref) == 0, what="the pool to stop")
 
