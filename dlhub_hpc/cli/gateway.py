@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -14,6 +16,17 @@ from dlhub_hpc.cli.common import console
 from dlhub_hpc.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (less time per request in the loop
+    itself), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 @click.group()
@@ -54,5 +67,5 @@ def start(ctx: click.Context, host: str, port: int, tls_cert: Path | None,
         click.echo(f"gateway listening on {url}", nl=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, started))
+        run_loop(serve(config, started))
     console.print("gateway stopped")

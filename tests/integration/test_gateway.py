@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from dlhub_hpc import Client, Hub, HubConfig
+from dlhub_hpc.errors import PermissionDenied
 from dlhub_hpc.security.keys import KeyPair
 from tests.integration.conftest import FAST, SERVABLES
 from tests.integration.test_auth import servable_copy
@@ -146,8 +147,8 @@ def test_errors_come_back_in_the_protocols_format_with_fitting_statuses(site: Si
 
 
 def test_the_owner_runs_a_private_model_that_others_may_not_see(site: Site) -> None:
-    status, answer = curl("-H", f"Authorization: Bearer {site.tokens['alice']}",
-                          "-d", infer_body(FLOATS, "FP64"), f"{site.url}/v2/models/alice/secret/infer")
+    status, answer = curl("-H", f"Authorization: Bearer {site.tokens['alice']}", "-d",
+                          infer_body(FLOATS, "FP64"), f"{site.url}/v2/models/alice/secret/infer")
     assert status == 200, answer
     assert answer["outputs"][0]["data"] == [8.0]  # type: ignore[index]
     status, answer = curl("-H", f"Authorization: Bearer {site.tokens['bob']}",
@@ -206,8 +207,8 @@ def test_keys_token_commands_make_list_and_revoke_a_token(site: Site) -> None:
     assert "bob" in listing and token not in listing
     me = f"Authorization: Bearer {token}"
     assert curl("-H", me, f"{site.url}/v2/models/test/tensors")[0] == 200
-    token_id = [m["id"] for m in site.admin.control("tokens", action="list")
-                if m["note"] == "ci"][0]
+    token_id = next(m["id"] for m in site.admin.control("tokens", action="list")
+                    if m["note"] == "ci")
     assert "revoked 1 token" in cli("revoke", token_id)
     status, answer = curl("-H", me, f"{site.url}/v2/models/test/tensors")
     assert status == 401 and "TokenRefused" in str(answer["error"])
@@ -216,9 +217,9 @@ def test_keys_token_commands_make_list_and_revoke_a_token(site: Site) -> None:
 def test_a_non_admin_caller_cannot_make_tokens(site: Site) -> None:
     pair = KeyPair.generate()
     site.admin.add_identity("carol", pair.public)
-    with Client(site.hub.client_address, timeout=30, keys=pair) as carol:
-        with pytest.raises(Exception, match="only the hub's admin"):
-            carol.control("tokens", action="create", identity="alice")
+    with Client(site.hub.client_address, timeout=30, keys=pair) as carol, \
+            pytest.raises(PermissionDenied, match="only the hub's admin"):
+        carol.control("tokens", action="create", identity="alice")
 
 
 def test_tls_with_a_given_certificate(site: Site, tmp_path: Path) -> None:

@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 
 pytest.importorskip("aiohttp", reason="pip install dlhub-hpc[gateway] (aiohttp)")
 
-from dlhub_hpc.errors import InvalidInput, MethodNotFound  # noqa: E402
-from dlhub_hpc.gateway.names import servable_of, version_of  # noqa: E402
-from dlhub_hpc.gateway.service import (  # noqa: E402
+from dlhub_hpc.errors import InvalidInput, MethodNotFound
+from dlhub_hpc.gateway.names import servable_of, version_of
+from dlhub_hpc.gateway.service import (
     model_metadata,
     pick_method,
     read_inputs,
     split_body,
 )
-from dlhub_hpc.gateway.tensors import (  # noqa: E402
+from dlhub_hpc.gateway.tensors import (
     DATATYPES,
     as_input,
     as_tensors,

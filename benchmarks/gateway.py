@@ -1,0 +1,284 @@
+"""The Open Inference Protocol gateway beside PyTriton's HTTP endpoint, and beside the
+native ``Client``: p50 latency and throughput on the same workloads, in the same run.
+
+    python benchmarks/gateway.py [--requests N] [--concurrency C] [--pytriton-python PATH]
+
+Paths (each an identity model, each a separate process from this one):
+
+* ``native``: ``Client.run("demo/noop", x)`` through a hub process and one warm worker.
+* ``gateway``: ``tritonclient.http`` -> ``dlhub-hpc gateway start`` -> the same hub and
+  worker, with a bearer token, binary tensor data both ways.
+* ``pytriton``: ``tritonclient.http`` -> PyTriton's HTTP endpoint (Triton server + its
+  Python backend) serving an identity model, binary tensor data both ways.
+
+Workloads: ``no-op`` (one FP32 value) and ``vector`` (256 FP32 values). Latency: one
+request at a time, the paths timed in alternating rounds so they see the same background
+load. Throughput: ``--concurrency`` threads, each with its own HTTP client (one shared
+``Client`` for the native path), for a fixed number of requests.
+
+PyTriton needs numpy<2 and the system's Python (its backend embeds the system libpython):
+it runs from its own venv (benchmarks/requirements-pytriton.txt), named with
+``--pytriton-python`` or $DLHUB_HPC_PYTRITON_PYTHON; without one its rows are not run.
+Targets: the gateway's no-op p50 at most 1.5x the native Client's; the gateway ahead of
+PyTriton on p50 and throughput, on both workloads. Figures go to
+benchmarks/results/gateway.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    child_process,
+    hub_main,
+    percentile,
+    reap,
+    save_json,
+    start_run,
+    stop_process,
+    wait_for_hub,
+)
+from benchmarks.targets import Targets
+
+logger = logging.getLogger("benchmarks.gateway")
+
+RESULTS = Path(__file__).parent / "results" / "gateway.json"
+WORKLOADS = {"no-op": 1, "vector": 256}
+Call = Callable[[np.ndarray], np.ndarray]
+MakeCall = Callable[[], Call]  # one per thread
+
+
+def free_port(count: int = 1) -> int:
+    """A port with ``count`` free ports from it on (PyTriton takes three)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + count < 65536 and all(_free(port + i) for i in range(1, count)):
+            return port
+    raise RuntimeError("no free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def http_call(url: str, model: str, token: str | None, batch_dim: bool) -> MakeCall:
+    """A ``tritonclient.http`` caller of ``model`` at ``url`` (binary tensors both ways)."""
+    import tritonclient.http as httpclient
+
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+
+    def make() -> Call:
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+
+        def call(x: np.ndarray) -> np.ndarray:
+            data = x[np.newaxis] if batch_dim else x
+            tensor = httpclient.InferInput("input", list(data.shape), "FP32")
+            tensor.set_data_from_numpy(data, binary_data=True)
+            out = httpclient.InferRequestedOutput("output", binary_data=True)
+            result = client.infer(model, [tensor], outputs=[out], headers=headers)
+            return result.as_numpy("output")
+
+        return call
+
+    return make
+
+
+@contextlib.contextmanager
+def dlhub_paths(home: Path) -> Iterator[dict[str, MakeCall]]:
+    """A hub process with demo/noop and one warm worker, and a gateway process before it."""
+    from dlhub_hpc import Client
+    from dlhub_hpc.examples import example_dir
+
+    worker_pids: list[int] = []
+    with child_process(hub_main, str(home), {}, name="hub") as proc:
+        gateway = None
+        try:
+            address = wait_for_hub(home, proc)
+            client = Client(address, timeout=60)
+            client.publish(example_dir("noop"))
+            client.start_workers("demo/noop", 1)
+            client.wait_for_workers("demo/noop", 1)
+            worker_pids = [w["pid"] for w in client.status()["workers"]]
+            token = client.control("tokens", action="create", identity=getpass.getuser(),
+                                   note="benchmark")["token"]
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "dlhub_hpc.cli", "--hub", address, "gateway", "start",
+                 "--port", "0"], stdout=subprocess.PIPE, text=True)
+            assert gateway.stdout is not None
+            line = gateway.stdout.readline()
+            if not line.startswith("gateway listening on "):
+                raise RuntimeError(f"the gateway did not start: {line!r}")
+            url = line.split()[-1]
+            yield {"native": lambda: lambda x: client.run("demo/noop", x, cache=False),
+                   "gateway": http_call(url, "demo/noop", token, batch_dim=False)}
+            client.close()
+        finally:
+            if gateway is not None:
+                gateway.terminate()
+                gateway.wait(timeout=30)
+            stop_process(proc)
+            reap(worker_pids)
+
+
+@contextlib.contextmanager
+def pytriton_path(python: str | None) -> Iterator[dict[str, MakeCall]]:
+    """PyTriton serving an identity model, or nothing when no Python with it is given."""
+    if not python:
+        logger.warning("no Python with nvidia-pytriton (--pytriton-python or "
+                       "$DLHUB_HPC_PYTRITON_PYTHON): the PyTriton rows are not run")
+        yield {}
+        return
+    port = free_port(3)
+    server = Path(__file__).parent / "_pytriton" / "server.py"
+    proc = subprocess.Popen([python, str(server), str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        tail = []  # Triton logs on stdout too: read up to the ready line, then drain it
+        for line in proc.stdout:
+            if line.startswith("pytriton ready"):
+                break
+            tail = [*tail[-20:], line]
+        else:
+            raise RuntimeError(f"PyTriton did not start (exit {proc.poll()}): {''.join(tail)}")
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        yield {"pytriton": http_call(f"http://127.0.0.1:{port}", "noop", None, batch_dim=True)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def latencies(calls: dict[str, Call], x: np.ndarray, n: int, rounds: int
+              ) -> dict[str, list[float]]:
+    """Seconds per request, the paths taking turns round by round."""
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for name, call in calls.items():  # warm up, and check the answer is the input
+        for _ in range(50):
+            got = call(x)
+        if not np.array_equal(np.asarray(got).reshape(-1), x):
+            raise RuntimeError(f"{name} did not echo its input")
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(n // rounds):
+                start = time.perf_counter()
+                call(x)
+                out[name].append(time.perf_counter() - start)
+    return out
+
+
+def throughput(make: MakeCall, x: np.ndarray, n: int, threads: int, shared: bool) -> float:
+    """Requests per second with ``threads`` callers making ``n`` requests in all."""
+    one = make() if shared else None
+    callers = [one or make() for _ in range(threads)]
+    ready = threading.Barrier(threads + 1)
+
+    def work(call: Call) -> None:
+        ready.wait()
+        for _ in range(n // threads):
+            call(x)
+
+    pool = [threading.Thread(target=work, args=(c,)) for c in callers]
+    for t in pool:
+        t.start()
+    ready.wait()
+    start = time.perf_counter()
+    for t in pool:
+        t.join()
+    return (n // threads) * threads / (time.perf_counter() - start)
+
+
+def measure(paths: dict[str, MakeCall], args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    calls = {name: make() for name, make in paths.items()}
+    for workload, size in WORKLOADS.items():
+        x = np.random.default_rng(0).random(size, dtype=np.float32)
+        times = latencies(calls, x, args.requests, args.rounds)
+        for name in paths:
+            rps = throughput(paths[name], x, args.requests, args.concurrency,
+                             shared=name == "native")
+            figures[f"{name} {workload}"] = {
+                "p50_ms": percentile(times[name], 50) * 1e3,
+                "p99_ms": percentile(times[name], 99) * 1e3,
+                "throughput_rps": rps, "requests": len(times[name]),
+                "concurrency": args.concurrency,
+            }
+            logger.info("%s %s: %s", name, workload, figures[f"{name} {workload}"])
+    return figures
+
+
+def check_targets(figures: dict[str, Any]) -> Targets:
+    targets = Targets()
+
+    def get(path: str, workload: str, key: str) -> float | None:
+        row = figures.get(f"{path} {workload}")
+        return None if row is None else float(row[key])
+
+    gw, native = get("gateway", "no-op", "p50_ms"), get("native", "no-op", "p50_ms")
+    targets.check("gateway / native Client p50, no-op", None if gw is None or native is None
+                  else gw / native, 1.5, unit="x")
+    for workload in WORKLOADS:
+        for key, better, unit in (("p50_ms", "lower", "x"), ("throughput_rps", "higher", "x")):
+            mine, theirs = get("gateway", workload, key), get("pytriton", workload, key)
+            ratio = None if mine is None or theirs is None else mine / theirs
+            targets.check(f"gateway / PyTriton HTTP {key.split('_')[0]}, {workload}", ratio,
+                          1.0, better, strict=True, unit=unit)  # type: ignore[arg-type]
+    return targets
+
+
+def print_table(figures: dict[str, Any]) -> None:
+    print(f"{'path':<20}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
+    for name, row in figures.items():
+        print(f"{name:<20}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
+              f"{row['throughput_rps']:>10.0f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="per path and workload")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--pytriton-python", default=os.environ.get("DLHUB_HPC_PYTRITON_PYTHON"))
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    start_run(args.verbose, logger)
+    with tempfile.TemporaryDirectory(prefix="dlhub-gateway-bench-") as tmp, \
+            dlhub_paths(Path(tmp) / "home") as ours, pytriton_path(args.pytriton_python) as pt:
+        figures = measure({**ours, **pt}, args)
+    print_table(figures)
+    targets = check_targets(figures)
+    targets.report()
+    save_json(RESULTS, {"figures": figures, "targets": targets.as_json(),
+                        "requests": args.requests, "concurrency": args.concurrency,
+                        "pytriton": bool(args.pytriton_python)})
+    return targets.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
