@@ -55,6 +55,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "Find servables by free TEXT (ranked) and filters; only those you may see."),
     "status": ("serving", "status",
                "Show the hub: servables, queues, workers, pilot blocks and counters."),
+    "top": ("top", "top", "A live view of servables, queues, batch sizes, latencies and workers."),
     "visibility": ("publication", "visibility",
                    "Set who may run, describe and find SERVABLE (its owner only)."),
     "withdraw": ("publication", "withdraw",

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from dlhub_hpc.cli.common import console
 from dlhub_hpc.errors import ConfigError
+from dlhub_hpc.logging_setup import LOG_FORMATS, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,15 @@ def gateway() -> None:
               default=None, help="PEM private key of --tls-cert.")
 @click.option("--timeout", default=60.0, show_default=True, type=float,
               help="Seconds a request may take at the hub.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
+              help="json: one JSON object a line, with request ids.")
 @click.pass_context
 def start(ctx: click.Context, host: str, port: int, tls_cert: Path | None,
-          tls_key: Path | None, timeout: float) -> None:
+          tls_key: Path | None, timeout: float, log_format: str) -> None:
     """Serve the hub's models at http(s)://HOST:PORT/v2 until interrupted. Callers send
     'Authorization: Bearer TOKEN' ('dlhub-hpc keys token create --identity NAME')."""
+    if log_format != "text":
+        setup_logging(logging.getLogger().level, log_format)
     try:
         from dlhub_hpc.gateway import GatewayConfig, serve
     except ImportError as exc:

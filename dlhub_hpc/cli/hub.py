@@ -146,7 +146,10 @@ def _start_background(config: HubConfig, client_address: str | None,
                       worker_address: str | None, config_file: Path | None = None,
                       extra: list[str] | None = None) -> None:
     config.home.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "dlhub_hpc.cli", "hub", "start", "--home", str(config.home)]
+    # The detached hub logs as much as this command was asked to (-v, -vv).
+    verbosity = {logging.INFO: ["-v"], logging.DEBUG: ["-vv"]}.get(logging.getLogger().level, [])
+    args = [sys.executable, "-m", "dlhub_hpc.cli", *verbosity, "hub", "start", "--home",
+            str(config.home)]
     if config_file is not None:
         args += ["--config", str(config_file.resolve())]
     if client_address:

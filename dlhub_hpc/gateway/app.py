@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dlhub_hpc.gateway.hubclient import HubClient
 from dlhub_hpc.gateway.service import Gateway
+from dlhub_hpc.metrics.gateway import metrics_setup
 from dlhub_hpc.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 AppSetup = Callable[[web.Application], None]
 GATEWAY_KEY = web.AppKey("dlhub_gateway", Gateway)
 # Added to every gateway's application: other parts (metrics) register here on import.
-SETUP_HOOKS: list[AppSetup] = []
+SETUP_HOOKS: list[AppSetup] = [metrics_setup]  # GET /metrics: the gateway's own series
 
 
 def loopback(host: str) -> bool:

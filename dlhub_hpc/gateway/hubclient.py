@@ -31,6 +31,9 @@ class HubClient(AsyncClient):
                     timeout: float | None) -> Any:
         seconds = self.timeout if timeout is None else timeout
         request_id = self._new_id()
+        # The id the hub's and the worker's log records carry too (--log-format json).
+        logger.debug("infer %s@%s.%s", servable, version or "latest", method,
+                     extra={"request_id": request_id})
         frames = self._frames(Request(request_id, servable, version, method, payload, seconds,
                                       True, parameters or None, None, token))
         return await self._send(request_id, frames, None if seconds is None else seconds + _GRACE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.request
 from dataclasses import replace
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -143,3 +144,14 @@ def test_the_metrics_server_serves_the_registry_on_a_free_loopback_port() -> Non
         assert "dlhub_requests_total 0.0" in text
     finally:
         server.stop()
+
+
+def test_quantiles_interpolate_within_the_bucket_as_prometheus_does() -> None:
+    from dlhub_hpc.metrics.reading import quantile, since
+
+    buckets = [(0.1, 2.0), (0.2, 4.0), (float("inf"), 4.0)]
+    assert quantile(0.5, buckets) == 0.1  # rank 2 ends the first bucket
+    assert quantile(0.75, buckets) == pytest.approx(0.15)  # rank 3: half way into (0.1, 0.2]
+    assert quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None
+    assert since(buckets, [(0.1, 1.0), (0.2, 1.0), (float("inf"), 1.0)]) == [
+        (0.1, 1.0), (0.2, 3.0), (float("inf"), 3.0)]
