@@ -4,6 +4,7 @@ gateway as its own process (``dlhub-hpc gateway start``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -267,3 +268,21 @@ def test_the_gateway_refuses_a_network_address_without_tls() -> None:
     assert "only with TLS" in done.stderr
     with pytest.raises(ValueError, match="only with TLS"):
         HubConfig(gateway={"host": "0.0.0.0"})
+
+
+def test_the_hub_acts_as_the_tokens_identity_not_the_connections(site: Site) -> None:
+    """The guarantee is the hub's: the gateway connects as the admin, yet a request with
+    bob's token may not run alice's private servable, and a forged token runs nothing."""
+    from dlhub_hpc.errors import TokenRefused
+    from dlhub_hpc.gateway.hubclient import HubClient
+
+    async def call(token: str) -> object:
+        async with HubClient(site.hub.client_address, timeout=30) as hub:
+            assert (await hub.whoami())["admin"]  # the connection itself is the admin's
+            return await hub.infer(token, "alice/secret", None, "", [1.0, 2.0], None, 30)
+
+    assert asyncio.run(call(site.tokens["alice"])) == 3.0
+    with pytest.raises(PermissionDenied):
+        asyncio.run(call(site.tokens["bob"]))
+    with pytest.raises(TokenRefused):
+        asyncio.run(call("dlh_forged"))
