@@ -22,7 +22,12 @@ def pilot() -> None:
 @pilot.command("start")
 @click.option("-p", "--profile", default="local", show_default=True,
               help="Site profile: a name from 'dlhub-hpc profiles list', or a .yaml path.")
-@click.option("-s", "--servable", required=True, help="owner/name[@version] to serve.")
+@click.option("-s", "--servable", default=None, help="owner/name[@version] to serve.")
+@click.option("--pool", "pools", multiple=True, metavar="SPEC",
+              help="Serve a pool instead (as 'workers start --pool'): owner:NAME, tag:TAG, "
+                   "public, or servable names of one owner.")
+@click.option("--memory-budget", type=click.IntRange(min=1), default=None, metavar="BYTES",
+              help="A pooled worker's bytes of loaded models.")
 @click.option("-n", "--nodes", type=click.IntRange(min=1), default=None,
               help="Nodes per block (default: the profile's).")
 @click.option("--wait/--no-wait", default=False, show_default=True,
@@ -30,18 +35,25 @@ def pilot() -> None:
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait with --wait (queue time included).")
 @click.pass_context
-def start(ctx: click.Context, profile: str, servable: str, nodes: int | None, wait: bool,
-          timeout: float) -> None:
-    """Start a pilot for a servable: its first blocks now, more as the load asks."""
+def start(ctx: click.Context, profile: str, servable: str | None, pools: tuple[str, ...],
+          memory_budget: int | None, nodes: int | None, wait: bool, timeout: float) -> None:
+    """Start a pilot for a servable (or a pool): its first blocks now, more as the load asks
+    (a pool's pilot keeps the profile's min_blocks)."""
+    from dlhub_hpc.cli.pools import servable_or_pool, wait_for_pool
+
     t0 = time.monotonic()
+    ref = servable_or_pool(servable, pools, memory_budget)
     with client_from(ctx) as client:
-        info = client.start_pilot(servable, profile, nodes=nodes)
+        info = client.start_pilot(ref, profile, nodes=nodes)
         jobs = ", ".join(f"{b['block_id']} (job {b['job_id']})" for b in info["blocks"])
         console.print(f"started {info['pilot_id']} for {info['servable']} on "
                       f"{info['profile']} ({info['provider']}): {jobs}")
         if wait:
             with console.status(f"waiting for a worker of {info['pilot_id']}"):
-                wait_for_pilot(client, info["pilot_id"], info["servable"], timeout)
+                if servable is None:
+                    wait_for_pool(client, ref, 1, timeout)
+                else:
+                    wait_for_pilot(client, info["pilot_id"], info["servable"], timeout)
             console.print(f"first worker ready after {time.monotonic() - t0:.1f}s")
 
 

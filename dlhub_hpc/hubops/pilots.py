@@ -10,11 +10,13 @@ from typing import Any
 from dlhub_hpc.broker.pipeline import refuse_workers
 from dlhub_hpc.hubops.limits import check_pilot_nodes
 from dlhub_hpc.hubops.parts import HubParts
+from dlhub_hpc.hubops.pools import start_pool_pilot
 from dlhub_hpc.hubops.workers import check_stop
 from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
 from dlhub_hpc.pilot.profiles import SiteProfile, load_profile, parse_profile
 from dlhub_hpc.registry.store import ServableRecord
 from dlhub_hpc.security.isolation import WorkerLaunch
+from dlhub_hpc.servable.pools import pool_of
 from dlhub_hpc.servable.spec import parse_ref
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class PilotOps:
         return f"PilotOps({self.pilots!r})"
 
     def pilot_start(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
+        if pool_of(str(args.get("servable", ""))) is not None:
+            return self._pool_pilot_start(args)
         name, version = parse_ref(str(args.get("servable", "")))
         self.security.access.check_see(str(args.get("caller", "")), name)  # before versions
         record = self.registry.get(name, version)  # fail now, with the published versions
@@ -83,6 +87,19 @@ class PilotOps:
             return self.pilots.add(pilot).to_dict()
 
         return self._executor.submit(start)
+
+    def _pool_pilot_start(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
+        """A pilot of pooled workers (hubops/pools.py)."""
+        given = args.get("profile") or "local"
+        self.security.check_profile_source(str(args.get("caller", "")), given)
+        profile = (parse_profile(given, "the profile sent") if isinstance(given, dict)
+                   else load_profile(str(given)))
+        nodes = args.get("nodes")
+        if nodes is not None:
+            check_pilot_nodes(self.parts, str(args.get("caller", "")), int(nodes),
+                              profile.scaling.max_blocks)
+        return start_pool_pilot(self.parts, args, str(args["servable"]), profile,
+                                None if nodes is None else int(nodes))
 
     def pilot_status(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         snap = self.parts.state.snapshot()  # here, on the loop thread that owns the state

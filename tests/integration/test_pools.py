@@ -139,3 +139,15 @@ def test_pool_workers_stop_by_their_pool_whatever_their_budget(client: Client, h
     assert [b["servable"] for b in stopped] == [ref]
     wait_for(lambda: pool_workers(client.status(), ref) == 0, what="the pool to stop")
 
+
+
+def test_a_pilot_serves_a_pool_from_a_site_profile(client: Client, hub: Hub,
+                                                    tmp_path: Path) -> None:
+    name = str(client.publish(write_scaled(tmp_path, 3))["name"])
+    ref = PoolSpec.parse("tag:pooltest").ref()
+    info = client.start_pilot(ref, "local")
+    assert info["servable"] == ref
+    assert client.run(name, [1.0], timeout=60) == 4.0  # waits in its queue for the pilot
+    assert pool_workers(client.status(), ref) >= 1
+    stopped = client.stop_pilot(servable=ref)
+    assert [p["pilot_id"] for p in stopped] == [info["pilot_id"]]
