@@ -46,10 +46,12 @@ from dlhub_hpc.errors import (
     error_from_wire,
 )
 from dlhub_hpc.hubfile import default_home, read_hub_file
+from dlhub_hpc.localpath.caller import CallerPath
 from dlhub_hpc.protocol import (
     DEFAULT_CLIENT_PORT,
     DEFAULT_MAX_MESSAGE_BYTES,
     Control,
+    Fetch,
     Reply,
     Request,
     check_carriable,
@@ -125,10 +127,11 @@ def settle(future: Any, reply: Reply) -> None:
         future.set_result(value)
 
 
-def decode_reply(frames: list[Any]) -> Reply | None:
-    """``frames`` as a ``Reply``; None (logged) for anything else the socket received."""
+def decode_reply(frames: list[Any], fetch: Fetch | None = None) -> Reply | None:
+    """``frames`` as a ``Reply``; None (logged) for anything else the socket received.
+    ``fetch`` takes arrays that came by the same-node fast path."""
     try:
-        reply = decode(frames)
+        reply = decode(frames, fetch=fetch)
     except ProtocolError as exc:
         logger.warning("dropped a malformed reply: %s", exc)
         return None
@@ -221,6 +224,8 @@ class ClientCore:
         self._curve = ClientCurve(keys, server_key)
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
+        # Large arrays to and from a hub on this node: sealed memfds, not CurveZMQ.
+        self._fast = CallerPath()
 
     @property
     def address(self) -> str:
@@ -270,7 +275,7 @@ class ClientCore:
                 check_carriable(msg.parameters, "the parameters")
         else:
             check_carriable(msg.args, f"the arguments of {msg.op}")
-        frames = encode(msg)
+        frames = encode(msg, self._fast.share() if isinstance(msg, Request) else None)
         size = sum(memoryview(f).nbytes for f in frames)
         limit = self.max_message_bytes
         if size > limit:
@@ -292,7 +297,7 @@ class _ThreadSocket:
     another thread closes it only between calls (ZeroMQ sockets are not thread-safe)."""
 
     def __init__(self, address: str, curve: ClientCurve, context: zmq.Context[Any] | None,
-                 closing: threading.Event) -> None:
+                 closing: threading.Event, fetch: Fetch | None = None) -> None:
         try:
             self.sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(zmq.DEALER)
         except zmq.ZMQError:  # the context of an embedded hub that has stopped
@@ -303,6 +308,7 @@ class _ThreadSocket:
         self.sock.connect(address)
         self.lock = threading.Lock()
         self._closing = closing
+        self._fetch = fetch  # arrays that come by the same-node fast path
         self._wait: float | None = None  # the receive timeout now set on the socket
 
     def call(self, request_id: str, frames: list[Any], wait: float | None, address: str,
@@ -333,7 +339,7 @@ class _ThreadSocket:
         deadline = None if wait is None else time.monotonic() + wait
         while True:
             try:
-                reply = decode_reply(self.sock.recv_multipart(copy=False))
+                reply = decode_reply(self.sock.recv_multipart(copy=False), self._fetch)
             except zmq.ContextTerminated:
                 self._shut()
                 raise hub_gone(address) from None
@@ -464,6 +470,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         reads for you; ``result_to`` (a path) has the hub write the output there (``.npy``
         for an array, else bytes) and return its ``FileRef``.
         """
+        self._fast.ready_for(inputs, self.address, self._local_offer)  # opens a link once
         return self._send(*self._request(servable, inputs, method, timeout, cache, parameters,
                                          result_to))
 
@@ -477,7 +484,9 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
 
         Blocks the calling thread, which talks to the hub on a socket of its own.
         """
-        inputs, upload = streamed.stream_input(inputs)  # a large array goes in chunks
+        upload = None
+        if not self._fast.ready_for(inputs, self.address, self._local_offer):
+            inputs, upload = streamed.stream_input(inputs)  # a large array goes in chunks
         request_id, frames, wait = self._request(servable, inputs, method, timeout,
                                                  cache and upload is None, parameters,
                                                  result_to)
@@ -506,13 +515,27 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         if self._closing.is_set():
             raise client_closed()
         return self._sockets.get(
-            lambda: _ThreadSocket(self.address, self._curve, self._context, self._closing))
+            lambda: _ThreadSocket(self.address, self._curve, self._context, self._closing,
+                                  self._fast.fetch))
 
     # -- administration --
 
     def control(self, op: str, timeout: float = 30.0, **args: Any) -> Any:
         """Run a hub operation; ``HubUnavailable`` if no answer comes within ``timeout``."""
         return self._send(*self._control(op, args), timeout).result()
+
+    @property
+    def local_fast_path(self) -> bool:
+        """Whether large arrays go as sealed memfds when the hub runs on this node (the
+        default); False sends them through the hub's encrypted connection."""
+        return self._fast.enabled
+
+    @local_fast_path.setter
+    def local_fast_path(self, on: bool) -> None:
+        self._fast.enabled = on
+
+    def _local_offer(self) -> Any:
+        return self.control("local_path")
 
     def publish(self, directory: str | Path) -> dict[str, Any]:
         """Publish a servable directory; returns its name, version and digest."""
@@ -626,7 +649,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
         while cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
-            reply = decode_reply(sock.recv_multipart(copy=False))
+            reply = decode_reply(sock.recv_multipart(copy=False), self._fast.fetch)
             if reply is None:
                 continue
             with self._lock:
@@ -658,6 +681,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
             self._closing.set()
             thread, self._thread = self._thread, None
         self._sockets.close_all()
+        self._fast.close()
         if thread is not None:
             os.write(self._wake_w, b"x")
             thread.join(timeout=5)

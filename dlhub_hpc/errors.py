@@ -9,6 +9,7 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     ├── ConfigError              a hub, pilot or client setting is invalid
     │   └── ProfileError         a site profile is unknown or invalid (names the valid choices)
     ├── ProtocolError            a frame could not be decoded or has the wrong version
+    │   └── LocalPathRefused     a same-node fast-path ticket or memfd was refused (why)
     ├── HubUnavailable           no hub answers at the address
     ├── AuthenticationError      the hub refused this connection's key (or the key is missing)
     │   └── TokenRefused         a bearer token is unknown, revoked, or its identity is gone
@@ -81,6 +82,11 @@ class ProfileError(ConfigError):
 
 class ProtocolError(DlhubHpcError):
     """A frame could not be decoded, or speaks another protocol version."""
+
+
+class LocalPathRefused(ProtocolError):
+    """A same-node fast-path ticket was unknown, used already, expired or not this
+    caller's, or its descriptor was not a sealed memfd; send the array again."""
 
 
 class HubUnavailable(DlhubHpcError):

@@ -34,6 +34,7 @@ NDARRAY_INLINE_EXT = 2  # a small array inside the header: "dtype;shape;" then i
 ENCODED_EXT = 3  # a value already msgpack-encoded, in a frame of its own: "frame index"
 STREAM_EXT = 4  # an array that follows in chunks (dlhub_hpc.transfer): "id;dtype;shape"
 REF_EXT = 5  # a FileRef or URLRef: msgpack [kind, target] (dlhub_hpc.references)
+LOCAL_EXT = 6  # an array in a sealed memfd on this node (dlhub_hpc.localpath): "dtype;shape;ticket"
 # Arrays up to this size travel inside the header: every extra frame costs a message part
 # (and a CurveZMQ box) on each hop, and ZeroMQ copies parts this small anyway.
 INLINE_ARRAY_BYTES = 16384
@@ -51,7 +52,10 @@ _SLICE_BYTES = 1 << 17
 _WALK_SLICE = 16384
 _FLOAT64 = 0xCB  # msgpack's marker of a float 64
 Pause = Callable[[], None]  # what a sliced decode calls between slices
-
+# The same-node fast path's hooks (dlhub_hpc.localpath): ``share`` turns a large array into
+# a ticket (None: send it as a frame); ``fetch`` turns a ticket back into the array.
+Share = Callable[[np.ndarray], "str | None"]
+Fetch = Callable[[str, np.dtype, tuple[int, ...]], Any]
 # The largest message a client or worker may send unless the hub's config says otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 
@@ -76,6 +80,7 @@ class Tag(IntEnum):
     CHUNK = 30  # chunked transfers of large arrays (dlhub_hpc.transfer) start at 30
     CREDIT = 31
     ABORT = 32
+    LOCAL_OFFER = 40  # the same-node fast path (dlhub_hpc.localpath)
 
 
 _NONE = type(None)
@@ -378,6 +383,17 @@ class Abort(Message):
     error: dict[str, Any]
 
 
+@_message
+@dataclass(slots=True)
+class LocalOffer(Message):
+    """Hub -> a worker on its node: how to reach the same-node fast path
+    (``dlhub_hpc.localpath``: socket, one-time token, proof, boot id, min_bytes)."""
+
+    TAG = Tag.LOCAL_OFFER
+    TYPES = (dict,)
+    offer: dict[str, Any]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class StreamRef:
     """Stands in a message for an array that follows in chunks: transfer ``transfer_id``
@@ -531,7 +547,7 @@ def check_carriable(value: Any, what: str = "the input") -> None:
                                path=exc.where(what)) from None
 
 
-def _pack_default(buffers: list[Any]) -> Any:
+def _pack_default(buffers: list[Any], share: Share | None = None) -> Any:
     def default(obj: Any) -> Any:
         if isinstance(obj, Encoded):  # sent as it came: a frame, never copied here
             buffers.append(obj.data)
@@ -549,6 +565,9 @@ def _pack_default(buffers: list[Any]) -> Any:
         if obj.nbytes <= INLINE_ARRAY_BYTES:
             head = f"{obj.dtype.str};{shape};".encode()
             return msgpack.ExtType(NDARRAY_INLINE_EXT, head + obj.tobytes())
+        ticket = None if share is None else share(obj)
+        if ticket is not None:  # in a sealed memfd, handed over beside the message
+            return msgpack.ExtType(LOCAL_EXT, f"{obj.dtype.str};{shape};{ticket}".encode())
         arr = np.ascontiguousarray(obj)  # a no-op (no copy) for C-ordered arrays
         buffers.append(arr.reshape(-1).view(np.uint8).data)  # any dtype, still no copy
         return msgpack.ExtType(NDARRAY_EXT, f"{obj.dtype.str};{shape};{len(buffers)}".encode())
@@ -556,16 +575,18 @@ def _pack_default(buffers: list[Any]) -> Any:
     return default
 
 
-def encode(msg: Message) -> list[Any]:
+def encode(msg: Message, share: Share | None = None) -> list[Any]:
     """Encode ``msg`` as frames: a msgpack header, then one raw frame per numpy array larger
-    than ``INLINE_ARRAY_BYTES`` (smaller ones travel in the header)."""
+    than ``INLINE_ARRAY_BYTES`` (smaller ones travel in the header), unless ``share`` gives
+    a same-node fast-path ticket for it."""
     buffers: list[Any] = []
     values = [PROTOCOL_VERSION, int(msg.TAG)]
     values.extend(getattr(msg, name) for name in msg.FIELDS)
     while msg.OMIT_LAST_NONE and len(values) > 2 + msg.REQUIRED and values[-1] is None:
         values.pop()  # trailing optional fields left unset
     try:
-        header = msgpack.packb(values, default=_pack_default(buffers), use_bin_type=True)
+        header = msgpack.packb(values, default=_pack_default(buffers, share),
+                               use_bin_type=True)
     except DlhubHpcError:
         raise
     except UnicodeEncodeError as exc:
@@ -612,7 +633,8 @@ def _as_buffer(frame: Any) -> Any:
     return getattr(frame, "buffer", frame)
 
 
-def _ext_hook(frames: Sequence[Any], pause: Pause | None = None) -> Any:
+def _ext_hook(frames: Sequence[Any], pause: Pause | None = None,
+              fetch: Fetch | None = None) -> Any:
     expanded: set[int] = set()
 
     def hook(code: int, data: bytes) -> Any:
@@ -633,6 +655,8 @@ def _ext_hook(frames: Sequence[Any], pause: Pause | None = None) -> Any:
         elif code == NDARRAY_EXT:
             dtype, shape, where = data.split(b";")
             memory = _as_buffer(frames[_frame_index(frames, where, "an array")])
+        elif code == LOCAL_EXT:
+            dtype, shape, ticket = data.split(b";")
         else:
             raise ProtocolError(f"unknown msgpack extension code {code}")
         dt = np.dtype(dtype.decode())
@@ -640,6 +664,10 @@ def _ext_hook(frames: Sequence[Any], pause: Pause | None = None) -> Any:
             # What encode() refuses must not get in either: it could not be sent on.
             raise ProtocolError(f"numpy arrays of dtype {dt} are not accepted on the wire")
         dims = [int(d) for d in shape.split(b",")] if shape else []
+        if code == LOCAL_EXT:
+            if fetch is None:
+                raise ProtocolError("a same-node array came where the local path is not open")
+            return fetch(ticket.decode(), dt, tuple(dims))
         return np.frombuffer(memory, dtype=dt).reshape(dims)
 
     return hook
@@ -679,24 +707,26 @@ def _unpack(buffer: Any, hook: Any, pause: Pause | None) -> Any:
     raise ProtocolError("truncated msgpack: a value runs past the end of its frame")
 
 
-def decode(frames: Sequence[Any], pause: Pause | None = None) -> Message:
+def decode(frames: Sequence[Any], pause: Pause | None = None,
+           fetch: Fetch | None = None) -> Message:
     """Decode frames made by :func:`encode`; anything malformed raises ``ProtocolError``,
     and nothing a peer sends raises anything else. With ``pause`` (a thread beside the
     hub's loop decoding a large message), the work is cut in slices of about a
-    millisecond and ``pause()`` is called between them."""
+    millisecond and ``pause()`` is called between them. ``fetch`` takes the arrays that
+    came by the same-node fast path; without it such an array is a ``ProtocolError``."""
     try:
-        return _decode(frames, pause)
+        return _decode(frames, pause, fetch)
     except ProtocolError:
         raise
     except Exception as exc:  # a hostile peer may find a path we did not think of
         raise ProtocolError(f"undecodable message: {type(exc).__name__}: {exc}") from None
 
 
-def _decode(frames: Sequence[Any], pause: Pause | None) -> Message:
+def _decode(frames: Sequence[Any], pause: Pause | None, fetch: Fetch | None = None) -> Message:
     if not frames:
         raise ProtocolError("empty message")
     try:
-        values = _unpack(_as_buffer(frames[0]), _ext_hook(frames, pause), pause)
+        values = _unpack(_as_buffer(frames[0]), _ext_hook(frames, pause, fetch), pause)
     except ProtocolError:
         raise
     except Exception as exc:

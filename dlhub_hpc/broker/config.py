@@ -172,6 +172,15 @@ class HubConfig(BaseModel):
         description="per servable (owner/name): requests one method may queue, below "
                     "max_queue_length; past it callers get QueueFull",
     )
+    local_fast_path: bool = Field(
+        default=True,
+        description="callers and workers on the hub's node pass large arrays as sealed "
+                    "memfds over an AF_UNIX socket, not through CurveZMQ (dlhub_hpc.localpath)",
+    )
+    local_min_bytes: int = Field(
+        default=2**20, ge=16385,
+        description="arrays at least this large take the same-node fast path",
+    )
 
     @model_validator(mode="after")
     def _timeout_covers_heartbeats(self) -> HubConfig:

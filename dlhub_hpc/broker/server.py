@@ -58,6 +58,7 @@ from dlhub_hpc.broker.tracing import to_client as tracing_to_client
 from dlhub_hpc.broker.tracing import to_worker as tracing_to_worker
 from dlhub_hpc.broker.tracing import tracing
 from dlhub_hpc.errors import DlhubHpcError, ExecutionError, Overloaded, ProtocolError
+from dlhub_hpc.localpath.hubside import Fetch, HubLocalPath, Share
 from dlhub_hpc.metrics.recorder import LoopMetrics, frames_bytes
 from dlhub_hpc.protocol import (
     INT64_MAX,
@@ -114,7 +115,9 @@ class BrokerServer:
         self.state = state
         self.config = config
         self._servables = servables
-        self._control = control
+        # The same-node fast path: large arrays as sealed memfds (dlhub_hpc.localpath).
+        self.fast = HubLocalPath(config.local_fast_path, config.local_min_bytes)
+        self._control = {**control, "local_path": self.fast.caller_offer}
         self._stopping = threading.Event()
         self._stop_reason = "stopped"
         self._bound = threading.Event()
@@ -202,6 +205,7 @@ class BrokerServer:
             poller.register(zap.sock, zmq.POLLIN)
         logger.info("hub listening: clients %s, workers %s",
                     self.client_endpoint, self.worker_endpoint)
+        self.fast.start()
         self._bound.set()
         try:
             wait = 0.0
@@ -236,6 +240,7 @@ class BrokerServer:
         finally:
             self._lane.close()
             self._references.close()
+            self.fast.close()
             clients.close(linger=0)
             local.close(linger=0)
             workers.close(linger=0)
@@ -354,10 +359,10 @@ class BrokerServer:
         self._from_worker(frames, BatchResult(first, [[False, failed]]))
         return True
 
-    def _decode(self, frames: list[Any]) -> tuple[bytes, Message]:
+    def _decode(self, frames: list[Any], fetch: Fetch | None = None) -> tuple[bytes, Message]:
         if len(frames) < 2:
             raise ProtocolError("no identity or no header frame")
-        return frames[0].bytes, decode(frames[1:])
+        return frames[0].bytes, decode(frames[1:], fetch=fetch)
 
     def _on_client_frames(self, frames: list[Any]) -> None:
         self._on_caller_frames(frames, None)
@@ -373,10 +378,16 @@ class BrokerServer:
             assert sock is not None
             self._on_large(sock, frames, local_user)
             return
-        decoded = self._decode(frames)
+        fetch = None if local_user is not None else self.fast.caller_fetch(
+            lambda: user_id(frames[1]) if self.auth is not None else "")
+        decoded = self._decode(frames, fetch)
         caller = self._caller(frames, local_user)
         if caller is not None:
+            if fetch is not None and fetch.used:  # answer it by the same path
+                self.state.count("local_path_in", fetch.used)
+                self.fast.came_by_path(caller[0], decoded[1], fetch)
             self._on_caller_message(*caller, decoded[1])
+
 
     def _caller(self, frames: list[Any], local_user: str | None) -> tuple[bytes, str] | None:
         """Who sent ``frames``: its routing id in the state's namespace, and its user."""
@@ -492,13 +503,22 @@ class BrokerServer:
         self._on_bad_message(large.sock, large.frames, exc)
 
     def _on_worker_frames(self, frames: list[Any]) -> None:
-        self._from_worker(frames, self._decode(frames)[1])
+        fetch = self.fast.worker_fetch(
+            frames[0].bytes, lambda: user_id(frames[1]) if self.auth is not None else "")
+        msg = self._decode(frames, fetch)[1]
+        if fetch is not None and fetch.used:
+            self.state.count("local_path_in", fetch.used)
+        self._from_worker(frames, msg)
+
 
     def _from_worker(self, frames: list[Any], msg: Message) -> None:
         user = (user_id(frames[1]) if self.auth is not None  # worker:OWNER:KEY
                 else self.unauthenticated[1])
         if self._streams.from_worker(frames[0].bytes, user, msg, self._send_to):
             return  # a transfer's step: relayed
+        offer = self.fast.on_worker_message(frames[0].bytes, user, msg)
+        if offer is not None:  # before its Assign: a worker on this node links first
+            self._send(self._workers, frames[0].bytes, offer)
         self._apply(self.state.handle(FromWorker(frames[0].bytes, msg, user), time.monotonic()))
 
     # -- control operations --
@@ -559,7 +579,8 @@ class BrokerServer:
             elif isinstance(action, ToWorker):
                 if tracing():
                     tracing_to_worker(action.identity, action.message)
-                self._send(self._workers, action.identity, action.message)
+                self._send(self._workers, action.identity, action.message,
+                           share=self.fast.batch_share(action.identity, action.message))
             elif isinstance(action, ToWorkers):
                 assert self._workers is not None
                 frames = encode(action.message)
@@ -600,7 +621,8 @@ class BrokerServer:
             self._send(self._local, identity[len(LOCAL_PREFIX):], msg)
             return
         try:
-            self._send(self._clients, identity, msg, zmq.NOBLOCK)
+            self._send(self._clients, identity, msg, zmq.NOBLOCK,
+                       share=self.fast.reply_share(identity, msg))
         except zmq.Again:  # the client has client_send_hwm replies unread: it does not read
             self.state.count("replies_dropped_hwm")
         except zmq.ZMQError as exc:
@@ -609,10 +631,12 @@ class BrokerServer:
             self.state.count("replies_unroutable")  # the client has gone
 
     def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message,
-              flags: int = 0) -> None:
+              flags: int = 0, share: Share | None = None) -> None:
         assert sock is not None
         try:
-            frames = encode(msg)
+            frames = encode(msg, share)
+            if share is not None and share.used:
+                self.state.count("local_path_out", share.used)
         except DlhubHpcError as exc:  # a value the wire cannot carry
             if not isinstance(msg, Reply):
                 raise

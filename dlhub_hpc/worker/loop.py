@@ -29,6 +29,7 @@ import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError, PayloadTooLarge
+from dlhub_hpc.localpath.link import LocalLink, open_link
 from dlhub_hpc.logging_setup import log_items, request_id_var
 from dlhub_hpc.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -40,6 +41,7 @@ from dlhub_hpc.protocol import (
     Heartbeat,
     Hello,
     LoadFailed,
+    LocalOffer,
     Message,
     Ready,
     Shutdown,
@@ -145,6 +147,7 @@ class Worker:
         self._drain_sent_at: float | None = None
         self.exit_reason = ""
         self._streams = WorkerStreams()  # large inputs and outputs, in chunks
+        self._link: LocalLink | None = None  # the same-node fast path, if the hub offers it
 
     def __repr__(self) -> str:
         return f"Worker(hub={self.opts.hub!r}, servable={self.opts.servable!r})"
@@ -218,6 +221,8 @@ class Worker:
                 beat.join(timeout=2)
             ctx.term()
             self.runner.close()
+            if self._link is not None:
+                self._link.close()
         logger.info("worker %s exits: %s", self.opts.worker_id, self.exit_reason)
         return status
 
@@ -249,7 +254,7 @@ class Worker:
             self._last_heard = self._clock()
             self._rehello_after = self.opts.hub_timeout / 3
             try:
-                msg = decode(frames)
+                msg = decode(frames, fetch=None if self._link is None else self._link.fetch)
             except DlhubHpcError as exc:
                 logger.warning("dropped a malformed message from the hub: %s", exc)
                 continue
@@ -300,6 +305,8 @@ class Worker:
             sock.send_multipart(encode(Ready(self.opts.worker_id, report)))
         elif isinstance(msg, Shutdown):
             self.request_stop(msg.reason if self.draining else f"the hub said: {msg.reason}")
+        elif isinstance(msg, LocalOffer) and self._link is None:
+            self._link = open_link(msg.offer)
         return None
 
     def _run_batch(self, batch: Batch) -> list[Any]:
@@ -316,9 +323,12 @@ class Worker:
         elapsed = time.perf_counter() - started
         request_id_var.reset(traced)
         log_items(logger, batch.request_ids, results, f"batch {batch.batch_id} ({batch.method})")
-        results = self._streams.split([_carriable(r) for r in results])
+        results = [_carriable(r) for r in results]
+        if self._link is None:  # linked: large outputs go as memfds, not in chunks
+            results = self._streams.split(results)
         try:
-            frames = encode(BatchResult(batch.batch_id, results, elapsed))
+            frames = encode(BatchResult(batch.batch_id, results, elapsed),
+                            None if self._link is None else self._link.share)
         except DlhubHpcError:
             # Some output cannot travel: send an error for those items, the rest as they are.
             results = [_sendable(r) for r in results]

@@ -20,6 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": {"errors"},
     "references": {"errors"},
     "protocol": {"errors", "references"},
+    "localpath": {"errors", "protocol"},
     "transfer": {"errors", "protocol"},
     "servable": {"errors", "_version"},
     "registry": {"errors", "_version", "servable"},
@@ -44,6 +45,9 @@ ALLOWED: dict[str, set[str]] = {
 # Metrics and structured logs sit low: the parts that record or log through them.
 for _part in ("broker", "worker", "gateway", "pilot"):
     ALLOWED[_part] = ALLOWED[_part] | {"metrics", "logging_setup"}
+# The same-node fast path (memfds over AF_UNIX): the parts that send and receive arrays.
+for _part in ("broker", "worker", "client"):
+    ALLOWED[_part] = ALLOWED[_part] | {"localpath"}
 TOP = {"hub", "demo", "cli", "examples", "__init__", "hub_ops", "hubops"}
 
 
