@@ -2,22 +2,27 @@
 
     python benchmarks/big_inputs.py [--array-mib 1024] [--unread 100000]
 
-A hub process serves ``demo/add`` (list of floats, deterministic) and ``demo/noop`` (any),
-one worker each. A second process calls ``demo/noop`` with a tiny input in a closed loop
-the whole time; its latencies inside each window below are the "other callers" figures:
+A hub process serves ``demo/add`` (list of floats, deterministic, one worker) and
+``demo/noop`` (any, two workers). A second process calls ``demo/noop`` with a tiny input
+in a closed loop the whole time; its latencies inside each window below are the "other
+callers" figures:
 
 * baseline: nobody else sends;
 * list: one caller runs ``demo/add`` on a 10^6-float list;
-* array: one caller tries a ``--array-mib`` float64 array (refused at the client with
-  ``PayloadTooLarge`` when over the hub's limit), then sends it anyway on a raw socket,
-  which the hub must cut off without reading it;
+* array: one caller echoes a ``--array-mib`` float64 array through ``demo/noop``; over
+  64 MiB it travels in chunks with flow control (``dlhub_hpc.transfer``) both ways,
+  through the hub's CURVE sockets (the same-node fast path is turned off: this measures
+  the cross-node path), and the hub's peak RSS during it is read from its VmHWM;
+* raw: the same array as one whole message on a raw socket, which the hub must cut off
+  without reading it (it is over max_message_bytes);
 * largest: a float64 array just under the limit, through ``demo/noop`` (uncached).
 
 Then a raw socket that never reads sends ``--unread`` requests; the hub's RSS is read
 when they are all answered and again after that socket disconnects.
 
-Targets (exit status 1 if missed): other callers' p99 within a window at most 50 ms, and
-no worker lost.
+Targets (exit status 1 if missed): other callers' p99 within a window at most 50 ms and,
+during the array's echo, within 2x of their unloaded (baseline) p99; the hub's peak RSS
+during the echo at most four transfer windows over its RSS before; no worker lost.
 """
 
 from __future__ import annotations
@@ -41,14 +46,24 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks.common import CTX, child_process, hub_main, quiet_child, summary, wait_for_hub
 from benchmarks.targets import Targets
-from dlhub_hpc import Client, PayloadTooLarge
+from dlhub_hpc import Client, HubConfig
 from dlhub_hpc.broker.config import DEFAULT_MAX_MESSAGE_BYTES
 from dlhub_hpc.protocol import Request, encode
 from dlhub_hpc.security.keys import curve_client, hub_public_key, user_keypair
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "dlhub_hpc" / "examples"
 STALL_TARGET_MS = 50.0
+STALL_RATIO = 2.0  # other callers' p99 during the array's echo, over their unloaded p99
 MIB = 2**20
+WINDOW = HubConfig.model_fields["transfer_window_bytes"].default
+# Chunks through CURVE, as across nodes: not the same-node fast path, where there is one.
+HUB_SETTINGS = {"local_fast_path": False} if "local_fast_path" in HubConfig.model_fields else {}
+
+
+def cross_node(client: Client) -> Client:
+    if hasattr(client, "local_fast_path"):
+        client.local_fast_path = False
+    return client
 
 
 def small_caller(address: str, conn: Connection) -> None:
@@ -80,12 +95,22 @@ class Bench:
     def __init__(self, address: str, hub_pid: int) -> None:
         self.address = address
         self.hub = psutil.Process(hub_pid)
-        self.client = Client(address, timeout=600)
+        self.client = cross_node(Client(address, timeout=600))
         self.windows: list[tuple[str, float, float]] = []
         self.notes: list[str] = []
+        self.peak: tuple[float, float] = (0.0, 0.0)  # hub RSS before the echo, peak during
 
     def rss_mib(self) -> float:
         return float(self.hub.memory_info().rss / MIB)
+
+    def peak_mib(self, reset: bool = False) -> float:
+        """The hub's peak RSS (VmHWM) since the last reset; ``reset`` starts it again."""
+        if reset:
+            Path(f"/proc/{self.hub.pid}/clear_refs").write_text("5")
+        for line in Path(f"/proc/{self.hub.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self.client.status()["stats"]
@@ -101,14 +126,17 @@ class Bench:
         value = self.client.run("demo/add", [1.0] * 10**6, cache=False)
         return f"demo/add of 10^6 floats = {value}"
 
+    def echoed_array(self, mib: int) -> str:
+        array = np.random.default_rng(0).standard_normal(mib * MIB // 8)
+        before = self.peak_mib(reset=True)
+        out = self.client.run("demo/noop", array, cache=False)
+        self.peak = (before, self.peak_mib())
+        same = bool(np.array_equal(out, array))
+        return (f"{mib} MiB array echoed in chunks ({'identical' if same else 'DIFFERENT'}); "
+                f"hub peak RSS {self.peak[1]:.0f} MiB, {self.peak[1] - before:+.0f} MiB")
+
     def refused_array(self, mib: int) -> str:
         array = np.ones(mib * MIB // 8)
-        try:
-            self.client.run("demo/noop", array, cache=False)
-        except PayloadTooLarge as exc:
-            refused = f"client refused it: PayloadTooLarge ({exc.details['size']} bytes)"
-        else:
-            return f"{mib} MiB array served (under the limit)"
         ctx: zmq.Context[Any] = zmq.Context()
         sock = raw_socket(ctx, self.address)
         monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -117,7 +145,7 @@ class Bench:
         sock.disable_monitor()
         monitor.close(linger=0)
         ctx.destroy(linger=0)
-        return f"{refused}; raw send {'cut off by the hub' if cut else 'NOT cut off'}"
+        return f"{mib} MiB as one message: {'cut off by the hub' if cut else 'NOT cut off'}"
 
     def largest_array(self) -> str:
         array = np.ones((DEFAULT_MAX_MESSAGE_BYTES - MIB) // 8)
@@ -157,13 +185,13 @@ def stall_table(windows: list[tuple[str, float, float]],
 
 def run(args: argparse.Namespace) -> int:
     home = Path(tempfile.mkdtemp(prefix="dlhub-big-"))
-    with child_process(hub_main, str(home), {}, name="hub") as hub_proc:
+    with child_process(hub_main, str(home), HUB_SETTINGS, name="hub") as hub_proc:
         address = wait_for_hub(home, hub_proc)
         bench = Bench(address, hub_proc.pid or 0)
-        for name in ("add", "noop"):
+        for name, count in (("add", 1), ("noop", 2)):  # one noop worker for the small caller
             ref = str(bench.client.publish(EXAMPLES / name)["name"])
-            bench.client.start_workers(ref, 1)
-            bench.client.wait_for_workers(ref, 1, timeout=120)
+            bench.client.start_workers(ref, count)
+            bench.client.wait_for_workers(ref, count, timeout=120)
         workers0 = sorted(w["worker_id"] for w in bench.client.status()["workers"])
         rss0 = bench.rss_mib()
         ours, theirs = CTX.Pipe()
@@ -172,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
             done = threading.Event()
             bench.window("baseline", lambda: done.wait(3) or "3 s alone")
             bench.window("10^6-float list", bench.big_list)
-            bench.window(f"{args.array_mib} MiB array", lambda: bench.refused_array(args.array_mib))
+            bench.window(f"{args.array_mib} MiB array", lambda: bench.echoed_array(args.array_mib))
+            bench.window("raw whole message", lambda: bench.refused_array(args.array_mib))
             bench.window("largest array", bench.largest_array)
             ours.send("stop")
             samples = ours.recv()
@@ -201,10 +230,21 @@ def report(bench: Bench, rows: list[tuple[str, dict[str, float]]], stats: dict[s
     print(f"{count} unread replies: hub RSS {before:.0f} -> {during:.0f} MiB "
           f"(+{during - before:.1f}), {after:.0f} MiB after the reader left; "
           f"{dropped} replies dropped at the high-water mark")
+    before, peak = bench.peak
+    print(f"hub peak RSS during the array's echo: {peak:.0f} MiB ({peak - before:+.0f} MiB; "
+          f"one transfer window is {WINDOW // MIB} MiB)")
     targets = Targets()
     for label, row in rows:
         targets.check(f"other callers' p99 stall during {label}", row["p99"], STALL_TARGET_MS,
                       unit="ms")
+    base, echo = rows[0][1], rows[2][1]
+    ratio = echo["p99"] / base["p99"] if base["p99"] else None
+    print(f"other callers' p99 during the array's echo / unloaded: "
+          f"{echo['p99']:.2f} / {base['p99']:.2f} ms = {ratio or float('nan'):.2f}x")
+    targets.check("other callers' p99 during the array's echo over unloaded", ratio,
+                  STALL_RATIO, unit="x")
+    targets.check("hub peak RSS growth during the array's echo", peak - before,
+                  4 * WINDOW / MIB, unit="MiB")
     targets.require("no worker lost", not lost and same_workers,
                     f"{lost} lost, same workers before and after: {same_workers}")
     targets.report()

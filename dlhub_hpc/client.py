@@ -113,7 +113,7 @@ def reply_value(reply: Reply, stacklevel: int = 2) -> Any:
     if reply.warning:
         warnings.warn(reply.warning, ServableDeprecated, stacklevel=stacklevel + 1)
     if reply.ok:
-        return reply.value
+        return streamed.plain(reply.value)  # a streamed output only Client.run receives
     raise error_from_wire(reply.error or {})
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from dlhub_hpc.errors import HubUnavailable
+from dlhub_hpc.errors import HubUnavailable, TransferFailed
 from dlhub_hpc.protocol import Reply, StreamRef
 from dlhub_hpc.transfer import DEFAULT_TRANSFER_TIMEOUT, STREAM_BYTES
 from dlhub_hpc.transfer.pump import Pump
@@ -67,3 +67,14 @@ def fetch(sock: zmq.Socket[Any], reply: Reply, max_bytes: int = 2**62) -> Reply:
     pump.receive(ref, max_bytes)
     pump.run()
     return dataclasses.replace(reply, value=pump.array(ref))
+
+
+def plain(value: Any) -> Any:
+    """``value``, unless it is a streamed output this call cannot receive (futures and
+    asyncio calls do not stream): then ``TransferFailed`` says what to use instead."""
+    if type(value) is not StreamRef:
+        return value
+    raise TransferFailed(
+        f"the output is a {value.nbytes}-byte array, which comes back in chunks only to "
+        "Client.run; call run for it (or return less, or write it to a file)",
+        transfer_id=value.transfer_id, size=value.nbytes)

@@ -231,6 +231,7 @@ class Worker:
         while not self._stop.is_set():
             self._check_drain(sock)
             if self._streams.stash:  # what came while a batch's arrays moved
+                self._last_heard = self._clock()  # from the hub, while they moved
                 status = self._handle(sock, self._streams.stash.pop(0))
                 if status is not None:
                     return status
@@ -290,6 +291,7 @@ class Worker:
             sock.send_multipart(frames, copy=False)
             self._last_sent = self._clock()
             self._streams.send(sock)  # its streamed outputs, as the callers take them
+            self._last_heard = self._clock()  # the hub relayed their credit meanwhile
         elif isinstance(msg, Assign):
             try:
                 self.runner.load(msg)

@@ -22,6 +22,7 @@ from dlhub_hpc.protocol import (
     decode,
     encode,
 )
+from dlhub_hpc.transfer.call import plain
 from dlhub_hpc.transfer.relay import Peer, Relay, Send
 from dlhub_hpc.transfer.window import Incoming, Outgoing, new_ref, refs_in, split_streams
 
@@ -251,3 +252,9 @@ def test_an_array_over_the_hubs_limit_is_refused_at_open() -> None:
     error = r.open(StreamRef("t", "<f8", (1000,)), CLIENT, 0.0)
     assert isinstance(error, TransferFailed) and error.details["limit"] == 1000
     assert len(r) == 0
+
+
+def test_a_streamed_output_a_call_cannot_receive_is_a_typed_error_not_a_stand_in() -> None:
+    assert plain([1.0]) == [1.0]
+    with pytest.raises(TransferFailed, match=r"Client\.run"):
+        plain(StreamRef("t", "<f8", (2**24,)))
