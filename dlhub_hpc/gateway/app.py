@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dlhub_hpc.gateway.hubclient import HubClient
 from dlhub_hpc.gateway.service import Gateway
+from dlhub_hpc.gateway.statuses import MAX_BODY_KEY, protocol_errors
 from dlhub_hpc.metrics.gateway import metrics_setup
 from dlhub_hpc.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -78,7 +79,8 @@ def build_app(hub: HubClient, *, timeout: float | None = None,
               max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
               setup: Iterable[AppSetup] = ()) -> web.Application:
     """The gateway's application over ``hub``; ``setup`` callables may add to it."""
-    app = web.Application(client_max_size=max_body_bytes)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[protocol_errors])
+    app[MAX_BODY_KEY] = max_body_bytes
     gateway = Gateway(hub, timeout)
     app[GATEWAY_KEY] = gateway
     app.add_routes(gateway.routes())

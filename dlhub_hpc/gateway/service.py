@@ -114,9 +114,10 @@ class Gateway:
             return error_response(exc)
 
     async def _infer(self, request: web.Request) -> web.Response:
+        bearer_token(request)  # before reading a body: none is read for no token at all
+        body = await request.read()
         # The hub checks the token again on the request itself: a cached record will do.
         token, version, record = await self._record(request, cached=True)
-        body = await request.read()
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         params = header.get("parameters") or {}
         if not isinstance(params, dict):

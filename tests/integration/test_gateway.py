@@ -286,3 +286,31 @@ def test_the_hub_acts_as_the_tokens_identity_not_the_connections(site: Site) -> 
         asyncio.run(call(site.tokens["bob"]))
     with pytest.raises(TokenRefused):
         asyncio.run(call("dlh_forged"))
+
+
+def test_aiohttps_own_refusals_come_in_the_protocols_format_too(site: Site) -> None:
+    """A body over the limit (413) and an unknown endpoint (404), from an application made
+    with a small limit, in front of the real hub."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from dlhub_hpc.gateway import build_app
+    from dlhub_hpc.gateway.hubclient import HubClient
+
+    async def calls() -> list[tuple[int, dict[str, object]]]:
+        app = build_app(HubClient(site.hub.client_address, timeout=30), max_body_bytes=1000)
+        async with TestClient(TestServer(app)) as http:
+            headers = {"Authorization": f"Bearer {site.tokens['alice']}"}
+            out = []
+            for method, path, body in (
+                    ("POST", "/v2/models/test/tensors/infer", infer_body([0.5] * 400)),
+                    ("GET", "/v2/nothing/here", None),
+                    ("POST", "/v2/models/test/tensors/infer", infer_body(FLOATS))):
+                answer = await http.request(method, path, data=body, headers=headers)
+                out.append((answer.status, await answer.json()))
+            return out
+
+    (big, big_body), (missing, missing_body), (ok, ok_body) = asyncio.run(calls())
+    assert big == 413 and str(big_body["error"]).startswith("PayloadTooLarge: ")
+    assert "1000 bytes" in str(big_body["error"])
+    assert missing == 404 and "no endpoint GET /v2/nothing/here" in str(missing_body["error"])
+    assert ok == 200 and ok_body["outputs"][0]["data"] == [3.0, 5.0, 8.0]  # type: ignore[index]
