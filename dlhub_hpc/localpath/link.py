@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from dlhub_hpc.errors import LocalPathRefused
+from dlhub_hpc.errors import DlhubHpcError, LocalPathRefused
 from dlhub_hpc.localpath import wire
 from dlhub_hpc.localpath.memfd import Memfd, available, map_array, seal_array, whole_memfd
+from dlhub_hpc.protocol import BatchResult, Tag, encode, peek
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +115,13 @@ def open_link(offer: Any) -> LocalLink | None:
     except (OSError, LocalPathRefused, KeyError, TypeError) as exc:
         say_once(f"its socket cannot be used ({exc})")
         return None
+
+
+def refused_batch(sock: Any, frames: list[Any], error: DlhubHpcError) -> bool:
+    """Answer a batch whose arrays could not be taken (an expired ticket, a link the hub
+    dropped) with ``error`` for all its items, so its callers hear why at once."""
+    peeked = peek(frames)
+    if peeked is None or peeked[0] != Tag.BATCH or type(peeked[1]) is not int:
+        return False
+    sock.send_multipart(encode(BatchResult(peeked[1], [[False, error.to_wire()]])))
+    return True

@@ -28,8 +28,14 @@ from typing import Any
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError, PayloadTooLarge
-from dlhub_hpc.localpath.link import LocalLink, open_link
+from dlhub_hpc.errors import (
+    ConfigError,
+    DlhubHpcError,
+    ExecutionError,
+    LocalPathRefused,
+    PayloadTooLarge,
+)
+from dlhub_hpc.localpath.link import LocalLink, open_link, refused_batch
 from dlhub_hpc.logging_setup import log_items, request_id_var
 from dlhub_hpc.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -258,6 +264,8 @@ class Worker:
                 msg = decode(frames, fetch=None if self._link is None else self._link.fetch)
             except DlhubHpcError as exc:
                 logger.warning("dropped a malformed message from the hub: %s", exc)
+                if isinstance(exc, LocalPathRefused):  # its callers get why, not a timeout
+                    refused_batch(sock, frames, exc)
                 continue
             status = self._handle(sock, msg)
             if status is not None:

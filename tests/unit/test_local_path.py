@@ -5,7 +5,10 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +19,23 @@ from dlhub_hpc.localpath.caller import large_array_in
 from dlhub_hpc.localpath.exchange import FdExchange
 from dlhub_hpc.localpath.link import LocalLink, open_link
 from dlhub_hpc.localpath.memfd import Memfd, check_sealed, map_array, seal_array, whole_memfd
-from dlhub_hpc.protocol import Batch, LocalOffer, Request, decode, encode
+from dlhub_hpc.protocol import (
+    Assign,
+    Batch,
+    BatchResult,
+    Bye,
+    Heartbeat,
+    Hello,
+    LocalOffer,
+    Ready,
+    Request,
+    decode,
+    encode,
+)
+from dlhub_hpc.servable.spec import ServableSpec
+from dlhub_hpc.worker import Worker, WorkerOptions
+from dlhub_hpc.worker.runner import Runner, WireResult
+from tests.unit.test_worker_drain import SPEC, FakeHub
 
 MIB = 2**20
 
@@ -169,3 +188,65 @@ def test_an_issued_array_outlives_every_other_reference_until_it_is_taken(
     ticket = exchange.issue(seal_array(x), "caller:alice")  # the ticket holds the only one
     assert np.array_equal(link.fetch(ticket, x.dtype, x.shape), x)
     link.close()
+
+
+class EchoRunner(Runner):
+    def load(self, assign: Assign) -> ServableSpec:
+        return SPEC
+
+    def run(self, method: str, payloads: list[Any],
+            parameters: list[Any] | None = None) -> list[WireResult]:
+        return [[True, p] for p in payloads]
+
+
+def _result(hub: FakeHub, fetch: Any, timeout: float = 10.0) -> BatchResult:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if hub.sock.poll(100):
+            _, *frames = hub.sock.recv_multipart()
+            msg = decode(frames, fetch=fetch)
+            if isinstance(msg, BatchResult):
+                return msg
+            assert isinstance(msg, Heartbeat), msg
+    raise AssertionError("no BatchResult")
+
+
+def test_a_linked_worker_echoes_the_same_memfd_and_answers_a_dead_ticket_at_once(
+        exchange: FdExchange) -> None:
+    hub = FakeHub()
+    worker = Worker(WorkerOptions(hub=hub.address, servable="demo/add",
+                                  heartbeat_interval=0.1), EchoRunner())
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        identity, _ = hub.expect(Hello)
+        token, proof = exchange.offer("worker:w")
+        hub.send(identity, LocalOffer({"socket": exchange.name, "token": token,
+                                       "proof": proof, "boot_id": wire.boot_id(),
+                                       "min_bytes": MIB}))
+        hub.send(identity, Assign("demo/add", 1, "d" * 64, {}, b""))
+        hub.expect(Ready)
+        assert exchange.linked("worker:w")  # it linked before it said Ready
+        x = np.arange(MIB // 8, dtype=np.float64)
+        sent = seal_array(x)
+        ticket = exchange.issue(sent, "worker:w")
+        hub.sock.send_multipart([identity, *encode(Batch(1, "run", [x]), lambda a: ticket)])
+        taken: list[Memfd] = []
+
+        def fetch(t: str, dt: np.dtype[Any], shape: tuple[int, ...]) -> Any:
+            taken.append(exchange.take(t, "worker:w"))
+            return map_array(taken[-1], dt, shape)
+
+        result = _result(hub, fetch)
+        assert result.results[0][0] is True and np.array_equal(result.results[0][1], x)
+        assert os.path.samestat(os.fstat(taken[0].fd), os.fstat(sent.fd))  # no copy made
+        hub.sock.send_multipart([identity, *encode(Batch(2, "run", [x]), lambda a: "0" * 32)])
+        refused = _result(hub, fetch)
+        assert refused.batch_id == 2 and refused.results[0][1]["type"] == "LocalPathRefused"
+        assert thread.is_alive()
+        worker.request_stop("test over")
+        hub.expect(Bye)
+    finally:
+        worker.request_stop("test over")
+        thread.join(5)
+        hub.close()
