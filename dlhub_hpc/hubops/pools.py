@@ -18,9 +18,10 @@ from typing import Any
 from dlhub_hpc.errors import PermissionDenied, PilotError
 from dlhub_hpc.hubops.limits import check_worker_limit, is_admin, pool_owner
 from dlhub_hpc.hubops.parts import HubParts
+from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
 from dlhub_hpc.pilot.profiles import SiteProfile
 from dlhub_hpc.pilot.service import PilotService
-from dlhub_hpc.servable.pools import pool_of
+from dlhub_hpc.servable.pools import PoolSpec, pool_of
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ def start_pool_pilot(parts: HubParts, args: dict[str, Any], ref: str,
                      profile: SiteProfile, nodes: int | None) -> Future[dict[str, Any]]:
     """``pilot start --pool``: a scaled pilot whose workers serve the pool ``ref`` names.
     Its workers run in the profile's image, if it runs containers: a pool shares one."""
-    from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
-
     pool = pool_of(ref)
     assert pool is not None, ref
     caller = str(args.get("caller", ""))
@@ -89,20 +88,31 @@ def start_pool_pilot(parts: HubParts, args: dict[str, Any], ref: str,
         raise PermissionDenied(
             f"pool {pool.text()} serves {owner}'s servables: {owner} or the hub's admin "
             f"starts its pilots, not {caller!r}", identity=caller)
+    check_pool_profile(profile)
+
+    def start() -> dict[str, Any]:
+        return parts.pilots.add(build_pool_pilot(parts, pool, owner, profile, nodes)).to_dict()
+
+    return parts.executor.submit(start)
+
+
+def check_pool_profile(profile: SiteProfile) -> None:
     runtime = profile.container.runtime
     if runtime != "none" and not profile.container.image:
         raise PilotError(
             f"profile {profile.name} runs workers in containers ({runtime}) but names no "
             "image; a pool's workers share one: set container.image in the profile",
             profile=profile.name)
-    launch = parts.security.worker_launch("", runtime != "none", owner=owner)
 
-    def start() -> dict[str, Any]:
-        pilot = Pilot(
-            profile, pool.ref(), hub_address_for_workers(parts.worker_address(), profile),
-            parts.config.home / "pilots", nodes=nodes,
-            heartbeat_interval=parts.config.heartbeat_interval,
-            hub_timeout=max(30.0, 3 * parts.config.heartbeat_timeout), launch=launch)
-        return parts.pilots.add(pilot).to_dict()
 
-    return parts.executor.submit(start)
+def build_pool_pilot(parts: HubParts, pool: PoolSpec, owner: str, profile: SiteProfile,
+                     nodes: int | None, pilot_id: str | None = None) -> Pilot:
+    """The pilot of a pool (``pilot start --pool``, or one the hub resumes after a restart);
+    its workers run with ``owner``'s credential."""
+    launch = parts.security.worker_launch("", profile.container.runtime != "none", owner=owner)
+    return Pilot(
+        profile, pool.ref(), hub_address_for_workers(parts.worker_address(), profile),
+        parts.config.home / "pilots", nodes=nodes,
+        heartbeat_interval=parts.config.heartbeat_interval,
+        hub_timeout=max(30.0, 3 * parts.config.heartbeat_timeout), launch=launch,
+        pilot_id=pilot_id)

@@ -8,12 +8,15 @@ import logging
 
 from parsl.providers.base import ExecutionProvider
 
+from dlhub_hpc.hubops.limits import pool_owner
 from dlhub_hpc.hubops.parts import HubParts
+from dlhub_hpc.hubops.pools import build_pool_pilot
 from dlhub_hpc.pilot.local import local_provider
 from dlhub_hpc.pilot.pilots import Pilot, PilotBlock, hub_address_for_workers
 from dlhub_hpc.pilot.profiles import build_provider, parse_profile
 from dlhub_hpc.pilot.recovery import LIVE, Journal, adopt_job, cancel_job, skip_ids, skip_pilot_ids
 from dlhub_hpc.registry.pilots import BlockRecord, PilotRecord, PilotRecords
+from dlhub_hpc.servable.pools import pool_of
 from dlhub_hpc.servable.spec import parse_ref
 
 logger = logging.getLogger(__name__)
@@ -82,9 +85,13 @@ class Recovery:
         """The recorded pilot, as ``pilot start`` would make it now, under its old id."""
         from dlhub_hpc.container.launch import check_recorded, image_for
 
+        profile = parse_profile(prec.profile, f"the recorded profile of {prec.pilot_id}")
+        pool = pool_of(prec.servable)
+        if pool is not None:  # a pool's pilot (hubops/pools.py)
+            return build_pool_pilot(self.parts, pool, pool_owner(self.security, pool),
+                                    profile, prec.nodes, prec.pilot_id)
         name, version = parse_ref(prec.servable)
         record = self.registry.get(name, version)
-        profile = parse_profile(prec.profile, f"the recorded profile of {prec.pilot_id}")
         runtime = profile.container.runtime
         launch = self.security.worker_launch(name, runtime != "none")
         image = (image_for(self.registry.root, name, record.version, runtime)

@@ -5,6 +5,9 @@ loaded again while requests for them wait. Every answer is checked; the counters
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import textwrap
 from concurrent.futures import Future
 from pathlib import Path
@@ -21,6 +24,7 @@ from dlhub_hpc.hub import Hub
 from dlhub_hpc.servable.pools import PoolSpec
 
 from .conftest import wait_for
+from .test_hub_restart import HubProcess, hub_process  # noqa: F401 (a fixture)
 
 SERVABLES = 20
 WEIGHT_BYTES = 1 << 20  # each servable's weights; the budget holds three
@@ -151,3 +155,27 @@ def test_a_pilot_serves_a_pool_from_a_site_profile(client: Client, hub: Hub,
     assert pool_workers(client.status(), ref) >= 1
     stopped = client.stop_pilot(servable=ref)
     assert [p["pilot_id"] for p in stopped] == [info["pilot_id"]]
+
+
+@pytest.mark.slow
+def test_a_restarted_hub_takes_back_a_pools_pilot(
+        hub_process: HubProcess, tmp_path: Path) -> None:  # noqa: F811 (the fixture)
+    home = tmp_path / "home"
+    hub = hub_process(home, "--client-address", "tcp://127.0.0.1:0",
+                      "--worker-address", "tcp://127.0.0.1:0")
+    address = json.loads((home / "hub.json").read_text())["client_address"]
+    ref = PoolSpec.parse("tag:pooltest").ref()
+    with Client(address, timeout=30) as client:
+        name = str(client.publish(write_scaled(tmp_path, 4))["name"])
+        client.start_pilot(ref, "local")
+        wait_for(lambda: pool_workers(client.status(), ref) == 1, what="1 pooled worker")
+    os.kill(hub.pid, signal.SIGKILL)
+    hub.wait()
+    hub = hub_process(home)  # was: the pool's pilot could not be rebuilt and was cancelled
+    with Client(address, timeout=30) as client:
+        [pilot] = client.pilot_status()
+        assert pilot["servable"] == ref
+        assert [b["reason"] for b in pilot["blocks"]] == ["adopted after a hub restart"]
+        assert client.run(name, [1.0], timeout=60) == 5.0
+        client.shutdown_hub()
+    hub.wait(timeout=60)
