@@ -385,7 +385,7 @@ class BrokerServer:
         if caller is not None:
             if fetch is not None and fetch.used:  # answer it by the same path
                 self.state.count("local_path_in", fetch.used)
-                self.fast.came_by_path(caller[0], decoded[1], fetch)
+                decoded = decoded[0], self.fast.came_by_path(caller[0], decoded[1], fetch)
             self._on_caller_message(*caller, decoded[1])
 
 

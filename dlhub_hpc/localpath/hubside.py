@@ -9,6 +9,7 @@ by the path only to a worker whose link is registered, else its arrays travel as
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable
@@ -129,10 +130,15 @@ class HubLocalPath:
             return None
         return Fetch(self.exchange, lambda: _worker_principal(user_of(), identity))
 
-    def came_by_path(self, caller: bytes, msg: Message, fetch: Fetch) -> None:
-        """Answer this request by the path too (its caller has a link: it used it)."""
-        if isinstance(msg, Request) and len(self._replies) < _MAX_REMEMBERED:
+    def came_by_path(self, caller: bytes, msg: Message, fetch: Fetch) -> Message:
+        """The request as the state is to see it, answered by the path too (its caller has
+        a link: it used it). Never memoized: its key would hash the whole array on the
+        hub's loop, and a cached answer would hold the worker's memfd open."""
+        if not isinstance(msg, Request):
+            return msg
+        if len(self._replies) < _MAX_REMEMBERED:
             self._replies[(caller, msg.request_id)] = fetch.principal
+        return dataclasses.replace(msg, cache=False)
 
     def reply_share(self, caller: bytes, msg: Message) -> Share | None:
         if not self._replies or not isinstance(msg, Reply):

@@ -172,11 +172,12 @@ def test_another_local_user_cannot_obtain_a_callers_array(
     assert np.array_equal(link.fetch(ticket, x.dtype, x.shape), x)  # still the caller's
 
 
-def _echo_of(owner: str, root: Path) -> Path:
+def _echo_of(owner: str, root: Path, deterministic: bool = False) -> Path:
     target = Path(shutil.copytree(EXAMPLES / "noop", root / f"{owner}-echo",
                                   ignore=shutil.ignore_patterns("__pycache__")))
     spec = yaml.safe_load((target / "servable.yaml").read_text())
     spec["dlhub"].update(owner=owner, name="echo")
+    spec["servable"]["deterministic"] = deterministic
     (target / "servable.yaml").write_text(yaml.safe_dump(spec))
     return target
 
@@ -213,3 +214,16 @@ def test_without_the_path_large_arrays_still_travel_and_it_is_said_once(
         said = [r for r in caplog.records if "fast path not used" in r.getMessage()]
         assert len(said) == 1, said
         assert "local_path_in" not in _stats(client)
+
+
+def test_a_fast_path_request_is_never_hashed_for_the_memo_on_the_hubs_loop(
+        tmp_path: Path, client: Client, serve: Callable[..., str]) -> None:
+    echo = serve(_echo_of("demo", tmp_path, deterministic=True))
+    x = np.random.default_rng(4).standard_normal(MIB // 4)
+    before = _stats(client)
+    for _ in range(2):  # memoizable as far as the servable and the caller say
+        assert np.array_equal(client.run(echo, x), x)
+    after = _published(client, "local_path_in", before.get("local_path_in", 0) + 4)
+    assert after.get("memo_hits", 0) == before.get("memo_hits", 0)
+    assert after.get("memo_misses", 0) == before.get("memo_misses", 0)  # not even looked up
+    assert after.get("memo_entries", 0) == before.get("memo_entries", 0)  # no descriptors kept
