@@ -126,6 +126,13 @@ class PoolDispatch:
             self._fail_queued(key, self.load_failures.record(key, msg.error), now, out)
         self._pool_freed(identity, now, out)
 
+    def _pool_drained(self, identity: bytes, now: float, out: list[Action]) -> None:
+        """A pooled worker takes no more work: a load it began goes to another worker."""
+        self.pools.hold_back(identity)
+        key = self.pools.abandon_load(identity)
+        if key is not None:
+            self._dispatch(self._resolve(*key), now, out)
+
     def _pool_freed(self, identity: bytes, now: float, out: list[Action],
                     first: ServableInfo | None = None) -> None:
         """A pooled worker is free: give it the oldest waiting work it may take, what it

@@ -222,6 +222,14 @@ class PoolBook:
         self.own_workers.pop(info.key, None)
         return evicted
 
+    def abandon_load(self, identity: bytes) -> ServableKey | None:
+        """The member will not finish its load (it drains): what it was loading."""
+        member = self.members.get(identity)
+        if member is None or member.loading is None:
+            return None
+        key, member.loading = member.loading, None
+        return key
+
     def load_failed(self, identity: bytes, key: ServableKey) -> None:
         member = self.members[identity]
         member.loading = None

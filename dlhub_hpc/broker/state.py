@@ -595,7 +595,7 @@ class BrokerState(PoolDispatch):
             return
         worker.draining, worker.state = True, "draining"
         self._idle.get(worker.servable, {}).pop(identity, None)
-        self.pools.hold_back(identity)
+        self._pool_drained(identity, now, out)  # a load it began goes to another
         self.stats["workers_drained"] += 1
         logger.info("worker %s (%s@%s) drains: %s", worker.worker_id, *worker.servable,
                     msg.reason)

@@ -312,3 +312,16 @@ def test_status_shows_a_caller_only_the_pooled_servables_it_may_see() -> None:
     assert seen["workers"]["w1"]["holds"] == {"alice/a@1": 5}
     assert seen["workers"]["w1"]["loading"] is None
     assert list(seen["servables"]) == ["alice/a@1"] and seen["own_workers"] == {}
+
+
+def test_a_worker_that_drains_mid_load_hands_its_load_to_another() -> None:
+    from dlhub_hpc.protocol import Drain
+
+    hub = PoolHub(info("alice/a"))
+    hub.join("w1")
+    hub.request("r1", "alice/a")  # w1 loads it
+    hub.join("w2")
+    out = hub.send("w1", Drain("w1", "walltime"))
+    assert loads(out) == [(b"w2", "alice/a")]  # r1 waits for w2's load, not for w1
+    (who, batch), = batches(hub.ready("w2", "alice/a@1", 10))
+    assert who == b"w2" and replies(hub.finish("w2", batch))["r1"].ok
