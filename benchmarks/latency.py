@@ -333,6 +333,11 @@ def hub_path(home: Path, stats: dict[str, Any], curve: bool) -> Iterator[Runner]
 
     worker_pids: list[int] = []
     overrides = {} if curve else {"benchmark_without_curve": True}
+    from dlhub_hpc import HubConfig
+    if "local_fast_path" in HubConfig.model_fields:
+        # Like the floor, every byte goes through the sockets (and CurveZMQ when on); the
+        # same-node path is measured against its own floor (a memcpy-bound round trip).
+        overrides["local_fast_path"] = False
     with child_process(hub_main, str(home), overrides, name="hub") as proc:
         try:
             with Client(wait_for_hub(home, proc)) as client:

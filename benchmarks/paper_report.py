@@ -25,10 +25,9 @@ logger = logging.getLogger(__name__)
 PAPER_NOOP_INVOCATION_MS = 14.0
 PAPER_MEMO_INVOCATION_MS = 1.0
 
-RATIO_TARGET = 5.0  # oqmd_rf, 32 in flight: batching on / off
-OQMD_RPS_TARGET = 1800.0  # oqmd_rf, 32 in flight, batching on, 2 workers
-MEMO_P50_US_TARGET = 150.0  # a memo hit's request time
-HTEX_RATIO_TARGET = 10.0  # noop, 32 in flight: hub / Parsl HTEX
+# Issue 17's target here, a ratio in one run; the others the suite prints are for the record.
+MEMO_CLIENT_RATIO_TARGET = 1.2  # memo hit p50 / one-hop floor p50, both through Client.run
+MEMO_P50_US_TARGET = 150.0  # issue 3's memo goal (us): the memo table's column, for the record
 OTHERS_LIMIT = 0.25  # cores kept busy by other processes before a figure is flagged
 
 VERSIONS = ("dlhub-hpc", "pyzmq", "msgpack", "numpy", "parsl", "scikit-learn", "torch",
@@ -61,33 +60,18 @@ def _get(results: Results, *path: str) -> float | None:
     return float(node) if isinstance(node, int | float) and not math.isnan(node) else None
 
 
-COMPILED = " (compiled trees)"  # oqmd_rf published with compile_trees: true
-SKLEARN = " (sklearn predict)"  # its -sklearn copy: compile_trees: false
-
-
-def _oqmd_targets(found: Targets, results: Results, prefix: str, label: str) -> None:
-    on = _get(results, "oqmd_rf", "throughput", prefix + "on", "requests_per_s")
-    off = _get(results, "oqmd_rf", "throughput", prefix + "off", "requests_per_s")
-    found.check(f"oqmd_rf{label} req/s, 32 in flight: batching on / off",
-                on / off if on and off else None, RATIO_TARGET, "higher", unit="x")
-    found.check(f"oqmd_rf{label} req/s, 32 in flight, batching on, 2 workers", on,
-                OQMD_RPS_TARGET, "higher")
+SKLEARN = " (sklearn predict)"  # oqmd_rf as published: compile_trees: false
+COMPILED = " (compiled trees, fast path)"  # its -compiled copy: compile_trees: true
 
 
 def targets(results: Results) -> Targets:
-    memo = _get(results, "noop", "memo", "on", "p50")
-    embedded = _get(results, "noop", "memo", "embedded", "p50")
-    noop = _get(results, "noop", "throughput", "on", "requests_per_s")
-    htex = (results.htex or {}).get("requests_per_s")
+    """Memo hits through the public ``Client`` within 1.2x of the one-hop floor reached by
+    the same ``Client`` (CurveZMQ on both)."""
+    hit = _get(results, "noop", "memo", "client on", "p50")
+    floor = _get(results, "noop", "memo", "floor", "client_p50")
     found = Targets()
-    _oqmd_targets(found, results, "", COMPILED)
-    _oqmd_targets(found, results, "sklearn ", SKLEARN)
-    found.check("noop memo hit, request p50 (us), hub in its own process", memo,
-                MEMO_P50_US_TARGET, strict=True, unit="us")
-    found.check("noop memo hit, request p50 (us), hub embedded in the caller (inproc)",
-                embedded, MEMO_P50_US_TARGET, strict=True, unit="us")
-    found.check("noop req/s, 32 in flight: hub / Parsl HTEX",
-                noop / htex if noop and htex else None, HTEX_RATIO_TARGET, "higher", unit="x")
+    found.check("noop memo hit p50 / one-hop floor p50, both through Client.run, CurveZMQ on",
+                hit / floor if hit and floor else None, MEMO_CLIENT_RATIO_TARGET, unit="x")
     return found
 
 
@@ -159,8 +143,8 @@ def throughput_table(results: Results) -> Table:
                                                               "on / off"], left=2)
     for name, r in results.servables.items():
         tp = r["throughput"]
-        main = name + COMPILED if "sklearn on" in tp else name
-        for prefix, label in (("", main), ("sklearn ", name + SKLEARN)):
+        main = name + SKLEARN if "compiled on" in tp else name
+        for prefix, label in (("", main), ("compiled ", name + COMPILED)):
             if prefix + "on" not in tp:
                 continue
             on, off = tp[prefix + "on"], tp[prefix + "off"]
@@ -306,8 +290,8 @@ def _plot_memo(ax: Any, results: Results) -> None:
 
 def _plot_throughput(ax: Any, results: Results) -> None:
     groups = [(label, r["throughput"], prefix) for n, r in results.servables.items()
-              for prefix, label in (("", f"{n}\n(compiled)" if "sklearn on" in r["throughput"]
-                                     else n), ("sklearn ", f"{n}\n(sklearn)"))
+              for prefix, label in (("", f"{n}\n(sklearn)" if "compiled on" in r["throughput"]
+                                     else n), ("compiled ", f"{n}\n(compiled)"))
               if prefix + "on" in r["throughput"]]
     series = {f"batching {mode}": [tp[prefix + mode]["requests_per_s"]
                                    for _, tp, prefix in groups] for mode in ("off", "on")}

@@ -7,8 +7,9 @@ Here one hub process serves ``demo/noop`` to a fleet of workers resized through 
 counts, up and then down again (``--passes``), so that a drift in the machine's load
 touches every size alike. At each size a client in this process sends ``--requests``
 requests with ``--in-flight`` outstanding (``Client.submit``), ``--rounds`` times, and the
-run reports the throughput and the hub process's CPU seconds (psutil, all its threads)
-per request. What is measured is the broker's bookkeeping and fan-out, which should not
+run reports the throughput and the hub process's CPU seconds per request (all its
+threads, in nanoseconds from ``/proc/PID/task/*/schedstat``; psutil's 10 ms ticks only
+where that is missing). What is measured is the broker's bookkeeping and fan-out, which should not
 grow with the number of idle workers: the target is hub CPU per request at the largest
 size within ``TARGET`` x of that at ``BASELINE`` (8) workers; the exit status is 1 when it is
 missed (``TARGET MISSED: ...``), 0 when met or not measured (no 8 or no larger count).

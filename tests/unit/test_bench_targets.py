@@ -68,14 +68,15 @@ def test_an_unknown_side_is_refused() -> None:
         Targets().check("t", 1.0, 2.0, "less")  # type: ignore[arg-type]
 
 
-def test_the_paper_suite_fails_on_a_missed_target_and_names_the_tree_path() -> None:
-    results = paper_report.Results(settings={}, servables={"oqmd_rf": {"throughput": {
-        "on": {"requests_per_s": 2900.0}, "off": {"requests_per_s": 1300.0},
-        "sklearn on": {"requests_per_s": 800.0}, "sklearn off": {"requests_per_s": 100.0},
-    }}})
-    found = paper_report.targets(results)
-    missed = [c.name for c in found.missed]
-    assert missed == ["oqmd_rf (compiled trees) req/s, 32 in flight: batching on / off",
-                      "oqmd_rf (sklearn predict) req/s, 32 in flight, batching on, 2 workers"]
-    assert found.exit_code() == 1
-    assert sum(c.ok is None for c in found.checks) == 3  # noop and HTEX were not run
+def test_the_paper_suite_checks_memo_hits_against_the_floor_through_the_same_client() -> None:
+    def results(hit: float, floor: float) -> paper_report.Results:
+        return paper_report.Results(settings={}, servables={"noop": {"memo": {
+            "client on": {"p50": hit}, "floor": {"p50": 40.0, "client_p50": floor}}}})
+
+    met = paper_report.targets(results(110.0, 100.0))
+    assert met.exit_code() == 0 and met.checks[0].value == pytest.approx(1.1)
+    missed = paper_report.targets(results(130.0, 100.0))
+    assert missed.exit_code() == 1
+    assert "through Client.run" in missed.missed[0].name
+    not_run = paper_report.targets(paper_report.Results(settings={}, servables={}))
+    assert not_run.exit_code() == 0 and not_run.checks[0].ok is None
