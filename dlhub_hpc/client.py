@@ -29,6 +29,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,6 +65,7 @@ from dlhub_hpc.security.keys import KeyPair
 from dlhub_hpc.servable.bundle import make_bundle
 from dlhub_hpc.servable.spec import parse_ref
 from dlhub_hpc.transfer import call as streamed
+from dlhub_hpc.transfer.pending import PendingTransfers
 from dlhub_hpc.transfer.window import Outgoing
 
 logger = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def reply_value(reply: Reply, stacklevel: int = 2) -> Any:
     if reply.warning:
         warnings.warn(reply.warning, ServableDeprecated, stacklevel=stacklevel + 1)
     if reply.ok:
-        return streamed.plain(reply.value)  # a streamed output only Client.run receives
+        return streamed.plain(reply.value)  # a streamed output no call here received
     raise error_from_wire(reply.error or {})
 
 
@@ -196,6 +198,14 @@ def checked_parameters(parameters: Any) -> dict[str, Any] | None:
         raise InvalidInput("parameters should be a dict of the method's parameter names to "
                            f"values, not {type(parameters).__name__}", path="parameters")
     return dict(parameters) or None
+
+
+class RequestFuture(Future[Any]):
+    """The future ``submit`` returns; ``request_id`` names it to ``request_status``."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__()
+        self.request_id = request_id
 
 
 class ClientCore:
@@ -377,6 +387,7 @@ class _ThreadSockets:
         self._lock = threading.Lock()
         self._open: dict[threading.Thread, tuple[_ThreadSocket, weakref.finalize]] = {}
         self._local = threading.local()
+        self._pid = os.getpid()
 
     def get(self, make: Callable[[], _ThreadSocket]) -> _ThreadSocket:
         channel: _ThreadSocket | None = getattr(self._local, "channel", None)
@@ -398,6 +409,10 @@ class _ThreadSockets:
             return [channel.sock for channel, _ in self._open.values()]
 
     def _release(self, thread: threading.Thread) -> None:
+        if os.getpid() != self._pid:
+            # A forked child (a provider's subprocess) drops other threads' locals: their
+            # sockets are the parent's, and a call in progress holds the lock for good.
+            return
         with self._lock:
             entry = self._open.pop(thread, None)
         if entry is not None:
@@ -446,6 +461,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         self._wake_armed = False  # a wake-up byte is in the pipe; no need for another
         self._gone: DlhubHpcError | None = None  # why the I/O thread ended, if it did
         self._sockets = _ThreadSockets()
+        self._transfers: PendingTransfers | None = None  # the I/O thread's, made there
 
     def __enter__(self) -> Client:
         return self
@@ -470,9 +486,12 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         reads for you; ``result_to`` (a path) has the hub write the output there (``.npy``
         for an array, else bytes) and return its ``FileRef``.
         """
-        self._fast.ready_for(inputs, self.address, self._local_offer)  # opens a link once
-        return self._send(*self._request(servable, inputs, method, timeout, cache, parameters,
-                                         result_to))
+        upload = None
+        if not self._fast.ready_for(inputs, self.address, self._local_offer):  # opens a link
+            inputs, upload = streamed.stream_input(inputs)  # a large array goes in chunks
+        return self._send(*self._request(servable, inputs, method, timeout,
+                                         cache and upload is None, parameters, result_to),
+                          upload)
 
     def run(
         self, servable: str, inputs: Any, *, method: str = "",
@@ -542,6 +561,14 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         result: dict[str, Any] = self.control("publish", bundle=self._bundle(directory))
         return result
 
+    def request_status(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Where a request sent by ``submit`` (its future's ``request_id``) is: ``state``
+        ``queued``, ``running`` or ``answered``, and ``stage``, how far its servable's start
+        on demand got (``queued at scheduler``, ``job running``, ``model loading``; None
+        when it serves)."""
+        result: dict[str, Any] = self.control("request_status", timeout, request_id=request_id)
+        return result
+
     def wait_for_workers(self, servable: str, count: int = 1, timeout: float = 60.0) -> None:
         """Block until ``count`` workers of ``servable`` (the version asked, else the latest)
         are loaded and serving; their load error at once if the workers failed to load it."""
@@ -558,9 +585,10 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
 
     # -- plumbing --
 
-    def _send(self, request_id: str, frames: list[Any], wait: float | None) -> Future[Any]:
+    def _send(self, request_id: str, frames: list[Any], wait: float | None,
+              upload: Outgoing | None = None) -> Future[Any]:
         """Queue ``frames`` for the I/O thread; the future fails if ``wait`` s pass unanswered."""
-        future: Future[Any] = Future()
+        future: Future[Any] = RequestFuture(request_id)
         future.set_running_or_notify_cancel()
         with self._lock:
             if self._closing.is_set():
@@ -569,7 +597,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
                 raise self._gone
             self._ensure_thread()
             self._futures[request_id] = future
-        self._outbox.put([request_id, wait, frames])
+        self._outbox.put([request_id, wait, frames, upload])
         if not self._wake_armed:  # one byte wakes the I/O thread for everything queued
             self._wake_armed = True
             os.write(self._wake_w, b"x")
@@ -602,6 +630,9 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
             sock.connect(self.address)
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
+            live = sock
+            self._transfers = PendingTransfers(
+                lambda msg: live.send_multipart(encode(msg), copy=False))
             poller.register(self._wake_r, zmq.POLLIN)
             if monitor is not None:
                 poller.register(monitor, zmq.POLLIN)
@@ -624,6 +655,8 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
                     if refused is not None:
                         self._fail_all(refused)
                 self._expire()
+                if self._transfers.active:
+                    self._transfers.expire()
         except zmq.ZMQError:
             if self._context is None:
                 raise
@@ -642,20 +675,24 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
     def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:
         now = time.monotonic()
         while not self._outbox.empty():
-            request_id, timeout, frames = self._outbox.get()
+            request_id, timeout, frames, upload = self._outbox.get()
+            if upload is not None and self._transfers is not None:
+                self._transfers.upload(request_id, upload)
             if timeout is not None:
                 heapq.heappush(self._expiry, (now + timeout, request_id))
             sock.send_multipart(frames, copy=False)
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
         while cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
-            reply = decode_reply(sock.recv_multipart(copy=False), self._fast.fetch)
+            assert self._transfers is not None
+            # A transfer's chunk or credit moves it; a reply whose output streams waits for it.
+            reply = self._transfers.take(sock.recv_multipart(copy=False), self._fast.fetch)
             if reply is None:
                 continue
             with self._lock:
                 future = self._futures.pop(reply.request_id, None)
-            if future is not None:  # else answered already (expired here) or not ours
-                settle(future, reply)
+            # future None: answered already (expired here) or not ours
+            self._transfers.settle(reply, None if future is None else partial(settle, future))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -669,6 +706,8 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
     def _fail_all(self, error: DlhubHpcError) -> None:
         with self._lock:
             futures, self._futures = self._futures, {}
+        if self._transfers is not None:  # on the I/O thread, as it ends
+            self._transfers.fail_all(error)
         for future in futures.values():
             if not future.done():
                 future.set_exception(error)

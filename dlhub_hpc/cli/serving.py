@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dlhub_hpc.cli.common import client_from, console, input_error, to_json
+from dlhub_hpc.cli.common import client_from, console, err_console, input_error, to_json
 from dlhub_hpc.errors import ReferenceFormatError
 from dlhub_hpc.references import FileRef, parse_cli
 
@@ -76,8 +76,12 @@ def run(ctx: click.Context, servable: str, input_text: str, method: str, timeout
     INPUT may also be @ref:PATH or @ref:https://URL: a file or URL the hub reads for you.
     """
     inputs = _read_input(input_text)
+    from dlhub_hpc.cli.starting import wait_showing_stage
+
     with client_from(ctx, timeout=timeout) as client:
-        result = client.run(servable, inputs, method=method, result_to=result_to)
+        future = client.submit(servable, inputs, method=method, result_to=result_to)
+        result = wait_showing_stage(client, servable, future, getattr(future, "request_id", ""),
+                                    err_console)
     click.echo(to_json(result.path if isinstance(result, FileRef) else result))
 
 
