@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,7 +26,6 @@ from dlhub_hpc.client import (
     ClientCore,
     UseClientDefault,
     client_closed,
-    decode_reply,
     no_reply,
     raise_load_failure,
     settle,
@@ -34,9 +34,13 @@ from dlhub_hpc.client import (
 )
 from dlhub_hpc.client_publication import AdminCalls, PublicationCalls
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
+from dlhub_hpc.protocol import Reply, encode
 from dlhub_hpc.references import ResultTo
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.security.keys import KeyPair
+from dlhub_hpc.transfer import call as streamed
+from dlhub_hpc.transfer.pending import PendingTransfers
+from dlhub_hpc.transfer.window import Outgoing
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, tuple[asyncio.Future[Any], asyncio.TimerHandle | None]] = {}
         self._closed = False
+        self._transfers: PendingTransfers | None = None  # large arrays in chunks, made with _sock
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -90,8 +96,10 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
 
         Must be called with the client's event loop running. Bad inputs raise here.
         """
-        return self._send(*self._request(servable, inputs, method, timeout, cache, parameters,
-                                         result_to))
+        inputs, upload = streamed.stream_input(inputs)  # a large array goes in chunks
+        return self._send(*self._request(servable, inputs, method, timeout,
+                                         cache and upload is None, parameters, result_to),
+                          upload)
 
     async def run(
         self, servable: str, inputs: Any, *, method: str = "",
@@ -184,13 +192,18 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
             self._monitor_view = zmq.Socket.shadow(self._monitor.underlying)
         sock.connect(self.address)
         self._sock, self._loop = sock, loop
+        self._transfers = PendingTransfers(lambda msg: sock.send_multipart(encode(msg),
+                                                                           copy=False))
         self._tasks = [loop.create_task(self._read(sock), name="dlhub-async-client")]
         if self._monitor_view is not None:
             self._tasks.append(loop.create_task(self._watch(self._monitor_view)))
 
-    def _send(self, request_id: str, frames: list[Any], wait: float | None
-              ) -> asyncio.Future[Any]:
+    def _send(self, request_id: str, frames: list[Any], wait: float | None,
+              upload: Outgoing | None = None) -> asyncio.Future[Any]:
         sock = self._socket()
+        if upload is not None and self._transfers is not None:
+            self._transfers.upload(request_id, upload)
+            self._watch_stalls()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         timer = None if wait is None else loop.call_later(wait, self._expire, request_id)
@@ -213,9 +226,25 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
                 self._fail_all(DlhubHpcError(f"the connection to the hub at {self.address} "
                                              f"broke: {exc}", address=self.address))
                 raise
-            reply = decode_reply(frames)
+            assert self._transfers is not None
+            reply = self._transfers.take(frames)  # a transfer's chunk or credit moves it
             if reply is not None:
                 self._finish(reply.request_id, reply=reply)
+
+    def _watch_stalls(self) -> None:
+        """While transfers are open, look each second for one that stalled."""
+        transfers, loop = self._transfers, self._loop
+        if (transfers is None or loop is None or self._stall_timer is not None
+                or not transfers.active):
+            return
+
+        def look() -> None:
+            self._stall_timer = None
+            transfers.expire()
+            if transfers.active and not self._closed:
+                self._stall_timer = loop.call_later(1.0, look)
+
+        self._stall_timer = loop.call_later(1.0, look)
 
     async def _watch(self, monitor: zmq.Socket[bytes]) -> None:
         """Fail every open request at once when the hub refuses the handshake."""
@@ -228,15 +257,20 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
     def _finish(self, request_id: str, *, reply: Any = None,
                 error: BaseException | None = None) -> None:
         entry = self._pending.pop(request_id, None)
-        if entry is None:
-            return  # answered already (expired here) or not ours
+        if entry is None or entry[0].done():  # answered already, not ours, or cancelled
+            if reply is not None and self._transfers is not None:
+                self._transfers.settle(reply, None)  # an output coming is given up
+            if entry is not None and entry[1] is not None:
+                entry[1].cancel()
+            return
         future, timer = entry
         if timer is not None:
             timer.cancel()
-        if future.done():
-            return  # cancelled by its caller
         if error is not None:
             future.set_exception(error)
+        elif self._transfers is not None:
+            self._transfers.settle(reply, partial(_settle_unless_done, future))
+            self._watch_stalls()
         else:
             settle(future, reply)
 
@@ -244,12 +278,22 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         self._finish(request_id, error=no_reply(self.address, self._curve))
 
     def _fail_all(self, error: DlhubHpcError) -> None:
+        if self._transfers is not None:
+            self._transfers.fail_all(error)
         for request_id in list(self._pending):
             self._finish(request_id, error=error)
 
     def _shut(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         sock, self._sock = self._sock, None
         if sock is not None:
             ClientCurve.close(cast(Any, sock), self._monitor)
             sock.close(linger=0)
         self._monitor = self._monitor_view = None
+
+
+def _settle_unless_done(future: asyncio.Future[Any], reply: Reply) -> None:
+    if not future.done():  # its caller may have cancelled it while its output came
+        settle(future, reply)

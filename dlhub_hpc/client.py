@@ -29,6 +29,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,6 +65,7 @@ from dlhub_hpc.security.keys import KeyPair
 from dlhub_hpc.servable.bundle import make_bundle
 from dlhub_hpc.servable.spec import parse_ref
 from dlhub_hpc.transfer import call as streamed
+from dlhub_hpc.transfer.pending import PendingTransfers
 from dlhub_hpc.transfer.window import Outgoing
 
 logger = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def reply_value(reply: Reply, stacklevel: int = 2) -> Any:
     if reply.warning:
         warnings.warn(reply.warning, ServableDeprecated, stacklevel=stacklevel + 1)
     if reply.ok:
-        return streamed.plain(reply.value)  # a streamed output only Client.run receives
+        return streamed.plain(reply.value)  # a streamed output no call here received
     raise error_from_wire(reply.error or {})
 
 
@@ -459,6 +461,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         self._wake_armed = False  # a wake-up byte is in the pipe; no need for another
         self._gone: DlhubHpcError | None = None  # why the I/O thread ended, if it did
         self._sockets = _ThreadSockets()
+        self._transfers: PendingTransfers | None = None  # the I/O thread's, made there
 
     def __enter__(self) -> Client:
         return self
@@ -483,9 +486,12 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         reads for you; ``result_to`` (a path) has the hub write the output there (``.npy``
         for an array, else bytes) and return its ``FileRef``.
         """
-        self._fast.ready_for(inputs, self.address, self._local_offer)  # opens a link once
-        return self._send(*self._request(servable, inputs, method, timeout, cache, parameters,
-                                         result_to))
+        upload = None
+        if not self._fast.ready_for(inputs, self.address, self._local_offer):  # opens a link
+            inputs, upload = streamed.stream_input(inputs)  # a large array goes in chunks
+        return self._send(*self._request(servable, inputs, method, timeout,
+                                         cache and upload is None, parameters, result_to),
+                          upload)
 
     def run(
         self, servable: str, inputs: Any, *, method: str = "",
@@ -579,7 +585,8 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
 
     # -- plumbing --
 
-    def _send(self, request_id: str, frames: list[Any], wait: float | None) -> Future[Any]:
+    def _send(self, request_id: str, frames: list[Any], wait: float | None,
+              upload: Outgoing | None = None) -> Future[Any]:
         """Queue ``frames`` for the I/O thread; the future fails if ``wait`` s pass unanswered."""
         future: Future[Any] = RequestFuture(request_id)
         future.set_running_or_notify_cancel()
@@ -590,7 +597,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
                 raise self._gone
             self._ensure_thread()
             self._futures[request_id] = future
-        self._outbox.put([request_id, wait, frames])
+        self._outbox.put([request_id, wait, frames, upload])
         if not self._wake_armed:  # one byte wakes the I/O thread for everything queued
             self._wake_armed = True
             os.write(self._wake_w, b"x")
@@ -623,6 +630,9 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
             sock.connect(self.address)
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
+            live = sock
+            self._transfers = PendingTransfers(
+                lambda msg: live.send_multipart(encode(msg), copy=False))
             poller.register(self._wake_r, zmq.POLLIN)
             if monitor is not None:
                 poller.register(monitor, zmq.POLLIN)
@@ -645,6 +655,8 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
                     if refused is not None:
                         self._fail_all(refused)
                 self._expire()
+                if self._transfers.active:
+                    self._transfers.expire()
         except zmq.ZMQError:
             if self._context is None:
                 raise
@@ -663,20 +675,24 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
     def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:
         now = time.monotonic()
         while not self._outbox.empty():
-            request_id, timeout, frames = self._outbox.get()
+            request_id, timeout, frames, upload = self._outbox.get()
+            if upload is not None and self._transfers is not None:
+                self._transfers.upload(request_id, upload)
             if timeout is not None:
                 heapq.heappush(self._expiry, (now + timeout, request_id))
             sock.send_multipart(frames, copy=False)
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
         while cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
-            reply = decode_reply(sock.recv_multipart(copy=False), self._fast.fetch)
+            assert self._transfers is not None
+            # A transfer's chunk or credit moves it; a reply whose output streams waits for it.
+            reply = self._transfers.take(sock.recv_multipart(copy=False), self._fast.fetch)
             if reply is None:
                 continue
             with self._lock:
                 future = self._futures.pop(reply.request_id, None)
-            if future is not None:  # else answered already (expired here) or not ours
-                settle(future, reply)
+            # future None: answered already (expired here) or not ours
+            self._transfers.settle(reply, None if future is None else partial(settle, future))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -690,6 +706,8 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
     def _fail_all(self, error: DlhubHpcError) -> None:
         with self._lock:
             futures, self._futures = self._futures, {}
+        if self._transfers is not None:  # on the I/O thread, as it ends
+            self._transfers.fail_all(error)
         for future in futures.values():
             if not future.done():
                 future.set_exception(error)

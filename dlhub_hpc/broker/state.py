@@ -76,6 +76,7 @@ from dlhub_hpc.protocol import (
     Reply,
     Request,
     Shutdown,
+    StreamRef,
 )
 from dlhub_hpc.servable.types import check_value
 
@@ -347,6 +348,9 @@ class BrokerState(PoolDispatch):
         if p.memo_key is None:
             return
         followers = self._flights.pop(p.memo_key, [])
+        if ok and type(value) is StreamRef:  # its chunks reach one caller: the rest run alone
+            self._rerun_alone(p, followers, now, out)
+            return
         if ok:
             self.memo.put(p.memo_key, value)
         for f in followers:
@@ -358,6 +362,17 @@ class BrokerState(PoolDispatch):
                 timing = None if now is None else [now - f.arrived, inference]
                 out.append(ToClient(f.client, Reply(f.request_id, ok, value, error, timing,
                                                     f.notice)))
+
+    def _rerun_alone(self, p: Pending, followers: list[Pending], now: float | None,
+                     out: list[Action]) -> None:
+        """Requests joined to ``p``, whose output streamed: a stream has one receiver, so
+        each goes back to the front of its queue, joined to nothing, and runs again."""
+        waiting = [f for f in followers if not f.done]
+        for f in reversed(waiting):  # reversed + appendleft keeps their order
+            self._requeue_front(f)
+        self.stats["single_flight_reruns"] += len(waiting)
+        if waiting and now is not None:
+            self._dispatch(self._resolve(*p.servable), now, out)
 
     # -- dispatch --
 

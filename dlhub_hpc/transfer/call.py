@@ -70,11 +70,11 @@ def fetch(sock: zmq.Socket[Any], reply: Reply, max_bytes: int = 2**62) -> Reply:
 
 
 def plain(value: Any) -> Any:
-    """``value``, unless it is a streamed output this call cannot receive (futures and
-    asyncio calls do not stream): then ``TransferFailed`` says what to use instead."""
+    """``value``, unless it is a streamed output no call received (every ``Client`` and
+    ``AsyncClient`` call receives its own): then ``TransferFailed`` says what to do."""
     if type(value) is not StreamRef:
         return value
     raise TransferFailed(
-        f"the output is a {value.nbytes}-byte array, which comes back in chunks only to "
-        "Client.run; call run for it (or return less, or write it to a file)",
+        f"the output is a {value.nbytes}-byte array, which comes back in chunks only to a "
+        "Client or AsyncClient call; call one (or return less, or write it to a file)",
         transfer_id=value.transfer_id, size=value.nbytes)

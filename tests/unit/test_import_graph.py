@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
                "transfer",
                "references"},
     "async_client": {"errors", "hubfile", "protocol", "security", "servable", "client",
-                     "client_publication", "references"},
+                     "client_publication", "references", "transfer"},
     "parsl_executor": {"errors", "client", "servable", "protocol"},
     "bridge": {"errors", "client", "protocol", "servable", "shipped"},
     "gateway": {"errors", "_version", "client", "async_client", "protocol", "servable"},
