@@ -49,6 +49,9 @@ class ReferenceRouting:
         self._pool: ThreadPoolExecutor | None = None
         self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._results_to: dict[tuple[bytes, str], tuple[str, str]] = {}  # loop thread only
+        # What the content read becomes before it goes on (on the reading thread): the
+        # server has large arrays put in memfds for workers on its node (localpath).
+        self.prepare: Callable[[Any], Any] = _as_read
 
     def __repr__(self) -> str:
         return f"ReferenceRouting(pending_results={len(self._results_to)})"
@@ -65,8 +68,8 @@ class ReferenceRouting:
         def then(out: Any) -> None:
             self._resolved(identity, user, msg, checked, out)
 
-        self._submit(lambda: self._references().resolve(msg.payload, user, msg.result_to),
-                     then)
+        self._submit(lambda: self.prepare(
+            self._references().resolve(msg.payload, user, msg.result_to)), then)
         return True
 
     def _resolved(self, identity: bytes, user: str, req: Request, checked: Checked | None,
@@ -149,6 +152,10 @@ class ReferenceRouting:
             self._wake()
 
         self._pool.submit(run)
+
+
+def _as_read(value: Any) -> Any:
+    return value
 
 
 def _error(exc: Exception) -> DlhubHpcError:

@@ -130,6 +130,7 @@ class BrokerServer:
         self._references = ReferenceRouting(
             config, self._wake, lambda: self.auth.local_user if self.auth is not None else "",
             self.state.input_plan, self._on_caller_message, self._to_client)
+        self._references.prepare = self.fast.sealed_for_workers  # by memfd to local workers
         # Messages past this go by the lane (or, past the size limit, are refused there).
         self._large_bytes = min(config.large_message_bytes, config.max_message_bytes)
         self.client_endpoint = ""

@@ -20,7 +20,7 @@ import numpy as np
 from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.localpath import wire
 from dlhub_hpc.localpath.exchange import FdExchange
-from dlhub_hpc.localpath.memfd import available, map_array, whole_memfd
+from dlhub_hpc.localpath.memfd import available, map_array, seal_array, whole_memfd
 from dlhub_hpc.protocol import Batch, Bye, Hello, LocalOffer, Message, Reply, Request
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,31 @@ class HubLocalPath:
         principal = _worker_principal(user, identity)
         self._workers[identity] = principal
         return LocalOffer(self._offer(principal))
+
+    def sealed_for_workers(self, value: Any) -> Any:
+        """``value`` (an input the hub read by reference) with its large arrays copied into
+        sealed memfds, so that a batch hands them to a worker on this node by the path, not
+        through CurveZMQ. Runs on a reference thread, never on the loop; a no-op while no
+        worker here holds a link (then the copy would buy nothing)."""
+        if not self.enabled or not self.workers_linked():
+            return value
+        if isinstance(value, np.ndarray):
+            return self._sealed(value)
+        if isinstance(value, dict):
+            return {k: self._sealed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._sealed(v) for v in value]
+        return value
+
+    def workers_linked(self) -> int:
+        """How many workers on this node hold a link now (safe from any thread)."""
+        return sum(self.exchange.linked(p) for p in list(self._workers.values()))
+
+    def _sealed(self, value: Any) -> Any:
+        if (not isinstance(value, np.ndarray) or value.nbytes < self.min_bytes
+                or value.dtype.hasobject or whole_memfd(value) is not None):
+            return value
+        return map_array(seal_array(value), value.dtype, value.shape)
 
     def caller_fetch(self, user_of: Callable[[], str]) -> Fetch | None:
         if not self.enabled:
