@@ -4,7 +4,9 @@ A request that holds ``FileRef``/``URLRef`` values, or names ``result_to``, goes
 module's threads before the broker's state sees it. Each file is checked for the caller's
 Unix account (``security.file_walk``) and opened once, as the hub, on the descriptor the
 check used; the hub then hands the worker the content like an inline input: a ``.npy``
-file as a read-only memory-mapped array, anything else as bytes. Workers never see a
+file as a read-only array, anything else as bytes, read once into the hub's own memory
+(never a mapping the caller could change or truncate while the request waits), at most
+the request's cap, and only from regular files on filesystems that store data. Workers never see a
 path: a sandboxed worker could not open the caller's files, and one that could would
 read them as the wrong user. ``result_to`` is checked when the request comes (so a bad
 one fails at once) and again when the result is written (the real guard).
@@ -13,10 +15,13 @@ one fails at once) and again when the result is written (the real guard).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
 import os
 import secrets
+import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,8 @@ from dlhub_hpc.security.file_access import Account, account_of
 from dlhub_hpc.security.file_walk import check_writable, open_checked, parent_of
 
 logger = logging.getLogger(__name__)
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -89,16 +96,13 @@ class References:
             return _npy_from_bytes(body, ref.url) if ref.is_npy else body
         fd = open_checked(ref.path, account)
         with open(fd, "rb") as file:
-            size = os.fstat(fd).st_size
-            if size > budget[0]:
-                raise ReferenceTooLarge(
-                    f"{ref.path} is {size} bytes, over the {budget[0]} bytes left of "
-                    f"HubConfig.max_reference_bytes ({self.settings.max_bytes}) for this "
-                    "request; split the work, or ask the admin to raise it",
-                    reference=ref.path, size=size, limit=self.settings.max_bytes,
-                    setting="HubConfig.max_reference_bytes")
-            budget[0] -= size
-            return _npy_mapped(file, size, ref.path) if ref.is_npy else file.read()
+            _check_plain_file(fd, ref.path)
+            # read once into the hub's own memory: a mapping would change (or raise
+            # SIGBUS) when the caller rewrites or truncates the file while it is queued
+            body = _read_capped(file, os.fstat(fd).st_size, budget[0], ref.path,
+                                self.settings.max_bytes)
+        budget[0] -= len(body)
+        return _npy_from_bytes(body, ref.path) if ref.is_npy else body
 
     def write(self, path: str, user: str, value: Any) -> FileRef:
         """Write ``value`` to ``path`` for ``user`` (checked again here), as the caller's
@@ -151,20 +155,59 @@ def _replace(value: Any, content: Callable[[FileRef | URLRef], Any]) -> Any:
     return value
 
 
-def _npy_mapped(file: Any, size: int, path: str) -> np.ndarray:
-    """The array in an open ``.npy`` file, memory-mapped read-only (nothing is read but
-    its header until the servable touches it)."""
-    dtype, shape, fortran = _npy_header(file, path)
-    offset = file.tell()
-    count = int(np.prod(shape, dtype=np.int64))
-    if offset + count * dtype.itemsize > size:
-        raise ReferenceFormatError(f"{path} is shorter than the array its header describes",
-                                   reference=path)
-    if count == 0:
-        return np.empty(shape, dtype=dtype)
-    mapped = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape,
-                       order="F" if fortran else "C")
-    return mapped.view(np.ndarray)
+# Filesystems whose files are views of the kernel or of the reading process (the hub's
+# own, read as root), not data a caller stored: statfs f_type magic numbers.
+_PSEUDO_FS = {
+    0x9FA0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs", 0x74726163: "tracefs",
+    0x27E0EB: "cgroup", 0x63677270: "cgroup2", 0x73636673: "securityfs",
+    0xCAFE4A11: "bpf", 0x62656570: "configfs", 0x6165676C: "pstore",
+    0xDE5E81E4: "efivarfs", 0xF97CFF8C: "selinuxfs", 0x1CD1: "devpts",
+    0x65735543: "fusectl", 0x42494E4D: "binfmt_misc", 0x6E736673: "nsfs",
+    0x1373: "devfs",
+}
+
+
+def _fs_type(fd: int) -> int | None:
+    """The statfs f_type of the filesystem ``fd`` is on (the first field on Linux)."""
+    buf = ctypes.create_string_buffer(256)  # larger than struct statfs on every arch
+    if _libc.fstatfs(fd, buf) != 0:
+        return None
+    return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], sys.byteorder) & 0xFFFFFFFF
+
+
+def _check_plain_file(fd: int, path: str) -> None:
+    """Only regular files on filesystems that store data: never /proc, /sys and the like,
+    whose files report size 0 and show what the hub (not the caller) may see."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise ReferenceFormatError(f"{path} is not a regular file", reference=path)
+    kind = _fs_type(fd)
+    if kind is None or kind in _PSEUDO_FS:
+        name = "unknown" if kind is None else _PSEUDO_FS[kind]
+        raise ReferenceDenied(f"{path} is on a {name} filesystem, whose files are views of "
+                              "the kernel or the hub, not stored data; copy the data to a "
+                              "regular file first", reference=path)
+
+
+def _read_capped(file: Any, size: int, left: int, path: str, limit: int) -> bytes:
+    """At most ``left`` bytes of ``file`` (whatever its size says): one more is refused."""
+    if size > left:
+        raise _too_large(path, size, left, limit)
+    parts = [file.read(size + 1)]  # one more than it says: did it grow?
+    got = len(parts[0])
+    while got <= left and len(parts[-1]) > 0 and got > size:
+        parts.append(file.read(min(1 << 20, left + 1 - got)))
+        got += len(parts[-1])
+    if got > left:
+        raise _too_large(path, got, left, limit)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_large(path: str, size: int, left: int, limit: int) -> ReferenceTooLarge:
+    return ReferenceTooLarge(
+        f"{path} is {size} bytes or more, over the {left} bytes left of "
+        f"HubConfig.max_reference_bytes ({limit}) for this request; split the work, or "
+        "ask the admin to raise it", reference=path, size=size, limit=limit,
+        setting="HubConfig.max_reference_bytes")
 
 
 def _npy_from_bytes(body: bytes, where: str) -> np.ndarray:

@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import logging
 import os
+import resource
 import selectors
 import socket
 import threading
@@ -33,7 +34,10 @@ logger = logging.getLogger(__name__)
 
 TICKET_TTL = 60.0  # seconds a ticket waits for its taker
 MAX_HELD = 64  # tickets one identity may have waiting at once, each way
-MAX_CONNECTIONS = 1024
+MAX_CONNECTIONS = 1024  # and never more than a quarter of the hub's descriptor limit
+MAX_PER_UID = 256  # connections from one Unix user (a node's ranks of one job share it)
+REGISTER_TIMEOUT = 5.0  # seconds a new connection has to present its token
+ACCEPT_BACKOFF = 0.5  # seconds accept rests when the hub is out of descriptors
 
 
 @dataclass(slots=True)
@@ -48,6 +52,7 @@ class _Conn:
     sock: socket.socket
     pid: int
     uid: int
+    since: float  # when accepted: it must register within REGISTER_TIMEOUT
     principal: str | None = None
 
 
@@ -65,9 +70,13 @@ class FdExchange:
     """Serves one abstract AF_UNIX socket; ``offer``/``take``/``issue`` are the loop's side."""
 
     def __init__(self, ttl: float = TICKET_TTL, max_held: int = MAX_HELD,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_per_uid: int = MAX_PER_UID,
+                 register_timeout: float = REGISTER_TIMEOUT) -> None:
         self.name = wire.abstract_name()
         self._ttl, self._max_held, self._clock = ttl, max_held, clock
+        self._max_per_uid, self._register_timeout = max_per_uid, register_timeout
+        self._resume_accept = 0.0  # clock time accept may run again after running out
         self._lock = threading.Lock()
         self._books = _Books()
         self.refused = 0  # refusals of either side, for the hub's status
@@ -159,11 +168,14 @@ class FdExchange:
         conns: dict[int, _Conn] = {}
         try:
             while not self._stopping.is_set():
-                for key, _ in sel.select():
+                # wake at least this often to drop connections that never registered
+                for key, _ in sel.select(timeout=min(1.0, self._register_timeout)):
                     if key.fileobj is self._listener:
                         self._accept(sel, conns)
                     elif key.data is not None:
                         self._on_readable(sel, conns, key.data)
+                self._expire_unregistered(sel, conns)
+                self._resume_accepting(sel)
         finally:
             for conn in list(conns.values()):
                 self._drop(sel, conns, conn)
@@ -171,16 +183,52 @@ class FdExchange:
             self._listener.close()
 
     def _accept(self, sel: selectors.BaseSelector, conns: dict[int, _Conn]) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
+        try:
             sock, _ = self._listener.accept()  # type: ignore[union-attr]
-            if len(conns) >= MAX_CONNECTIONS:
-                sock.close()
-                return
-            sock.setblocking(False)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # out of descriptors (EMFILE, ENFILE) or memory: rest, go on
+            logger.warning("local fast path cannot accept (%s); pausing %.1f s",
+                           exc, ACCEPT_BACKOFF)
+            self._pause_accepting(sel, conns)
+            return
+        try:
             pid, uid, _gid = wire.peer_credentials(sock)
-            conn = _Conn(sock, pid, uid)
-            conns[sock.fileno()] = conn
-            sel.register(sock, selectors.EVENT_READ, conn)
+        except OSError:
+            sock.close()
+            return
+        if len(conns) >= _max_connections() or sum(
+                c.uid == uid for c in conns.values()) >= self._max_per_uid:
+            self.refused += 1
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock, pid, uid, self._clock())
+        conns[sock.fileno()] = conn
+        sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _pause_accepting(self, sel: selectors.BaseSelector, conns: dict[int, _Conn]) -> None:
+        """Stop polling the listener for a while (it would wake the thread at once, over
+        and over), and free the oldest connection that has not registered."""
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(self._listener)  # type: ignore[arg-type]
+        self._resume_accept = self._clock() + ACCEPT_BACKOFF
+        waiting = [c for c in conns.values() if c.principal is None]
+        if waiting:
+            self._drop(sel, conns, min(waiting, key=lambda c: c.since))
+
+    def _resume_accepting(self, sel: selectors.BaseSelector) -> None:
+        if self._resume_accept and self._clock() >= self._resume_accept:
+            self._resume_accept = 0.0
+            sel.register(self._listener, selectors.EVENT_READ, None)  # type: ignore[arg-type]
+
+    def _expire_unregistered(self, sel: selectors.BaseSelector,
+                             conns: dict[int, _Conn]) -> None:
+        deadline = self._clock() - self._register_timeout
+        for conn in [c for c in conns.values() if c.principal is None and c.since <= deadline]:
+            logger.debug("local connection from pid %s uid %s did not register in time",
+                         conn.pid, conn.uid)
+            self._drop(sel, conns, conn)
 
     def _drop(self, sel: selectors.BaseSelector, conns: dict[int, _Conn], conn: _Conn) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -275,3 +323,12 @@ class FdExchange:
             raise LocalPathRefused("the local-path ticket is unknown, used already, expired "
                                    "or another caller's")
         return held.memfd
+
+
+def _max_connections() -> int:
+    """MAX_CONNECTIONS, or a quarter of the descriptors this process may hold if fewer:
+    the hub needs the rest for its own sockets, files and workers."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft // 4))
