@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dlhub_hpc import errors
+
 logger = logging.getLogger(__name__)
 
 # Seconds: from a memo hit (microseconds) to a slow model (a minute).
@@ -23,6 +25,27 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 BATCH_BUCKETS = tuple(float(2**i) for i in range(13))
 
 SeriesKey = tuple[str, int, str]  # (servable, version, method)
+
+
+def _known_errors() -> frozenset[str]:
+    found, todo = set(), [errors.DlhubHpcError]
+    while todo:
+        cls = todo.pop()
+        if cls.__module__ == errors.__name__:
+            found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return frozenset(found)
+
+
+# Error labels are the classes of errors.py (its tree) and "Other": a worker reports its
+# error's type by name, and a servable could name a new one for every request.
+KNOWN_ERRORS = _known_errors()
+OTHER = "Other"
+
+
+def error_label(kind: object) -> str:
+    """``kind`` if it names an error of errors.py, else ``OTHER``: a bounded label set."""
+    return kind if isinstance(kind, str) and kind in KNOWN_ERRORS else OTHER
 
 
 class Histogram:
@@ -96,7 +119,7 @@ class BrokerMetrics:
         if ok:
             s.ok += 1
         else:
-            kind = str(error.get("type", "Error")) if isinstance(error, dict) else "Error"
+            kind = error_label(error.get("type") if isinstance(error, dict) else None)
             s.errors[kind] = s.errors.get(kind, 0) + 1
         if now is not None:
             s.latency.observe(now - p.arrived)
@@ -109,7 +132,8 @@ class BrokerMetrics:
 
     def refused(self, error_type: str) -> None:
         """A request refused before it was queued: no servable label (names are untrusted)."""
-        self.rejected[error_type] = self.rejected.get(error_type, 0) + 1
+        kind = error_label(error_type)
+        self.rejected[kind] = self.rejected.get(kind, 0) + 1
 
     def held(self, servable: tuple[str, int], now: float) -> None:
         """A part-full batch of ``servable`` waits for more items (since the first hold)."""
