@@ -117,6 +117,9 @@ class BrokerState(PoolDispatch):
         self._arriving: dict[ServableKey, bool] = {}  # concurrent load: worth waiting to batch
         self._in_flight: Counter[ServableKey] = Counter()  # items at workers, per servable
         self._flights: dict[bytes, list[Pending]] = {}  # memo key -> requests joined to it
+        # Servables whose requests came in the socket read now under way (begin_round):
+        # their batches form when it ends, so a burst read at once goes as one batch.
+        self._round: dict[ServableKey, ServableInfo] | None = None
         self.memo = MemoCache(self.config.memo_max_bytes)
         self._next_batch_id = 0
         self._seq = 0
@@ -157,6 +160,22 @@ class BrokerState(PoolDispatch):
         else:
             self._on_tick(now, out)
         return self.pipelines.route(out, now)  # step replies feed the next step
+
+    def begin_round(self) -> None:
+        """Requests handled from now until ``end_round`` form batches only then (a full
+        batch still goes at once): the shell brackets each read of a caller socket."""
+        self._round = {}
+
+    def end_round(self, now: float) -> list[Action]:
+        """Dispatch what the requests since ``begin_round`` queued."""
+        waiting, self._round = self._round, None
+        if not waiting:
+            return []
+        self.changes += 1
+        out: list[Action] = []
+        for info in waiting.values():
+            self._dispatch(info, now, out)
+        return self.pipelines.route(out, now)
 
     def next_wakeup(self, now: float) -> float:
         """Seconds until a Tick is next needed."""
@@ -295,7 +314,10 @@ class BrokerState(PoolDispatch):
             self.ondemand.used(info.key, now)
             if start is not None:
                 out.append(start)
-        self._dispatch(info, now, out)
+        if self._round is not None and queue.live < info.max_batch_size:
+            self._round[info.key] = info  # dispatched once this read of the socket ends
+        else:
+            self._dispatch(info, now, out)
 
     def _reject(self, client: bytes, request_id: str, exc: DlhubHpcError,
                 out: list[Action]) -> None:
