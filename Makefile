@@ -62,7 +62,7 @@ test: system-deps $(STAMP) lint typecheck unit integration
 PYTRITON_ENV = .venv-pytriton-bench
 $(PYTRITON_ENV)/bin/python:
 	/usr/bin/python3 -m venv $(PYTRITON_ENV)
-	$(PYTRITON_ENV)/bin/pip install -q 'nvidia-pytriton==0.7.0' 'numpy<2' 'scikit-learn>=1.3'
+	$(PYTRITON_ENV)/bin/pip install -q -r benchmarks/requirements-pytriton.txt
 
 pytriton-env: $(PYTRITON_ENV)/bin/python
 

@@ -17,8 +17,9 @@ load. Throughput: ``--concurrency`` threads, each with its own HTTP client (one 
 ``Client`` for the native path), for a fixed number of requests.
 
 PyTriton needs numpy<2 and the system's Python (its backend embeds the system libpython):
-it runs from its own venv (benchmarks/requirements-pytriton.txt), named with
-``--pytriton-python`` or $DLHUB_HPC_PYTRITON_PYTHON; without one its rows are not run.
+it runs from its own venv, ``.venv-pytriton-bench`` (``make pytriton-env``), or the Python
+named with ``--pytriton-python`` or $DLHUB_HPC_PYTRITON_PYTHON; without one its rows are
+not run. This side needs the ``bench`` extra (aiohttp, uvloop, orjson, tritonclient).
 Targets: the gateway's no-op p50 at most 1.5x the native Client's; the gateway ahead of
 PyTriton on p50 and throughput, on both workloads. Figures go to
 benchmarks/results/gateway.json.
@@ -259,12 +260,20 @@ def print_table(figures: dict[str, Any]) -> None:
               f"{row['throughput_rps']:>10.0f}")
 
 
+def default_pytriton_python() -> str | None:
+    named = os.environ.get("DLHUB_HPC_PYTRITON_PYTHON")
+    made = Path(__file__).resolve().parents[1] / ".venv-pytriton-bench" / "bin" / "python"
+    return named or (str(made) if made.exists() else None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="per path and workload")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--pytriton-python", default=os.environ.get("DLHUB_HPC_PYTRITON_PYTHON"))
+    parser.add_argument("--pytriton-python", default=default_pytriton_python(),
+                        help="a Python with nvidia-pytriton (default: $DLHUB_HPC_PYTRITON_PYTHON,"
+                        " else .venv-pytriton-bench's from 'make pytriton-env')")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     start_run(args.verbose, logger)

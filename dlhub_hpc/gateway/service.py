@@ -12,6 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
+try:  # a few microseconds less per request than json, both ways; the gateway extra has it
+    import orjson
+except ImportError:  # pragma: no cover - an install without the gateway extra's orjson
+    orjson = None  # type: ignore[assignment]
+
 from dlhub_hpc._version import __version__
 from dlhub_hpc.errors import DlhubHpcError, InvalidInput, MethodNotFound, TokenRefused
 from dlhub_hpc.gateway.hubclient import HubClient
@@ -156,12 +161,21 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
                                f"the body's {len(body)} bytes")
         size = int(header_length)
     try:
-        header = json.loads(bytes(view[:size]))
+        header = _loads(bytes(view[:size]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"the request's JSON header cannot be read: {exc}") from None
     if not isinstance(header, dict):
         raise InvalidInput("the request must be a JSON object with 'inputs'")
     return header, view[size:]
+
+
+def _loads(text: bytes) -> Any:
+    if orjson is not None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:  # NaN or Infinity, which json reads: let it say
+            pass
+    return json.loads(text)
 
 
 def read_inputs(header: dict[str, Any], binary: memoryview) -> list[Any]:
@@ -206,7 +220,11 @@ def respond(header: dict[str, Any], record: dict[str, Any], value: Any,
               "outputs": outputs}
     if "id" in header:
         answer["id"] = header["id"]
-    text = json.dumps(answer).encode()
+    # orjson writes NaN as null: only an answer whose every tensor is binary (and whose
+    # id is text) goes through it; json keeps NaN as Python's json module writes it.
+    fast = orjson is not None and not any("data" in o for o in outputs) and isinstance(
+        answer.get("id", ""), str)
+    text = orjson.dumps(answer) if fast else json.dumps(answer).encode()
     if not any(blobs):
         return web.Response(body=text, content_type="application/json")
     return web.Response(body=b"".join([text, *blobs]), content_type="application/octet-stream",

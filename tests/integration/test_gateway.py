@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,6 +113,24 @@ def test_tritonclient_reads_metadata_and_infers_with_json_and_binary_tensors(
             assert out.dtype == np.float32 and out.tolist() == [3.0, 5.0, 8.0]
     finally:
         triton.close()
+
+
+def test_many_requests_at_once_each_get_their_own_answer(site: Site) -> None:
+    """Replies that come from the hub in a burst are each handed to their own caller."""
+    aiohttp = pytest.importorskip("aiohttp")
+    headers = {"Authorization": f"Bearer {site.tokens['alice']}"}
+
+    async def one(session: Any, i: int) -> list[float]:
+        async with session.post(f"{site.url}/v2/models/test/tensors/infer",
+                                data=infer_body([float(i), 0.5]), headers=headers) as response:
+            assert response.status == 200, await response.text()
+            return list((await response.json())["outputs"][0]["data"])
+
+    async def main() -> list[list[float]]:
+        async with aiohttp.ClientSession() as session:
+            return await asyncio.gather(*(one(session, i) for i in range(200)))
+
+    assert asyncio.run(main()) == [[2.0 * i, 1.0] for i in range(200)]
 
 
 def test_curl_calls_a_method_named_in_the_parameters(site: Site) -> None:

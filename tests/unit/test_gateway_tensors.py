@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
@@ -15,9 +16,11 @@ pytest.importorskip("aiohttp", reason="pip install dlhub-hpc[gateway] (aiohttp)"
 from dlhub_hpc.errors import InvalidInput, MethodNotFound
 from dlhub_hpc.gateway.names import servable_of, version_of
 from dlhub_hpc.gateway.service import (
+    HEADER_LENGTH,
     model_metadata,
     pick_method,
     read_inputs,
+    respond,
     split_body,
 )
 from dlhub_hpc.gateway.tensors import (
@@ -167,3 +170,29 @@ def test_the_binary_extension_splits_the_body_at_the_header_length() -> None:
         split_body(head, str(len(head) + 1))
     with pytest.raises(InvalidInput, match="cannot be read"):
         split_body(b"{", None)
+
+
+def test_nan_in_a_json_header_is_read_and_written_as_pythons_json_does() -> None:
+    header, binary = split_body(b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", '
+                                b'"data": [NaN, 1.5]}]}', None)
+    values = read_inputs(header, binary)[0].array
+    assert np.isnan(values[0]) and values[1] == 1.5
+    record = {"name": "a/b", "version": 1}
+    answer = respond({"id": "r1"}, record, np.array([np.nan, 2.0]), False)
+    assert answer.body == (b'{"model_name": "a/b", "model_version": "1", "outputs": [{"name": '
+                           b'"output", "datatype": "FP64", "shape": [2], "data": [NaN, 2.0]}], '
+                           b'"id": "r1"}')
+
+
+def test_a_binary_answer_is_its_json_header_then_the_raw_tensor() -> None:
+    value = np.array([1.0, np.nan], dtype=np.float32)
+    answer = respond({"id": "r2", "outputs": [{"name": "output"}]}, {"name": "a/b", "version": 3},
+                     value, True)
+    body = answer.body
+    assert isinstance(body, bytes)
+    size = int(answer.headers[HEADER_LENGTH])
+    assert json.loads(body[:size]) == {
+        "model_name": "a/b", "model_version": "3", "id": "r2",
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [2],
+                     "parameters": {"binary_data_size": 8}}]}
+    assert np.array_equal(np.frombuffer(body[size:], "<f4"), value, equal_nan=True)
