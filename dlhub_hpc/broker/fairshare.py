@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
-__all__ = ["DeficitRoundRobin", "FairQueue", "pick_flow"]
+__all__ = ["DeficitRoundRobin", "FairQueue", "peek_flow", "pick_flow"]
 
 
 class DeficitRoundRobin(Generic[K]):
@@ -173,12 +173,17 @@ class FairQueue(Generic[T]):
         self._len = 0
 
 
-def pick_flow(order: DeficitRoundRobin[K], backlogged: Callable[[K], bool]) -> K | None:
-    """The next flow of ``order`` that still has work (``backlogged``), charged one unit;
-    flows found empty leave the round. None when no flow has work."""
+def peek_flow(order: DeficitRoundRobin[K], backlogged: Callable[[K], bool]) -> K | None:
+    """The flow ``pick_flow`` would name, not charged; flows found empty leave the round."""
     while len(order):
         flow = order.peek()
         if backlogged(flow):
-            return order.next()
+            return flow
         order.deactivate(flow)
     return None
+
+
+def pick_flow(order: DeficitRoundRobin[K], backlogged: Callable[[K], bool]) -> K | None:
+    """The next flow of ``order`` that still has work (``backlogged``), charged one unit;
+    flows found empty leave the round. None when no flow has work."""
+    return None if peek_flow(order, backlogged) is None else order.next()

@@ -92,6 +92,7 @@ class PoolDispatch:
         """No free worker holds ``info``: have the cheapest free pooled worker load it."""
         if self._worker_count[info.key]:  # it has workers of its own: they take it
             return
+        self.pools.backlog.add(info.key)  # requests wait for a pooled worker: _waiting
         identity = self.pools.loader(info)
         if identity is None:
             return
@@ -151,14 +152,18 @@ class PoolDispatch:
             self._dispatch(info, now, out)
 
     def _waiting(self) -> list[tuple[int, ServableInfo]]:
-        """Each servable with requests queued: its oldest request's seq, and its info."""
+        """Each pooled servable with requests queued: its oldest request's seq, and its info.
+        Only those that found no free pooled worker (the backlog), not every queue the hub
+        ever made: a hub of hundreds of servables pays per batch for what waits, not for
+        all it holds."""
         found = []
-        for key, methods in self._queues.items():
-            queue, _ = oldest_queue(methods)
+        for key in list(self.pools.backlog):
+            queue, _ = oldest_queue(self._queues.get(key, {}))
             if queue is None:
+                self.pools.backlog.discard(key)
                 continue
             try:
                 found.append((queue.items[0].seq, self._resolve(*key)))
             except DlhubHpcError:
-                continue
+                self.pools.backlog.discard(key)
         return found

@@ -17,12 +17,14 @@ conflict with what a worker already imported (a process cannot unload a package)
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from dlhub_hpc.broker.events import ServableInfo, ServableKey
+from dlhub_hpc.broker.fairshare import DeficitRoundRobin, peek_flow
 from dlhub_hpc.servable.pools import PoolSpec
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,10 @@ class PoolBook:
         self.sizes: dict[ServableKey, int] = {}  # measured bytes of each loaded servable
         self.counts: dict[ServableKey, Counter[str]] = {}
         self.own_workers: dict[ServableKey, str] = {}  # servable -> why no pool takes it
+        self.load_seconds: dict[ServableKey, float] = {}  # each servable's last load, reported
+        self.backlog: set[ServableKey] = set()  # servables whose requests found no free member
+        # whose turn it is between a pool's servables, per pool (spec, owner): pick_flow
+        self.turns: dict[tuple[str, str | None], DeficitRoundRobin[ServableKey]] = {}
 
     def __repr__(self) -> str:
         return f"PoolBook(members={len(self.members)}, free={len(self.free)})"
@@ -214,6 +220,9 @@ class PoolBook:
         member.holds = holds
         member.fresh = info.key
         self.sizes[info.key] = holds[info.key]
+        seconds = report.get("seconds")
+        if type(seconds) is float and math.isfinite(seconds) and seconds >= 0:
+            self.load_seconds[info.key] = seconds
         for package, wanted in info.pins:
             member.pins.setdefault(package, (wanted, info.key))
         for key in evicted:
@@ -254,25 +263,35 @@ class PoolBook:
 
     def next_for(self, identity: bytes, waiting: Iterable[tuple[int, ServableInfo]]
                  ) -> ServableInfo | None:
-        """What a member that just came free should take: of the servables with requests
-        waiting (oldest request's seq, info), one it holds first, else the oldest it may
-        load that no one is loading."""
+        """What a member that just came free should take, of the servables with requests
+        waiting (oldest request's seq, info): the servable whose turn it is in its pool's
+        deficit round robin, so a flood of one servable does not starve the others. When
+        that one is held or loaded by another (busy) member, which takes it when it frees,
+        this one serves what it holds meanwhile (the turn is not used up)."""
         member = self.members.get(identity)
         if member is None:
             return None
-        held: tuple[int, ServableInfo] | None = None
-        other: tuple[int, ServableInfo] | None = None
+        admitted = {info.key: (seq, info) for seq, info in waiting if self.admits(member, info)}
+        turns = self.turns.setdefault((member.spec.text(), member.owner), DeficitRoundRobin())
+        for _, info in sorted(admitted.values(), key=lambda w: w[0]):
+            turns.activate(info.key)  # new flows join the round's end, oldest first
+        head = peek_flow(turns, admitted.__contains__)
+        if head is None:
+            return None
         loading = {m.loading for m in self.members.values()}
-        for seq, info in waiting:
-            if not self.admits(member, info):
-                continue
-            if info.key in member.holds:
-                if held is None or seq < held[0]:
-                    held = (seq, info)
-            elif info.key not in loading and (other is None or seq < other[0]):
-                other = (seq, info)
-        chosen = held or other
-        return None if chosen is None else chosen[1]
+        elsewhere = head not in member.holds and (head in loading or any(
+            head in m.holds for m in self.members.values() if m is not member))
+        if not elsewhere:
+            turns.next()
+            return admitted[head][1]
+        held = [w for k, w in admitted.items() if k in member.holds]
+        if held:
+            return min(held, key=lambda w: w[0])[1]
+        if head in loading:  # its batch waits for that load: the oldest one free to load
+            other = [w for k, w in admitted.items() if k not in loading]
+            return min(other, key=lambda w: w[0])[1] if other else None
+        turns.next()  # held by a busy member only: a second copy here serves it sooner
+        return admitted[head][1]
 
     # -- status --
 
@@ -289,11 +308,19 @@ class PoolBook:
             }
             for m in self.members.values()
         }
-        servables = {ref_of(k): {**{c: n[c] for c in _COUNTERS}, "hit_rate": hit_rate(n),
-                                 "bytes": self.sizes.get(k)}
-                     for k, n in self.counts.items()}
+        servables = {ref_of(k): self._servable_view(k, n) for k, n in self.counts.items()}
         return {"workers": workers, "servables": servables,
                 "own_workers": {ref_of(k): why for k, why in self.own_workers.items()}}
+
+    def _servable_view(self, key: ServableKey, counts: Counter[str]) -> dict[str, Any]:
+        return {**{c: counts[c] for c in _COUNTERS}, "hit_rate": hit_rate(counts),
+                "bytes": self.sizes.get(key), "last_load_s": self.load_seconds.get(key)}
+
+    def view_servable(self, ref: str) -> dict[str, Any] | None:
+        """One servable's part of ``view()``; None when no pool served it."""
+        key = key_of(ref)
+        counts = None if key is None else self.counts.get(key)
+        return None if key is None or counts is None else self._servable_view(key, counts)
 
 
 def hit_rate(counts: Counter[str]) -> float | None:

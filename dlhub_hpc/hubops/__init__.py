@@ -16,6 +16,7 @@ from dlhub_hpc.hubops.hubwide import HubOps
 from dlhub_hpc.hubops.ondemand import OnDemandStarter, request_status
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.hubops.pilots import PilotOps
+from dlhub_hpc.hubops.pools import pool_counters
 from dlhub_hpc.hubops.recovery import Recovery
 from dlhub_hpc.hubops.workers import WorkerOps
 
@@ -37,6 +38,7 @@ def control_operations(parts: HubParts) -> dict[str, ControlHandler]:
         "pilot_status": pilots.pilot_status,
         "pilot_stop": pilots.pilot_stop,
         "request_status": lambda args: request_status(parts, args),
+        "pool_counters": lambda args: pool_counters(parts, args),
         "shutdown": hub.shutdown,
         **parts.security.operations(),
     }

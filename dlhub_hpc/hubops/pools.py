@@ -116,3 +116,17 @@ def build_pool_pilot(parts: HubParts, pool: PoolSpec, owner: str, profile: SiteP
         heartbeat_interval=parts.config.heartbeat_interval,
         hub_timeout=max(30.0, 3 * parts.config.heartbeat_timeout), launch=launch,
         pilot_id=pilot_id)
+
+
+def pool_counters(parts: HubParts, args: dict[str, Any]) -> dict[str, Any]:
+    """The hub's pool counters, and one servable's (``args['servable']``, name@version) if
+    the caller may see it: what ``status`` says of pools, without its registry listing,
+    cheap enough to read around every request (benchmarks/pools.py does)."""
+    caller = str(args.get("caller", ""))
+    state = parts.state
+    counters = {k: state.stats[k] for k in ("pool_loads", "pool_evictions", "load_failures")}
+    ref = args.get("servable")
+    servable = None
+    if isinstance(ref, str) and parts.security.access.can_see(caller, ref.split("@")[0]):
+        servable = state.pools.view_servable(ref)
+    return {**counters, "servable": servable}

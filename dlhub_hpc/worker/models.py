@@ -25,6 +25,7 @@ import logging
 import os
 import resource
 import sys
+import time
 import tracemalloc
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -114,6 +115,7 @@ class PoolRunner(Runner):
         spec = ServableSpec.from_data(assign.spec, ref)
         check_ranks(spec, self.ranks)
         evicted: list[str] = []
+        started = time.perf_counter()
         if ref in self.models:  # sent again: it is the most recent now, nothing to load
             self.models.move_to_end(ref)
         else:
@@ -127,6 +129,7 @@ class PoolRunner(Runner):
             evicted += self._evict(self.budget, keep=ref)
         self.last_report = {
             "loaded": ref, "nbytes": self.models[ref].nbytes, "evicted": evicted,
+            "seconds": time.perf_counter() - started,  # the load's own time, for status
             "holds": [[r, m.nbytes] for r, m in self.models.items()],
         }
         return spec
