@@ -462,6 +462,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         self._gone: DlhubHpcError | None = None  # why the I/O thread ended, if it did
         self._sockets = _ThreadSockets()
         self._transfers: PendingTransfers | None = None  # the I/O thread's, made there
+        self._fast.on_linked = lambda: self.control("local_path", linked=self._prefix)
 
     def __enter__(self) -> Client:
         return self
@@ -555,6 +556,12 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
 
     def _local_offer(self) -> Any:
         return self.control("local_path")
+
+    def open_local_path(self) -> bool:
+        """Open the same-node link now (the first large input opens it anyway), so that
+        large outputs of calls with small inputs come by it too; False where the path does
+        not apply (another node, the hub has it off, ``local_fast_path`` is False)."""
+        return self._fast.open(self.address, self._local_offer)
 
     def publish(self, directory: str | Path) -> dict[str, Any]:
         """Publish a servable directory; returns its name, version and digest."""

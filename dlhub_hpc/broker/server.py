@@ -399,6 +399,8 @@ class BrokerServer:
             if fetch is not None and fetch.used:  # answer it by the same path
                 self.state.count("local_path_in", fetch.used)
                 decoded = decoded[0], self.fast.came_by_path(caller[0], decoded[1], fetch)
+            elif fetch is not None:  # a linked client's large outputs come by the path too
+                self.fast.from_linked_client(caller[0], caller[1], decoded[1])
             self._on_caller_message(*caller, decoded[1])
 
 

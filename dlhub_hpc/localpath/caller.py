@@ -33,6 +33,8 @@ class CallerPath:
     def __init__(self) -> None:
         self.enabled = True  # Client.local_fast_path
         self.link: LocalLink | None = None
+        # Tells the hub this client holds a link, so its large outputs come by it too.
+        self.on_linked: Callable[[], Any] | None = None
         self._tried = False
         self._lock = threading.Lock()
 
@@ -45,15 +47,21 @@ class CallerPath:
         the hub's offer from ``ask()``, on first need). Else they go as they always did."""
         if not self.enabled or not large_array_in(inputs, _NEEDS_LINK):
             return False
+        link = self.link if self.open(address, ask) else None
+        return link is not None and large_array_in(inputs, link.min_bytes)
+
+    def open(self, address: str, ask: Callable[[], Any]) -> bool:
+        """Whether this client holds a link; the first call tries to open one."""
+        if not self.enabled:
+            return False
         if not self._tried:
             with self._lock:
                 if not self._tried:
                     self.link = self._open(address, ask)
                     self._tried = True
-        return self.link is not None and large_array_in(inputs, self.link.min_bytes)
+        return self.link is not None
 
-    @staticmethod
-    def _open(address: str, ask: Callable[[], Any]) -> LocalLink | None:
+    def _open(self, address: str, ask: Callable[[], Any]) -> LocalLink | None:
         if not address.startswith(("tcp://", "ipc://")):
             return None  # in the hub's process: arrays are not encrypted there anyway
         try:
@@ -61,7 +69,13 @@ class CallerPath:
         except DlhubHpcError as exc:
             say_once(f"the hub does not offer it ({exc.message})")
             return None
-        return open_link(offer)
+        link = open_link(offer)
+        if link is not None and self.on_linked is not None:
+            try:
+                self.on_linked()
+            except DlhubHpcError as exc:  # outputs then come through the hub, as before
+                say_once(f"for outputs, the hub refused ({exc.message})")
+        return link
 
     def share(self) -> Callable[[np.ndarray], str | None] | None:
         return None if self.link is None else self.link.share

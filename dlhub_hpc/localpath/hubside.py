@@ -77,6 +77,9 @@ class HubLocalPath:
         self._boot = wire.boot_id()
         self._replies: dict[tuple[bytes, str], str] = {}  # (caller, request id) -> principal
         self._workers: dict[bytes, str] = {}  # worker routing id -> principal
+        # (user, request-id prefix) of clients that hold a link: their large outputs come
+        # back by the path even when their inputs were small.
+        self._linked_clients: dict[tuple[str, str], None] = {}
 
     def __repr__(self) -> str:
         return f"HubLocalPath(enabled={self.enabled}, min_bytes={self.min_bytes})"
@@ -99,11 +102,20 @@ class HubLocalPath:
                 "boot_id": self._boot, "min_bytes": self.min_bytes}
 
     def caller_offer(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The control operation ``local_path``: an offer for the calling identity."""
+        """The control operation ``local_path``: an offer for the calling identity; with
+        ``linked`` (the prefix of a client's request ids), that client now holds a link."""
         if not self.enabled:
             raise DlhubHpcError("this hub has no same-node fast path (HubConfig."
                                 "local_fast_path is off, or this system has no memfds)")
-        return self._offer(_caller_principal(str(args.get("caller", ""))))
+        user, linked = str(args.get("caller", "")), args.get("linked")
+        if not isinstance(linked, str) or not linked:
+            return self._offer(_caller_principal(user))
+        if not self.exchange.linked(_caller_principal(user)):
+            raise DlhubHpcError("no local-path link of this identity is registered; open "
+                                "one with the offer first")
+        if len(self._linked_clients) < _MAX_REMEMBERED:
+            self._linked_clients[(user, linked[:64])] = None
+        return {"replies": True}
 
     def on_worker_message(self, identity: bytes, user: str, msg: Message) -> LocalOffer | None:
         """An offer for a worker whose Hello says it runs on this host; None for others
@@ -164,6 +176,15 @@ class HubLocalPath:
         if len(self._replies) < _MAX_REMEMBERED:
             self._replies[(caller, msg.request_id)] = fetch.principal
         return dataclasses.replace(msg, cache=False)
+
+    def from_linked_client(self, caller: bytes, user: str, msg: Message) -> None:
+        """A request whose inputs did not use the path, from a client that said it holds a
+        link: its large outputs go back by the path all the same."""
+        if not self._linked_clients or not isinstance(msg, Request):
+            return
+        prefix = msg.request_id.rpartition("-")[0]
+        if (user, prefix) in self._linked_clients and len(self._replies) < _MAX_REMEMBERED:
+            self._replies[(caller, msg.request_id)] = _caller_principal(user)
 
     def reply_share(self, caller: bytes, msg: Message) -> Share | None:
         if not self._replies or not isinstance(msg, Reply):

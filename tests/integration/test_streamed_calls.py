@@ -18,6 +18,7 @@ from dlhub_hpc.transfer import STREAM_BYTES
 from tests.integration.conftest import wait_for
 from tests.integration.test_large_arrays import CROSS_NODE, cross_node
 
+pytestmark = pytest.mark.timeout(240)  # arrays over 64 MiB, on a shared two-core machine
 MAKER = Path(__file__).resolve().parent / "servables" / "maker"
 N = STREAM_BYTES // 8 + 2**20  # float64 values: just over the threshold, so it streams
 

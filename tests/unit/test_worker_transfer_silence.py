@@ -26,12 +26,18 @@ from tests.unit.test_worker_drain import fake_hub as fake_hub
 HUB_TIMEOUT = 30.0
 
 
-def main_socket_messages_while(hub: FakeHub, heartbeats: int) -> list[Any]:
+def main_socket_messages_while(hub: FakeHub, clock: ManualClock, step: float,
+                               heartbeats: int) -> list[Any]:
     """What the worker's main socket sends while ``heartbeats`` come from its heartbeat
-    socket (each heartbeat interval the worker's loop also looks at the hub's silence)."""
-    seen, sent = 0, []
+    socket (each heartbeat interval the worker's loop also looks at the hub's silence).
+    Heartbeats are due on the worker's clock: it moves ``step`` whenever nothing comes."""
+    seen, sent, idle = 0, [], 0
     while seen < heartbeats:
-        assert hub.sock.poll(10_000), f"{seen} of {heartbeats} heartbeats, then nothing"
+        if not hub.sock.poll(250):
+            idle += 1
+            assert idle < 200, f"{seen} of {heartbeats} heartbeats, then nothing"
+            clock.advance(step)
+            continue
         identity, *frames = hub.sock.recv_multipart()
         msg = decode(frames)
         if identity.endswith(b"/hb"):
@@ -64,9 +70,8 @@ def test_a_long_transfer_counts_as_word_from_the_hub(fake_hub: FakeHub) -> None:
     assert fake_hub.expect(Credit)[1].offset == data.size
     _, result = fake_hub.expect(BatchResult)
     assert result.results[0][0] is True and np.array_equal(result.results[0][1], 2 * x)
-    clock.advance(2 * opts.heartbeat_interval)  # heartbeats are due again
     # Several turns of the worker's loop look at the silence: it is short (the chunks came).
-    sent = main_socket_messages_while(fake_hub, heartbeats=5)
+    sent = main_socket_messages_while(fake_hub, clock, opts.heartbeat_interval, heartbeats=5)
     assert not [m for m in sent if isinstance(m, (Hello, Bye))], sent
     assert thread.is_alive() and worker.exit_reason == ""
     worker.request_stop("test over")
