@@ -1,0 +1,109 @@
+"""A pool's servables with real processes: a flood of one does not starve another (answers
+counted, not timed), and a servable a pool serves starts no pilot of its own on demand."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlhub_hpc import Client, Hub
+from dlhub_hpc.cli.pools import pool_workers
+from dlhub_hpc.servable.pools import PoolSpec
+
+from .conftest import wait_for
+from .test_pools import BUDGET, write_scaled
+
+pytestmark = pytest.mark.timeout(180)
+
+FLOOD = 80
+
+
+def write_gated(root: Path, gate: Path) -> Path:
+    """A pooled servable (tag pooltest) whose calls wait until ``gate`` (a FIFO) has a
+    writer: the test holds its first batch while the others queue."""
+    d = root / "gated"
+    d.mkdir(parents=True)
+    (d / "servable.yaml").write_text(textwrap.dedent("""\
+        datacite:
+          title: Gated sum
+          creators: ["Test, T"]
+          subjects: [pooltest]
+        dlhub:
+          owner: test
+          name: gated
+        servable:
+          type: python_function
+          max_batch_size: 4
+          methods:
+            run:
+              function: "model:run"
+              input: {type: list, item_type: {type: float}}
+              output: {type: float}
+        """))
+    (d / "model.py").write_text(textwrap.dedent(f"""\
+        import os
+
+
+        def run(x):
+            os.close(os.open({str(gate)!r}, os.O_RDONLY))  # blocks until the test opens it
+            return float(sum(x))
+        """))
+    return d
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A FIFO, and the call that opens it for good (every later reader passes at once)."""
+    path = tmp_path / "gate"
+    os.mkfifo(path)
+    fds: list[int] = []
+    yield path, lambda: fds.append(os.open(path, os.O_RDWR))
+    for fd in fds:
+        os.close(fd)
+
+
+def test_a_flood_of_one_pooled_servable_does_not_starve_another(
+        client: Client, hub: Hub, tmp_path: Path,
+        gate: tuple[Path, Callable[[], None]]) -> None:
+    path, release = gate
+    flooded = str(client.publish(write_gated(tmp_path, path))["name"])
+    other = str(client.publish(write_scaled(tmp_path, 1))["name"])
+    ref = PoolSpec.parse("tag:pooltest", BUDGET).ref()
+    client.start_workers(ref, 1)
+    wait_for(lambda: pool_workers(client.status(), ref) == 1, what="1 pooled worker")
+
+    floods: list[Future[Any]] = [client.submit(flooded, [1.0, float(i)], cache=False)
+                                 for i in range(FLOOD)]
+    wait_for(lambda: client.status()["stats"].get("batches", 0) >= 1,
+             what="the flood's first batch to hold the worker")
+    unanswered_then: list[int] = []
+    last = client.submit(other, [3.0], cache=False)
+    last.add_done_callback(
+        lambda _: unanswered_then.append(sum(not f.done() for f in floods)))
+    release()
+    assert last.result(timeout=120) == 6.0
+    assert [f.result(timeout=120) for f in floods] == [1.0 + i for i in range(FLOOD)]
+    # was: the worker held the flooded servable and took its whole queue first (0 left)
+    [left] = unanswered_then
+    assert left >= FLOOD - 4 * 4, f"{left} of the flood were unanswered when the other was"
+
+
+def test_a_servable_a_pool_serves_starts_no_pilot_on_demand(
+        make_hub: Callable[..., Hub], tmp_path: Path) -> None:
+    hub = make_hub(start_on_demand={"*": "local"})
+    with Client(hub.client_address, timeout=60) as client:
+        name = str(client.publish(write_scaled(tmp_path, 2))["name"])
+        ref = PoolSpec.parse("tag:pooltest", BUDGET).ref()
+        client.start_workers(ref, 1)
+        wait_for(lambda: pool_workers(client.status(), ref) == 1, what="1 pooled worker")
+        assert client.run(name, [1.0, 1.0]) == 6.0
+        assert client.pilot_status() == []  # the pool loaded it: no pilot started
+        status = client.status()
+        assert status["starting"] == {}
+        assert status["pools"]["servables"][f"{name}@1"]["loads"] == 1
