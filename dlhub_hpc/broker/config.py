@@ -135,7 +135,13 @@ class HubConfig(BaseModel):
         description="CA bundle to verify URLRef servers against (default: the system's)",
     )
     reference_fetch_timeout: float = Field(
-        default=60.0, gt=0, description="seconds a URLRef download may stall",
+        default=60.0, gt=0, description="seconds one URLRef download may take in all",
+    )
+    reference_allow_networks: list[str] = Field(
+        default_factory=list,
+        description="address ranges (CIDR) URLRefs may be fetched from although they are "
+                    "loopback, link-local or private; none by default, so callers cannot "
+                    "make the hub reach what only it can reach",
     )
     max_workers_per_owner: int = Field(
         default=16, ge=0,
@@ -181,6 +187,16 @@ class HubConfig(BaseModel):
         default=2**20, ge=16385,
         description="arrays at least this large take the same-node fast path",
     )
+
+    @model_validator(mode="after")
+    def _networks_parse(self) -> HubConfig:
+        for net in self.reference_allow_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"reference_allow_networks: {net!r} is not an address "
+                                 "range; write one like 10.1.0.0/16 or ::1/128") from None
+        return self
 
     @model_validator(mode="after")
     def _timeout_covers_heartbeats(self) -> HubConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -22,14 +23,18 @@ from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import Checked, InputPlan
 from dlhub_hpc.broker.lane import check_input
 from dlhub_hpc.broker.references import References, ReferenceSettings
-from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.errors import DlhubHpcError, Overloaded
 from dlhub_hpc.protocol import Encoded, Message, Reply, Request
-from dlhub_hpc.references import has_references
+from dlhub_hpc.references import URLRef, has_references
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_THREADS = 4  # file reads and downloads wait on I/O: a few side by side
+_THREADS = 4  # file reads, input checks and result writes wait on I/O: a few side by side
+_URL_THREADS = 8  # downloads, apart: a slow server holds none of the file threads
+# Requests of one caller resolving at once (running or waiting for a thread), per kind:
+# one caller cannot take every thread; past it, Overloaded at once.
+MAX_PER_USER = {"files": 8, "urls": 2}
 Deliver = Callable[[bytes, str, Request, Checked | None], None]
 
 
@@ -46,7 +51,8 @@ class ReferenceRouting:
         self._deliver = deliver
         self._send = send
         self._refs: References | None = None  # made on first use
-        self._pool: ThreadPoolExecutor | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._running: Counter[tuple[str, str]] = Counter()  # (kind, user): loop thread only
         self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._results_to: dict[tuple[bytes, str], tuple[str, str]] = {}  # loop thread only
         # What the content read becomes before it goes on (on the reading thread): the
@@ -65,11 +71,24 @@ class ReferenceRouting:
         refs = not isinstance(msg.payload, Encoded) and has_references(msg.payload)
         if not refs and msg.result_to is None:
             return False
+        kind = "urls" if refs and _has_url(msg.payload) else "files"
+        if self._running[(kind, user)] >= MAX_PER_USER[kind]:
+            busy = Overloaded(f"{MAX_PER_USER[kind]} of your requests with "
+                              f"{'URLRefs' if kind == 'urls' else 'references'} are being "
+                              "resolved already; wait for their answers, then send more",
+                              limit=MAX_PER_USER[kind])
+            self._send(identity, Reply(msg.request_id, False, None, busy.to_wire()))
+            return True
+        self._running[(kind, user)] += 1
+
         def then(out: Any) -> None:
+            self._running[(kind, user)] -= 1
+            if self._running[(kind, user)] <= 0:
+                del self._running[(kind, user)]
             self._resolved(identity, user, msg, checked, out)
 
         self._submit(lambda: self.prepare(
-            self._references().resolve(msg.payload, user, msg.result_to)), then)
+            self._references().resolve(msg.payload, user, msg.result_to)), then, kind)
         return True
 
     def _resolved(self, identity: bytes, user: str, req: Request, checked: Checked | None,
@@ -127,8 +146,8 @@ class ReferenceRouting:
             then()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _references(self) -> References:
         """Made on a reference thread at first use (it reads the CA bundle); two threads
@@ -137,9 +156,13 @@ class ReferenceRouting:
             self._refs = References(ReferenceSettings.of(self._config, self._admin()))
         return self._refs
 
-    def _submit(self, work: Callable[[], T], then: Callable[[Any], None]) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="hub-references")
+    def _submit(self, work: Callable[[], T], then: Callable[[Any], None],
+                kind: str = "files") -> None:
+        pool = self._pools.get(kind)
+        if pool is None:
+            pool = self._pools[kind] = ThreadPoolExecutor(
+                _URL_THREADS if kind == "urls" else _THREADS,
+                thread_name_prefix=f"hub-references-{kind}")
 
         def run() -> None:
             try:
@@ -151,7 +174,18 @@ class ReferenceRouting:
             self._done.put(lambda: then(result))
             self._wake()
 
-        self._pool.submit(run)
+        pool.submit(run)
+
+
+def _has_url(value: Any) -> bool:
+    kind = type(value)
+    if kind is URLRef:
+        return True
+    if kind is list:
+        return any(_has_url(v) for v in value)
+    if kind is dict:
+        return any(_has_url(v) for v in value.values())
+    return False
 
 
 def _as_read(value: Any) -> Any:

@@ -50,11 +50,13 @@ class ReferenceSettings:
     max_bytes: int  # per request, all its references together
     ca_file: Path | None = None
     fetch_timeout: float = 60.0
+    allow_networks: tuple[str, ...] = ()  # non-public ranges URLRefs may still reach
 
     @classmethod
     def of(cls, config: HubConfig, admin: str) -> ReferenceSettings:
         return cls(admin, dict(config.user_map), config.max_reference_bytes,
-                   config.reference_ca_file, config.reference_fetch_timeout)
+                   config.reference_ca_file, config.reference_fetch_timeout,
+                   tuple(config.reference_allow_networks))
 
 
 class References:
@@ -64,6 +66,7 @@ class References:
     def __init__(self, settings: ReferenceSettings) -> None:
         self.settings = settings
         self._opener = url_fetch.opener(settings.ca_file)
+        self._allow = url_fetch.networks(settings.allow_networks)
 
     def __repr__(self) -> str:
         return f"References(max_bytes={self.settings.max_bytes})"
@@ -91,7 +94,7 @@ class References:
     def _content(self, ref: FileRef | URLRef, account: Account, budget: list[int]) -> Any:
         if isinstance(ref, URLRef):
             body = url_fetch.fetch(ref.url, budget[0], self.settings.fetch_timeout,
-                                   self._opener)
+                                   self._opener, self._allow)
             budget[0] -= len(body)
             return _npy_from_bytes(body, ref.url) if ref.is_npy else body
         fd = open_checked(ref.path, account)

@@ -72,7 +72,7 @@ def site(make_hub: Callable[..., Hub], tmp_path: Path,
          certificate: tuple[Path, Path]) -> Iterator[dict[str, Any]]:
     """A hub that maps alice to nobody, trusts the test's CA, serves refdata publicly."""
     hub = make_hub(user_map={"alice": "nobody"}, max_reference_bytes=LIMIT,
-                   reference_ca_file=certificate[0])
+                   reference_ca_file=certificate[0], reference_allow_networks=["127.0.0.0/8"])
     with people_on(hub) as people:
         admin = people["admin"]
         folder = Path(shutil.copytree(REFDATA, tmp_path / "refdata"))
