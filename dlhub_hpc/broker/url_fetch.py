@@ -139,6 +139,8 @@ def _checked_address(host: str, port: int, allow: tuple[Network, ...], url: str)
     addresses = [str(info[4][0]) for info in found]
     for text in addresses:
         ip = ipaddress.ip_address(text.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
         if not ip.is_global and not any(ip in net for net in allow):
             raise ReferenceDenied(
                 f"{url[:200]} resolves to {ip}, a loopback, link-local, private or other "

@@ -45,6 +45,12 @@ def server(certificate: tuple[Path, Path]) -> Iterator[tuple[str, threading.Even
         def do_GET(self) -> None:
             if self.path == "/held":
                 release.wait(60)
+            if self.path.startswith("/to/"):  # a redirect to the address after /to/
+                self.send_response(302)
+                self.send_header("Location", f"https://{self.path[4:]}/ok")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(200)
             self.send_header("Content-Length", "400" if self.path == "/trickle" else "2")
             self.end_headers()
@@ -85,6 +91,17 @@ def test_an_allowed_range_is_fetched(server: tuple[str, threading.Event],
     base, _ = server
     assert url_fetch.fetch(f"{base}/ok", 10, 30.0, url_fetch.opener(certificate[0]),
                            LOOPBACK) == b"ok"
+
+
+def test_a_redirect_is_checked_like_the_first_address(
+        server: tuple[str, threading.Event], certificate: tuple[Path, Path]) -> None:
+    base, _ = server
+    port = base.rsplit(":", 1)[1]
+    via, only_this = url_fetch.opener(certificate[0]), (ipaddress.ip_network("127.0.0.1/32"),)
+    assert url_fetch.fetch(f"{base}/to/127.0.0.1:{port}", 10, 30.0, via, only_this) == b"ok"
+    for target in (f"127.0.0.2:{port}", f"[::ffff:127.0.0.2]:{port}", "169.254.169.254"):
+        with pytest.raises(ReferenceDenied, match="reference_allow_networks"):
+            url_fetch.fetch(f"{base}/to/{target}", 10, 30.0, via, only_this)
 
 
 def test_the_deadline_covers_the_whole_download(server: tuple[str, threading.Event],
