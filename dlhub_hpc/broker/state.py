@@ -613,6 +613,17 @@ class BrokerState(PoolDispatch):
         self._idle.setdefault(worker.servable, {})[identity] = None
         self._dispatch(self._resolve(*worker.servable), now, out)
 
+    def heartbeat(self, identity: bytes, sender: str, user: str, now: float) -> list[Action]:
+        """``handle(FromWorker(identity, Heartbeat(sender), user), now)`` for the loop's
+        most frequent message (a worker's, every interval): a refreshed ``last_seen`` is
+        nothing a snapshot shows, so only a refused heartbeat counts as a change."""
+        msg, out = Heartbeat(sender), list[Action]()
+        if self._admit(FromWorker(identity, msg, user), out):
+            self._on_heartbeat(identity, msg, now, out)
+        else:
+            self.changes += 1
+        return out
+
     def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float, out: list[Action]) -> None:
         # Heartbeats come from a worker's own heartbeat socket; the sender names the worker.
         worker = self._workers.get(msg.sender.encode())
