@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -32,9 +32,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _THREADS = 4  # file reads, input checks and result writes wait on I/O: a few side by side
 _URL_THREADS = 8  # downloads, apart: a slow server holds none of the file threads
-# Requests of one caller resolving at once (running or waiting for a thread), per kind:
-# one caller cannot take every thread; past it, Overloaded at once.
-MAX_PER_USER = {"files": 8, "urls": 2}
+# Requests of one caller resolving at once, per kind: fewer than the threads, so one
+# caller never holds them all; its further requests wait their turn behind its own,
+# up to MAX_WAITING, past which they are Overloaded at once.
+MAX_PER_USER = {"files": 2, "urls": 2}
+MAX_WAITING = 1000
 Deliver = Callable[[bytes, str, Request, Checked | None], None]
 
 
@@ -53,6 +55,7 @@ class ReferenceRouting:
         self._refs: References | None = None  # made on first use
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._running: Counter[tuple[str, str]] = Counter()  # (kind, user): loop thread only
+        self._waiting: dict[tuple[str, str], deque[Callable[[], None]]] = {}  # loop thread
         self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._results_to: dict[tuple[bytes, str], tuple[str, str]] = {}  # loop thread only
         # What the content read becomes before it goes on (on the reading thread): the
@@ -71,25 +74,40 @@ class ReferenceRouting:
         refs = not isinstance(msg.payload, Encoded) and has_references(msg.payload)
         if not refs and msg.result_to is None:
             return False
-        kind = "urls" if refs and _has_url(msg.payload) else "files"
-        if self._running[(kind, user)] >= MAX_PER_USER[kind]:
-            busy = Overloaded(f"{MAX_PER_USER[kind]} of your requests with "
-                              f"{'URLRefs' if kind == 'urls' else 'references'} are being "
-                              "resolved already; wait for their answers, then send more",
-                              limit=MAX_PER_USER[kind])
-            self._send(identity, Reply(msg.request_id, False, None, busy.to_wire()))
-            return True
-        self._running[(kind, user)] += 1
+        key = ("urls" if refs and _has_url(msg.payload) else "files", user)
 
         def then(out: Any) -> None:
-            self._running[(kind, user)] -= 1
-            if self._running[(kind, user)] <= 0:
-                del self._running[(kind, user)]
+            self._finished(key)
             self._resolved(identity, user, msg, checked, out)
 
-        self._submit(lambda: self.prepare(
-            self._references().resolve(msg.payload, user, msg.result_to)), then, kind)
+        def start() -> None:
+            self._running[key] += 1
+            self._submit(lambda: self.prepare(
+                self._references().resolve(msg.payload, user, msg.result_to)), then, key[0])
+
+        if self._running[key] < MAX_PER_USER[key[0]]:
+            start()
+            return True
+        waiting = self._waiting.setdefault(key, deque())
+        if len(waiting) >= MAX_WAITING:
+            busy = Overloaded(f"{MAX_WAITING} of your requests with references wait to be "
+                              "resolved already; wait for their answers, then send more",
+                              limit=MAX_WAITING)
+            self._send(identity, Reply(msg.request_id, False, None, busy.to_wire()))
+        else:
+            waiting.append(start)
         return True
+
+    def _finished(self, key: tuple[str, str]) -> None:
+        """One resolution of ``key`` ended: the caller's next waiting one starts."""
+        self._running[key] -= 1
+        if self._running[key] <= 0:
+            del self._running[key]
+        waiting = self._waiting.get(key)
+        if waiting:
+            waiting.popleft()()
+            if not waiting:
+                del self._waiting[key]
 
     def _resolved(self, identity: bytes, user: str, req: Request, checked: Checked | None,
                   out: Any) -> None:

@@ -114,8 +114,9 @@ def test_the_deadline_covers_the_whole_download(server: tuple[str, threading.Eve
 
 def test_one_caller_cannot_hold_every_download_or_file_thread(
         server: tuple[str, threading.Event], certificate: tuple[Path, Path],
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base, release = server
+    monkeypatch.setattr(reference_routing, "MAX_WAITING", 1, raising=False)
     config = HubConfig(home=tmp_path / "home", user_map={"alice": "nobody"},
                        reference_ca_file=certificate[0],
                        reference_allow_networks=["127.0.0.0/8"])
@@ -126,21 +127,22 @@ def test_one_caller_cannot_hold_every_download_or_file_thread(
                                lambda i, u, r, c: delivered.append(r.request_id),
                                lambda i, m: sent.append(m))  # type: ignore[arg-type]
     cap = getattr(reference_routing, "MAX_PER_USER", {"urls": 2})["urls"]
-    for n in range(cap + 1):
+    for n in range(cap + 2):  # cap running, one waiting its turn, one too many
         request = Request(f"a{n}", "x/y", None, "run", [URLRef(f"{base}/held")])
         assert routing.takes(b"alice", "alice", request, None)
-    assert [m.request_id for m in sent] == [f"a{cap}"]  # past the cap: at once
+    assert [m.request_id for m in sent] == [f"a{cap + 1}"]  # past what may wait: at once
     assert sent[0].error is not None and sent[0].error["type"] == "Overloaded"
     np.save(tmp_path / "v.npy", np.ones(2))
-    assert routing.takes(b"hub", "", Request("b", "x/y", None, "run",
-                                             [FileRef(str(tmp_path / "v.npy"))]), None)
-    while "b" not in delivered:  # a file of another caller goes past the held downloads
+    for n in range(3):  # more than one caller's share of the file threads: they wait
+        assert routing.takes(b"hub", "", Request(f"b{n}", "x/y", None, "run",
+                                                 [FileRef(str(tmp_path / "v.npy"))]), None)
+    while not {"b0", "b1", "b2"} <= set(delivered):  # past the held downloads
         assert woke.wait(60)
         woke.clear()
         routing.run_finished()
     assert not any(d.startswith("a") for d in delivered)
     release.set()
-    while len(delivered) < cap + 1:
+    while len(delivered) < cap + 4:
         assert woke.wait(60)
         woke.clear()
         routing.run_finished()
