@@ -3,7 +3,7 @@
 ``FileRef("/lus/proj/frame.npy")`` and ``URLRef("https://...")`` may stand anywhere in an
 input. The hub reads what they name (a file only after checking that the caller's Unix
 account may read it) and hands the servable the content: a numpy array for a name ending
-in ``.npy`` (memory-mapped for files), else the raw bytes. On the wire a reference is one
+in ``.npy``, else the raw bytes (read once into the hub's memory). On the wire a reference is one
 msgpack ext record (``protocol.REF_EXT``) holding ``[kind, target]``.
 """
 

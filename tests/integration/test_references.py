@@ -97,7 +97,7 @@ def _root_only(path: Path) -> Path:
     return path
 
 
-def test_the_callers_own_npy_is_served_memory_mapped_and_raw_bytes_as_bytes(
+def test_the_callers_own_npy_is_served_as_an_array_and_raw_bytes_as_bytes(
         site: dict[str, Any], share: Path) -> None:
     np.save(share / "alice" / "frame.npy", np.arange(12.0).reshape(3, 4))
     _as_nobody(share / "alice" / "frame.npy")
