@@ -77,6 +77,9 @@ class PoolDispatch:
         self.stats["workers_registered"] += 1
         logger.info("worker %s serves pool %s (%s bytes; owner %s)", msg.worker_id,
                     spec.text(), spec.budget, member.owner or "any")
+        # requests that came while no pooled worker was there wait for this one too
+        self.pools.backlog.update(k for k, methods in self._queues.items()
+                                  if any(q.items for q in methods.values()))
         self._pool_freed(identity, now, out)
 
     def _pool_live(self, key: ServableKey) -> int:

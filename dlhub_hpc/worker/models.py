@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from dlhub_hpc.errors import ServableLoadError
@@ -70,19 +71,29 @@ def traced() -> Iterator[Callable[[], int]]:
 
 
 @contextlib.contextmanager
-def own_modules() -> Iterator[None]:
+def own_modules() -> Iterator[list[ModuleType]]:
     """Forget, afterwards, the modules imported from folders put on ``sys.path`` meanwhile
-    (a bundle's), so the next servable's ``import model`` finds its own."""
+    (a bundle's), so the next servable's ``import model`` finds its own; the list yielded
+    then holds them, for ``release``."""
     paths = set(sys.path)
+    forgotten: list[ModuleType] = []
     try:
-        yield
+        yield forgotten
     finally:
         added = [p for p in sys.path if p not in paths]
         for name, module in list(sys.modules.items()):
             where = getattr(module, "__file__", None) or ""
             if any(where.startswith(os.path.join(p, "")) for p in added):
-                del sys.modules[name]
+                forgotten.append(sys.modules.pop(name))
         sys.path[:] = [p for p in sys.path if p in paths]
+
+
+def release(modules: list[ModuleType]) -> None:
+    """Empty an evicted servable's own modules: a module's functions and its globals refer
+    to each other, a cycle only a full garbage collection (tens of ms in a worker) would
+    free; emptied, its weights go as soon as the shim does."""
+    for module in modules:
+        module.__dict__.clear()
 
 
 @dataclass(slots=True)
@@ -90,6 +101,7 @@ class Loaded:
     spec: ServableSpec
     shim: Shim
     nbytes: int
+    modules: list[ModuleType]  # its bundle's own, emptied when it is evicted
 
 
 class PoolRunner(Runner):
@@ -122,10 +134,10 @@ class PoolRunner(Runner):
             estimate = len(assign.bundle)
             evicted += self._evict(self.budget - estimate)
             before = resident_bytes()
-            with own_modules(), traced() as allocated:
+            with own_modules() as modules, traced() as allocated:
                 spec, shim = load_assigned(assign, self.cache_dir)
             nbytes = max(resident_bytes() - before, allocated(), estimate)
-            self.models[ref] = Loaded(spec, shim, nbytes)
+            self.models[ref] = Loaded(spec, shim, nbytes, modules)
             evicted += self._evict(self.budget, keep=ref)
         self.last_report = {
             "loaded": ref, "nbytes": self.models[ref].nbytes, "evicted": evicted,
@@ -141,10 +153,10 @@ class PoolRunner(Runner):
             ref = next(iter(self.models))
             if ref == keep:
                 break
-            del self.models[ref]
+            release(self.models.pop(ref).modules)  # its arrays go now, before the next load
             gone.append(ref)
         if gone:
-            gc.collect()  # a model's arrays go now, before the next one loads
+            gc.collect(0)  # the youngest objects only: a full collection costs tens of ms
             logger.info("evicted %s (budget %s bytes)", ", ".join(gone), self.budget)
         return gone
 

@@ -99,3 +99,30 @@ def test_own_modules_forgets_what_a_bundle_imported(tmp_path: Path,
 
         assert pool_probe_mod.VALUE == 1
     assert "pool_probe_mod" not in sys.modules and str(tmp_path) not in sys.path
+
+
+def test_an_evicted_models_weights_go_without_a_full_garbage_collection(
+        tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    runner = PoolRunner(tmp_path / "cache", budget=int(1.5 * MIB))
+    runner.load(scaled(tmp_path, 0))
+    weights = weakref.ref(runner.models["test/s0@1"].modules[0]._W)
+    full: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    gc.disable()
+    gc.callbacks.append(seen)
+    try:
+        runner.load(scaled(tmp_path, 1))  # evicts s0
+    finally:
+        gc.callbacks.remove(seen)
+        gc.enable()
+    assert runner.last_report["evicted"] == ["test/s0@1"]
+    assert weights() is None  # freed at eviction
+    assert full == []  # was: a full collection per eviction, tens of ms in a worker
+    assert answer(runner, "test/s1@1", [1.0]) == 2.0

@@ -106,3 +106,12 @@ def test_status_shows_each_servables_last_load_time_as_the_worker_reported_it() 
     assert hub.state.pools.view_servable("alice/a@1") == view["alice/a@1"]
     assert hub.state.pools.view_servable("alice/zzz@1") is None
     assert hub.state.pools.view_servable("junk") is None
+
+
+def test_a_request_that_came_before_any_pooled_worker_is_served_by_the_first_to_join() -> None:
+    hub = PoolHub(info("alice/a"))
+    assert loads(hub.request("r1", "alice/a")) == []  # no worker yet: it waits
+    out = hub.join("w1")
+    assert loads(out) == [(b"w1", "alice/a")]
+    (_, batch), = batches(hub.ready("w1", "alice/a@1", 10))
+    assert batch.request_ids == ["r1"]
