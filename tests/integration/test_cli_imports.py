@@ -19,8 +19,8 @@ def test_run_and_status_import_neither_parsl_nor_globus(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == 3.0
     assert not top_level(modules) & HEAVY, top_level(modules) & HEAVY
-    assert {m for m in modules if m.startswith("dlhub_hpc.cli.")} == {
-        "dlhub_hpc.cli.common", "dlhub_hpc.cli.serving"}
+    assert {m for m in modules if m.startswith("dlhub_hpc.cli.")} == {  # starting: the spinner
+        "dlhub_hpc.cli.common", "dlhub_hpc.cli.serving", "dlhub_hpc.cli.starting"}
 
     modules, done = modules_after(tmp_path, "--hub", hub.client_address, "status")
     assert done.returncode == 0, done.stderr
