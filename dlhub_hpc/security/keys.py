@@ -175,10 +175,12 @@ def record_hub(endpoint: str, server: KeyPair, worker: KeyPair | None = None,
         server_file = hubs / f"{_slug(address)}.server"
         write_keypair(server_file, KeyPair(server.public), address)
         written.append(server_file)
+        worker_file = hubs / f"{_slug(address)}.worker"
         if worker is not None:  # with the hub's key in it: one file is all a worker needs
-            worker_file = hubs / f"{_slug(address)}.worker"
             write_keypair(worker_file, worker, address, hub_key=server.public)
             written += [worker_file, public_path(worker_file)]
+        else:  # a client address: a credential an earlier hub left on this port misleads
+            forget_hub([worker_file, public_path(worker_file)])
     return written
 
 

@@ -56,6 +56,15 @@ def test_a_secret_others_can_read_is_refused(tmp_path: Path) -> None:
         load_keypair(path)
 
 
+def test_a_client_address_drops_a_worker_credential_an_earlier_hub_left_on_its_port(
+        keys_dir: Path) -> None:
+    record_hub("tcp://127.0.0.1:5002", KeyPair.generate(), KeyPair.generate())  # never forgotten
+    server = KeyPair.generate()
+    record_hub("tcp://127.0.0.1:5002", server)  # the port is a later hub's client address
+    assert hub_public_key("tcp://127.0.0.1:5002") == server.public
+    assert worker_credential("tcp://127.0.0.1:5002") is None
+
+
 def test_a_hub_records_its_key_and_worker_credential_and_forgets_them(keys_dir: Path) -> None:
     server, worker = KeyPair.generate(), KeyPair.generate()
     written = record_hub("tcp://127.0.0.1:5000", server, worker)
