@@ -1,10 +1,10 @@
 """``AsyncClient``: the calls of ``Client`` for asyncio code (``await client.run(...)``).
 
-One DEALER socket (``zmq.asyncio``) per client, made on first use in the running event loop,
-and one reader task that hands each reply to the future waiting for it, so any number of
-requests can be awaited at once. Requests are built and checked by ``ClientCore``, replies
-become values or typed errors in ``settle``, and the socket is secured by ``ClientCurve``:
-all as in ``Client``.
+One DEALER socket per client, made on first use in the running event loop, whose
+descriptor the loop watches: each wake-up hands every reply waiting to the future waiting
+for it, so any number of requests can be awaited at once. Requests are built and checked
+by ``ClientCore``, replies become values or typed errors in ``settle``, and the socket is
+secured by ``ClientCurve``: all as in ``Client``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import zmq
-import zmq.asyncio
 
 from dlhub_hpc.client import (
     _SLICE,
@@ -44,6 +43,8 @@ from dlhub_hpc.transfer.window import Outgoing
 
 logger = logging.getLogger(__name__)
 
+_BURST = 256  # replies taken in one callback at most, before the loop runs others
+
 
 class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Awaitable[Any]]):
     """Talks to one hub from one event loop; ``async with`` it or ``await close()``.
@@ -68,9 +69,9 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
                 address=address)
         super().__init__(address, timeout=timeout, keys=keys, server_key=server_key,
                          max_message_bytes=max_message_bytes)
-        self._sock: zmq.asyncio.Socket | None = None
-        self._monitor: Any = None  # the handshake monitor, as asyncio and as a plain socket
-        self._monitor_view: zmq.Socket[bytes] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None  # the handshake's failures
+        self._drain_soon = False  # a _drain is scheduled on the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, tuple[asyncio.Future[Any], asyncio.TimerHandle | None]] = {}
@@ -168,7 +169,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
 
     # -- plumbing --
 
-    def _socket(self) -> zmq.asyncio.Socket:
+    def _socket(self) -> zmq.Socket[bytes]:
         if self._closed:
             raise client_closed()
         loop = asyncio.get_running_loop()
@@ -181,22 +182,20 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         return self._sock
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
-        # An asyncio view of the process's ZeroMQ context: no I/O thread of its own.
-        ctx = zmq.asyncio.Context(shadow=zmq.Context.instance())
-        sock = ctx.socket(zmq.DEALER)
+        # A plain socket watched by the loop's own reader: no future per send or receive,
+        # and every reply waiting is taken in one callback (the process's I/O thread).
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        self._monitor = self._curve.secure(cast(Any, sock), self.address)
-        if self._monitor is not None:  # ClientCurve reads it without awaiting
-            self._monitor_view = zmq.Socket.shadow(self._monitor.underlying)
+        self._monitor = self._curve.secure(sock, self.address)
         sock.connect(self.address)
         self._sock, self._loop = sock, loop
-        self._transfers = PendingTransfers(lambda msg: sock.send_multipart(encode(msg),
-                                                                           copy=False))
-        self._tasks = [loop.create_task(self._read(sock), name="dlhub-async-client")]
-        if self._monitor_view is not None:
-            self._tasks.append(loop.create_task(self._watch(self._monitor_view)))
+        self._transfers = PendingTransfers(lambda msg: self._put(sock, encode(msg)))
+        loop.add_reader(sock.fileno(), self._drain)
+        if self._monitor is not None:
+            self._tasks = [loop.create_task(self._watch(self._monitor),
+                                            name="dlhub-async-client-handshake")]
 
     def _send(self, request_id: str, frames: list[Any], wait: float | None,
               upload: Outgoing | None = None) -> asyncio.Future[Any]:
@@ -208,28 +207,51 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         future: asyncio.Future[Any] = loop.create_future()
         timer = None if wait is None else loop.call_later(wait, self._expire, request_id)
         self._pending[request_id] = (future, timer)
-        sent = cast("asyncio.Future[Any]", sock.send_multipart(frames, copy=False))
-        sent.add_done_callback(lambda done: self._sent(request_id, done))
+        try:
+            self._put(sock, frames)
+        except zmq.ZMQError as exc:
+            self._finish(request_id, error=DlhubHpcError(
+                f"could not send to the hub at {self.address}: {exc}", address=self.address))
         return future
 
-    def _sent(self, request_id: str, done: Any) -> None:
-        error = None if done.cancelled() else done.exception()
-        if error is not None:
-            self._finish(request_id, error=DlhubHpcError(
-                f"could not send to the hub at {self.address}: {error}", address=self.address))
+    def _put(self, sock: zmq.Socket[bytes], frames: list[Any]) -> None:
+        """Send without blocking (no high-water mark: it queues). A send may take the
+        socket's pending wake-up, so replies already waiting are looked for right after."""
+        if len(frames) == 1:
+            sock.send(frames[0], zmq.NOBLOCK)
+        else:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        if not self._drain_soon and _readable(sock):
+            self._drain_soon = True
+            assert self._loop is not None
+            self._loop.call_soon(self._drain)
 
-    async def _read(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            try:
-                frames = await sock.recv_multipart(copy=False)
-            except zmq.ZMQError as exc:  # the socket broke: nothing more will arrive on it
-                self._fail_all(DlhubHpcError(f"the connection to the hub at {self.address} "
-                                             f"broke: {exc}", address=self.address))
-                raise
-            assert self._transfers is not None
-            reply = self._transfers.take(frames)  # a transfer's chunk or credit moves it
-            if reply is not None:
-                self._finish(reply.request_id, reply=reply)
+    def _drain(self) -> None:
+        """Take the replies waiting (at most a burst: the loop's other callbacks wait)."""
+        self._drain_soon = False
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            for _ in range(_BURST):
+                if not _readable(sock):
+                    return
+                self._take(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+        except zmq.ZMQError as exc:  # the socket broke: nothing more will arrive on it
+            self._fail_all(DlhubHpcError(f"the connection to the hub at {self.address} "
+                                         f"broke: {exc}", address=self.address))
+            self._shut()
+            return
+        if not self._drain_soon:  # more may wait, and the descriptor will not say so again
+            self._drain_soon = True
+            assert self._loop is not None
+            self._loop.call_soon(self._drain)
+
+    def _take(self, frames: list[Any]) -> None:
+        assert self._transfers is not None
+        reply = self._transfers.take(frames)  # a transfer's chunk or credit moves it
+        if reply is not None:
+            self._finish(reply.request_id, reply=reply)
 
     def _watch_stalls(self) -> None:
         """While transfers are open, look each second for one that stalled."""
@@ -289,11 +311,17 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
             self._stall_timer = None
         sock, self._sock = self._sock, None
         if sock is not None:
-            ClientCurve.close(cast(Any, sock), self._monitor)
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            ClientCurve.close(sock, self._monitor)
             sock.close(linger=0)
-        self._monitor = self._monitor_view = None
+        self._monitor = None
 
 
 def _settle_unless_done(future: asyncio.Future[Any], reply: Reply) -> None:
     if not future.done():  # its caller may have cancelled it while its output came
         settle(future, reply)
+
+
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)

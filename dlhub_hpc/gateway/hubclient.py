@@ -10,17 +10,12 @@ import logging
 import time
 from typing import Any
 
-import zmq
-import zmq.asyncio
-
 from dlhub_hpc.async_client import AsyncClient
-from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.protocol import Request
 
 logger = logging.getLogger(__name__)
 
 SPEC_TTL = 5.0  # how long a servable's methods are reused before asking the hub again
-_BURST = 64  # replies taken at most from one wake-up of the reader
 _GRACE = 5.0  # past a request's deadline, how long the hub may take to say Timeout
 
 
@@ -30,32 +25,6 @@ class HubClient(AsyncClient):
     def __init__(self, address: str | None = None, **kwargs: Any) -> None:
         super().__init__(address, **kwargs)
         self._specs: dict[tuple[str, str, int | None], tuple[float, dict[str, Any]]] = {}
-
-    async def _read(self, sock: zmq.asyncio.Socket) -> None:
-        """As ``AsyncClient._read``, but every reply already waiting is taken at once: under
-        load replies come in bursts, and each awaited receive costs a future and a wake-up
-        of the loop. (Each await looks at the socket's events again, so none is missed.)"""
-        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        while True:
-            try:
-                frames = await sock.recv_multipart(copy=False)
-                self._take(frames)
-                for _ in range(_BURST):  # bounded: the loop's other callbacks wait meanwhile
-                    if not self._pending:  # one caller at a time: nothing more to look for
-                        break
-                    self._take(shadow.recv_multipart(zmq.NOBLOCK, copy=False))
-            except zmq.Again:
-                continue
-            except zmq.ZMQError as exc:  # the socket broke: nothing more will arrive on it
-                self._fail_all(DlhubHpcError(f"the connection to the hub at {self.address} "
-                                             f"broke: {exc}", address=self.address))
-                raise
-
-    def _take(self, frames: list[zmq.Frame]) -> None:
-        assert self._transfers is not None
-        reply = self._transfers.take(frames)  # a transfer's chunk or credit moves it
-        if reply is not None:
-            self._finish(reply.request_id, reply=reply)
 
     async def infer(self, token: str, servable: str, version: int | None, method: str,
                     payload: Any, parameters: dict[str, Any] | None,
