@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from dlhub_hpc.broker.events import Checked, InputPlan
+from dlhub_hpc.broker.handoff import Handoff
 from dlhub_hpc.broker.memo import memo_key, packed_memo_key
 from dlhub_hpc.errors import DlhubHpcError, PayloadTooLarge, ProtocolError
 from dlhub_hpc.protocol import (
@@ -46,6 +45,7 @@ T = TypeVar("T")
 _PAUSE_SECONDS = 50e-6
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 _FLAT_SLICE = 65536  # list items whose types are read in one go
+_THREAD = "hub-large-messages"
 
 
 def pause() -> None:
@@ -145,10 +145,10 @@ class LargeLane:
     """One thread for large messages, and a byte budget for those waiting on it."""
 
     def __init__(self, wake: Callable[[], None], backlog_bytes: int) -> None:
-        self._wake = wake
         self._backlog = backlog_bytes
-        self._pool: ThreadPoolExecutor | None = None  # made on first use
-        self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        # A malformed message is answered, no fault of the lane's.
+        self._handoff = Handoff(wake, {_THREAD: 1}, ProtocolError, logger,
+                                "a large message failed on the lane")
         self.pending_bytes = 0  # loop thread only
 
     def __repr__(self) -> str:
@@ -166,30 +166,11 @@ class LargeLane:
 
     def submit(self, work: Callable[[], T], then: Callable[[T | Exception], None]) -> None:
         """Run ``work`` on the lane; ``then`` gets its result (or exception) on the loop."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="hub-large-messages")
-
-        def run() -> None:
-            try:
-                result: T | Exception = work()
-            except Exception as exc:  # handed to the loop, which answers it
-                if not isinstance(exc, ProtocolError):  # a malformed message is no fault here
-                    logger.exception("a large message failed on the lane")
-                result = exc
-            self._done.put(lambda: then(result))
-            self._wake()
-
-        self._pool.submit(run)
+        self._handoff.submit(_THREAD, work, then)
 
     def run_finished(self) -> None:
         """Run the continuations of finished work (loop thread)."""
-        while True:
-            try:
-                then = self._done.get_nowait()
-            except queue.Empty:
-                return
-            then()
+        self._handoff.run_finished()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._handoff.close()

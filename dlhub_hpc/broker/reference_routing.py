@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import Checked, InputPlan
+from dlhub_hpc.broker.handoff import Handoff
 from dlhub_hpc.broker.lane import check_input
 from dlhub_hpc.broker.references import References, ReferenceSettings
 from dlhub_hpc.errors import DlhubHpcError, Overloaded
@@ -47,16 +46,17 @@ class ReferenceRouting:
                  plan: Callable[[str, Request], InputPlan | None], deliver: Deliver,
                  send: Callable[[bytes, Message], None]) -> None:
         self._config = config
-        self._wake = wake
         self._admin = admin  # the hub's admin identity, known once the hub runs
         self._plan = plan
         self._deliver = deliver
         self._send = send
         self._refs: References | None = None  # made on first use
-        self._pools: dict[str, ThreadPoolExecutor] = {}
+        # A DlhubHpcError is the caller's answer; anything else is a fault to log.
+        self._handoff = Handoff(
+            wake, {_pool("files"): _THREADS, _pool("urls"): _URL_THREADS}, DlhubHpcError,
+            logger, "a reference could not be resolved or written")
         self._running: Counter[tuple[str, str]] = Counter()  # (kind, user): loop thread only
         self._waiting: dict[tuple[str, str], deque[Callable[[], None]]] = {}  # loop thread
-        self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._results_to: dict[tuple[bytes, str], tuple[str, str]] = {}  # loop thread only
         # What the content read becomes before it goes on (on the reading thread): the
         # server has large arrays put in memfds for workers on its node (localpath).
@@ -156,16 +156,10 @@ class ReferenceRouting:
 
     def run_finished(self) -> None:
         """Run the continuations of finished work (loop thread)."""
-        while True:
-            try:
-                then = self._done.get_nowait()
-            except queue.Empty:
-                return
-            then()
+        self._handoff.run_finished()
 
     def close(self) -> None:
-        for pool in self._pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._handoff.close()
 
     def _references(self) -> References:
         """Made on a reference thread at first use (it reads the CA bundle); two threads
@@ -176,23 +170,12 @@ class ReferenceRouting:
 
     def _submit(self, work: Callable[[], T], then: Callable[[Any], None],
                 kind: str = "files") -> None:
-        pool = self._pools.get(kind)
-        if pool is None:
-            pool = self._pools[kind] = ThreadPoolExecutor(
-                _URL_THREADS if kind == "urls" else _THREADS,
-                thread_name_prefix=f"hub-references-{kind}")
+        self._handoff.submit(_pool(kind), work, then)
 
-        def run() -> None:
-            try:
-                result: Any = work()
-            except Exception as exc:  # handed to the loop, which answers the caller
-                if not isinstance(exc, DlhubHpcError):
-                    logger.exception("a reference could not be resolved or written")
-                result = exc
-            self._done.put(lambda: then(result))
-            self._wake()
 
-        pool.submit(run)
+def _pool(kind: str) -> str:
+    """The thread pool (and its threads' name prefix) for references of ``kind``."""
+    return f"hub-references-{kind}"
 
 
 def _has_url(value: Any) -> bool:
