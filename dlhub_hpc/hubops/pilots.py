@@ -70,36 +70,34 @@ class PilotOps:
         record = self.registry.get(name, version)  # fail now, with the published versions
         refuse_workers(record.spec)  # a pipeline has none: its steps do
         self.security.access.check_manage(str(args.get("caller", "")), name)
-        given = args.get("profile") or "local"
-        self.security.check_profile_source(str(args.get("caller", "")), given)
-        profile = (parse_profile(given, "the profile sent") if isinstance(given, dict)
-                   else load_profile(str(given)))
-        nodes = args.get("nodes")
-        if nodes is not None:
-            check_pilot_nodes(self.parts, str(args.get("caller", "")), int(nodes),
-                              profile.scaling.max_blocks)
+        profile, nodes = self._profile_and_nodes(args)
         launch = self.security.worker_launch(name, profile.container.runtime != "none")
 
         def start() -> dict[str, Any]:
             # Off the broker thread: some Parsl providers run commands when constructed.
-            pilot = build_pilot(self.parts, record, profile, launch,
-                                None if nodes is None else int(nodes))
+            pilot = build_pilot(self.parts, record, profile, launch, nodes)
             return self.pilots.add(pilot).to_dict()
 
         return self._executor.submit(start)
 
     def _pool_pilot_start(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
         """A pilot of pooled workers (hubops/pools.py)."""
+        profile, nodes = self._profile_and_nodes(args)
+        return start_pool_pilot(self.parts, args, str(args["servable"]), profile, nodes)
+
+    def _profile_and_nodes(self, args: dict[str, Any]) -> tuple[SiteProfile, int | None]:
+        """The site profile ``args`` name or send (one the caller may use) and the nodes
+        per block they ask for, refused if the pilot could hold too many."""
+        caller = str(args.get("caller", ""))
         given = args.get("profile") or "local"
-        self.security.check_profile_source(str(args.get("caller", "")), given)
+        self.security.check_profile_source(caller, given)
         profile = (parse_profile(given, "the profile sent") if isinstance(given, dict)
                    else load_profile(str(given)))
         nodes = args.get("nodes")
-        if nodes is not None:
-            check_pilot_nodes(self.parts, str(args.get("caller", "")), int(nodes),
-                              profile.scaling.max_blocks)
-        return start_pool_pilot(self.parts, args, str(args["servable"]), profile,
-                                None if nodes is None else int(nodes))
+        if nodes is None:
+            return profile, None
+        check_pilot_nodes(self.parts, caller, int(nodes), profile.scaling.max_blocks)
+        return profile, int(nodes)
 
     def pilot_status(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         snap = self.parts.state.snapshot()  # here, on the loop thread that owns the state

@@ -26,9 +26,11 @@ from dlhub_hpc.servable.pools import PoolSpec, pool_of
 logger = logging.getLogger(__name__)
 
 
-def start_pool_workers(parts: HubParts, args: dict[str, Any],
-                       ref: str) -> Future[dict[str, Any]]:
-    """Submit a block of ``args['workers']`` pooled workers for the pool ``ref`` names."""
+def _check_starter(parts: HubParts, args: dict[str, Any], ref: str, what: str,
+                   hint: Callable[[str], str] = lambda caller: "",
+                   ) -> tuple[PoolSpec, str, str]:
+    """The pool ``ref`` names, the caller and the pool's owner; refused unless the caller
+    is that owner or the admin, who alone start its ``what`` (workers, pilots)."""
     pool = pool_of(ref)
     assert pool is not None, ref
     caller = str(args.get("caller", ""))
@@ -36,8 +38,15 @@ def start_pool_workers(parts: HubParts, args: dict[str, Any],
     if not is_admin(parts, caller) and caller != owner:
         raise PermissionDenied(
             f"pool {pool.text()} serves {owner}'s servables: {owner} or the hub's admin "
-            f"starts its workers, not {caller!r}; a pool of your own is 'owner:{caller}'",
-            identity=caller)
+            f"starts its {what}, not {caller!r}{hint(caller)}", identity=caller)
+    return pool, caller, owner
+
+
+def start_pool_workers(parts: HubParts, args: dict[str, Any],
+                       ref: str) -> Future[dict[str, Any]]:
+    """Submit a block of ``args['workers']`` pooled workers for the pool ``ref`` names."""
+    pool, caller, owner = _check_starter(
+        parts, args, ref, "workers", lambda caller: f"; a pool of your own is 'owner:{caller}'")
     count = int(args.get("workers", 1))
     launch = parts.security.worker_launch("", owner=owner)  # confined unless the admin's
     ref = pool.ref()  # as written by pool_of, so stop and status name it alike
@@ -80,14 +89,7 @@ def start_pool_pilot(parts: HubParts, args: dict[str, Any], ref: str,
                      profile: SiteProfile, nodes: int | None) -> Future[dict[str, Any]]:
     """``pilot start --pool``: a scaled pilot whose workers serve the pool ``ref`` names.
     Its workers run in the profile's image, if it runs containers: a pool shares one."""
-    pool = pool_of(ref)
-    assert pool is not None, ref
-    caller = str(args.get("caller", ""))
-    owner = pool_owner(parts.security, pool)
-    if not is_admin(parts, caller) and caller != owner:
-        raise PermissionDenied(
-            f"pool {pool.text()} serves {owner}'s servables: {owner} or the hub's admin "
-            f"starts its pilots, not {caller!r}", identity=caller)
+    pool, _, owner = _check_starter(parts, args, ref, "pilots")
     check_pool_profile(profile)
 
     def start() -> dict[str, Any]:
