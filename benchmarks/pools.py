@@ -32,7 +32,6 @@ import contextlib
 import logging
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -54,6 +53,7 @@ from benchmarks.common import (
     summary,
 )
 from benchmarks.common import wait_for_hub as wait_hub
+from benchmarks.servables.scaled import write_scaled
 from benchmarks.targets import Targets
 
 logger = logging.getLogger(__name__)
@@ -63,42 +63,6 @@ HOT_TARGET = 1.2  # pool hot p50 / dedicated p50
 COLD_EXTRA_MS = 20.0  # cold request p50 past its model's load
 WORKERS = 4
 HOT = 4
-
-
-def write_servable(root: Path, name: str, weight: float, nbytes: int, tag: str) -> Path:
-    """A servable answering ``weight * sum(x)``, its weights ``nbytes`` of ``weight``."""
-    d = root / name
-    d.mkdir(parents=True)
-    (d / "servable.yaml").write_text(textwrap.dedent(f"""\
-        datacite:
-          title: Pool benchmark {name}
-          creators: ["Bench, B"]
-          subjects: [{tag}]
-        dlhub:
-          owner: bench
-          name: {name}
-        servable:
-          type: python_function
-          max_batch_size: 8
-          methods:
-            run:
-              function: "model:run"
-              input: {{type: list, item_type: {{type: float}}}}
-              output: {{type: float}}
-        """))
-    (d / "model.py").write_text(textwrap.dedent("""\
-        import pathlib
-
-        import numpy as np
-
-        _W = np.load(pathlib.Path(__file__).with_name("weights.npy"))
-
-
-        def run(x):
-            return float(_W[0] * sum(x))
-        """))
-    np.save(d / "weights.npy", np.full(max(1, nbytes // 8), weight))
-    return d
 
 
 def zipf_mix(n_servables: int, requests: int, s: float, seed: int) -> list[int]:
@@ -112,10 +76,10 @@ def publish_all(client: Any, root: Path, args: argparse.Namespace) -> tuple[list
     """The pooled servables (by rank) and the hot ones' dedicated copies."""
     pooled, dedicated = [], []
     for k in range(args.servables):
-        d = write_servable(root, f"pooled-{k}", float(k + 1), args.weight_bytes, "poolbench")
+        d = write_scaled(root, f"pooled-{k}", float(k + 1), args.weight_bytes, "poolbench")
         pooled.append(str(client.publish(d)["name"]))
     for k in range(HOT):
-        d = write_servable(root, f"dedicated-{k}", float(k + 1), args.weight_bytes, "poolhot")
+        d = write_scaled(root, f"dedicated-{k}", float(k + 1), args.weight_bytes, "poolhot")
         dedicated.append(str(client.publish(d)["name"]))
     return pooled, dedicated
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import textwrap
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from rich.console import Console
 
+from benchmarks.servables.scaled import write_scaled as write_servable
 from dlhub_hpc import Client
 from dlhub_hpc.cli.pools import pool_workers, pools_tables
 from dlhub_hpc.errors import Timeout
@@ -33,38 +32,8 @@ BUDGET = 3 * WEIGHT_BYTES + WEIGHT_BYTES // 2
 
 def write_scaled(root: Path, i: int, tag: str = "pooltest") -> Path:
     """A servable that answers ``weight * sum(x)``, its weight ``i + 1`` in weights.npy."""
-    d = root / f"scaled-{i}"
-    d.mkdir(parents=True)
-    (d / "servable.yaml").write_text(textwrap.dedent(f"""\
-        datacite:
-          title: Scaled sum {i}
-          creators: ["Test, T"]
-          subjects: [{tag}]
-        dlhub:
-          owner: test
-          name: scaled-{i}
-        servable:
-          type: python_function
-          max_batch_size: 4
-          methods:
-            run:
-              function: "model:run"
-              input: {{type: list, item_type: {{type: float}}}}
-              output: {{type: float}}
-        """))
-    (d / "model.py").write_text(textwrap.dedent("""\
-        import pathlib
-
-        import numpy as np
-
-        _W = np.load(pathlib.Path(__file__).with_name("weights.npy"))
-
-
-        def run(x):
-            return float(_W[0] * sum(x))
-        """))
-    np.save(d / "weights.npy", np.full(WEIGHT_BYTES // 8, float(i + 1)))
-    return d
+    return write_servable(root, f"scaled-{i}", float(i + 1), WEIGHT_BYTES, tag, owner="test",
+                          max_batch_size=4)
 
 
 def pools_of(client: Client) -> dict[str, Any]:
