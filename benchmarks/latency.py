@@ -51,8 +51,16 @@ import zmq
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._floor import (
+    READY,
+    Keys,
+    curve_client,
+    curve_keys,
+    relay_process,
+    relay_sockets,
+    worker_socket,
+)
 from benchmarks.common import (
-    CTX,
     child_process,
     htex_path,
     hub_main,
@@ -72,7 +80,6 @@ logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.json"
 ARRAY_ITEMS = 131_072  # float64 -> 1 MiB
 ARRAY_LABEL = "ndarray f64 1 MiB"
-READY = b"READY"
 HUB_TARGET = 1.5  # hub p50 / floor p50 should be at most this
 FLOOR, HUB, HTEX = "floor", "dlhub-hpc", "parsl-htex"
 CURVE, PLAIN = "+curve", "plain"
@@ -193,44 +200,11 @@ def floor_decode(frames: Sequence[Any]) -> Any:
     return msgpack.unpackb(frames[0], raw=False)
 
 
-Keys = tuple[bytes, bytes, bytes, bytes]  # server public, server secret, client pair
-
-
-def curve_keys() -> Keys:
-    """Fresh CurveZMQ key pairs for the floor's relay and its peers."""
-    server_public, server_secret = zmq.curve_keypair()
-    client_public, client_secret = zmq.curve_keypair()
-    return server_public, server_secret, client_public, client_secret
-
-
-def _curve_client(sock: zmq.Socket[bytes], keys: Keys | None) -> None:
-    if keys is not None:  # CurveZMQ as the hub's clients and workers use it
-        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
-            keys[0], keys[2], keys[3])
-
-
-def _router(ctx: zmq.Context[Any], keys: Keys | None) -> tuple[zmq.Socket[bytes], str]:
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if keys is not None:  # no ZAP handler: any key is let in, the cipher is the cost
-        sock.curve_server = True
-        sock.curve_secretkey = keys[1]
-    sock.bind("tcp://127.0.0.1:0")
-    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-
 def relay_main(addresses: Connection, stop: MpEvent, keys: Keys | None) -> None:
     """The floor's broker: ROUTER for clients, ROUTER for the worker, one poll loop."""
     quiet_child()
-    ctx = zmq.Context()
-    front, front_addr = _router(ctx, keys)
-    back, back_addr = _router(ctx, keys)
-    addresses.send((front_addr, back_addr))
-    poller = zmq.Poller()
-    poller.register(front, zmq.POLLIN)
-    poller.register(back, zmq.POLLIN)
-    worker = b""
-    try:
+    with relay_sockets(addresses, keys) as (front, back, poller):
+        worker = b""
         while not stop.is_set():
             ready = dict(poller.poll(100))
             if back in ready:
@@ -241,31 +215,18 @@ def relay_main(addresses: Connection, stop: MpEvent, keys: Keys | None) -> None:
                     front.send_multipart(rest, copy=False)
             if front in ready and worker:
                 back.send_multipart([worker, *front.recv_multipart(copy=False)], copy=False)
-    finally:
-        front.close(0)
-        back.close(0)
-        ctx.term()
 
 
 def echo_worker_main(address: str, stop: MpEvent, keys: Keys | None) -> None:
     """The floor's worker: decode the payload, re-encode it, send it back."""
     quiet_child()
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    _curve_client(sock, keys)
-    sock.connect(address)
-    sock.send(READY)
-    try:
+    with worker_socket(address, keys) as sock:
         while not stop.is_set():
             if not sock.poll(100):
                 continue
             client, *frames = sock.recv_multipart(copy=False)
             value = floor_decode([f.buffer for f in frames])
             sock.send_multipart([client, *floor_encode(value)], copy=False)
-    finally:
-        sock.close(0)
-        ctx.term()
 
 
 class FloorClient:
@@ -275,7 +236,7 @@ class FloorClient:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        _curve_client(self._sock, keys)
+        curve_client(self._sock, keys)
         # Block in short slices: a signal that lands on another thread (Ctrl-C) is then
         # acted on within 100 ms, and a dead relay fails the run instead of hanging it.
         self._sock.setsockopt(zmq.RCVTIMEO, 100)
@@ -302,21 +263,13 @@ def floor_path(curve: bool) -> Iterator[Runner]:
     """Relay and echo worker processes; yields a round trip through them. ``curve``:
     CurveZMQ on both of the relay's sockets, as the hub has."""
     keys = curve_keys() if curve else None
-    stop = CTX.Event()
-    ours, theirs = CTX.Pipe()
-    try:
-        with child_process(relay_main, theirs, stop, keys, name="floor-relay"):
-            if not ours.poll(30):
-                raise RuntimeError("the floor relay did not start")
-            front, back = ours.recv()
-            with child_process(echo_worker_main, back, stop, keys, name="floor-worker"):
-                client = FloorClient(front, keys)
-                try:
-                    yield client.run
-                finally:
-                    client.close()
-    finally:
-        stop.set()
+    with relay_process(relay_main, keys) as (front, back, stop), \
+            child_process(echo_worker_main, back, stop, keys, name="floor-worker"):
+        client = FloorClient(front, keys)
+        try:
+            yield client.run
+        finally:
+            client.close()
 
 
 # ---- dlhub-hpc: hub process + one warm worker ------------------------------------------

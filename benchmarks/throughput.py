@@ -39,8 +39,16 @@ import zmq
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CTX, child_process, quiet_child, save_json, start_run
-from benchmarks.latency import READY, Keys, _curve_client, _router, curve_keys
+from benchmarks._floor import (
+    READY,
+    Keys,
+    curve_client,
+    curve_keys,
+    relay_process,
+    relay_sockets,
+    worker_socket,
+)
+from benchmarks.common import child_process, quiet_child, save_json, start_run
 from benchmarks.targets import Targets
 
 logger = logging.getLogger(__name__)
@@ -58,16 +66,9 @@ PAYLOAD = b"noop-payload"
 def relay_main(addresses: Connection, stop: MpEvent, keys: Keys) -> None:
     """Queue client requests; a free worker gets everything queued, up to MAX_BATCH."""
     quiet_child()
-    ctx = zmq.Context()
-    front, front_addr = _router(ctx, keys)
-    back, back_addr = _router(ctx, keys)
-    addresses.send((front_addr, back_addr))
-    poller = zmq.Poller()
-    poller.register(front, zmq.POLLIN)
-    poller.register(back, zmq.POLLIN)
-    queue: deque[list[bytes]] = deque()
-    free: deque[bytes] = deque()
-    try:
+    with relay_sockets(addresses, keys) as (front, back, poller):
+        queue: deque[list[bytes]] = deque()
+        free: deque[bytes] = deque()
         while not stop.is_set():
             ready = dict(poller.poll(100))
             while back in ready:
@@ -87,28 +88,15 @@ def relay_main(addresses: Connection, stop: MpEvent, keys: Keys) -> None:
             while free and queue:
                 batch = [queue.popleft() for _ in range(min(MAX_BATCH, len(queue)))]
                 back.send_multipart([free.popleft(), *(f for item in batch for f in item)])
-    finally:
-        front.close(0)
-        back.close(0)
-        ctx.term()
 
 
 def worker_main(address: str, stop: MpEvent, keys: Keys) -> None:
     """Echo every item of a batch, in one reply."""
     quiet_child()
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    _curve_client(sock, keys)
-    sock.connect(address)
-    sock.send(READY)
-    try:
+    with worker_socket(address, keys) as sock:
         while not stop.is_set():
             if sock.poll(100):
                 sock.send_multipart(sock.recv_multipart())
-    finally:
-        sock.close(0)
-        ctx.term()
 
 
 class FloorDriver:
@@ -118,7 +106,7 @@ class FloorDriver:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        _curve_client(self.sock, keys)
+        curve_client(self.sock, keys)
         self.sock.connect(address)
 
     def window(self, seconds: float, in_flight: int) -> dict[str, float]:
@@ -151,24 +139,16 @@ class FloorDriver:
 @contextlib.contextmanager
 def floor_path() -> Iterator[Callable[[float, int], dict[str, float]]]:
     keys = curve_keys()
-    stop = CTX.Event()
-    ours, theirs = CTX.Pipe()
-    try:
-        with child_process(relay_main, theirs, stop, keys, name="floor-relay"):
-            if not ours.poll(30):
-                raise RuntimeError("the floor relay did not start")
-            front, back = ours.recv()
-            with contextlib.ExitStack() as stack:
-                for i in range(WORKERS):
-                    stack.enter_context(child_process(worker_main, back, stop, keys,
-                                                      name=f"floor-worker-{i}"))
-                driver = FloorDriver(front, keys)
-                try:
-                    yield driver.window
-                finally:
-                    driver.close()
-    finally:
-        stop.set()
+    with relay_process(relay_main, keys) as (front, back, stop), \
+            contextlib.ExitStack() as stack:
+        for i in range(WORKERS):
+            stack.enter_context(child_process(worker_main, back, stop, keys,
+                                              name=f"floor-worker-{i}"))
+        driver = FloorDriver(front, keys)
+        try:
+            yield driver.window
+        finally:
+            driver.close()
 
 
 # ---- the hub ----------------------------------------------------------------------------
