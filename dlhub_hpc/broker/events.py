@@ -50,7 +50,6 @@ class ServableInfo:
     public: bool = False
     pins: tuple[tuple[str, str], ...] = ()
     ranks: int = 1
-    image: str | None = None  # its own container image: it gets workers of its own
 
     @classmethod
     def from_record(cls, record: ServableRecord) -> ServableInfo:

@@ -10,8 +10,8 @@ growth and evicts the least recently used past its budget, ``worker/models.py``)
 mirrors it, and between two reports nothing changes, since a worker loads only when told.
 
 A servable whose workers cannot be shared gets workers of its own, and the books say why:
-one that runs over MPI ranks, one with its own container image, one whose pinned packages
-conflict with what a worker already imported (a process cannot unload a package).
+one that runs over MPI ranks, a pipeline, one whose pinned packages conflict with what a
+worker already imported (a process cannot unload a package).
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ def exclusion(info: ServableInfo) -> str | None:
     """Why ``info`` can share no pooled worker at all; None when it can."""
     if info.ranks > 1:
         return f"it runs over {info.ranks} MPI ranks, started by its own pilot"
-    if info.image:
-        return f"it runs in its own container image ({info.image})"
     if info.pipeline:
         return "it is a pipeline: the hub runs it, its steps have workers"
     return None
