@@ -154,6 +154,26 @@ class PoolDispatch:
             tried.add(info.key)
             self._dispatch(info, now, out)
 
+    def pool_demand(self) -> dict[str, int]:
+        """Requests queued for each pool's servables, by the pool's ref (its pilot's
+        ``servable``): what a pool pilot scales on, as a servable's pilot does on its queue."""
+        pools: dict[str, list[Any]] = {}
+        for member in self.pools.members.values():
+            pools.setdefault(member.spec.ref(), []).append(member)
+        demand = dict.fromkeys(pools, 0)
+        for key in self.pools.backlog:
+            queued = sum(q.live for q in self._queues.get(key, {}).values())
+            if not queued:
+                continue
+            try:
+                info = self._resolve(*key)
+            except DlhubHpcError:
+                continue
+            for ref, members in pools.items():
+                if any(self.pools.admits(m, info) for m in members):
+                    demand[ref] += queued
+        return demand
+
     def _waiting(self) -> list[tuple[int, ServableInfo]]:
         """Each pooled servable with requests queued: its oldest request's seq, and its info.
         Only those that found no free pooled worker (the backlog), not every queue the hub

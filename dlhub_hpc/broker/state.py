@@ -784,7 +784,8 @@ class BrokerState(PoolDispatch):
         stats.update(self.memo.stats())
         return take_snapshot(self._queues, self._batches.values(), self._workers.values(),
                              stats, self.changes, self.load_failures.by_ref(),
-                             pools=self.pools.view() if self.pools.members else None)
+                             pools=({**self.pools.view(), "queued": self.pool_demand()}
+                                    if self.pools.members else None))
 
     def snapshot(self) -> dict[str, Any]:
         """``view()`` as plain data (for ``dlhub-hpc status``); on the loop thread only."""

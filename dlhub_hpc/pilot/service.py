@@ -24,6 +24,7 @@ from dlhub_hpc.pilot.profiles import SiteProfile
 from dlhub_hpc.pilot.recovery import skip_ids
 from dlhub_hpc.pilot.scaling import Load
 from dlhub_hpc.security.isolation import WorkerLaunch
+from dlhub_hpc.servable.pools import pool_of
 
 logger = logging.getLogger(__name__)
 
@@ -261,11 +262,14 @@ class PilotService:
         for pilot in pilots:
             workers = [w for w in snap.get("workers", []) if w.get("servable") == pilot.servable
                        or str(w.get("block", "")).startswith(pilot.pilot_id + ".")]
-            queue = snap.get("servables", {}).get(pilot.servable, {})
-            load = Load(queued=int(queue.get("queued", 0)),
-                        in_flight=int(queue.get("in_flight", 0)),
-                        workers=len(workers),
-                        busy=sum(1 for w in workers if w.get("state") == "busy"))
+            busy = sum(1 for w in workers if w.get("state") == "busy")
+            if pool_of(pilot.servable) is None:
+                queue = snap.get("servables", {}).get(pilot.servable, {})
+                queued, in_flight = int(queue.get("queued", 0)), int(queue.get("in_flight", 0))
+            else:  # a pool's: what waits for any servable it serves, its busy workers'
+                queued = int((snap.get("pools") or {}).get("queued", {}).get(pilot.servable, 0))
+                in_flight = busy
+            load = Load(queued=queued, in_flight=in_flight, workers=len(workers), busy=busy)
             try:
                 pilot.tick(load, workers, now)
             except Exception:

@@ -225,3 +225,29 @@ def test_provider_calls_never_overlap_between_threads(tmp_path: Path) -> None:
     watcher.join()
     assert len(provider.submitted) == 21
     assert provider.overlaps == 0
+
+
+def test_a_pool_pilot_scales_on_what_waits_for_its_pool(tmp_path: Path) -> None:
+    # A pool pilot's servable is the pool's ref, which no queue is named after: its load is
+    # the requests queued for any servable the pool serves, as the state counts them.
+    from dlhub_hpc.pilot.service import PilotService
+    from dlhub_hpc.servable.pools import PoolSpec
+
+    ref = PoolSpec.parse("owner:alice").ref()
+    snapshot = {"servables": {"alice/a@1": {"queued": 3}},
+                "pools": {"queued": {ref: 17, "pool:owner:bob": 5}},
+                "workers": [{"servable": "", "block": "P.0", "state": "busy"},
+                            {"servable": "", "block": "P.0", "state": "idle"},
+                            {"servable": "", "block": "Q.0", "state": "busy"}]}
+    service = PilotService(lambda: snapshot, period=60)
+    provider = _FakeProvider()
+    pilot = Pilot(load_profile("local"), ref, "tcp://127.0.0.1:5000", tmp_path,
+                  provider=provider, pilot_id="P")  # type: ignore[arg-type]
+    seen: list[Load] = []
+    pilot.tick = lambda load, workers, now: seen.append(load)  # type: ignore[method-assign]
+    service.pilots["P"] = pilot
+    try:
+        service.tick_all(NOW)
+    finally:
+        service.shutdown()
+    assert seen == [Load(queued=17, in_flight=1, workers=2, busy=1)]

@@ -325,3 +325,18 @@ def test_a_worker_that_drains_mid_load_hands_its_load_to_another() -> None:
     assert loads(out) == [(b"w2", "alice/a")]  # r1 waits for w2's load, not for w1
     (who, batch), = batches(hub.ready("w2", "alice/a@1", 10))
     assert who == b"w2" and replies(hub.finish("w2", batch))["r1"].ok
+
+
+def test_the_state_counts_what_waits_for_each_pool() -> None:
+    # What a pool pilot scales on: requests queued for the servables each pool admits.
+    hub = PoolHub(info("alice/a"), info("alice/b"), info("bob/c"))
+    hub.join("w1")
+    hub.join("w2", spec="owner:bob")
+    hub.request("r1", "alice/a")  # w1 loads it: busy
+    hub.request("r2", "alice/b")
+    hub.request("r3", "alice/b")
+    hub.request("r4", "bob/c")  # w2 loads it: busy
+    hub.request("r5", "bob/c")
+    alice, bob = (PoolSpec.parse(f"owner:{o}", 100).ref() for o in ("alice", "bob"))
+    queued = hub.state.view().pools["queued"]
+    assert queued == {alice: 3, bob: 2}
