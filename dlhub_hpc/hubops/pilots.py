@@ -14,6 +14,7 @@ from dlhub_hpc.hubops.pools import start_pool_pilot
 from dlhub_hpc.hubops.workers import check_stop
 from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
 from dlhub_hpc.pilot.profiles import SiteProfile, load_profile, parse_profile
+from dlhub_hpc.pilot.service import pilot_workers
 from dlhub_hpc.registry.store import ServableRecord
 from dlhub_hpc.security.isolation import WorkerLaunch
 from dlhub_hpc.servable.pools import pool_of
@@ -108,8 +109,7 @@ class PilotOps:
             pilots = [p for p in self.pilots.all()
                       if self.security.access.can_see(caller, p.servable.split("@")[0])]
             for p in pilots:
-                p.refresh([w for w in snap["workers"] if w["servable"] == p.servable],
-                          time.time())
+                p.refresh(pilot_workers(p, snap), time.time())  # as the scaling loop sees them
             return [p.to_dict() for p in pilots]
 
         return self._executor.submit(finish)

@@ -260,8 +260,7 @@ class PilotService:
         snap = self._snapshot()
         now = time.time() if now is None else now
         for pilot in pilots:
-            workers = [w for w in snap.get("workers", []) if w.get("servable") == pilot.servable
-                       or str(w.get("block", "")).startswith(pilot.pilot_id + ".")]
+            workers = pilot_workers(pilot, snap)
             busy = sum(1 for w in workers if w.get("state") == "busy")
             if pool_of(pilot.servable) is None:
                 queue = snap.get("servables", {}).get(pilot.servable, {})
@@ -281,4 +280,10 @@ class PilotService:
                     logger.exception("an observer of %s failed", pilot.pilot_id)
 
 
-__all__ = ["PilotService", "WorkersSetup"]
+def pilot_workers(pilot: Pilot, snap: dict[str, Any]) -> list[dict[str, Any]]:
+    """The hub's workers of ``pilot``'s blocks (a pool's name no servable of theirs)."""
+    return [w for w in snap.get("workers", []) if w.get("servable") == pilot.servable
+            or str(w.get("block", "")).startswith(pilot.pilot_id + ".")]
+
+
+__all__ = ["PilotService", "WorkersSetup", "pilot_workers"]

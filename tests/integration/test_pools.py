@@ -20,8 +20,10 @@ from dlhub_hpc import Client
 from dlhub_hpc.cli.pools import pool_workers, pools_tables
 from dlhub_hpc.errors import Timeout
 from dlhub_hpc.hub import Hub
+from dlhub_hpc.pilot.profiles import load_profile
 from dlhub_hpc.servable.pools import PoolSpec
 
+from .conftest import SERVABLES as TEST_SERVABLES
 from .conftest import wait_for
 from .test_hub_restart import HubProcess, hub_process  # noqa: F401 (a fixture)
 
@@ -154,3 +156,20 @@ def test_a_restarted_hub_takes_back_a_pools_pilot(
         assert client.run(name, [1.0], timeout=60) == 5.0
         client.shutdown_hub()
     hub.wait(timeout=60)
+
+
+def test_a_pool_pilot_scales_up_on_its_pools_queue_and_back_down(
+        client: Client, hub: Hub) -> None:
+    name = str(client.publish(TEST_SERVABLES / "sleepy")["name"])
+    ref = PoolSpec.parse(name).ref()  # a pool of one servable, named by the list form
+    profile = load_profile("local").model_dump(mode="json")
+    profile["scaling"] = {"min_blocks": 1, "max_blocks": 2, "queue_per_worker": 2,
+                          "idle_release": 2, "period": 0.3}
+    info = client.start_pilot(ref, profile)
+    wait_for(lambda: pool_workers(client.status(), ref) == 1, what="1 pooled worker")
+    futures = [client.submit(name, 0.2) for _ in range(40)]
+    wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 2, what="a second block")
+    results = [f.result(timeout=120) for f in futures]
+    assert len({r["pid"] for r in results}) == 2  # both blocks' workers served the pool
+    wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 1, what="idle block released")
+    client.stop_pilot([info["pilot_id"]])
