@@ -42,12 +42,14 @@ class HubOps:
         state = self.parts.state
         snapshot = self._visible_snapshot(
             caller, {**state.snapshot(), "starting": state.ondemand.view(state.start_stage)})
-        records = self.security.publication.visible(caller, self.registry.list())
 
         def sees(ref: str) -> bool:
             return self.security.access.can_see(caller, ref.split("@")[0])
 
         def finish() -> dict[str, Any]:
+            # The registry is read here, off the loop: a hub of thousands of servables
+            # would hold every caller's requests for as long as the listing takes.
+            records = self.security.publication.visible(caller, self.registry.list())
             blocks = [b.to_dict() for b in self.pilots.worker_blocks() if sees(b.servable)]
             blocks += [b for p in self.pilots.all() if sees(p.servable)
                        for b in p.to_dict()["blocks"]]
