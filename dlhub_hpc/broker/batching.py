@@ -2,21 +2,40 @@
 of its requests, and whether a part-full batch should wait a little longer.
 
 A free worker gets everything queued for its servable, up to ``max_batch_size``. A part-full
-batch waits (at most ``max_batch_delay`` after its oldest request arrived) only while the
-servable is under concurrent load: its newest request found others still unanswered. A
-lone request, or the next call of a caller that waits for each answer, goes at once.
+batch waits (at most ``max_batch_delay`` after its oldest request arrived, or, where the
+servable sets none, a tenth of its recent batch time) only while the servable is under
+concurrent load: its newest request found others still unanswered. A lone request, or the
+next call of a caller that waits for each answer, goes at once.
 """
 
 from __future__ import annotations
 
 from dlhub_hpc.broker.events import Pending, RequestQueue, ServableInfo
 
+# A servable that sets no max_batch_delay waits a tenth of its recent batch time: a model
+# whose batch takes 25 ms gains a fuller batch for 2.5 ms, a fast one waits next to nothing.
+AUTO_DELAY_SHARE = 0.1
+AUTO_DELAY_MIN = 0.001
+AUTO_DELAY_MAX = 0.05
 
-def release_time(info: ServableInfo, queue: RequestQueue, under_load: bool) -> float:
+
+def batch_delay(info: ServableInfo, batch_seconds: float | None) -> float:
+    """How long a part-full batch of ``info`` may wait: its own ``max_batch_delay``, else
+    (unset) ``AUTO_DELAY_SHARE`` of ``batch_seconds``, its batches' recent run time."""
+    if info.max_batch_delay is not None:
+        return info.max_batch_delay
+    if batch_seconds is None:
+        return AUTO_DELAY_MIN
+    return min(max(AUTO_DELAY_SHARE * batch_seconds, AUTO_DELAY_MIN), AUTO_DELAY_MAX)
+
+
+def release_time(info: ServableInfo, queue: RequestQueue, under_load: bool,
+                 batch_seconds: float | None = None) -> float:
     """When this queue's part-full batch must go; -inf when it should go now."""
-    if info.max_batch_delay <= 0 or queue.live >= info.max_batch_size or not under_load:
+    delay = batch_delay(info, batch_seconds)
+    if delay <= 0 or queue.live >= info.max_batch_size or not under_load:
         return float("-inf")
-    return queue.items[0].arrived + info.max_batch_delay
+    return queue.items[0].arrived + delay
 
 
 def oldest_queue(queues: dict[str, RequestQueue]) -> tuple[RequestQueue | None, str]:

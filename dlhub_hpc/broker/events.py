@@ -37,7 +37,8 @@ class ServableInfo:
     digest: str
     inputs: dict[str, ArgType]
     max_batch_size: int = 1
-    max_batch_delay: float = 0.0  # seconds a part-full batch may wait for more; 0: never
+    # seconds a part-full batch may wait for more; 0: never; None: as its batches take
+    max_batch_delay: float | None = 0.0
     deterministic: bool = False  # same input, same output: answers may be memoized
     pipeline: tuple[PipelineStage, ...] = ()  # a pipeline's stages; it runs in the hub
     notice: str | None = None  # sent with every answer: e.g. the version is deprecated

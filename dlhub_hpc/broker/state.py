@@ -115,6 +115,8 @@ class BrokerState(PoolDispatch):
         self._held: dict[ServableKey, float] = {}  # part-full batches: when they must go
         self.load_failures = LoadFailures()  # servables whose every worker failed to load
         self._arriving: dict[ServableKey, bool] = {}  # concurrent load: worth waiting to batch
+        # Each servable's recent batch run time (a moving average): how long batches may wait
+        self._batch_seconds: dict[ServableKey, float] = {}
         self._in_flight: Counter[ServableKey] = Counter()  # items at workers, per servable
         self._flights: dict[bytes, list[Pending]] = {}  # memo key -> requests joined to it
         # Servables whose requests came in the socket read now under way (begin_round):
@@ -412,7 +414,8 @@ class BrokerState(PoolDispatch):
             queue, method = oldest_queue(queues)
             if queue is None:
                 return
-            release = release_time(info, queue, self._arriving.get(info.key, False))
+            release = release_time(info, queue, self._arriving.get(info.key, False),
+                                   self._batch_seconds.get(info.key))
             if release > now:
                 self._held[info.key] = release
                 if self.metrics is not None:
@@ -583,6 +586,10 @@ class BrokerState(PoolDispatch):
         self._in_flight[worker.servable] -= len(flight.items)
         if self.metrics is not None and flight.items:
             self.metrics.batch_done(flight.servable, flight.items[0].method, msg.elapsed)
+        if isinstance(msg.elapsed, float) and 0 <= msg.elapsed < 3600:  # a worker's word
+            last = self._batch_seconds.get(flight.servable)
+            self._batch_seconds[flight.servable] = (
+                msg.elapsed if last is None else last + 0.2 * (msg.elapsed - last))
         results = msg.results
         if len(results) == 1 and _error_record(results[0]) is not None:
             results = results * len(flight.items)  # one error answers the whole batch

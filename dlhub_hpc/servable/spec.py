@@ -166,9 +166,10 @@ class ServableBlock(_Strict):
         "predict on sample rows at load; false: scikit-learn's own predict",
     )
     max_batch_size: int = Field(default=16, ge=1, le=4096)
-    max_batch_delay: float = Field(
-        default=0.001, ge=0, le=1.0,
-        description="seconds a part-full batch may wait for more requests; 0: never wait",
+    max_batch_delay: float | None = Field(
+        default=None, ge=0, le=1.0,
+        description="seconds a part-full batch may wait for more requests; 0: never wait; "
+        "unset: a tenth of the servable's recent batch time, from 1 ms to 50 ms",
     )
     ranks: int = Field(
         default=1, ge=1, le=65536,

@@ -113,3 +113,36 @@ def test_reply_timing_is_time_since_arrival_and_the_batch_elapsed(hub: Hub) -> N
     hub.now = 2.0
     got = replies(hub.send("w1", BatchResult(batch.batch_id, [[True, 8.0]], 0.3)))
     assert got["r2"].timing == pytest.approx([0.75, 0.3])
+
+
+AUTO = ServableInfo("demo/auto", 1, "digest-auto", {"run": FLOATS}, max_batch_size=8,
+                    max_batch_delay=None)
+
+
+def test_an_unset_delay_grows_with_the_servables_batch_time() -> None:
+    # A tenth of what its batches take (a moving average of the workers' elapsed), at least
+    # 1 ms and at most 50 ms: a slow model's part-full batch waits longer to fill.
+    hub = Hub(Catalog(AUTO), heartbeat_interval=50.0, heartbeat_timeout=100.0)
+    hub.tick(0.0)
+    start_all(hub, "w1", "w2", servable="demo/auto")
+    _, first = only_batch(at(hub, 1.0, "r1", servable="demo/auto"))
+    assert at(hub, 1.0, "r2", servable="demo/auto") == []  # under load: held
+    assert hub.state.next_wakeup(1.0) == pytest.approx(0.001)  # nothing measured yet
+    hub.now = 1.0005
+    hub.send("w1", BatchResult(first.batch_id, [[True, 1.0]], elapsed=0.2))
+    # w1 is free, but r2's batch may now wait 20 ms from r2's arrival to fill
+    assert at(hub, 1.001, "r3", servable="demo/auto") == []
+    assert hub.state.next_wakeup(1.001) == pytest.approx(0.019)
+    assert at(hub, 1.015, "r4", servable="demo/auto") == []  # still within the wait
+    (_, batch), = batches(hub.tick(1.021))
+    assert len(batch.payloads) == 3
+
+
+def test_the_auto_delay_is_bounded() -> None:
+    from dlhub_hpc.broker.batching import batch_delay
+
+    assert batch_delay(AUTO, None) == 0.001
+    assert batch_delay(AUTO, 0.0001) == 0.001  # a fast model waits the floor
+    assert batch_delay(AUTO, 0.25) == pytest.approx(0.025)
+    assert batch_delay(AUTO, 30.0) == 0.05  # a slow one at most 50 ms
+    assert batch_delay(BATCHY, 30.0) == DELAY  # a servable's own setting is kept

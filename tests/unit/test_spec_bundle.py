@@ -65,7 +65,7 @@ def test_a_valid_spec_parses_with_its_defaults(make_spec: MakeSpec) -> None:
     assert spec.method("run").input == ArgType(type="any")
     assert spec.method("run").output == ArgType(type="any")
     assert (spec.servable.max_batch_size, spec.method("run").takes_batch) == (16, False)
-    assert (spec.servable.max_batch_delay, spec.servable.deterministic) == (0.001, False)
+    assert (spec.servable.max_batch_delay, spec.servable.deterministic) == (None, False)
 
 
 def test_an_unknown_method_lists_the_known_ones(make_spec: MakeSpec) -> None:
