@@ -13,7 +13,6 @@ changed it, at most every ``PUBLISH_INTERVAL`` seconds, the loop publishes a fro
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
@@ -23,60 +22,36 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, cast
 
 import msgpack
 import zmq
 
 from dlhub_hpc.broker.config import HubConfig
-from dlhub_hpc.broker.events import Checked, InputPlan, ReleaseServable, StartServable
-from dlhub_hpc.broker.lane import (
-    LargeLane,
-    check_input,
-    decode_large,
-    expand,
-    message_size,
-    too_large,
-)
-from dlhub_hpc.broker.pipeline import PIPELINE_IDENTITY
+from dlhub_hpc.broker.events import ReleaseServable, StartServable
+from dlhub_hpc.broker.intake import CallerIntake
+from dlhub_hpc.broker.lane import LargeLane
 from dlhub_hpc.broker.reference_routing import ReferenceRouting
+from dlhub_hpc.broker.sending import LOCAL_PREFIX, ServableSource, _send_frames
 from dlhub_hpc.broker.snapshot import Snapshot
-from dlhub_hpc.broker.state import (
-    Action,
-    BrokerState,
-    FromClient,
-    FromWorker,
-    LoadServable,
-    Tick,
-    ToClient,
-    ToWorker,
-    ToWorkers,
-)
-from dlhub_hpc.broker.streams import HubStreams, is_chunk
-from dlhub_hpc.broker.tracing import request_in as tracing_in
-from dlhub_hpc.broker.tracing import to_client as tracing_to_client
-from dlhub_hpc.broker.tracing import to_worker as tracing_to_worker
-from dlhub_hpc.broker.tracing import tracing
-from dlhub_hpc.errors import DlhubHpcError, ExecutionError, Overloaded, ProtocolError
-from dlhub_hpc.localpath.hubside import Fetch, HubLocalPath, Share
+from dlhub_hpc.broker.state import BrokerState, FromWorker, Tick
+from dlhub_hpc.broker.streams import HubStreams
+from dlhub_hpc.errors import DlhubHpcError, ExecutionError, ProtocolError
+from dlhub_hpc.localpath.hubside import Fetch, HubLocalPath
 from dlhub_hpc.metrics.recorder import LoopMetrics, frames_bytes
 from dlhub_hpc.protocol import (
     INT64_MAX,
     INT64_MIN,
     MAX_DEPTH,
     PROTOCOL_VERSION,
-    Assign,
     BatchResult,
     Bye,
     Control,
     Message,
     Reply,
-    Request,
     Shutdown,
     Tag,
     decode,
-    encode,
     peek,
 )
 from dlhub_hpc.security.tokens import TokenStore
@@ -92,25 +67,26 @@ from dlhub_hpc.security.zap import (
 logger = logging.getLogger(__name__)
 
 ControlHandler = Callable[[dict[str, Any]], Any]  # returns a value, or a Future of one
-ServableSource = Callable[[str, int], tuple[dict[str, Any], bytes]]  # -> (spec, bundle)
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: enum flag arithmetic costs microseconds per call
-_SNDMORE = int(zmq.SNDMORE)
 # A Heartbeat's header starts [version, HEARTBEAT, (msgpack fixarray of 3, two fixints)
 _HEARTBEAT = bytes((0x93, PROTOCOL_VERSION, int(Tag.HEARTBEAT)))
 _HEARTBEAT_BYTES = 256  # larger: not one of ours; the general path reads it
-_COPY_BELOW = 65536  # smaller frames are copied anyway: a zero-copy Frame only adds cost
 _DRAIN_LIMIT = 512  # messages taken from one socket per loop turn, so neither starves
-# How the state knows inproc callers: ZeroMQ's own routing ids are 5 bytes starting with a
-# zero byte, so no id it makes for a remote peer starts with this.
-LOCAL_PREFIX = b"\x00local:"
 # How stale the published snapshot may be while the state changes: it is rebuilt at most
 # this often, so a busy loop spends little on it and a reader waits at most this long.
 PUBLISH_INTERVAL = 0.05
 
 
-class BrokerServer:
-    """Serves one ``BrokerState``; ``run()`` is the loop, in the thread that calls it."""
+__all__ = ["LOCAL_PREFIX", "PUBLISH_INTERVAL", "BrokerServer", "ControlHandler",
+           "ServableSource", "_send_frames"]
+
+
+class BrokerServer(CallerIntake):
+    """Serves one ``BrokerState``; ``run()`` is the loop, in the thread that calls it.
+
+    Callers' messages come in through ``CallerIntake`` (intake.py); the state's actions go
+    out through ``ActionSender`` (sending.py), which it inherits."""
 
     def __init__(
         self,
@@ -382,146 +358,6 @@ class BrokerServer:
             raise ProtocolError("no identity or no header frame")
         return frames[0].bytes, decode(frames[1:], fetch=fetch)
 
-    def _on_client_frames(self, frames: list[Any]) -> None:
-        self._on_caller_frames(frames, None)
-
-    def _on_local_frames(self, frames: list[Any]) -> None:
-        # Only code in this process reaches the inproc socket: it acts as the hub's admin.
-        self._on_caller_frames(frames, self.auth.local_user if self.auth is not None else "")
-
-    def _on_caller_frames(self, frames: list[Any], local_user: str | None) -> None:
-        if (len(frames) >= 2 and message_size(frames) > self._large_bytes
-                and not is_chunk(frames)):
-            sock = self._clients if local_user is None else self._local
-            assert sock is not None
-            self._on_large(sock, frames, local_user)
-            return
-        fetch = None if local_user is not None else self.fast.caller_fetch(
-            lambda: user_id(frames[1]) if self.auth is not None else "")
-        decoded = self._decode(frames, fetch)
-        caller = self._caller(frames, local_user)
-        if caller is not None:
-            if fetch is not None and fetch.used:  # answer it by the same path
-                self.state.count("local_path_in", fetch.used)
-                decoded = decoded[0], self.fast.came_by_path(caller[0], decoded[1], fetch)
-            elif fetch is not None:  # a linked client's large outputs come by the path too
-                self.fast.from_linked_client(caller[0], caller[1], decoded[1])
-            self._on_caller_message(*caller, decoded[1])
-
-
-    def _caller(self, frames: list[Any], local_user: str | None) -> tuple[bytes, str] | None:
-        """Who sent ``frames``: its routing id in the state's namespace, and its user."""
-        identity = frames[0].bytes
-        if local_user is not None:
-            return LOCAL_PREFIX + identity, local_user  # one namespace for both sockets
-        if identity == PIPELINE_IDENTITY or identity.startswith(LOCAL_PREFIX):
-            # A peer may choose its own routing id: never let one pose as the hub's pipeline
-            # runner, whose step answers would feed other callers' pipelines, or as a
-            # caller in the hub's own process.
-            self.state.count("malformed_frames")
-            logger.warning("dropped a message from a client posing as the hub itself")
-            return None
-        return identity, (user_id(frames[1]) if self.auth is not None
-                          else self.unauthenticated[0])
-
-    def _on_caller_message(self, identity: bytes, user: str, msg: Message,
-                           checked: Checked | None = None) -> None:
-        if self.tokens is not None:  # first: every later step acts as the token's identity
-            try:
-                user = self.tokens.acting_user(user, msg)
-            except DlhubHpcError as exc:
-                self._reply_error(identity, getattr(msg, "request_id", ""), exc)
-                return
-        if self._references.takes(identity, user, msg, checked):
-            return  # back here once its references are read
-        streamed = self._streams.from_caller(identity, user, msg, checked,
-                                             self.state.input_plan, self._send_to)
-        if streamed is None:  # a transfer's step: relayed
-            return
-        msg, checked = streamed
-        if isinstance(msg, Request):
-            if tracing():
-                tracing_in(msg, user)
-            self._apply(self.state.handle(FromClient(identity, msg, user, checked),
-                                          time.monotonic()))
-        elif isinstance(msg, Control):
-            self._on_control(identity, msg, user)
-        else:
-            self.state.count("unexpected_messages")
-
-    # -- the large-message lane: decode and input check off the loop thread --
-
-    def _on_large(self, sock: zmq.Socket[bytes], frames: list[Any],
-                  local_user: str | None) -> None:
-        """Refuse a message over the size limit (or past the lane's backlog); hand any
-        other large one to the lane, and go on serving others while it is checked."""
-        caller = self._caller(frames, local_user)
-        if caller is None:
-            return
-        size, limit = message_size(frames), self.config.max_message_bytes
-        error: DlhubHpcError | None = None
-        if size > limit:  # the parts passed MAXMSGSIZE one by one, but not their sum
-            self.state.count("too_large")
-            error = too_large(size, limit, "HubConfig.max_message_bytes")
-        elif not self._lane.has_room(size):
-            self.state.count("large_overloaded")
-            error = Overloaded(
-                f"the hub is checking {self._lane.pending_bytes} bytes of large requests "
-                f"already (the bound is {self.config.large_backlog_bytes}); retry later",
-                queued=self._lane.pending_bytes,
-            )
-        if error is not None:
-            logger.warning("refused a message of %s bytes: %s", size, error.message)
-            self._answer_bad(sock, frames, error)
-            return
-        large = _Large(sock, frames, caller, size)
-        self._lane.reserve(size)
-        self._lane.submit(lambda: decode_large(frames[1:]),
-                          lambda msg: self._on_large_decoded(large, msg))
-
-    def _on_large_decoded(self, large: _Large, msg: Message | Exception) -> None:
-        if isinstance(msg, Exception):
-            self._large_failed(large, msg)
-            return
-        plan = self.state.input_plan(large.caller[1], msg) if isinstance(msg, Request) else None
-        if plan is None:  # not a request, or one the state checks itself (or refuses)
-            if isinstance(msg, Request):  # its payload may still be encoded
-                self._lane.submit(lambda: expand(msg),
-                                  lambda req: self._on_large_done(large, req))
-            else:
-                self._on_large_done(large, msg)
-            return
-        req = cast(Request, msg)
-        self._lane.submit(lambda: check_input(plan, req),
-                          lambda checked: self._on_large_checked(large, req, plan, checked))
-
-    def _on_large_checked(self, large: _Large, req: Request, plan: InputPlan,
-                          checked: Checked | Exception) -> None:
-        if isinstance(checked, ProtocolError):
-            self._large_failed(large, checked)
-            return
-        if isinstance(checked, Exception):
-            checked = Checked(plan.declared, error=DlhubHpcError(
-                f"the input could not be checked: {type(checked).__name__}: {checked}"))
-        now = self.state.input_plan(large.caller[1], req)
-        if now is None or now.declared is not plan.declared:  # changed while it was checked
-            self._on_large_decoded(large, req)
-            return
-        self._on_large_done(large, req, checked)
-
-    def _on_large_done(self, large: _Large, msg: Message | Exception,
-                       checked: Checked | None = None) -> None:
-        if isinstance(msg, Exception):
-            self._large_failed(large, msg)
-            return
-        self._lane.release(large.size)
-        self._on_caller_message(*large.caller, msg, checked)
-
-    def _large_failed(self, large: _Large, exc: Exception) -> None:
-        """A large message that did not decode: through the same boundary as any other."""
-        self._lane.release(large.size)
-        self._on_bad_message(large.sock, large.frames, exc)
-
     def _on_worker_frames(self, frames: list[Any]) -> None:
         if len(frames) == 2 and self._on_heartbeat(frames):
             return
@@ -609,85 +445,6 @@ class BrokerServer:
             else:
                 self._reply_error(identity, rid, DlhubHpcError(f"{type(exc).__name__}: {exc}"))
 
-    def _reply_error(self, identity: bytes, request_id: str, exc: DlhubHpcError) -> None:
-        self._to_client(identity, Reply(request_id, False, None, exc.to_wire()))
-
-    # -- actions --
-
-    def _apply(self, actions: list[Action]) -> None:
-        self._streams.before(actions, self._send_to)  # a streamed value's receiver
-        for action in actions:
-            if isinstance(action, ToClient):
-                self._to_client(action.identity, action.message)
-            elif isinstance(action, ToWorker):
-                if tracing():
-                    tracing_to_worker(action.identity, action.message)
-                self._send(self._workers, action.identity, action.message,
-                           share=self.fast.batch_share(action.identity, action.message))
-            elif isinstance(action, ToWorkers):
-                assert self._workers is not None
-                frames = encode(action.message)
-                if self.loop_metrics is not None:
-                    self.loop_metrics.sent_bytes += frames_bytes(frames) * len(action.identities)
-                for identity in action.identities:
-                    _send_frames(self._workers, identity, frames, 0)
-            elif isinstance(action, LoadServable):
-                self._assign(action)
-            elif self.on_demand is not None:  # StartServable or ReleaseServable
-                self._survive(self.on_demand, action)
-
-    def _assign(self, action: LoadServable) -> None:
-        info = action.servable
-        try:
-            spec, bundle = self._servables(info.name, info.version)
-        except DlhubHpcError as exc:
-            logger.error("cannot send %s@%s to a worker: %s", info.name, info.version, exc)
-            # A failed load, as if the worker had reported it: its callers get this error.
-            self._apply(self.state.assign_failed(action.identity, exc, time.monotonic()))
-            self._send(self._workers, action.identity, Shutdown(str(exc)))
-            return
-        msg = Assign(info.name, info.version, info.digest, spec, bundle)
-        self._send(self._workers, action.identity, msg)
-
-    def _send_to(self, worker: bool, identity: bytes, msg: Message) -> None:
-        if worker:
-            self._send(self._workers, identity, msg)
-        else:
-            self._to_client(identity, msg)
-
-    def _to_client(self, identity: bytes, msg: Message) -> None:
-        if self._references.takes_reply(identity, msg):
-            return  # sent once its value is written to its result_to
-        if tracing():
-            tracing_to_client(msg)
-        if identity.startswith(LOCAL_PREFIX):
-            self._send(self._local, identity[len(LOCAL_PREFIX):], msg)
-            return
-        try:
-            self._send(self._clients, identity, msg, zmq.NOBLOCK,
-                       share=self.fast.reply_share(identity, msg))
-        except zmq.Again:  # the client has client_send_hwm replies unread: it does not read
-            self.state.count("replies_dropped_hwm")
-        except zmq.ZMQError as exc:
-            if exc.errno != errno.EHOSTUNREACH:
-                raise
-            self.state.count("replies_unroutable")  # the client has gone
-
-    def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message,
-              flags: int = 0, share: Share | None = None) -> None:
-        assert sock is not None
-        try:
-            frames = encode(msg, share)
-            if share is not None and share.used:
-                self.state.count("local_path_out", share.used)
-        except DlhubHpcError as exc:  # a value the wire cannot carry
-            if not isinstance(msg, Reply):
-                raise
-            frames = encode(Reply(msg.request_id, False, None, exc.to_wire()))
-        _send_frames(sock, identity, frames, flags)
-        if self.loop_metrics is not None:
-            self.loop_metrics.sent_bytes += frames_bytes(frames)
-
     def _drain_shutdown(self, poller: zmq.Poller) -> None:
         """Tell workers to exit and fail what is left, then wait briefly for their goodbyes."""
         self._apply(self.state.shutdown(self._stop_reason))
@@ -702,28 +459,6 @@ class BrokerServer:
         msg = self._decode(frames)[1]
         if isinstance(msg, Bye):
             self._from_worker(frames, msg)
-
-
-@dataclass(frozen=True, slots=True)
-class _Large:
-    """A large caller message on its way through the lane."""
-
-    sock: zmq.Socket[bytes]  # where it came in: a bad one is answered there
-    frames: list[Any]
-    caller: tuple[bytes, str]  # its routing id in the state's namespace, and its user
-    size: int
-
-
-def _send_frames(sock: zmq.Socket[bytes], identity: bytes, frames: list[Any],
-                 flags: int) -> None:
-    """Send one message; a lone small header (most replies) by two plain sends, which
-    cost a third of ``send_multipart(copy=False)`` per message. A ROUTER refuses (HWM,
-    unroutable) on the identity frame, so the message goes whole or not at all."""
-    if len(frames) == 1 and type(frames[0]) is bytes and len(frames[0]) < _COPY_BELOW:
-        sock.send(identity, flags | _SNDMORE)
-        sock.send(frames[0], flags)
-    else:
-        sock.send_multipart([identity, *frames], flags=flags, copy=False)
 
 
 def _woke(loop: LoopMetrics, asked: float, since: float) -> float:
