@@ -7,6 +7,8 @@ deadlines.
 
 How a batch is formed (which queue, how many, how long a part-full one waits) is in
 ``batching.py``; who may call or serve what, in the ``Gate`` it is made with (``gate.py``).
+Workers' messages and their loss are handled in ``worker_state.py`` (pooled workers' in
+``pool_state.py``), which ``BrokerState`` inherits.
 
 One thread owns a state: the hub's loop. Others read the ``Snapshot`` it publishes
 (``view()``), never the state itself. ``validate()`` checks its books (``invariants.py``).
@@ -49,14 +51,13 @@ from dlhub_hpc.broker.memo import MemoCache, memo_key
 from dlhub_hpc.broker.ondemand import OnDemand, find_request, timeout_error
 from dlhub_hpc.broker.parameters import check_parameters, memo_method
 from dlhub_hpc.broker.pipeline import PipelineRunner
-from dlhub_hpc.broker.pool_state import PoolDispatch
 from dlhub_hpc.broker.pools import PoolBook, ref_of
 from dlhub_hpc.broker.snapshot import Snapshot, take_snapshot
+from dlhub_hpc.broker.worker_state import WorkerLifecycle
 from dlhub_hpc.errors import (
     BrokerInvariantError,
     DlhubHpcError,
     MethodNotFound,
-    ProtocolError,
     QueueFull,
     ServableNotFound,
     ServableWithdrawn,
@@ -88,7 +89,7 @@ __all__ = [
 ]
 
 
-class BrokerState(PoolDispatch):
+class BrokerState(WorkerLifecycle):
     """Queues, workers, in-flight batches and the memo cache of one hub."""
 
     def __init__(self, resolver: Resolver, config: HubConfig | None = None,
@@ -453,253 +454,6 @@ class BrokerState(PoolDispatch):
         queue.items.appendleft(p)
         queue.live += 1
 
-    # -- workers --
-
-    def _admit(self, event: FromWorker, out: list[Action]) -> bool:
-        """Does this message come with the credential its worker registered with, still live?
-
-        A worker's messages name it by routing id, a heartbeat or drain by worker id: a
-        worker with another owner's (or a revoked) credential must not keep a worker of
-        theirs alive, drain it, or answer its batches.
-        """
-        msg = event.message
-        named = (msg.sender if isinstance(msg, Heartbeat)
-                 else msg.worker_id if isinstance(msg, Drain) and event.identity not in
-                 self._workers else None)
-        worker = self._workers.get(named.encode() if named else event.identity)
-        if worker is None or worker.user == event.user:
-            if self.gate.credential_live(event.user):
-                return True
-            self.stats["revoked_worker_messages"] += 1
-            if worker is not None and not isinstance(msg, Heartbeat):
-                out.append(ToWorker(event.identity, Shutdown("its credential was revoked")))
-            return False
-        self.stats["impostor_worker_messages"] += 1
-        logger.warning("dropped a %s for worker %s from another credential (%s)",
-                       type(msg).__name__, worker.worker_id, event.user)
-        return False
-
-    def _on_hello(self, identity: bytes, msg: Hello, now: float, out: list[Action],
-                  user: str = "") -> None:
-        if msg.pool is not None:
-            self._pool_hello(identity, msg, now, out, user)
-            return
-        try:
-            info = self._resolve(msg.servable, msg.version)
-        except DlhubHpcError as exc:
-            out.append(ToWorker(identity, Shutdown(f"cannot serve {msg.servable}: {exc}")))
-            return
-        if not self.gate.may_serve(user, info):
-            self.stats["workers_refused"] += 1
-            logger.warning("refused worker %s for %s: its credential (%s) does not serve it",
-                           msg.worker_id, info.name, user)
-            out.append(ToWorker(identity, Shutdown(
-                f"this worker credential may not serve {info.name}: it serves its own "
-                "owner's servables only; start workers through the hub")))
-            return
-        if identity in self._workers:
-            self._lose_worker(identity, "it registered again", now, out)
-        self._workers[identity] = WorkerInfo(
-            identity, msg.worker_id, info.key, msg.host, msg.pid, msg.block, now, now,
-            ranks=msg.ranks, binding=msg.binding, user=user,
-        )
-        self._worker_count[info.key] += 1
-        self.load_failures.clear(info.key)
-        self.stats["workers_registered"] += 1
-        out.append(LoadServable(identity, info))
-
-    def _known(self, identity: bytes, out: list[Action], now: float) -> WorkerInfo | None:
-        worker = self._workers.get(identity)
-        if worker is None:
-            # A worker this hub declared lost (or never met): its work went elsewhere.
-            self.stats["unknown_worker_messages"] += 1
-            out.append(ToWorker(identity, Shutdown("this hub does not know you; start afresh")))
-            return None
-        worker.last_seen = now
-        return worker
-
-    def _on_ready(self, identity: bytes, msg: Ready, now: float, out: list[Action]) -> None:
-        worker = self._known(identity, out, now)
-        if worker is None or worker.draining:
-            return
-        if worker.state != "loading":  # said twice: a busy worker would lose its batch
-            self.stats["unexpected_messages"] += 1
-            return
-        if worker.pooled:
-            self._pool_ready(identity, worker, msg, now, out)
-            return
-        worker.state = "idle"
-        self._idle.setdefault(worker.servable, {})[identity] = None
-        self._dispatch(self._resolve(*worker.servable), now, out)
-
-    def assign_failed(self, identity: bytes, error: DlhubHpcError, now: float) -> list[Action]:
-        """The hub could not send a worker its servable (a corrupted bundle): a failed load."""
-        self.changes += 1
-        out: list[Action] = []
-        self._on_load_failed(identity, LoadFailed("", error.to_wire()), now, out)
-        return self.pipelines.route(out, now)
-
-    def _on_load_failed(
-        self, identity: bytes, msg: LoadFailed, now: float, out: list[Action]
-    ) -> None:
-        loaded = self._workers.get(identity)
-        if loaded is not None and loaded.pooled and loaded.state == "loading":
-            self._pool_load_failed(identity, loaded, msg, now, out)  # it keeps the others
-            return
-        if loaded is not None and loaded.state != "loading":  # it had loaded: it is gone
-            self._lose_worker(identity, f"it reported a failed load ({msg.error.get('message')})",
-                              now, out)
-            return
-        worker = self._workers.pop(identity, None)
-        if worker is None:
-            return
-        self._worker_count[worker.servable] -= 1
-        self.stats["load_failures"] += 1
-        logger.warning("worker %s could not load %s: %s", worker.worker_id, worker.servable,
-                       msg.error.get("message"))
-        if self._live_workers(worker.servable):
-            return
-        # Its callers get the load's own error (BundleDigestMismatch ...) now, not a Timeout.
-        error = self.load_failures.record(worker.servable, msg.error)
-        self._fail_queued(worker.servable, error, now, out)
-
-    def _fail_queued(self, key: ServableKey, error: dict[str, Any], now: float,
-                     out: list[Action]) -> None:
-        for queue in self._queues.get(key, {}).values():
-            while queue.items:
-                p = queue.items.popleft()
-                if not p.done:
-                    self._answer(p, False, None, error, 0.0, out, now)
-            queue.live = 0
-
-    def _on_batch_result(
-        self, identity: bytes, msg: BatchResult, now: float, out: list[Action]
-    ) -> None:
-        worker = self._known(identity, out, now)
-        if worker is None:
-            return
-        flight = self._batches.get(msg.batch_id)
-        if flight is None or flight.worker != identity:
-            self.stats["stale_results"] += 1
-            return
-        del self._batches[msg.batch_id]
-        self._in_flight[worker.servable] -= len(flight.items)
-        if self.metrics is not None and flight.items:
-            self.metrics.batch_done(flight.servable, flight.items[0].method, msg.elapsed)
-        if isinstance(msg.elapsed, float) and 0 <= msg.elapsed < 3600:  # a worker's word
-            last = self._batch_seconds.get(flight.servable)
-            self._batch_seconds[flight.servable] = (
-                msg.elapsed if last is None else last + 0.2 * (msg.elapsed - last))
-        results = msg.results
-        if len(results) == 1 and _error_record(results[0]) is not None:
-            results = results * len(flight.items)  # one error answers the whole batch
-        wrong_count = len(results) != len(flight.items)
-        for i, p in enumerate(flight.items):
-            if p.done:
-                continue
-            result = None if wrong_count else results[i]
-            error = _error_record(result)
-            if isinstance(result, list) and len(result) == 2 and result[0] is True:
-                self._answer(p, True, result[1], None, msg.elapsed, out, now)
-            elif error is not None:
-                self._answer(p, False, None, error, msg.elapsed, out, now)
-            else:
-                why = (f"worker returned {len(msg.results)} results for {len(flight.items)} "
-                       "inputs") if wrong_count else "malformed result from worker"
-                self._answer(p, False, None, ProtocolError(why).to_wire(), msg.elapsed, out, now)
-        worker.state, worker.batch_id = "idle", None
-        worker.batches += 1
-        worker.items += len(flight.items)
-        if worker.draining:  # it holds nothing now: let it go
-            worker.state = "draining"
-            out.append(ToWorker(identity, Shutdown("drained")))
-            return
-        if worker.pooled:
-            self._pool_freed(identity, now, out)
-            return
-        self._idle.setdefault(worker.servable, {})[identity] = None
-        self._dispatch(self._resolve(*worker.servable), now, out)
-
-    def heartbeat(self, identity: bytes, sender: str, user: str, now: float) -> list[Action]:
-        """``handle(FromWorker(identity, Heartbeat(sender), user), now)`` for the loop's
-        most frequent message (a worker's, every interval): a refreshed ``last_seen`` is
-        nothing a snapshot shows, so only a refused heartbeat counts as a change."""
-        msg, out = Heartbeat(sender), list[Action]()
-        if self._admit(FromWorker(identity, msg, user), out):
-            self._on_heartbeat(identity, msg, now, out)
-        else:
-            self.changes += 1
-        return out
-
-    def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float, out: list[Action]) -> None:
-        # Heartbeats come from a worker's own heartbeat socket; the sender names the worker.
-        worker = self._workers.get(msg.sender.encode())
-        if worker is not None:
-            worker.last_seen = now
-
-    def _on_bye(self, identity: bytes, msg: Bye, now: float, out: list[Action]) -> None:
-        if identity in self._workers:
-            self._lose_worker(identity, f"it exited ({msg.reason})", now, out, graceful=True)
-
-    def _on_drain(self, identity: bytes, msg: Drain, now: float, out: list[Action]) -> None:
-        """The worker takes no new work; its queue waits for the others or a replacement."""
-        if identity not in self._workers:  # told mid-batch from the worker's heartbeat socket
-            identity = msg.worker_id.encode()
-        worker = self._known(identity, out, now)
-        if worker is None or worker.draining:
-            return
-        worker.draining, worker.state = True, "draining"
-        self._idle.get(worker.servable, {}).pop(identity, None)
-        self._pool_drained(identity, now, out)  # a load it began goes to another
-        self.stats["workers_drained"] += 1
-        logger.info("worker %s (%s@%s) drains: %s", worker.worker_id, *worker.servable,
-                    msg.reason)
-        if worker.batch_id is None:
-            out.append(ToWorker(identity, Shutdown("drained")))
-
-    def _live_workers(self, servable: ServableKey) -> int:
-        return self._worker_count[servable] + self._pool_live(servable)
-
-    def _lose_worker(
-        self, identity: bytes, why: str, now: float, out: list[Action], *, graceful: bool = False
-    ) -> None:
-        worker = self._workers.pop(identity)
-        if worker.pooled:
-            self.pools.leave(identity)
-        else:
-            self._worker_count[worker.servable] -= 1
-        self._idle.get(worker.servable, {}).pop(identity, None)
-        self.stats["workers_exited" if graceful else "workers_lost"] += 1
-        logger.log(logging.INFO if graceful else logging.WARNING, "worker %s (%s@%s) gone: %s",
-                   worker.worker_id, *worker.servable, why)
-        flight = self._batches.pop(worker.batch_id, None) if worker.batch_id else None
-        if flight is None:
-            if worker.pooled and worker.state == "loading":  # another may load it
-                self._dispatch(self._resolve(*worker.servable), now, out)
-            return
-        self._in_flight[worker.servable] -= len(flight.items)
-        others = self._live_workers(worker.servable)
-        if not others and self.replacement_expected is not None:
-            others = self.replacement_expected(worker.servable)
-        name, version = worker.servable
-        for p in reversed(flight.items):  # reversed + appendleft keeps the original order
-            if p.done:
-                continue
-            p.attempts += 1
-            if p.attempts > self.config.max_retries or not others:
-                self.stats["worker_lost_errors"] += 1
-                error = WorkerLost(
-                    f"the worker running {name}@{version}.{p.method} died ({why}) and "
-                    + ("no other worker serves it" if not others else
-                       f"the request had already been tried {p.attempts} times"),
-                    servable=name, version=version, worker=worker.worker_id,
-                )
-                self._answer(p, False, None, error.to_wire(), 0.0, out, now)
-            else:
-                self.stats["retries"] += 1
-                self._requeue_front(p)
-        self._dispatch(self._resolve(name, version), now, out)
-
     # -- time --
 
     def _on_tick(self, now: float, out: list[Action]) -> None:
@@ -805,16 +559,3 @@ class BrokerState(PoolDispatch):
             raise BrokerInvariantError(
                 "the broker's books do not balance: " + "; ".join(found)
                 + "; please report it with the events that led here", problems=found)
-
-
-def _error_record(result: Any) -> dict[str, Any] | None:
-    """The error record of a worker's ``[False, error]`` result, in the form clients rebuild
-    errors from (a worker's record is not trusted to have it); None for anything else."""
-    if not (isinstance(result, list) and len(result) == 2 and result[0] is False
-            and isinstance(result[1], dict)):
-        return None
-    error = result[1]
-    details = error.get("details")
-    return {"type": str(error.get("type", "ExecutionError")),
-            "message": str(error.get("message", "the worker gave no message")),
-            "details": details if isinstance(details, dict) else {}}
