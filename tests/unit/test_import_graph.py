@@ -32,8 +32,11 @@ ALLOWED: dict[str, set[str]] = {
     "container": {"errors", "_version", "registry", "security", "servable"},
     "pilot": {"errors", "container", "registry", "security", "servable", "shipped"},
     "client_publication": {"errors"},
+    "client_core": {"errors", "hubfile", "protocol", "security", "servable", "transfer",
+                    "references"},
+    "client_sockets": {"errors", "protocol", "security", "transfer", "client_core"},
     "client": {"errors", "hubfile", "protocol", "security", "servable", "client_publication",
-               "transfer",
+               "transfer", "client_core", "client_sockets",
                "references"},
     "async_client": {"errors", "hubfile", "protocol", "security", "servable", "client",
                      "client_publication", "references", "transfer"},
@@ -46,7 +49,7 @@ ALLOWED: dict[str, set[str]] = {
 for _part in ("broker", "worker", "gateway", "pilot"):
     ALLOWED[_part] = ALLOWED[_part] | {"metrics", "logging_setup"}
 # The same-node fast path (memfds over AF_UNIX): the parts that send and receive arrays.
-for _part in ("broker", "worker", "client"):
+for _part in ("broker", "worker", "client_core", "client"):
     ALLOWED[_part] = ALLOWED[_part] | {"localpath"}
 TOP = {"hub", "demo", "cli", "examples", "__init__", "hub_ops", "hubops"}
 
