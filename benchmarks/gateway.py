@@ -277,6 +277,9 @@ def main() -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     start_run(args.verbose, logger)
+    if args.pytriton_python and not Path(args.pytriton_python).exists():
+        parser.error(f"--pytriton-python {args.pytriton_python} does not exist; make it with "
+                     "'make pytriton-env', or leave the option out to run without PyTriton")
     with tempfile.TemporaryDirectory(prefix="dlhub-gateway-bench-") as tmp, \
             dlhub_paths(Path(tmp) / "home") as ours, pytriton_path(args.pytriton_python) as pt:
         figures = measure({**ours, **pt}, args)
