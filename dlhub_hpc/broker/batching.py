@@ -11,6 +11,7 @@ next call of a caller that waits for each answer, goes at once.
 from __future__ import annotations
 
 from dlhub_hpc.broker.events import Pending, RequestQueue, ServableInfo
+from dlhub_hpc.protocol import StreamRef
 
 # A servable that sets no max_batch_delay waits a tenth of its recent batch time: a model
 # whose batch takes 25 ms gains a fuller batch for 2.5 ms, a fast one waits next to nothing.
@@ -51,13 +52,22 @@ def oldest_queue(queues: dict[str, RequestQueue]) -> tuple[RequestQueue | None, 
 
 
 def take(queue: RequestQueue, n: int) -> list[Pending]:
-    """Up to ``n`` live requests from the front of ``queue``, in arrival order."""
+    """Up to ``n`` live requests from the front of ``queue``, in arrival order. A request
+    whose input streams in chunks goes alone: a small request batched with it would wait
+    for the whole transfer to reach the worker (a second, for 255 MiB)."""
     items: list[Pending] = []
     while queue.items and len(items) < n:
-        p = queue.items.popleft()
+        p = queue.items[0]
         if p.done:
+            queue.items.popleft()
             continue
+        streamed = type(p.payload) is StreamRef
+        if streamed and items:
+            break  # it goes in the next batch, alone
+        queue.items.popleft()
         p.queued = False
         queue.live -= 1
         items.append(p)
+        if streamed:
+            break
     return items

@@ -146,3 +146,23 @@ def test_the_auto_delay_is_bounded() -> None:
     assert batch_delay(AUTO, 0.25) == pytest.approx(0.025)
     assert batch_delay(AUTO, 30.0) == 0.05  # a slow one at most 50 ms
     assert batch_delay(BATCHY, 30.0) == DELAY  # a servable's own setting is kept
+
+
+def test_a_streamed_input_goes_in_a_batch_of_its_own() -> None:
+    # A small request batched with a streamed one would wait for its whole transfer.
+    from dlhub_hpc.broker.batching import take
+    from dlhub_hpc.broker.events import Pending, RequestQueue
+    from dlhub_hpc.protocol import StreamRef
+
+    def pending(seq: int, payload: Any) -> Pending:
+        return Pending(b"c", f"r{seq}", ("demo/any", 1), "run", payload, None, seq, 0.0)
+
+    ref = StreamRef("t1", "<f8", (1 << 26,))
+    queue = RequestQueue()
+    for seq, payload in enumerate([1.0, 2.0, ref, 3.0, 4.0]):
+        queue.items.append(pending(seq, payload))
+        queue.live += 1
+    assert [p.payload for p in take(queue, 8)] == [1.0, 2.0]
+    assert [p.payload for p in take(queue, 8)] == [ref]
+    assert [p.payload for p in take(queue, 8)] == [3.0, 4.0]
+    assert queue.live == 0
