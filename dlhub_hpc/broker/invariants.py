@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_STATES = {"loading", "idle", "busy", "draining"}
+_STATES = {"loading", "idle", "busy", "sending", "draining"}
 
 
 def problems(state: BrokerState) -> list[str]:

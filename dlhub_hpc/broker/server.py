@@ -208,6 +208,7 @@ class BrokerServer(CallerIntake):
                     self._survive(zap.handle)
                 if self._wake_r in ready:
                     self._survive(self._on_wake)  # finished controls and large messages
+                self._survive(self._free_senders)
                 now = time.monotonic()
                 wait = self.state.next_wakeup(now)
                 if wait == 0:
@@ -398,7 +399,18 @@ class BrokerServer(CallerIntake):
         offer = self.fast.on_worker_message(frames[0].bytes, user, msg)
         if offer is not None:  # before its Assign: a worker on this node links first
             self._send(self._workers, frames[0].bytes, offer)
-        self._apply(self.state.handle(FromWorker(frames[0].bytes, msg, user), time.monotonic()))
+        identity = frames[0].bytes
+        self._apply(self.state.handle(FromWorker(identity, msg, user), time.monotonic()))
+        if isinstance(msg, BatchResult) and not self._streams.relay.sending(identity):
+            # Its streamed outputs were refused, or it had none: it takes work again now.
+            self._apply(self.state.outputs_sent(identity, time.monotonic()))
+
+    def _free_senders(self) -> None:
+        """Workers whose last output transfer ended take work again."""
+        relay = self._streams.relay
+        for identity in relay.take_ended():
+            if not relay.sending(identity):
+                self._apply(self.state.outputs_sent(identity, time.monotonic()))
 
     # -- control operations --
 

@@ -38,6 +38,7 @@ from dlhub_hpc.protocol import (
     LoadFailed,
     Ready,
     Shutdown,
+    StreamRef,
 )
 
 logger = logging.getLogger(__name__)
@@ -230,8 +231,27 @@ class WorkerLifecycle(PoolDispatch):
         if worker.pooled:
             self._pool_freed(identity, now, out)
             return
+        if any(type(r) is list and len(r) == 2 and r[0] is True and type(r[1]) is StreamRef
+               for r in results):
+            # It sends those outputs in chunks before it reads anything else: a request
+            # given to it now would wait for them. The shell calls outputs_sent after.
+            worker.state = "sending"
+            return
         self._idle.setdefault(worker.servable, {})[identity] = None
         self._dispatch(self._resolve(*worker.servable), now, out)
+
+    def outputs_sent(self, identity: bytes, now: float) -> list[Action]:
+        """The worker has no output transfer open any more (sent, aborted or stalled): it
+        takes work again."""
+        worker = self._workers.get(identity)
+        if worker is None or worker.state != "sending":
+            return []
+        self.changes += 1
+        out: list[Action] = []
+        worker.state = "idle"
+        self._idle.setdefault(worker.servable, {})[identity] = None
+        self._dispatch(self._resolve(*worker.servable), now, out)
+        return self.pipelines.route(out, now)
 
     def heartbeat(self, identity: bytes, sender: str, user: str, now: float) -> list[Action]:
         """``handle(FromWorker(identity, Heartbeat(sender), user), now)`` for the loop's

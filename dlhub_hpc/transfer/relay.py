@@ -65,6 +65,7 @@ class Relay:
         self.max_bytes = max_bytes
         self._open: dict[str, Transfer] = {}
         self._by_request: dict[tuple[bytes, str], str] = {}
+        self._ended: list[bytes] = []  # workers whose output transfers ended: take_ended
         self.stats: dict[str, int] = {"transfers": 0, "transfers_done": 0,
                                       "transfers_dropped": 0, "chunks_forwarded": 0,
                                       "foreign_transfer_messages": 0}
@@ -219,7 +220,19 @@ class Relay:
         return [Send(p, abort) for p in (t.sender, t.receiver)
                 if p is not None and p != notify]
 
+    def sending(self, worker: bytes) -> bool:
+        """Has ``worker`` an output transfer still open?"""
+        return any(t.sender.side == "worker" and t.sender.identity == worker
+                   for t in self._open.values())
+
+    def take_ended(self) -> list[bytes]:
+        """The workers whose output transfers ended since the last call."""
+        ended, self._ended = self._ended, []
+        return ended
+
     def _forget(self, t: Transfer) -> None:
+        if t.sender.side == "worker":
+            self._ended.append(t.sender.identity)
         self._open.pop(t.ref.transfer_id, None)
         if t.request_id:
             self._by_request.pop((t.sender.identity, t.request_id), None)

@@ -258,3 +258,23 @@ def test_a_streamed_output_a_call_cannot_receive_is_a_typed_error_not_a_stand_in
     assert plain([1.0]) == [1.0]
     with pytest.raises(TransferFailed, match=r"Client or AsyncClient"):
         plain(StreamRef("t", "<f8", (2**24,)))
+
+
+def test_the_relay_says_when_a_workers_output_transfers_have_ended() -> None:
+    # The hub gives a worker no work while it sends its outputs: it must learn when they end,
+    # whether sent in full, given up by the caller, or stalled.
+    r = relay(timeout=5.0)
+    outs = [StreamRef(f"out-{i}", "|u1", (CHUNK,)) for i in range(3)]
+    for ref in outs:
+        assert r.open(ref, WORKER, 0.0) is None
+        assert r.bind(ref, CLIENT, 0.0) == []
+    assert r.open(StreamRef("in-1", "|u1", (CHUNK,)), CLIENT, 0.0, "req-1") is None
+    assert r.sending(WORKER.identity) and not r.sending(CLIENT.identity)
+    r.on_message(CLIENT, Credit("out-0", 0), 1.0)
+    r.on_message(WORKER, Chunk("out-0", 0, np.ones(CHUNK, dtype=np.uint8)), 1.0)
+    r.on_message(CLIENT, Credit("out-0", CHUNK), 1.0)  # the caller holds it all: done
+    r.on_message(CLIENT, Abort("out-1", {}), 1.0)  # the caller gave this one up
+    assert r.take_ended() == [WORKER.identity, WORKER.identity]
+    assert r.take_ended() == [] and r.sending(WORKER.identity)
+    r.expire(10.0)  # the last one stalled; the client's own input is no worker's output
+    assert r.take_ended() == [WORKER.identity] and not r.sending(WORKER.identity)
