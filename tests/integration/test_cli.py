@@ -15,7 +15,7 @@ import pytest
 
 from dlhub_hpc.examples import example_dir
 
-from .conftest import worker_processes
+from .conftest import wait_for, worker_processes
 
 DLHUB = [sys.executable, "-m", "dlhub_hpc.cli"]
 
@@ -65,7 +65,8 @@ def test_hand_driven_flow(background_hub: Path) -> None:
 
     dlhub("hub", "stop")
     assert not (background_hub / "hub.json").exists()
-    assert worker_processes(raw["hub"]["worker_address"]) == []
+    wait_for(lambda: worker_processes(raw["hub"]["worker_address"]) == [], timeout=30,
+             what="workers exited")
 
 
 def test_cli_errors_are_clear(background_hub: Path) -> None:

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from .conftest import worker_processes
+from .conftest import wait_for, worker_processes
 
 
 def test_demo_answers_and_cleans_up() -> None:
@@ -23,4 +23,5 @@ def test_demo_answers_and_cleans_up() -> None:
     assert "demo/add (memo hit)" in out and "hub and workers stopped" in out
     worker_address = re.search(r"\(workers: (tcp://[\d.:]+)\)", out)
     assert worker_address is not None, out
-    assert worker_processes(worker_address.group(1)) == []
+    wait_for(lambda: worker_processes(worker_address.group(1)) == [], timeout=30,
+             what="workers exited")
