@@ -5,9 +5,10 @@ hub's own process to ``local_endpoint`` (inproc; they act as the hub's admin). E
 used and closed in the loop's own thread; other threads reach the loop only through
 ``stop()`` and finished control futures, both of which wake it through a pipe.
 
-The loop owns the ``BrokerState``: no other thread reads or writes it. After a turn that
-changed it, at most every ``PUBLISH_INTERVAL`` seconds, the loop publishes a frozen
-``Snapshot`` in ``published``, which any thread may read.
+The loop owns the ``BrokerState``: no other thread reads or writes it. Other threads read
+a frozen ``Snapshot`` in ``published``; the loop builds one only when a reader asks for
+it and the state changed, at most every ``PUBLISH_INTERVAL`` seconds, so a hub with a
+thousand workers does not copy all of them twenty times a second for nobody.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ _DRAIN_LIMIT = 512  # messages taken from one socket per loop turn, so neither s
 # How stale the published snapshot may be while the state changes: it is rebuilt at most
 # this often, so a busy loop spends little on it and a reader waits at most this long.
 PUBLISH_INTERVAL = 0.05
+_PUBLISH_WAIT = 4 * PUBLISH_INTERVAL  # a reader's wait for a fresh one, at most
 
 
 __all__ = ["LOCAL_PREFIX", "PUBLISH_INTERVAL", "BrokerServer", "ControlHandler",
@@ -133,8 +135,11 @@ class BrokerServer(CallerIntake):
         # Bearer tokens: a request that carries one acts as its identity (set before run()).
         self.tokens: TokenStore | None = None
         # The state as other threads may see it: replaced (never changed) by the loop.
-        self.published: Snapshot = Snapshot()
+        self._published: Snapshot = Snapshot()
         self._publish_due = 0.0
+        self._wanted = False  # a reader found the snapshot stale and waits for a fresh one
+        self._fresh = threading.Event()  # set when the loop has answered that wish
+        self._loop_thread: threading.Thread | None = None
         self.loop_metrics: LoopMetrics | None = None  # set when the hub serves metrics
 
     def __repr__(self) -> str:
@@ -154,9 +159,25 @@ class BrokerServer(CallerIntake):
         with contextlib.suppress(OSError):  # a closed pipe: the loop is gone already
             os.write(self._wake_w, b"x")
 
+    @property
+    def published(self) -> Snapshot:
+        """The state as of its last publication. When the state changed since, a reader
+        (off the loop thread) asks the loop for a fresh one and waits for it briefly."""
+        snapshot = self._published
+        serving = self._bound.is_set() and not self._stopping.is_set()
+        if (snapshot.changes == self.state.changes or not serving
+                or threading.current_thread() is self._loop_thread):
+            return snapshot
+        self._fresh.clear()
+        self._wanted = True
+        self._wake()
+        self._fresh.wait(_PUBLISH_WAIT)
+        return self._published
+
     # -- the loop --
 
     def run(self) -> None:
+        self._loop_thread = threading.current_thread()
         ctx = self.context
         zap = None if self.auth is None else ZapHandler(ctx, self.auth.lookup)
         try:
@@ -221,6 +242,7 @@ class BrokerServer(CallerIntake):
                 if self.loop_metrics is not None:
                     mark = _turned(self.loop_metrics, mark)
             self._drain_shutdown(poller)
+            self._wanted = True  # the last state, for whoever reads after the loop ends
             self._publish(math.inf)
         finally:
             self._lane.close()
@@ -282,14 +304,17 @@ class BrokerServer(CallerIntake):
             self._survive(lambda: self._apply(self.state.end_round(time.monotonic())))
 
     def _publish(self, now: float) -> float:
-        """Publish the state's snapshot if it changed and the last is old enough; return
-        the seconds until the next is due (inf when nothing waits to be published)."""
-        if self.state.changes == self.published.changes:
+        """Publish the state's snapshot if a reader wants it, it changed and the last is
+        old enough; return the seconds until the next is due (inf when none is)."""
+        if not self._wanted:
             return math.inf
-        if now < self._publish_due:
-            return self._publish_due - now
-        self.published = self.state.view()
-        self._publish_due = now + PUBLISH_INTERVAL
+        if self.state.changes != self._published.changes:
+            if now < self._publish_due:
+                return self._publish_due - now
+            self._published = self.state.view()
+            self._publish_due = now + PUBLISH_INTERVAL
+        self._wanted = False
+        self._fresh.set()
         return math.inf
 
     def _tick(self, now: float) -> None:

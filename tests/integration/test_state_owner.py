@@ -61,3 +61,17 @@ def test_the_published_snapshot_follows_the_state(make_hub: Callable[..., Hub]) 
                      hub.server.published, what="the reply counted in the published snapshot")
     assert later.changes > first.changes and first.workers == ()
     assert [w.state for w in later.workers] == ["idle"]
+
+
+def test_no_snapshot_is_built_until_a_reader_asks(make_hub: Callable[..., Hub]) -> None:
+    """A thousand workers' copy twenty times a second for nobody is work the loop skips."""
+    hub = make_hub()
+    with Client(hub.client_address, timeout=30) as client:
+        name = str(client.publish(example_dir("add"))["name"])
+        client.start_workers(name, 1)
+        client.wait_for_workers(name, 1, timeout=60)  # status reads the state, not this
+        client.run(name, [1.0, 2.0])
+        assert hub.server._published.changes == -1  # nobody read: none was built
+        fresh = hub.server.published  # a reader waits for a fresh one
+        assert fresh.changes > 0 and fresh.stats.get("replies_ok") == 1
+        assert [w.state for w in fresh.workers] == ["idle"]
