@@ -66,11 +66,21 @@ def _rate(r: Any) -> str:
 
 
 def pools_tables(status: dict[str, Any]) -> list[Table]:
-    """What each pooled worker holds, each pooled servable's counters, and why some
-    servables have workers of their own; empty when the hub has no pooled worker."""
+    """What each pooled worker holds and each pooled servable's counters, when the hub has
+    pooled workers; and why some servables have workers of their own, whenever it says."""
     pools = status.get("pools") or {}
-    if not pools.get("workers"):
-        return []
+    tables = _pooled_tables(pools) if pools.get("workers") else []
+    if pools.get("own_workers"):
+        own = Table(title="Servables that get workers of their own")
+        own.add_column("servable")
+        own.add_column("why")
+        for ref, why in sorted(pools["own_workers"].items()):
+            own.add_row(ref, why)
+        tables.append(own)
+    return tables
+
+
+def _pooled_tables(pools: dict[str, Any]) -> list[Table]:
     held = Table(title="Pooled workers")
     for col in ("worker", "pool", "holds (least recent first)", "held", "budget", "loads",
                 "evictions", "hit rate"):
@@ -86,13 +96,4 @@ def pools_tables(status: dict[str, Any]) -> list[Table]:
     for ref, c in sorted(pools.get("servables", {}).items()):
         counters.add_row(ref, _bytes(c["bytes"]), str(c["loads"]), str(c["evictions"]),
                          str(c["hits"]), _rate(c["hit_rate"]), str(c["load_failures"]))
-    tables = [held, counters]
-    if pools.get("own_workers"):
-        own = Table(title="Servables that get workers of their own")
-        own.add_column("servable")
-        own.add_column("why")
-        for ref, why in sorted(pools["own_workers"].items()):
-            own.add_row(ref, why)
-        tables.append(own)
-    return tables
-
+    return [held, counters]

@@ -121,6 +121,22 @@ def _blocks_table(status: dict[str, Any]) -> Table:
     return table
 
 
+def starting_table(status: dict[str, Any]) -> Table | None:
+    """The servables being started on demand: the stage each reached, and since when;
+    None when none is."""
+    starts = status.get("starting") or {}
+    if not starts:
+        return None
+    table = Table(title="Starting on demand")
+    for col in ("servable", "stage", "profile", "since"):
+        table.add_column(col)
+    for ref, s in sorted(starts.items()):
+        waited = s.get("in_stage_s")
+        table.add_row(ref, str(s.get("stage", "-")), str(s.get("profile") or "-"),
+                      "-" if waited is None else f"{float(waited):.0f}s ago")
+    return table
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 @click.option("--timeout", type=float, default=10.0, show_default=True,
@@ -139,6 +155,8 @@ def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
     console.print(_published_table(data))
     console.print(_workers_table(data))
     console.print(_blocks_table(data))
+    if (starts := starting_table(data)) is not None:
+        console.print(starts)
     from dlhub_hpc.cli.pools import pools_tables
 
     for table in pools_tables(data):  # pooled workers, what they hold, their counters

@@ -41,6 +41,15 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.2f}"
 
 
+def visible_metrics(status: dict[str, Any], metrics: dict[str, ServableMetrics] | None
+                    ) -> dict[str, ServableMetrics]:
+    """The rows of /metrics for servables the caller's status shows: the page names every
+    servable the hub serves, and others' private ones are not the caller's to see."""
+    shown = {f"{r['name']}@{r['version']}" for r in status.get("published", [])}
+    shown |= set(status.get("servables", {}))
+    return {ref: m for ref, m in (metrics or {}).items() if ref in shown}
+
+
 def servables_table(frame: Frame, before: Frame | None) -> Table:
     table = Table(title="Servables", title_justify="left")
     for col in ("servable", "queued", "in flight", "workers", "req/s", "errors",
@@ -50,7 +59,7 @@ def servables_table(frame: Frame, before: Frame | None) -> Table:
     workers: dict[str, list[str]] = {}
     for w in frame.status.get("workers", []):
         workers.setdefault(w["servable"], []).append(w["state"])
-    metrics = frame.metrics or {}
+    metrics = visible_metrics(frame.status, frame.metrics)
     for ref in sorted(set(queues) | set(workers) | set(metrics)):
         q = queues.get(ref, {})
         states = workers.get(ref, [])

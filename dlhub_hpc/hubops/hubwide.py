@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
 from dlhub_hpc.broker.pipeline import check_steps
+from dlhub_hpc.broker.state import BrokerState
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.hubops.pools import visible_pools
+from dlhub_hpc.hubops.visibility import Viewer, viewer_of
 from dlhub_hpc.servable.bundle import read_bundle
 
 logger = logging.getLogger(__name__)
@@ -37,22 +40,17 @@ class HubOps:
                 "pid": record.pid}
 
     def status(self, args: dict[str, Any]) -> Future[dict[str, Any]]:
-        caller = str(args.get("caller", ""))
+        viewer = viewer_of(self.parts, str(args.get("caller", "")))
         # Taken here, on the loop thread that owns the state; the rest is finished off it.
         state = self.parts.state
-        snapshot = self._visible_snapshot(
-            caller, {**state.snapshot(), "starting": state.ondemand.view(state.start_stage)})
-
-        def sees(ref: str) -> bool:
-            return self.security.access.can_see(caller, ref.split("@")[0])
+        snapshot = visible_snapshot(viewer, {**state.snapshot(), "starting": starting(state)})
 
         def finish() -> dict[str, Any]:
             # The registry is read here, off the loop: a hub of thousands of servables
             # would hold every caller's requests for as long as the listing takes.
-            records = self.security.publication.visible(caller, self.registry.list())
-            blocks = [b.to_dict() for b in self.pilots.worker_blocks() if sees(b.servable)]
-            blocks += [b for p in self.pilots.all() if sees(p.servable)
-                       for b in p.to_dict()["blocks"]]
+            records = self.security.publication.visible(viewer.caller, self.registry.list())
+            blocks = [b.to_dict() for b in self.pilots.worker_blocks()]
+            blocks += [b for p in self.pilots.all() for b in p.to_dict()["blocks"]]
             return {
                 "hub": self.parts.about(),
                 "published": [
@@ -61,29 +59,37 @@ class HubOps:
                      "title": r.spec.datacite.title}
                     for r in records
                 ],
-                "blocks": blocks,
+                "blocks": [viewer.block(b) for b in blocks if viewer.lists(b["servable"])],
                 **snapshot,
             }
 
         return self._executor.submit(finish)
-
-    def _visible_snapshot(self, caller: str, snapshot: dict[str, Any]) -> dict[str, Any]:
-        """The broker's queues and workers, less those of servables ``caller`` may not see."""
-        def sees(ref: str) -> bool:
-            return self.security.access.can_see(caller, ref.split("@")[0])
-
-        return {
-            **snapshot,
-            "servables": {ref: q for ref, q in snapshot["servables"].items() if sees(ref)},
-            "workers": [w for w in snapshot["workers"] if sees(str(w.get("servable", "")))],
-            "load_failures": {ref: e for ref, e in snapshot.get("load_failures", {}).items()
-                              if sees(ref)},
-            "starting": {ref: s for ref, s in snapshot.get("starting", {}).items() if sees(ref)},
-            "pools": visible_pools(snapshot.get("pools", {}), sees),
-        }
 
     def shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
         self.security.require_admin(args, "shut the hub down")
         # Reply first: the loop sends this reply, then notices the stop on its next turn.
         threading.Timer(0.05, self.parts.stop, args=("shutdown requested",)).start()
         return {"stopping": True}
+
+
+def starting(state: BrokerState) -> dict[str, dict[str, Any]]:
+    """The starts on demand under way; ``since`` is the hub's monotonic clock, so each
+    says too how long it has been in its stage (``in_stage_s``), which a caller can show."""
+    now = time.monotonic()
+    return {ref: {**s, "in_stage_s": max(0.0, now - float(s["since"]))}
+            for ref, s in state.ondemand.view(state.start_stage).items()}
+
+
+def visible_snapshot(viewer: Viewer, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The broker's queues, workers and pools, less what ``viewer``'s caller may not see."""
+    sees = viewer.sees
+    workers = [shown for w in snapshot["workers"] if (shown := viewer.worker(w)) is not None]
+    return {
+        **snapshot,
+        "servables": {ref: q for ref, q in snapshot["servables"].items() if sees(ref)},
+        "workers": workers,
+        "load_failures": {ref: e for ref, e in snapshot.get("load_failures", {}).items()
+                          if sees(ref)},
+        "starting": {ref: s for ref, s in snapshot.get("starting", {}).items() if sees(ref)},
+        "pools": visible_pools(snapshot.get("pools", {}), viewer),
+    }

@@ -8,9 +8,11 @@ from concurrent.futures import Future
 from typing import Any
 
 from dlhub_hpc.broker.pipeline import refuse_workers
+from dlhub_hpc.errors import PermissionDenied
 from dlhub_hpc.hubops.limits import check_pilot_nodes
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.hubops.pools import start_pool_pilot
+from dlhub_hpc.hubops.visibility import viewer_of
 from dlhub_hpc.hubops.workers import check_stop
 from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
 from dlhub_hpc.pilot.profiles import SiteProfile, load_profile, parse_profile
@@ -102,15 +104,15 @@ class PilotOps:
 
     def pilot_status(self, args: dict[str, Any]) -> Future[list[dict[str, Any]]]:
         snap = self.parts.state.snapshot()  # here, on the loop thread that owns the state
-        caller = str(args.get("caller", ""))
+        viewer = viewer_of(self.parts, str(args.get("caller", "")))
 
         def finish() -> list[dict[str, Any]]:
-            # Only the pilots of servables the caller may see: the rest are others' secrets.
-            pilots = [p for p in self.pilots.all()
-                      if self.security.access.can_see(caller, p.servable.split("@")[0])]
+            # Only the pilots of servables the caller may see, and pools' (their lists
+            # redacted): the rest are others' secrets.
+            pilots = [p for p in self.pilots.all() if viewer.lists(p.servable)]
             for p in pilots:
                 p.refresh(pilot_workers(p, snap), time.time())  # as the scaling loop sees them
-            return [p.to_dict() for p in pilots]
+            return [viewer.pilot(p.to_dict()) for p in pilots]
 
         return self._executor.submit(finish)
 
@@ -119,6 +121,16 @@ class PilotOps:
         servable = args.get("servable")
         chosen = [servable] if servable else (
             [self.pilots.get(i).servable for i in ids] if ids else None)
-        check_stop(self.security, args, chosen)
+        try:
+            check_stop(self.security, args, chosen)
+        except PermissionDenied:
+            if servable or not ids:
+                raise  # it names only what the caller named
+            # Pilot ids are easy to guess: the refusal must not name what they serve.
+            caller = str(args.get("caller", ""))
+            raise PermissionDenied(
+                f"{caller!r} may not stop {', '.join(map(str, ids))}: the owner of what a "
+                "pilot serves, or the hub's admin, stops it; 'dlhub-hpc pilot status' lists "
+                "yours", identity=caller) from None
         return self._executor.submit(
             lambda: [p.to_dict() for p in self.pilots.stop(ids, servable)])

@@ -18,6 +18,7 @@ from typing import Any
 from dlhub_hpc.errors import PermissionDenied, PilotError
 from dlhub_hpc.hubops.limits import check_worker_limit, is_admin, pool_owner
 from dlhub_hpc.hubops.parts import HubParts
+from dlhub_hpc.hubops.visibility import Viewer
 from dlhub_hpc.pilot.pilots import Pilot, hub_address_for_workers
 from dlhub_hpc.pilot.profiles import SiteProfile
 from dlhub_hpc.pilot.service import PilotService
@@ -60,19 +61,24 @@ def start_pool_workers(parts: HubParts, args: dict[str, Any],
     return parts.executor.submit(start)
 
 
-def visible_pools(pools: dict[str, Any], sees: Callable[[str], bool]) -> dict[str, Any]:
-    """The pools part of ``status``, less the servables the caller may not see."""
+def visible_pools(pools: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
+    """The pools part of ``status`` as ``viewer``'s caller may see it: every pooled worker
+    (capacity all share), less the servables it may not see, each list pool's text
+    redacted unless it may see all it names (``hubops/visibility.py``)."""
     if not pools:
         return {}
     workers = {}
     for wid, w in pools.get("workers", {}).items():
         loading = w.get("loading")
-        workers[wid] = {**w, "holds": {r: n for r, n in w.get("holds", {}).items() if sees(r)},
-                        "loading": loading if loading and sees(loading) else None}
+        workers[wid] = {
+            **w, "pool": viewer.pool_spec_text(str(w.get("pool", ""))),
+            "holds": {r: n for r, n in w.get("holds", {}).items() if viewer.sees(r)},
+            "loading": loading if loading and viewer.sees(loading) else None}
     return {
         "workers": workers,
-        "servables": {r: c for r, c in pools.get("servables", {}).items() if sees(r)},
-        "own_workers": {r: why for r, why in pools.get("own_workers", {}).items() if sees(r)},
+        "servables": {r: c for r, c in pools.get("servables", {}).items() if viewer.sees(r)},
+        "own_workers": {r: viewer.reason(why) for r, why in pools.get("own_workers", {}).items()
+                        if viewer.sees(r)},
     }
 
 

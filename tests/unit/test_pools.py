@@ -301,19 +301,6 @@ def test_the_cli_names_a_pool_as_a_ref_and_refuses_both_or_neither() -> None:
         servable_or_pool(None, ("alice/a", "bob/b"), None)
 
 
-def test_status_shows_a_caller_only_the_pooled_servables_it_may_see() -> None:
-    from dlhub_hpc.hubops.pools import visible_pools
-
-    pools = {"workers": {"w1": {"pool": "public", "holds": {"alice/a@1": 5, "bob/b@1": 7},
-                                "loading": "bob/c@1"}},
-             "servables": {"alice/a@1": {"loads": 1}, "bob/b@1": {"loads": 1}},
-             "own_workers": {"bob/m@1": "it runs over 4 MPI ranks"}}
-    seen = visible_pools(pools, lambda ref: ref.startswith("alice/"))
-    assert seen["workers"]["w1"]["holds"] == {"alice/a@1": 5}
-    assert seen["workers"]["w1"]["loading"] is None
-    assert list(seen["servables"]) == ["alice/a@1"] and seen["own_workers"] == {}
-
-
 def test_a_worker_that_drains_mid_load_hands_its_load_to_another() -> None:
     from dlhub_hpc.protocol import Drain
 
