@@ -26,6 +26,7 @@ from dlhub_hpc.broker.config import STATE_FILE, HubConfig, read_hub_file
 from dlhub_hpc.broker.server import BrokerServer
 from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.client import Client
+from dlhub_hpc.container.launch import recorded_images
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.hubops import HubParts, OnDemandStarter, Recovery, control_operations
 from dlhub_hpc.hubops.gateway import GatewayProcess
@@ -256,7 +257,9 @@ class Hub:
     # -- what the broker asks of the registry --
 
     def _resolve(self, name: str, version: int | None) -> ServableInfo:
-        info = ServableInfo.from_record(self.registry.resolve(name, version))
+        record = self.registry.resolve(name, version)
+        images = recorded_images(self.registry.root, record.name, record.version)
+        info = ServableInfo.from_record(record, (i.path for i in images.values()))
         policy = self.config.batching.get(name)
         if policy is None:
             return info

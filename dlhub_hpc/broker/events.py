@@ -5,7 +5,7 @@ Plain data, no behaviour: ``state.py`` decides, ``server.py`` carries out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +51,12 @@ class ServableInfo:
     public: bool = False
     pins: tuple[tuple[str, str], ...] = ()
     ranks: int = 1
+    # the images 'dlhub-hpc build' made for it (the newest of each format): a pool takes it
+    # only on workers that run one of them, the rest lack what was built into it
+    images: tuple[str, ...] = ()
 
     @classmethod
-    def from_record(cls, record: ServableRecord) -> ServableInfo:
+    def from_record(cls, record: ServableRecord, images: Iterable[str] = ()) -> ServableInfo:
         block = record.spec.servable
         return cls(
             name=record.name,
@@ -72,6 +75,7 @@ class ServableInfo:
             public="public" in record.visible_to,
             pins=tuple(sorted(record.spec.dlhub.dependencies.items())),
             ranks=block.ranks,
+            images=tuple(sorted(images)),
         )
 
     @property

@@ -10,18 +10,31 @@ growth and evicts the least recently used past its budget, ``worker/models.py``)
 mirrors it, and between two reports nothing changes, since a worker loads only when told.
 
 A servable whose workers cannot be shared gets workers of its own, and the books say why:
-one that runs over MPI ranks, a pipeline, one whose pinned packages conflict with what a
-worker already imported (a process cannot unload a package).
+one that runs over MPI ranks, a pipeline, one with its own image ('dlhub-hpc build' put
+what it needs there; a pool's workers run one environment, so only workers that run that
+very image take it), one whose pinned packages conflict with what a worker has (a process
+cannot unload a package).
+
+Pins compare as versions, not text: no version ("latest", "") fits any; two requirements
+conflict only when no version satisfies both. Once a worker says which version of a
+package it has installed (its ``Ready``), that version alone decides: every servable there
+imports it, whatever it pins.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from dlhub_hpc.broker.events import ServableInfo, ServableKey
 from dlhub_hpc.broker.fairshare import DeficitRoundRobin, peek_flow
@@ -31,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 NO_SERVABLE: ServableKey = ("", 0)  # a pooled worker's servable before its first load
 _COUNTERS = ("loads", "evictions", "hits", "load_failures")
+_MAX_INSTALLED = 256  # package versions one Ready may report (a worker's report is untrusted)
 
 
 def ref_of(key: ServableKey) -> str:
@@ -62,6 +76,75 @@ def exclusion(info: ServableInfo) -> str | None:
     return None
 
 
+def image_refusal(image: str, info: ServableInfo) -> str | None:
+    """Why a pooled worker that runs in ``image`` ('' for none) may not serve ``info``,
+    which has images of its own: only one of those has what it was built with."""
+    if not info.images:
+        return None
+    if image and os.path.normpath(image) in {os.path.normpath(i) for i in info.images}:
+        return None
+    runs = f"they run {image}" if image else "they run in no container"
+    return (f"it has its own image (built with 'dlhub-hpc build'), which this pool's workers "
+            f"do not run ({runs}); start its own workers: dlhub-hpc pilot start --servable "
+            f"{ref_of(info.key)} --profile PROFILE (one that runs containers and names no "
+            "container.image)")
+
+
+Requirement = Version | SpecifierSet | str | None
+
+
+@functools.lru_cache(maxsize=4096)
+def requirement(text: str) -> Requirement:
+    """A pinned version as DLHub records it: None for any ('' or 'latest'), a ``Version``
+    for one exact version ('1.19.2', '==1.19.2'), a ``SpecifierSet`` ('>=1.20,<2'); text
+    that is none of these stays text, which only the same text satisfies."""
+    text = text.strip()
+    if text in ("", "*", "latest"):
+        return None
+    try:
+        return Version(text)
+    except InvalidVersion:
+        pass
+    try:
+        spec = SpecifierSet(text)
+    except InvalidSpecifier:
+        return text
+    specs = list(spec)
+    if len(specs) == 1 and specs[0].operator == "==" and "*" not in specs[0].version:
+        return Version(specs[0].version)
+    return spec
+
+
+def compatible(one: Requirement, other: Requirement) -> bool:
+    """Can one version satisfy both requirements? Two ranges are taken to overlap."""
+    if one is None or other is None:
+        return True
+    if isinstance(one, str) or isinstance(other, str):
+        return one == other
+    if isinstance(one, Version):
+        return one == other if isinstance(other, Version) else other.contains(one, True)
+    if isinstance(other, Version):
+        return one.contains(other, True)
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def package_name(package: str) -> str:
+    """One spelling of a package's name: ``Scikit_Learn`` and ``scikit-learn`` are one."""
+    return canonicalize_name(package)
+
+
+def installed_report(report: Any) -> dict[str, str]:
+    """The package versions a worker's ``Ready`` says it has installed, by package name;
+    what is malformed is dropped (the report is untrusted)."""
+    found = report.get("installed") if isinstance(report, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {package_name(k): v for k, v in list(found.items())[:_MAX_INSTALLED]
+            if isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 200
+            and 0 < len(v) <= 200}
+
+
 @dataclass(slots=True, eq=False)
 class Member:
     """One pooled worker."""
@@ -72,7 +155,9 @@ class Member:
     user: str  # its credential identity, for the gate
     owner: str | None  # the one owner whose servables it serves (None: no identities here)
     holds: OrderedDict[ServableKey, int] = field(default_factory=OrderedDict)  # LRU first
-    pins: dict[str, tuple[str, ServableKey]] = field(default_factory=dict)  # ever imported
+    # each package's requirements of the servables ever loaded here, one servable each
+    pins: dict[str, dict[str, ServableKey]] = field(default_factory=dict)
+    installed: dict[str, str] = field(default_factory=dict)  # package -> version it reported
     failed: set[ServableKey] = field(default_factory=set)  # loads that failed here
     loading: ServableKey | None = None
     fresh: ServableKey | None = None  # loaded, its first batch not yet sent (not a hit)
@@ -82,13 +167,39 @@ class Member:
     def held_bytes(self) -> int:
         return sum(self.holds.values())
 
+    def misfit(self, info: ServableInfo) -> str | None:
+        """Why this worker's environment cannot serve ``info``; None when it can."""
+        return image_refusal(self.spec.image, info) or self.conflict(info)
+
     def conflict(self, info: ServableInfo) -> str | None:
+        """A package ``info`` pins that this worker has (or imported for another servable)
+        in a version the pin does not allow; None when there is none. One it holds is
+        loaded already (before it said what it has installed): it serves on."""
+        if info.key in self.holds:
+            return None
         for package, wanted in info.pins:
-            have = self.pins.get(package)
-            if have is not None and have[0] != wanted:
-                return (f"it pins {package} {wanted} but {ref_of(have[1])}, already loaded "
-                        f"there, pins {package} {have[0]}")
+            need = requirement(wanted)
+            if need is None:
+                continue
+            name = package_name(package)
+            have = self.installed.get(name)
+            if have is not None:  # what every servable here imports, whatever it pins
+                if not compatible(need, requirement(have)):
+                    return (f"it pins {package} {wanted} but the worker has {package} "
+                            f"{have} installed")
+                continue
+            for pinned, key in self.pins.get(name, {}).items():
+                if not compatible(need, requirement(pinned)):
+                    return (f"it pins {package} {wanted} but {ref_of(key)}, already loaded "
+                            f"there, pins {package} {pinned}")
         return None
+
+    def imported(self, info: ServableInfo, report: Any) -> None:
+        """``info`` loaded here: its pins, and the versions the worker reported."""
+        for package, wanted in info.pins:
+            if requirement(wanted) is not None:
+                self.pins.setdefault(package_name(package), {}).setdefault(wanted, info.key)
+        self.installed.update(installed_report(report))
 
 
 class PoolBook:
@@ -142,7 +253,7 @@ class PoolBook:
             return "the worker's credential does not serve it"
         if info.key in member.failed:
             return "it failed to load on this worker"
-        return exclusion(info) or member.conflict(info)
+        return exclusion(info) or member.misfit(info)
 
     def admits(self, member: Member, info: ServableInfo) -> bool:
         return self.refusal(member, info) is None
@@ -186,7 +297,7 @@ class PoolBook:
         named = [m for m in self.members.values()
                  if m.spec.names_servable(info.name, info.owner, info.tags, info.public)]
         why = exclusion(info) if named else None
-        why = why or next((c for m in named if (c := m.conflict(info))), None)
+        why = why or next((c for m in named if (c := m.misfit(info))), None)
         if why and self.own_workers.get(info.key) != why:
             self.own_workers[info.key] = why
             logger.warning("%s gets workers of its own, not a pool's: %s", ref_of(info.key), why)
@@ -221,8 +332,7 @@ class PoolBook:
         seconds = report.get("seconds")
         if type(seconds) is float and math.isfinite(seconds) and seconds >= 0:
             self.load_seconds[info.key] = seconds
-        for package, wanted in info.pins:
-            member.pins.setdefault(package, (wanted, info.key))
+        member.imported(info, report)
         for key in evicted:
             member.counts["evictions"] += 1
             self._count(key, "evictions")

@@ -21,6 +21,7 @@ from dlhub_hpc.container.runtimes import ContainerRuntime, get_runtime
 from dlhub_hpc.errors import AuthenticationError
 from dlhub_hpc.logging_setup import worker_log_flags
 from dlhub_hpc.security.isolation import WorkerLaunch, credential_flags, credential_redirect
+from dlhub_hpc.servable.pools import POOL_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ def worker_command(
     argv = [python, "-m", "dlhub_hpc.worker", "--hub", hub, "--servable", servable]
     if container is not None:  # the bundle is baked into the image, where the cache looks first
         argv += ["--cache-dir", BUNDLES_DIR]
+    if container is not None and servable.startswith(POOL_PREFIX):
+        argv += ["--image", container.image]  # the hub pools a servable's own image only there
     if block is not None:
         argv += ["--block", block]
     if heartbeat_interval is not None:

@@ -169,7 +169,8 @@ class Hello(Message):
     block: str | None = None
     ranks: int = 1  # MPI ranks behind this worker (rank 0 speaks for them)
     binding: dict[str, Any] | None = None  # GPU binding: {"env", "devices", "local_rank"}
-    # a pooled worker (servable ""): {"spec": "owner:alice", "budget": bytes}
+    # a pooled worker (servable ""): {"spec": "owner:alice", "budget": bytes}, and "image":
+    # the container image it runs in, if any (``PoolSpec.to_wire``)
     pool: dict[str, Any] | None = None
 
 
@@ -193,7 +194,8 @@ class Ready(Message):
     """Worker -> hub: the servable is loaded; send batches.
 
     A pooled worker adds ``pool``: {"loaded": ref, "nbytes": n, "holds": [[ref, nbytes],
-    ...] least recently used first, "evicted": [ref, ...]} (``worker/models.py``).
+    ...] least recently used first, "evicted": [ref, ...]} (``worker/models.py``), and
+    "installed": {package: version} for the packages the servable pins that it has.
     """
 
     TAG = Tag.READY

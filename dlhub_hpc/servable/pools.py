@@ -20,10 +20,12 @@ logger = logging.getLogger(__name__)
 
 POOL_PREFIX = "pool:"  # a pilot's servable ref that names a pool: pool:owner:alice
 DEFAULT_BUDGET = 2 << 30  # bytes of loaded models a pooled worker keeps by default
+_MAX_IMAGE = 4096  # characters of an image's path or name
 
 
 class PoolSpec(BaseModel):
-    """One pool: what it serves, and the memory budget of each of its workers."""
+    """One pool: what it serves, and the memory budget of each of its workers (and, as a
+    worker reports it, the container image it runs in)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,6 +34,10 @@ class PoolSpec(BaseModel):
     value: str = Field(default="", description="the owner or tag the pool names")
     budget: int = Field(default=DEFAULT_BUDGET, ge=1,
                         description="bytes of loaded models one worker keeps, at most")
+    # Not part of the pool's name (text, ref): a servable with an image of its own goes only
+    # to workers that run that image (broker/pools.py).
+    image: str = Field(default="", max_length=_MAX_IMAGE,
+                       description="the container image the worker runs in; '' for none")
 
     @model_validator(mode="after")
     def _fits_kind(self) -> PoolSpec:
@@ -49,7 +55,14 @@ class PoolSpec(BaseModel):
         return self
 
     def __repr__(self) -> str:
-        return f"PoolSpec.parse({self.text()!r}, budget={self.budget})"
+        image = f".in_image({self.image!r})" if self.image else ""
+        return f"PoolSpec.parse({self.text()!r}, budget={self.budget}){image}"
+
+    def in_image(self, image: str) -> PoolSpec:
+        """This pool, as a worker that runs in ``image`` ('' for none) reports it."""
+        if len(image) > _MAX_IMAGE:
+            raise ConfigError(f"an image's path is at most {_MAX_IMAGE} characters")
+        return self.model_copy(update={"image": image})
 
     @property
     def owner(self) -> str | None:
@@ -64,17 +77,23 @@ class PoolSpec(BaseModel):
         return "public" if self.kind == "public" else f"{self.kind}:{self.value}"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"spec": self.text(), "budget": self.budget}
+        wire: dict[str, Any] = {"spec": self.text(), "budget": self.budget}
+        if self.image:  # only then: a hub from before images reads the rest as it did
+            wire["image"] = self.image
+        return wire
 
     @classmethod
     def from_wire(cls, data: Any) -> PoolSpec:
         """A worker's Hello: untrusted; ``ConfigError`` for anything malformed."""
         if not isinstance(data, dict) or not isinstance(data.get("spec"), str):
-            raise ConfigError("a pool is {'spec': str, 'budget': int}")
+            raise ConfigError("a pool is {'spec': str, 'budget': int, 'image': str}")
         budget = data.get("budget", DEFAULT_BUDGET)
         if type(budget) is not int:
             raise ConfigError("a pool's budget is a whole number of bytes")
-        return cls.parse(data["spec"], budget)
+        image = data.get("image", "")
+        if not isinstance(image, str):
+            raise ConfigError("a pool's image is the path or name of its workers' image")
+        return cls.parse(data["spec"], budget).in_image(image)
 
     def ref(self) -> str:
         """The pool as a pilot's servable ref: ``pool:SPEC[,budget=BYTES]``."""

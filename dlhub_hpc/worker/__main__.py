@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="a pooled worker's bytes of loaded models; past it the least "
                              "recently used are evicted")
     parser.add_argument("--block", default=None, help="the pilot block this worker belongs to")
+    parser.add_argument("--image", default="", metavar="IMAGE",
+                        help="the container image this worker runs in (its pilot sets it): "
+                             "a pooled worker tells the hub, which gives it a servable with "
+                             "an image of its own only when it runs that image")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     parser.add_argument("--hub-timeout", type=float, default=30.0)
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -82,6 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
             args.gpus, args.gpu_env, args.workers_per_gpu, args.local_rank
         ).apply()
     pool = pool_of(args.servable, args.memory_budget)
+    if pool is not None and args.image:
+        pool = pool.in_image(args.image)
     if pool is not None and args.mpi:
         raise ConfigError("a pooled worker runs in one process; start MPI servables with "
                           "their own pilot ('dlhub-hpc pilot start OWNER/NAME')")

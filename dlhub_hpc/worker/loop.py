@@ -58,6 +58,7 @@ from dlhub_hpc.protocol import (
 from dlhub_hpc.security.keys import WorkerKey, read_worker_credential, secure_worker
 from dlhub_hpc.servable.pools import PoolSpec
 from dlhub_hpc.worker.models import PoolRunner
+from dlhub_hpc.worker.packages import installed_versions, pinned_packages
 from dlhub_hpc.worker.runner import LocalRunner, Runner, WireResult, cached_bundle
 from dlhub_hpc.worker.streams import WorkerStreams
 
@@ -311,7 +312,10 @@ class Worker:
                 self.request_stop(f"load failed: {exc}")
                 return 1
             logger.info("worker %s loaded %s@%s", self.opts.worker_id, msg.servable, msg.version)
-            report = self.runner.last_report if isinstance(self.runner, PoolRunner) else None
+            report = None
+            if isinstance(self.runner, PoolRunner):  # with the versions its pins meet here
+                installed = installed_versions(pinned_packages(msg.spec))
+                report = {**self.runner.last_report, "installed": installed}
             sock.send_multipart(encode(Ready(self.opts.worker_id, report)))
         elif isinstance(msg, Shutdown):
             self.request_stop(msg.reason if self.draining else f"the hub said: {msg.reason}")

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import ServableInfo
-from dlhub_hpc.broker.pools import PoolBook, credential_owner, key_of
+from dlhub_hpc.broker.pools import (
+    PoolBook,
+    compatible,
+    credential_owner,
+    key_of,
+    requirement,
+)
 from dlhub_hpc.broker.state import BrokerState, FromClient, FromWorker, LoadServable, Tick
 from dlhub_hpc.errors import ConfigError, ServableLoadError, error_from_wire
 from dlhub_hpc.protocol import (
@@ -42,9 +48,10 @@ def info(name: str, **kw: Any) -> ServableInfo:
 class PoolHub:
     """A state with pooled workers; each load is answered by ``ready`` with a report."""
 
-    def __init__(self, *infos: ServableInfo, gate: Any = None) -> None:
+    def __init__(self, *infos: ServableInfo, gate: Any = None, **config: Any) -> None:
         self.state = BrokerState(Catalog(*infos), HubConfig(heartbeat_interval=0.1,
-                                                            heartbeat_timeout=0.5), gate)
+                                                            heartbeat_timeout=0.5, **config),
+                                 gate)
         self.now = 0.0
         self.held: dict[str, list[tuple[str, int]]] = {}  # what each worker says it holds
 
@@ -52,24 +59,26 @@ class PoolHub:
         return self.state.handle(FromWorker(wid.encode(), msg, user), self.now)
 
     def join(self, wid: str, spec: str = "owner:alice", budget: int = 100,
-             user: str = "") -> list[Any]:
+             user: str = "", image: str = "") -> list[Any]:
         self.held[wid] = []
-        pool = PoolSpec.parse(spec, budget).to_wire()
+        pool = PoolSpec.parse(spec, budget).in_image(image).to_wire()
         return self.send(wid, Hello(wid, "", None, "n", 1, None, 1, None, pool), user)
 
     def request(self, rid: str, name: str, payload: Any = 1) -> list[Any]:
         return self.state.handle(
             FromClient(b"c", Request(rid, name, None, "", payload, 60.0, False)), self.now)
 
-    def ready(self, wid: str, ref: str, nbytes: int, budget: int = 100) -> list[Any]:
-        """The worker loaded ``ref`` (``nbytes``) and evicted LRU models past ``budget``."""
+    def ready(self, wid: str, ref: str, nbytes: int, budget: int = 100,
+              installed: Any = None) -> list[Any]:
+        """The worker loaded ``ref`` (``nbytes``) and evicted LRU models past ``budget``;
+        ``installed``: the package versions it reports."""
         holds = [h for h in self.held[wid] if h[0] != ref] + [(ref, nbytes)]
         evicted = []
         while sum(n for _, n in holds) > budget and len(holds) > 1:
             evicted.append(holds.pop(0)[0])
         self.held[wid] = holds
         report = {"loaded": ref, "nbytes": nbytes, "holds": [list(h) for h in holds],
-                  "evicted": evicted}
+                  "evicted": evicted, **({} if installed is None else {"installed": installed})}
         return self.send(wid, Ready(wid, report))
 
     def finish(self, wid: str, batch: Batch) -> list[Any]:
@@ -327,3 +336,158 @@ def test_the_state_counts_what_waits_for_each_pool() -> None:
     alice, bob = (PoolSpec.parse(f"owner:{o}", 100).ref() for o in ("alice", "bob"))
     queued = hub.state.view().pools["queued"]
     assert queued == {alice: 3, bob: 2}
+
+
+def served_by(hub: PoolHub, rid: str, name: str, wid: str, **ready: Any) -> None:
+    """``rid`` for ``name`` loads on ``wid`` and is answered there."""
+    assert loads(hub.request(rid, name)) == [(wid.encode(), name)]
+    (who, batch), = batches(hub.ready(wid, f"{name}@1", 10, **ready))
+    assert who == wid.encode() and replies(hub.finish(wid, batch))[rid].ok
+
+
+@pytest.mark.parametrize("one, other, fits", [
+    ("", "1.19.2", True),  # DLHub's "latest": any version
+    (">=1.20", "", True),
+    ("latest", "2.0", True),
+    ("1.19.2", "1.19.2", True),
+    ("1.19.2", "==1.19.2", True),
+    ("1.19", "1.19.0", True),
+    ("1.19.2", "1.18.5", False),
+    ("==1.26", "==2.0", False),
+    (">=1.20", "1.19.2", False),
+    ("1.21", ">=1.20,<2", True),
+    (">=1.20", "<1.0", True),  # two ranges are taken to overlap
+    ("==1.*", "1.4", True),
+    ("==1.*", "2.0", False),
+    ("git+https://x/y", "git+https://x/y", True),  # neither a version nor a range: as text
+    ("git+https://x/y", "1.0", False),
+])
+def test_pins_conflict_only_when_no_version_meets_both(one: str, other: str, fits: bool) -> None:
+    assert compatible(requirement(one), requirement(other)) is fits
+    assert compatible(requirement(other), requirement(one)) is fits
+
+
+def test_an_unpinned_or_equal_pin_shares_a_worker_with_an_exact_one() -> None:
+    # As DLHub records them: numpy 1.19.2 exactly, or "" for whatever is installed.
+    hub = PoolHub(info("alice/a", pins=(("numpy", "1.19.2"),)),
+                  info("alice/b", pins=(("numpy", ""), ("scipy", ""))),
+                  info("alice/c", pins=(("NumPy", "==1.19.2"),)),
+                  info("alice/d", pins=(("numpy", ">=1.20"),)))
+    hub.join("w1", budget=1000)
+    for i, name in enumerate(("alice/a", "alice/b", "alice/c")):
+        served_by(hub, f"r{i}", name, "w1")
+    assert loads(hub.request("r9", "alice/d")) == []  # 1.19.2 was imported: >=1.20 waits
+    why = hub.state.view().pools["own_workers"]
+    assert list(why) == ["alice/d@1"]
+    assert why["alice/d@1"] == ("it pins numpy >=1.20 but alice/a@1, already loaded there, "
+                                "pins numpy 1.19.2")
+
+
+def test_the_version_a_worker_has_installed_decides_and_the_reason_names_it() -> None:
+    hub = PoolHub(info("alice/a", pins=(("numpy", "1.19.2"),)),
+                  info("alice/b", pins=(("numpy", "1.26.4"),)),
+                  info("alice/c", pins=(("numpy", "<1.20"),)),
+                  info("alice/d", pins=(("scikit_learn", ">=1.3"),)))
+    hub.join("w1", budget=1000)
+    # a pinned 1.19.2, but the worker has 1.26.4: every servable there imports that one
+    served_by(hub, "r1", "alice/a", "w1", installed={"numpy": "1.26.4", "Scikit-Learn": "1.5.0"})
+    served_by(hub, "r2", "alice/b", "w1")  # its pin meets what is installed
+    served_by(hub, "r3", "alice/d", "w1")  # one package, however its name is spelled
+    assert loads(hub.request("r4", "alice/c")) == []
+    why = hub.state.view().pools["own_workers"]["alice/c@1"]
+    assert why == "it pins numpy <1.20 but the worker has numpy 1.26.4 installed"
+    # a, loaded before the worker said what it has, is held there: it serves on
+    out = hub.request("r5", "alice/a")
+    assert loads(out) == [] and batches(out)[0][0] == b"w1"
+
+
+def test_a_report_of_installed_versions_keeps_only_what_is_well_formed() -> None:
+    hub = PoolHub(info("alice/a"))
+    hub.join("w1")
+    installed = {"numpy": "1.26.4", "torch": 2, "": "1.0", "x" * 300: "1.0", "scipy": None}
+    served_by(hub, "r1", "alice/a", "w1", installed=installed)
+    assert hub.state.pools.members[b"w1"].installed == {"numpy": "1.26.4"}
+    hub.send("w1", Ready("w1", {"installed": ["numpy", "1.0"]}))  # not a mapping: ignored
+    assert hub.state.pools.members[b"w1"].installed == {"numpy": "1.26.4"}
+
+
+IMAGE = "/images/alice_x-1.sif"
+
+
+def test_a_servable_with_its_own_image_goes_only_to_workers_in_that_image() -> None:
+    hub = PoolHub(info("alice/x", images=(IMAGE,)), info("alice/a"))
+    hub.join("w1")  # 'workers start --pool': no container
+    hub.join("w2", image="/images/site-python.sif")  # a pool pilot in the site's image
+    assert loads(hub.request("r1", "alice/x")) == []
+    assert hub.state._pool_live(("alice/x", 1)) == 0
+    why = hub.state.view().pools["own_workers"]["alice/x@1"]
+    assert "it has its own image (built with 'dlhub-hpc build')" in why
+    assert "dlhub-hpc pilot start --servable alice/x@1 --profile" in why
+    assert "no container" in why or "site-python.sif" in why
+    served_by(hub, "r2", "alice/a", "w1")  # the others are served as before
+    hub.join("w3", image="/images/./alice_x-1.sif")  # the same path, written otherwise
+    (who, batch), = batches(hub.ready("w3", "alice/x@1", 10))
+    assert who == b"w3" and replies(hub.finish("w3", batch))["r1"].ok
+
+
+def test_a_servable_with_its_own_image_starts_on_demand_as_an_mpi_one_does() -> None:
+    from dlhub_hpc.broker.events import StartServable
+
+    hub = PoolHub(info("alice/x", images=(IMAGE,)), info("alice/m", ranks=2), info("alice/a"),
+                  start_on_demand={"*": "slurm-local"})
+    hub.join("w1", image="/images/site-python.sif")
+
+    def started(name: str) -> list[Any]:
+        return [a.servable for a in hub.request(f"r-{name}", name)
+                if isinstance(a, StartServable)]
+
+    assert started("alice/x") == [("alice/x", 1)]
+    assert started("alice/m") == [("alice/m", 1)]
+    assert started("alice/a") == []  # the pool loads it
+
+
+def test_a_servable_with_its_own_image_and_no_start_times_out_saying_no_worker_serves_it(
+        ) -> None:
+    hub = PoolHub(info("alice/x", images=(IMAGE,)))
+    hub.join("w1")
+    hub.request("r1", "alice/x")
+    hub.now = 61.0
+    error = error_from_wire(replies(hub.state.handle(Tick(), hub.now))["r1"].error)
+    assert "no worker serves alice/x@1" in error.message
+
+
+def test_a_pool_reports_its_image_on_the_wire_and_a_bad_one_is_refused() -> None:
+    spec = PoolSpec.parse("owner:alice").in_image(IMAGE)
+    assert PoolSpec.from_wire(spec.to_wire()) == spec and spec.ref() == "pool:owner:alice"
+    assert "image" not in PoolSpec.parse("owner:alice").to_wire()  # as before images
+    hub = PoolHub(info("alice/a"))
+    out = hub.send("w1", Hello("w1", "", None, "n", 1, None, 1, None,
+                               {"spec": "owner:alice", "image": ["x"]}))
+    assert [a.message for a in out if isinstance(a.message, Shutdown)]
+    assert not hub.state.pools.members
+
+
+def test_a_pool_pilots_worker_in_a_container_is_told_its_image() -> None:
+    from dlhub_hpc.pilot.command import Container, worker_command
+    from dlhub_hpc.worker.__main__ import _parser
+
+    box = Container("apptainer", "/images/site-python.sif")
+    pooled = worker_command("tcp://h:1", "pool:owner:alice", container=box).argv
+    assert pooled[pooled.index("--image") + 1] == "/images/site-python.sif"
+    own = worker_command("tcp://h:1", "alice/x@1", container=box).argv
+    assert "--image" not in own  # its own worker runs only it
+    args = _parser().parse_args(["--hub", "tcp://h:1", "--servable", "pool:owner:alice",
+                                 "--image", "/images/site-python.sif"])
+    assert args.image == "/images/site-python.sif"
+
+
+def test_a_worker_reports_the_installed_versions_of_what_a_servable_pins() -> None:
+    import packaging
+
+    from dlhub_hpc.worker.packages import installed_versions, pinned_packages
+
+    spec = {"dlhub": {"dependencies": {"packaging": "", "no-such-package-here": "1.0"}}}
+    assert pinned_packages(spec) == ["packaging", "no-such-package-here"]
+    assert installed_versions(pinned_packages(spec)) == {"packaging": packaging.__version__}
+    assert pinned_packages({"dlhub": {"dependencies": ["numpy"]}}) == []
+    assert pinned_packages("junk") == []
