@@ -11,10 +11,9 @@ and what it evicted, so the hub's books mirror it (``broker/pools.py``).
 
 A Python process cannot unload a package: the hub keeps servables whose pinned packages
 conflict off a worker that imported another version. A bundle's own modules are another
-matter: servables of the same code (``model.py`` in each) must each get their own, so the
-modules a load imported from its bundle leave ``sys.modules`` (and its folder ``sys.path``)
-once it has loaded; its functions keep what they need. A pooled servable imports its own
-modules at load, not later in a call.
+matter: servables of the same code (``model.py`` in each) must each get their own, so each
+servable's bundle folder and modules are in place while it loads and runs, and only then
+(``bundle_imports.py``): a call may import a module of its bundle lazily, and gets its own.
 """
 
 from __future__ import annotations
@@ -24,14 +23,12 @@ import gc
 import logging
 import os
 import resource
-import sys
 import time
 import tracemalloc
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from dlhub_hpc.errors import ServableLoadError
@@ -39,6 +36,7 @@ from dlhub_hpc.protocol import Assign
 from dlhub_hpc.servable.shims import Shim
 from dlhub_hpc.servable.shims.calling import ItemParameters
 from dlhub_hpc.servable.spec import ServableSpec
+from dlhub_hpc.worker.bundle_imports import BundleImports, BundleSwitch
 from dlhub_hpc.worker.runner import Runner, WireResult, check_ranks, load_assigned, run_shim
 
 logger = logging.getLogger(__name__)
@@ -70,38 +68,12 @@ def traced() -> Iterator[Callable[[], int]]:
             tracemalloc.stop()
 
 
-@contextlib.contextmanager
-def own_modules() -> Iterator[list[ModuleType]]:
-    """Forget, afterwards, the modules imported from folders put on ``sys.path`` meanwhile
-    (a bundle's), so the next servable's ``import model`` finds its own; the list yielded
-    then holds them, for ``release``."""
-    paths = set(sys.path)
-    forgotten: list[ModuleType] = []
-    try:
-        yield forgotten
-    finally:
-        added = [p for p in sys.path if p not in paths]
-        for name, module in list(sys.modules.items()):
-            where = getattr(module, "__file__", None) or ""
-            if any(where.startswith(os.path.join(p, "")) for p in added):
-                forgotten.append(sys.modules.pop(name))
-        sys.path[:] = [p for p in sys.path if p in paths]
-
-
-def release(modules: list[ModuleType]) -> None:
-    """Empty an evicted servable's own modules: a module's functions and its globals refer
-    to each other, a cycle only a full garbage collection (tens of ms in a worker) would
-    free; emptied, its weights go as soon as the shim does."""
-    for module in modules:
-        module.__dict__.clear()
-
-
 @dataclass(slots=True)
 class Loaded:
     spec: ServableSpec
     shim: Shim
     nbytes: int
-    modules: list[ModuleType]  # its bundle's own, emptied when it is evicted
+    imports: BundleImports  # its bundle's own: in place while it runs, emptied when evicted
 
 
 class PoolRunner(Runner):
@@ -112,6 +84,7 @@ class PoolRunner(Runner):
         self.budget = budget
         self.models: OrderedDict[str, Loaded] = OrderedDict()  # least recently used first
         self.selected: str | None = None
+        self.bundles = BundleSwitch()  # whose bundle modules are in place
         self.last_report: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -134,10 +107,10 @@ class PoolRunner(Runner):
             estimate = len(assign.bundle)
             evicted += self._evict(self.budget - estimate)
             before = resident_bytes()
-            with own_modules() as modules, traced() as allocated:
+            with self.bundles.loading() as imports, traced() as allocated:
                 spec, shim = load_assigned(assign, self.cache_dir)
             nbytes = max(resident_bytes() - before, allocated(), estimate)
-            self.models[ref] = Loaded(spec, shim, nbytes, modules)
+            self.models[ref] = Loaded(spec, shim, nbytes, imports)
             evicted += self._evict(self.budget, keep=ref)
         self.last_report = {
             "loaded": ref, "nbytes": self.models[ref].nbytes, "evicted": evicted,
@@ -153,7 +126,7 @@ class PoolRunner(Runner):
             ref = next(iter(self.models))
             if ref == keep:
                 break
-            release(self.models.pop(ref).modules)  # its arrays go now, before the next load
+            self.bundles.drop(self.models.pop(ref).imports)  # its arrays go now, not at a gc
             gone.append(ref)
         if gone:
             gc.collect(0)  # the youngest objects only: a full collection costs tens of ms
@@ -173,4 +146,9 @@ class PoolRunner(Runner):
                 f"{sorted(self.models)}", servable=self.selected or "").to_wire()
             return [[False, error] for _ in payloads]
         self.models.move_to_end(self.selected or "")
+        self.bundles.enter(model.imports)  # a no-op when its modules are in place already
         return run_shim(model.shim, method, payloads, parameters)
+
+    def close(self) -> None:
+        """Put the bundle modules in place aside: the process may load other code."""
+        self.bundles.leave()

@@ -173,3 +173,36 @@ def test_a_pool_pilot_scales_up_on_its_pools_queue_and_back_down(
     assert len({r["pid"] for r in results}) == 2  # both blocks' workers served the pool
     wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 1, what="idle block released")
     client.stop_pilot([info["pilot_id"]])
+
+
+def test_a_pooled_worker_gives_each_servable_its_own_lazily_imported_helper(
+        client: Client, hub: Hub, tmp_path: Path) -> None:
+    import textwrap
+
+    names = []
+    for i in range(2):  # one module name, ``helper``, with different code in each bundle
+        d = tmp_path / f"helped-{i}"
+        d.mkdir()
+        (d / "servable.yaml").write_text(textwrap.dedent(f"""\
+            datacite: {{title: Helped {i}, creators: ["Test, T"], subjects: [lazypool]}}
+            dlhub: {{owner: test, name: helped-{i}}}
+            servable:
+              type: python_function
+              methods:
+                run:
+                  function: "model:run"
+                  input: {{type: list, item_type: {{type: float}}}}
+                  output: {{type: float}}
+            """))
+        (d / "helper.py").write_text(f"K = {i + 1}\n")
+        (d / "model.py").write_text("def run(x):\n    import helper\n\n"
+                                    "    return float(helper.K * sum(x))\n")
+        names.append(str(client.publish(d)["name"]))
+    ref = PoolSpec.parse("tag:lazypool").ref()
+    client.start_workers(ref, 1)  # one worker holds both: each call may follow the other's
+    wait_for(lambda: pool_workers(client.status(), ref) == 1, what="1 pooled worker")
+    for k in range(3):
+        for i, name in enumerate(names):
+            assert client.run(name, [1.0, float(k)], cache=False) == (i + 1) * (1.0 + k)
+    [worker] = pools_of(client)["workers"].values()
+    assert sorted(worker["holds"]) == sorted(f"{n}@1" for n in names)
