@@ -34,6 +34,7 @@ from benchmarks.common import child_process, hub_main, reap, save_json, start_ru
 from benchmarks.common import wait_for_hub as wait_hub
 from benchmarks.latency import Runner, make_cases, measure
 from benchmarks.targets import Targets
+from dlhub_hpc.metrics.reading import read_token
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,17 @@ def state_cost(n: int, metrics: bool) -> float:
 
 
 @contextlib.contextmanager
-def scraping(url: str, period: float = 1.0) -> Iterator[list[int]]:
-    """Read ``url`` every ``period`` seconds in a thread; yields the list of page sizes."""
+def scraping(url: str, token: str | None, period: float = 1.0) -> Iterator[list[int]]:
+    """Read ``url`` (with the hub's metrics ``token``) every ``period`` seconds in a
+    thread; yields the list of page sizes."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     pages: list[int] = []
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(period):
-            with urllib.request.urlopen(url, timeout=5) as reply:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                        timeout=5) as reply:
                 pages.append(len(reply.read()))
 
     thread = threading.Thread(target=loop, name="scraper", daemon=True)
@@ -105,8 +109,9 @@ def hub(home: Path, metrics: bool) -> Iterator[Runner]:
                 client.wait_for_workers("demo/noop", 1)
                 pids = [w["pid"] for w in client.status()["workers"]]
                 if metrics:
-                    url = json.loads((home / "hub.json").read_text())["metrics_url"]
-                    stack.enter_context(scraping(url))
+                    hub_file = json.loads((home / "hub.json").read_text())
+                    stack.enter_context(scraping(hub_file["metrics_url"],
+                                                 read_token(hub_file["metrics_token_file"])))
                 yield lambda value: client.run("demo/noop", value, cache=False)
         finally:
             stop_process(proc)

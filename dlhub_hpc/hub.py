@@ -31,7 +31,7 @@ from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.hubops import HubParts, OnDemandStarter, Recovery, control_operations
 from dlhub_hpc.hubops.gateway import GatewayProcess
 from dlhub_hpc.metrics import BrokerMetrics, LoopMetrics
-from dlhub_hpc.metrics.exporter import MetricsServer
+from dlhub_hpc.metrics.exporter import METRICS_TOKEN_FILE, MetricsServer, metrics_token
 from dlhub_hpc.metrics.hub import block_states, serve_hub_metrics
 from dlhub_hpc.pilot.local import local_provider
 from dlhub_hpc.pilot.service import PilotService, WorkersSetup
@@ -235,6 +235,8 @@ class Hub:
             "started_at": self._started_at,
             "max_message_bytes": self.config.max_message_bytes,
             "metrics_url": self.metrics.url if self.metrics is not None else None,
+            "metrics_token_file": str(self._metrics_token_file)
+            if self.metrics is not None and not self.config.benchmark_without_curve else None,
             "server_key": self.security.credentials.server.public
             if self.security.credentials else None,
             "gateway_url": self.gateway.url if self.gateway is not None else None,
@@ -249,10 +251,17 @@ class Hub:
             return
         self.state.metrics = BrokerMetrics()
         self.server.loop_metrics = LoopMetrics()
+        # The series name every servable: on a hub of many users, only the admin reads them.
+        token = (None if self.config.benchmark_without_curve
+                 else metrics_token(self._metrics_token_file))
         self.metrics = serve_hub_metrics(
             lambda: self.server.published, self.state.metrics, self.server.loop_metrics,
             block_states(lambda: self.pilots.pilots.values()),
-            self.config.metrics_address, self.config.metrics_port)
+            self.config.metrics_address, self.config.metrics_port, token)
+
+    @property
+    def _metrics_token_file(self) -> Path:
+        return self.config.home / METRICS_TOKEN_FILE
 
     # -- what the broker asks of the registry --
 

@@ -22,8 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from dlhub_hpc.cli.common import client_from, console
+from dlhub_hpc.errors import PermissionDenied
 from dlhub_hpc.hubfile import default_home, read_hub_file
-from dlhub_hpc.metrics.reading import ServableMetrics, quantile, scrape, since
+from dlhub_hpc.metrics.reading import ServableMetrics, quantile, read_token, scrape, since
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ def render(frame: Frame, before: Frame | None = None) -> Group:
                  Text("q or Ctrl-C quits", style="dim"))
 
 
-def take(client: Any, url: str | None) -> Frame:
+def take(client: Any, url: str | None, token: str | None = None) -> Frame:
     status = client.status(timeout=10.0)
-    return Frame(status, scrape(url) if url else None, time.monotonic())
+    return Frame(status, scrape(url, token=token) if url else None, time.monotonic())
 
 
 @contextlib.contextmanager
@@ -139,14 +140,24 @@ def _quit_pressed(wait: float, keys: bool) -> bool:
               help="Seconds between refreshes.")
 @click.option("--metrics", "metrics_url", default=None, metavar="URL",
               help="The hub's /metrics (default: metrics_url in the running hub's hub.json).")
+@click.option("--metrics-token-file", default=None, metavar="FILE",
+              help="The hub's metrics token (default: metrics_token_file in hub.json).")
 @click.pass_context
-def top(ctx: click.Context, once: bool, interval: float, metrics_url: str | None) -> None:
+def top(ctx: click.Context, once: bool, interval: float, metrics_url: str | None,
+        metrics_token_file: str | None) -> None:
     """A live view of servables, queues, batch sizes, latencies and workers."""
     from rich.live import Live
 
-    url = metrics_url or (read_hub_file(default_home()) or {}).get("metrics_url")
+    hub_file = read_hub_file(default_home()) or {}
+    url = metrics_url or hub_file.get("metrics_url")
+    token = read_token(metrics_token_file or hub_file.get("metrics_token_file"))
     with client_from(ctx, timeout=10.0) as client:
-        frame = take(client, url)
+        try:
+            frame = take(client, url, token)
+        except PermissionDenied as exc:  # not the admin: queues and workers, no rates
+            console.print(f"[yellow]{exc.message}[/]")
+            url = None
+            frame = take(client, url)
         if once:
             console.print(render(frame))
             return
@@ -154,7 +165,7 @@ def top(ctx: click.Context, once: bool, interval: float, metrics_url: str | None
                 _keys() as keys:
             try:
                 while not _quit_pressed(interval, keys):
-                    before, frame = frame, take(client, url)
+                    before, frame = frame, take(client, url, token)
                     live.update(render(frame, before))
             except KeyboardInterrupt:
                 pass

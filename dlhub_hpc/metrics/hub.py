@@ -37,6 +37,8 @@ def hub_registry(snapshot: Callable[[], SnapshotLike], broker: BrokerMetrics,
 
 def serve_hub_metrics(snapshot: Callable[[], SnapshotLike], broker: BrokerMetrics,
                       loop: LoopMetrics, blocks: Callable[[], Iterable[tuple[str, str]]] | None,
-                      address: str, port: int) -> MetricsServer:
-    """Start serving a hub's series on ``address:port``; the caller stops it."""
-    return MetricsServer(hub_registry(snapshot, broker, loop, blocks), address, port).start()
+                      address: str, port: int, token: str | None = None) -> MetricsServer:
+    """Start serving a hub's series on ``address:port`` (to holders of ``token``, if
+    given); the caller stops it."""
+    return MetricsServer(hub_registry(snapshot, broker, loop, blocks), address, port,
+                         token).start()

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.errors import DlhubHpcError, PermissionDenied
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +81,32 @@ def parse(text: str) -> dict[str, ServableMetrics]:
     return dict(found)
 
 
-def scrape(url: str, timeout: float = 5.0) -> dict[str, ServableMetrics]:
-    """Fetch and parse the hub's /metrics at ``url``."""
+def read_token(path: str | Path | None) -> str | None:
+    """The hub's metrics token from ``path``; None where there is none or it is not ours
+    to read (the hub's home is its admin's)."""
+    if not path:
+        return None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def scrape(url: str, timeout: float = 5.0, token: str | None = None
+           ) -> dict[str, ServableMetrics]:
+    """Fetch and parse the hub's /metrics at ``url``, with the hub's metrics ``token``."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout) as reply:
             text = reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 401:
+            raise DlhubHpcError(f"cannot read metrics at {url}: {exc}", url=url) from exc
+        raise PermissionDenied(
+            f"the metrics at {url} answer only the holder of the hub's metrics token "
+            "(metrics.token in the hub's home, which its admin reads): they name every "
+            "servable, private ones too", url=url) from None
     except OSError as exc:
         raise DlhubHpcError(f"cannot read metrics at {url}: {exc}; is the hub started with "
                             "--metrics-port?", url=url) from exc

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from dlhub_hpc import Client, Hub
+from dlhub_hpc.metrics.exporter import METRICS_TOKEN_FILE
 from tests.integration.conftest import wait_for
 from tests.unit.test_grafana_dashboard import dashboard, exprs
 
@@ -40,7 +41,7 @@ def get(url: str) -> tuple[int, bytes]:
 class Prometheus:
     """A Prometheus server on a free loopback port, scraping ``target`` every second."""
 
-    def __init__(self, target: str, root: Path) -> None:
+    def __init__(self, target: str, root: Path, token_file: Path) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.skip("needs the Prometheus server: apt-get install prometheus "
@@ -50,7 +51,8 @@ class Prometheus:
         config.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
-            f"  - job_name: dlhub\n    static_configs: [{{targets: ['{target}']}}]\n")
+            f"  - job_name: dlhub\n    static_configs: [{{targets: ['{target}']}}]\n"
+            f"    authorization: {{type: Bearer, credentials_file: '{token_file}'}}\n")
         self.log = (root / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
@@ -82,7 +84,8 @@ class Prometheus:
 def prometheus(tmp_path: Path, metered_hub: Hub) -> Iterator[Prometheus]:
     assert metered_hub.metrics is not None
     target = metered_hub.metrics.url.removeprefix("http://").removesuffix("/metrics")
-    server = Prometheus(target, tmp_path / "prometheus")
+    server = Prometheus(target, tmp_path / "prometheus",
+                        metered_hub.config.home / METRICS_TOKEN_FILE)
     try:
         yield server
     finally:
