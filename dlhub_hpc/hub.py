@@ -89,7 +89,8 @@ class Hub:
         # The scaling thread reads the snapshot the loop publishes, never the state.
         self.pilots = PilotService(lambda: self.server.published.as_dict())
         self.state = BrokerState(self._resolve, self.config, self.security,
-                                 replacement_expected=self.pilots.replaces)
+                                 replacement_expected=self.pilots.replaces,
+                                 pool_pilots=self.pilots.pool_pilots)
         self._thread: threading.Thread | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-pilot")
         self._started_at = 0.0

@@ -11,6 +11,9 @@ whole flood. It keeps the parts of a ``deque`` the broker uses (``append``, ``ap
 
 ``pick_flow`` is the second level: when a worker that may serve several servables frees
 (a pool), which servable's queue it takes next.
+
+``QueueShares`` is admission: how many requests a servable may queue, and how many of them
+one user may hold while others wait.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ logger = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
-__all__ = ["DeficitRoundRobin", "FairQueue", "peek_flow", "pick_flow"]
+__all__ = ["DeficitRoundRobin", "FairQueue", "QueueShares", "peek_flow", "pick_flow"]
 
 
 class DeficitRoundRobin(Generic[K]):
@@ -187,3 +190,67 @@ def pick_flow(order: DeficitRoundRobin[K], backlogged: Callable[[K], bool]) -> K
     """The next flow of ``order`` that still has work (``backlogged``), charged one unit;
     flows found empty leave the round. None when no flow has work."""
     return None if peek_flow(order, backlogged) is None else order.next()
+
+
+class QueueShares(Generic[K]):
+    """Requests queued per servable and per user of it, counted as they come and go (no
+    recount per request), and who may queue one more.
+
+    The rule: a servable queues at most ``limit`` requests over all its methods. Each of
+    the N users with requests queued for it (the caller included) is owed ``limit // N``
+    of them (at least one): a user below that share is admitted even when the others
+    filled the queue, so one caller's flood never locks the rest out, up to a ceiling of
+    twice the limit. A user alone may use the whole limit.
+    """
+
+    def __init__(self) -> None:
+        self._total: dict[K, int] = {}
+        self._users: dict[K, dict[str, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"QueueShares({sum(self._total.values())} queued, {len(self._total)} servables)"
+
+    def refusal(self, key: K, user: str, limit: int) -> tuple[str, int, int, int] | None:
+        """Why ``user`` may not queue one more request for ``key``: ``(bound, queued,
+        theirs, share)``, bound ``servable``, ``share`` or ``ceiling``; None when they may."""
+        total = self._total.get(key, 0)
+        if total < limit:
+            return None
+        users = self._users.get(key, {})
+        theirs = users.get(user, 0)
+        share = max(1, limit // (len(users) + (theirs == 0)))
+        if total >= 2 * limit:
+            return "ceiling", total, theirs, share
+        if theirs < share:
+            return None
+        return ("share" if len(users) > 1 else "servable"), total, theirs, share
+
+    def add(self, key: K, user: str) -> None:
+        self._total[key] = self._total.get(key, 0) + 1
+        users = self._users.setdefault(key, {})
+        users[user] = users.get(user, 0) + 1
+
+    def remove(self, key: K, user: str) -> None:
+        total = self._total[key] - 1
+        users = self._users[key]
+        left = users[user] - 1
+        if left:
+            users[user] = left
+        else:
+            del users[user]
+        if total:
+            self._total[key] = total
+        else:
+            del self._total[key], self._users[key]
+
+    def clear(self, key: K) -> None:
+        """``key``'s queue was emptied at once (its requests failed)."""
+        self._total.pop(key, None)
+        self._users.pop(key, None)
+
+    def queued(self, key: K) -> int:
+        return self._total.get(key, 0)
+
+    def of_users(self, key: K) -> dict[str, int]:
+        """Requests queued for ``key`` per user (a copy)."""
+        return dict(self._users.get(key, {}))

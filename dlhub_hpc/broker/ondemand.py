@@ -11,6 +11,8 @@ answers the waiting requests with them.
 Stages, in order: ``requested`` (the start was asked for), ``queued at scheduler`` (the
 pilot's job is submitted), ``job running`` (the job started; its worker is coming up),
 ``model loading`` (a worker registered and loads the servable: the state sees this itself).
+A servable a pool serves shows the same stages (``BrokerState.start_stage``): its pool
+pilot's while it starts a block from zero, ``model loading`` while a pooled worker loads it.
 """
 
 from __future__ import annotations
@@ -191,14 +193,16 @@ class OnDemand:
             return "" if entry is None else entry.pilot
 
 
-def timeout_error(p: Pending, live_workers: int, stage: str | None) -> Timeout:
+def timeout_error(p: Pending, live_workers: int, stage: str | None,
+                  how: str = "on demand") -> Timeout:
     """The error of a request whose deadline passed: the stage when its servable was
-    starting on demand (``ServableStarting``), else what to change."""
+    starting (``ServableStarting``; ``how``: ``on demand``, or ``in its pool`` when a
+    pooled worker loads it or a pool pilot starts a block for it), else what to change."""
     name, version = p.servable
     if stage is not None:
         return ServableStarting(
             f"{name}@{version}.{p.method} did not answer in time: the servable is starting "
-            f"on demand ({stage}); retry with a longer timeout, or see 'dlhub-hpc status'",
+            f"{how} ({stage}); retry with a longer timeout, or see 'dlhub-hpc status'",
             servable=name, version=version, stage=stage)
     if not live_workers:
         hint = (f"no worker serves {name}@{version}; start one with "

@@ -5,12 +5,18 @@ batches of any servable its pool admits (``pools.py`` decides which worker and k
 books). A load is an ``Assign`` (``LoadServable``) to a free worker; its ``Ready`` says what
 it now holds. Requests wait in the servable's queue meanwhile, so a servable evicted while
 its requests are queued is loaded again where they go: none is lost.
+
+A pool pilot at zero blocks has no member, yet it serves its pool: the hub tells the state
+which pool pilots run (``pool_pilots``: each one's spec, owner and start stage), so that
+their servables' requests queue, count as the pool's demand (the pilot scales on it) and
+show the pilot's stage while its block starts.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dlhub_hpc.broker.batching import oldest_queue
@@ -23,13 +29,31 @@ from dlhub_hpc.broker.events import (
     ToWorker,
     WorkerInfo,
 )
+from dlhub_hpc.broker.fairshare import QueueShares
 from dlhub_hpc.broker.load_failures import LoadFailures
-from dlhub_hpc.broker.pools import NO_SERVABLE, PoolBook, ref_of
+from dlhub_hpc.broker.pools import NO_SERVABLE, PoolBook, exclusion, image_refusal, ref_of
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.protocol import Hello, LoadFailed, Ready, Shutdown
 from dlhub_hpc.servable.pools import PoolSpec
 
 logger = logging.getLogger(__name__)
+
+# A running pool pilot, as the hub reports it: its pool, the owner whose credential its
+# workers have (None: a hub without identities), and how far its start got (a stage of
+# broker/ondemand.py's STAGES: requested, queued at scheduler, job running).
+PoolPilot = tuple[PoolSpec, str | None, str]
+STAGE_ORDER = ("requested", "queued at scheduler", "job running")
+
+
+def spec_admits(spec: PoolSpec, owner: str | None, info: ServableInfo) -> bool:
+    """Would a worker of pool ``spec`` (in ``spec.image``), run with ``owner``'s credential,
+    serve ``info``? ``PoolBook.refusal`` less what only a connected worker knows (its
+    credential at the gate, its failed loads, the packages it has)."""
+    if not spec.names_servable(info.name, info.owner, info.tags, info.public):
+        return False
+    owner = spec.owner or owner
+    return ((owner is None or info.owner == owner) and exclusion(info) is None
+            and image_refusal(spec.image, info) is None)
 
 
 class PoolDispatch:
@@ -41,6 +65,11 @@ class PoolDispatch:
     _workers: dict[bytes, WorkerInfo]
     _queues: dict[ServableKey, dict[str, RequestQueue]]
     _worker_count: Counter[ServableKey]
+    shares: QueueShares[ServableKey]
+    # The running pool pilots (the hub's PilotService); read on the loop, so it hands back
+    # a tuple it replaces on each change, never one it edits.
+    pool_pilots: Callable[[], Sequence[PoolPilot]]
+    _pilot_stages: tuple[object, dict[ServableKey, str | None]]
 
     # -- what the state provides --
 
@@ -156,23 +185,63 @@ class PoolDispatch:
 
     def pool_demand(self) -> dict[str, int]:
         """Requests queued for each pool's servables, by the pool's ref (its pilot's
-        ``servable``): what a pool pilot scales on, as a servable's pilot does on its queue."""
-        pools: dict[str, list[Any]] = {}
+        ``servable``): what a pool pilot scales on, as a servable's pilot does on its queue.
+        A pool whose pilot has no member connected (at zero blocks) counts what its spec
+        and owner admit, so that the pilot starts a block for it."""
+        members: dict[str, list[Any]] = {}
         for member in self.pools.members.values():
-            pools.setdefault(member.spec.ref(), []).append(member)
-        demand = dict.fromkeys(pools, 0)
+            members.setdefault(member.spec.ref(), []).append(member)
+        pilots: dict[str, list[tuple[PoolSpec, str | None]]] = {}
+        for spec, owner, _ in self.pool_pilots():  # a ref names no image: pilots may share it
+            pilots.setdefault(spec.ref(), []).append((spec, owner))
+        demand = dict.fromkeys([*members, *pilots], 0)
         for key in self.pools.backlog:
-            queued = sum(q.live for q in self._queues.get(key, {}).values())
+            queued = self.shares.queued(key)
             if not queued:
                 continue
             try:
                 info = self._resolve(*key)
             except DlhubHpcError:
                 continue
-            for ref, members in pools.items():
-                if any(self.pools.admits(m, info) for m in members):
+            for ref in demand:
+                joined = members.get(ref)
+                if joined:
+                    admitted = any(self.pools.admits(m, info) for m in joined)
+                else:
+                    admitted = any(spec_admits(*p, info) for p in pilots[ref])
+                if admitted:
                     demand[ref] += queued
         return demand
+
+    def _pool_pilot_stage(self, key: ServableKey) -> str | None:
+        """How far the start of a pool pilot that would serve ``key`` got (the furthest,
+        if several would); None when no running pool pilot serves it. Looked up once per
+        servable while the hub's list of pool pilots stays the same."""
+        pilots = self.pool_pilots()
+        if not pilots:
+            return None
+        seen, stages = self._pilot_stages
+        if seen is not pilots:
+            stages = {}
+            self._pilot_stages = (pilots, stages)
+        if key not in stages:
+            stages[key] = self._furthest_stage(pilots, key)
+        return stages[key]
+
+    def _furthest_stage(self, pilots: Sequence[PoolPilot], key: ServableKey) -> str | None:
+        try:
+            info = self._resolve(*key)
+        except DlhubHpcError:
+            return None
+        found = [stage for spec, owner, stage in pilots if spec_admits(spec, owner, info)]
+        return max(found, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else -1,
+                   default=None)
+
+    def _pool_loading(self, key: ServableKey) -> bool:
+        """A pooled worker loads ``key`` and none holds it yet: its callers wait for it."""
+        members = self.pools.members.values()
+        return (any(m.loading == key for m in members)
+                and not any(key in m.holds for m in members))
 
     def _waiting(self) -> list[tuple[int, ServableInfo]]:
         """Each pooled servable with requests queued: its oldest request's seq, and its info.

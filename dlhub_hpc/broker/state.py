@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dlhub_hpc.broker.batching import oldest_queue, release_time, take
@@ -44,6 +44,7 @@ from dlhub_hpc.broker.events import (
     ToWorkers,
     WorkerInfo,
 )
+from dlhub_hpc.broker.fairshare import QueueShares
 from dlhub_hpc.broker.gate import Gate, OpenGate
 from dlhub_hpc.broker.invariants import problems
 from dlhub_hpc.broker.load_failures import LoadFailures
@@ -51,6 +52,7 @@ from dlhub_hpc.broker.memo import MemoCache, memo_key
 from dlhub_hpc.broker.ondemand import OnDemand, find_request, timeout_error
 from dlhub_hpc.broker.parameters import check_parameters, memo_method
 from dlhub_hpc.broker.pipeline import PipelineRunner
+from dlhub_hpc.broker.pool_state import PoolPilot
 from dlhub_hpc.broker.pools import PoolBook, ref_of
 from dlhub_hpc.broker.snapshot import Snapshot, take_snapshot
 from dlhub_hpc.broker.worker_state import WorkerLifecycle
@@ -95,19 +97,24 @@ class BrokerState(WorkerLifecycle):
     def __init__(self, resolver: Resolver, config: HubConfig | None = None,
                  gate: Gate | None = None, *,
                  replacement_expected: Callable[[ServableKey], bool] | None = None,
-                 ondemand: OnDemand | None = None) -> None:
+                 ondemand: OnDemand | None = None,
+                 pool_pilots: Callable[[], Sequence[PoolPilot]] | None = None) -> None:
         self.config = config or HubConfig()
         # Servables that start when a request finds no worker (the hub's starter acts)
         self.ondemand = ondemand if ondemand is not None else OnDemand.from_config(self.config)
         # Who may call, see or serve what; None: an OpenGate, which lets everyone in.
         self.gate: Gate = gate if gate is not None else OpenGate()
         self.pools = PoolBook(self.gate.may_serve)  # pooled workers (pool_state.py)
+        # The running pool pilots, members or none (the hub's PilotService.pool_pilots)
+        self.pool_pilots = pool_pilots or (lambda: ())
+        self._pilot_stages: tuple[object, dict[ServableKey, str | None]] = ((), {})
         # servable -> True when a pilot will start workers again if its last one dies, so
         # that worker's requests wait for the replacement instead of failing
         self.replacement_expected = replacement_expected
         self._resolver = resolver
         self._servables: dict[tuple[str, int | None], ServableInfo] = {}
         self._queues: dict[ServableKey, dict[str, RequestQueue]] = {}
+        self.shares: QueueShares[ServableKey] = QueueShares()  # queued per servable, user
         self._workers: dict[bytes, WorkerInfo] = {}
         self._idle: dict[ServableKey, dict[bytes, None]] = {}  # ordered sets, oldest first
         self._worker_count: Counter[ServableKey] = Counter()
@@ -216,6 +223,7 @@ class BrokerState(WorkerLifecycle):
         for queue in (q for qs in self._queues.values() for q in qs.values()):
             queue.items.clear()  # all answered: the queues hold nothing now
             queue.live = 0
+        self.shares = QueueShares()
         return self.pipelines.route(out, 0.0)
 
     # -- clients --
@@ -293,16 +301,13 @@ class BrokerState(WorkerLifecycle):
         if failed is not None and not self._live_workers(info.key):  # no worker will come
             self._answer(pending, False, None, failed, 0.0, out, now)
             return
-        queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
         limit = self.config.queue_limits.get(info.name, self.config.max_queue_length)
-        if queue.live >= limit:
+        refused = self.shares.refusal(info.key, user, limit)
+        if refused is not None:
             self.stats["overloaded"] += 1
-            self._reject(client, req.request_id, QueueFull(
-                f"{info.name}@{info.version}.{method} has {queue.live} requests queued "
-                f"(the bound is {limit}); retry later or start more workers",
-                servable=info.name, queued=queue.live, limit=limit,
-            ), out)
+            self._reject(client, req.request_id, queue_full(info, limit, *refused), out)
             return
+        queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
         if pending.deadline is not None:
             heapq.heappush(self._deadlines, (pending.deadline, pending.seq, pending))
         if key is not None:
@@ -311,9 +316,11 @@ class BrokerState(WorkerLifecycle):
         self._note_arrival(info, now)
         queue.items.append(pending)
         queue.live += 1
+        self.shares.add(info.key, user)
         if self.ondemand.active:  # nothing serves it: its default profile starts a pilot
-            start = (None if self._live_workers(info.key)
-                     else self.ondemand.wanted(info.key, now))
+            serves = (self._live_workers(info.key)
+                      or self._pool_pilot_stage(info.key) is not None)  # a pool at zero
+            start = None if serves else self.ondemand.wanted(info.key, now)
             self.ondemand.used(info.key, now)
             if start is not None:
                 out.append(start)
@@ -409,8 +416,11 @@ class BrokerState(WorkerLifecycle):
             # the longest idle worker of its own, else a free pooled worker that holds it
             identity = next(iter(idle)) if idle else self.pools.free_holder(info)
             if identity is None:
-                if self.pools.members and oldest_queue(queues)[0] is not None:
-                    self._pool_load(info, now, out)  # a pooled worker loads it
+                # a pooled worker loads it; with none connected, its pool pilot's
+                # block will (the request waits in the backlog: the pilot's demand)
+                pooled = self.pools.members or self.pool_pilots()
+                if pooled and oldest_queue(queues)[0] is not None:
+                    self._pool_load(info, now, out)
                 return
             queue, method = oldest_queue(queues)
             if queue is None:
@@ -426,6 +436,8 @@ class BrokerState(WorkerLifecycle):
             if not items:
                 queue.live = 0  # only answered requests were left
                 continue
+            for p in items:
+                self.shares.remove(p.servable, p.user)
             worker = self._workers[identity]
             if worker.pooled:
                 self.pools.use(identity, info.key)
@@ -453,6 +465,7 @@ class BrokerState(WorkerLifecycle):
         p.queued = True
         queue.items.appendleft(p)
         queue.live += 1
+        self.shares.add(p.servable, p.user)
 
     # -- time --
 
@@ -493,9 +506,12 @@ class BrokerState(WorkerLifecycle):
         """``p``'s deadline passed: it gets Timeout; a request joined to it takes its place."""
         if p.queued:
             self._queues[p.servable][p.method].live -= 1
+            self.shares.remove(p.servable, p.user)
         self.stats["timeouts"] += 1
         key, p.memo_key = p.memo_key, None
-        error = timeout_error(p, self._live_workers(p.servable), self.start_stage(p.servable))
+        stage = self.start_stage(p.servable)
+        error = timeout_error(p, self._live_workers(p.servable), stage,
+                              "on demand" if self.ondemand.stage(p.servable) else "in its pool")
         self._answer(p, False, None, error.to_wire(), 0.0, out, now)
         if key is None:
             return
@@ -506,6 +522,11 @@ class BrokerState(WorkerLifecycle):
             self._flights[key] = waiting[1:]
             self._requeue_front(leader)
             self._dispatch(self._resolve(*leader.servable), now, out)
+
+    def _fail_queued(self, key: ServableKey, error: dict[str, Any], now: float,
+                     out: list[Action]) -> None:
+        super()._fail_queued(key, error, now, out)
+        self.shares.clear(key)  # every request queued for it was answered
 
     def _pending_count(self) -> int:
         queued = sum(q.live for qs in self._queues.values() for q in qs.values())
@@ -523,10 +544,15 @@ class BrokerState(WorkerLifecycle):
         out.extend(self.ondemand.tick(now, waiting, self._live_workers))
 
     def start_stage(self, key: ServableKey) -> str | None:
-        """How far ``key``'s start on demand got; None when it serves or is not starting."""
+        """How far ``key``'s start got: on demand, or in a pool (a pooled worker loads it,
+        or a pool pilot at zero starts its block); None when it serves or is not starting."""
         if any(w.servable == key and w.state == "loading" for w in self._workers.values()):
-            return "model loading" if self.ondemand.stage(key) else None
-        return None if self._live_workers(key) else self.ondemand.stage(key)
+            if self.ondemand.stage(key) or self._pool_loading(key):
+                return "model loading"
+            return None
+        if self._live_workers(key):
+            return None
+        return self.ondemand.stage(key) or self._pool_pilot_stage(key)
 
     def request_status(self, user: str, request_id: str) -> dict[str, Any] | None:
         """``user``'s unanswered request: queued or running, and its servable's start stage."""
@@ -546,7 +572,7 @@ class BrokerState(WorkerLifecycle):
         return take_snapshot(self._queues, self._batches.values(), self._workers.values(),
                              stats, self.changes, self.load_failures.by_ref(),
                              pools=({**self.pools.view(), "queued": self.pool_demand()}
-                                    if self.pools.members else None))
+                                    if self.pools.members or self.pool_pilots() else None))
 
     def snapshot(self) -> dict[str, Any]:
         """``view()`` as plain data (for ``dlhub-hpc status``); on the loop thread only."""
@@ -554,8 +580,43 @@ class BrokerState(WorkerLifecycle):
 
     def validate(self) -> None:
         """Check the books (``invariants.py``); ``BrokerInvariantError`` names each fault."""
-        found = problems(self)
+        found = problems(self) + self._share_problems()
         if found:
             raise BrokerInvariantError(
                 "the broker's books do not balance: " + "; ".join(found)
                 + "; please report it with the events that led here", problems=found)
+
+    def _share_problems(self) -> list[str]:
+        """The admission counts against a recount of the queues."""
+        counted: dict[ServableKey, Counter[str]] = {}
+        for key, methods in self._queues.items():
+            for queue in methods.values():
+                for p in queue.items:
+                    if not p.done:
+                        counted.setdefault(key, Counter())[p.user] += 1
+        keys = set(counted) | {k for k in self._queues if self.shares.queued(k)}
+        return [f"{ref_of(k)} counts {self.shares.of_users(k)} queued per user for admission; "
+                f"the queues hold {dict(counted.get(k, {}))}"
+                for k in keys if self.shares.of_users(k) != dict(counted.get(k, {}))]
+
+
+def queue_full(info: ServableInfo, limit: int, bound: str, queued: int, theirs: int,
+               share: int) -> QueueFull:
+    """The refusal of a request the servable's queue has no room for, naming the bound hit
+    (``QueueShares.refusal``) and what to do."""
+    ref = f"{info.name}@{info.version}"
+    if bound == "ceiling":
+        return QueueFull(
+            f"{ref} has {queued} requests queued, twice its bound of {limit}: no caller "
+            "may queue more; retry later or start more workers",
+            servable=info.name, queued=queued, limit=limit)
+    if bound == "share":
+        return QueueFull(
+            f"{ref} has {queued} requests queued (the bound is {limit}) over all its methods, "
+            f"and {theirs} are yours, your fair share of it while others wait ({share}); "
+            "retry once some of yours are answered",
+            servable=info.name, queued=queued, limit=limit, yours=theirs, share=share)
+    return QueueFull(
+        f"{ref} has {queued} requests queued (the bound is {limit}) over all its methods; "
+        "retry later or start more workers",
+        servable=info.name, queued=queued, limit=limit)

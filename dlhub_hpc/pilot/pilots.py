@@ -205,10 +205,7 @@ class Pilot:
         spec = self.profile.container
         if spec.runtime == "none":
             return None
-        # {name} picks the servable's image: owner/name -> owner_name; {version}: its version.
-        name, _, version = self.servable.partition("@")
-        image = self.image or expand_vars(spec.image or "").replace(
-            "{name}", name.replace("/", "_")).replace("{version}", version or "latest")
+        image = self.container_image()
         if not image:
             raise PilotError(f"profile {self.profile.name!r} names no container.image and "
                              f"no built image was given for {self.servable}")
@@ -218,6 +215,16 @@ class Pilot:
         return Container(spec.runtime, image, spec.binds, spec.env,
                          gpu=None if gpus is None else gpus.vendor,
                          local_rank=gpus is not None)
+
+    def container_image(self) -> str:
+        """The image its workers run in ('' when the profile runs no containers), not
+        checked: what a pool's workers report as theirs."""
+        if self.profile.container.runtime == "none":
+            return ""
+        # {name} picks the servable's image: owner/name -> owner_name; {version}: its version.
+        name, _, version = self.servable.partition("@")
+        return self.image or expand_vars(self.profile.container.image or "").replace(
+            "{name}", name.replace("/", "_")).replace("{version}", version or "latest")
 
     @property
     def record_id(self) -> str:

@@ -3,6 +3,10 @@ ones of ``workers start`` (one block of a set size each, on the hub's own provid
 
 ``pilot status`` and ``pilot stop`` see the scaled pilots; ``workers stop`` and the blocks
 table of ``status`` see the fixed ones, by block id (``block-N``).
+
+The broker learns which pool pilots run from ``pool_pilots`` (their pools, owners and start
+stages): a pool pilot at zero blocks has no worker to tell it, yet its pool's requests must
+queue and count as the demand it scales on.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from parsl.providers.base import ExecutionProvider
 
@@ -22,13 +26,36 @@ from dlhub_hpc.errors import PilotError
 from dlhub_hpc.pilot.pilots import Pilot, PilotBlock, fixed_profile
 from dlhub_hpc.pilot.profiles import SiteProfile
 from dlhub_hpc.pilot.recovery import skip_ids
-from dlhub_hpc.pilot.scaling import Load
+from dlhub_hpc.pilot.scaling import TERMINAL, Load
 from dlhub_hpc.security.isolation import WorkerLaunch
-from dlhub_hpc.servable.pools import pool_of
+from dlhub_hpc.servable.pools import PoolSpec, pool_of
 
 logger = logging.getLogger(__name__)
 
 Snapshot = Callable[[], dict[str, Any]]
+
+
+class PoolPilot(NamedTuple):
+    """A running pool pilot as the broker sees it (``broker/pool_state.py``)."""
+
+    spec: PoolSpec  # with the image its workers run in, as they will report it
+    owner: str | None  # whose credential its workers have; None on a hub without identities
+    stage: str  # how far its start got: requested, queued at scheduler, job running
+
+
+def pool_pilot(pilot: Pilot) -> PoolPilot | None:
+    """``pilot`` as a ``PoolPilot``; None when it serves one servable, or halted."""
+    spec = pool_of(pilot.servable)
+    if spec is None or pilot.halted:
+        return None
+    launch = pilot.launch
+    owner = launch.owner if launch is not None and launch.credential is not None else None
+    with pilot._lock:
+        states = [b.state for b in pilot.blocks.values()
+                  if not b.stopping and b.state not in TERMINAL]
+    stage = ("job running" if "RUNNING" in states
+             else "queued at scheduler" if states else "requested")
+    return PoolPilot(spec.in_image(pilot.container_image()), owner, stage)
 
 
 @dataclass(frozen=True)
@@ -73,9 +100,21 @@ class PilotService:
         # Called with each scaled pilot after its tick (on the scaling thread): the
         # on-demand starter follows its blocks from queued to running this way.
         self.observers: list[Callable[[Pilot], None]] = []
+        self._pool_pilots: tuple[PoolPilot, ...] = ()  # replaced whole, read by the broker
 
     def __repr__(self) -> str:
         return f"PilotService(period={self.period!r}, pilots={sorted(self.pilots)!r})"
+
+    def pool_pilots(self) -> tuple[PoolPilot, ...]:
+        """The running pool pilots, with or without blocks: the same tuple until one
+        starts, stops or changes stage (the broker's loop reads it without a lock)."""
+        return self._pool_pilots
+
+    def _note_pools(self) -> None:
+        """Take the pool pilots' list again (after a start, a stop or a scaling tick)."""
+        found = tuple(p for p in map(pool_pilot, self.all()) if p is not None)
+        if found != self._pool_pilots:
+            self._pool_pilots = found
 
     def add(self, pilot: Pilot) -> Pilot:
         """Start ``pilot``: its first ``min_blocks`` blocks now, the rest by the scaling loop."""
@@ -99,6 +138,7 @@ class PilotService:
             raise PilotError(f"the hub was stopped while {pilot.pilot_id} started; its blocks "
                              "were cancelled")
         if not pilot.fixed:
+            self._note_pools()
             self._ensure_thread()
         return pilot
 
@@ -112,6 +152,7 @@ class PilotService:
             self.pilots[pilot.pilot_id] = pilot
         pilot._event(f"adopted after a hub restart, with {len(blocks)} running blocks")
         if not pilot.fixed:
+            self._note_pools()
             self._ensure_thread()
 
     # -- 'workers start': fixed pilots of one block --
@@ -205,6 +246,7 @@ class PilotService:
                       and (servable is None or p.servable == servable)]
             for p in chosen:
                 del self.pilots[p.pilot_id]
+        self._note_pools()
         self._stop_each(chosen)
         return chosen
 
@@ -230,6 +272,7 @@ class PilotService:
         with self._lock:
             chosen = list(self.pilots.values())
             self.pilots.clear()
+        self._pool_pilots = ()
         self._stop_each(chosen)
 
     # -- the scaling loop --
@@ -278,6 +321,7 @@ class PilotService:
                     observe(pilot)
                 except Exception:
                     logger.exception("an observer of %s failed", pilot.pilot_id)
+        self._note_pools()
 
 
 def pilot_workers(pilot: Pilot, snap: dict[str, Any]) -> list[dict[str, Any]]:
@@ -286,4 +330,4 @@ def pilot_workers(pilot: Pilot, snap: dict[str, Any]) -> list[dict[str, Any]]:
             or str(w.get("block", "")).startswith(pilot.pilot_id + ".")]
 
 
-__all__ = ["PilotService", "WorkersSetup", "pilot_workers"]
+__all__ = ["PilotService", "PoolPilot", "WorkersSetup", "pilot_workers", "pool_pilot"]
