@@ -73,6 +73,26 @@ def build(servable: str, home: Path | None, base: str, apt: tuple[str, ...],
     for fmt, rec in sorted(result.images.items()):
         table.add_row(fmt, rec.path, _size(Path(rec.path)), rec.sha256[:16])
     console.print(table)
+    _tell_hub(home or default_home(), result.servable)
     if keep is not None:
         removed = builder.prune(keep)
         console.print(f"pruned {len(removed)} older images from {builder.cache_dir}")
+
+
+def _tell_hub(home: Path, servable: str) -> None:
+    """A hub running from ``home`` cached what it knew of ``servable`` before its image:
+    it forgets that, so its pools see the image from the next request on."""
+    from dlhub_hpc.client import Client
+    from dlhub_hpc.errors import DlhubHpcError
+    from dlhub_hpc.hubfile import read_hub_file
+
+    running = read_hub_file(home)
+    if not running:
+        return  # a hub started later reads the image with everything else
+    try:
+        with Client(running["client_address"], timeout=10) as client:
+            client.control("images_changed", timeout=10, servable=servable)
+    except DlhubHpcError as exc:
+        console.print(f"[yellow]the hub at {running['client_address']} was not told of the "
+                      f"image ({exc.message}); it sees it after the next publish of "
+                      f"{servable} or a restart[/]")

@@ -39,6 +39,7 @@ def control_operations(parts: HubParts) -> dict[str, ControlHandler]:
         "pilot_stop": pilots.pilot_stop,
         "request_status": lambda args: request_status(parts, args),
         "pool_counters": lambda args: pool_counters(parts, args),
+        "images_changed": hub.images_changed,
         "shutdown": hub.shutdown,
         **parts.security.operations(),
     }

@@ -10,6 +10,7 @@ from typing import Any
 
 from dlhub_hpc.broker.pipeline import check_steps
 from dlhub_hpc.broker.state import BrokerState
+from dlhub_hpc.errors import InvalidInput
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.hubops.pools import visible_pools
 from dlhub_hpc.hubops.visibility import Viewer, viewer_of
@@ -64,6 +65,16 @@ class HubOps:
             }
 
         return self._executor.submit(finish)
+
+    def images_changed(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``dlhub-hpc build`` recorded an image of ``servable``: forget what the broker
+        cached of it, so pools judge it by its image from its next request on."""
+        self.security.require_admin(args, "tell the hub of a built image")
+        name = str(args.get("servable", "")).partition("@")[0]
+        if not name:
+            raise InvalidInput("images_changed needs servable: owner/name")
+        self.parts.state.invalidate(name)
+        return {"servable": name}
 
     def shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
         self.security.require_admin(args, "shut the hub down")
