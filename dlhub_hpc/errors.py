@@ -220,7 +220,9 @@ class Overloaded(ServingError):
 
 class QueueFull(Overloaded):
     """One servable's queue is at its limit (``details['limit']``, set by HubConfig
-    ``queue_limits`` or ``max_queue_length``); retry later, or ask the admin to raise it."""
+    ``queue_limits`` or ``max_queue_length``), or the caller holds their fair share of it
+    while others wait (``details['yours']`` and ``details['share']``); retry later, or ask
+    the admin to raise it."""
 
 
 class PilotError(DlhubHpcError):

@@ -175,8 +175,9 @@ class HubConfig(BaseModel):
     )
     queue_limits: dict[str, int] = Field(
         default_factory=dict,
-        description="per servable (owner/name): requests one method may queue, below "
-                    "max_queue_length; past it callers get QueueFull",
+        description="per servable (owner/name): requests it may queue over all its "
+                    "methods, below max_queue_length; a caller alone may use all of it, "
+                    "else bound // callers waiting; past it callers get QueueFull",
     )
     local_fast_path: bool = Field(
         default=True,
