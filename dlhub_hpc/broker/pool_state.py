@@ -213,6 +213,17 @@ class PoolDispatch:
                     demand[ref] += queued
         return demand
 
+    def _pool_pilot_serves(self, key: ServableKey) -> bool:
+        """Does a running pool pilot serve ``key`` (it brings pooled workers back)?"""
+        pilots = self.pool_pilots()
+        if not pilots:
+            return False
+        try:
+            info = self._resolve(*key)
+        except DlhubHpcError:
+            return False
+        return any(spec_admits(spec, owner, info) for spec, owner, _ in pilots)
+
     def _pool_pilot_stage(self, key: ServableKey) -> str | None:
         """How far the start of a pool pilot that would serve ``key`` got (the furthest,
         if several would); None when no running pool pilot serves it. Looked up once per

@@ -314,6 +314,8 @@ class WorkerLifecycle(PoolDispatch):
         others = self._live_workers(worker.servable)
         if not others and self.replacement_expected is not None:
             others = self.replacement_expected(worker.servable)
+        if not others:  # a pool's pilot brings pooled workers back, as a servable's does
+            others = self._pool_pilot_serves(worker.servable)
         name, version = worker.servable
         for p in reversed(flight.items):  # reversed + appendleft keeps the original order
             if p.done:

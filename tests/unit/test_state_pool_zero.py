@@ -15,11 +15,11 @@ from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import StartServable
 from dlhub_hpc.broker.pool_state import PoolPilot
 from dlhub_hpc.broker.state import BrokerState, FromClient, FromWorker, Tick
-from dlhub_hpc.errors import ServableStarting, Timeout
+from dlhub_hpc.errors import ServableStarting, Timeout, WorkerLost
 from dlhub_hpc.pilot.pilots import Pilot, PilotBlock
 from dlhub_hpc.pilot.profiles import load_profile
 from dlhub_hpc.pilot.service import pool_pilot
-from dlhub_hpc.protocol import Hello, Ready, Request
+from dlhub_hpc.protocol import Bye, Hello, Ready, Request
 from dlhub_hpc.servable.pools import PoolSpec
 from tests.unit.test_broker_state import Catalog, batches
 from tests.unit.test_ondemand import errors
@@ -171,3 +171,28 @@ def test_the_pool_pilot_of_a_pilot_says_its_stage_from_its_blocks(tmp_path: Path
     assert pool_pilot(pilot) is None  # it starts nothing more
     single = Pilot(load_profile("local"), "alice/a@1", "tcp://127.0.0.1:1", tmp_path)
     assert pool_pilot(single) is None
+
+
+def test_a_pooled_worker_lost_mid_batch_leaves_its_requests_to_the_pool_pilot() -> None:
+    """Its pilot brings another pooled worker, as a servable's pilot brings one of its own:
+    the batch waits for it instead of failing with WorkerLost."""
+    hub = ZeroHub((ALICE, None, "job running"))
+    hub.request("r1", "alice/a", timeout=30.0)
+    hub.join("w1")
+    ((_, batch),) = batches(hub.ready("w1", "alice/a@1"))
+    assert batch.request_ids == ["r1"]
+    lost = hub.state.handle(FromWorker(b"w1", Bye("w1", "killed")), hub.now)
+    assert errors(lost) == {}  # retried, not failed
+    assert hub.state.request_status("alice", "r1")["state"] == "queued"
+    assert loads(hub.join("w2")) == [(b"w2", "alice/a")]  # the next pooled worker takes it
+    ((who, again),) = batches(hub.ready("w2", "alice/a@1"))
+    assert who == b"w2" and again.request_ids == ["r1"]
+
+
+def test_without_a_pool_pilot_a_lost_pooled_workers_batch_fails_at_once() -> None:
+    hub = ZeroHub()
+    hub.join("w1")
+    hub.request("r1", "alice/a", timeout=30.0)
+    assert len(batches(hub.ready("w1", "alice/a@1"))) == 1
+    lost = hub.state.handle(FromWorker(b"w1", Bye("w1", "killed")), hub.now)
+    assert list(errors(lost)) == ["r1"] and isinstance(errors(lost)["r1"], WorkerLost)
