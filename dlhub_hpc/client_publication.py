@@ -117,6 +117,15 @@ class PublicationCalls(_Calls[R]):
         visible += [f"group:{g}" for g in groups or []]
         return self.control("set_visibility", servable=servable, visible_to=visible)
 
+    def pooling(self, servable: str, *, allow: list[str] | None = None,
+                deny: list[str] | None = None) -> R:
+        """Which owners' pools may serve ``owner/name`` besides its owner's: ``allow`` and
+        ``deny`` owners (``bob``) or groups (``group:lab``), its owner or the admin only;
+        neither shows them. Allowing bob lets bob's worker processes run its code, hold its
+        model and see the inputs of every caller of it; who may run it stays as it is."""
+        return self.control("pooling", servable=servable, allow=list(allow or []),
+                            deny=list(deny or []))
+
     def whoami(self) -> R:
         """The identity the hub knows this client's key as, and its groups."""
         return self.control("whoami")

@@ -91,6 +91,7 @@ class Hub:
         self.state = BrokerState(self._resolve, self.config, self.security,
                                  replacement_expected=self.pilots.replaces,
                                  pool_pilots=self.pilots.pool_pilots)
+        self.state.pools.granted = self.security.pool_granted  # owners' pooling grants
         self._thread: threading.Thread | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-pilot")
         self._started_at = 0.0

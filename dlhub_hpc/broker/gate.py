@@ -26,8 +26,9 @@ class Gate(Protocol):
         """May ``user`` know that servable ``name`` exists? Lookup errors (which list the
         versions, or a withdrawal's reason) are told only to those who may."""
 
-    def may_serve(self, user: str, info: ServableInfo) -> bool:
-        """May a worker connected with credential identity ``user`` serve ``info``?"""
+    def may_serve(self, user: str, info: ServableInfo, pooled: bool = False) -> bool:
+        """May a worker connected with credential identity ``user`` serve ``info``? A pooled
+        one (asked per dispatch) also serves what other owners allow its owner's pools."""
 
     def credential_live(self, user: str) -> bool:
         """Is the worker credential identity ``user`` still live (not revoked)?"""
@@ -45,7 +46,7 @@ class OpenGate:
     def may_see(self, user: str, name: str) -> bool:
         return True
 
-    def may_serve(self, user: str, info: ServableInfo) -> bool:
+    def may_serve(self, user: str, info: ServableInfo, pooled: bool = False) -> bool:
         return True
 
     def credential_live(self, user: str) -> bool:

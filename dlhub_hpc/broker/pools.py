@@ -15,6 +15,10 @@ what it needs there; a pool's workers run one environment, so only workers that 
 very image take it), one whose pinned packages conflict with what a worker has (a process
 cannot unload a package).
 
+A pool serves its owner's servables, and those whose owners allow its owner's pools
+(``registry/pool_grants.py``): the gate says so per dispatch, so a grant taken back stops
+the next batch. An ``owner:bob`` pool names what bob's pools may serve, granted ones too.
+
 Pins compare as versions, not text: no version ("latest", "") fits any; two requirements
 conflict only when no version satisfies both. Once a worker says which version of a
 package it has installed (its ``Ready``), that version alone decides: every servable there
@@ -30,7 +34,7 @@ import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
@@ -65,6 +69,24 @@ def credential_owner(user: str) -> str | None:
     """``worker:alice:KEY`` -> ``alice``; None on a hub without identities."""
     kind, _, rest = user.partition(":")
     return rest.partition(":")[0] or None if kind == "worker" else None
+
+
+class MayServe(Protocol):
+    """The gate's ``may_serve``: may this worker credential serve this servable?"""
+
+    def __call__(self, user: str, info: ServableInfo, pooled: bool = False) -> bool: ...
+
+
+def no_grants(owner: str, info: ServableInfo) -> bool:
+    """Pools without grants: each serves its own owner's servables only."""
+    return False
+
+
+def not_granted(info: ServableInfo, owner: str) -> str:
+    """Why ``owner``'s pools may not serve ``info``, and what would let them; it names
+    ``info`` and owners only (a list pool's text may name servables a reader may not see)."""
+    return (f"{info.owner} has not allowed {owner}'s pools to serve it ({info.owner} may "
+            f"run 'dlhub-hpc pooling {info.name} --allow {owner}')")
 
 
 def exclusion(info: ServableInfo) -> str | None:
@@ -205,8 +227,11 @@ class Member:
 class PoolBook:
     """Every pooled worker's holdings, the free ones, and the counters."""
 
-    def __init__(self, may_serve: Callable[[str, ServableInfo], bool]) -> None:
+    def __init__(self, may_serve: MayServe,
+                 granted: Callable[[str, ServableInfo], bool] = no_grants) -> None:
         self._may_serve = may_serve  # the gate: may this credential serve this servable?
+        # has the servable's owner allowed this owner's pools? (HubSecurity.pool_granted)
+        self.granted = granted
         self.members: dict[bytes, Member] = {}
         self.free: dict[bytes, None] = {}  # ordered: the longest free first
         self.sizes: dict[ServableKey, int] = {}  # measured bytes of each loaded servable
@@ -245,15 +270,33 @@ class PoolBook:
     def refusal(self, member: Member, info: ServableInfo) -> str | None:
         """Why ``member`` may not serve ``info``; None when it may."""
         spec = member.spec
-        if not spec.names_servable(info.name, info.owner, info.tags, info.public):
+        if not self.names(spec, info):
             return f"pool {spec.text()} does not name it"
-        if member.owner is not None and info.owner != member.owner:
-            return f"pool {spec.text()} serves {member.owner}'s servables only"
-        if not self._may_serve(member.user, info):
-            return "the worker's credential does not serve it"
+        not_allowed = self.grant_refusal(member, info)
+        if not_allowed:
+            return not_allowed
         if info.key in member.failed:
             return "it failed to load on this worker"
         return exclusion(info) or member.misfit(info)
+
+    def names(self, spec: PoolSpec, info: ServableInfo) -> bool:
+        """Does ``spec`` name ``info``? An ``owner:`` pool names what its owner was allowed
+        to pool too."""
+        return (spec.names_servable(info.name, info.owner, info.tags, info.public)
+                or (spec.kind == "owner" and self.granted(spec.value, info)))
+
+    def grant_refusal(self, member: Member, info: ServableInfo) -> str | None:
+        """Why ``member``'s pool, or its credential, may not serve ``info`` (another owner's
+        that has not allowed it); None when they may."""
+        owner = member.owner
+        if owner is not None and info.owner != owner and not self.granted(owner, info):
+            return not_granted(info, owner)
+        if not self._may_serve(member.user, info, pooled=True):
+            holder = credential_owner(member.user)
+            if holder is not None and holder != info.owner:
+                return not_granted(info, holder)
+            return "the worker's credential does not serve it"
+        return None
 
     def admits(self, member: Member, info: ServableInfo) -> bool:
         return self.refusal(member, info) is None
@@ -294,10 +337,10 @@ class PoolBook:
         """Say once (log and status) why no pooled worker takes a servable its pool names."""
         if any(self.admits(m, info) for m in self.members.values()):
             return
-        named = [m for m in self.members.values()
-                 if m.spec.names_servable(info.name, info.owner, info.tags, info.public)]
+        named = [m for m in self.members.values() if self.names(m.spec, info)]
         why = exclusion(info) if named else None
-        why = why or next((c for m in named if (c := m.misfit(info))), None)
+        why = why or next((c for m in named if (c := self.grant_refusal(m, info)
+                                                 or m.misfit(info))), None)
         if why and self.own_workers.get(info.key) != why:
             self.own_workers[info.key] = why
             logger.warning("%s gets workers of its own, not a pool's: %s", ref_of(info.key), why)

@@ -45,6 +45,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("keys", "keys", "Key pairs and identities (CurveZMQ authentication)."),
     "pilot": ("pilot", "pilot",
               "Start, watch and stop pilot jobs (blocks of warm workers on a batch scheduler)."),
+    "pooling": ("publication", "pooling",
+                "Show, or set, which other owners' pools may serve SERVABLE (its owner only)."),
     "profiles": ("profiles", "profiles",
                  "Site profiles: scheduler, launcher, container runtime, GPUs, scaling."),
     "publish": ("serving", "publish",

@@ -1,5 +1,6 @@
 """``dlhub-hpc init``, ``search``, ``describe``, ``deprecate``, ``withdraw``, ``visibility``,
-``groups``, ``export`` and ``import-dlhub``: publishing, finding and citing servables."""
+``pooling``, ``groups``, ``export`` and ``import-dlhub``: publishing, finding and citing
+servables."""
 
 from __future__ import annotations
 
@@ -221,6 +222,40 @@ def visibility(ctx: click.Context, servable: str, public: bool, users: tuple[str
         rec = client.set_visibility(servable, public=public, users=list(users),
                                     groups=list(groups))
     console.print(f"{rec['name']} is visible to {', '.join(rec['visible_to'])}")
+
+
+@click.command()
+@click.argument("servable")
+@click.option("--allow", "allow", multiple=True,
+              help="An owner (bob) or group (group:lab) whose pools may serve it (repeat).")
+@click.option("--deny", "deny", multiple=True,
+              help="An owner or group whose pools may no longer serve it (repeat).")
+@click.pass_context
+def pooling(ctx: click.Context, servable: str, allow: tuple[str, ...],
+            deny: tuple[str, ...]) -> None:
+    """Show, or set, which other owners' pools may serve SERVABLE (its owner only).
+
+    Allowing bob lets bob's worker processes run its code, hold its model and see the
+    inputs of every caller of it; who may run it stays as 'visibility' says."""
+    with client_from(ctx) as client:
+        rec = client.pooling(servable, allow=list(allow), deny=list(deny))
+    console.print(_pooling_table(rec))
+    if not rec["pooled_by"]:
+        console.print(f"Only {escape(rec['owner'])}'s pools serve it; allow another owner's "
+                      f"with 'dlhub-hpc pooling {escape(rec['servable'])} --allow NAME'")
+
+
+def _pooling_table(rec: dict[str, Any]) -> Table:
+    """Whose pools may serve a servable: its owner's, and each it allowed."""
+    table = Table(title=f"Pools that may serve {escape(rec['servable'])}")
+    table.add_column("owner's pools")
+    table.add_column("why")
+    table.add_row(escape(rec["owner"]), "its owner")
+    for entry in rec["pooled_by"]:
+        kind, _, name = entry.partition(":")
+        table.add_row(escape(name if kind == "user" else entry),
+                      "allowed" if kind == "user" else "allowed, each member's")
+    return table
 
 
 @click.command()

@@ -43,17 +43,42 @@ def check_worker_limit(parts: HubParts, caller: str, name: str, count: int) -> N
             requested=count, limit=limit)
 
 
-def pool_owner(security: HubSecurity, pool: PoolSpec) -> str:
-    """Whose servables (and credential) a pool's workers have: the owner it names, its
-    servables' owner (one for all of them), else the admin."""
-    if pool.kind == "names":
-        owners = {security.access.owner(n) or security.admin for n in pool.names}
-        if len(owners) > 1:
-            raise PermissionDenied(
-                f"pool {pool.text()} names servables of {sorted(owners)}; a pool mixes one "
-                "owner's servables only: start one pool per owner")
-        return owners.pop()
-    return pool.owner or security.admin
+def pool_owner(security: HubSecurity, pool: PoolSpec, starter: str | None = None) -> str:
+    """Whose servables (and credential) a pool's workers have: the owner it names, else
+    the admin (``tag:``, ``public``). A list pool is its ``starter``'s (who is not the admin)
+    when every servable it names is the starter's or allows the starter's pools, else
+    ``PermissionDenied`` that says what the other owners must run; started by the admin (or
+    looked up later: ``starter`` None), it is the one owner of its servables that all of them
+    allow, else (grants taken back since it started) its first servable's owner."""
+    if pool.kind != "names":
+        return pool.owner or security.admin
+    owners = {n: security.access.owner(n) or security.admin for n in pool.names}
+
+    def refused(who: str) -> list[str]:
+        return [n for n, o in owners.items() if o != who and not security.grants.allows(n, who)]
+
+    if starter is not None:
+        missing = refused(starter)
+        if missing:
+            raise PermissionDenied(_not_granted(security, pool, starter, missing),
+                                   identity=starter)
+        return starter
+    return next((o for o in sorted(set(owners.values())) if not refused(o)),
+                owners[pool.names[0]])
+
+
+def _not_granted(security: HubSecurity, pool: PoolSpec, starter: str,
+                 missing: list[str]) -> str:
+    """What the owners of the servables a list pool names must run for ``starter``'s pool.
+    A servable the starter may not see is told by its name's owner part, as one not yet
+    published would be: the refusal does not say whether it exists."""
+    runs = []
+    for name in missing:
+        owner = (security.access.owner(name) if security.access.can_see(starter, name)
+                 else "") or name.partition("/")[0]
+        runs.append(f"{owner} runs 'dlhub-hpc pooling {name} --allow {starter}'")
+    return (f"pool {pool.text()} names servables whose owners have not allowed {starter}'s "
+            f"pools to serve them: {'; '.join(runs)} (or start one pool per owner)")
 
 
 def block_owner(security: HubSecurity, ref: str) -> str:

@@ -1,11 +1,12 @@
 """``workers start --pool`` and ``pilot start --pool``: pooled workers, run with one
 owner's credential.
 
-A pool's workers serve one owner's servables (``dlhub_hpc.servable.pools``): the owner the
-pool names (``owner:alice``, or a list of alice's servables), else the admin's own (a
-``tag:`` or ``public`` pool). The owner or the admin starts them; they run confined as
-that owner's workers do, with that owner's credential, and count against that owner's
-``max_workers_per_owner``.
+A pool's workers serve one owner's servables (``dlhub_hpc.servable.pools``), and those
+whose owners allowed that owner's pools (``dlhub-hpc pooling``): the owner the pool names
+(``owner:alice``; a list: its starter, when each servable it names is the starter's or
+allows it), else the admin's own (a ``tag:`` or ``public`` pool). The owner or the admin
+starts them; they run confined as that owner's workers do, with that owner's credential,
+and count against that owner's ``max_workers_per_owner``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _check_starter(parts: HubParts, args: dict[str, Any], ref: str, what: str,
     pool = pool_of(ref)
     assert pool is not None, ref
     caller = str(args.get("caller", ""))
-    owner = pool_owner(parts.security, pool)
+    owner = pool_owner(parts.security, pool, None if is_admin(parts, caller) else caller)
     if not is_admin(parts, caller) and caller != owner:
         raise PermissionDenied(
             f"pool {pool.text()} serves {owner}'s servables: {owner} or the hub's admin "

@@ -67,8 +67,9 @@ class Viewer:
         hidden = len(pool.names) - len(shown)
         if not hidden:
             return pool.text()
-        owner = pool.names[0].partition("/")[0]
-        count = f"{hidden} {HIDDEN} servable{'' if hidden == 1 else 's'} of {owner}"
+        # a list may mix owners who allowed its owner's pools: say whose the hidden ones are
+        owners = sorted({n.partition("/")[0] for n in pool.names if not self.sees_name(n)})
+        count = f"{hidden} {HIDDEN} servable{'' if hidden == 1 else 's'} of {', '.join(owners)}"
         return f"{','.join(shown)} + {count}" if shown else count
 
     def pool_spec_text(self, text: str) -> str:

@@ -47,13 +47,13 @@ def check_public_key(key: str) -> str:
     return key
 
 
-def _check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str) -> str:
     if not _NAME.match(name):
         raise ConfigError(f"{what} {name!r} may use letters, digits and _ . @ - (1-64 chars)")
     return name
 
 
-def _check_group(name: str) -> str:
+def check_group(name: str) -> str:
     if not _GROUP.match(name):
         raise ConfigError(f"group {name!r} may use letters, digits and _ . - (1-64 chars), "
                           "as in a visibility entry group:NAME")
@@ -92,7 +92,7 @@ class AccessControl:
         return self._keys.get(public_key)
 
     def add_identity(self, name: str, public_key: str, kind: str = "user") -> None:
-        _check_name(name, "identity")
+        check_name(name, "identity")
         check_public_key(public_key)
         with self.registry.transaction() as db:
             taken = db.execute(
@@ -124,14 +124,18 @@ class AccessControl:
     # -- groups --
 
     def set_group(self, group: str, members: list[str]) -> None:
-        _check_group(group)
+        check_group(group)
         for m in members:
-            _check_name(m, "member")
+            check_name(m, "member")
         with self.registry.transaction() as db:
             db.execute("DELETE FROM group_members WHERE grp=?", (group,))
             db.executemany("INSERT INTO group_members VALUES (?, ?)",
                            [(group, m) for m in sorted(set(members))])
         self.reload()
+
+    def groups_of(self, user: str) -> frozenset[str] | set[str]:
+        """The groups ``user`` is a member of."""
+        return self._groups.get(user, frozenset())
 
     def groups(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = defaultdict(list)

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from dlhub_hpc.errors import ConfigError, PermissionDenied
 from dlhub_hpc.registry.access import AccessControl
+from dlhub_hpc.registry.identifiers import parse_identifier
+from dlhub_hpc.registry.pool_grants import PoolGrants
 from dlhub_hpc.registry.service import PublicationService
 from dlhub_hpc.registry.store import Registry
 from dlhub_hpc.security.credentials import WorkerCredentials, credential_owner, worker_identity
@@ -53,6 +55,8 @@ class HubSecurity:
                                          user_map)
         self._workers: WorkerCredentials | None = None
         self.access = AccessControl(self.registry, self.admin)
+        self.grants = PoolGrants(self.registry, self.access.groups_of)  # who may pool what
+        self._invalidate = invalidate
         self.publication = PublicationService(self.registry, self.access, invalidate)
         self._recorded: list[Path] = []
         self.server_auth_on = False  # identities are only known once CurveZMQ is on
@@ -98,11 +102,20 @@ class HubSecurity:
             raise ConfigError("the hub has not started: no worker credentials yet")
         return self._workers
 
-    def may_serve(self, user: str, info: Named) -> bool:
+    def may_serve(self, user: str, info: Named, pooled: bool = False) -> bool:
         """May a worker connected as ``user`` (worker:OWNER:KEY) serve ``info``? Its owner's
-        servables only; the admin's credential serves every servable."""
+        servables; the admin's credential serves every servable; a pooled worker also those
+        whose owners allow OWNER's pools (asked per dispatch: a grant taken back stops the
+        next batch). A worker of its own is asked once, so grants never count for it."""
         owner = self._live_owner(user)
-        return owner is not None and owner in (self.admin, self.access.owner(info.name))
+        if owner is None:
+            return False
+        return (owner in (self.admin, self.access.owner(info.name))
+                or (pooled and self.grants.allows(info.name, owner)))
+
+    def pool_granted(self, owner: str, info: Named) -> bool:
+        """Has ``info``'s owner allowed ``owner``'s pools to serve it?"""
+        return self.grants.allows(info.name, owner)
 
     def credential_live(self, user: str) -> bool:
         return self._live_owner(user) is not None
@@ -141,6 +154,23 @@ class HubSecurity:
                 "data or a file: its commands run as the hub's user; name one of the site "
                 "profiles installed on the hub ('dlhub-hpc profiles list') or ask the admin "
                 "to install yours", identity=caller)
+
+    def pooling(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Show, or change (``allow``, ``deny``: its owner or the admin), which owners'
+        pools may serve a servable (``registry/pool_grants.py``)."""
+        caller = str(args.get("caller", ""))
+        name = parse_identifier(str(args.get("servable", ""))).name
+        allow = [str(e) for e in args.get("allow") or []]
+        deny = [str(e) for e in args.get("deny") or []]
+        if allow or deny:
+            self.access.check_manage(caller, name)
+        else:  # before the lookup, which would tell who may not see it that it exists
+            self.access.check_see(caller, name)
+        record = self.registry.get(name)
+        entries = self.grants.change(name, allow, deny) if allow or deny else self.grants.of(name)
+        if allow or deny:
+            self._invalidate(name)  # cached lookups and reasons are the broker's to redo
+        return {"servable": name, "owner": record.owner, "pooled_by": entries}
 
     def revoke_workers(self, args: dict[str, Any]) -> dict[str, Any]:
         """Admin: revoke an owner's worker credential; its workers are dropped."""
@@ -182,5 +212,5 @@ class HubSecurity:
         names = ("search", "describe", "export", "set_status", "set_visibility", "groups",
                  "identities", "whoami")
         return {**{n: self.operation(n) for n in names},
-                "revoke_workers": self.revoke_workers,
+                "pooling": self.pooling, "revoke_workers": self.revoke_workers,
                 "worker_credentials": self.worker_credential_list}

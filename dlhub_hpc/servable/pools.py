@@ -2,9 +2,11 @@
 
 A pool is named by one of: a list of servables (``alice/a,alice/b``), an owner
 (``owner:alice``), a tag (``tag:materials``: the servable's DataCite subjects and DLHub
-domains) or ``public`` (every public servable). Whatever it names, one pool mixes one
-owner's servables only (a worker credential serves its owner's; the admin's serves the
-admin's own), so one owner's code never shares a process with another's.
+domains) or ``public`` (every public servable). Whatever it names, a pool mixes its owner's
+servables and those whose owners allowed its owner's pools (``registry/pool_grants.py``),
+so one owner's code shares a process with another's only when that owner said so. Which
+owner a list pool is (its starter, if every servable it names allows it) the hub decides
+when it starts (``hubops/limits.py``).
 """
 
 from __future__ import annotations
@@ -45,9 +47,6 @@ class PoolSpec(BaseModel):
             raise ValueError("a list pool names its servables, and only it does")
         if self.kind in ("owner", "tag") and not self.value:
             raise ValueError(f"a {self.kind} pool names its {self.kind}")
-        owners = {n.partition("/")[0] for n in self.names}
-        if len(owners) > 1:
-            raise ValueError(f"a pool mixes one owner's servables only; {sorted(owners)} differ")
         for n in self.names:
             owner, _, short = n.partition("/")
             if not owner or not short or "@" in n:
@@ -67,7 +66,7 @@ class PoolSpec(BaseModel):
     @property
     def owner(self) -> str | None:
         """The owner an ``owner:`` pool names; others serve their credential's owner's
-        (a list: its servables' owner, as the registry has it)."""
+        (a list: the owner the hub started it for, ``hubops/limits.py``)."""
         return self.value if self.kind == "owner" else None
 
     def text(self) -> str:
@@ -124,7 +123,7 @@ class PoolSpec(BaseModel):
             reasons = "; ".join(str(e["msg"]) for e in exc.errors())
             raise ConfigError(
                 f"pool {text!r} is not valid ({reasons}); give owner:NAME, tag:TAG, public, "
-                "or owner/name[,owner/name...] of one owner", pool=text) from None
+                "or owner/name[,owner/name...]", pool=text) from None
 
     def names_servable(self, name: str, owner: str, tags: tuple[str, ...], public: bool) -> bool:
         """Does the spec name this servable (before the one-owner rule and the gate)?"""

@@ -124,7 +124,7 @@ class Refusing(OpenGate):
     def may_see(self, user: str, name: str) -> bool:
         return False
 
-    def may_serve(self, user: str, info: ServableInfo) -> bool:
+    def may_serve(self, user: str, info: ServableInfo, pooled: bool = False) -> bool:
         return False
 
 
