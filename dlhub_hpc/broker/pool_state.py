@@ -31,7 +31,7 @@ from dlhub_hpc.broker.events import (
 )
 from dlhub_hpc.broker.fairshare import QueueShares
 from dlhub_hpc.broker.load_failures import LoadFailures
-from dlhub_hpc.broker.pools import NO_SERVABLE, PoolBook, exclusion, image_refusal, ref_of
+from dlhub_hpc.broker.pools import NO_SERVABLE, PoolBook, ref_of
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.protocol import Hello, LoadFailed, Ready, Shutdown
 from dlhub_hpc.servable.pools import PoolSpec
@@ -43,17 +43,6 @@ logger = logging.getLogger(__name__)
 # broker/ondemand.py's STAGES: requested, queued at scheduler, job running).
 PoolPilot = tuple[PoolSpec, str | None, str]
 STAGE_ORDER = ("requested", "queued at scheduler", "job running")
-
-
-def spec_admits(spec: PoolSpec, owner: str | None, info: ServableInfo) -> bool:
-    """Would a worker of pool ``spec`` (in ``spec.image``), run with ``owner``'s credential,
-    serve ``info``? ``PoolBook.refusal`` less what only a connected worker knows (its
-    credential at the gate, its failed loads, the packages it has)."""
-    if not spec.names_servable(info.name, info.owner, info.tags, info.public):
-        return False
-    owner = spec.owner or owner
-    return ((owner is None or info.owner == owner) and exclusion(info) is None
-            and image_refusal(spec.image, info) is None)
 
 
 class PoolDispatch:
@@ -208,7 +197,8 @@ class PoolDispatch:
                 if joined:
                     admitted = any(self.pools.admits(m, info) for m in joined)
                 else:
-                    admitted = any(spec_admits(*p, info) for p in pilots[ref])
+                    admitted = any(self.pools.spec_refusal(*p[:2], info) is None
+                                   for p in pilots[ref])
                 if admitted:
                     demand[ref] += queued
         return demand
@@ -222,7 +212,8 @@ class PoolDispatch:
             info = self._resolve(*key)
         except DlhubHpcError:
             return False
-        return any(spec_admits(spec, owner, info) for spec, owner, _ in pilots)
+        return any(self.pools.spec_refusal(spec, owner, info) is None
+                   for spec, owner, _ in pilots)
 
     def _pool_pilot_stage(self, key: ServableKey) -> str | None:
         """How far the start of a pool pilot that would serve ``key`` got (the furthest,
@@ -244,7 +235,8 @@ class PoolDispatch:
             info = self._resolve(*key)
         except DlhubHpcError:
             return None
-        found = [stage for spec, owner, stage in pilots if spec_admits(spec, owner, info)]
+        found = [stage for spec, owner, stage in pilots
+                 if self.pools.spec_refusal(spec, owner, info) is None]
         return max(found, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else -1,
                    default=None)
 

@@ -189,10 +189,6 @@ class Member:
     def held_bytes(self) -> int:
         return sum(self.holds.values())
 
-    def misfit(self, info: ServableInfo) -> str | None:
-        """Why this worker's environment cannot serve ``info``; None when it can."""
-        return image_refusal(self.spec.image, info) or self.conflict(info)
-
     def conflict(self, info: ServableInfo) -> str | None:
         """A package ``info`` pins that this worker has (or imported for another servable)
         in a version the pin does not allow; None when there is none. One it holds is
@@ -269,34 +265,36 @@ class PoolBook:
 
     def refusal(self, member: Member, info: ServableInfo) -> str | None:
         """Why ``member`` may not serve ``info``; None when it may."""
-        spec = member.spec
-        if not self.names(spec, info):
-            return f"pool {spec.text()} does not name it"
-        not_allowed = self.grant_refusal(member, info)
-        if not_allowed:
-            return not_allowed
+        why = self.spec_refusal(member.spec, member.owner, info)
+        if why:
+            return why
+        if not self._may_serve(member.user, info, pooled=True):
+            holder = credential_owner(member.user)
+            if holder is not None and holder != info.owner:
+                return not_granted(info, holder)
+            return "the worker's credential does not serve it"
         if info.key in member.failed:
             return "it failed to load on this worker"
-        return exclusion(info) or member.misfit(info)
+        return member.conflict(info)
+
+    def spec_refusal(self, spec: PoolSpec, owner: str | None, info: ServableInfo
+                     ) -> str | None:
+        """Why a worker of pool ``spec`` (in ``spec.image``), run with ``owner``'s
+        credential, would not serve ``info``; None when it would. What a pool pilot with
+        no worker connected is judged by: ``refusal`` less what only a connected worker
+        knows (its credential at the gate, its failed loads, the packages it has)."""
+        if not self.names(spec, info):
+            return f"pool {spec.text()} does not name it"
+        owner = spec.owner or owner
+        if owner is not None and info.owner != owner and not self.granted(owner, info):
+            return not_granted(info, owner)
+        return exclusion(info) or image_refusal(spec.image, info)
 
     def names(self, spec: PoolSpec, info: ServableInfo) -> bool:
         """Does ``spec`` name ``info``? An ``owner:`` pool names what its owner was allowed
         to pool too."""
         return (spec.names_servable(info.name, info.owner, info.tags, info.public)
                 or (spec.kind == "owner" and self.granted(spec.value, info)))
-
-    def grant_refusal(self, member: Member, info: ServableInfo) -> str | None:
-        """Why ``member``'s pool, or its credential, may not serve ``info`` (another owner's
-        that has not allowed it); None when they may."""
-        owner = member.owner
-        if owner is not None and info.owner != owner and not self.granted(owner, info):
-            return not_granted(info, owner)
-        if not self._may_serve(member.user, info, pooled=True):
-            holder = credential_owner(member.user)
-            if holder is not None and holder != info.owner:
-                return not_granted(info, holder)
-            return "the worker's credential does not serve it"
-        return None
 
     def admits(self, member: Member, info: ServableInfo) -> bool:
         return self.refusal(member, info) is None
@@ -338,9 +336,8 @@ class PoolBook:
         if any(self.admits(m, info) for m in self.members.values()):
             return
         named = [m for m in self.members.values() if self.names(m.spec, info)]
-        why = exclusion(info) if named else None
-        why = why or next((c for m in named if (c := self.grant_refusal(m, info)
-                                                 or m.misfit(info))), None)
+        why = next((r for m in named if info.key not in m.failed  # a failed load says it
+                    and (r := self.refusal(m, info))), None)
         if why and self.own_workers.get(info.key) != why:
             self.own_workers[info.key] = why
             logger.warning("%s gets workers of its own, not a pool's: %s", ref_of(info.key), why)

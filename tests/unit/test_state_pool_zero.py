@@ -196,3 +196,16 @@ def test_without_a_pool_pilot_a_lost_pooled_workers_batch_fails_at_once() -> Non
     assert len(batches(hub.ready("w1", "alice/a@1"))) == 1
     lost = hub.state.handle(FromWorker(b"w1", Bye("w1", "killed")), hub.now)
     assert list(errors(lost)) == ["r1"] and isinstance(errors(lost)["r1"], WorkerLost)
+
+
+def test_a_pool_at_zero_counts_what_other_owners_allowed_its_owner_to_pool() -> None:
+    bobs = PoolSpec.parse("owner:bob", 100)
+    hub = ZeroHub((bobs, "bob", "requested"))
+    hub.request("r1", "alice/a")
+    assert hub.state.snapshot()["pools"]["queued"] == {bobs.ref(): 0}  # not allowed
+    assert hub.stage("r1") is None
+    hub.state.pools.granted = lambda owner, info: (owner, info.name) == ("bob", "alice/a")
+    hub.pilots = ((bobs, "bob", "queued at scheduler"),)  # a new list: stages looked up anew
+    hub.request("r2", "alice/a")
+    assert hub.state.snapshot()["pools"]["queued"] == {bobs.ref(): 2}
+    assert hub.stage("r2") == "queued at scheduler"
