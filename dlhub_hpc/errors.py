@@ -37,7 +37,8 @@ Errors that cross the wire (broker -> client) are rebuilt on the client side by 
     │   ├── TransferFailed       a chunked transfer of a large array was dropped (why)
     │   │   └── TransferStalled  it made no progress within transfer_timeout
     │   ├── Timeout              the request's deadline passed
-    │   │   └── ServableStarting the deadline passed while the servable was starting (its stage)
+    │   │   ├── ServableStarting the deadline passed while the servable was starting (its stage)
+    │   │   └── ServableNotStarted  and none started: the hub refused its default profile (why)
     │   └── Overloaded           the servable's queue is full
     │       └── QueueFull        one servable's queue is at its own limit (the setting to raise)
     ├── PilotError               workers could not be started or stopped
@@ -211,6 +212,13 @@ class ServableStarting(Timeout):
 
     ``details['stage']`` says how far it got: ``requested``, ``queued at scheduler``,
     ``job running`` or ``model loading``; retry with a longer timeout once it serves.
+    """
+
+
+class ServableNotStarted(Timeout):
+    """The deadline passed with no worker serving the servable, and the hub starts none for
+    it: the default profile its spec names is one this hub does not let servables choose
+    (``servable_profiles``) or does not have. ``details``: ``profile``, ``allowed``.
     """
 
 

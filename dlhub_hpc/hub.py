@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -23,13 +23,17 @@ from typing import Any
 from parsl.providers.base import ExecutionProvider
 
 from dlhub_hpc.broker.config import STATE_FILE, HubConfig, read_hub_file
+from dlhub_hpc.broker.events import ServableKey
+from dlhub_hpc.broker.ondemand import OnDemand
 from dlhub_hpc.broker.server import BrokerServer
 from dlhub_hpc.broker.state import BrokerState, ServableInfo
 from dlhub_hpc.client import Client
 from dlhub_hpc.container.launch import recorded_images
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.hubops import HubParts, OnDemandStarter, Recovery, control_operations
+from dlhub_hpc.hubops.default_pools import check_default_pools, start_default_pools
 from dlhub_hpc.hubops.gateway import GatewayProcess
+from dlhub_hpc.hubops.ondemand import check_servable_profiles, has_profile
 from dlhub_hpc.metrics import BrokerMetrics, LoopMetrics
 from dlhub_hpc.metrics.exporter import METRICS_TOKEN_FILE, MetricsServer, metrics_token
 from dlhub_hpc.metrics.hub import block_states, serve_hub_metrics
@@ -90,6 +94,8 @@ class Hub:
         self.pilots = PilotService(lambda: self.server.published.as_dict())
         self.state = BrokerState(self._resolve, self.config, self.security,
                                  replacement_expected=self.pilots.replaces,
+                                 ondemand=OnDemand.from_config(
+                                     self.config, self._default_profile, has_profile),
                                  pool_pilots=self.pilots.pool_pilots)
         self.state.pools.granted = self.security.pool_granted  # owners' pooling grants
         self._thread: threading.Thread | None = None
@@ -105,6 +111,8 @@ class Hub:
                                     **self.tokens.operations(self.security.require_admin)})
         self.server.tokens = self.tokens
         self.server.on_demand = OnDemandStarter(parts, self.state.ondemand)
+        self._parts = parts
+        self.default_pools: list[Future[Any]] = []  # the starts of HubConfig default_pools
         self._recovery = Recovery(parts)
         self.gateway: GatewayProcess | None = None  # HubConfig.gateway, once started
         self.metrics: MetricsServer | None = None  # /metrics, when config.metrics_port is set
@@ -137,6 +145,8 @@ class Hub:
         """Start the broker loop in a thread; return once it listens."""
         private_home(self.config.home)
         _refuse_a_running_hub(self.config.home)
+        check_servable_profiles(self.config)  # bad settings fail here, before anything runs
+        default_pools = check_default_pools(self.config)
         if self.config.benchmark_without_curve:  # loopback only: the config checked it
             logger.warning("the hub runs WITHOUT CurveZMQ (benchmark_without_curve): every "
                            "caller on this machine acts as its admin")
@@ -174,6 +184,7 @@ class Hub:
             hub_timeout=max(30.0, 3 * self.config.heartbeat_timeout),
         )
         self._recovery.run()  # what a crashed hub on this home left running
+        self.default_pools = start_default_pools(self._parts, default_pools)  # skips recovered
         self._start_gateway()
         self._write_state_file()
         return self
@@ -280,6 +291,10 @@ class Hub:
             max_batch_delay=(info.max_batch_delay if policy.max_batch_delay is None
                              else policy.max_batch_delay),
         )
+
+    def _default_profile(self, key: ServableKey) -> str | None:
+        """The site profile ``key``'s own spec names for its start on demand, if any."""
+        return self.registry.get(*key).spec.servable.default_profile
 
     def _servable_files(self, name: str, version: int) -> tuple[dict[str, Any], bytes]:
         record = self.registry.get(name, version)

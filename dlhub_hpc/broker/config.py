@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dlhub_hpc.errors import ConfigError
 from dlhub_hpc.hubfile import STATE_FILE, default_home, read_hub_file
 from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_WORKER_PORT
+from dlhub_hpc.servable.pools import DEFAULT_BUDGET, PoolSpec
+from dlhub_hpc.servable.spec import PROFILE_NAME_PATTERN
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "STATE_FILE", "BatchPolicy", "GatewaySettings",
-           "HubConfig", "default_home", "read_hub_file"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "STATE_FILE", "BatchPolicy", "DefaultPool",
+           "GatewaySettings", "HubConfig", "default_home", "read_hub_file"]
 
 
 class BatchPolicy(BaseModel):
@@ -25,6 +29,32 @@ class BatchPolicy(BaseModel):
 
     max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     max_batch_delay: float | None = Field(default=None, ge=0, le=1.0)
+
+
+class DefaultPool(BaseModel):
+    """A pool the hub starts a pilot of when it starts (``pilot start --pool POOL --profile
+    PROFILE``), unless one of a previous run already serves it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pool: str = Field(description="owner:NAME, tag:TAG, public, or owner/name[,owner/name...]")
+    profile: str = Field(description="the site profile, by name or YAML path")
+    memory_budget: int | None = Field(
+        default=None, ge=1, description="bytes of loaded models one worker keeps (default 2 GiB)")
+    nodes: int | None = Field(default=None, ge=1, description="nodes per block")
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_parses(cls, text: str) -> str:
+        try:
+            PoolSpec.parse(text)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return text
+
+    def spec(self) -> PoolSpec:
+        """The pool as ``pilot start --pool`` names it (its ref is the pilot's servable)."""
+        return PoolSpec.parse(self.pool, self.memory_budget or DEFAULT_BUDGET)
 
 
 class GatewaySettings(BaseModel):
@@ -173,6 +203,17 @@ class HubConfig(BaseModel):
     max_starts_per_minute: int = Field(
         default=6, ge=1, description="on-demand pilot starts per minute, hub-wide",
     )
+    servable_profiles: list[str] = Field(
+        default_factory=list,
+        description="site profiles (by name) a servable's own default_profile may name for "
+                    "its start on demand, or ['*'] for any installed one; none by default: a "
+                    "profile may charge the site's allocation, so the admin chooses",
+    )
+    default_pools: list[DefaultPool] = Field(
+        default_factory=list,
+        description="pools the hub starts a pool pilot of when it starts, after taking back "
+                    "a previous run's pilots (skipped where one of them serves the pool)",
+    )
     queue_limits: dict[str, int] = Field(
         default_factory=dict,
         description="per servable (owner/name): requests it may queue over all its "
@@ -188,6 +229,15 @@ class HubConfig(BaseModel):
         default=2**20, ge=16385,
         description="arrays at least this large take the same-node fast path",
     )
+
+    @field_validator("servable_profiles")
+    @classmethod
+    def _profile_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name != "*" and not re.match(PROFILE_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a site profile's name: list installed "
+                                 "profiles by name (no paths), or '*' for any of them")
+        return names
 
     @model_validator(mode="after")
     def _networks_parse(self) -> HubConfig:

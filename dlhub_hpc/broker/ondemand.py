@@ -13,6 +13,12 @@ pilot's job is submitted), ``job running`` (the job started; its worker is comin
 ``model loading`` (a worker registered and loads the servable: the state sees this itself).
 A servable a pool serves shows the same stages (``BrokerState.start_stage``): its pool
 pilot's while it starts a block from zero, ``model loading`` while a pooled worker loads it.
+
+The profile a start uses, first found: the hub's ``start_on_demand`` for the servable, the
+servable's own ``default_profile`` where the hub's ``servable_profiles`` allows it and the
+hub has it, then ``start_on_demand["*"]``. A servable whose own profile is refused and that
+nothing else starts is ``not started``: its callers' deadline error says why
+(``ServableNotStarted``), as ``status`` and ``request_status`` do.
 """
 
 from __future__ import annotations
@@ -34,13 +40,14 @@ from dlhub_hpc.broker.events import (
     ServableKey,
     StartServable,
 )
-from dlhub_hpc.errors import ServableStarting, Timeout
+from dlhub_hpc.errors import ServableNotStarted, ServableStarting, Timeout
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGES", "OnDemand", "find_request", "timeout_error"]
+__all__ = ["NOT_STARTED", "STAGES", "NotStarted", "OnDemand", "find_request", "timeout_error"]
 
 STAGES = ("requested", "queued at scheduler", "job running", "model loading")
+NOT_STARTED = "not started"  # the servable's own profile was refused and nothing else starts it
 POLL = 0.25  # seconds between the loop's looks at the board while a start is under way
 RATE_WINDOW = 60.0  # max_starts_per_minute counts starts in this window
 
@@ -55,46 +62,127 @@ class _Start:
     error: dict[str, Any] | None = None
 
 
+class NotStarted(str):
+    """The stage of a servable no start serves because its own default profile was refused:
+    ``"not started"``, as a str (the state hands stages on as they are), carrying why, so
+    that its callers' deadline error (``timeout_error``) and ``status`` can say it."""
+
+    reason: str
+    details: dict[str, Any]
+    since: float
+
+    def __new__(cls, reason: str, since: float, **details: Any) -> NotStarted:
+        stage = super().__new__(cls, NOT_STARTED)
+        stage.reason, stage.details, stage.since = reason, details, since
+        return stage
+
+
+def _no_profile(key: ServableKey) -> str | None:
+    return None
+
+
+def _any_profile(name: str) -> bool:
+    return True
+
+
 class OnDemand:
     """The hub's board of on-demand starts; ``profiles`` maps a servable name (or ``*``)
-    to the site profile its pilot starts from."""
+    to the site profile its pilot starts from. ``default_profile_of`` gives the profile a
+    servable's own spec names (looked up once per version), ``servable_profiles`` the ones
+    it may name (``*``: any), ``has_profile`` whether the hub has one of that name."""
 
     def __init__(self, profiles: Mapping[str, str] | None = None,
                  idle_release_after: float | None = None,
-                 max_starts_per_minute: int = 6) -> None:
+                 max_starts_per_minute: int = 6, *,
+                 servable_profiles: Iterable[str] = (),
+                 default_profile_of: Callable[[ServableKey], str | None] | None = None,
+                 has_profile: Callable[[str], bool] = _any_profile) -> None:
         self.profiles = dict(profiles or {})
         self.idle_release_after = idle_release_after
         self.max_starts_per_minute = max_starts_per_minute
-        self.active = bool(self.profiles)  # read on the hot path: nothing to do when False
+        self.servable_profiles = frozenset(servable_profiles)
+        self.default_profile_of = default_profile_of or _no_profile
+        self.has_profile = has_profile
+        # read on the hot path: nothing to do when False. With a lookup of servables' own
+        # profiles, a refused one is said even on a hub that starts nothing on demand.
+        self.active = bool(self.profiles or self.servable_profiles or default_profile_of)
         self._lock = threading.Lock()
         self._starts: dict[ServableKey, _Start] = {}
         self._recent: deque[float] = deque()
         self._deferred: dict[ServableKey, str] = {}  # refused by the rate limit: retried
+        self._own: dict[ServableKey, str | None] = {}  # each version's own default_profile
+        self._refused: dict[ServableKey, NotStarted] = {}  # own profile refused, waiting
 
     @classmethod
-    def from_config(cls, config: HubConfig) -> OnDemand:
+    def from_config(cls, config: HubConfig,
+                    default_profile_of: Callable[[ServableKey], str | None] | None = None,
+                    has_profile: Callable[[str], bool] = _any_profile) -> OnDemand:
         return cls(config.start_on_demand, config.idle_release_after,
-                   config.max_starts_per_minute)
+                   config.max_starts_per_minute, servable_profiles=config.servable_profiles,
+                   default_profile_of=default_profile_of, has_profile=has_profile)
 
     def __repr__(self) -> str:
         return (f"OnDemand(profiles={self.profiles!r}, "
-                f"idle_release_after={self.idle_release_after!r})")
+                f"idle_release_after={self.idle_release_after!r}, "
+                f"servable_profiles={sorted(self.servable_profiles)!r})")
 
-    def profile_for(self, name: str) -> str | None:
-        return self.profiles.get(name) or self.profiles.get("*")
+    def profile_for(self, key: ServableKey, now: float = 0.0) -> str | None:
+        """The profile ``key`` starts from: the hub's for it, its own where allowed, the
+        hub's ``*``; a refused own profile is remembered (``stage``) for its callers."""
+        named = self.profiles.get(key[0])
+        if named:
+            return named
+        own = self._own_profile(key)
+        refusal = None if own is None else self._refusal(key, own, now)
+        fallback = self.profiles.get("*")
+        if refusal is None and own is not None:
+            self._refused.pop(key, None)
+            return own
+        if refusal is not None:
+            self._refused.setdefault(key, refusal)
+        return fallback
+
+    def _own_profile(self, key: ServableKey) -> str | None:
+        if key not in self._own:
+            try:
+                self._own[key] = self.default_profile_of(key)
+            except Exception as exc:  # a withdrawn or unreadable record starts from none
+                logger.warning("cannot read %s@%s's default profile: %s", *key, exc)
+                self._own[key] = None
+        return self._own[key]
+
+    def _refusal(self, key: ServableKey, own: str, now: float) -> NotStarted | None:
+        """Why the hub will not start ``key`` from the profile its spec names, if it won't."""
+        allowed = sorted(self.servable_profiles)
+        if "*" not in self.servable_profiles and own not in self.servable_profiles:
+            listed = ", ".join(allowed) if allowed else "none"
+            return NotStarted(
+                f"{key[0]} names default_profile {own!r}, which this hub does not let "
+                f"servables choose (servable_profiles: {listed}); the hub's admin may add it "
+                f"to servable_profiles or start_on_demand, or start workers with 'dlhub-hpc "
+                f"pilot start --servable {key[0]} --profile {own}'",
+                now, profile=own, allowed=allowed)
+        if not self.has_profile(own):
+            return NotStarted(
+                f"{key[0]} names default_profile {own!r}, which this hub does not have "
+                f"(no installed site profile of that name): name one 'dlhub-hpc profiles "
+                f"list' shows and publish again, or ask the hub's admin to install it",
+                now, profile=own, allowed=allowed)
+        return None
 
     # -- the loop's side --
 
     def wanted(self, key: ServableKey, now: float) -> StartServable | None:
         """A request for ``key`` found no worker: the start to make, if one is due."""
-        profile = self.profile_for(key[0])
-        if profile is None:
-            return None
         with self._lock:
             entry = self._starts.get(key)
             if entry is not None:
                 entry.last_used = now
                 return None  # under way, or started and its workers are coming back
+        profile = self.profile_for(key, now)
+        if profile is None:
+            return None
+        with self._lock:
             return self._start_locked(key, profile, now)
 
     def _start_locked(self, key: ServableKey, profile: str, now: float) -> StartServable | None:
@@ -123,6 +211,8 @@ class OnDemand:
         """Deferred starts whose requests still wait and no worker serves; releases of
         started servables with nothing waiting for ``idle_release_after`` seconds."""
         out: list[StartServable | ReleaseServable] = []
+        for key in [k for k in self._refused if not waiting(k) or workers(k)]:
+            del self._refused[key]  # asked again (allowed and installed anew) next time
         with self._lock:
             for key, profile in list(self._deferred.items()):
                 if not waiting(key) or workers(key):
@@ -152,22 +242,34 @@ class OnDemand:
 
     def next_check(self, now: float) -> float:
         """Seconds until ``tick`` is next worth running (inf: nothing started or deferred)."""
-        return POLL if self._starts or self._deferred else math.inf
+        return POLL if self._starts or self._deferred or self._refused else math.inf
 
     def stage(self, key: ServableKey) -> str | None:
         entry = self._starts.get(key)
-        return None if entry is None else entry.stage
+        return self._refused.get(key) if entry is None else entry.stage
+
+    def refusal(self, key: ServableKey) -> NotStarted | None:
+        """Why ``key``'s own default profile starts nothing, while requests wait for it."""
+        return self._refused.get(key)
 
     def view(self, stage_of: Callable[[ServableKey], str | None]) -> dict[str, dict[str, Any]]:
         """The starts under way, by ``name@version``, for ``status``."""
         with self._lock:
             items = list(self._starts.items())
-        shown = {}
+        refused = dict(self._refused)
+        shown: dict[str, dict[str, Any]] = {}
         for key, entry in items:
             stage = stage_of(key)
             if stage is not None:
-                shown[f"{key[0]}@{key[1]}"] = {"stage": stage, "profile": entry.profile,
+                shown[f"{key[0]}@{key[1]}"] = {"stage": str(stage), "profile": entry.profile,
                                                "pilot": entry.pilot, "since": entry.since}
+                if key in refused:  # started from the hub's '*' instead: say why
+                    shown[f"{key[0]}@{key[1]}"]["reason"] = refused[key].reason
+        for key, why in refused.items():
+            if f"{key[0]}@{key[1]}" not in shown and stage_of(key) is not None:
+                shown[f"{key[0]}@{key[1]}"] = {
+                    "stage": NOT_STARTED, "profile": why.details["profile"], "pilot": "",
+                    "since": why.since, "reason": why.reason}
         return shown
 
     # -- the starter's side (any thread) --
@@ -199,6 +301,11 @@ def timeout_error(p: Pending, live_workers: int, stage: str | None,
     starting (``ServableStarting``; ``how``: ``on demand``, or ``in its pool`` when a
     pooled worker loads it or a pool pilot starts a block for it), else what to change."""
     name, version = p.servable
+    if isinstance(stage, NotStarted):
+        return ServableNotStarted(
+            f"{name}@{version}.{p.method} did not answer in time: no worker serves it and "
+            f"none starts: {stage.reason}", servable=name, version=version, stage=NOT_STARTED,
+            **stage.details)
     if stage is not None:
         return ServableStarting(
             f"{name}@{version}.{p.method} did not answer in time: the servable is starting "

@@ -1,12 +1,14 @@
 """Starts and releases pilots for servables started on demand (``broker/ondemand.py``).
 
 The broker's loop emits ``StartServable`` when a request finds no worker for a servable
-that has a default profile (HubConfig ``start_on_demand``), and ``ReleaseServable`` when
+that has a default profile (HubConfig ``start_on_demand``, or the servable's own
+``default_profile`` where ``servable_profiles`` allows it), and ``ReleaseServable`` when
 one it started sat idle for ``idle_release_after``. This starter carries them out on the
 hub's executor, through the same ``PilotService`` and Parsl providers as ``pilot start``:
 the workers run as the servable's owner, confined as ``pilot start`` would confine them,
 within ``max_workers_per_owner`` and ``max_nodes_per_pilot``. Profiles come from the hub's
-own config (the admin's choice), so the trust rule of installed profiles holds.
+own config (the admin's choice), or are installed ones, by name, that the admin lets
+servables choose, so the trust rule of installed profiles holds.
 
 It reports each stage to the board: ``queued at scheduler`` once the block is submitted,
 ``job running`` once the provider says it runs (seen on the scaling thread's ticks), and a
@@ -19,20 +21,38 @@ import logging
 import time
 from typing import Any
 
+from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import ReleaseServable, ServableKey, StartServable
-from dlhub_hpc.broker.ondemand import OnDemand
+from dlhub_hpc.broker.ondemand import NotStarted, OnDemand
 from dlhub_hpc.broker.pipeline import refuse_workers
-from dlhub_hpc.errors import DlhubHpcError, PilotError
+from dlhub_hpc.errors import ConfigError, DlhubHpcError, PilotError
 from dlhub_hpc.hubops.limits import check_pilot_nodes, check_worker_limit
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.hubops.pilots import build_pilot
 from dlhub_hpc.pilot.pilots import Pilot
-from dlhub_hpc.pilot.profiles import load_profile
+from dlhub_hpc.pilot.profiles import load_profile, profile_paths
 from dlhub_hpc.pilot.scaling import TERMINAL
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnDemandStarter", "request_status"]
+__all__ = ["OnDemandStarter", "check_servable_profiles", "has_profile", "request_status"]
+
+
+def has_profile(name: str) -> bool:
+    """Is ``name`` an installed site profile (or the embedded ``local``)? By name only: a
+    servable's spec may not point the hub at a file."""
+    return name == "local" or name in profile_paths()
+
+
+def check_servable_profiles(config: HubConfig) -> None:
+    """``ConfigError`` naming the setting for a ``servable_profiles`` entry the hub does not
+    have: a typo would otherwise refuse every servable that names it."""
+    unknown = [n for n in config.servable_profiles if n != "*" and not has_profile(n)]
+    if unknown:
+        known = ", ".join(sorted({"local", *profile_paths()}))
+        raise ConfigError(f"servable_profiles: no site profile named {', '.join(unknown)}; "
+                          f"known profiles: {known} (by name, as 'dlhub-hpc profiles list' "
+                          "shows them)", setting="servable_profiles")
 
 
 class OnDemandStarter:
@@ -122,9 +142,15 @@ class OnDemandStarter:
 def request_status(parts: HubParts, args: dict[str, Any]) -> dict[str, Any]:
     """The caller's own unanswered request: ``queued`` or ``running``, and the stage of its
     servable's start on demand (None when it serves); ``answered`` when the hub holds it no
-    more (answered, expired, or never sent by this caller)."""
+    more (answered, expired, or never sent by this caller). A servable whose own default
+    profile the hub refused is ``not started``, with the ``reason``."""
     request_id = str(args.get("request_id", ""))
     if not request_id:
         raise DlhubHpcError("request_status needs request_id: the id of a request you sent")
     found = parts.state.request_status(str(args.get("caller", "")), request_id)
-    return found or {"request_id": request_id, "state": "answered", "stage": None}
+    if found is None:
+        return {"request_id": request_id, "state": "answered", "stage": None}
+    stage = found.get("stage")
+    if isinstance(stage, NotStarted):  # its own profile was refused: say why, as plain data
+        found = {**found, "stage": str(stage), "reason": stage.reason}
+    return found

@@ -116,15 +116,17 @@ class PilotService:
         if found != self._pool_pilots:
             self._pool_pilots = found
 
-    def add(self, pilot: Pilot) -> Pilot:
-        """Start ``pilot``: its first ``min_blocks`` blocks now, the rest by the scaling loop."""
+    def add(self, pilot: Pilot, blocks: int | None = None) -> Pilot:
+        """Start ``pilot``: ``blocks`` blocks now (default: its ``min_blocks``, at least one,
+        so that ``pilot start`` brings up workers), the rest by the scaling loop."""
         if self.journal is not None:
             pilot.journal = self.journal
             if not pilot.fixed:  # a fixed pilot's block is recorded alone
                 self.journal.pilot_started(pilot.pilot_id, pilot.servable,
                                            pilot.profile.model_dump(mode="json"), pilot.nodes)
         try:
-            for _ in range(max(pilot.profile.scaling.min_blocks, 1)):
+            first = max(pilot.profile.scaling.min_blocks, 1) if blocks is None else blocks
+            for _ in range(first):
                 pilot.submit_block("workers start" if pilot.fixed else "pilot start")
         except BaseException:
             pilot.stop()  # cancel the blocks that did start

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 SPEC_FILENAMES = ("servable.yaml", "servable.yml", "servable.json")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 MAX_VERSION = 2**63 - 1  # versions are SQLite integers (int64)
+# A site profile by name, never a path: a publisher may not point a hub at a file
+PROFILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 
 ShimType = Literal[
     "python_function", "sklearn",
@@ -179,6 +181,11 @@ class ServableBlock(_Strict):
         default=None,
         description="with ranks > 1: every rank runs the whole batch as one ensemble member "
         "(DLHUB_HPC_RANK) and rank 0 combines them (mean, or a list); unset: split the rows",
+    )
+    default_profile: str | None = Field(
+        default=None, pattern=PROFILE_NAME_PATTERN,
+        description="the site profile (an installed one, by name) a hub starts a pilot from "
+        "when a request finds no worker for it, where the hub's servable_profiles allows it",
     )
 
     @model_validator(mode="after")
