@@ -1,4 +1,5 @@
-"""The Open Inference Protocol (KServe v2) REST gateway in front of a hub.
+"""The Open Inference Protocol (KServe v2) gateway in front of a hub: REST, and gRPC with
+``--grpc-port`` (``grpc_service``).
 
 ``dlhub-hpc gateway start`` runs it; callers send ``Authorization: Bearer TOKEN`` with a
 token the hub's admin made (``dlhub-hpc keys token create --identity NAME``). See

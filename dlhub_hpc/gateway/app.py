@@ -2,7 +2,9 @@
 
 ``build_app(hub, setup=...)`` is the one place the application is made: each ``setup``
 callable gets the application before it starts, to add routes or middlewares of its own
-(``/metrics`` is added so). ``serve(config)`` runs it until cancelled.
+(``/metrics`` is added so). ``serve(config)`` runs it until cancelled, and with
+``grpc_port`` the protocol's gRPC endpoint too, in the same event loop over the same
+``Gateway`` (``grpc_service``; needs ``tritonclient[grpc]``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -20,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dlhub_hpc.gateway.hubclient import HubClient
 from dlhub_hpc.gateway.service import Gateway
 from dlhub_hpc.gateway.statuses import MAX_BODY_KEY, protocol_errors
-from dlhub_hpc.metrics.gateway import metrics_setup
+from dlhub_hpc.metrics.gateway import METRICS_KEY, metrics_setup
 from dlhub_hpc.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class GatewayConfig(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)  # None: no gRPC endpoint
     tls_cert: Path | None = None
     tls_key: Path | None = None
     hub_address: str | None = None
@@ -74,6 +78,10 @@ class GatewayConfig(BaseModel):
     def url(self) -> str:
         return f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}"
 
+    @property
+    def grpc_url(self) -> str:
+        return f"{'grpcs' if self.tls_cert else 'grpc'}://{self.host}:{self.grpc_port}"
+
 
 def build_app(hub: HubClient, *, timeout: float | None = None,
               max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -96,21 +104,41 @@ def build_app(hub: HubClient, *, timeout: float | None = None,
 
 async def serve(config: GatewayConfig, started: Callable[[str], None] | None = None,
                 setup: Iterable[AppSetup] = ()) -> None:
-    """Serve until cancelled; ``started`` gets the URL once it listens."""
+    """Serve until cancelled; ``started`` gets each URL once both endpoints listen: REST's,
+    then gRPC's (``grpc://HOST:PORT``, ``grpcs://`` with TLS) where ``grpc_port`` asks."""
     app = build_app(HubClient(config.hub_address, timeout=config.timeout),
                     timeout=config.timeout, max_body_bytes=config.max_body_bytes, setup=setup)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, ssl_context=config.ssl_context())
+    grpc_server: Any = None
     try:
+        urls = []
+        if config.grpc_port is not None:
+            grpc_server, grpc_port = _grpc_server(app, config, config.grpc_port)
+            await grpc_server.start()
+            urls.append(config.model_copy(update={"grpc_port": grpc_port}).grpc_url)
         await site.start()
         port = config.port
         if port == 0 and runner.addresses:
             port = int(runner.addresses[0][1])
-        url = config.model_copy(update={"port": port}).url
-        logger.info("the Open Inference Protocol gateway listens on %s", url)
-        if started is not None:
-            started(url)
+        urls.insert(0, config.model_copy(update={"port": port}).url)
+        for url in urls:
+            logger.info("the Open Inference Protocol gateway listens on %s", url)
+            if started is not None:
+                started(url)
         await asyncio.Event().wait()
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop(1.0)  # calls in flight get a second to finish
         await runner.cleanup()
+
+
+def _grpc_server(app: web.Application, config: GatewayConfig, port: int) -> tuple[Any, int]:
+    """The gRPC endpoint over the application's ``Gateway`` and metrics, bound."""
+    from dlhub_hpc.gateway.grpc_service import InferenceServicer, grpc_server
+
+    servicer = InferenceServicer(app[GATEWAY_KEY], app.get(METRICS_KEY))
+    tls = None if config.tls_cert is None or config.tls_key is None else (
+        config.tls_cert, config.tls_key)
+    return grpc_server(servicer, config.host, port, config.max_body_bytes, tls)

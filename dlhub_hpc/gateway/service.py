@@ -2,14 +2,18 @@
 
 Every model endpoint needs ``Authorization: Bearer TOKEN``; the token goes to the hub with
 the call, and the hub acts as the identity it maps to. Health and server metadata are open.
+``Gateway.call_model`` and ``select_outputs`` are the transport-free part of an inference
+request; the gRPC endpoint (``grpc_service``) calls them too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 try:  # a few microseconds less per request than json, both ways; the gateway extra has it
@@ -23,6 +27,7 @@ from dlhub_hpc.gateway.hubclient import HubClient
 from dlhub_hpc.gateway.names import servable_of, version_of
 from dlhub_hpc.gateway.statuses import error_response
 from dlhub_hpc.gateway.tensors import (
+    Tensor,
     as_input,
     as_tensors,
     decode_tensor,
@@ -40,7 +45,12 @@ _PROTOCOL_PARAMETERS = {"method", "binary_data_output", "timeout", "sequence_id"
 
 
 def bearer_token(request: web.Request) -> str:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return parse_bearer(request.headers.get("Authorization", ""))
+
+
+def parse_bearer(authorization: str) -> str:
+    """The token of an ``Authorization`` header (or gRPC metadata) value."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenRefused("send 'Authorization: Bearer TOKEN'; the hub's admin makes tokens "
                            "with 'dlhub-hpc keys token create --identity NAME'")
@@ -80,9 +90,13 @@ class Gateway:
     async def live(self, request: web.Request) -> web.Response:
         return web.json_response({"live": True})
 
+    async def hub_ready(self) -> None:
+        """Return once the hub answers; its error if it does not."""
+        await self.hub.control("whoami", timeout=5.0)
+
     async def ready(self, request: web.Request) -> web.Response:
         try:
-            await self.hub.control("whoami", timeout=5.0)
+            await self.hub_ready()
         except DlhubHpcError as exc:
             return error_response(exc, 503)
         return web.json_response({"ready": True})
@@ -91,25 +105,24 @@ class Gateway:
         return web.json_response({"name": "dlhub-hpc", "version": __version__,
                                   "extensions": EXTENSIONS})
 
-    async def _record(self, request: web.Request, cached: bool = False
-                      ) -> tuple[str, int | None, dict[str, Any]]:
+    async def _record(self, request: web.Request) -> dict[str, Any]:
         token = bearer_token(request)
         servable, version = servable_of(request.match_info), version_of(request.match_info)
-        return token, version, await self.hub.describe_as(token, servable, version, cached)
+        return await self.hub.describe_as(token, servable, version)
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         try:
-            _, _, record = await self._record(request)
+            record = await self._record(request)
         except DlhubHpcError as exc:
             return error_response(exc)
         return web.json_response(model_metadata(record))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         try:
-            _, _, record = await self._record(request)
+            record = await self._record(request)
         except DlhubHpcError as exc:
             return error_response(exc)
-        ok = record.get("status") != "withdrawn"
+        ok = is_ready(record)
         return web.json_response({"name": record["name"], "ready": ok}, status=200 if ok else 400)
 
     async def infer(self, request: web.Request) -> web.Response:
@@ -119,20 +132,47 @@ class Gateway:
             return error_response(exc)
 
     async def _infer(self, request: web.Request) -> web.Response:
-        bearer_token(request)  # before reading a body: none is read for no token at all
+        token = bearer_token(request)  # before reading a body: none is read for no token
+        servable, version = servable_of(request.match_info), version_of(request.match_info)
         body = await request.read()
-        # The hub checks the token again on the request itself: a cached record will do.
-        token, version, record = await self._record(request, cached=True)
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         params = header.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidInput("'parameters' must be a JSON object")
+        record, value = await self.call_model(token, servable, version,
+                                              read_inputs(header, binary), params)
+        return respond(header, record, value, bool(params.get("binary_data_output")))
+
+    async def call_model(self, token: str, servable: str, version: int | None,
+                         inputs: list[Tensor], params: dict[str, Any]
+                         ) -> tuple[dict[str, Any], Any]:
+        """One inference request, whatever its transport: the servable's record and what
+        its method (``params["method"]``, else the default) returned for ``inputs``; the
+        other parameters, but the protocol's own, go to the method as keyword arguments."""
+        # The hub checks the token again on the request itself: a cached record will do.
+        record = await self.hub.describe_as(token, servable, version, cached=True)
         method, method_spec = pick_method(record["spec"], str(params.get("method") or ""))
-        payload = as_input(read_inputs(header, binary), method_spec.get("input", {}))
+        payload = as_input(inputs, method_spec.get("input", {}))
         extra = {k: v for k, v in params.items() if k not in _PROTOCOL_PARAMETERS}
         value = await self.hub.infer(token, record["name"], version, method, payload,
                                      extra or None, self.timeout)
-        return respond(header, record, value, bool(params.get("binary_data_output")))
+        return record, value
+
+
+def is_ready(record: dict[str, Any]) -> bool:
+    return record.get("status") != "withdrawn"
+
+
+def select_outputs(value: Any, names: Collection[object]) -> list[tuple[str, np.ndarray]]:
+    """A method's answer as output tensors: those ``names`` asks for (all if none)."""
+    tensors = as_tensors(value)
+    if names:
+        missing = set(names) - {n for n, _ in tensors}
+        if missing:
+            raise InvalidInput(f"no output named {', '.join(sorted(map(str, missing)))}; the "
+                               f"outputs are {', '.join(n for n, _ in tensors)}")
+        tensors = [t for t in tensors if t[0] in names]
+    return tensors
 
 
 def model_metadata(record: dict[str, Any]) -> dict[str, Any]:
@@ -203,15 +243,8 @@ def respond(header: dict[str, Any], record: dict[str, Any], value: Any,
     """The inference response: JSON, or JSON then binary data where an output asks so."""
     asked = {o.get("name"): (o.get("parameters") or {}) for o in header.get("outputs") or []
              if isinstance(o, dict)}
-    tensors = as_tensors(value)
-    if asked:
-        missing = set(asked) - {n for n, _ in tensors}
-        if missing:
-            raise InvalidInput(f"no output named {', '.join(sorted(map(str, missing)))}; the "
-                               f"outputs are {', '.join(n for n, _ in tensors)}")
-        tensors = [t for t in tensors if t[0] in asked]
     outputs, blobs = [], []
-    for name, array in tensors:
+    for name, array in select_outputs(value, asked):
         binary = bool(asked.get(name, {}).get("binary_data", binary_default))
         out, raw = encode_output(name, array, binary)
         outputs.append(out)

@@ -1,5 +1,7 @@
 """The gateway's own series, and its ``GET /metrics``: an aiohttp middleware records each
-HTTP request (route pattern, method, status, latency, bytes) without locks.
+HTTP request (route pattern, method, status, latency, bytes) without locks. The gRPC
+endpoint records its calls in the same ``GatewayMetrics`` (route ``grpc:ModelInfer``,
+method ``grpc``, status the gRPC status's name), from the same event loop.
 
 Labels name the route pattern (``/v2/models/{name}/infer``), never the path a caller sent:
 model names in paths are the caller's, and series per name would grow without bound. The

@@ -1,0 +1,313 @@
+"""The gateway's gRPC endpoint (``dlhub-hpc gateway start --grpc-port``), called with
+``tritonclient.grpc`` as any Triton user would, beside REST on the same gateway process, in
+front of a real hub and real workers (the hub of ``test_gateway``'s ``site`` fixture)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.integration.test_gateway import (  # noqa: F401  (site: the hub's fixture)
+    FLOATS,
+    Site,
+    curl,
+    infer_body,
+    site,
+    start_gateway,
+)
+
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="pip install tritonclient[grpc]")
+httpclient = pytest.importorskip("tritonclient.http", reason="pip install tritonclient[http]")
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
+
+GRID_SPEC = """\
+datacite:
+  title: Two-dimensional arrays, parameters and several outputs over gRPC
+  creators: ["Test, Ada"]
+dlhub:
+  owner: test
+  name: grid
+servable:
+  type: python_function
+  methods:
+    run:
+      function: "grid:scale"
+      input: {type: ndarray, dtype: float64, shape: [null, null]}
+      output: {type: ndarray, dtype: float64, shape: [null, null]}
+      parameters: {factor: 2.0}
+    stats:
+      function: "grid:stats"
+      input: {type: ndarray, dtype: float64}
+"""
+GRID_CODE = """\
+import numpy as np
+
+
+def scale(x, factor=2.0):
+    return np.asarray(x, dtype=np.float64) * factor
+
+
+def stats(x):
+    x = np.asarray(x)
+    return {"sum": x.sum(axis=-1), "max": x.max(axis=-1), "label": "rows"}
+"""
+
+
+@dataclass
+class Endpoints:
+    site: Site
+    rest: str  # http://HOST:PORT
+    grpc: str  # HOST:PORT, as tritonclient.grpc takes it
+
+    def headers(self, who: str = "alice") -> dict[str, str]:
+        return {"authorization": f"Bearer {self.site.tokens[who]}"}
+
+
+def start_with_grpc(hub_address: str, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
+    """A gateway with both endpoints; it prints REST's URL, then gRPC's, once both listen."""
+    proc, rest = start_gateway(hub_address, "--grpc-port", "0", *extra)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("gateway listening on grpc"), f"no gRPC endpoint: {line!r}"
+    return proc, rest, line.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def endpoints(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:  # noqa: F811
+    grid = tmp_path_factory.mktemp("grid")
+    (grid / "servable.yaml").write_text(GRID_SPEC)
+    (grid / "grid.py").write_text(GRID_CODE)
+    name = site.admin.publish(grid)["name"]
+    site.admin.start_workers(name, 1)
+    site.admin.wait_for_workers(name, 1, timeout=60)
+    proc, rest, url = start_with_grpc(site.hub.client_address)
+    try:
+        assert url.startswith("grpc://127.0.0.1:")
+        yield Endpoints(site, rest, url.removeprefix("grpc://"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def triton(endpoints: Endpoints) -> Iterator[Any]:
+    client = grpcclient.InferenceServerClient(endpoints.grpc)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def fp_input(x: np.ndarray, datatype: str = "FP32", name: str = "input") -> Any:
+    tensor = grpcclient.InferInput(name, list(x.shape), datatype)
+    tensor.set_data_from_numpy(x)
+    return tensor
+
+
+def refusal(call: Any) -> tuple[str, str]:
+    """The gRPC status and message a call that must fail ended with."""
+    with pytest.raises(InferenceServerException) as failed:
+        call()
+    return str(failed.value.status()), str(failed.value.message())
+
+
+def test_health_and_server_metadata(triton: Any) -> None:
+    assert triton.is_server_live() and triton.is_server_ready()
+    meta = triton.get_server_metadata()
+    assert meta.name == "dlhub-hpc" and meta.version
+
+
+def test_model_metadata_and_readiness_are_those_rest_gives(endpoints: Endpoints,
+                                                           triton: Any) -> None:
+    rest = httpclient.InferenceServerClient(endpoints.rest.removeprefix("http://"))
+    try:
+        for model in ("test/tensors", "test/grid"):
+            want = rest.get_model_metadata(model, headers=endpoints.headers())
+            got = triton.get_model_metadata(model, headers=endpoints.headers())
+            assert (got.name, list(got.versions), got.platform) == (
+                want["name"], want["versions"], want["platform"])
+            for mine, theirs in ((got.inputs, want["inputs"]), (got.outputs, want["outputs"])):
+                assert [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                        for t in mine] == theirs
+    finally:
+        rest.close()
+    meta = triton.get_model_metadata("test/tensors", headers=endpoints.headers())
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+        ("input", "FP32", [-1])]
+    assert triton.is_model_ready("test/tensors", headers=endpoints.headers())
+    assert triton.is_model_ready("test/tensors", "1", headers=endpoints.headers())
+
+
+def test_infer_fp32_with_raw_contents(endpoints: Endpoints, triton: Any) -> None:
+    x = np.array(FLOATS, dtype=np.float32)
+    result = triton.infer("test/tensors", [fp_input(x)], headers=endpoints.headers(),
+                          model_version="1", request_id="r-7")
+    out = result.as_numpy("output")
+    assert out.dtype == np.float32 and out.tolist() == [3.0, 5.0, 8.0]
+    response = result.get_response()
+    assert (response.model_name, response.model_version, response.id) == (
+        "test/tensors", "1", "r-7")
+
+
+def test_infer_fp32_with_typed_contents(endpoints: Endpoints) -> None:
+    """tritonclient always sends raw contents; typed ``contents`` is what other clients
+    (grpcurl, hand-written stubs) send: Triton's own generated stub sends it here."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    request = pb.ModelInferRequest(model_name="test/tensors")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[3])
+    tensor.contents.fp32_contents.extend(FLOATS)
+    metadata = tuple(endpoints.headers().items())
+    with grpc.insecure_channel(endpoints.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(request, metadata=metadata, timeout=60)
+        assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+            ("output", "FP32", [3])]
+        assert np.frombuffer(response.raw_output_contents[0], "<f4").tolist() == [3.0, 5.0, 8.0]
+        wrong = pb.ModelInferRequest(model_name="test/tensors")
+        wrong.inputs.add(name="input", datatype="FP32", shape=[3]).contents.int_contents.extend(
+            [1, 2, 3])
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(wrong, metadata=metadata, timeout=60)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "go in contents.fp32_contents" in str(refused.value.details())
+
+
+def test_bytes_tensors_to_a_method_named_in_the_parameters(endpoints: Endpoints,
+                                                           triton: Any) -> None:
+    name = grpcclient.InferInput("input", [1], "BYTES")
+    name.set_data_from_numpy(np.array(["Ada"], dtype=object))
+    result = triton.infer("test/tensors", [name], headers=endpoints.headers(),
+                          parameters={"method": "greet"})
+    assert result.as_numpy("output").tolist() == [b"hello, Ada"]
+
+
+def test_a_2d_array_and_parameters_reach_the_servable(endpoints: Endpoints,
+                                                      triton: Any) -> None:
+    x = np.arange(6, dtype=np.float64).reshape(2, 3)
+    default = triton.infer("test/grid", [fp_input(x, "FP64")], headers=endpoints.headers())
+    assert default.as_numpy("output").tolist() == (x * 2).tolist()
+    scaled = triton.infer("test/grid", [fp_input(x, "FP64")], headers=endpoints.headers(),
+                          parameters={"factor": 0.5})
+    out = scaled.as_numpy("output")
+    assert out.shape == (2, 3) and out.tolist() == (x * 0.5).tolist()
+
+
+def test_only_the_requested_outputs_come_back(endpoints: Endpoints, triton: Any) -> None:
+    x = np.array([[1.0, 5.0], [7.0, 2.0]])
+    params = {"method": "stats"}
+    every = triton.infer("test/grid", [fp_input(x, "FP64")], headers=endpoints.headers(),
+                         parameters=params)
+    assert sorted(o.name for o in every.get_response().outputs) == ["label", "max", "sum"]
+    assert every.as_numpy("label").tolist() == [b"rows"]
+    some = triton.infer("test/grid", [fp_input(x, "FP64")], headers=endpoints.headers(),
+                        parameters=params, outputs=[grpcclient.InferRequestedOutput("max")])
+    assert [o.name for o in some.get_response().outputs] == ["max"]
+    assert some.as_numpy("max").tolist() == [5.0, 7.0]
+    assert refusal(lambda: triton.infer(
+        "test/grid", [fp_input(x, "FP64")], headers=endpoints.headers(), parameters=params,
+        outputs=[grpcclient.InferRequestedOutput("min")]))[0] == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_refused_tokens_get_unauthenticated_with_rests_message(endpoints: Endpoints,
+                                                               triton: Any) -> None:
+    x = fp_input(np.array(FLOATS, dtype=np.float32))
+    infer = f"{endpoints.rest}/v2/models/test/tensors/infer"
+    for headers, curl_args in (({}, []),
+                               ({"authorization": "Bearer dlh_wrong"},
+                                ["-H", "Authorization: Bearer dlh_wrong"])):
+        status, message = refusal(lambda h=headers: triton.infer("test/tensors", [x],
+                                                                 headers=h))
+        http_status, answer = curl(*curl_args, "-d", infer_body(FLOATS), infer)
+        assert (status, http_status) == ("StatusCode.UNAUTHENTICATED", 401)
+        assert message == answer["error"] and message.startswith("TokenRefused: ")
+
+
+def test_typed_errors_get_their_grpc_status_and_the_next_call_still_works(
+        endpoints: Endpoints, triton: Any) -> None:
+    x = np.array(FLOATS, dtype=np.float32)
+    alice, bob = endpoints.headers("alice"), endpoints.headers("bob")
+    too_long = fp_input(x)
+    too_long.set_shape([4])  # 12 bytes for 4 FP32 elements: a malformed tensor
+    cases = [
+        ("StatusCode.NOT_FOUND", "ServableNotFound: ",
+         lambda: triton.infer("test/nothing", [fp_input(x)], headers=alice)),
+        ("StatusCode.PERMISSION_DENIED", "PermissionDenied: ",
+         lambda: triton.infer("alice/secret", [fp_input(x.astype(np.float64), "FP64")],
+                              headers=bob)),
+        ("StatusCode.INVALID_ARGUMENT", "InvalidInput: ",
+         lambda: triton.infer("test/tensors", [too_long], headers=alice)),
+        ("StatusCode.INVALID_ARGUMENT", "InvalidInput: ",
+         lambda: triton.infer("test/tensors", [fp_input(x)], headers=alice,
+                              model_version="one")),
+        ("StatusCode.NOT_FOUND", "ServableNotFound: ",
+         lambda: triton.get_model_metadata("test/nothing", headers=alice)),
+    ]
+    for status, kind, call in cases:
+        got, message = refusal(call)
+        assert (got, message[:len(kind)]) == (status, kind), message
+        ok = triton.infer("test/tensors", [fp_input(x)], headers=alice)
+        assert ok.as_numpy("output").tolist() == [3.0, 5.0, 8.0]
+
+
+def test_the_owner_runs_a_private_model_over_grpc(endpoints: Endpoints, triton: Any) -> None:
+    result = triton.infer("alice/secret", [fp_input(np.array(FLOATS), "FP64")],
+                          headers=endpoints.headers("alice"))
+    assert result.as_numpy("output").tolist() == [8.0]
+
+
+def test_grpc_calls_are_counted_on_the_gateways_metrics_page(endpoints: Endpoints,
+                                                             triton: Any) -> None:
+    x = fp_input(np.array(FLOATS, dtype=np.float32))
+    triton.infer("test/tensors", [x], headers=endpoints.headers())
+    refusal(lambda: triton.infer("test/tensors", [x]))
+    with urllib.request.urlopen(f"{endpoints.rest}/metrics", timeout=30) as page:
+        text = page.read().decode()
+    counts = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line.startswith("dlhub_gateway_requests_total{")}
+    ok = 'dlhub_gateway_requests_total{method="grpc",route="grpc:ModelInfer",status="OK"}'
+    refused = ('dlhub_gateway_requests_total{method="grpc",route="grpc:ModelInfer",'
+               'status="UNAUTHENTICATED"}')
+    assert counts.get(ok, 0) >= 1 and counts.get(refused, 0) >= 1, json.dumps(counts)
+
+
+def test_grpc_with_tls_from_the_gateways_certificate(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a certificate: apt-get install openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    proc, rest, url = start_with_grpc(site.hub.client_address, "--tls-cert", str(cert),
+                                      "--tls-key", str(key))
+    try:
+        assert rest.startswith("https://") and url.startswith("grpcs://127.0.0.1:")
+        client = grpcclient.InferenceServerClient(url.removeprefix("grpcs://"), ssl=True,
+                                                  root_certificates=str(cert))
+        try:
+            result = client.infer("test/tensors", [fp_input(np.array(FLOATS, np.float32))],
+                                  headers={"authorization": f"Bearer {site.tokens['alice']}"})
+            assert result.as_numpy("output").tolist() == [3.0, 5.0, 8.0]
+        finally:
+            client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_grpc_off_loopback_needs_tls_as_rest_does() -> None:
+    from dlhub_hpc.gateway import GatewayConfig
+
+    with pytest.raises(ValueError, match="only with TLS"):
+        GatewayConfig(host="0.0.0.0", grpc_port=0)
