@@ -8,6 +8,8 @@ Paths (each an identity model, each a separate process from this one):
 * ``native``: ``Client.run("demo/noop", x)`` through a hub process and one warm worker.
 * ``gateway``: ``tritonclient.http`` -> ``dlhub-hpc gateway start`` -> the same hub and
   worker, with a bearer token, binary tensor data both ways.
+* ``gateway grpc``: ``tritonclient.grpc`` -> the same gateway process's gRPC endpoint
+  (``--grpc-port``), raw tensor contents both ways.
 * ``pytriton``: ``tritonclient.http`` -> PyTriton's HTTP endpoint (Triton server + its
   Python backend) serving an identity model, binary tensor data both ways.
 
@@ -19,7 +21,7 @@ load. Throughput: ``--concurrency`` threads, each with its own HTTP client (one 
 PyTriton needs numpy<2 and the system's Python (its backend embeds the system libpython):
 it runs from its own venv, ``.venv-pytriton-bench`` (``make pytriton-env``), or the Python
 named with ``--pytriton-python`` or $DLHUB_HPC_PYTRITON_PYTHON; without one its rows are
-not run. This side needs the ``bench`` extra (aiohttp, uvloop, orjson, tritonclient).
+not run. This side needs the ``bench`` extra (aiohttp, uvloop, orjson, tritonclient[http,grpc]).
 Targets: the gateway's no-op p50 at most 1.5x the native Client's; the gateway ahead of
 PyTriton on p50 and throughput, on both workloads. Figures go to
 benchmarks/results/gateway.json.
@@ -108,9 +110,30 @@ def http_call(url: str, model: str, token: str | None, batch_dim: bool) -> MakeC
     return make
 
 
+def grpc_call(address: str, model: str, token: str) -> MakeCall:
+    """A ``tritonclient.grpc`` caller of ``model`` at ``address`` (HOST:PORT)."""
+    import tritonclient.grpc as grpcclient
+
+    headers = {"authorization": f"Bearer {token}"}
+
+    def make() -> Call:
+        client = grpcclient.InferenceServerClient(address)
+
+        def call(x: np.ndarray) -> np.ndarray:
+            tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            result = client.infer(model, [tensor], headers=headers)
+            return result.as_numpy("output")
+
+        return call
+
+    return make
+
+
 @contextlib.contextmanager
 def dlhub_paths(home: Path) -> Iterator[dict[str, MakeCall]]:
-    """A hub process with demo/noop and one warm worker, and a gateway process before it."""
+    """A hub process with demo/noop and one warm worker, and a gateway process before it
+    (REST and gRPC)."""
     from dlhub_hpc import Client
     from dlhub_hpc.examples import example_dir
 
@@ -128,14 +151,15 @@ def dlhub_paths(home: Path) -> Iterator[dict[str, MakeCall]]:
                                    note="benchmark")["token"]
             gateway = subprocess.Popen(
                 [sys.executable, "-m", "dlhub_hpc.cli", "--hub", address, "gateway", "start",
-                 "--port", "0"], stdout=subprocess.PIPE, text=True)
+                 "--port", "0", "--grpc-port", "0"], stdout=subprocess.PIPE, text=True)
             assert gateway.stdout is not None
-            line = gateway.stdout.readline()
-            if not line.startswith("gateway listening on "):
-                raise RuntimeError(f"the gateway did not start: {line!r}")
-            url = line.split()[-1]
+            url, grpc_url = (gateway.stdout.readline() for _ in range(2))  # REST, then gRPC
+            if not grpc_url.startswith("gateway listening on grpc://"):
+                raise RuntimeError(f"the gateway did not start: {url!r} {grpc_url!r}")
             yield {"native": lambda: lambda x: client.run("demo/noop", x, cache=False),
-                   "gateway": http_call(url, "demo/noop", token, batch_dim=False)}
+                   "gateway": http_call(url.split()[-1], "demo/noop", token, batch_dim=False),
+                   "gateway grpc": grpc_call(grpc_url.split()[-1].removeprefix("grpc://"),
+                                             "demo/noop", token)}
             client.close()
         finally:
             if gateway is not None:
