@@ -261,6 +261,21 @@ def test_typed_errors_get_their_grpc_status_and_the_next_call_still_works(
         assert ok.as_numpy("output").tolist() == [3.0, 5.0, 8.0]
 
 
+def test_garbage_bytes_and_rpcs_not_served_leave_the_server_serving(endpoints: Endpoints,
+                                                                     triton: Any) -> None:
+    import grpc
+
+    with grpc.insecure_channel(endpoints.grpc) as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as refused:  # no protobuf message at all
+            raw(b"\xff\xff\xff\xff", metadata=tuple(endpoints.headers().items()), timeout=60)
+        assert refused.value.code() != grpc.StatusCode.OK
+    assert refusal(triton.get_model_repository_index)[0] == "StatusCode.UNIMPLEMENTED"
+    x = fp_input(np.array(FLOATS, dtype=np.float32))
+    assert triton.infer("test/tensors", [x], headers=endpoints.headers()).as_numpy(
+        "output").tolist() == [3.0, 5.0, 8.0]
+
+
 def test_the_owner_runs_a_private_model_over_grpc(endpoints: Endpoints, triton: Any) -> None:
     result = triton.infer("alice/secret", [fp_input(np.array(FLOATS), "FP64")],
                           headers=endpoints.headers("alice"))
