@@ -135,11 +135,15 @@ def stop_process(proc: SpawnProcess, grace: float = 10.0) -> None:
 
 
 def reap(pids: Sequence[int], grace: float = 5.0) -> None:
-    """Make sure none of ``pids`` (nor their children) is still running."""
+    """Make sure none of the worker processes ``pids`` (nor their children) is still
+    running. A pid that is no dlhub-hpc worker here is left alone: a sandboxed worker's pid
+    in ``status`` is its pid inside the sandbox, which names another process out here."""
     procs: list[psutil.Process] = []
     for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc = psutil.Process(pid)
+            if "dlhub_hpc.worker" not in proc.cmdline():
+                continue
             procs += [proc, *proc.children(recursive=True)]
     _, alive = psutil.wait_procs(procs, timeout=grace)
     for proc in alive:
