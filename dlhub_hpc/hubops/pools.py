@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from dlhub_hpc.errors import PermissionDenied, PilotError
+from dlhub_hpc.errors import InvalidInput, PermissionDenied, PilotError
 from dlhub_hpc.hubops.limits import check_worker_limit, is_admin, pool_owner
 from dlhub_hpc.hubops.parts import HubParts
 from dlhub_hpc.hubops.visibility import Viewer
@@ -36,6 +36,13 @@ def _check_starter(parts: HubParts, args: dict[str, Any], ref: str, what: str,
     pool = pool_of(ref)
     assert pool is not None, ref
     caller = str(args.get("caller", ""))
+    access = parts.security.access
+    if pool.kind == "owner" and not access.known(pool.value):
+        # Its workers would run with the credential of nobody, and serve nothing.
+        raise InvalidInput(
+            f"pool {pool.text()} names {pool.value!r}, who is no identity of this hub: an "
+            "owner: pool serves the servables an identity published (dlhub-hpc keys list); "
+            "name the servables instead, or a tag:", owner=pool.value)
     owner = pool_owner(parts.security, pool, None if is_admin(parts, caller) else caller)
     if not is_admin(parts, caller) and caller != owner:
         raise PermissionDenied(

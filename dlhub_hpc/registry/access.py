@@ -91,6 +91,10 @@ class AccessControl:
     def identity_for_key(self, public_key: str) -> str | None:
         return self._keys.get(public_key)
 
+    def known(self, name: str) -> bool:
+        """Is ``name`` the admin or an identity of this hub?"""
+        return name == self.admin or name in self._keys.values()
+
     def add_identity(self, name: str, public_key: str, kind: str = "user") -> None:
         check_name(name, "identity")
         check_public_key(public_key)

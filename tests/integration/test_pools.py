@@ -18,7 +18,7 @@ from rich.console import Console
 from benchmarks.servables.scaled import write_scaled as write_servable
 from dlhub_hpc import Client
 from dlhub_hpc.cli.pools import pool_workers, pools_tables
-from dlhub_hpc.errors import Timeout
+from dlhub_hpc.errors import InvalidInput, Timeout
 from dlhub_hpc.hub import Hub
 from dlhub_hpc.pilot.profiles import load_profile
 from dlhub_hpc.servable.pools import PoolSpec
@@ -206,3 +206,10 @@ def test_a_pooled_worker_gives_each_servable_its_own_lazily_imported_helper(
             assert client.run(name, [1.0, float(k)], cache=False) == (i + 1) * (1.0 + k)
     [worker] = pools_of(client)["workers"].values()
     assert sorted(worker["holds"]) == sorted(f"{n}@1" for n in names)
+
+
+def test_an_owner_pool_of_nobody_the_hub_knows_is_refused_at_start(client: Client) -> None:
+    """Its workers would run with nobody's credential and serve nothing: say so at once."""
+    with pytest.raises(InvalidInput, match=r"no identity of this hub.*keys list"):
+        client.start_workers(PoolSpec.parse("owner:nobody").ref(), 1)
+    assert client.status()["blocks"] == []
