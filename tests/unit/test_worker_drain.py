@@ -78,7 +78,7 @@ class FakeHub:
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
 
-    def expect(self, kind: type[Message], timeout: float = 10.0,
+    def expect(self, kind: type[Message], timeout: float = 30.0,
                heartbeat_socket: bool = False) -> tuple[bytes, Any]:
         """The next ``kind`` from the worker's main socket (or its heartbeat socket)."""
         deadline = time.monotonic() + timeout
