@@ -253,6 +253,8 @@ class Hub:
             "server_key": self.security.credentials.server.public
             if self.security.credentials else None,
             "gateway_url": self.gateway.url if self.gateway is not None else None,
+            "gateway_grpc_url": self.gateway.grpc_url or None
+            if self.gateway is not None else None,
         }
         tmp = self.config.home / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(data, indent=2))

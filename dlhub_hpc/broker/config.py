@@ -66,6 +66,9 @@ class GatewaySettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="the protocol's gRPC endpoint too, on this port (0: a free one)")
     tls_cert: Path | None = None
     tls_key: Path | None = None
 

@@ -28,6 +28,7 @@ class GatewayProcess:
         self.settings = settings
         self.hub_address = hub_address
         self.url = ""
+        self.grpc_url = ""  # with settings.grpc_port
         self._proc: subprocess.Popen[str] | None = None
 
     def __repr__(self) -> str:
@@ -37,6 +38,8 @@ class GatewayProcess:
         s = self.settings
         cmd = [sys.executable, "-m", "dlhub_hpc.cli", "--hub", self.hub_address, "gateway",
                "start", "--host", s.host, "--port", str(s.port)]
+        if s.grpc_port is not None:
+            cmd += ["--grpc-port", str(s.grpc_port)]
         if s.tls_cert is not None and s.tls_key is not None:
             cmd += ["--tls-cert", str(s.tls_cert), "--tls-key", str(s.tls_key)]
         return cmd
@@ -48,10 +51,12 @@ class GatewayProcess:
         lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         threading.Thread(target=self._read, args=(lines,), daemon=True,
                          name="hub-gateway-out").start()
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            line = ""
+        line = _next(lines, timeout)
+        if self.settings.grpc_port is not None and line.startswith(_READY_PREFIX):
+            grpc = _next(lines, timeout)  # its gRPC endpoint's line comes once both listen
+            self.grpc_url = grpc.removeprefix(_READY_PREFIX).strip()
+            if not grpc.startswith(_READY_PREFIX):
+                line = ""
         if not line.startswith(_READY_PREFIX):
             self.stop()
             raise ConfigError(f"the gateway did not start on {self.settings.host}:"
@@ -78,3 +83,11 @@ class GatewayProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def _next(lines: queue.SimpleQueue[str], timeout: float) -> str:
+    """The gateway's next line of output ('' when none comes within ``timeout``)."""
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        return ""

@@ -326,3 +326,23 @@ def test_grpc_off_loopback_needs_tls_as_rest_does() -> None:
 
     with pytest.raises(ValueError, match="only with TLS"):
         GatewayConfig(host="0.0.0.0", grpc_port=0)
+
+
+def test_a_hub_with_gateway_settings_serves_grpc_too(tmp_path: Path) -> None:
+    from dlhub_hpc import Hub, HubConfig
+    from tests.integration.conftest import FAST
+
+    hub = Hub(HubConfig(home=tmp_path / "hub", client_address="tcp://127.0.0.1:0",
+                        worker_address="tcp://127.0.0.1:0",
+                        gateway={"port": 0, "grpc_port": 0}, **FAST))
+    hub.start()
+    try:
+        assert hub.gateway is not None
+        written = json.loads((tmp_path / "hub" / "hub.json").read_text())
+        url = written["gateway_grpc_url"]
+        assert url == hub.gateway.grpc_url and url.startswith("grpc://127.0.0.1:")
+        triton = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+        assert triton.is_server_live() and triton.is_server_ready()
+        triton.close()
+    finally:
+        hub.stop()
