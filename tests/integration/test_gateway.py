@@ -59,7 +59,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         for name in ("alice", "bob"):
             admin.add_identity(name, KeyPair.generate().public)
-        private = servable_copy(home.parent, "alice", "secret", ["user:alice"])
+        private = servable_copy(tmp_path_factory.mktemp("gateway-servables"), "alice", "secret",
+                                ["user:alice"])
         for directory in (SERVABLES / "tensors", private):
             name = admin.publish(directory)["name"]
             admin.start_workers(name, 1)
