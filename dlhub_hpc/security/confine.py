@@ -23,7 +23,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 from dlhub_hpc._version import PACKAGE_DIR
@@ -43,12 +43,24 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "ho
              "ssl", "ca-certificates", "alternatives", "mime.types", "os-release",
              "openmpi", "nvidia", "OpenCL", "vulkan")
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+# The sandbox's pid as the node sees it: inside its own pid namespace the worker's pid is
+# another number, useless to whoever reads it in status to signal the worker.
+HOST_PID_ENV = "DLHUB_HPC_HOST_PID"
 
 
 def kept_environment(env: Mapping[str, str]) -> dict[str, str]:
     """The variables a confined worker keeps (see ``KEEP_PREFIXES``)."""
     return {k: v for k, v in env.items()
             if k not in DROP_NAMES and (k in KEEP_NAMES or k.startswith(KEEP_PREFIXES))}
+
+
+def host_pid(environ: MutableMapping[str, str] | None = None) -> int:
+    """This worker's pid as the node sees it, taking ``HOST_PID_ENV`` out of the
+    environment (the servable's code has no use for it): bwrap's pid inside a sandbox,
+    else this process's."""
+    env = os.environ if environ is None else environ
+    given = env.pop(HOST_PID_ENV, "")
+    return int(given) if given.isdigit() and int(given) > 0 else os.getpid()
 
 
 def python_paths() -> list[str]:
@@ -119,6 +131,8 @@ def main(args: list[str] | None = None) -> int:
                   "('apt-get install bubblewrap') or run the hub as root with user switching",
                   file=sys.stderr)
             return 2
+        # exec keeps this pid for bwrap, whose --die-with-parent ends the worker with it
+        env[HOST_PID_ENV] = str(os.getpid())
         full = bwrap_argv(argv, env, hide=opts.hide, extra=opts.ro, bwrap=bwrap)
         os.execve(bwrap, full, {"PATH": SANDBOX_PATH})
     return _switch_user(opts.user, argv, env)

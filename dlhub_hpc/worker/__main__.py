@@ -15,6 +15,7 @@ from pathlib import Path
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.logging_setup import LOG_FORMATS, setup_logging
 from dlhub_hpc.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from dlhub_hpc.security.confine import host_pid
 from dlhub_hpc.servable.pools import DEFAULT_BUDGET, pool_of
 from dlhub_hpc.servable.spec import parse_ref
 from dlhub_hpc.worker.gpu import GPU_ENVS, GpuBinding
@@ -97,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval, hub_timeout=args.hub_timeout,
         drain_after=args.drain_after, drain_grace=args.drain_grace,
         max_message_bytes=args.max_message_bytes,
-        credential=args.credential,
+        credential=args.credential, pid=host_pid(),
     )
     if args.cache_dir is not None:
         opts.cache_dir = args.cache_dir

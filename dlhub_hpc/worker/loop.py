@@ -87,6 +87,8 @@ class WorkerOptions(BaseModel):
     cache_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "dlhub-hpc")
     worker_id: str = Field(default_factory=lambda: f"w-{uuid.uuid4().hex[:12]}")
     binding: dict[str, Any] | None = Field(default=None, description="GPU binding, for Hello")
+    pid: int = Field(default_factory=os.getpid, gt=0,
+                     description="the pid to report: the node's view, outside any sandbox")
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES, ge=4096,
         description="largest result message to send (the hub's worker_max_message_bytes)")
@@ -212,7 +214,7 @@ class Worker:
             pool = self.opts.pool
             self._hello = encode(Hello(
                 self.opts.worker_id, "" if pool else self.opts.servable, self.opts.version,
-                socket.gethostname(), os.getpid(), self.opts.block,
+                socket.gethostname(), self.opts.pid, self.opts.block,
                 self.runner.ranks, self.opts.binding, pool.to_wire() if pool else None,
             ))
             sock.send_multipart(self._hello)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 
@@ -54,6 +55,12 @@ def test_a_publishers_code_reads_none_of_the_hubs_secrets(
     assert "DLHUB_HPC_TEST_SECRET" not in found["env"]
     assert not any(k.startswith("DLHUB_HPC_") for k in found["env"]), found["env"]
     assert found["fd3"] == ""  # the credential's descriptor was closed before loading
+    # status gives the sandbox's pid as this node sees it, not the pid inside the sandbox
+    pid = next(w["pid"] for w in alice.status()["workers"] if "alice/snoop" in w["servable"])
+    sandbox = psutil.Process(pid)
+    assert sandbox.name() == "bwrap", sandbox.cmdline()
+    assert any("dlhub_hpc.worker" in " ".join(p.cmdline())
+               for p in sandbox.children(recursive=True))
 
 
 def test_a_worker_credential_serves_only_its_owners_servables(

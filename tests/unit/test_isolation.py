@@ -13,7 +13,7 @@ import pytest
 from dlhub_hpc.errors import IsolationUnavailable
 from dlhub_hpc.pilot.command import Container, worker_command
 from dlhub_hpc.registry.store import Registry
-from dlhub_hpc.security.confine import bwrap_argv, kept_environment
+from dlhub_hpc.security.confine import HOST_PID_ENV, bwrap_argv, host_pid, kept_environment
 from dlhub_hpc.security.credentials import WorkerCredentials
 from dlhub_hpc.security.isolation import Confinement, IsolationPolicy, WorkerLaunch
 from dlhub_hpc.security.keys import KeyPair, load_keypair
@@ -192,3 +192,12 @@ def test_binds_under_tmp_land_on_top_of_the_private_tmp(tmp_path: Path) -> None:
     venv.mkdir(parents=True)
     argv = bwrap_argv(["python"], {}, paths=[str(venv)])
     assert argv.index("/tmp", argv.index("--tmpfs")) < argv.index(str(venv))
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("4242", 4242), ("", None), ("0", None), ("-5", None), ("12x", None)])
+def test_a_worker_reports_the_sandbox_pid_it_was_given_and_keeps_it_from_the_servable(
+        given: str, expected: int | None) -> None:
+    env = {HOST_PID_ENV: given, "LANG": "C"}
+    assert host_pid(env) == (os.getpid() if expected is None else expected)
+    assert env == {"LANG": "C"}  # taken out before any servable code could read it
