@@ -18,7 +18,10 @@ The profile a start uses, first found: the hub's ``start_on_demand`` for the ser
 servable's own ``default_profile`` where the hub's ``servable_profiles`` allows it and the
 hub has it, then ``start_on_demand["*"]``. A servable whose own profile is refused and that
 nothing else starts is ``not started``: its callers' deadline error says why
-(``ServableNotStarted``), as ``status`` and ``request_status`` do.
+(``ServableNotStarted``), as ``status`` and ``request_status`` do. Why is looked up once per
+version when first asked (``refusal``), and again once the servable changes (``forget``).
+A hub with neither ``start_on_demand`` nor ``servable_profiles`` starts nothing: its requests
+skip the board (``active``), and a refusal is looked up only when status or a deadline asks.
 """
 
 from __future__ import annotations
@@ -69,11 +72,10 @@ class NotStarted(str):
 
     reason: str
     details: dict[str, Any]
-    since: float
 
-    def __new__(cls, reason: str, since: float, **details: Any) -> NotStarted:
+    def __new__(cls, reason: str, **details: Any) -> NotStarted:
         stage = super().__new__(cls, NOT_STARTED)
-        stage.reason, stage.details, stage.since = reason, details, since
+        stage.reason, stage.details = reason, details
         return stage
 
 
@@ -103,15 +105,21 @@ class OnDemand:
         self.servable_profiles = frozenset(servable_profiles)
         self.default_profile_of = default_profile_of or _no_profile
         self.has_profile = has_profile
-        # read on the hot path: nothing to do when False. With a lookup of servables' own
-        # profiles, a refused one is said even on a hub that starts nothing on demand.
-        self.active = bool(self.profiles or self.servable_profiles or default_profile_of)
+        # read on the hot path: False when the hub starts nothing on demand, so requests
+        # skip the check. A servable's own profile refused there is said all the same:
+        # ``stage`` and ``refusal`` look it up when asked (status, deadlines), not per request.
+        self.active = bool(self.profiles or self.servable_profiles)
         self._lock = threading.Lock()
         self._starts: dict[ServableKey, _Start] = {}
         self._recent: deque[float] = deque()
         self._deferred: dict[ServableKey, str] = {}  # refused by the rate limit: retried
         self._own: dict[ServableKey, str | None] = {}  # each version's own default_profile
-        self._refused: dict[ServableKey, NotStarted] = {}  # own profile refused, waiting
+        # why each version's own profile is refused (None: it names none, or may use it);
+        # looked up once, forgotten when the servable changes (``forget``)
+        self._refusals: dict[ServableKey, NotStarted | None] = {}
+        # those refused for a profile the hub lacks: asked again once nothing waits for them,
+        # as the admin may install it meanwhile
+        self._uninstalled: set[ServableKey] = set()
 
     @classmethod
     def from_config(cls, config: HubConfig,
@@ -126,21 +134,32 @@ class OnDemand:
                 f"idle_release_after={self.idle_release_after!r}, "
                 f"servable_profiles={sorted(self.servable_profiles)!r})")
 
-    def profile_for(self, key: ServableKey, now: float = 0.0) -> str | None:
+    def profile_for(self, key: ServableKey) -> str | None:
         """The profile ``key`` starts from: the hub's for it, its own where allowed, the
-        hub's ``*``; a refused own profile is remembered (``stage``) for its callers."""
+        hub's ``*``."""
         named = self.profiles.get(key[0])
         if named:
             return named
         own = self._own_profile(key)
-        refusal = None if own is None else self._refusal(key, own, now)
-        fallback = self.profiles.get("*")
-        if refusal is None and own is not None:
-            self._refused.pop(key, None)
+        if own is not None and self.refusal(key) is None:
             return own
-        if refusal is not None:
-            self._refused.setdefault(key, refusal)
-        return fallback
+        return self.profiles.get("*")
+
+    def refusal(self, key: ServableKey) -> NotStarted | None:
+        """Why the hub will not start ``key`` from the profile its spec names, if it won't
+        (looked up once per version, until ``forget``)."""
+        if key not in self._refusals:
+            own = self._own_profile(key)
+            why = self._refusals[key] = None if own is None else self._refuse(key, own)
+            if why is not None and self._allowed(own):  # allowed, so not installed
+                self._uninstalled.add(key)
+        return self._refusals[key]
+
+    def forget(self, name: str) -> None:
+        """``name`` was published again or its images changed: look its profile up anew."""
+        for cache in (self._own, self._refusals):
+            for key in [k for k in cache if k[0] == name]:
+                del cache[key]
 
     def _own_profile(self, key: ServableKey) -> str | None:
         if key not in self._own:
@@ -151,23 +170,26 @@ class OnDemand:
                 self._own[key] = None
         return self._own[key]
 
-    def _refusal(self, key: ServableKey, own: str, now: float) -> NotStarted | None:
+    def _allowed(self, own: str | None) -> bool:
+        return "*" in self.servable_profiles or own in self.servable_profiles
+
+    def _refuse(self, key: ServableKey, own: str) -> NotStarted | None:
         """Why the hub will not start ``key`` from the profile its spec names, if it won't."""
         allowed = sorted(self.servable_profiles)
-        if "*" not in self.servable_profiles and own not in self.servable_profiles:
+        if not self._allowed(own):
             listed = ", ".join(allowed) if allowed else "none"
             return NotStarted(
                 f"{key[0]} names default_profile {own!r}, which this hub does not let "
                 f"servables choose (servable_profiles: {listed}); the hub's admin may add it "
                 f"to servable_profiles or start_on_demand, or start workers with 'dlhub-hpc "
                 f"pilot start --servable {key[0]} --profile {own}'",
-                now, profile=own, allowed=allowed)
+                profile=own, allowed=allowed)
         if not self.has_profile(own):
             return NotStarted(
                 f"{key[0]} names default_profile {own!r}, which this hub does not have "
                 f"(no installed site profile of that name): name one 'dlhub-hpc profiles "
                 f"list' shows and publish again, or ask the hub's admin to install it",
-                now, profile=own, allowed=allowed)
+                profile=own, allowed=allowed)
         return None
 
     # -- the loop's side --
@@ -179,7 +201,7 @@ class OnDemand:
             if entry is not None:
                 entry.last_used = now
                 return None  # under way, or started and its workers are coming back
-        profile = self.profile_for(key, now)
+        profile = self.profile_for(key)
         if profile is None:
             return None
         with self._lock:
@@ -211,8 +233,9 @@ class OnDemand:
         """Deferred starts whose requests still wait and no worker serves; releases of
         started servables with nothing waiting for ``idle_release_after`` seconds."""
         out: list[StartServable | ReleaseServable] = []
-        for key in [k for k in self._refused if not waiting(k) or workers(k)]:
-            del self._refused[key]  # asked again (allowed and installed anew) next time
+        for key in [k for k in self._uninstalled if not waiting(k)]:
+            self._uninstalled.discard(key)
+            self._refusals.pop(key, None)
         with self._lock:
             for key, profile in list(self._deferred.items()):
                 if not waiting(key) or workers(key):
@@ -242,34 +265,39 @@ class OnDemand:
 
     def next_check(self, now: float) -> float:
         """Seconds until ``tick`` is next worth running (inf: nothing started or deferred)."""
-        return POLL if self._starts or self._deferred or self._refused else math.inf
+        return POLL if self._starts or self._deferred else math.inf
 
     def stage(self, key: ServableKey) -> str | None:
+        """How far ``key``'s start got; ``not started`` when its own profile was refused
+        and the hub has none of its own for it."""
         entry = self._starts.get(key)
-        return self._refused.get(key) if entry is None else entry.stage
+        if entry is not None:
+            return entry.stage
+        if key[0] in self.profiles or "*" in self.profiles:
+            return None
+        return self.refusal(key)
 
-    def refusal(self, key: ServableKey) -> NotStarted | None:
-        """Why ``key``'s own default profile starts nothing, while requests wait for it."""
-        return self._refused.get(key)
-
-    def view(self, stage_of: Callable[[ServableKey], str | None]) -> dict[str, dict[str, Any]]:
-        """The starts under way, by ``name@version``, for ``status``."""
+    def view(self, stage_of: Callable[[ServableKey], str | None],
+             waiting: Mapping[ServableKey, float] | None = None) -> dict[str, dict[str, Any]]:
+        """The starts under way, by ``name@version``, for ``status``; with ``waiting`` (the
+        servables requests wait for: since when), those not started too, and why."""
         with self._lock:
             items = list(self._starts.items())
-        refused = dict(self._refused)
         shown: dict[str, dict[str, Any]] = {}
         for key, entry in items:
             stage = stage_of(key)
             if stage is not None:
                 shown[f"{key[0]}@{key[1]}"] = {"stage": str(stage), "profile": entry.profile,
                                                "pilot": entry.pilot, "since": entry.since}
-                if key in refused:  # started from the hub's '*' instead: say why
-                    shown[f"{key[0]}@{key[1]}"]["reason"] = refused[key].reason
-        for key, why in refused.items():
-            if f"{key[0]}@{key[1]}" not in shown and stage_of(key) is not None:
-                shown[f"{key[0]}@{key[1]}"] = {
-                    "stage": NOT_STARTED, "profile": why.details["profile"], "pilot": "",
-                    "since": why.since, "reason": why.reason}
+                why = None if key[0] in self.profiles else self.refusal(key)
+                if why is not None:  # started from the hub's '*' instead: say why
+                    shown[f"{key[0]}@{key[1]}"]["reason"] = why.reason
+        for key, since in (waiting or {}).items():
+            ref = f"{key[0]}@{key[1]}"
+            stage = None if ref in shown else stage_of(key)
+            if isinstance(stage, NotStarted):
+                shown[ref] = {"stage": NOT_STARTED, "profile": stage.details["profile"],
+                              "pilot": "", "since": since, "reason": stage.reason}
         return shown
 
     # -- the starter's side (any thread) --

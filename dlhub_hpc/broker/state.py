@@ -209,6 +209,7 @@ class BrokerState(WorkerLifecycle):
         for key in [k for k in self._servables if k[0] == name]:
             del self._servables[key]
         self.load_failures.forget(name)
+        self.ondemand.forget(name)  # its own default profile, and why it was refused
 
     def shutdown(self, reason: str) -> list[Action]:
         """Tell every worker to exit and fail everything not yet answered."""
@@ -553,6 +554,17 @@ class BrokerState(WorkerLifecycle):
         if self._live_workers(key):
             return None
         return self.ondemand.stage(key) or self._pool_pilot_stage(key)
+
+    def starting(self) -> dict[str, dict[str, Any]]:
+        """The starts on demand under way, and the servables requests wait for that none
+        starts (their own profile refused), by ``name@version`` (``OnDemand.view``)."""
+        waiting: dict[ServableKey, float] = {}
+        for key, methods in self._queues.items():
+            arrived = [next((p.arrived for p in q.items if not p.done), None)
+                       for q in methods.values() if q.live]
+            if any(a is not None for a in arrived):
+                waiting[key] = min(a for a in arrived if a is not None)
+        return self.ondemand.view(self.start_stage, waiting)
 
     def request_status(self, user: str, request_id: str) -> dict[str, Any] | None:
         """``user``'s unanswered request: queued or running, and its servable's start stage."""

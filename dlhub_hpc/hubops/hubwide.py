@@ -88,7 +88,7 @@ def starting(state: BrokerState) -> dict[str, dict[str, Any]]:
     says too how long it has been in its stage (``in_stage_s``), which a caller can show."""
     now = time.monotonic()
     return {ref: {**s, "in_stage_s": max(0.0, now - float(s["since"]))}
-            for ref, s in state.ondemand.view(state.start_stage).items()}
+            for ref, s in state.starting().items()}
 
 
 def visible_snapshot(viewer: Viewer, snapshot: dict[str, Any]) -> dict[str, Any]:

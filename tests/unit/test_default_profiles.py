@@ -31,8 +31,7 @@ OWN = {"alice/a": "slurm-local", "alice/b": "gpu-big"}  # what each spec's defau
 
 
 class Hub:
-    def __init__(self, installed: tuple[str, ...] = ("local", "slurm-local"),
-                 **config: Any) -> None:
+    def __init__(self, installed: list[str] | None = None, **config: Any) -> None:
         settings = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5, **config}
         cfg = HubConfig(**settings)
         self.looked_up: list[ServableKey] = []
@@ -41,7 +40,8 @@ class Hub:
             self.looked_up.append(key)
             return OWN.get(key[0])
 
-        board = OnDemand.from_config(cfg, own, lambda name: name in installed)
+        self.installed = ["local", "slurm-local"] if installed is None else installed
+        board = OnDemand.from_config(cfg, own, lambda name: name in self.installed)
         self.state = BrokerState(lambda name, version: INFOS[name], cfg, ondemand=board)
 
     def request(self, rid: str, servable: str = "alice/a", timeout: float | None = None,
@@ -83,8 +83,9 @@ def test_own_profiles_start_nothing_unless_the_admin_allows_them() -> None:
     assert starts(hub.request("r1", timeout=1.0)) == []
     status = hub.state.request_status("alice", "r1")
     assert status is not None and status["stage"] == NOT_STARTED
-    view = hub.state.ondemand.view(hub.state.start_stage)["alice/a@1"]
+    view = hub.state.starting()["alice/a@1"]
     assert view["stage"] == NOT_STARTED and view["profile"] == "slurm-local"
+    assert view["since"] == 0.0  # when its oldest waiting request came
     assert "servable_profiles: none" in view["reason"]
     error = errors(hub.state.handle(Tick(), 1.0))["r1"]
     assert isinstance(error, ServableNotStarted) and isinstance(error, Timeout)
@@ -101,24 +102,62 @@ def test_an_own_profile_the_hub_does_not_have_starts_nothing() -> None:
     assert "does not have" in error.message and error.details["profile"] == "gpu-big"
 
 
+def test_a_profile_installed_meanwhile_starts_once_nothing_waits_on_its_refusal() -> None:
+    hub = Hub(servable_profiles=["*"])
+    assert starts(hub.request("r1", servable="alice/b", timeout=1.0)) == []  # no gpu-big
+    hub.installed.append("gpu-big")  # the admin installs it
+    assert starts(hub.request("r2", servable="alice/b", timeout=1.0)) == []  # still waiting
+    hub.state.handle(Tick(), 2.0)  # both timed out: nothing waits on the refusal now
+    assert starts(hub.request("r3", servable="alice/b")) == [
+        StartServable(("alice/b", 1), "gpu-big")]
+    assert hub.looked_up == [("alice/b", 1)]  # its spec read once all the same
+
+
 def test_a_refused_own_profile_falls_back_to_the_hubs_star_and_says_so() -> None:
     hub = Hub(start_on_demand={"*": "local"}, servable_profiles=["local"])
     assert starts(hub.request("r1")) == [StartServable(("alice/a", 1), "local")]
-    view = hub.state.ondemand.view(hub.state.start_stage)["alice/a@1"]
+    view = hub.state.starting()["alice/a@1"]
     assert view["stage"] == "requested" and view["profile"] == "local"
     assert "slurm-local" in view["reason"]
 
 
-def test_a_refusal_is_forgotten_once_a_worker_serves() -> None:
+def test_a_refused_servable_is_not_started_no_more_once_a_worker_serves() -> None:
     hub = Hub()
     hub.request("r1")
-    assert hub.state.ondemand.refusal(("alice/a", 1)) is not None
     state = hub.state
+    assert state.start_stage(("alice/a", 1)) == NOT_STARTED
     state.handle(FromWorker(b"w1", Hello("w1", "alice/a", None, "h", 1, None)), 0.1)
     state.handle(FromWorker(b"w1", Ready("alice/a", 1)), 0.2)
     state.handle(Tick(), 0.5)
-    assert hub.state.ondemand.refusal(("alice/a", 1)) is None
-    assert hub.state.ondemand.view(hub.state.start_stage) == {}
+    assert state.start_stage(("alice/a", 1)) is None
+    assert state.starting() == {}
+
+
+def test_a_hub_that_starts_nothing_looks_at_no_profile_per_request() -> None:
+    hub = Hub()  # neither start_on_demand nor servable_profiles: nothing starts on demand
+    assert not hub.state.ondemand.active
+    for i in range(5):
+        hub.request(f"r{i}", timeout=10.0)
+    assert hub.looked_up == []  # requests pay nothing for a refusal they cannot change
+    for i in range(5):  # asked for (status, request status): looked up once
+        status = hub.state.request_status("alice", f"r{i}")
+        assert status is not None and status["stage"] == NOT_STARTED
+    assert "alice/a@1" in hub.state.starting()
+    assert hub.looked_up == [("alice/a", 1)]
+
+
+def test_a_refusal_is_looked_up_anew_once_the_servable_changes() -> None:
+    hub = Hub(servable_profiles=["local"])
+    assert starts(hub.request("r1", timeout=10.0) + hub.request("r2", timeout=10.0)) == []
+    assert hub.looked_up == [("alice/a", 1)]  # once per version, not per request
+    assert hub.state.start_stage(("alice/a", 1)) == NOT_STARTED
+    OWN["alice/a"] = "local"  # published again, naming a profile the hub has and allows
+    try:
+        hub.state.invalidate("alice/a")
+        assert starts(hub.request("r3")) == [StartServable(("alice/a", 1), "local")]
+        assert hub.looked_up == [("alice/a", 1)] * 2
+    finally:
+        OWN["alice/a"] = "slurm-local"
 
 
 def test_a_spec_may_name_a_default_profile_by_name_only() -> None:
