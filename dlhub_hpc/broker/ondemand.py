@@ -47,7 +47,7 @@ from dlhub_hpc.errors import ServableNotStarted, ServableStarting, Timeout
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NOT_STARTED", "STAGES", "NotStarted", "OnDemand", "find_request", "timeout_error"]
+__all__ = ["NOT_STARTED", "STAGES", "OnDemand", "Refusal", "find_request", "timeout_error"]
 
 STAGES = ("requested", "queued at scheduler", "job running", "model loading")
 NOT_STARTED = "not started"  # the servable's own profile was refused and nothing else starts it
@@ -65,18 +65,15 @@ class _Start:
     error: dict[str, Any] | None = None
 
 
-class NotStarted(str):
-    """The stage of a servable no start serves because its own default profile was refused:
-    ``"not started"``, as a str (the state hands stages on as they are), carrying why, so
-    that its callers' deadline error (``timeout_error``) and ``status`` can say it."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the hub starts no pilot from the profile a servable's own spec names
+    (``OnDemand.refusal``): what its callers' deadline error, ``request_status`` and
+    ``status`` say while it is ``not started``."""
 
     reason: str
-    details: dict[str, Any]
-
-    def __new__(cls, reason: str, **details: Any) -> NotStarted:
-        stage = super().__new__(cls, NOT_STARTED)
-        stage.reason, stage.details = reason, details
-        return stage
+    profile: str  # the refused default_profile
+    allowed: list[str]  # the hub's servable_profiles
 
 
 def _no_profile(key: ServableKey) -> str | None:
@@ -116,7 +113,7 @@ class OnDemand:
         self._own: dict[ServableKey, str | None] = {}  # each version's own default_profile
         # why each version's own profile is refused (None: it names none, or may use it);
         # looked up once, forgotten when the servable changes (``forget``)
-        self._refusals: dict[ServableKey, NotStarted | None] = {}
+        self._refusals: dict[ServableKey, Refusal | None] = {}
         # those refused for a profile the hub lacks: asked again once nothing waits for them,
         # as the admin may install it meanwhile
         self._uninstalled: set[ServableKey] = set()
@@ -145,7 +142,7 @@ class OnDemand:
             return own
         return self.profiles.get("*")
 
-    def refusal(self, key: ServableKey) -> NotStarted | None:
+    def refusal(self, key: ServableKey) -> Refusal | None:
         """Why the hub will not start ``key`` from the profile its spec names, if it won't
         (looked up once per version, until ``forget``)."""
         if key not in self._refusals:
@@ -173,23 +170,23 @@ class OnDemand:
     def _allowed(self, own: str | None) -> bool:
         return "*" in self.servable_profiles or own in self.servable_profiles
 
-    def _refuse(self, key: ServableKey, own: str) -> NotStarted | None:
+    def _refuse(self, key: ServableKey, own: str) -> Refusal | None:
         """Why the hub will not start ``key`` from the profile its spec names, if it won't."""
         allowed = sorted(self.servable_profiles)
         if not self._allowed(own):
             listed = ", ".join(allowed) if allowed else "none"
-            return NotStarted(
+            return Refusal(
                 f"{key[0]} names default_profile {own!r}, which this hub does not let "
                 f"servables choose (servable_profiles: {listed}); the hub's admin may add it "
                 f"to servable_profiles or start_on_demand, or start workers with 'dlhub-hpc "
                 f"pilot start --servable {key[0]} --profile {own}'",
-                profile=own, allowed=allowed)
+                own, allowed)
         if not self.has_profile(own):
-            return NotStarted(
+            return Refusal(
                 f"{key[0]} names default_profile {own!r}, which this hub does not have "
                 f"(no installed site profile of that name): name one 'dlhub-hpc profiles "
                 f"list' shows and publish again, or ask the hub's admin to install it",
-                profile=own, allowed=allowed)
+                own, allowed)
         return None
 
     # -- the loop's side --
@@ -273,9 +270,9 @@ class OnDemand:
         entry = self._starts.get(key)
         if entry is not None:
             return entry.stage
-        if key[0] in self.profiles or "*" in self.profiles:
+        if key[0] in self.profiles or "*" in self.profiles or self.refusal(key) is None:
             return None
-        return self.refusal(key)
+        return NOT_STARTED
 
     def view(self, stage_of: Callable[[ServableKey], str | None],
              waiting: Mapping[ServableKey, float] | None = None) -> dict[str, dict[str, Any]]:
@@ -294,10 +291,10 @@ class OnDemand:
                     shown[f"{key[0]}@{key[1]}"]["reason"] = why.reason
         for key, since in (waiting or {}).items():
             ref = f"{key[0]}@{key[1]}"
-            stage = None if ref in shown else stage_of(key)
-            if isinstance(stage, NotStarted):
-                shown[ref] = {"stage": NOT_STARTED, "profile": stage.details["profile"],
-                              "pilot": "", "since": since, "reason": stage.reason}
+            why = None if ref in shown else self.refusal(key)
+            if why is not None and stage_of(key) == NOT_STARTED:
+                shown[ref] = {"stage": NOT_STARTED, "profile": why.profile, "pilot": "",
+                              "since": since, "reason": why.reason}
         return shown
 
     # -- the starter's side (any thread) --
@@ -324,16 +321,17 @@ class OnDemand:
 
 
 def timeout_error(p: Pending, live_workers: int, stage: str | None,
-                  how: str = "on demand") -> Timeout:
-    """The error of a request whose deadline passed: the stage when its servable was
-    starting (``ServableStarting``; ``how``: ``on demand``, or ``in its pool`` when a
-    pooled worker loads it or a pool pilot starts a block for it), else what to change."""
+                  how: str = "on demand", refusal: Refusal | None = None) -> Timeout:
+    """The error of a request whose deadline passed: why none starts its servable when it
+    is ``not started`` (``ServableNotStarted``, from ``refusal``); the stage when it was
+    starting (``ServableStarting``; ``how``: ``on demand``, or ``in its pool`` when a pooled
+    worker loads it or a pool pilot starts a block for it); else what to change."""
     name, version = p.servable
-    if isinstance(stage, NotStarted):
+    if stage == NOT_STARTED and refusal is not None:
         return ServableNotStarted(
             f"{name}@{version}.{p.method} did not answer in time: no worker serves it and "
-            f"none starts: {stage.reason}", servable=name, version=version, stage=NOT_STARTED,
-            **stage.details)
+            f"none starts: {refusal.reason}", servable=name, version=version,
+            stage=NOT_STARTED, profile=refusal.profile, allowed=refusal.allowed)
     if stage is not None:
         return ServableStarting(
             f"{name}@{version}.{p.method} did not answer in time: the servable is starting "

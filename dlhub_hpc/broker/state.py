@@ -49,7 +49,7 @@ from dlhub_hpc.broker.gate import Gate, OpenGate
 from dlhub_hpc.broker.invariants import problems
 from dlhub_hpc.broker.load_failures import LoadFailures
 from dlhub_hpc.broker.memo import MemoCache, memo_key
-from dlhub_hpc.broker.ondemand import OnDemand, find_request, timeout_error
+from dlhub_hpc.broker.ondemand import NOT_STARTED, OnDemand, find_request, timeout_error
 from dlhub_hpc.broker.parameters import check_parameters, memo_method
 from dlhub_hpc.broker.pipeline import PipelineRunner
 from dlhub_hpc.broker.pool_state import PoolPilot
@@ -512,7 +512,8 @@ class BrokerState(WorkerLifecycle):
         key, p.memo_key = p.memo_key, None
         stage = self.start_stage(p.servable)
         error = timeout_error(p, self._live_workers(p.servable), stage,
-                              "on demand" if self.ondemand.stage(p.servable) else "in its pool")
+                              "on demand" if self.ondemand.stage(p.servable) else "in its pool",
+                              self.ondemand.refusal(p.servable) if stage == NOT_STARTED else None)
         self._answer(p, False, None, error.to_wire(), 0.0, out, now)
         if key is None:
             return
@@ -567,13 +568,16 @@ class BrokerState(WorkerLifecycle):
         return self.ondemand.view(self.start_stage, waiting)
 
     def request_status(self, user: str, request_id: str) -> dict[str, Any] | None:
-        """``user``'s unanswered request: queued or running, and its servable's start stage."""
+        """``user``'s unanswered request: queued or running, its servable's start stage, and
+        why none starts it when it is ``not started`` (``reason``; else None)."""
         found = find_request(self._queues, self._batches.values(), user, request_id)
         if found is None:
             return None
         p, where = found
+        stage = self.start_stage(p.servable)
+        why = self.ondemand.refusal(p.servable) if stage == NOT_STARTED else None
         return {"request_id": request_id, "servable": f"{p.servable[0]}@{p.servable[1]}",
-                "state": where, "stage": self.start_stage(p.servable)}
+                "state": where, "stage": stage, "reason": None if why is None else why.reason}
 
     # -- status and books --
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from dlhub_hpc.cli.common import client_from, console, err_console, input_error, to_json
@@ -128,12 +129,14 @@ def starting_table(status: dict[str, Any]) -> Table | None:
     if not starts:
         return None
     table = Table(title="Starting on demand")
-    for col in ("servable", "stage", "profile", "since"):
+    why = any(s.get("reason") for s in starts.values())  # a servable's own profile refused
+    for col in ("servable", "stage", "profile", "since", *(["reason"] if why else [])):
         table.add_column(col)
     for ref, s in sorted(starts.items()):
         waited = s.get("in_stage_s")
-        table.add_row(ref, str(s.get("stage", "-")), str(s.get("profile") or "-"),
-                      "-" if waited is None else f"{float(waited):.0f}s ago")
+        row = [ref, str(s.get("stage", "-")), str(s.get("profile") or "-"),
+               "-" if waited is None else f"{float(waited):.0f}s ago"]
+        table.add_row(*row, *([escape(str(s.get("reason") or "-"))] if why else []))
     return table
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import ReleaseServable, ServableKey, StartServable
-from dlhub_hpc.broker.ondemand import NotStarted, OnDemand
+from dlhub_hpc.broker.ondemand import OnDemand
 from dlhub_hpc.broker.pipeline import refuse_workers
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, PilotError
 from dlhub_hpc.hubops.limits import check_pilot_nodes, check_worker_limit
@@ -149,8 +149,5 @@ def request_status(parts: HubParts, args: dict[str, Any]) -> dict[str, Any]:
         raise DlhubHpcError("request_status needs request_id: the id of a request you sent")
     found = parts.state.request_status(str(args.get("caller", "")), request_id)
     if found is None:
-        return {"request_id": request_id, "state": "answered", "stage": None}
-    stage = found.get("stage")
-    if isinstance(stage, NotStarted):  # its own profile was refused: say why, as plain data
-        found = {**found, "stage": str(stage), "reason": stage.reason}
+        return {"request_id": request_id, "state": "answered", "stage": None, "reason": None}
     return found

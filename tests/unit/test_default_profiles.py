@@ -83,6 +83,7 @@ def test_own_profiles_start_nothing_unless_the_admin_allows_them() -> None:
     assert starts(hub.request("r1", timeout=1.0)) == []
     status = hub.state.request_status("alice", "r1")
     assert status is not None and status["stage"] == NOT_STARTED
+    assert "does not let servables choose" in status["reason"]
     view = hub.state.starting()["alice/a@1"]
     assert view["stage"] == NOT_STARTED and view["profile"] == "slurm-local"
     assert view["since"] == 0.0  # when its oldest waiting request came

@@ -49,7 +49,8 @@ def test_a_request_with_no_worker_starts_its_default_profile_once() -> None:
     assert starts(hub.request("r1")) == [StartServable(("alice/a", 1), "slurm-local")]
     assert starts(hub.request("r2")) == []  # under way: one start per servable
     assert hub.state.request_status("alice", "r1") == {
-        "request_id": "r1", "servable": "alice/a@1", "state": "queued", "stage": "requested"}
+        "request_id": "r1", "servable": "alice/a@1", "state": "queued", "stage": "requested",
+        "reason": None}
     assert hub.state.request_status("bob", "r1") is None  # only the caller's own
 
 

@@ -193,6 +193,21 @@ def test_the_starting_table_shows_each_start_on_demand_and_its_stage() -> None:
     assert "queued at scheduler" in add and "slurm-local" in add and "12s ago" in add
     echo = next(line for line in lines if "demo/echo@2" in line)
     assert "requested" in echo and "local" in echo
+
+
+def test_the_starting_table_says_why_a_servable_is_not_started() -> None:
+    why = "demo/big names default_profile 'gpu-big', which this hub does not let servables"
+    status = {"starting": {
+        "demo/add@1": {"stage": "requested", "profile": "local", "pilot": "", "since": 1.0},
+        "demo/big@1": {"stage": "not started", "profile": "gpu-big", "pilot": "",
+                       "since": 2.0, "in_stage_s": 3.0, "reason": why}}}
+    table = starting_table(status)
+    assert table is not None
+    assert [c.header for c in table.columns] == [
+        "servable", "stage", "profile", "since", "reason"]
+    assert list(table.columns[-1].cells) == ["-", why]  # by row, as sorted
+    big = next(line for line in _render([table]).splitlines() if "demo/big@1" in line)
+    assert "not started" in big and "gpu-big" in big
     assert starting_table({"starting": {}}) is None and starting_table({}) is None
 
 

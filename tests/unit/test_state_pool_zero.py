@@ -109,7 +109,8 @@ def test_a_request_for_a_pool_at_zero_is_served_once_its_block_connects() -> Non
     ((who, batch),) = batches(hub.ready("w1", "alice/a@1"))
     assert who == b"w1" and batch.request_ids == ["r1"]
     assert hub.state.request_status("alice", "r1") == {
-        "request_id": "r1", "servable": "alice/a@1", "state": "running", "stage": None}
+        "request_id": "r1", "servable": "alice/a@1", "state": "running", "stage": None,
+        "reason": None}
 
 
 def test_a_deadline_passed_while_the_pool_pilot_starts_names_the_stage() -> None:
