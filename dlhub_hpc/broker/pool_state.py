@@ -45,6 +45,10 @@ PoolPilot = tuple[PoolSpec, str | None, str]
 STAGE_ORDER = ("requested", "queued at scheduler", "job running")
 
 
+def _stage_rank(stage: str) -> int:
+    return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else -1
+
+
 class PoolDispatch:
     """Hooks the state calls for pooled workers; the state's own tables are shared."""
 
@@ -58,7 +62,7 @@ class PoolDispatch:
     # The running pool pilots (the hub's PilotService); read on the loop, so it hands back
     # a tuple it replaces on each change, never one it edits.
     pool_pilots: Callable[[], Sequence[PoolPilot]]
-    _pilot_stages: tuple[object, dict[ServableKey, str | None]]
+    _pilot_stages: tuple[object, dict[ServableKey, tuple[str, ...]]]
 
     # -- what the state provides --
 
@@ -205,40 +209,41 @@ class PoolDispatch:
 
     def _pool_pilot_serves(self, key: ServableKey) -> bool:
         """Does a running pool pilot serve ``key`` (it brings pooled workers back)?"""
-        pilots = self.pool_pilots()
-        if not pilots:
-            return False
-        try:
-            info = self._resolve(*key)
-        except DlhubHpcError:
-            return False
-        return any(self.pools.spec_refusal(spec, owner, info) is None
-                   for spec, owner, _ in pilots)
+        return bool(self._admitting_stages(key))
 
     def _pool_pilot_stage(self, key: ServableKey) -> str | None:
         """How far the start of a pool pilot that would serve ``key`` got (the furthest,
-        if several would); None when no running pool pilot serves it. Looked up once per
-        servable while the hub's list of pool pilots stays the same."""
+        if several would); None when no running pool pilot serves it."""
+        return max(self._admitting_stages(key), key=_stage_rank, default=None)
+
+    def _admitting_stages(self, key: ServableKey) -> tuple[str, ...]:
+        """The start stage of each running pool pilot that would serve ``key``; looked up
+        once per servable while the hub's list of pool pilots stays the same (and the
+        servable does: ``_pool_forget``)."""
         pilots = self.pool_pilots()
         if not pilots:
-            return None
+            return ()
         seen, stages = self._pilot_stages
         if seen is not pilots:
             stages = {}
             self._pilot_stages = (pilots, stages)
-        if key not in stages:
-            stages[key] = self._furthest_stage(pilots, key)
-        return stages[key]
+        found = stages.get(key)
+        if found is None:
+            try:
+                info = self._resolve(*key)
+            except DlhubHpcError:  # withdrawn meanwhile: no pool serves it
+                found = ()
+            else:
+                found = tuple(stage for spec, owner, stage in pilots
+                              if self.pools.spec_refusal(spec, owner, info) is None)
+            stages[key] = found
+        return found
 
-    def _furthest_stage(self, pilots: Sequence[PoolPilot], key: ServableKey) -> str | None:
-        try:
-            info = self._resolve(*key)
-        except DlhubHpcError:
-            return None
-        found = [stage for spec, owner, stage in pilots
-                 if self.pools.spec_refusal(spec, owner, info) is None]
-        return max(found, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else -1,
-                   default=None)
+    def _pool_forget(self, name: str) -> None:
+        """``name`` changed (a new version, its pooling grants): ask the pilots anew."""
+        stages = self._pilot_stages[1]
+        for key in [k for k in stages if k[0] == name]:
+            del stages[key]
 
     def _pool_loading(self, key: ServableKey) -> bool:
         """A pooled worker loads ``key`` and none holds it yet: its callers wait for it."""

@@ -107,7 +107,7 @@ class BrokerState(WorkerLifecycle):
         self.pools = PoolBook(self.gate.may_serve)  # pooled workers (pool_state.py)
         # The running pool pilots, members or none (the hub's PilotService.pool_pilots)
         self.pool_pilots = pool_pilots or (lambda: ())
-        self._pilot_stages: tuple[object, dict[ServableKey, str | None]] = ((), {})
+        self._pilot_stages: tuple[object, dict[ServableKey, tuple[str, ...]]] = ((), {})
         # servable -> True when a pilot will start workers again if its last one dies, so
         # that worker's requests wait for the replacement instead of failing
         self.replacement_expected = replacement_expected
@@ -210,6 +210,7 @@ class BrokerState(WorkerLifecycle):
             del self._servables[key]
         self.load_failures.forget(name)
         self.ondemand.forget(name)  # its own default profile, and why it was refused
+        self._pool_forget(name)  # which pool pilots serve it
 
     def shutdown(self, reason: str) -> list[Action]:
         """Tell every worker to exit and fail everything not yet answered."""

@@ -210,3 +210,32 @@ def test_a_pool_at_zero_counts_what_other_owners_allowed_its_owner_to_pool() -> 
     hub.request("r2", "alice/a")
     assert hub.state.snapshot()["pools"]["queued"] == {bobs.ref(): 2}
     assert hub.stage("r2") == "queued at scheduler"
+
+
+def test_a_grant_given_while_the_pool_pilots_stay_is_seen_once_the_servable_changes() -> None:
+    bobs = PoolSpec.parse("owner:bob", 100)
+    hub = ZeroHub((bobs, "bob", "job running"))
+    hub.request("r1", "alice/a")
+    assert hub.stage("r1") is None  # bob may not pool alice's
+    hub.state.pools.granted = lambda owner, info: (owner, info.name) == ("bob", "alice/a")
+    hub.state.invalidate("alice/a")  # what the hub does once the grant is written
+    assert hub.stage("r1") == "job running"  # the same list of pilots, asked anew
+
+
+def test_one_look_at_the_pool_pilots_serves_their_stage_and_whether_they_serve() -> None:
+    hub = ZeroHub((ALICE, None, "requested"), (ALICE, None, "job running"),
+                  (PoolSpec.parse("owner:bob", 100), "bob", "queued at scheduler"))
+    asked: list[str] = []
+    refusal = hub.state.pools.spec_refusal
+
+    def counted(spec: PoolSpec, owner: str | None, info: Any) -> str | None:
+        asked.append(spec.text())
+        return refusal(spec, owner, info)
+
+    hub.state.pools.spec_refusal = counted  # type: ignore[method-assign]
+    assert hub.state._pool_pilot_stage(("alice/a", 1)) == "job running"  # the furthest
+    assert hub.state._pool_pilot_serves(("alice/a", 1))
+    hub.request("r1", "alice/a")
+    assert hub.stage("r1") == "job running"
+    assert len(asked) == 3  # each pilot once, for all of these
+    assert hub.state._pool_pilot_stage(("bob/c", 1)) == "queued at scheduler"  # bob's only
