@@ -176,6 +176,14 @@ class PoolDispatch:
             tried.add(info.key)
             self._dispatch(info, now, out)
 
+    def _pooled(self) -> bool:
+        """Does the hub serve pools: pooled workers connected, or pool pilots running?"""
+        return bool(self.pools.members or self.pool_pilots())
+
+    def _pools_view(self) -> dict[str, Any] | None:
+        """The pools as the snapshot shows them (None on a hub that serves none)."""
+        return {**self.pools.view(), "queued": self.pool_demand()} if self._pooled() else None
+
     def pool_demand(self) -> dict[str, int]:
         """Requests queued for each pool's servables, by the pool's ref (its pilot's
         ``servable``): what a pool pilot scales on, as a servable's pilot does on its queue.

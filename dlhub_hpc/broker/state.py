@@ -8,7 +8,8 @@ deadlines.
 How a batch is formed (which queue, how many, how long a part-full one waits) is in
 ``batching.py``; who may call or serve what, in the ``Gate`` it is made with (``gate.py``).
 Workers' messages and their loss are handled in ``worker_state.py`` (pooled workers' in
-``pool_state.py``), which ``BrokerState`` inherits.
+``pool_state.py``), starts on demand in ``ondemand_state.py``, which ``BrokerState``
+inherits; whether a request may queue in ``admission.py``.
 
 One thread owns a state: the hub's loop. Others read the ``Snapshot`` it publishes
 (``view()``), never the state itself. ``validate()`` checks its books (``invariants.py``).
@@ -22,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dlhub_hpc.broker.admission import admission_refusal, share_problems
 from dlhub_hpc.broker.batching import oldest_queue, release_time, take
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import (
@@ -49,7 +51,8 @@ from dlhub_hpc.broker.gate import Gate, OpenGate
 from dlhub_hpc.broker.invariants import problems
 from dlhub_hpc.broker.load_failures import LoadFailures
 from dlhub_hpc.broker.memo import MemoCache, memo_key
-from dlhub_hpc.broker.ondemand import NOT_STARTED, OnDemand, find_request, timeout_error
+from dlhub_hpc.broker.ondemand import NOT_STARTED, OnDemand, timeout_error
+from dlhub_hpc.broker.ondemand_state import OnDemandStages
 from dlhub_hpc.broker.parameters import check_parameters, memo_method
 from dlhub_hpc.broker.pipeline import PipelineRunner
 from dlhub_hpc.broker.pool_state import PoolPilot
@@ -60,7 +63,6 @@ from dlhub_hpc.errors import (
     BrokerInvariantError,
     DlhubHpcError,
     MethodNotFound,
-    QueueFull,
     ServableNotFound,
     ServableWithdrawn,
     WorkerLost,
@@ -91,7 +93,7 @@ __all__ = [
 ]
 
 
-class BrokerState(WorkerLifecycle):
+class BrokerState(WorkerLifecycle, OnDemandStages):
     """Queues, workers, in-flight batches and the memo cache of one hub."""
 
     def __init__(self, resolver: Resolver, config: HubConfig | None = None,
@@ -303,11 +305,10 @@ class BrokerState(WorkerLifecycle):
         if failed is not None and not self._live_workers(info.key):  # no worker will come
             self._answer(pending, False, None, failed, 0.0, out, now)
             return
-        limit = self.config.queue_limits.get(info.name, self.config.max_queue_length)
-        refused = self.shares.refusal(info.key, user, limit)
+        refused = admission_refusal(self.shares, self.config, info, user)
         if refused is not None:
             self.stats["overloaded"] += 1
-            self._reject(client, req.request_id, queue_full(info, limit, *refused), out)
+            self._reject(client, req.request_id, refused, out)
             return
         queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
         if pending.deadline is not None:
@@ -320,12 +321,7 @@ class BrokerState(WorkerLifecycle):
         queue.live += 1
         self.shares.add(info.key, user)
         if self.ondemand.active:  # nothing serves it: its default profile starts a pilot
-            serves = (self._live_workers(info.key)
-                      or self._pool_pilot_stage(info.key) is not None)  # a pool at zero
-            start = None if serves else self.ondemand.wanted(info.key, now)
-            self.ondemand.used(info.key, now)
-            if start is not None:
-                out.append(start)
+            self._on_demand_request(info, now, out)
         if self._round is not None and queue.live < info.max_batch_size:
             self._round[info.key] = info  # dispatched once this read of the socket ends
         else:
@@ -420,8 +416,7 @@ class BrokerState(WorkerLifecycle):
             if identity is None:
                 # a pooled worker loads it; with none connected, its pool pilot's
                 # block will (the request waits in the backlog: the pilot's demand)
-                pooled = self.pools.members or self.pool_pilots()
-                if pooled and oldest_queue(queues)[0] is not None:
+                if self._pooled() and oldest_queue(queues)[0] is not None:
                     self._pool_load(info, now, out)
                 return
             queue, method = oldest_queue(queues)
@@ -536,50 +531,6 @@ class BrokerState(WorkerLifecycle):
         followers = sum(len(f) for f in self._flights.values())
         return queued + followers + sum(len(f.items) for f in self._batches.values())
 
-    def _on_demand_tick(self, now: float, out: list[Action]) -> None:
-        """Failed starts answer their waiting callers; deferred starts and idle releases."""
-        for key, error in self.ondemand.take_failures():
-            self._fail_queued(key, error, now, out)
-
-        def waiting(key: ServableKey) -> int:
-            return self._in_flight[key] + sum(q.live for q in self._queues.get(key, {}).values())
-
-        out.extend(self.ondemand.tick(now, waiting, self._live_workers))
-
-    def start_stage(self, key: ServableKey) -> str | None:
-        """How far ``key``'s start got: on demand, or in a pool (a pooled worker loads it,
-        or a pool pilot at zero starts its block); None when it serves or is not starting."""
-        if any(w.servable == key and w.state == "loading" for w in self._workers.values()):
-            if self.ondemand.stage(key) or self._pool_loading(key):
-                return "model loading"
-            return None
-        if self._live_workers(key):
-            return None
-        return self.ondemand.stage(key) or self._pool_pilot_stage(key)
-
-    def starting(self) -> dict[str, dict[str, Any]]:
-        """The starts on demand under way, and the servables requests wait for that none
-        starts (their own profile refused), by ``name@version`` (``OnDemand.view``)."""
-        waiting: dict[ServableKey, float] = {}
-        for key, methods in self._queues.items():
-            arrived = [next((p.arrived for p in q.items if not p.done), None)
-                       for q in methods.values() if q.live]
-            if any(a is not None for a in arrived):
-                waiting[key] = min(a for a in arrived if a is not None)
-        return self.ondemand.view(self.start_stage, waiting)
-
-    def request_status(self, user: str, request_id: str) -> dict[str, Any] | None:
-        """``user``'s unanswered request: queued or running, its servable's start stage, and
-        why none starts it when it is ``not started`` (``reason``; else None)."""
-        found = find_request(self._queues, self._batches.values(), user, request_id)
-        if found is None:
-            return None
-        p, where = found
-        stage = self.start_stage(p.servable)
-        why = self.ondemand.refusal(p.servable) if stage == NOT_STARTED else None
-        return {"request_id": request_id, "servable": f"{p.servable[0]}@{p.servable[1]}",
-                "state": where, "stage": stage, "reason": None if why is None else why.reason}
-
     # -- status and books --
 
     def view(self) -> Snapshot:
@@ -588,8 +539,7 @@ class BrokerState(WorkerLifecycle):
         stats.update(self.memo.stats())
         return take_snapshot(self._queues, self._batches.values(), self._workers.values(),
                              stats, self.changes, self.load_failures.by_ref(),
-                             pools=({**self.pools.view(), "queued": self.pool_demand()}
-                                    if self.pools.members or self.pool_pilots() else None))
+                             pools=self._pools_view())
 
     def snapshot(self) -> dict[str, Any]:
         """``view()`` as plain data (for ``dlhub-hpc status``); on the loop thread only."""
@@ -597,43 +547,8 @@ class BrokerState(WorkerLifecycle):
 
     def validate(self) -> None:
         """Check the books (``invariants.py``); ``BrokerInvariantError`` names each fault."""
-        found = problems(self) + self._share_problems()
+        found = problems(self) + share_problems(self._queues, self.shares)
         if found:
             raise BrokerInvariantError(
                 "the broker's books do not balance: " + "; ".join(found)
                 + "; please report it with the events that led here", problems=found)
-
-    def _share_problems(self) -> list[str]:
-        """The admission counts against a recount of the queues."""
-        counted: dict[ServableKey, Counter[str]] = {}
-        for key, methods in self._queues.items():
-            for queue in methods.values():
-                for p in queue.items:
-                    if not p.done:
-                        counted.setdefault(key, Counter())[p.user] += 1
-        keys = set(counted) | {k for k in self._queues if self.shares.queued(k)}
-        return [f"{ref_of(k)} counts {self.shares.of_users(k)} queued per user for admission; "
-                f"the queues hold {dict(counted.get(k, {}))}"
-                for k in keys if self.shares.of_users(k) != dict(counted.get(k, {}))]
-
-
-def queue_full(info: ServableInfo, limit: int, bound: str, queued: int, theirs: int,
-               share: int) -> QueueFull:
-    """The refusal of a request the servable's queue has no room for, naming the bound hit
-    (``QueueShares.refusal``) and what to do."""
-    ref = f"{info.name}@{info.version}"
-    if bound == "ceiling":
-        return QueueFull(
-            f"{ref} has {queued} requests queued, twice its bound of {limit}: no caller "
-            "may queue more; retry later or start more workers",
-            servable=info.name, queued=queued, limit=limit)
-    if bound == "share":
-        return QueueFull(
-            f"{ref} has {queued} requests queued (the bound is {limit}) over all its methods, "
-            f"and {theirs} are yours, your fair share of it while others wait ({share}); "
-            "retry once some of yours are answered",
-            servable=info.name, queued=queued, limit=limit, yours=theirs, share=share)
-    return QueueFull(
-        f"{ref} has {queued} requests queued (the bound is {limit}) over all its methods; "
-        "retry later or start more workers",
-        servable=info.name, queued=queued, limit=limit)
