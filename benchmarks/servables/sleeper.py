@@ -7,38 +7,16 @@ which is what the fairness benchmark needs to measure who waits in it.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
+
+from benchmarks.servables.floats import write_float_servable
 
 
 def write_sleeper(root: Path, name: str, seconds: float, *, owner: str = "bench",
                   tag: str = "fairbench") -> Path:
     """A servable ``name`` in ``root/name`` answering ``sum(x)`` after ``seconds`` per item
     (a plain function: a batch of ``n`` costs ``n * seconds``), tagged ``tag``."""
-    d = root / name
-    d.mkdir(parents=True)
-    (d / "servable.yaml").write_text(textwrap.dedent(f"""\
-        datacite:
-          title: Sleeping sum {name}
-          creators: ["Bench, B"]
-          subjects: [{tag}]
-        dlhub:
-          owner: {owner}
-          name: {name}
-        servable:
-          type: python_function
-          methods:
-            run:
-              function: "model:run"
-              input: {{type: list, item_type: {{type: float}}}}
-              output: {{type: float}}
-        """))
-    (d / "model.py").write_text(textwrap.dedent(f"""\
-        import time
-
-
-        def run(x):
-            time.sleep({seconds!r})
-            return float(sum(x))
-        """))
-    return d
+    model = (f"import time\n\n\n"
+             f"def run(x):\n    time.sleep({seconds!r})\n    return float(sum(x))\n")
+    return write_float_servable(root, name, title=f"Sleeping sum {name}", model=model, tag=tag,
+                                owner=owner)

@@ -8,7 +8,6 @@ is read while it holds still: no sleeps, no timing."""
 from __future__ import annotations
 
 import os
-import textwrap
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks.servables.floats import write_float_servable
 from dlhub_hpc import Client, Hub
 from dlhub_hpc.cli.pools import pool_workers
 from dlhub_hpc.servable.pools import PoolSpec
@@ -35,26 +35,8 @@ B_REQUESTS = 4
 def write_gated_scaled(root: Path, name: str, weight: float, gate: Path) -> Path:
     """A pooled servable (tag evicttest) answering ``weight * sum(x)`` from 1 MiB of
     weights, whose calls wait until ``gate`` (a FIFO) has a writer."""
-    d = root / name
-    d.mkdir(parents=True)
-    (d / "servable.yaml").write_text(textwrap.dedent(f"""\
-        datacite:
-          title: Gated scaled sum {name}
-          creators: ["Test, T"]
-          subjects: [evicttest]
-        dlhub:
-          owner: test
-          name: {name}
-        servable:
-          type: python_function
-          max_batch_size: {BATCH}
-          methods:
-            run:
-              function: "model:run"
-              input: {{type: list, item_type: {{type: float}}}}
-              output: {{type: float}}
-        """))
-    (d / "model.py").write_text(textwrap.dedent(f"""\
+    d = write_float_servable(root, name, title=f"Gated scaled sum {name}", tag="evicttest",
+                             owner="test", max_batch_size=BATCH, model=f"""\
         import os
         import pathlib
 
@@ -66,7 +48,7 @@ def write_gated_scaled(root: Path, name: str, weight: float, gate: Path) -> Path
         def run(x):
             os.close(os.open({str(gate)!r}, os.O_RDONLY))  # blocks until the test opens it
             return float(_W[0] * sum(x))
-        """))
+        """)
     np.save(d / "weights.npy", np.full(WEIGHT_BYTES // 8, weight))
     return d
 

@@ -4,7 +4,6 @@ counted, not timed), and a servable a pool serves starts no pilot of its own on 
 from __future__ import annotations
 
 import os
-import textwrap
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.servables.floats import write_float_servable
 from dlhub_hpc import Client, Hub
 from dlhub_hpc.cli.pools import pool_workers
 from dlhub_hpc.servable.pools import PoolSpec
@@ -27,34 +27,15 @@ FLOOD = 80
 def write_gated(root: Path, gate: Path) -> Path:
     """A pooled servable (tag pooltest) whose calls wait until ``gate`` (a FIFO) has a
     writer: the test holds its first batch while the others queue."""
-    d = root / "gated"
-    d.mkdir(parents=True)
-    (d / "servable.yaml").write_text(textwrap.dedent("""\
-        datacite:
-          title: Gated sum
-          creators: ["Test, T"]
-          subjects: [pooltest]
-        dlhub:
-          owner: test
-          name: gated
-        servable:
-          type: python_function
-          max_batch_size: 4
-          methods:
-            run:
-              function: "model:run"
-              input: {type: list, item_type: {type: float}}
-              output: {type: float}
-        """))
-    (d / "model.py").write_text(textwrap.dedent(f"""\
+    return write_float_servable(root, "gated", title="Gated sum", tag="pooltest", owner="test",
+                                max_batch_size=4, model=f"""\
         import os
 
 
         def run(x):
             os.close(os.open({str(gate)!r}, os.O_RDONLY))  # blocks until the test opens it
             return float(sum(x))
-        """))
-    return d
+        """)
 
 
 @pytest.fixture
