@@ -15,6 +15,7 @@ from dlhub_hpc.hubfile import STATE_FILE, default_home, read_hub_file
 from dlhub_hpc.protocol import DEFAULT_CLIENT_PORT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_WORKER_PORT
 from dlhub_hpc.servable.pools import DEFAULT_BUDGET, PoolSpec
 from dlhub_hpc.servable.spec import PROFILE_NAME_PATTERN
+from dlhub_hpc.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +131,12 @@ class HubConfig(BaseModel):
                     "refused with Overloaded",
     )
     transfer_window_bytes: int = Field(
-        default=16 * 2**20, ge=2**16,
+        default=DEFAULT_WINDOW_BYTES, ge=2**16,
         description="bytes of one chunked transfer (a large array) the hub may hold: its "
                     "sender runs at most this far ahead of its receiver",
     )
     transfer_chunk_bytes: int = Field(
-        default=4 * 2**20, ge=2**16, le=64 * 2**20,
+        default=DEFAULT_CHUNK_BYTES, ge=2**16, le=64 * 2**20,
         description="the largest chunk of a chunked transfer (one loop step moves one)",
     )
     transfer_timeout: float = Field(

@@ -278,3 +278,27 @@ def test_the_relay_says_when_a_workers_output_transfers_have_ended() -> None:
     assert r.take_ended() == [] and r.sending(WORKER.identity)
     r.expire(10.0)  # the last one stalled; the client's own input is no worker's output
     assert r.take_ended() == [WORKER.identity] and not r.sending(WORKER.identity)
+
+
+# -- defaults --
+
+def test_the_hubs_default_chunks_are_small_and_its_shipped_settings_agree() -> None:
+    """A chunk is decrypted and encrypted whole by the hub's one ZMQ I/O thread, and a
+    window of them may queue ahead of another caller's reply: both stay small by default,
+    with a few chunks in flight; configs/hub.yaml ships the same values."""
+    from pathlib import Path
+
+    import yaml
+
+    from dlhub_hpc import HubConfig
+    from dlhub_hpc.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW_BYTES
+
+    fields = HubConfig.model_fields
+    chunk = fields["transfer_chunk_bytes"].default
+    window = fields["transfer_window_bytes"].default
+    assert (chunk, window) == (DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW_BYTES)
+    assert chunk <= 256 * 2**10
+    assert 2 * chunk <= window <= 2**20
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "hub.yaml")
+                             .read_text())
+    assert (shipped["transfer_chunk_bytes"], shipped["transfer_window_bytes"]) == (chunk, window)
