@@ -151,9 +151,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         token = metadata_token(context)
         servable = servable_of({"model": request.model_name})
         version = version_of({"version": request.model_version})
+        # The caller's deadline, where it set one, bounds the call at the hub too: a
+        # request nobody waits for any more stops queueing there when the caller gives up.
+        remaining = context.time_remaining()
         record, value = await self.gateway.call_model(
             token, servable, version, request_tensors(request),
-            request_parameters(request.parameters))
+            request_parameters(request.parameters),
+            None if remaining is None else max(remaining, 0.001))
         outputs = select_outputs(value, [o.name for o in request.outputs])
         return infer_response(record, request.id, outputs)
 

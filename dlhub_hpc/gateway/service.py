@@ -144,18 +144,23 @@ class Gateway:
         return respond(header, record, value, bool(params.get("binary_data_output")))
 
     async def call_model(self, token: str, servable: str, version: int | None,
-                         inputs: list[Tensor], params: dict[str, Any]
-                         ) -> tuple[dict[str, Any], Any]:
+                         inputs: list[Tensor], params: dict[str, Any],
+                         deadline: float | None = None) -> tuple[dict[str, Any], Any]:
         """One inference request, whatever its transport: the servable's record and what
         its method (``params["method"]``, else the default) returned for ``inputs``; the
-        other parameters, but the protocol's own, go to the method as keyword arguments."""
+        other parameters, but the protocol's own, go to the method as keyword arguments.
+        ``deadline``: the seconds the caller gives it, where it set a limit (at most the
+        gateway's own timeout; a gRPC deadline)."""
         # The hub checks the token again on the request itself: a cached record will do.
         record = await self.hub.describe_as(token, servable, version, cached=True)
         method, method_spec = pick_method(record["spec"], str(params.get("method") or ""))
         payload = as_input(inputs, method_spec.get("input", {}))
         extra = {k: v for k, v in params.items() if k not in _PROTOCOL_PARAMETERS}
+        timeout = self.timeout
+        if deadline is not None:
+            timeout = deadline if timeout is None else min(deadline, timeout)
         value = await self.hub.infer(token, record["name"], version, method, payload,
-                                     extra or None, self.timeout)
+                                     extra or None, timeout)
         return record, value
 
 

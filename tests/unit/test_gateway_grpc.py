@@ -153,3 +153,56 @@ def test_model_metadata_keeps_rests_tensors() -> None:
     assert (meta.name, list(meta.versions), meta.platform) == ("a/b", ["1", "2"], "dlhub_x")
     assert [(t.name, t.datatype, list(t.shape)) for t in (*meta.inputs, *meta.outputs)] == [
         ("input", "FP32", [-1, 3]), ("output", "BYTES", [1])]
+
+
+class RecordingHub:
+    """Stands in for the hub behind a real gRPC endpoint: answers every model as an
+    identity, and keeps the timeout each inference request would carry to the hub."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    async def describe_as(self, token: str, servable: str, version: int | None,
+                          cached: bool = False) -> dict[str, object]:
+        return {"name": servable, "version": 1,
+                "spec": {"servable": {"methods": {"run": {"input": {"type": "ndarray"}}}}}}
+
+    async def infer(self, token: str, servable: str, version: int | None, method: str,
+                    payload: object, parameters: object, timeout: float | None) -> object:
+        self.timeouts.append(timeout)
+        return payload
+
+
+def test_a_callers_grpc_deadline_bounds_the_call_at_the_hub() -> None:
+    """tritonclient.grpc's client_timeout is a gRPC deadline: the hub gets what is left of
+    it, not the gateway's --timeout; a call without one keeps the gateway's."""
+    import asyncio
+
+    import tritonclient.grpc.aio as aioclient
+
+    from dlhub_hpc.gateway.grpc_service import InferenceServicer, grpc_server
+    from dlhub_hpc.gateway.service import Gateway
+
+    hub = RecordingHub()
+
+    async def calls() -> None:
+        servicer = InferenceServicer(Gateway(hub, timeout=60.0))  # type: ignore[arg-type]
+        server, port = grpc_server(servicer, "127.0.0.1", 0, 1 << 20)
+        await server.start()
+        client = aioclient.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            x = np.array([1.5, 2.5], dtype=np.float32)
+            for client_timeout in (5.0, None):
+                tensor = aioclient.InferInput("input", [2], "FP32")
+                tensor.set_data_from_numpy(x)
+                result = await client.infer("a/b", [tensor], client_timeout=client_timeout,
+                                            headers={"authorization": "Bearer t"})
+                assert result.as_numpy("output").tolist() == [1.5, 2.5]
+        finally:
+            await client.close()
+            await server.stop(None)
+
+    asyncio.run(calls())
+    deadline, default = hub.timeouts
+    assert deadline is not None and 0 < deadline <= 5.0
+    assert default == 60.0
