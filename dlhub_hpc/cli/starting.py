@@ -32,9 +32,12 @@ def wait_showing_stage(client: Client, servable: str, future: Future[Any], reque
             except FutureTimeout:
                 pass
             try:
-                stage = client.request_status(request_id, timeout=4 * POLL).get("stage")
+                status = client.request_status(request_id, timeout=4 * POLL)
             except DlhubHpcError:  # an older hub, or a slow one: the answer still comes
                 continue
+            stage, reason = status.get("stage"), status.get("reason")
+            if reason:  # not started at all: say why, which is what the user must change
+                stage = f"{stage or 'not started'} ({reason})"
             if not stage or stage == shown:
                 continue
             shown = stage
