@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +26,7 @@ from dlhub_hpc.security.keys import (
 
 SERVABLES = Path(__file__).parent / "servables"
 
+HubProcess = Callable[..., subprocess.Popen[bytes]]  # (home, *hub start args)
 FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.6}
 
 
@@ -129,3 +133,31 @@ def people(hub: Hub) -> Iterator[dict[str, Client]]:
     """admin, alice and bob on one hub."""
     with people_on(hub) as clients:
         yield clients
+
+
+@pytest.fixture
+def hub_process(tmp_path: Path) -> Iterator[HubProcess]:
+    """``dlhub-hpc hub start`` in a subprocess; returns once its hub.json names it."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(home: Path, *args: str) -> subprocess.Popen[bytes]:
+        log = tmp_path / f"hub{len(procs)}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dlhub_hpc.cli", "hub", "start", "--home", str(home), *args],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        procs.append(proc)
+
+        def listening() -> bool:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(OSError, ValueError):
+                return bool(json.loads((home / "hub.json").read_text())["pid"] == proc.pid)
+            return False
+
+        wait_for(listening, timeout=60, what="the hub to write its hub.json")
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -9,14 +9,12 @@ demand; one naming a profile the hub does not allow is not started, and says why
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from dlhub_hpc.cli.pools import pool_workers
 from dlhub_hpc.examples import example_dir
 from dlhub_hpc.pilot.profiles import load_profile
 
-from .conftest import FAST, wait_for
+from .conftest import FAST
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -44,34 +42,6 @@ def zero_profile(tmp_path: Path) -> Path:
     path = tmp_path / "zero.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path
-
-
-@pytest.fixture
-def hub_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """``dlhub-hpc hub start`` in a subprocess; returns once its hub.json names it."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(home: Path, *args: str) -> subprocess.Popen[bytes]:
-        log = tmp_path / f"hub{len(procs)}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dlhub_hpc.cli", "hub", "start", "--home", str(home), *args],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        procs.append(proc)
-
-        def listening() -> bool:
-            assert proc.poll() is None, log.read_text()
-            with contextlib.suppress(OSError, ValueError):
-                return bool(json.loads((home / "hub.json").read_text())["pid"] == proc.pid)
-            return False
-
-        wait_for(listening, timeout=60, what="the hub to write its hub.json")
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_default_pool_at_zero_answers_its_first_request_and_is_started_once(

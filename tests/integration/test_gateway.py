@@ -243,13 +243,19 @@ def test_a_non_admin_caller_cannot_make_tokens(site: Site) -> None:
         carol.control("tokens", action="create", identity="alice")
 
 
-def test_tls_with_a_given_certificate(site: Site, tmp_path: Path) -> None:
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl in ``folder``."""
     if shutil.which("openssl") is None:
         pytest.skip("needs openssl to make a certificate: apt-get install openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_with_a_given_certificate(site: Site, tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
     proc, url = start_gateway(site.hub.client_address, "--tls-cert", str(cert),
                               "--tls-key", str(key))
     try:

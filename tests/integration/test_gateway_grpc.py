@@ -5,7 +5,6 @@ front of a real hub and real workers (the hub of ``test_gateway``'s ``site`` fix
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from tests.integration.test_gateway import (  # noqa: F401  (site: the hub's fix
     Site,
     curl,
     infer_body,
+    self_signed_certificate,
     site,
     start_gateway,
 )
@@ -298,12 +298,7 @@ def test_grpc_calls_are_counted_on_the_gateways_metrics_page(endpoints: Endpoint
 
 
 def test_grpc_with_tls_from_the_gateways_certificate(site: Site, tmp_path: Path) -> None:  # noqa: F811
-    if shutil.which("openssl") is None:
-        pytest.skip("needs openssl to make a certificate: apt-get install openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    cert, key = self_signed_certificate(tmp_path)
     proc, rest, url = start_with_grpc(site.hub.client_address, "--tls-cert", str(cert),
                                       "--tls-key", str(key))
     try:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -18,11 +15,10 @@ import pytest
 from dlhub_hpc import Client
 from dlhub_hpc.examples import example_dir
 
-from .conftest import wait_for
+from .conftest import HubProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
-HubProcess = Callable[..., subprocess.Popen[bytes]]
 
 
 def _alive(pid: int) -> bool:
@@ -30,34 +26,6 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-@pytest.fixture
-def hub_process(tmp_path: Path) -> Iterator[HubProcess]:
-    """``dlhub-hpc hub start`` in a subprocess; returns once its hub.json names it."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(home: Path, *args: str) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"hub{len(procs)}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dlhub_hpc.cli", "hub", "start", "--home", str(home), *args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        procs.append(proc)
-
-        def listening() -> bool:
-            assert proc.poll() is None, (tmp_path / f"hub{len(procs) - 1}.log").read_text()
-            with contextlib.suppress(OSError, ValueError):
-                return bool(json.loads((home / "hub.json").read_text())["pid"] == proc.pid)
-            return False
-
-        wait_for(listening, timeout=60, what="the hub to write its hub.json")
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def _worker_pids(client: Client) -> list[int]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from benchmarks.servables.floats import write_float_servable
 from benchmarks.servables.scaled import write_scaled as write_servable
 from dlhub_hpc import Client
 from dlhub_hpc.cli.pools import pool_workers, pools_tables
@@ -24,8 +25,7 @@ from dlhub_hpc.pilot.profiles import load_profile
 from dlhub_hpc.servable.pools import PoolSpec
 
 from .conftest import SERVABLES as TEST_SERVABLES
-from .conftest import wait_for
-from .test_hub_restart import HubProcess, hub_process  # noqa: F401 (a fixture)
+from .conftest import HubProcess, wait_for
 
 SERVABLES = 20
 WEIGHT_BYTES = 1 << 20  # each servable's weights; the budget holds three
@@ -136,7 +136,7 @@ def test_a_pilot_serves_a_pool_from_a_site_profile(client: Client, hub: Hub,
 
 @pytest.mark.slow
 def test_a_restarted_hub_takes_back_a_pools_pilot(
-        hub_process: HubProcess, tmp_path: Path) -> None:  # noqa: F811 (the fixture)
+        hub_process: HubProcess, tmp_path: Path) -> None:
     home = tmp_path / "home"
     hub = hub_process(home, "--client-address", "tcp://127.0.0.1:0",
                       "--worker-address", "tcp://127.0.0.1:0")
@@ -177,26 +177,12 @@ def test_a_pool_pilot_scales_up_on_its_pools_queue_and_back_down(
 
 def test_a_pooled_worker_gives_each_servable_its_own_lazily_imported_helper(
         client: Client, hub: Hub, tmp_path: Path) -> None:
-    import textwrap
-
     names = []
     for i in range(2):  # one module name, ``helper``, with different code in each bundle
-        d = tmp_path / f"helped-{i}"
-        d.mkdir()
-        (d / "servable.yaml").write_text(textwrap.dedent(f"""\
-            datacite: {{title: Helped {i}, creators: ["Test, T"], subjects: [lazypool]}}
-            dlhub: {{owner: test, name: helped-{i}}}
-            servable:
-              type: python_function
-              methods:
-                run:
-                  function: "model:run"
-                  input: {{type: list, item_type: {{type: float}}}}
-                  output: {{type: float}}
-            """))
+        d = write_float_servable(tmp_path, f"helped-{i}", title=f"Helped {i}", tag="lazypool",
+                                 owner="test", model="def run(x):\n    import helper\n\n"
+                                                    "    return float(helper.K * sum(x))\n")
         (d / "helper.py").write_text(f"K = {i + 1}\n")
-        (d / "model.py").write_text("def run(x):\n    import helper\n\n"
-                                    "    return float(helper.K * sum(x))\n")
         names.append(str(client.publish(d)["name"]))
     ref = PoolSpec.parse("tag:lazypool").ref()
     client.start_workers(ref, 1)  # one worker holds both: each call may follow the other's
