@@ -10,11 +10,15 @@ CurveZMQ on both of the broker's sockets, batches of up to 32.
   ROUTERs, one ``zmq.Poller`` loop) that queues requests and hands a free worker all that
   is queued (up to 32) as one message; a DEALER worker per process that echoes each item of
   the batch in one reply. The least any batching broker of this shape can cost.
-* ``dlhub-hpc +curve``: ``Client.submit("demo/noop", ...)`` through a hub process with 2
-  workers (``max_batch_size`` 32; the hub's default delay).
+* ``dlhub-hpc +curve, map``: ``Client.map("demo/noop", inputs, in_flight=32)`` through a
+  hub process with 2 workers (``max_batch_size`` 32; the hub's default delay): like the
+  floor's client, one thread keeping the window full on one socket. A request's latency
+  runs from when ``map`` takes its input to when it yields its output.
+* ``dlhub-hpc +curve, submit``: the same hub through ``Client.submit`` (a future per
+  request, the client's I/O thread between caller and socket), 32 futures outstanding.
 
 Windows alternate (``--rounds`` of ``--seconds`` each) so both see the same load. Target:
-the hub's requests/s at least ``TARGET`` x the floor's. Results go to
+the hub's requests/s through ``map`` at least ``TARGET`` x the floor's. Results go to
 ``benchmarks/results/throughput.json``.
 """
 
@@ -57,7 +61,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 TARGET = 0.8  # hub req/s / floor req/s, at least
 WORKERS = 2
 MAX_BATCH = 32
-FLOOR, HUB = "floor +curve, batching", "dlhub-hpc +curve"
+FLOOR, HUB, SUBMIT = "floor +curve, batching", "dlhub-hpc +curve, map", "dlhub-hpc +curve, submit"
 PAYLOAD = b"noop-payload"
 
 
@@ -153,31 +157,53 @@ def floor_path() -> Iterator[Callable[[float, int], dict[str, float]]]:
 
 # ---- the hub ----------------------------------------------------------------------------
 
+Window = Callable[[float, int], dict[str, float]]
+
+
 @contextlib.contextmanager
-def hub_path(tmp: Path) -> Iterator[Callable[[float, int], dict[str, float]]]:
+def hub_paths(tmp: Path) -> Iterator[tuple[Window, Window]]:
+    """The hub's two windows: through ``Client.map`` and through ``Client.submit``."""
     from benchmarks.paper_suite import drive, hub_session
     from dlhub_hpc.examples import example_dir
 
     overrides = {"batching": {"demo/noop": {"max_batch_size": MAX_BATCH}}}
+    inputs = [PAYLOAD + str(i).encode() for i in range(4096)]
     with hub_session(tmp / "hub", overrides) as session:
-        session.client.publish(example_dir("noop"))
+        client = session.client
+        client.publish(example_dir("noop"))
         session.start_workers("demo/noop", WORKERS, WORKERS)
 
-        def window(seconds: float, in_flight: int) -> dict[str, float]:
-            result = drive(lambda x: session.client.submit("demo/noop", x, cache=False),
-                           [PAYLOAD + str(i).encode() for i in range(4096)], seconds,
-                           in_flight)
+        def mapped(seconds: float, in_flight: int) -> dict[str, float]:
+            clock = time.perf_counter
+            taken: list[float] = []
+
+            def feed() -> Iterator[bytes]:
+                while clock() - start < seconds:
+                    taken.append(clock())
+                    yield inputs[len(taken) % len(inputs)]
+
+            latencies = []
+            start = clock()
+            for i, _ in enumerate(client.map("demo/noop", feed(), cache=False,
+                                             in_flight=in_flight)):
+                latencies.append(clock() - taken[i])
+            return {"requests_per_s": len(latencies) / (clock() - start),
+                    "p50_ms": statistics.median(latencies) * 1000}
+
+        def submitted(seconds: float, in_flight: int) -> dict[str, float]:
+            result = drive(lambda x: client.submit("demo/noop", x, cache=False), inputs,
+                           seconds, in_flight)
             return {"requests_per_s": result["requests_per_s"], "p50_ms": result["p50"]}
 
-        yield window
+        yield mapped, submitted
 
 
 # ---- main ---------------------------------------------------------------------------------
 
 def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    out: dict[str, list[dict[str, float]]] = {FLOOR: [], HUB: []}
-    with floor_path() as floor, hub_path(tmp) as hub:
-        sides = {FLOOR: floor, HUB: hub}
+    out: dict[str, list[dict[str, float]]] = {FLOOR: [], HUB: [], SUBMIT: []}
+    with floor_path() as floor, hub_paths(tmp) as (mapped, submitted):
+        sides = {FLOOR: floor, HUB: mapped, SUBMIT: submitted}
         for window in sides.values():
             window(args.warmup, args.in_flight)
         for _ in range(args.rounds):
@@ -189,6 +215,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                "p50_ms": statistics.median(r["p50_ms"] for r in runs)}
         for name, runs in out.items()}
     result["ratio"] = result[HUB]["requests_per_s"] / result[FLOOR]["requests_per_s"]
+    result["submit_ratio"] = result[SUBMIT]["requests_per_s"] / result[FLOOR]["requests_per_s"]
     return result
 
 
@@ -204,10 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     start_run(args.verbose, logger)
     with tempfile.TemporaryDirectory(prefix="dlhub-throughput-") as tmp:
         result = measure(args, Path(tmp))
-    for name in (FLOOR, HUB):
-        print(f"{name:24} {result[name]['requests_per_s']:8.0f} req/s  "
+    for name in (FLOOR, HUB, SUBMIT):
+        print(f"{name:26} {result[name]['requests_per_s']:8.0f} req/s  "
               f"p50 {result[name]['p50_ms']:.2f} ms")
-    print(f"hub / floor = {result['ratio']:.2f}x")
+    print(f"map / floor = {result['ratio']:.2f}x; submit / floor = "
+          f"{result['submit_ratio']:.2f}x")
     save_json(args.json, {"benchmark": "throughput", "in_flight": args.in_flight,
                           "workers": WORKERS, "max_batch": MAX_BATCH,
                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -1,13 +1,15 @@
 """The caller's side: ``Client().run(servable, inputs)`` and friends.
 
-Two paths to the hub, each socket owned by one thread:
+Three paths to the hub, each socket owned by one thread:
 
 - ``run`` (blocking) sends from the calling thread on that thread's own DEALER socket and
   waits there for the reply: no hand-off between threads, the lowest latency. That socket
   (``client_sockets``) is closed when its thread ends, or by ``close()``;
 - ``submit`` (futures) hands the request to one background thread that owns a DEALER
   socket and its poll loop, through a queue and a wake-up pipe, so any number of requests
-  can be in flight from any thread.
+  can be in flight from any thread;
+- ``map`` (a stream of inputs) sends and reads on a socket of its own from the calling
+  thread, a window of requests outstanding (``client_window``).
 
 ``Client`` and ``AsyncClient`` build and check requests in ``ClientCore``; every reply
 becomes a value or a typed error in ``reply_value`` (both in ``client_core``). No socket is
@@ -22,6 +24,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
@@ -50,8 +53,10 @@ from dlhub_hpc.client_core import (
 )
 from dlhub_hpc.client_publication import AdminCalls, PublicationCalls
 from dlhub_hpc.client_sockets import _ThreadSocket, _ThreadSockets
-from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.client_window import Call, WindowSocket
+from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.protocol import encode
+from dlhub_hpc.protocol.bundle import bundled, unbundled
 from dlhub_hpc.references import ResultTo
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.security.keys import KeyPair
@@ -95,7 +100,7 @@ class RequestFuture(Future[Any]):
 class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
     """Talks to one hub. Thread-safe; use as a context manager or call ``close()``.
 
-    Serving: ``run``, ``submit`` (futures), ``run_batch``; ``publish`` and
+    Serving: ``run``, ``submit`` (futures), ``run_batch``, ``map``; ``publish`` and
     ``wait_for_workers``; every other hub operation is in ``AdminCalls`` and
     ``PublicationCalls`` (``client_publication``), through ``control``.
     """
@@ -117,6 +122,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         self._wake_armed = False  # a wake-up byte is in the pipe; no need for another
         self._gone: DlhubHpcError | None = None  # why the I/O thread ended, if it did
         self._sockets = _ThreadSockets()
+        self._windows: set[WindowSocket] = set()  # the sockets of maps in progress
         self._transfers: PendingTransfers | None = None  # the I/O thread's, made there
         self._fast.on_linked = lambda: self.control("local_path", linked=self._prefix)
 
@@ -186,6 +192,60 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         if not return_exceptions:
             return [f.result() for f in futures]
         return [f.exception() or f.result() for f in futures]
+
+    def map(
+        self, servable: str, inputs: Iterable[Any], *, method: str = "",
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
+        parameters: dict[str, Any] | None = None, in_flight: int = 32,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        """Run ``servable`` on each of ``inputs`` (any iterable, read as it goes), keeping
+        ``in_flight`` requests outstanding; yields the outputs in the order of the inputs.
+
+        For long input streams: the calling thread sends and reads on a socket of the
+        map's own, so each call costs less than ``submit``'s, and at most ``in_flight``
+        calls are sent and not yet taken at a time (the hub batches them as they come).
+        A failed item raises its error where its output would be (the map ends there), or
+        with ``return_exceptions=True`` stands in its place. Other arguments as ``run``.
+        """
+        if in_flight < 1:
+            raise ConfigError(f"in_flight must be at least 1, not {in_flight}")
+        if self._closing.is_set():
+            raise client_closed()
+        return self._map(servable, inputs, method, timeout, cache, parameters, in_flight,
+                         return_exceptions)
+
+    def _map(self, servable: str, inputs: Iterable[Any], method: str,
+             timeout: float | UseClientDefault | None, cache: bool,
+             parameters: dict[str, Any] | None, in_flight: int,
+             return_exceptions: bool) -> Iterator[Any]:
+        def calls() -> Iterator[Call]:
+            for x in inputs:
+                upload = None
+                if not self._fast.ready_for(x, self.address, self._local_offer):
+                    x, upload = streamed.stream_input(x)
+                request_id, frames, wait = self._request(
+                    servable, x, method, timeout, cache and upload is None, parameters)
+                yield Call(request_id, frames, wait, upload)
+
+        window = WindowSocket(self.address, self._curve, self._context, self._closing,
+                              self._fast.fetch)
+        with self._lock:
+            self._windows.add(window)
+        try:
+            for outcome in window.outcomes(calls(), in_flight):
+                try:
+                    if isinstance(outcome, DlhubHpcError):
+                        raise outcome
+                    yield reply_value(outcome, stacklevel=3)
+                except DlhubHpcError as exc:
+                    if not return_exceptions:
+                        raise
+                    yield exc
+        finally:
+            with self._lock:
+                self._windows.discard(window)
+            window.close()
 
     def _thread_socket(self) -> _ThreadSocket:
         if self._closing.is_set():
@@ -337,25 +397,31 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
 
     def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:
         now = time.monotonic()
+        outgoing = []
         while not self._outbox.empty():
             request_id, timeout, frames, upload = self._outbox.get()
             if upload is not None and self._transfers is not None:
                 self._transfers.upload(request_id, upload)
             if timeout is not None:
                 heapq.heappush(self._expiry, (now + timeout, request_id))
+            outgoing.append(frames)
+        for frames in bundled(outgoing):  # what queued up together leaves together
             sock.send_multipart(frames, copy=False)
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
         while cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
             assert self._transfers is not None
-            # A transfer's chunk or credit moves it; a reply whose output streams waits for it.
-            reply = self._transfers.take(sock.recv_multipart(copy=False), self._fast.fetch)
-            if reply is None:
-                continue
-            with self._lock:
-                future = self._futures.pop(reply.request_id, None)
-            # future None: answered already (expired here) or not ours
-            self._transfers.settle(reply, None if future is None else partial(settle, future))
+            for message in unbundled(sock.recv_multipart(copy=False)):
+                # A transfer's chunk or credit moves it; a reply whose output streams
+                # waits for it.
+                reply = self._transfers.take(message, self._fast.fetch)
+                if reply is None:
+                    continue
+                with self._lock:
+                    future = self._futures.pop(reply.request_id, None)
+                # future None: answered already (expired here) or not ours
+                self._transfers.settle(reply,
+                                       None if future is None else partial(settle, future))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -383,6 +449,10 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
             self._closing.set()
             thread, self._thread = self._thread, None
         self._sockets.close_all()
+        with self._lock:
+            windows, self._windows = list(self._windows), set()
+        for window in windows:
+            window.close()
         self._fast.close()
         if thread is not None:
             os.write(self._wake_w, b"x")

@@ -33,6 +33,7 @@ from dlhub_hpc.broker.tracing import tracing
 from dlhub_hpc.errors import DlhubHpcError, Overloaded, ProtocolError
 from dlhub_hpc.localpath.hubside import Fetch
 from dlhub_hpc.protocol import Control, Message, Request
+from dlhub_hpc.protocol.bundle import parts
 from dlhub_hpc.security.tokens import TokenStore
 from dlhub_hpc.security.zap import ServerAuth, user_id
 
@@ -75,6 +76,22 @@ class CallerIntake(ActionSender):
         self._on_caller_frames(frames, self.auth.local_user if self.auth is not None else "")
 
     def _on_caller_frames(self, frames: list[Any], local_user: str | None) -> None:
+        bundled = parts(frames[1]) if len(frames) == 2 else None
+        if bundled is None:
+            self._on_caller_message_frames(frames, local_user)
+            return
+        if local_user is None:  # its replies may come bundled too
+            self._bundles.learn(frames[0].bytes)
+        sock = self._clients if local_user is None else self._local
+        assert sock is not None
+        for part in bundled:  # each as if it came alone: a bad one fails alone
+            one = [frames[0], part]
+            try:
+                self._on_caller_message_frames(one, local_user)
+            except Exception as exc:
+                self._on_bad_message(sock, one, exc)
+
+    def _on_caller_message_frames(self, frames: list[Any], local_user: str | None) -> None:
         if (len(frames) >= 2 and message_size(frames) > self._large_bytes
                 and not is_chunk(frames)):
             sock = self._clients if local_user is None else self._local

@@ -15,6 +15,7 @@ from typing import Any
 
 import zmq
 
+from dlhub_hpc.broker.bundles import ReplyBundles
 from dlhub_hpc.broker.events import (
     Action,
     LoadServable,
@@ -34,6 +35,7 @@ from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.localpath.hubside import HubLocalPath, Share
 from dlhub_hpc.metrics.recorder import LoopMetrics, frames_bytes
 from dlhub_hpc.protocol import Assign, Message, Reply, Shutdown, encode
+from dlhub_hpc.protocol.bundle import bundle
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class ActionSender:
     _workers: zmq.Socket[bytes] | None
     _streams: HubStreams
     _references: ReferenceRouting
+    _bundles: ReplyBundles
 
     # -- what the server provides --
 
@@ -71,6 +74,14 @@ class ActionSender:
         self._to_client(identity, Reply(request_id, False, None, exc.to_wire()))
 
     def _apply(self, actions: list[Action]) -> None:
+        self._bundles.begin()
+        try:
+            self._apply_each(actions)
+        finally:
+            for identity, held in self._bundles.end():
+                self._send_held(identity, held)
+
+    def _apply_each(self, actions: list[Action]) -> None:
         self._streams.before(actions, self._send_to)  # a streamed value's receiver
         for action in actions:
             if isinstance(action, ToClient):
@@ -119,19 +130,36 @@ class ActionSender:
         if identity.startswith(LOCAL_PREFIX):
             self._send(self._local, identity[len(LOCAL_PREFIX):], msg)
             return
+        share = self.fast.reply_share(identity, msg)
+        frames = self._encoded(msg, share)
+        before = self._bundles.hold(identity, frames) if share is None else []
+        if before is None:
+            return  # held: it goes in a bundle when this step ends
+        if before:
+            self._send_held(identity, before)
+        self._to_client_frames(identity, frames)
+
+    def _send_held(self, identity: bytes, held: list[bytes]) -> None:
+        """Messages held for a client: one as it is, several as one bundle."""
+        self._to_client_frames(identity, [bundle(held)] if len(held) > 1 else held, len(held))
+
+    def _to_client_frames(self, identity: bytes, frames: list[Any], count: int = 1) -> None:
+        """Send one message (``count`` bundled in it) to a client."""
+        assert self._clients is not None
         try:
-            self._send(self._clients, identity, msg, zmq.NOBLOCK,
-                       share=self.fast.reply_share(identity, msg))
+            _send_frames(self._clients, identity, frames, zmq.NOBLOCK)
         except zmq.Again:  # the client has client_send_hwm replies unread: it does not read
-            self.state.count("replies_dropped_hwm")
+            self.state.count("replies_dropped_hwm", count)
+            return
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
                 raise
-            self.state.count("replies_unroutable")  # the client has gone
+            self.state.count("replies_unroutable", count)  # the client has gone
+            return
+        if self.loop_metrics is not None:
+            self.loop_metrics.sent_bytes += frames_bytes(frames)
 
-    def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message,
-              flags: int = 0, share: Share | None = None) -> None:
-        assert sock is not None
+    def _encoded(self, msg: Message, share: Share | None = None) -> list[Any]:
         try:
             frames = encode(msg, share)
             if share is not None and share.used:
@@ -140,6 +168,12 @@ class ActionSender:
             if not isinstance(msg, Reply):
                 raise
             frames = encode(Reply(msg.request_id, False, None, exc.to_wire()))
+        return frames
+
+    def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, msg: Message,
+              flags: int = 0, share: Share | None = None) -> None:
+        assert sock is not None
+        frames = self._encoded(msg, share)
         _send_frames(sock, identity, frames, flags)
         if self.loop_metrics is not None:
             self.loop_metrics.sent_bytes += frames_bytes(frames)

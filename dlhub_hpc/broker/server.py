@@ -28,6 +28,7 @@ from typing import Any, cast
 import msgpack
 import zmq
 
+from dlhub_hpc.broker.bundles import ReplyBundles
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import ReleaseServable, StartServable
 from dlhub_hpc.broker.intake import CallerIntake
@@ -111,6 +112,7 @@ class BrokerServer(CallerIntake):
         os.set_blocking(self._wake_r, False)
         self._lane = LargeLane(self._wake, config.large_backlog_bytes)
         self._streams = HubStreams(config)  # chunked transfers of large arrays
+        self._bundles = ReplyBundles()  # replies to a caller that bundles, one frame a step
         # Inputs by reference and result_to: read, fetched and written on threads of their own.
         self._references = ReferenceRouting(
             config, self._wake, lambda: self.auth.local_user if self.auth is not None else "",

@@ -30,6 +30,7 @@ class Tag(IntEnum):
     CREDIT = 31
     ABORT = 32
     LOCAL_OFFER = 40  # the same-node fast path (dlhub_hpc.localpath)
+    # 50 is a bundle's (dlhub_hpc.protocol.bundle): an envelope, not a message of its own
 
 
 _NONE = type(None)

@@ -1,5 +1,5 @@
 """Outputs (and inputs) over the streaming threshold through a real hub, for every call a
-client makes: ``submit``, ``run_batch``, ``AsyncClient.run``/``submit``, and identical
+client makes: ``submit``, ``run_batch``, ``map``, ``AsyncClient.run``/``submit``, and identical
 requests that single flight joined (a stream has one receiver: the joined ones run again)."""
 
 from __future__ import annotations
@@ -85,6 +85,17 @@ def test_submit_and_run_batch_receive_streamed_outputs_and_send_streamed_inputs(
     total = client.submit("test/maker", big, method="total").result(timeout=120)
     assert total == pytest.approx(float(big.sum()))
     assert client.submit("test/maker", {"n": 3}).result(timeout=60).tolist() == [1.5, 1.5, -1]
+
+
+def test_map_receives_streamed_outputs_and_sends_streamed_inputs_beside_small_calls(
+        maker: tuple[Hub, Client]) -> None:
+    _, client = maker
+    outs = list(client.map("test/maker", [{"n": 3}, {"n": N, "fill": 2.0}, {"n": 2}]))
+    assert outs[0].tolist() == [1.5, 1.5, -1] and outs[2].tolist() == [1.5, -1]
+    assert np.array_equal(outs[1], made(N, 2.0))
+    big = made(N, 0.5)
+    totals = list(client.map("test/maker", [np.ones(4), big, np.ones(2)], method="total"))
+    assert totals == [4.0, pytest.approx(float(big.sum())), 2.0]
 
 
 def test_async_run_and_submit_receive_streamed_outputs_and_send_streamed_inputs(
