@@ -310,7 +310,12 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
             self.stats["overloaded"] += 1
             self._reject(client, req.request_id, refused, out)
             return
-        queue = self._queues.setdefault(info.key, {}).setdefault(method, RequestQueue())
+        methods = self._queues.get(info.key)
+        if methods is None:
+            methods = self._queues[info.key] = {}
+        queue = methods.get(method)
+        if queue is None:  # made once: a queue holds a fair queue of its own
+            queue = methods[method] = RequestQueue()
         if pending.deadline is not None:
             heapq.heappush(self._deadlines, (pending.deadline, pending.seq, pending))
         if key is not None:

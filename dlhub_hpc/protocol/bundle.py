@@ -39,22 +39,37 @@ def bundleable(frames: Sequence[Any]) -> bool:
     return len(frames) == 1 and type(frames[0]) is bytes and len(frames[0]) < PART_BYTES
 
 
+class _Properties:
+    """The connection properties of the frame a bundle came in, each asked of it once."""
+
+    __slots__ = ("_frame", "_known")
+
+    def __init__(self, frame: Any) -> None:
+        self._frame = frame
+        self._known: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        if name not in self._known:
+            self._known[name] = self._frame.get(name)
+        return self._known[name]
+
+
 class Part:
     """One message of a received bundle, in place of the frame it came in: its bytes, and
     the connection's properties (``User-Id``) asked of that frame."""
 
-    __slots__ = ("_frame", "buffer")
+    __slots__ = ("_properties", "buffer")
 
-    def __init__(self, buffer: memoryview, frame: Any) -> None:
+    def __init__(self, buffer: memoryview, properties: _Properties) -> None:
         self.buffer = buffer
-        self._frame = frame
+        self._properties = properties
 
     @property
     def bytes(self) -> bytes:
         return bytes(self.buffer)
 
     def get(self, name: str) -> Any:
-        return self._frame.get(name)
+        return self._properties.get(name)
 
     def __len__(self) -> int:
         return self.buffer.nbytes
@@ -75,10 +90,11 @@ def parts(frame: Any) -> list[Part] | None:
         if type(count) is not int or not 1 <= count <= MAX_BUNDLE:
             raise ProtocolError(f"a bundle holds 1 to {MAX_BUNDLE} messages, not {count!r}"[:120])
         out = []
+        properties = _Properties(frame)
         for _ in range(count):
             start = unpacker.tell()
             unpacker.skip()
-            out.append(Part(view[start:unpacker.tell()], frame))
+            out.append(Part(view[start:unpacker.tell()], properties))
     except ProtocolError:
         raise
     except Exception as exc:  # truncated, or not msgpack
