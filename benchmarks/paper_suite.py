@@ -443,6 +443,27 @@ def drive(submit: Submit, inputs: Sequence[Any], seconds: float,
     return {**stats, "requests_per_s": len(latencies) / (last[0] - start)}
 
 
+def drive_map(client: Client, servable: str, inputs: Sequence[Any], seconds: float,
+              in_flight: int) -> dict[str, float]:
+    """``drive``'s window through ``Client.map``: one thread keeps ``in_flight`` requests
+    outstanding on the map's socket. A request's latency runs from when ``map`` takes its
+    input to when it yields its output."""
+    clock = time.perf_counter
+    taken: list[float] = []
+
+    def feed() -> Iterator[Any]:
+        while clock() - start < seconds:
+            taken.append(clock())
+            yield inputs[len(taken) % len(inputs)]
+
+    latencies = []
+    start = clock()
+    for i, _ in enumerate(client.map(servable, feed(), cache=False, in_flight=in_flight)):
+        latencies.append(clock() - taken[i])
+    stats = summary(latencies, 1000)
+    return {**stats, "requests_per_s": len(latencies) / (clock() - start)}
+
+
 def throughput(session: HubSession, servable: str, inputs: Sequence[Any],
                settings: Settings) -> dict[str, float]:
     """``drive`` through ``Client.submit`` (memo cache off), after a warm-up window."""

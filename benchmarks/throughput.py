@@ -163,7 +163,7 @@ Window = Callable[[float, int], dict[str, float]]
 @contextlib.contextmanager
 def hub_paths(tmp: Path) -> Iterator[tuple[Window, Window]]:
     """The hub's two windows: through ``Client.map`` and through ``Client.submit``."""
-    from benchmarks.paper_suite import drive, hub_session
+    from benchmarks.paper_suite import drive, drive_map, hub_session
     from dlhub_hpc.examples import example_dir
 
     overrides = {"batching": {"demo/noop": {"max_batch_size": MAX_BATCH}}}
@@ -174,21 +174,8 @@ def hub_paths(tmp: Path) -> Iterator[tuple[Window, Window]]:
         session.start_workers("demo/noop", WORKERS, WORKERS)
 
         def mapped(seconds: float, in_flight: int) -> dict[str, float]:
-            clock = time.perf_counter
-            taken: list[float] = []
-
-            def feed() -> Iterator[bytes]:
-                while clock() - start < seconds:
-                    taken.append(clock())
-                    yield inputs[len(taken) % len(inputs)]
-
-            latencies = []
-            start = clock()
-            for i, _ in enumerate(client.map("demo/noop", feed(), cache=False,
-                                             in_flight=in_flight)):
-                latencies.append(clock() - taken[i])
-            return {"requests_per_s": len(latencies) / (clock() - start),
-                    "p50_ms": statistics.median(latencies) * 1000}
+            result = drive_map(client, "demo/noop", inputs, seconds, in_flight)
+            return {"requests_per_s": result["requests_per_s"], "p50_ms": result["p50"]}
 
         def submitted(seconds: float, in_flight: int) -> dict[str, float]:
             result = drive(lambda x: client.submit("demo/noop", x, cache=False), inputs,
