@@ -56,6 +56,7 @@ from dlhub_hpc.protocol import (
     decode,
     encode,
 )
+from dlhub_hpc.protocol.bundle import bundle, parts
 from dlhub_hpc.security.keys import curve_client, hub_public_key, user_keypair, worker_credential
 
 logger = logging.getLogger(__name__)
@@ -142,7 +143,14 @@ def mutate(msg: Message, rng: random.Random) -> list[bytes]:
     """One mutated message (its frames) made from the valid ``msg``."""
     frames = [bytes(memoryview(f)) for f in encode(msg)]
     values: list[Any] = msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
-    how = rng.choice(["flip", "truncate", "swap", "swap", "tag", "frames", "bytes", "grow"])
+    how = rng.choice(["flip", "truncate", "swap", "swap", "tag", "frames", "bytes", "grow",
+                      "bundle"])
+    if how == "bundle":  # a few of its mutations in one frame, the envelope sometimes broken
+        inner = [mutate(msg, rng)[0] for _ in range(rng.randint(1, 4))]
+        whole = bytearray(bundle(inner))
+        if rng.random() < 0.3:
+            whole[rng.randrange(len(whole))] ^= 1 << rng.randrange(8)
+        return [bytes(whole)]
     if how == "swap":
         for _ in range(rng.randint(1, 2)):
             values[rng.randrange(len(values))] = rng.choice(POOL)
@@ -168,7 +176,14 @@ def mutate(msg: Message, rng: random.Random) -> list[bytes]:
 
 
 def allowed(frames: list[bytes]) -> bool:
-    """Never send a control that would start or stop things (the key is the hub's admin)."""
+    """Never send a control that would start or stop things (the key is the hub's admin),
+    alone or in a bundle."""
+    try:
+        inner = parts(frames[0]) if len(frames) == 1 else None
+    except DlhubHpcError:
+        return True  # a broken envelope: the hub drops it whole
+    if inner is not None:
+        return all(allowed([part.bytes]) for part in inner)
     try:
         msg = decode(frames)
     except DlhubHpcError:
