@@ -34,6 +34,7 @@ from dlhub_hpc.client import (
 from dlhub_hpc.client_publication import AdminCalls, PublicationCalls
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.protocol import Reply, encode
+from dlhub_hpc.protocol.bundle import bundled, unbundled
 from dlhub_hpc.references import ResultTo
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.security.keys import KeyPair
@@ -78,6 +79,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         self._closed = False
         self._transfers: PendingTransfers | None = None  # large arrays in chunks, made with _sock
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._outgoing: list[tuple[str, list[Any]]] = []  # sent at the loop's next turn
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -92,8 +94,9 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT, cache: bool = True,
         parameters: dict[str, Any] | None = None, result_to: ResultTo = None,
     ) -> asyncio.Future[Any]:
-        """Send one request now; await the future for the output (or its typed error).
-        The arguments are ``Client.submit``'s.
+        """Send one request; await the future for the output (or its typed error). It
+        leaves at the event loop's next turn, with the others sent in this one (small ones
+        as one bundle). The arguments are ``Client.submit``'s.
 
         Must be called with the client's event loop running. Bad inputs raise here.
         """
@@ -199,7 +202,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
 
     def _send(self, request_id: str, frames: list[Any], wait: float | None,
               upload: Outgoing | None = None) -> asyncio.Future[Any]:
-        sock = self._socket()
+        self._socket()  # opens it on first use; raises once closed
         if upload is not None and self._transfers is not None:
             self._transfers.upload(request_id, upload)
             self._watch_stalls()
@@ -207,12 +210,27 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         future: asyncio.Future[Any] = loop.create_future()
         timer = None if wait is None else loop.call_later(wait, self._expire, request_id)
         self._pending[request_id] = (future, timer)
-        try:
-            self._put(sock, frames)
-        except zmq.ZMQError as exc:
-            self._finish(request_id, error=DlhubHpcError(
-                f"could not send to the hub at {self.address}: {exc}", address=self.address))
+        if not self._outgoing:
+            loop.call_soon(self._flush)
+        self._outgoing.append((request_id, frames))
         return future
+
+    def _flush(self) -> None:
+        """Send what this turn of the loop asked for: small requests together, as bundles."""
+        outgoing, self._outgoing = self._outgoing, []
+        sock = self._sock
+        if sock is None:  # closed meanwhile: close() failed their futures
+            return
+        ids = iter(outgoing)
+        for frames, count in bundled(f for _, f in outgoing):
+            sent = [next(ids)[0] for _ in range(count)]
+            try:
+                self._put(sock, frames)
+            except zmq.ZMQError as exc:
+                for request_id in sent:
+                    self._finish(request_id, error=DlhubHpcError(
+                        f"could not send to the hub at {self.address}: {exc}",
+                        address=self.address))
 
     def _put(self, sock: zmq.Socket[bytes], frames: list[Any]) -> None:
         """Send without blocking (no high-water mark: it queues). A send may take the
@@ -249,9 +267,10 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
 
     def _take(self, frames: list[Any]) -> None:
         assert self._transfers is not None
-        reply = self._transfers.take(frames)  # a transfer's chunk or credit moves it
-        if reply is not None:
-            self._finish(reply.request_id, reply=reply)
+        for message in unbundled(frames):
+            reply = self._transfers.take(message)  # a transfer's chunk or credit moves it
+            if reply is not None:
+                self._finish(reply.request_id, reply=reply)
 
     def _watch_stalls(self) -> None:
         """While transfers are open, look each second for one that stalled."""

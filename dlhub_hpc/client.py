@@ -405,7 +405,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
             if timeout is not None:
                 heapq.heappush(self._expiry, (now + timeout, request_id))
             outgoing.append(frames)
-        for frames in bundled(outgoing):  # what queued up together leaves together
+        for frames, _ in bundled(outgoing):  # what queued up together leaves together
             sock.send_multipart(frames, copy=False)
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:

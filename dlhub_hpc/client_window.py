@@ -102,7 +102,7 @@ class WindowSocket:
             if call.wait is not None:
                 heapq.heappush(expiry, (now + call.wait, call.request_id))
         try:
-            for frames in bundled(call.frames for call in calls):
+            for frames, _ in bundled(call.frames for call in calls):
                 self.sock.send_multipart(frames, copy=False)
         except zmq.ContextTerminated:
             self._shut()

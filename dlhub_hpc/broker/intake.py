@@ -80,6 +80,7 @@ class CallerIntake(ActionSender):
         if bundled is None:
             self._on_caller_message_frames(frames, local_user)
             return
+        self.state.count("bundles_in")
         if local_user is None:  # its replies may come bundled too
             self._bundles.learn(frames[0].bytes)
         sock = self._clients if local_user is None else self._local

@@ -141,7 +141,11 @@ class ActionSender:
 
     def _send_held(self, identity: bytes, held: list[bytes]) -> None:
         """Messages held for a client: one as it is, several as one bundle."""
-        self._to_client_frames(identity, [bundle(held)] if len(held) > 1 else held, len(held))
+        if len(held) == 1:
+            self._to_client_frames(identity, held)
+            return
+        self.state.count("bundles_out")
+        self._to_client_frames(identity, [bundle(held)], len(held))
 
     def _to_client_frames(self, identity: bytes, frames: list[Any], count: int = 1) -> None:
         """Send one message (``count`` bundled in it) to a client."""

@@ -104,9 +104,9 @@ def parts(frame: Any) -> list[Part] | None:
     return out
 
 
-def bundled(messages: Iterable[list[Any]]) -> Iterator[list[Any]]:
-    """``messages`` (each a list of frames) as they go out: runs of small ones as bundles,
-    the rest alone, in their order."""
+def bundled(messages: Iterable[list[Any]]) -> Iterator[tuple[list[Any], int]]:
+    """``messages`` (each a list of frames) as they go out, with how many each carries:
+    runs of small ones as bundles, the rest alone, in their order."""
     run: list[bytes] = []
     size = 0
     for frames in messages:
@@ -115,14 +115,18 @@ def bundled(messages: Iterable[list[Any]]) -> Iterator[list[Any]]:
             size += len(frames[0])
             continue
         if run:
-            yield [bundle(run)] if len(run) > 1 else run
+            yield _run(run)
         if bundleable(frames):
             run, size = [frames[0]], len(frames[0])
         else:
             run, size = [], 0
-            yield frames
+            yield frames, 1
     if run:
-        yield [bundle(run)] if len(run) > 1 else run
+        yield _run(run)
+
+
+def _run(headers: list[bytes]) -> tuple[list[Any], int]:
+    return ([bundle(headers)] if len(headers) > 1 else headers), len(headers)
 
 
 def unbundled(frames: list[Any]) -> list[list[Any]]:

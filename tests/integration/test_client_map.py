@@ -3,6 +3,7 @@ bad message in a bundle fails alone, a malformed bundle never stops the broker."
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 
@@ -10,7 +11,7 @@ import msgpack
 import pytest
 import zmq
 
-from dlhub_hpc import Client, Hub
+from dlhub_hpc import AsyncClient, Client, Hub
 from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError
 from dlhub_hpc.examples import example_dir
 from dlhub_hpc.protocol import PROTOCOL_VERSION, Reply, Request, Tag, decode, encode
@@ -67,6 +68,21 @@ def test_map_checks_its_window_and_ends_when_the_client_closes(
         for _ in outputs:
             pass
     assert not c._windows
+
+
+def test_a_burst_from_an_async_client_goes_and_comes_back_in_bundles(
+        hub: Hub, client: Client, serve: Callable[..., str]) -> None:
+    add = serve(example_dir("add"))
+    before = client.status()["stats"]
+
+    async def burst() -> list[float]:
+        async with AsyncClient(hub.client_address, timeout=30) as c:
+            return await c.run_batch(add, [[float(i), 1.0] for i in range(40)], cache=False)
+
+    assert asyncio.run(burst()) == [i + 1.0 for i in range(40)]
+    after = client.status()["stats"]
+    assert after.get("bundles_in", 0) > before.get("bundles_in", 0)
+    assert after.get("bundles_out", 0) > before.get("bundles_out", 0)
 
 
 def _raw_requests(sock: zmq.Socket[bytes], headers: list[bytes]) -> list[Reply]:

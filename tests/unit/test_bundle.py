@@ -62,7 +62,9 @@ def test_a_malformed_bundle_is_a_protocol_error(frame: bytes) -> None:
 def test_bundled_joins_runs_of_small_messages_and_keeps_the_order() -> None:
     big = encode(Reply("big", True, b"x" * PART_BYTES))
     with_frames = [b"header", memoryview(b"array")]  # a message with a raw array frame
-    out = list(bundled([reply(1), reply(2), big, reply(3), with_frames, reply(4)]))
+    out = [f for f, _ in bundled([reply(1), reply(2), big, reply(3), with_frames, reply(4)])]
+    counts = [n for _, n in bundled([reply(1), reply(2), big, reply(3), with_frames, reply(4)])]
+    assert counts == [2, 1, 1, 1, 1]
     assert len(out) == 5
     assert [decode([p]).request_id for p in parts(out[0][0]) or []] == ["r-1", "r-2"]
     assert out[1] == big and out[3] == with_frames
@@ -70,10 +72,10 @@ def test_bundled_joins_runs_of_small_messages_and_keeps_the_order() -> None:
 
 
 def test_bundled_stops_a_bundle_at_its_count_and_size() -> None:
-    many = list(bundled(reply(i) for i in range(MAX_BUNDLE + 3)))
+    many = [f for f, _ in bundled(reply(i) for i in range(MAX_BUNDLE + 3))]
     assert [len(parts(m[0]) or []) for m in many] == [MAX_BUNDLE, 3]
     large = [reply(i, "v" * (PART_BYTES - 100)) for i in range(40)]
-    sizes = [sum(len(p) for p in parts(m[0]) or [m[0]]) for m in bundled(large)]
+    sizes = [sum(len(p) for p in parts(m[0]) or [m[0]]) for m, _ in bundled(large)]
     assert all(s <= BUNDLE_BYTES for s in sizes) and len(sizes) > 1
 
 
