@@ -98,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval, hub_timeout=args.hub_timeout,
         drain_after=args.drain_after, drain_grace=args.drain_grace,
         max_message_bytes=args.max_message_bytes,
-        credential=args.credential, pid=host_pid(),
+        credential=args.credential, pid=host_pid(), settle_heap=True,
     )
     if args.cache_dir is not None:
         opts.cache_dir = args.cache_dir

@@ -57,6 +57,7 @@ from dlhub_hpc.protocol import (
 )
 from dlhub_hpc.security.keys import WorkerKey, read_worker_credential, secure_worker
 from dlhub_hpc.servable.pools import PoolSpec
+from dlhub_hpc.worker.heap import settle_heap
 from dlhub_hpc.worker.models import PoolRunner
 from dlhub_hpc.worker.packages import installed_versions, pinned_packages
 from dlhub_hpc.worker.runner import LocalRunner, Runner, WireResult, cached_bundle
@@ -96,6 +97,9 @@ class WorkerOptions(BaseModel):
         default=None, description="the worker credential file (/dev/fd/N: read once, closed)")
     pool: PoolSpec | None = Field(
         default=None, description="serve this pool (servable is then its pool:SPEC name)")
+    settle_heap: bool = Field(
+        default=False, description="the worker owns its process: after each load, collect "
+        "what earlier loads left and freeze what it holds (worker.heap)")
 
     def __repr__(self) -> str:
         extra = "".join(
@@ -313,6 +317,8 @@ class Worker:
                     return None  # a pooled worker serves the others it may load
                 self.request_stop(f"load failed: {exc}")
                 return 1
+            if self.opts.settle_heap:
+                settle_heap()
             logger.info("worker %s loaded %s@%s", self.opts.worker_id, msg.servable, msg.version)
             report = None
             if isinstance(self.runner, PoolRunner):  # with the versions its pins meet here
