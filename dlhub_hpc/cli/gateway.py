@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Coroutine
 from pathlib import Path
@@ -81,6 +82,9 @@ def start(ctx: click.Context, host: str, port: int, grpc_port: int | None,
         # One line per endpoint a script can wait for and parse (the port, when --port 0):
         # REST's first, then gRPC's, once both listen.
         click.echo(f"gateway listening on {url}", nl=True)
+        # This process is the gateway's: what it holds once listening lives as long as it
+        # does, so full collections walk only what requests make (see Hub.serve_forever).
+        gc.freeze()
 
     with contextlib.suppress(KeyboardInterrupt):
         run_loop(serve(config, started))
