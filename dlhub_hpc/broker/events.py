@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from dlhub_hpc.broker.fairshare import FairQueue
@@ -78,8 +79,8 @@ class ServableInfo:
             images=tuple(sorted(images)),
         )
 
-    @property
-    def key(self) -> ServableKey:
+    @cached_property
+    def key(self) -> ServableKey:  # asked several times a request: made once
         return (self.name, self.version)
 
     @property

@@ -74,6 +74,8 @@ class ActionSender:
         self._to_client(identity, Reply(request_id, False, None, exc.to_wire()))
 
     def _apply(self, actions: list[Action]) -> None:
+        if not actions:  # most requests of a burst: batched when the read ends
+            return
         self._bundles.begin()
         try:
             self._apply_each(actions)

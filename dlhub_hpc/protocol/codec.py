@@ -85,8 +85,7 @@ def encode(msg: Message, share: Share | None = None) -> list[Any]:
     than ``INLINE_ARRAY_BYTES`` (smaller ones travel in the header), unless ``share`` gives
     a same-node fast-path ticket for it."""
     buffers: list[Any] = []
-    values = [PROTOCOL_VERSION, int(msg.TAG)]
-    values.extend(getattr(msg, name) for name in msg.FIELDS)
+    values = type(msg).HEADER(msg)
     while msg.OMIT_LAST_NONE and len(values) > 2 + msg.REQUIRED and values[-1] is None:
         values.pop()  # trailing optional fields left unset
     try:

@@ -3,13 +3,15 @@ the checks decode makes of them (``Message.CHECKS``), registered by tag for disp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from enum import IntEnum
+from operator import attrgetter
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from dlhub_hpc.protocol.constants import _WIRE_DEPTH, MAX_DEPTH
+from dlhub_hpc.protocol.constants import _WIRE_DEPTH, MAX_DEPTH, PROTOCOL_VERSION
 
 
 class Tag(IntEnum):
@@ -49,6 +51,8 @@ class Message:
     # still decodes the message whenever the field is not used.
     OMIT_LAST_NONE: ClassVar[bool] = False
     CHECKS: ClassVar[tuple[_Check, ...]]  # what decode checks of each field, in order
+    # [PROTOCOL_VERSION, tag, *fields] of a message, as encode() packs it (made once a class)
+    HEADER: ClassVar[Callable[[Message], list[Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +90,16 @@ def _message(cls: M) -> M:
         _check_of(name, expected, cls.DEPTHS.get(name, _WIRE_DEPTH))
         for name, expected in zip(cls.FIELDS, cls.TYPES, strict=True)
     )
+    cls.HEADER = _header_of(int(cls.TAG), cls.FIELDS)
     _BY_TAG[cls.TAG] = cls
     return cls
+
+
+def _header_of(tag: int, names: tuple[str, ...]) -> Callable[[Message], list[Any]]:
+    get = attrgetter(*names)
+    if len(names) == 1:
+        return lambda msg: [PROTOCOL_VERSION, tag, get(msg)]
+    return lambda msg: [PROTOCOL_VERSION, tag, *get(msg)]
 
 
 @_message
