@@ -78,7 +78,7 @@ class DeficitRoundRobin(Generic[K]):
         if not self._ring:
             raise IndexError("no flow has work")
         head = self._ring[0]
-        if self._deficit[head] >= cost:  # the common case: no round to play out
+        if self._deficit[head] >= cost or len(self._ring) == 1:  # no round to play out
             return head
         deficit = dict(self._deficit)
         ring = deque(self._ring)
