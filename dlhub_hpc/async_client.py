@@ -34,7 +34,7 @@ from dlhub_hpc.client import (
 from dlhub_hpc.client_publication import AdminCalls, PublicationCalls
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.protocol import Reply, encode
-from dlhub_hpc.protocol.bundle import bundled, unbundled
+from dlhub_hpc.protocol.bundle import HubBundles, bundled, unbundled
 from dlhub_hpc.references import ResultTo
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.security.keys import KeyPair
@@ -80,6 +80,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         self._transfers: PendingTransfers | None = None  # large arrays in chunks, made with _sock
         self._stall_timer: asyncio.TimerHandle | None = None
         self._outgoing: list[tuple[str, list[Any]]] = []  # sent at the loop's next turn
+        self._hub = HubBundles()  # bundles go once a reply showed the hub reads them
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -96,7 +97,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
     ) -> asyncio.Future[Any]:
         """Send one request; await the future for the output (or its typed error). It
         leaves at the event loop's next turn, with the others sent in this one (small ones
-        as one bundle). The arguments are ``Client.submit``'s.
+        as one bundle, to a hub that reads them). The arguments are ``Client.submit``'s.
 
         Must be called with the client's event loop running. Bad inputs raise here.
         """
@@ -222,7 +223,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         if sock is None:  # closed meanwhile: close() failed their futures
             return
         ids = iter(outgoing)
-        for frames, count in bundled(f for _, f in outgoing):
+        for frames, count in bundled((f for _, f in outgoing), self._hub.ok):
             sent = [next(ids)[0] for _ in range(count)]
             try:
                 self._put(sock, frames)
@@ -267,6 +268,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
 
     def _take(self, frames: list[Any]) -> None:
         assert self._transfers is not None
+        self._hub.note(frames)
         for message in unbundled(frames):
             reply = self._transfers.take(message)  # a transfer's chunk or credit moves it
             if reply is not None:

@@ -56,7 +56,7 @@ from dlhub_hpc.client_sockets import _ThreadSocket, _ThreadSockets
 from dlhub_hpc.client_window import Call, WindowSocket
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.protocol import encode
-from dlhub_hpc.protocol.bundle import bundled, unbundled
+from dlhub_hpc.protocol.bundle import HubBundles, bundled, unbundled
 from dlhub_hpc.references import ResultTo
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.security.keys import KeyPair
@@ -124,6 +124,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         self._sockets = _ThreadSockets()
         self._windows: set[WindowSocket] = set()  # the sockets of maps in progress
         self._transfers: PendingTransfers | None = None  # the I/O thread's, made there
+        self._hub = HubBundles()  # whether the I/O thread's hub reads bundles
         self._fast.on_linked = lambda: self.control("local_path", linked=self._prefix)
 
     def __enter__(self) -> Client:
@@ -405,13 +406,16 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
             if timeout is not None:
                 heapq.heappush(self._expiry, (now + timeout, request_id))
             outgoing.append(frames)
-        for frames, _ in bundled(outgoing):  # what queued up together leaves together
+        # What queued up together leaves together, once the hub showed it reads bundles.
+        for frames, _ in bundled(outgoing, self._hub.ok):
             sock.send_multipart(frames, copy=False)
 
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
         while cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
             assert self._transfers is not None
-            for message in unbundled(sock.recv_multipart(copy=False)):
+            received = sock.recv_multipart(copy=False)
+            self._hub.note(received)
+            for message in unbundled(received):
                 # A transfer's chunk or credit moves it; a reply whose output streams
                 # waits for it.
                 reply = self._transfers.take(message, self._fast.fetch)

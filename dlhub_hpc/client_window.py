@@ -24,7 +24,7 @@ import zmq
 from dlhub_hpc.client_core import _SLICE, client_closed, hub_gone, no_reply
 from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.protocol import Fetch, Reply, encode
-from dlhub_hpc.protocol.bundle import bundled, unbundled
+from dlhub_hpc.protocol.bundle import HubBundles, bundled, unbundled
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.transfer.pending import PendingTransfers
 from dlhub_hpc.transfer.window import Outgoing
@@ -64,6 +64,7 @@ class WindowSocket:
         self.lock = threading.Lock()
         self._closing = closing
         self._fetch = fetch
+        self._hub = HubBundles()  # bundles go once a reply showed the hub reads them
         self._transfers = PendingTransfers(
             lambda msg: self.sock.send_multipart(encode(msg), copy=False))
 
@@ -102,7 +103,7 @@ class WindowSocket:
             if call.wait is not None:
                 heapq.heappush(expiry, (now + call.wait, call.request_id))
         try:
-            for frames, _ in bundled(call.frames for call in calls):
+            for frames, _ in bundled((call.frames for call in calls), self._hub.ok):
                 self.sock.send_multipart(frames, copy=False)
         except zmq.ContextTerminated:
             self._shut()
@@ -135,6 +136,7 @@ class WindowSocket:
             self._transfers.expire()
 
     def _take(self, frames: list[Any], done: dict[str, Outcome], waiting: set[str]) -> None:
+        self._hub.note(frames)
         for message in unbundled(frames):
             reply = self._transfers.take(message, self._fetch)
             if reply is None or reply.request_id not in waiting:

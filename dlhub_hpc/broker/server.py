@@ -56,6 +56,7 @@ from dlhub_hpc.protocol import (
     decode,
     peek,
 )
+from dlhub_hpc.protocol.bundle import BUNDLES_METADATA
 from dlhub_hpc.security.tokens import TokenStore
 from dlhub_hpc.security.zap import (
     CLIENT_DOMAIN,
@@ -188,7 +189,8 @@ class BrokerServer(CallerIntake):
             # messages than a socket's limit are refused by ZeroMQ before they are buffered.
             clients = self._clients = self._router(
                 ctx, cfg.client_address, self.auth, CLIENT_DOMAIN,
-                max_bytes=cfg.max_message_bytes, send_hwm=cfg.client_send_hwm)
+                max_bytes=cfg.max_message_bytes, send_hwm=cfg.client_send_hwm,
+                metadata=BUNDLES_METADATA)  # in each handshake: callers may send bundles
             workers = self._workers = self._router(
                 ctx, cfg.worker_address, self.auth, WORKER_DOMAIN,
                 max_bytes=cfg.worker_max_message_bytes)
@@ -262,8 +264,11 @@ class BrokerServer(CallerIntake):
 
     @staticmethod
     def _router(ctx: zmq.Context[Any], address: str, auth: ServerAuth | None = None,
-                domain: str = "", *, max_bytes: int = -1, send_hwm: int = 0) -> zmq.Socket[bytes]:
+                domain: str = "", *, max_bytes: int = -1, send_hwm: int = 0,
+                metadata: bytes = b"") -> zmq.Socket[bytes]:
         sock = ctx.socket(zmq.ROUTER)
+        if metadata:
+            sock.setsockopt(zmq.METADATA, metadata)
         if auth is not None:
             make_curve_server(sock, auth.credentials.server, domain)
         sock.setsockopt(zmq.LINGER, 0)

@@ -4,8 +4,12 @@ followed by the ``n`` messages' msgpack headers back to back.
 A burst of requests from one caller, or of replies to it (a worker's batch answers many at
 once), then costs one send, one CurveZMQ box and one receive instead of one each. Only
 messages of a single small frame are bundled; the receiver hands each to the path a lone
-message takes, so a bad one fails alone. A caller that sends a bundle is sent bundles
-back; other peers never see one.
+message takes, so a bad one fails alone.
+
+Neither side sends a bundle to a peer that has not said it reads them: a hub says so in
+each connection's handshake (the ``X-Dlhub-Bundles`` property, read from any message it
+sends), so a client bundles once a reply showed it; a hub bundles replies only to a caller
+that sent a bundle. Older peers on either side never see one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgpack
+import zmq
 
 from dlhub_hpc.errors import ProtocolError
 from dlhub_hpc.protocol.constants import PROTOCOL_VERSION
@@ -25,6 +30,35 @@ BUNDLE_TAG = 50  # beside the messages' tags (Tag), which decode() alone reads
 MAX_BUNDLE = 1024  # messages in one bundle, at most
 BUNDLE_BYTES = 256 * 1024  # a sender bundles messages up to this many bytes in all
 PART_BYTES = 16 * 1024  # and only messages smaller than this
+
+BUNDLES_PROPERTY = "X-Dlhub-Bundles"  # a hub's handshake says it reads bundles
+BUNDLES_METADATA = f"{BUNDLES_PROPERTY}:1".encode()
+
+
+def takes_bundles(frame: Any) -> bool:
+    """Whether the hub that sent ``frame`` (a received ``zmq.Frame``) reads bundles: its
+    connection's handshake says so. False for a hub that predates them."""
+    try:
+        return bool(frame.get(BUNDLES_PROPERTY) == "1")
+    except (zmq.ZMQError, AttributeError):  # no such property, or not a zmq.Frame
+        return False
+
+
+class HubBundles:
+    """What a client's socket knows of its hub: nothing until the first message comes,
+    then whether the connection's handshake said the hub reads bundles."""
+
+    __slots__ = ("heard", "ok")
+
+    def __init__(self) -> None:
+        self.heard = False
+        self.ok = False
+
+    def note(self, frames: Sequence[Any]) -> None:
+        """Look at the first message received (later ones came on the same connection)."""
+        if not self.heard and frames:
+            self.heard, self.ok = True, takes_bundles(frames[0])
+
 
 _PREFIX = msgpack.packb([PROTOCOL_VERSION, BUNDLE_TAG, 0])[:3]  # array of 3, version, tag
 
@@ -104,9 +138,14 @@ def parts(frame: Any) -> list[Part] | None:
     return out
 
 
-def bundled(messages: Iterable[list[Any]]) -> Iterator[tuple[list[Any], int]]:
+def bundled(messages: Iterable[list[Any]], allowed: bool = True,
+            ) -> Iterator[tuple[list[Any], int]]:
     """``messages`` (each a list of frames) as they go out, with how many each carries:
-    runs of small ones as bundles, the rest alone, in their order."""
+    runs of small ones as bundles, the rest alone, in their order; each alone unless
+    ``allowed`` (the peer reads bundles)."""
+    if not allowed:
+        yield from ((frames, 1) for frames in messages)
+        return
     run: list[bytes] = []
     size = 0
     for frames in messages:

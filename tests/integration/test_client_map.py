@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from dlhub_hpc import AsyncClient, Client, Hub
-from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError
+from dlhub_hpc.errors import ConfigError, DlhubHpcError, ExecutionError, ProtocolError
 from dlhub_hpc.examples import example_dir
 from dlhub_hpc.protocol import PROTOCOL_VERSION, Reply, Request, Tag, decode, encode
 from dlhub_hpc.protocol.bundle import bundle, parts
@@ -77,12 +77,77 @@ def test_a_burst_from_an_async_client_goes_and_comes_back_in_bundles(
 
     async def burst() -> list[float]:
         async with AsyncClient(hub.client_address, timeout=30) as c:
+            assert await c.run(add, [1.0]) == 1.0  # its reply shows the hub reads bundles
             return await c.run_batch(add, [[float(i), 1.0] for i in range(40)], cache=False)
 
     assert asyncio.run(burst()) == [i + 1.0 for i in range(40)]
     after = client.status()["stats"]
     assert after.get("bundles_in", 0) > before.get("bundles_in", 0)
     assert after.get("bundles_out", 0) > before.get("bundles_out", 0)
+
+
+class OlderHub:
+    """A hub from before bundles, at its boundary: a plain ROUTER (no handshake property)
+    that answers every request it can decode, and counts what it cannot."""
+
+    def __init__(self) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.undecodable = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            identity, *frames = self.sock.recv_multipart()
+            try:
+                msg = decode(frames)
+            except ProtocolError:
+                self.undecodable += 1  # what an older hub does with a bundle: drops it
+                continue
+            if isinstance(msg, Request):
+                self.sock.send_multipart([identity, *encode(
+                    Reply(msg.request_id, True, msg.payload))])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.sock.close(linger=0)
+
+
+def test_clients_send_no_bundle_to_a_hub_that_has_not_said_it_reads_them() -> None:
+    older = OlderHub()
+    try:
+        with Client(older.address, timeout=30) as c:
+            assert c.run_batch("demo/echo", list(range(40))) == list(range(40))
+            assert list(c.map("demo/echo", range(100), in_flight=16)) == list(range(100))
+
+        async def burst() -> list[int]:
+            async with AsyncClient(older.address, timeout=30) as ac:
+                return await ac.run_batch("demo/echo", list(range(40)))
+
+        assert asyncio.run(burst()) == list(range(40))
+        assert older.undecodable == 0
+    finally:
+        older.close()
+
+
+def test_submit_and_map_bundle_once_the_hub_has_said_it_reads_them(
+        client: Client, serve: Callable[..., str]) -> None:
+    add = serve(example_dir("add"))
+    before = client.status()["stats"].get("bundles_in", 0)
+    assert client.run_batch(add, [[float(i)] for i in range(64)]) == [float(i) for i in range(64)]
+    assert client.run_batch(add, [[1.0]] * 64, cache=False) == [1.0] * 64
+    after_submit = client.status()["stats"].get("bundles_in", 0)
+    assert after_submit > before
+    assert list(client.map(add, ([float(i)] for i in range(200)), cache=False)) == [
+        float(i) for i in range(200)]
+    assert client.status()["stats"].get("bundles_in", 0) > after_submit
 
 
 def _raw_requests(sock: zmq.Socket[bytes], headers: list[bytes]) -> list[Reply]:

@@ -11,11 +11,14 @@ from dlhub_hpc.protocol import PROTOCOL_VERSION, Reply, Request, decode, encode
 from dlhub_hpc.protocol.bundle import (
     BUNDLE_BYTES,
     BUNDLE_TAG,
+    BUNDLES_PROPERTY,
     MAX_BUNDLE,
     PART_BYTES,
+    HubBundles,
     bundle,
     bundled,
     parts,
+    takes_bundles,
     unbundled,
 )
 
@@ -104,3 +107,26 @@ def test_a_full_bundle_is_handed_back_to_go_first() -> None:
     first = held.hold(b"c", reply(MAX_BUNDLE))
     assert first is not None and len(first) == MAX_BUNDLE
     assert held.end() == [(b"c", [reply(MAX_BUNDLE)[0]])]
+
+
+def test_to_a_hub_that_has_not_said_it_reads_bundles_each_message_goes_alone() -> None:
+    messages = [reply(1), reply(2), reply(3)]
+    assert list(bundled(messages, allowed=False)) == [(m, 1) for m in messages]
+
+
+def test_a_client_learns_from_the_first_message_whether_its_hub_reads_bundles() -> None:
+    class Frame:  # a received zmq.Frame: its connection's handshake properties
+        def __init__(self, properties: dict[str, str]) -> None:
+            self.properties = properties
+
+        def get(self, name: str) -> str:
+            return self.properties[name]
+
+    hub = HubBundles()
+    assert not hub.ok and not takes_bundles(b"a plain bytes frame")
+    hub.note([Frame({BUNDLES_PROPERTY: "1"})])
+    assert hub.ok
+    older = HubBundles()
+    older.note([b"no properties"])  # a hub that predates bundles says nothing
+    older.note([Frame({BUNDLES_PROPERTY: "1"})])  # later messages came on the same link
+    assert older.heard and not older.ok
