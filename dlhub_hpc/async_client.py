@@ -34,7 +34,7 @@ from dlhub_hpc.client import (
 from dlhub_hpc.client_publication import AdminCalls, PublicationCalls
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.protocol import Reply, encode
-from dlhub_hpc.protocol.bundle import HubBundles, bundled, unbundled
+from dlhub_hpc.protocol.bundle import HubBundles, bundled
 from dlhub_hpc.references import ResultTo
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.security.keys import KeyPair
@@ -268,8 +268,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
 
     def _take(self, frames: list[Any]) -> None:
         assert self._transfers is not None
-        self._hub.note(frames)
-        for message in unbundled(frames):
+        for message in self._hub.read(frames):
             reply = self._transfers.take(message)  # a transfer's chunk or credit moves it
             if reply is not None:
                 self._finish(reply.request_id, reply=reply)

@@ -56,7 +56,7 @@ from dlhub_hpc.client_sockets import _ThreadSocket, _ThreadSockets
 from dlhub_hpc.client_window import Call, WindowSocket
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
 from dlhub_hpc.protocol import encode
-from dlhub_hpc.protocol.bundle import HubBundles, bundled, unbundled
+from dlhub_hpc.protocol.bundle import HubBundles, bundled
 from dlhub_hpc.references import ResultTo
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.security.keys import KeyPair
@@ -413,9 +413,7 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
     def _drain_replies(self, sock: zmq.Socket[bytes]) -> None:
         while cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
             assert self._transfers is not None
-            received = sock.recv_multipart(copy=False)
-            self._hub.note(received)
-            for message in unbundled(received):
+            for message in self._hub.read(sock.recv_multipart(copy=False)):
                 # A transfer's chunk or credit moves it; a reply whose output streams
                 # waits for it.
                 reply = self._transfers.take(message, self._fast.fetch)

@@ -132,6 +132,20 @@ def hub_gone(address: str) -> HubUnavailable:
                           "it", address=address)
 
 
+def connect_dealer(address: str, curve: ClientCurve, context: zmq.Context[Any] | None,
+                   ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes] | None]:
+    """A DEALER connected to the hub at ``address`` (CurveZMQ where its key is known), and
+    the monitor of its handshake's failures; ``context``: an embedded hub's."""
+    try:
+        sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(zmq.DEALER)
+    except zmq.ZMQError:  # the context of an embedded hub that has stopped
+        raise hub_gone(address) from None
+    sock.setsockopt(zmq.LINGER, 0)
+    monitor = curve.secure(sock, address)
+    sock.connect(address)
+    return sock, monitor
+
+
 def client_closed() -> DlhubHpcError:
     return DlhubHpcError("the client is closed")
 

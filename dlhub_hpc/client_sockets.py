@@ -17,6 +17,7 @@ import zmq
 from dlhub_hpc.client_core import (
     _SLICE,
     client_closed,
+    connect_dealer,
     decode_reply,
     hub_gone,
     no_reply,
@@ -34,14 +35,8 @@ class _ThreadSocket:
 
     def __init__(self, address: str, curve: ClientCurve, context: zmq.Context[Any] | None,
                  closing: threading.Event, fetch: Fetch | None = None) -> None:
-        try:
-            self.sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(zmq.DEALER)
-        except zmq.ZMQError:  # the context of an embedded hub that has stopped
-            raise hub_gone(address) from None
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock, self.monitor = connect_dealer(address, curve, context)
         self.curve = curve
-        self.monitor = curve.secure(self.sock, address)
-        self.sock.connect(address)
         self.lock = threading.Lock()
         self._closing = closing
         self._fetch = fetch  # arrays that come by the same-node fast path

@@ -21,10 +21,10 @@ from typing import Any, cast
 
 import zmq
 
-from dlhub_hpc.client_core import _SLICE, client_closed, hub_gone, no_reply
+from dlhub_hpc.client_core import _SLICE, client_closed, connect_dealer, hub_gone, no_reply
 from dlhub_hpc.errors import DlhubHpcError
 from dlhub_hpc.protocol import Fetch, Reply, encode
-from dlhub_hpc.protocol.bundle import HubBundles, bundled, unbundled
+from dlhub_hpc.protocol.bundle import HubBundles, bundled
 from dlhub_hpc.security.client import ClientCurve
 from dlhub_hpc.transfer.pending import PendingTransfers
 from dlhub_hpc.transfer.window import Outgoing
@@ -51,16 +51,10 @@ class WindowSocket:
 
     def __init__(self, address: str, curve: ClientCurve, context: zmq.Context[Any] | None,
                  closing: threading.Event, fetch: Fetch | None) -> None:
-        try:
-            self.sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(zmq.DEALER)
-        except zmq.ZMQError:  # the context of an embedded hub that has stopped
-            raise hub_gone(address) from None
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock, self.monitor = connect_dealer(address, curve, context)
         self.sock.setsockopt(zmq.RCVTIMEO, math.ceil(_SLICE * 1000))
         self.address = address
         self.curve = curve
-        self.monitor = curve.secure(self.sock, address)
-        self.sock.connect(address)
         self.lock = threading.Lock()
         self._closing = closing
         self._fetch = fetch
@@ -136,8 +130,7 @@ class WindowSocket:
             self._transfers.expire()
 
     def _take(self, frames: list[Any], done: dict[str, Outcome], waiting: set[str]) -> None:
-        self._hub.note(frames)
-        for message in unbundled(frames):
+        for message in self._hub.read(frames):
             reply = self._transfers.take(message, self._fetch)
             if reply is None or reply.request_id not in waiting:
                 continue  # a transfer's step, or the late answer to a call given up

@@ -59,6 +59,11 @@ class HubBundles:
         if not self.heard and frames:
             self.heard, self.ok = True, takes_bundles(frames[0])
 
+    def read(self, frames: list[Any]) -> list[list[Any]]:
+        """A message received from the hub, noted, as the messages it holds."""
+        self.note(frames)
+        return unbundled(frames)
+
 
 _PREFIX = msgpack.packb([PROTOCOL_VERSION, BUNDLE_TAG, 0])[:3]  # array of 3, version, tag
 
