@@ -209,6 +209,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         header = _loads(bytes(view[:size]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"the request's JSON header cannot be read: {exc}") from None
+    except RecursionError:  # json's decoder recurses per level; orjson refused past 1,024
+        raise InvalidInput("the request's JSON header nests too deep to read; tensor data "
+                           "may be flat or nested as deep as its shape, no deeper") from None
     if not isinstance(header, dict):
         raise InvalidInput("the request must be a JSON object with 'inputs'")
     return header, view[size:]

@@ -61,6 +61,10 @@ async def protocol_errors(request: web.Request, handler: Handler) -> web.StreamR
         if exc.status < 400:
             raise
         return error_response(_refusal(request, exc), exc.status)
+    except Exception:  # a fault of ours: log it, answer in the protocol's format, serve on
+        logger.exception("%s %s failed", request.method, request.path)
+        return error_response(errors.DlhubHpcError(
+            "the gateway failed on this request; its log says why"), 500)
 
 
 def _refusal(request: web.Request, exc: web.HTTPException) -> errors.DlhubHpcError:

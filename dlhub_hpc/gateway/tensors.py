@@ -173,6 +173,11 @@ def as_input(tensors: list[Tensor], declared: dict[str, Any]) -> Any:
         raise InvalidInput("the request has no inputs; send one tensor in 'inputs'")
     kind = declared.get("type", "any")
     if len(tensors) > 1 or kind == "dict":
+        names = [t.name for t in tensors]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # as a dict by name, one would silently replace the other
+            raise InvalidInput(f"inputs are named {', '.join(map(repr, twice))} more than once; "
+                               "give each input tensor its own name")
         props = declared.get("properties") or {}
         return {t.name: as_input([t], props.get(t.name, {"type": "any"})) for t in tensors}
     array = tensors[0].array

@@ -102,6 +102,13 @@ def test_several_input_tensors_are_a_dict_by_name() -> None:
     assert got == {"a": 1, "b": "s"}
 
 
+def test_two_inputs_of_one_name_are_refused_rather_than_one_dropped() -> None:
+    a = decode_tensor({**tensor([1], [1], "INT64"), "name": "a"}, None, "x")
+    b = decode_tensor({**tensor([2], [1], "INT64"), "name": "a"}, None, "x")
+    with pytest.raises(InvalidInput, match="'a' more than once"):
+        as_input([a, b], {"type": "any"})
+
+
 def test_outputs_become_tensors_and_a_dict_one_per_key() -> None:
     assert [(n, a.tolist()) for n, a in as_tensors(2.5)] == [("output", [2.5])]
     pairs = as_tensors({"mean": np.float32(1), "label": "cat"})
@@ -170,6 +177,14 @@ def test_the_binary_extension_splits_the_body_at_the_header_length() -> None:
         split_body(head, str(len(head) + 1))
     with pytest.raises(InvalidInput, match="cannot be read"):
         split_body(b"{", None)
+
+
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+def test_a_header_nested_past_what_json_reads_is_an_input_error(depth: int) -> None:
+    head = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": ' + \
+        b"[" * depth + b"1" + b"]" * depth + b"}]}"
+    with pytest.raises(InvalidInput, match="nests too deep"):
+        split_body(head, None)
 
 
 def test_nan_in_a_json_header_is_read_and_written_as_pythons_json_does() -> None:
