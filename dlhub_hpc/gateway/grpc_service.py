@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -32,6 +34,7 @@ from dlhub_hpc.gateway.names import servable_of, version_of
 from dlhub_hpc.gateway.service import (
     Gateway,
     is_ready,
+    model_config,
     model_metadata,
     parse_bearer,
     select_outputs,
@@ -114,6 +117,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         return await self._answer("ModelMetadata", request, context, self._metadata)
 
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        return await self._answer("ModelConfig", request, context, self._config)
+
     async def ModelReady(self, request: Any, context: Any) -> Any:
         return await self._answer("ModelReady", request, context, self._ready)
 
@@ -143,6 +149,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _metadata(self, request: Any, context: Any) -> Any:
         return metadata_response(model_metadata(await self._record(request, context)))
+
+    async def _config(self, request: Any, context: Any) -> Any:
+        config = model_config(await self._record(request, context))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, mc.ModelConfig()))
 
     async def _ready(self, request: Any, context: Any) -> Any:
         return pb.ModelReadyResponse(ready=is_ready(await self._record(request, context)))

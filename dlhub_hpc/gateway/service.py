@@ -84,6 +84,7 @@ class Gateway:
             for base in (f"/v2/models/{model}", f"/v2/models/{model}/versions/{{version}}"):
                 out += [web.get(base, self.model_metadata),
                         web.get(f"{base}/ready", self.model_ready),
+                        web.get(f"{base}/config", self.model_config),
                         web.post(f"{base}/infer", self.infer)]
         return out
 
@@ -116,6 +117,13 @@ class Gateway:
         except DlhubHpcError as exc:
             return error_response(exc)
         return web.json_response(model_metadata(record))
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        try:
+            record = await self._record(request)
+        except DlhubHpcError as exc:
+            return error_response(exc)
+        return web.json_response(model_config(record))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         try:
@@ -194,6 +202,25 @@ def model_metadata(record: dict[str, Any]) -> dict[str, Any]:
             "platform": f"dlhub_{spec.get('servable', {}).get('type', 'servable')}",
             "inputs": methods[name]["inputs"], "outputs": methods[name]["outputs"],
             "parameters": {"default_method": name, "methods": methods}}
+
+
+def model_config(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as Triton's model configuration (``GET .../config``, which tritonclient's
+    ``get_model_config`` and Triton's tools read): the default method's tensors. No batch
+    dimension (``max_batch_size`` 0): a request is one input; the hub forms the batches."""
+    meta = model_metadata(record)
+
+    def tensors(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"name": t["name"], "data_type": _CONFIG_TYPES.get(t["datatype"],
+                                                                   f"TYPE_{t['datatype']}"),
+                 "dims": t["shape"]} for t in listed]
+
+    return {"name": meta["name"], "platform": meta["platform"], "backend": "dlhub-hpc",
+            "version_policy": {"latest": {"num_versions": 1}}, "max_batch_size": 0,
+            "input": tensors(meta["inputs"]), "output": tensors(meta["outputs"])}
+
+
+_CONFIG_TYPES = {"BYTES": "TYPE_STRING"}  # the rest are the protocol's name after TYPE_
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:

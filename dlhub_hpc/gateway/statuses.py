@@ -76,6 +76,6 @@ def _refusal(request: web.Request, exc: web.HTTPException) -> errors.DlhubHpcErr
     if exc.status in (404, 405):
         return errors.DlhubHpcError(
             f"no endpoint {request.method} {request.path}; the protocol's are GET /v2, "
-            "/v2/health/{live,ready}, /v2/models/OWNER/NAME[/versions/V][/ready] and POST "
+            "/v2/health/{live,ready}, /v2/models/OWNER/NAME[/versions/V][/ready|/config] and POST "
             "/v2/models/OWNER/NAME[/versions/V]/infer")
     return errors.DlhubHpcError(f"{exc.status} {exc.reason}")

@@ -102,6 +102,9 @@ def test_tritonclient_reads_metadata_and_infers_with_json_and_binary_tensors(
         meta = triton.get_model_metadata("test/tensors", headers=headers)
         assert meta["name"] == "test/tensors" and meta["versions"] == ["1"]
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1]}]
+        config = triton.get_model_config("test/tensors", "1", headers=headers)
+        assert (config["name"], config["max_batch_size"]) == ("test/tensors", 0)
+        assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [-1]}]
         assert triton.is_model_ready("test/tensors", headers=headers)
         x = np.array(FLOATS, dtype=np.float32)
         for binary in (False, True):

@@ -28,6 +28,7 @@ from tests.integration.test_gateway import (  # noqa: F401  (site: the hub's fix
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="pip install tritonclient[grpc]")
 httpclient = pytest.importorskip("tritonclient.http", reason="pip install tritonclient[http]")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
+mc = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
 GRID_SPEC = """\
 datacite:
@@ -145,6 +146,10 @@ def test_model_metadata_and_readiness_are_those_rest_gives(endpoints: Endpoints,
         ("input", "FP32", [-1])]
     assert triton.is_model_ready("test/tensors", headers=endpoints.headers())
     assert triton.is_model_ready("test/tensors", "1", headers=endpoints.headers())
+    config = triton.get_model_config("test/tensors", headers=endpoints.headers()).config
+    assert (config.name, config.max_batch_size) == ("test/tensors", 0)
+    assert [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in config.input] == [
+        ("input", "TYPE_FP32", [-1])]
 
 
 def test_infer_fp32_with_raw_contents(endpoints: Endpoints, triton: Any) -> None:

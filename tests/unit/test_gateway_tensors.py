@@ -17,6 +17,7 @@ from dlhub_hpc.errors import InvalidInput, MethodNotFound
 from dlhub_hpc.gateway.names import servable_of, version_of
 from dlhub_hpc.gateway.service import (
     HEADER_LENGTH,
+    model_config,
     model_metadata,
     pick_method,
     read_inputs,
@@ -163,6 +164,16 @@ def test_model_metadata_lists_every_method_and_live_version() -> None:
     assert meta["versions"] == ["2"] and meta["platform"] == "dlhub_python_function"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [1]}]
     assert set(meta["parameters"]["methods"]) == {"run", "other"}
+
+
+def test_model_config_is_tritons_form_of_the_default_methods_tensors() -> None:
+    record = {"name": "a/b", "version": 1, "spec": {"servable": {"methods": {"run": {
+        "input": {"type": "string"}, "output": {"type": "ndarray", "dtype": "int32",
+                                                "shape": [None, 3]}}}}}}
+    config = model_config(record)
+    assert config["max_batch_size"] == 0 and config["name"] == "a/b"
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_STRING", "dims": [1]}]
+    assert config["output"] == [{"name": "output", "data_type": "TYPE_INT32", "dims": [-1, 3]}]
 
 
 def test_the_binary_extension_splits_the_body_at_the_header_length() -> None:
