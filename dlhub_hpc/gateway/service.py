@@ -142,7 +142,12 @@ class Gateway:
     async def _infer(self, request: web.Request) -> web.Response:
         token = bearer_token(request)  # before reading a body: none is read for no token
         servable, version = servable_of(request.match_info), version_of(request.match_info)
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.RequestPayloadError as exc:  # e.g. a Content-Encoding its body is not in
+            why = " ".join(str(exc).split()).partition("message: ")[2] or str(exc)
+            raise InvalidInput(f"the request body cannot be read: {why}; send it as its "
+                               "Content-Encoding says (gzip, deflate or none)") from None
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         params = header.get("parameters") or {}
         if not isinstance(params, dict):

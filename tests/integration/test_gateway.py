@@ -5,6 +5,7 @@ gateway as its own process (``dlhub-hpc gateway start``)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import shutil
@@ -168,6 +169,22 @@ def test_errors_come_back_in_the_protocols_format_with_fitting_statuses(site: Si
         got, answer = curl(*args)
         assert (got, list(answer)) == (status, ["error"]), (args, answer)
         assert str(answer["error"]).startswith(f"{kind}: "), answer
+
+
+def test_a_compressed_body_is_read_and_one_not_in_its_encoding_is_an_input_error(
+        site: Site, tmp_path: Path) -> None:
+    alice = f"Authorization: Bearer {site.tokens['alice']}"
+    url = f"{site.url}/v2/models/test/tensors/infer"
+    packed = tmp_path / "body.gz"
+    packed.write_bytes(gzip.compress(infer_body(FLOATS).encode()))
+    got, answer = curl("-H", alice, "-H", "Content-Encoding: gzip", "--data-binary",
+                       f"@{packed}", url)
+    assert got == 200 and answer["outputs"][0]["data"] == [3.0, 5.0, 8.0]  # type: ignore[index]
+    got, answer = curl("-H", alice, "-H", "Content-Encoding: deflate", "-d",
+                       infer_body(FLOATS), url)
+    assert got == 400 and str(answer["error"]).startswith(
+        "InvalidInput: the request body cannot be read"), answer
+    assert "deflate" in str(answer["error"])
 
 
 def test_the_owner_runs_a_private_model_that_others_may_not_see(site: Site) -> None:
