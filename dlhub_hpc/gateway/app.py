@@ -86,7 +86,9 @@ class GatewayConfig(BaseModel):
 def build_app(hub: HubClient, *, timeout: float | None = None,
               max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
               setup: Iterable[AppSetup] = ()) -> web.Application:
-    """The gateway's application over ``hub``; ``setup`` callables may add to it."""
+    """The gateway's application over ``hub``; ``setup`` callables may add to it. Serve it
+    with ``auto_decompress=False``, as ``serve`` does: its handlers inflate bodies
+    themselves, within ``max_body_bytes`` (``bodies``)."""
     app = web.Application(client_max_size=max_body_bytes, middlewares=[protocol_errors])
     app[MAX_BODY_KEY] = max_body_bytes
     gateway = Gateway(hub, timeout)
@@ -108,7 +110,8 @@ async def serve(config: GatewayConfig, started: Callable[[str], None] | None = N
     then gRPC's (``grpc://HOST:PORT``, ``grpcs://`` with TLS) where ``grpc_port`` asks."""
     app = build_app(HubClient(config.hub_address, timeout=config.timeout),
                     timeout=config.timeout, max_body_bytes=config.max_body_bytes, setup=setup)
-    runner = web.AppRunner(app, access_log=None)
+    # Bodies come as sent: the handler inflates them within max_body_bytes (bodies.py).
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, ssl_context=config.ssl_context())
     grpc_server: Any = None

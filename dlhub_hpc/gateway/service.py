@@ -23,9 +23,10 @@ except ImportError:  # pragma: no cover - an install without the gateway extra's
 
 from dlhub_hpc._version import __version__
 from dlhub_hpc.errors import DlhubHpcError, InvalidInput, MethodNotFound, TokenRefused
+from dlhub_hpc.gateway.bodies import read_body
 from dlhub_hpc.gateway.hubclient import HubClient
 from dlhub_hpc.gateway.names import servable_of, version_of
-from dlhub_hpc.gateway.statuses import error_response
+from dlhub_hpc.gateway.statuses import MAX_BODY_KEY, error_response
 from dlhub_hpc.gateway.tensors import (
     Tensor,
     as_input,
@@ -142,12 +143,7 @@ class Gateway:
     async def _infer(self, request: web.Request) -> web.Response:
         token = bearer_token(request)  # before reading a body: none is read for no token
         servable, version = servable_of(request.match_info), version_of(request.match_info)
-        try:
-            body = await request.read()
-        except web.RequestPayloadError as exc:  # e.g. a Content-Encoding its body is not in
-            why = " ".join(str(exc).split()).partition("message: ")[2] or str(exc)
-            raise InvalidInput(f"the request body cannot be read: {why}; send it as its "
-                               "Content-Encoding says (gzip, deflate or none)") from None
+        body = await read_body(request, request.app[MAX_BODY_KEY])
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         params = header.get("parameters") or {}
         if not isinstance(params, dict):
