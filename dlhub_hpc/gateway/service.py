@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -112,27 +112,31 @@ class Gateway:
         servable, version = servable_of(request.match_info), version_of(request.match_info)
         return await self.hub.describe_as(token, servable, version)
 
-    async def model_metadata(self, request: web.Request) -> web.Response:
+    async def _answer_from_record(
+            self, request: web.Request,
+            render: Callable[[dict[str, Any]], web.Response]) -> web.Response:
+        """``render`` of the model's record, or the protocol's error where there is none."""
         try:
             record = await self._record(request)
         except DlhubHpcError as exc:
             return error_response(exc)
-        return web.json_response(model_metadata(record))
+        return render(record)
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        return await self._answer_from_record(
+            request, lambda record: web.json_response(model_metadata(record)))
 
     async def model_config(self, request: web.Request) -> web.Response:
-        try:
-            record = await self._record(request)
-        except DlhubHpcError as exc:
-            return error_response(exc)
-        return web.json_response(model_config(record))
+        return await self._answer_from_record(
+            request, lambda record: web.json_response(model_config(record)))
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        try:
-            record = await self._record(request)
-        except DlhubHpcError as exc:
-            return error_response(exc)
-        ok = is_ready(record)
-        return web.json_response({"name": record["name"], "ready": ok}, status=200 if ok else 400)
+        def render(record: dict[str, Any]) -> web.Response:
+            ok = is_ready(record)
+            return web.json_response({"name": record["name"], "ready": ok},
+                                     status=200 if ok else 400)
+
+        return await self._answer_from_record(request, render)
 
     async def infer(self, request: web.Request) -> web.Response:
         try:
