@@ -69,6 +69,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "request is its own batch, the most fan-out)")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0,
                         help="seconds between heartbeats, hub and workers (default 1)")
+    parser.add_argument("--heartbeats-per-second", type=float, default=256.0,
+                        help="the hub's heartbeats_per_second: past it, beats go further "
+                             "apart (default 256, the hub's; 0: every interval at any size)")
     parser.add_argument("--per-host", type=int, default=128,
                         help="simulated workers per worker host process (default 128)")
     parser.add_argument("--idle", type=float, default=1.0,
@@ -87,8 +90,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
            args.per_host) < 1:
         parser.error("--requests, --rounds, --passes, --in-flight, --batch-size and "
                      "--per-host must be >= 1")
-    if args.warmup < 0 or args.heartbeat_interval <= 0 or args.idle < 0:
-        parser.error("--warmup and --idle must be >= 0, --heartbeat-interval > 0")
+    if args.warmup < 0 or args.heartbeat_interval <= 0 or args.idle < 0 \
+            or args.heartbeats_per_second < 0:
+        parser.error("--warmup, --idle and --heartbeats-per-second must be >= 0, "
+                     "--heartbeat-interval > 0")
     return args
 
 

@@ -92,6 +92,7 @@ class WorkerHost:
         server, credential = hub_public_key(address), worker_credential(address)
         self.curve = None if server is None or credential is None else (server, credential)
         self.names: dict[zmq.Socket[bytes], str] = {}  # the live workers' main sockets
+        self.interval = spec.heartbeat_interval  # until the hub says otherwise
         # per worker: its main socket, the socket its heartbeats go from, their frames
         self.beats: list[tuple[zmq.Socket[bytes], zmq.Socket[bytes], list[Any]]] = []
         for i in range(spec.count):
@@ -154,10 +155,11 @@ class WorkerHost:
             logger.warning("the hub told %s to leave: %s", self.names[sock], msg.reason)
             self.selector.unregister(sock)
             del self.names[sock]
-        # a Heartbeat from the hub needs no answer
+        elif isinstance(msg, Heartbeat) and msg.interval is not None:
+            self.interval = msg.interval  # the hub spaces beats out as its fleet grows
 
     def _heartbeats(self, now: float) -> None:
-        interval = self.spec.heartbeat_interval
+        interval = self.interval
         for _ in range(len(self.due)):
             if self.due[0][0] > now:
                 return

@@ -41,6 +41,7 @@ def hub_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "heartbeat_interval": args.heartbeat_interval,
         "heartbeat_timeout": max(10.0, 10 * args.heartbeat_interval),
+        "heartbeats_per_second": args.heartbeats_per_second,
         "memo_max_bytes": 0,  # every request reaches a worker
         "default_timeout": 60.0,
         "batching": {SERVABLE: {"max_batch_size": args.batch_size}},

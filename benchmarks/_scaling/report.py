@@ -56,7 +56,8 @@ def print_table(rows: list[Row], ratio: float | None, args: argparse.Namespace) 
     console.print(
         f"Workers are simulated worker loops speaking the real protocol, up to "
         f"{args.per_host} sharing one process ({rows[-1].processes} processes at "
-        f"{rows[-1].workers} workers); heartbeats every {args.heartbeat_interval:g} s each way. "
+        f"{rows[-1].workers} workers); heartbeats every {args.heartbeat_interval:g} s each way, "
+        f"spaced out past {args.heartbeats_per_second:g} a second hub-wide (0: never). "
         "hub CPU loaded / idle: the hub's CPU time over wall time (100% = one core), while "
         f"serving and with no requests ({args.idle:g} s)."
     )

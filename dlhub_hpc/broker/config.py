@@ -96,6 +96,13 @@ class HubConfig(BaseModel):
         default=None, description="start the Open Inference Protocol gateway with the hub")
     heartbeat_interval: float = Field(default=1.0, gt=0)
     heartbeat_timeout: float = Field(default=10.0, gt=0)
+    heartbeats_per_second: float = Field(
+        default=256.0, ge=0,
+        description="heartbeats a second the hub takes from all its workers together: past "
+                    "heartbeat_interval x this many workers, it tells workers to beat further "
+                    "apart (up to 10x heartbeat_interval) and waits as much longer before "
+                    "it counts one lost; 0: every worker beats every heartbeat_interval",
+    )
     max_queue_length: int = Field(default=10_000, ge=1)
     default_timeout: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=1, ge=0)

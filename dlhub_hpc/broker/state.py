@@ -48,6 +48,7 @@ from dlhub_hpc.broker.events import (
 )
 from dlhub_hpc.broker.fairshare import QueueShares
 from dlhub_hpc.broker.gate import Gate, OpenGate
+from dlhub_hpc.broker.heartbeats import Pace
 from dlhub_hpc.broker.invariants import problems
 from dlhub_hpc.broker.load_failures import LoadFailures
 from dlhub_hpc.broker.memo import MemoCache, memo_key
@@ -136,6 +137,8 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
         self._next_batch_id = 0
         self._seq = 0
         self._next_heartbeat = 0.0
+        self.pace = Pace(self.config.heartbeat_interval, self.config.heartbeat_timeout,
+                         self.config.heartbeats_per_second)
         self.stats: Counter[str] = Counter()  # written through count() and handle()
         self.metrics: BrokerMetrics | None = None  # set when the hub serves metrics
         self.changes = 0  # events handled and counts taken: a snapshot is stale if it moved
@@ -484,25 +487,27 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
         if self.ondemand.active:
             self._on_demand_tick(now, out)
         if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.config.heartbeat_interval
+            self.pace.update(len(self._workers), now)
+            self._next_heartbeat = now + self.pace.beat
             silent = [
                 w for w in self._workers.values()
-                if now - w.last_seen > self.config.heartbeat_timeout
+                if now - w.last_seen > self.pace.silence
             ]
             for worker in silent:  # none of them may take the others' retries
                 self._idle.get(worker.servable, {}).pop(worker.identity, None)
                 self.pools.hold_back(worker.identity)
             for identity in [w.identity for w in silent]:
                 self._lose_worker(
-                    identity, f"no heartbeat for {self.config.heartbeat_timeout}s", now, out
+                    identity, f"no heartbeat for {self.pace.silence}s", now, out
                 )
             # Only to workers that heard nothing else from the hub in the last interval.
-            quiet_since = now - self.config.heartbeat_interval
+            quiet_since = now - self.pace.beat
             idle = [w for w in self._workers.values() if w.last_sent <= quiet_since]
             for w in idle:
                 w.last_sent = now
             if idle:
-                out.append(ToWorkers([w.identity for w in idle], Heartbeat("hub")))
+                out.append(ToWorkers([w.identity for w in idle],
+                                     Heartbeat("hub", self.pace.beat)))
 
     def _expire(self, p: Pending, now: float, out: list[Action]) -> None:
         """``p``'s deadline passed: it gets Timeout; a request joined to it takes its place."""

@@ -41,3 +41,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 
 DEFAULT_CLIENT_PORT = 47650
 DEFAULT_WORKER_PORT = 47651
+# A worker looks this often (seconds) whether a heartbeat is due, so that a shorter beat
+# the hub names (Heartbeat.interval) holds within it.
+HEARTBEAT_NOTICE = 0.5

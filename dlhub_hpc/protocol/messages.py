@@ -267,11 +267,14 @@ class BatchResult(Message):
 @_message
 @dataclass(slots=True)
 class Heartbeat(Message):
-    """Either way: the sender is alive."""
+    """Either way: the sender is alive. From the hub, ``interval`` is how many seconds a
+    worker's heartbeats should now be apart (the hub spaces them out as its fleet grows)."""
 
     TAG = Tag.HEARTBEAT
-    TYPES = (str,)
+    TYPES = (str, (*_NUM, _NONE))
+    OMIT_LAST_NONE = True
     sender: str
+    interval: float | None = None
 
 
 @_message

@@ -55,6 +55,7 @@ from dlhub_hpc.protocol import (
     decode,
     encode,
 )
+from dlhub_hpc.protocol.constants import HEARTBEAT_NOTICE
 from dlhub_hpc.security.keys import WorkerKey, read_worker_credential, secure_worker
 from dlhub_hpc.servable.pools import PoolSpec
 from dlhub_hpc.worker.heap import settle_heap
@@ -113,7 +114,10 @@ def _heartbeats(
     ctx: zmq.Context[Any], opts: WorkerOptions, stop: threading.Event,
     last_sent: Callable[[], float], drain_due: Callable[[], str],
     credential: WorkerKey | None = None, clock: Callable[[], float] = time.monotonic,
+    beat: Callable[[], float] | None = None,
 ) -> None:
+    """Beat every ``beat()`` seconds (the hub's word, else ``opts.heartbeat_interval``)."""
+    every = beat or (lambda: opts.heartbeat_interval)
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"{opts.worker_id}/hb".encode())
@@ -122,10 +126,15 @@ def _heartbeats(
     frames = encode(Heartbeat(opts.worker_id))
     drain_told = False
     try:
-        while not stop.wait(opts.heartbeat_interval):
-            # A result sent within the interval already told the hub this worker lives.
-            if clock() - last_sent() >= opts.heartbeat_interval:
-                sock.send_multipart(frames)
+        waited = 0.0
+        # Look every HEARTBEAT_NOTICE seconds at most: a shorter beat the hub names holds soon.
+        while not stop.wait(step := max(min(every() - waited, HEARTBEAT_NOTICE), 0.0)):
+            waited += step
+            if waited >= every() - 1e-9:
+                waited = 0.0
+                # A result sent within the interval already told the hub this worker lives.
+                if clock() - last_sent() >= every():
+                    sock.send_multipart(frames)
             # A drain that comes due mid-batch is told at once (the hub's status shows it);
             # the loop tells it again, just before the batch's result, on its own socket.
             reason = drain_due()
@@ -134,6 +143,9 @@ def _heartbeats(
                 drain_told = True
     finally:
         sock.close(linger=0)
+
+
+_MIN_BEAT, _MAX_BEAT = 0.01, 3600.0  # a beat the hub names is kept within these
 
 
 class Worker:
@@ -152,6 +164,7 @@ class Worker:
         self._stop = threading.Event()
         self._beat_stop = threading.Event()  # heartbeats go on while a draining batch ends
         self._last_heard = clock()
+        self._beat = opts.heartbeat_interval  # as the hub says, once it has (Heartbeat)
         self._rehello_after = opts.hub_timeout / 3  # silence after which Hello is sent again
         self._hello: list[Any] = []
         self._last_sent = 0.0
@@ -211,7 +224,7 @@ class Worker:
             target=_heartbeats, name="heartbeat", daemon=True,
             args=(ctx, self.opts, self._beat_stop, lambda: self._last_sent, self._drain_due,
                   credential),
-            kwargs={"clock": self._clock},
+            kwargs={"clock": self._clock, "beat": lambda: self._beat},
         )
         status = 0
         try:
@@ -254,19 +267,19 @@ class Worker:
                 wait = min(poll_s, max(0.0, self._drain_at - self._clock()))
             if not sock.poll(int(wait * 1000), zmq.POLLIN):
                 silent = self._clock() - self._last_heard
-                if silent > self.opts.hub_timeout:
-                    self.request_stop(f"no word from the hub for {self.opts.hub_timeout}s")
+                if silent > self._hub_timeout:
+                    self.request_stop(f"no word from the hub for {self._hub_timeout}s")
                 elif silent > self._rehello_after and self._drain_sent_at is None:
                     # A hub restarted on this address after a crash knows no worker: tell
                     # it again who this one is, well before giving up on it.
-                    self._rehello_after = silent + self.opts.hub_timeout / 3
+                    self._rehello_after = silent + self._hub_timeout / 3
                     logger.info("worker %s: no word from the hub for %.1fs; registering again",
                                 self.opts.worker_id, silent)
                     sock.send_multipart(self._hello)
                 continue
             frames = sock.recv_multipart(copy=False)
             self._last_heard = self._clock()
-            self._rehello_after = self.opts.hub_timeout / 3
+            self._rehello_after = self._hub_timeout / 3
             try:
                 msg = decode(frames, fetch=None if self._link is None else self._link.fetch)
             except DlhubHpcError as exc:
@@ -329,7 +342,15 @@ class Worker:
             self.request_stop(msg.reason if self.draining else f"the hub said: {msg.reason}")
         elif isinstance(msg, LocalOffer) and self._link is None:
             self._link = open_link(msg.offer)
+        elif isinstance(msg, Heartbeat) and msg.interval is not None:
+            self._beat = min(max(float(msg.interval), _MIN_BEAT), _MAX_BEAT)
         return None
+
+    @property
+    def _hub_timeout(self) -> float:
+        """Silence after which the hub is given up: as configured, or four of the hub's
+        pings where it spaces them further apart (a large fleet)."""
+        return max(self.opts.hub_timeout, 4 * self._beat)
 
     def _run_batch(self, batch: Batch) -> list[Any]:
         started = time.perf_counter()

@@ -437,11 +437,30 @@ def test_heartbeats_go_once_per_interval_to_workers_the_hub_did_not_otherwise_re
     hub.hello("w2")  # both were just sent their servable: proof enough that the hub lives
     assert hub.tick(0.0) == []
     assert hub.tick(0.05) == []  # heartbeat_interval is 0.1
-    assert hub.tick(0.1) == [ToWorkers([b"w1", b"w2"], Heartbeat("hub"))]
+    assert hub.tick(0.1) == [ToWorkers([b"w1", b"w2"], Heartbeat("hub", 0.1))]
     hub.now = 0.15
     only_batch(hub.request("r1"))  # w1 gets a batch at 0.15
-    assert hub.tick(0.2) == [ToWorkers([b"w2"], Heartbeat("hub"))]
-    assert hub.tick(0.31) == [ToWorkers([b"w1", b"w2"], Heartbeat("hub"))]
+    assert hub.tick(0.2) == [ToWorkers([b"w2"], Heartbeat("hub", 0.1))]
+    assert hub.tick(0.31) == [ToWorkers([b"w1", b"w2"], Heartbeat("hub", 0.1))]
+
+
+def test_past_heartbeats_per_second_beats_go_further_apart_and_silence_waits_longer(
+    catalog: Catalog,
+) -> None:
+    hub = Hub(catalog, heartbeats_per_second=10)  # interval 0.1 s, timeout 0.5 s
+    for wid in ("w1", "w2", "w3"):
+        hub.start(wid)
+    assert hub.tick(0.0) == []
+    beat = hub.tick(0.31)  # three workers at 10 a second: a beat each 0.3 s
+    assert beat == [ToWorkers([b"w1", b"w2", b"w3"], Heartbeat("hub", pytest.approx(0.3)))]
+    assert hub.state.next_wakeup(0.31) == pytest.approx(0.3)
+    hub.now = 0.9
+    hub.send("w2", Heartbeat("w2"), identity=b"w2/hb")
+    hub.send("w3", Heartbeat("w3"), identity=b"w3/hb")
+    hub.tick(1.2)  # w1 silent 1.2 s: past the configured 0.5 s, within the 1.5 s now
+    assert len(hub.state.snapshot()["workers"]) == 3
+    hub.tick(1.6)
+    assert [w["worker_id"] for w in hub.state.snapshot()["workers"]] == ["w2", "w3"]
 
 
 def test_next_wakeup_is_the_next_heartbeat_or_the_nearest_deadline(hub: Hub) -> None:

@@ -275,3 +275,33 @@ def test_an_older_workers_hello_without_the_new_fields_still_decodes() -> None:
         decode([msgpack.packb(old[:6])])  # required fields may not be left off
     with pytest.raises(ProtocolError, match=r"Hello\.ranks has type str"):
         decode([msgpack.packb([*old, "two", None])])
+
+
+def test_a_worker_beats_at_the_pace_the_hub_names(fake_hub: FakeHub) -> None:
+    opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", heartbeat_interval=3600.0,
+                         hub_timeout=600.0)
+    worker = Worker(opts, GatedRunner(), clock=ManualClock())
+    identity, thread = ready_worker(fake_hub, worker)
+    fake_hub.send(identity, Heartbeat("hub", 0.05))  # a beat an hour apart, until told so
+    fake_hub.heartbeats(3)
+    worker.request_stop("test over")
+    thread.join(30)
+
+
+def test_a_hub_that_spaces_its_pings_out_is_waited_for_four_of_them(
+        fake_hub: FakeHub) -> None:
+    clock = ManualClock()
+    opts = WorkerOptions(hub=fake_hub.address, servable="demo/add", heartbeat_interval=0.1,
+                         hub_timeout=1.0)
+    worker = Worker(opts, GatedRunner(), clock=clock)
+    identity, thread = ready_worker(fake_hub, worker)
+    fake_hub.send(identity, Heartbeat("hub", 10.0))  # a large fleet: a ping each 10 s
+    fake_hub.send(identity, Assign("demo/add", 1, "d" * 64, {}, b""))
+    fake_hub.expect(Ready)  # taken in order: the heartbeat was read first
+    clock.advance(39.0)
+    fake_hub.expect(Hello)  # silent long enough to register again, not to give up
+    clock.advance(2.0)
+    _, bye = fake_hub.expect(Bye)
+    assert bye.reason == "no word from the hub for 40.0s"
+    thread.join(30)
+    assert not thread.is_alive()
