@@ -8,7 +8,9 @@
  * "Authorization: Bearer <token>", and reads the first output's "data" into out.
  * Returns the number of values read, or minus the HTTP status (-1: no answer); on an
  * error the protocol's {"error": "..."} body is printed on stderr.
- * Fortran calls it through ISO_C_BINDING (infer.f90).
+ * Each thread keeps one connection open between its calls (HTTP keep-alive), so a time
+ * step that calls the model pays no connection set-up; oip_close() ends the calling
+ * thread's. Fortran calls it through ISO_C_BINDING (infer.f90).
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -16,6 +18,13 @@
 #include <string.h>
 
 struct buffer { char *data; size_t size; };
+
+static _Thread_local CURL *session = NULL;  /* this thread's handle and its connection */
+
+void oip_close(void) {
+    if (session != NULL) curl_easy_cleanup(session);
+    session = NULL;
+}
 
 static size_t collect(char *chunk, size_t size, size_t count, void *user) {
     struct buffer *buf = user;
@@ -57,7 +66,9 @@ static long read_data(const char *json, float *out, long max_out) {
 
 int oip_infer_fp32(const char *url, const char *token, const float *in, long n,
                    float *out, long max_out) {
-    CURL *curl = curl_easy_init();
+    if (session == NULL) session = curl_easy_init();
+    else curl_easy_reset(session);  /* the options go; the open connection stays */
+    CURL *curl = session;
     char *body = request_body(in, n);
     char auth[1024];
     struct buffer answer = {NULL, 0};
@@ -79,7 +90,6 @@ int oip_infer_fp32(const char *url, const char *token, const float *in, long n,
     else if (answer.data != NULL)
         fprintf(stderr, "HTTP %ld: %s\n", status, answer.data);
     curl_slist_free_all(headers);
-    curl_easy_cleanup(curl);
     free(answer.data);
     free(body);
     return (int)count;
