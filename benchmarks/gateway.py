@@ -12,6 +12,11 @@ Paths (each an identity model, each a separate process from this one):
   (``--grpc-port``), raw tensor contents both ways.
 * ``pytriton``: ``tritonclient.http`` -> PyTriton's HTTP endpoint (Triton server + its
   Python backend) serving an identity model, binary tensor data both ways.
+* the gateway's two legs alone, its floor: ``floor http`` is ``tritonclient.http`` -> a
+  minimal aiohttp handler (uvloop where installed, as the gateway) that echoes the binary
+  tensor back with its own JSON header, no hub; ``floor hub`` is ``AsyncClient.run`` (the
+  gateway's connection to the hub) to the same hub and worker. Their p50s added up are
+  what the gateway could reach doing no work of its own.
 
 Workloads: ``no-op`` (one FP32 value) and ``vector`` (256 FP32 values). Latency: one
 request at a time, the paths timed in alternating rounds so they see the same background
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import logging
 import os
 import socket
@@ -169,6 +175,79 @@ def dlhub_paths(home: Path) -> Iterator[dict[str, MakeCall]]:
             reap(worker_pids)
 
 
+def floor_server(port: int) -> None:
+    """An HTTP server that answers an inference request with its own tensor: the HTTP leg
+    with nothing of the gateway's in it (child process)."""
+    import asyncio
+    import json
+
+    from aiohttp import web
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        size = int(request.headers["Inference-Header-Content-Length"])
+        tensor = json.loads(body[:size])["inputs"][0]
+        head = json.dumps({"model_name": "floor", "model_version": "1", "outputs": [
+            {"name": "output", "datatype": tensor["datatype"], "shape": tensor["shape"],
+             "parameters": {"binary_data_size": len(body) - size}}]}).encode()
+        return web.Response(body=head + body[size:], content_type="application/octet-stream",
+                            headers={"Inference-Header-Content-Length": str(len(head))})
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/v2/models/floor/infer", echo)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
+
+
+@contextlib.contextmanager
+def floor_paths(address: str) -> Iterator[dict[str, MakeCall]]:
+    """The gateway's two legs, each alone: HTTP to a bare echo, and AsyncClient to the hub
+    at ``address``."""
+    import asyncio
+
+    from dlhub_hpc.async_client import AsyncClient
+
+    port = free_port()
+    with child_process(floor_server, port, name="http-floor"):
+        url = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while _free(port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the HTTP floor's server did not listen")
+            time.sleep(0.05)
+
+        opened: list[tuple[asyncio.AbstractEventLoop, AsyncClient]] = []
+
+        def hub_leg() -> Call:
+            loop = asyncio.new_event_loop()  # one per calling thread, as the gateway has one
+            client = AsyncClient(address, timeout=60)
+            opened.append((loop, client))
+
+            def call(x: np.ndarray) -> np.ndarray:
+                return np.asarray(loop.run_until_complete(
+                    client.run("demo/noop", x, cache=False)))
+
+            return call
+
+        try:
+            yield {"floor http": http_call(f"http://{url}", "floor", None, batch_dim=False),
+                   "floor hub": hub_leg}
+        finally:
+            for loop, client in opened:  # the callers' threads are done with them
+                loop.run_until_complete(client.close())
+                loop.close()
+
+
 @contextlib.contextmanager
 def pytriton_path(python: str | None) -> Iterator[dict[str, MakeCall]]:
     """PyTriton serving an identity model, or nothing when no Python with it is given."""
@@ -284,6 +363,25 @@ def print_table(figures: dict[str, Any]) -> None:
               f"{row['throughput_rps']:>10.0f}")
 
 
+def print_floors(figures: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The gateway's two legs added up beside the native path and the gateway itself."""
+    out = {}
+    for workload in WORKLOADS:
+        p50 = {path: figures[f"{path} {workload}"]["p50_ms"]
+               for path in ("floor http", "floor hub", "native", "gateway")}
+        legs = p50["floor http"] + p50["floor hub"]
+        out[workload] = {"legs_ms": legs, "legs_vs_native": legs / p50["native"],
+                         "gateway_own_ms": p50["gateway"] - legs}
+        print(f"floor, {workload}: HTTP leg {p50['floor http']:.3f} + hub leg "
+              f"{p50['floor hub']:.3f} = {legs:.3f} ms, {legs / p50['native']:.2f}x the native "
+              f"Client; the gateway's own work adds {p50['gateway'] - legs:.3f} ms")
+    return out
+
+
+def hub_address(home: Path) -> str:
+    return str(json.loads((home / "hub.json").read_text())["client_address"])
+
+
 def default_pytriton_python() -> str | None:
     named = os.environ.get("DLHUB_HPC_PYTRITON_PYTHON")
     made = Path(__file__).resolve().parents[1] / ".venv-pytriton-bench" / "bin" / "python"
@@ -305,12 +403,15 @@ def main() -> int:
         parser.error(f"--pytriton-python {args.pytriton_python} does not exist; make it with "
                      "'make pytriton-env', or leave the option out to run without PyTriton")
     with tempfile.TemporaryDirectory(prefix="dlhub-gateway-bench-") as tmp, \
-            dlhub_paths(Path(tmp) / "home") as ours, pytriton_path(args.pytriton_python) as pt:
-        figures = measure({**ours, **pt}, args)
+            dlhub_paths(Path(tmp) / "home") as ours, \
+            floor_paths(hub_address(Path(tmp) / "home")) as floors, \
+            pytriton_path(args.pytriton_python) as pt:
+        figures = measure({**ours, **floors, **pt}, args)
     print_table(figures)
+    floors_seen = print_floors(figures)
     targets = check_targets(figures)
     targets.report()
-    save_json(RESULTS, {"figures": figures, "targets": targets.as_json(),
+    save_json(RESULTS, {"figures": figures, "floors": floors_seen, "targets": targets.as_json(),
                         "requests": args.requests, "concurrency": args.concurrency,
                         "pytriton": bool(args.pytriton_python)})
     return targets.exit_code()
