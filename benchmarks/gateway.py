@@ -18,7 +18,9 @@ Paths (each an identity model, each a separate process from this one):
   gateway's connection to the hub) to the same hub and worker. Their p50s added up are
   what the gateway could reach doing no work of its own.
 
-Workloads: ``no-op`` (one FP32 value) and ``vector`` (256 FP32 values). Latency: one
+Workloads: ``no-op`` (one FP32 value), ``vector`` (256 FP32 values) and ``large``
+(``--large-mib`` MiB of FP32, latency only: a detector frame or a field from a simulation;
+on the hub's node the gateway's connection passes it as a memfd). Latency: one
 request at a time, the paths timed in alternating rounds so they see the same background
 load. Throughput: ``--concurrency`` threads, each with its own HTTP client (one shared
 ``Client`` for the native path), for a fixed number of requests.
@@ -194,7 +196,7 @@ def floor_server(port: int) -> None:
                             headers={"Inference-Header-Content-Length": str(len(head))})
 
     async def serve() -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=2**30)  # large tensors too
         app.router.add_post("/v2/models/floor/infer", echo)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -279,12 +281,12 @@ def pytriton_path(python: str | None) -> Iterator[dict[str, MakeCall]]:
             proc.kill()
 
 
-def latencies(calls: dict[str, Call], x: np.ndarray, n: int, rounds: int
+def latencies(calls: dict[str, Call], x: np.ndarray, n: int, rounds: int, warm: int = 50
               ) -> dict[str, list[float]]:
     """Seconds per request, the paths taking turns round by round."""
     out: dict[str, list[float]] = {name: [] for name in calls}
     for name, call in calls.items():  # warm up, and check the answer is the input
-        for _ in range(50):
+        for _ in range(warm):
             got = call(x)
         if not np.array_equal(np.asarray(got).reshape(-1), x):
             raise RuntimeError(f"{name} did not echo its input")
@@ -334,6 +336,15 @@ def measure(paths: dict[str, MakeCall], args: argparse.Namespace) -> dict[str, A
                 "concurrency": args.concurrency,
             }
             logger.info("%s %s: %s", name, workload, figures[f"{name} {workload}"])
+    if args.large_mib > 0:
+        x = np.random.default_rng(0).random(args.large_mib * 2**18, dtype=np.float32)
+        n = args.large_requests
+        times = latencies(calls, x, n, min(args.rounds, n), warm=2)
+        for name in paths:
+            figures[f"{name} large"] = {
+                "p50_ms": percentile(times[name], 50) * 1e3,
+                "p99_ms": percentile(times[name], 99) * 1e3,
+                "throughput_rps": None, "requests": len(times[name]), "mib": args.large_mib}
     return figures
 
 
@@ -359,14 +370,15 @@ def check_targets(figures: dict[str, Any]) -> Targets:
 def print_table(figures: dict[str, Any]) -> None:
     print(f"{'path':<20}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
     for name, row in figures.items():
+        rps = row["throughput_rps"]
         print(f"{name:<20}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
-              f"{row['throughput_rps']:>10.0f}")
+              f"{'-' if rps is None else format(rps, '.0f'):>10}")
 
 
 def print_floors(figures: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The gateway's two legs added up beside the native path and the gateway itself."""
     out = {}
-    for workload in WORKLOADS:
+    for workload in [w for w in (*WORKLOADS, "large") if f"gateway {w}" in figures]:
         p50 = {path: figures[f"{path} {workload}"]["p50_ms"]
                for path in ("floor http", "floor hub", "native", "gateway")}
         legs = p50["floor http"] + p50["floor hub"]
@@ -393,6 +405,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="per path and workload")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--large-mib", type=int, default=16,
+                        help="the large workload's size in MiB of FP32 (0: not run)")
+    parser.add_argument("--large-requests", type=int, default=20)
     parser.add_argument("--pytriton-python", default=default_pytriton_python(),
                         help="a Python with nvidia-pytriton (default: $DLHUB_HPC_PYTRITON_PYTHON,"
                         " else .venv-pytriton-bench's from 'make pytriton-env')")

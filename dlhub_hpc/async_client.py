@@ -99,9 +99,13 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         leaves at the event loop's next turn, with the others sent in this one (small ones
         as one bundle, to a hub that reads them). The arguments are ``Client.submit``'s.
 
-        Must be called with the client's event loop running. Bad inputs raise here.
+        Must be called with the client's event loop running. Bad inputs raise here. A
+        large array goes as a sealed memfd where the same-node link is open (``run`` opens
+        it on first need; ``open_local_path`` opens it now), else in chunks.
         """
-        inputs, upload = streamed.stream_input(inputs)  # a large array goes in chunks
+        upload = None
+        if not self._fast.takes(inputs):
+            inputs, upload = streamed.stream_input(inputs)  # a large array goes in chunks
         return self._send(*self._request(servable, inputs, method, timeout,
                                          cache and upload is None, parameters, result_to),
                           upload)
@@ -112,6 +116,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
         parameters: dict[str, Any] | None = None, result_to: ResultTo = None,
     ) -> Any:
         """Run ``servable`` on ``inputs`` and return its output (raises ``DlhubHpcError``)."""
+        await self.path_for(inputs)
         return await self.submit(servable, inputs, method=method, timeout=timeout, cache=cache,
                                  parameters=parameters, result_to=result_to)
 
@@ -122,6 +127,8 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
     ) -> list[Any]:
         """As ``Client.run_batch``: outputs in order; the first failed item (in order)
         raises, or with ``return_exceptions=True`` stands in the list."""
+        for x in inputs:
+            await self.path_for(x)
         futures = [self.submit(servable, x, method=method, timeout=timeout, cache=cache,
                                parameters=parameters)
                    for x in inputs]
@@ -131,6 +138,37 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
                 if isinstance(result, BaseException):
                     raise result
         return list(results)
+
+    # -- the same-node fast path --
+
+    @property
+    def local_fast_path(self) -> bool:
+        """As ``Client.local_fast_path``: whether large arrays go as sealed memfds when
+        the hub runs on this node (the default)."""
+        return self._fast.enabled
+
+    @local_fast_path.setter
+    def local_fast_path(self, on: bool) -> None:
+        self._fast.enabled = on
+
+    async def open_local_path(self) -> bool:
+        """As ``Client.open_local_path``: open the same-node link now, so that large
+        outputs of calls with small inputs come by it too; False where it does not apply."""
+        self._socket()
+        loop = asyncio.get_running_loop()
+
+        def ask(**args: Any) -> Any:  # from the opening thread, through this loop's socket
+            return asyncio.run_coroutine_threadsafe(self.control("local_path", **args),
+                                                    loop).result()
+
+        self._fast.on_linked = partial(ask, linked=self._prefix)
+        # Opening takes two hub calls and a connect: in a thread, so the loop serves on.
+        return await asyncio.to_thread(self._fast.open, self.address, ask)
+
+    async def path_for(self, inputs: Any) -> None:
+        """Open the same-node link if ``inputs`` are the first large enough to want it."""
+        if self._fast.needs_opening(inputs):
+            await self.open_local_path()
 
     # -- administration --
 
@@ -170,6 +208,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
                 await task
         self._fail_all(client_closed())
         self._shut()
+        self._fast.close()
 
     # -- plumbing --
 
@@ -269,7 +308,8 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
     def _take(self, frames: list[Any]) -> None:
         assert self._transfers is not None
         for message in self._hub.read(frames):
-            reply = self._transfers.take(message)  # a transfer's chunk or credit moves it
+            # a transfer's chunk or credit moves it; a same-node array is mapped
+            reply = self._transfers.take(message, self._fast.fetch)
             if reply is not None:
                 self._finish(reply.request_id, reply=reply)
 

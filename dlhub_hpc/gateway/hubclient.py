@@ -30,6 +30,7 @@ class HubClient(AsyncClient):
                     payload: Any, parameters: dict[str, Any] | None,
                     timeout: float | None) -> Any:
         seconds = self.timeout if timeout is None else timeout
+        await self.path_for(payload)  # a large tensor goes as a sealed memfd on this node
         request_id = self._new_id()
         # The id the hub's and the worker's log records carry too (--log-format json).
         logger.debug("infer %s@%s.%s", servable, version or "latest", method,

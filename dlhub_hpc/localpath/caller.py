@@ -45,9 +45,17 @@ class CallerPath:
                   ask: Callable[[], Any]) -> bool:
         """Whether ``inputs`` go by the path: a large array, and a link (opened now, with
         the hub's offer from ``ask()``, on first need). Else they go as they always did."""
-        if not self.enabled or not large_array_in(inputs, _NEEDS_LINK):
-            return False
-        link = self.link if self.open(address, ask) else None
+        if self.needs_opening(inputs):
+            self.open(address, ask)
+        return self.takes(inputs)
+
+    def needs_opening(self, inputs: Any) -> bool:
+        """Whether ``inputs`` would open the link: a large array, and none tried yet."""
+        return self.enabled and not self._tried and large_array_in(inputs, _NEEDS_LINK)
+
+    def takes(self, inputs: Any) -> bool:
+        """Whether ``inputs`` go by the link already open (never opens one)."""
+        link = self.link if self.enabled else None
         return link is not None and large_array_in(inputs, link.min_bytes)
 
     def open(self, address: str, ask: Callable[[], Any]) -> bool:
@@ -78,7 +86,7 @@ class CallerPath:
         return link
 
     def share(self) -> Callable[[np.ndarray], str | None] | None:
-        return None if self.link is None else self.link.share
+        return None if self.link is None or not self.enabled else self.link.share
 
     def fetch(self, ticket: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Any:
         if self.link is None:

@@ -22,7 +22,7 @@ import pytest
 from dlhub_hpc import Client, Hub, HubConfig
 from dlhub_hpc.errors import PermissionDenied
 from dlhub_hpc.security.keys import KeyPair
-from tests.integration.conftest import FAST, SERVABLES
+from tests.integration.conftest import FAST, SERVABLES, wait_for
 from tests.integration.test_auth import servable_copy
 
 OIP = Path(__file__).resolve().parents[2] / "docs" / "oip"
@@ -119,6 +119,33 @@ def test_tritonclient_reads_metadata_and_infers_with_json_and_binary_tensors(
     finally:
         triton.close()
 
+
+
+def test_a_large_binary_tensor_goes_to_the_hub_as_a_memfd_not_through_curvezmq(
+        site: Site) -> None:
+    """The gateway shares the hub's node: its connection opens the same-node link, so a
+    large tensor and its answer pass as sealed memfds (counted by the hub)."""
+    httpclient = pytest.importorskip("tritonclient.http", reason="pip install tritonclient[http]")
+
+    def counted() -> tuple[int, int]:
+        stats = site.admin.status()["stats"]
+        return int(stats.get("local_path_in", 0)), int(stats.get("local_path_out", 0))
+
+    before = counted()
+    x = np.random.default_rng(7).standard_normal(2**20).astype(np.float32)  # 4 MiB
+    triton = httpclient.InferenceServerClient(site.url.removeprefix("http://"))
+    try:
+        tensor = httpclient.InferInput("input", [x.size], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        result = triton.infer("test/tensors", [tensor], headers={
+            "Authorization": f"Bearer {site.tokens['alice']}"},
+            outputs=[httpclient.InferRequestedOutput("output", binary_data=True)])
+        assert result.as_numpy("output").tobytes() == (x * 2).tobytes()
+    finally:
+        triton.close()
+    # in: the gateway's request and the worker's result; out: the batch and the reply
+    wait_for(lambda: (now := counted())[0] >= before[0] + 2 and now[1] >= before[1] + 2,
+             timeout=10, what="the tensor counted by the path both ways")
 
 def test_many_requests_at_once_each_get_their_own_answer(site: Site) -> None:
     """Replies that come from the hub in a burst are each handed to their own caller."""

@@ -1,0 +1,63 @@
+"""The same-node fast path from ``AsyncClient`` (and so from the gateway, whose connection
+to the hub is one): the first large input opens the link, and arrays go as memfds both
+ways, not as CurveZMQ chunks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from dlhub_hpc import AsyncClient, Client, Hub
+from tests.integration.conftest import wait_for
+
+pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq was built without CURVE")
+EXAMPLES = Path(__file__).resolve().parents[2] / "dlhub_hpc" / "examples"
+
+
+def counter(client: Client, key: str) -> int:
+    return int(client.status()["stats"].get(key, 0))
+
+
+def test_an_async_clients_large_arrays_go_by_the_path_both_ways(
+        hub: Hub, client: Client, serve: Callable[..., str]) -> None:
+    """``AsyncClient`` (the gateway's connection too) opens the link on its first large
+    input: the input and the echoed output are memfds, not CurveZMQ chunks."""
+    noop = serve(EXAMPLES / "noop")
+    x = np.random.default_rng(4).standard_normal(2**20)  # 8 MiB
+    before = (counter(client, "local_path_in"), counter(client, "local_path_out"))
+
+    async def main() -> tuple[np.ndarray, np.ndarray, bool]:
+        async with AsyncClient(hub.client_address, timeout=60) as caller:
+            ran = await caller.run(noop, x, cache=False)
+            submitted = await caller.submit(noop, x + 1, cache=False)  # the link is open now
+            return ran, submitted, caller.local_fast_path
+
+    ran, submitted, on = asyncio.run(main())
+    assert on and ran.tobytes() == x.tobytes() and np.array_equal(submitted, x + 1)
+    assert not ran.flags.writeable  # a map of a sealed memfd: the reply carried no bytes
+    # in: two requests and two results; out: two batches and two replies
+    wait_for(lambda: counter(client, "local_path_in") >= before[0] + 4
+             and counter(client, "local_path_out") >= before[1] + 4, timeout=10,
+             what="both calls counted by the path each way")
+
+
+def test_an_async_client_with_the_path_off_sends_its_arrays_through_the_hub(
+        hub: Hub, client: Client, serve: Callable[..., str]) -> None:
+    noop = serve(EXAMPLES / "noop")
+    x = np.arange(2**18, dtype=np.float64)  # 2 MiB: over local_min_bytes
+    before = counter(client, "local_path_in")
+
+    async def main() -> tuple[np.ndarray, bool]:
+        async with AsyncClient(hub.client_address, timeout=60) as caller:
+            caller.local_fast_path = False
+            return await caller.run(noop, x, cache=False), await caller.open_local_path()
+
+    y, opened = asyncio.run(main())
+    assert np.array_equal(y, x) and y.flags.writeable and not opened
+    # The worker's own leg may use the path; the caller's request did not.
+    assert counter(client, "local_path_in") <= before + 1
