@@ -57,6 +57,7 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
 }
 # gRPC's own: a message over this is refused before any handler runs.
 _UNLIMITED = -1
+_SIZED_BY_CONTENTS = 2**20  # under this, ByteSize() is cheap enough
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
@@ -103,7 +104,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             self.metrics.in_progress -= 1
             self.metrics.record(f"grpc:{rpc}", "grpc", code.name, time.perf_counter() - started,
-                                request.ByteSize(), 0 if reply is None else reply.ByteSize())
+                                wire_bytes(request, "raw_input_contents"),
+                                0 if reply is None else wire_bytes(reply, "raw_output_contents"))
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return await self._answer("ServerLive", request, context, self._live)
@@ -170,6 +172,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             None if remaining is None else max(remaining, 0.001))
         outputs = select_outputs(value, [o.name for o in request.outputs])
         return infer_response(record, request.id, outputs)
+
+
+def wire_bytes(message: Any, raw_field: str) -> int:
+    """A message's size for the byte counters. ``ByteSize()`` serializes the whole message
+    (about 35 ms for 16 MiB of tensor data), so a message whose raw tensor contents reach
+    ``_SIZED_BY_CONTENTS`` counts those alone, by their length (its few other bytes left
+    out)."""
+    contents = sum(len(raw) for raw in getattr(message, raw_field, ()))
+    return contents if contents >= _SIZED_BY_CONTENTS else int(message.ByteSize())
 
 
 def credentials(cert: Path, key: Path) -> grpc.ServerCredentials:

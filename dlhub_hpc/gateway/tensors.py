@@ -149,7 +149,9 @@ def _numeric(spec: dict[str, Any], binary: memoryview | None, dtype: str, count:
         if len(binary) != size:
             raise InvalidInput(f"{where}: binary data is {len(binary)} bytes; shape and "
                                f"datatype need {size}")
-        return np.frombuffer(binary, dtype=dtype).astype(dtype[1:] if dtype != "?" else "?")
+        # Native order; no copy where it already is: the hub gets its own copy either way.
+        return np.frombuffer(binary, dtype=dtype).astype(dtype[1:] if dtype != "?" else "?",
+                                                         copy=False)
     flat = _flat(spec.get("data"))
     if not all(isinstance(v, int | float) for v in flat):
         raise InvalidInput(f"{where}: 'data' must hold numbers for datatype "

@@ -14,7 +14,7 @@ grpc = pytest.importorskip("grpc", reason="pip install tritonclient[grpc]")
 pb = pytest.importorskip("tritonclient.grpc.service_pb2", reason="pip install tritonclient[grpc]")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
-from dlhub_hpc.gateway.grpc_service import grpc_code  # noqa: E402
+from dlhub_hpc.gateway.grpc_service import grpc_code, wire_bytes  # noqa: E402
 from dlhub_hpc.gateway.grpc_tensors import (  # noqa: E402
     infer_response,
     metadata_response,
@@ -206,3 +206,14 @@ def test_a_callers_grpc_deadline_bounds_the_call_at_the_hub() -> None:
     deadline, default = hub.timeouts
     assert deadline is not None and 0 < deadline <= 5.0
     assert default == 60.0
+
+
+def test_byte_counters_size_a_large_message_by_its_tensor_contents() -> None:
+    """``ByteSize()`` serializes the message: a large one is counted by its raw contents'
+    lengths instead; a small one exactly."""
+    small = pb.ModelInferRequest(model_name="demo/noop", raw_input_contents=[b"\0" * 16])
+    assert wire_bytes(small, "raw_input_contents") == small.ByteSize()
+    large = pb.ModelInferResponse(model_name="demo/noop",
+                                  raw_output_contents=[b"\0" * 2**20, b"\0" * 10])
+    assert wire_bytes(large, "raw_output_contents") == 2**20 + 10
+    assert wire_bytes(pb.ServerLiveRequest(), "raw_input_contents") == 0
