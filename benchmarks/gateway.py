@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -74,6 +74,16 @@ RESULTS = Path(__file__).parent / "results" / "gateway.json"
 WORKLOADS = {"no-op": 1, "vector": 256}
 Call = Callable[[np.ndarray], np.ndarray]
 MakeCall = Callable[[], Call]  # one per thread
+
+
+class Streamed(NamedTuple):
+    """A path measured as a rate with a window of requests in flight on one connection:
+    ``rate(x, n, in_flight)`` is requests per second for ``n`` requests."""
+
+    rate: Callable[[np.ndarray, int, int], float]
+
+
+Path_ = MakeCall | Streamed
 
 
 def free_port(count: int = 1) -> int:
@@ -118,6 +128,63 @@ def http_call(url: str, model: str, token: str | None, batch_dim: bool) -> MakeC
     return make
 
 
+def grpc_stream(address: str, model: str, token: str | None, batch_dim: bool) -> Streamed:
+    """``tritonclient.grpc``'s stream API (``start_stream`` / ``async_stream_infer``) with
+    ``in_flight`` requests outstanding on one stream."""
+    import tritonclient.grpc as grpcclient
+
+    headers = {"authorization": f"Bearer {token}"} if token else None
+
+    def rate(x: np.ndarray, n: int, in_flight: int) -> float:
+        data = x[np.newaxis] if batch_dim else x
+        tensor = grpcclient.InferInput("input", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        room, lock, done = threading.Semaphore(in_flight), threading.Lock(), threading.Event()
+        answered, failed = [0], []
+
+        def callback(result: Any, error: Any) -> None:
+            with lock:
+                answered[0] += 1
+                if error is not None:
+                    failed.append(error)
+                elif not np.array_equal(result.as_numpy("output").reshape(-1), x):
+                    failed.append("an answer that is not its input")
+                if answered[0] == n:
+                    done.set()
+            room.release()
+
+        client = grpcclient.InferenceServerClient(address)
+        try:
+            client.start_stream(callback, headers=headers)
+            start = time.perf_counter()
+            for i in range(n):
+                room.acquire()
+                client.async_stream_infer(model, [tensor], request_id=str(i))
+            if not done.wait(600):
+                raise RuntimeError(f"the stream to {address} answered {answered[0]} of {n}")
+            elapsed = time.perf_counter() - start
+            client.stop_stream()
+        finally:
+            client.close()
+        if failed:
+            raise RuntimeError(f"the stream to {address} failed: {failed[0]}")
+        return n / elapsed
+
+    return Streamed(rate)
+
+
+def map_rate(client: Any, servable: str) -> Streamed:
+    """``Client.map`` with ``in_flight`` requests outstanding on its socket."""
+    def rate(x: np.ndarray, n: int, in_flight: int) -> float:
+        start = time.perf_counter()
+        for y in client.map(servable, (x for _ in range(n)), in_flight=in_flight, cache=False):
+            if not np.array_equal(np.asarray(y), x):
+                raise RuntimeError("an answer that is not its input")
+        return n / (time.perf_counter() - start)
+
+    return Streamed(rate)
+
+
 def grpc_call(address: str, model: str, token: str) -> MakeCall:
     """A ``tritonclient.grpc`` caller of ``model`` at ``address`` (HOST:PORT)."""
     import tritonclient.grpc as grpcclient
@@ -139,7 +206,7 @@ def grpc_call(address: str, model: str, token: str) -> MakeCall:
 
 
 @contextlib.contextmanager
-def dlhub_paths(home: Path) -> Iterator[dict[str, MakeCall]]:
+def dlhub_paths(home: Path) -> Iterator[dict[str, Path_]]:
     """A hub process with demo/noop and one warm worker, and a gateway process before it
     (REST and gRPC)."""
     from dlhub_hpc import Client
@@ -164,10 +231,13 @@ def dlhub_paths(home: Path) -> Iterator[dict[str, MakeCall]]:
             url, grpc_url = (gateway.stdout.readline() for _ in range(2))  # REST, then gRPC
             if not grpc_url.startswith("gateway listening on grpc://"):
                 raise RuntimeError(f"the gateway did not start: {url!r} {grpc_url!r}")
+            grpc_address = grpc_url.split()[-1].removeprefix("grpc://")
             yield {"native": lambda: lambda x: client.run("demo/noop", x, cache=False),
                    "gateway": http_call(url.split()[-1], "demo/noop", token, batch_dim=False),
-                   "gateway grpc": grpc_call(grpc_url.split()[-1].removeprefix("grpc://"),
-                                             "demo/noop", token)}
+                   "gateway grpc": grpc_call(grpc_address, "demo/noop", token),
+                   "native map": map_rate(client, "demo/noop"),
+                   "gateway grpc stream": grpc_stream(grpc_address, "demo/noop", token,
+                                                      batch_dim=False)}
             client.close()
         finally:
             if gateway is not None:
@@ -212,7 +282,7 @@ def floor_server(port: int) -> None:
 
 
 @contextlib.contextmanager
-def floor_paths(address: str) -> Iterator[dict[str, MakeCall]]:
+def floor_paths(address: str) -> Iterator[dict[str, Path_]]:
     """The gateway's two legs, each alone: HTTP to a bare echo, and AsyncClient to the hub
     at ``address``."""
     import asyncio
@@ -251,7 +321,7 @@ def floor_paths(address: str) -> Iterator[dict[str, MakeCall]]:
 
 
 @contextlib.contextmanager
-def pytriton_path(python: str | None) -> Iterator[dict[str, MakeCall]]:
+def pytriton_path(python: str | None) -> Iterator[dict[str, Path_]]:
     """PyTriton serving an identity model, or nothing when no Python with it is given."""
     if not python:
         logger.warning("no Python with nvidia-pytriton (--pytriton-python or "
@@ -264,7 +334,7 @@ def pytriton_path(python: str | None) -> Iterator[dict[str, MakeCall]]:
                             stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
-        tail = []  # Triton logs on stdout too: read up to the ready line, then drain it
+        tail: list[str] = []  # Triton logs on stdout too: read up to the ready line, then drain it
         for line in proc.stdout:
             if line.startswith("pytriton ready"):
                 break
@@ -272,7 +342,9 @@ def pytriton_path(python: str | None) -> Iterator[dict[str, MakeCall]]:
         else:
             raise RuntimeError(f"PyTriton did not start (exit {proc.poll()}): {''.join(tail)}")
         threading.Thread(target=proc.stdout.read, daemon=True).start()
-        yield {"pytriton": http_call(f"http://127.0.0.1:{port}", "noop", None, batch_dim=True)}
+        yield {"pytriton": http_call(f"http://127.0.0.1:{port}", "noop", None, batch_dim=True),
+               "pytriton grpc stream": grpc_stream(f"127.0.0.1:{port + 1}", "noop", None,
+                                                   batch_dim=True)}
     finally:
         proc.terminate()
         try:
@@ -320,14 +392,32 @@ def throughput(make: MakeCall, x: np.ndarray, n: int, threads: int, shared: bool
     return (n // threads) * threads / (time.perf_counter() - start)
 
 
-def measure(paths: dict[str, MakeCall], args: argparse.Namespace) -> dict[str, Any]:
+def stream_rates(streams: dict[str, Streamed], x: np.ndarray, n: int, rounds: int,
+                 in_flight: int) -> dict[str, float]:
+    """Each windowed path's median rate over ``rounds``, the paths taking turns."""
+    rates: dict[str, list[float]] = {name: [] for name in streams}
+    for path in streams.values():  # warm up
+        path.rate(x, min(n, 200), in_flight)
+    for _ in range(rounds):
+        for name, path in streams.items():
+            rates[name].append(path.rate(x, max(n // rounds, in_flight), in_flight))
+    return {name: float(np.median(r)) for name, r in rates.items()}
+
+
+def measure(paths: dict[str, Path_], args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {}
-    calls = {name: make() for name, make in paths.items()}
+    streams = {name: p for name, p in paths.items() if isinstance(p, Streamed)}
+    makers = {name: p for name, p in paths.items() if not isinstance(p, Streamed)}
+    calls = {name: make() for name, make in makers.items()}
     for workload, size in WORKLOADS.items():
         x = np.random.default_rng(0).random(size, dtype=np.float32)
+        for name, rate in stream_rates(streams, x, args.requests, args.rounds,
+                                       args.in_flight).items():
+            figures[f"{name} {workload}"] = {"p50_ms": None, "p99_ms": None,
+                                             "throughput_rps": rate, "in_flight": args.in_flight}
         times = latencies(calls, x, args.requests, args.rounds)
-        for name in paths:
-            rps = throughput(paths[name], x, args.requests, args.concurrency,
+        for name in makers:
+            rps = throughput(makers[name], x, args.requests, args.concurrency,
                              shared=name == "native")
             figures[f"{name} {workload}"] = {
                 "p50_ms": percentile(times[name], 50) * 1e3,
@@ -340,7 +430,7 @@ def measure(paths: dict[str, MakeCall], args: argparse.Namespace) -> dict[str, A
         x = np.random.default_rng(0).random(args.large_mib * 2**18, dtype=np.float32)
         n = args.large_requests
         times = latencies(calls, x, n, min(args.rounds, n), warm=2)
-        for name in paths:
+        for name in makers:
             figures[f"{name} large"] = {
                 "p50_ms": percentile(times[name], 50) * 1e3,
                 "p99_ms": percentile(times[name], 99) * 1e3,
@@ -368,11 +458,13 @@ def check_targets(figures: dict[str, Any]) -> Targets:
 
 
 def print_table(figures: dict[str, Any]) -> None:
-    print(f"{'path':<20}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
+    def cell(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    print(f"{'path':<28}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
     for name, row in figures.items():
-        rps = row["throughput_rps"]
-        print(f"{name:<20}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
-              f"{'-' if rps is None else format(rps, '.0f'):>10}")
+        print(f"{name:<28}{cell(row['p50_ms'], '.3f'):>10}{cell(row['p99_ms'], '.3f'):>10}"
+              f"{cell(row['throughput_rps'], '.0f'):>10}")
 
 
 def print_floors(figures: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -405,6 +497,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="per path and workload")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--in-flight", type=int, default=32,
+                        help="requests outstanding on one stream or map (the windowed rows)")
     parser.add_argument("--large-mib", type=int, default=16,
                         help="the large workload's size in MiB of FP32 (0: not run)")
     parser.add_argument("--large-requests", type=int, default=20)

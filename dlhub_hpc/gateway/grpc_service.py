@@ -4,15 +4,16 @@
 Only the transport differs from REST: the bearer token comes in ``authorization``
 metadata, a typed error becomes the gRPC status its HTTP status maps to (with the same
 ``Kind: message`` text REST puts in its error body), and tensors travel as protobuf
-(``grpc_tensors``). RPCs the gateway has no use for (shared memory, repository control,
-streaming) answer UNIMPLEMENTED, as the generated base class does.
+(``grpc_tensors``). ``ModelStreamInfer`` keeps many calls in flight on one stream
+(``grpc_stream``). RPCs the gateway has no use for (shared memory, repository control)
+answer UNIMPLEMENTED, as the generated base class does.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from dlhub_hpc._version import __version__
 from dlhub_hpc.errors import ConfigError, DlhubHpcError
+from dlhub_hpc.gateway.grpc_stream import as_finished
 from dlhub_hpc.gateway.grpc_tensors import (
     infer_response,
     metadata_response,
@@ -85,22 +87,30 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _answer(self, rpc: str, request: Any, context: Any, handler: Handler) -> Any:
         """``handler``'s reply, or its typed error as a gRPC status; metrics either way."""
+        reply, error = await self._outcome(rpc, request, context, handler)
+        if error is not None:
+            await context.abort(grpc_code(error), f"{type(error).__name__}: {error.message}")
+        return reply
+
+    async def _outcome(self, rpc: str, request: Any, context: Any, handler: Handler
+                       ) -> tuple[Any, DlhubHpcError | None]:
+        """``handler``'s reply, or the typed error it raised (a fault of ours logged, and
+        said as one); counted in the metrics either way."""
         started = time.perf_counter()
         self.metrics.in_progress += 1
-        code, reply = grpc.StatusCode.CANCELLED, None
+        code, reply, error = grpc.StatusCode.CANCELLED, None, None
         try:
             try:
                 reply = await handler(request, context)
                 code = grpc.StatusCode.OK
-                return reply
             except DlhubHpcError as exc:
                 error = exc
             except Exception:  # a fault of ours: log it, answer INTERNAL, serve on
                 logger.exception("the gRPC call %s failed", rpc)
                 error = DlhubHpcError("the gateway failed on this request; its log says why")
-            code = grpc_code(error)
-            await context.abort(code, f"{type(error).__name__}: {error.message}")
-            return None  # not reached: abort raises
+            if error is not None:
+                code = grpc_code(error)
+            return reply, error
         finally:
             self.metrics.in_progress -= 1
             self.metrics.record(f"grpc:{rpc}", "grpc", code.name, time.perf_counter() - started,
@@ -127,6 +137,25 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         return await self._answer("ModelInfer", request, context, self._infer)
+
+    async def ModelStreamInfer(self, requests: AsyncIterable[Any], context: Any
+                               ) -> AsyncIterator[Any]:
+        """Triton's stream: each request answered as it finishes (``grpc_stream``); one
+        that fails is answered with its error in ``error_message`` (and its ``id``), and
+        the stream goes on."""
+        async def answer(request: Any) -> Any:
+            reply, error = await self._outcome("ModelStreamInfer", request, context,
+                                               self._infer)
+            if error is None:
+                return pb.ModelStreamInferResponse(infer_response=reply)
+            return pb.ModelStreamInferResponse(
+                error_message=f"{type(error).__name__}: {error.message}",
+                infer_response=pb.ModelInferResponse(
+                    id=request.id, model_name=request.model_name,
+                    model_version=request.model_version))
+
+        async for response in as_finished(requests, answer):
+            yield response
 
     async def _live(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)

@@ -281,6 +281,51 @@ def test_garbage_bytes_and_rpcs_not_served_leave_the_server_serving(endpoints: E
         "output").tolist() == [3.0, 5.0, 8.0]
 
 
+
+def test_a_stream_answers_each_request_by_id_and_a_bad_one_alone(
+        endpoints: Endpoints) -> None:
+    """tritonclient's stream API (``start_stream`` / ``async_stream_infer``): many requests
+    in flight on one stream, each answered once under its own id; one for a model that
+    does not exist is answered with its error, and the others are not touched."""
+    import threading
+
+    results: dict[str, list[float]] = {}
+    errors: list[str] = []
+    done = threading.Event()
+    wanted = 61
+
+    def callback(result: Any, error: Any) -> None:
+        if error is not None:
+            errors.append(str(error))
+        else:
+            response = result.get_response()
+            results[response.id] = result.as_numpy("output").tolist()
+        if len(results) + len(errors) == wanted:
+            done.set()
+
+    stream = grpcclient.InferenceServerClient(endpoints.grpc)
+    try:
+        stream.start_stream(callback, headers=endpoints.headers())
+        for i in range(wanted - 1):
+            if i == 30:
+                stream.async_stream_infer("test/nothing", [fp_input(np.zeros(2, np.float32))],
+                                          request_id="bad")
+            stream.async_stream_infer(
+                "test/tensors", [fp_input(np.array([i, i + 0.5], dtype=np.float32))],
+                request_id=f"r-{i}")
+        assert done.wait(60), f"{len(results)} answers and {len(errors)} errors came"
+        stream.stop_stream()
+    finally:
+        stream.close()
+    assert results == {f"r-{i}": [2.0 * i, 2.0 * i + 1.0] for i in range(wanted - 1)}
+    assert len(errors) == 1 and "ServableNotFound" in errors[0], errors
+    with urllib.request.urlopen(f"{endpoints.rest}/metrics", timeout=30) as page:
+        text = page.read().decode()
+    route = 'method="grpc",route="grpc:ModelStreamInfer"'
+    assert f'dlhub_gateway_requests_total{{{route},status="OK"}} {wanted - 1}.0' in text
+    assert f'dlhub_gateway_requests_total{{{route},status="NOT_FOUND"}} 1.0' in text
+
+
 def test_the_owner_runs_a_private_model_over_grpc(endpoints: Endpoints, triton: Any) -> None:
     result = triton.infer("alice/secret", [fp_input(np.array(FLOATS), "FP64")],
                           headers=endpoints.headers("alice"))
