@@ -18,20 +18,17 @@ IN_FLIGHT = 256  # requests of one stream answered at once; reading waits past t
 
 async def as_finished(requests: AsyncIterable[In], answer: Callable[[In], Awaitable[Out]],
                       in_flight: int = IN_FLIGHT) -> AsyncIterator[Out]:
-    """``answer(request)`` for each of ``requests``, at most ``in_flight`` at once, yielded
-    as each finishes. ``answer`` must not raise: its errors are answers too. Leaving early
-    (the caller went away) cancels what is still running; an error reading ``requests`` is
-    raised once the requests read before it are answered."""
+    """``answer(request)`` for each of ``requests``, at most ``in_flight`` at once (running,
+    or done and not yet taken), yielded as each finishes. ``answer`` must not raise: its
+    errors are answers too. Leaving early (the caller went away) cancels what is still
+    running; an error reading ``requests`` is raised once those read before it are
+    answered."""
     finished: asyncio.Queue[Out | _End] = asyncio.Queue()
     room = asyncio.Semaphore(in_flight)
     running: set[asyncio.Task[None]] = set()
 
     async def one(request: In) -> None:
-        try:
-            out = await answer(request)
-        finally:
-            room.release()
-        finished.put_nowait(out)
+        finished.put_nowait(await answer(request))
 
     broke: list[Exception] = []  # why reading stopped early, raised after the answers
 
@@ -52,6 +49,9 @@ async def as_finished(requests: AsyncIterable[In], answer: Callable[[In], Awaita
     try:
         while not isinstance(out := await finished.get(), _End):
             yield out
+            # Room is made once an answer is taken, not once it is ready: a caller that
+            # sends and never reads holds at most in_flight answers here.
+            room.release()
         if broke:
             raise broke[0]
     finally:

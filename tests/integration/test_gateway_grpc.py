@@ -275,6 +275,11 @@ def test_garbage_bytes_and_rpcs_not_served_leave_the_server_serving(endpoints: E
         with pytest.raises(grpc.RpcError) as refused:  # no protobuf message at all
             raw(b"\xff\xff\xff\xff", metadata=tuple(endpoints.headers().items()), timeout=60)
         assert refused.value.code() != grpc.StatusCode.OK
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        with pytest.raises(grpc.RpcError) as broken:  # a stream whose second message is junk
+            list(stream(iter([b"", b"\xff\xff\xff\xff"]),
+                        metadata=tuple(endpoints.headers().items()), timeout=60))
+        assert broken.value.code() != grpc.StatusCode.OK
     assert refusal(triton.get_model_repository_index)[0] == "StatusCode.UNIMPLEMENTED"
     x = fp_input(np.array(FLOATS, dtype=np.float32))
     assert triton.infer("test/tensors", [x], headers=endpoints.headers()).as_numpy(

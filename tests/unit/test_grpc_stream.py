@@ -94,3 +94,29 @@ def test_a_broken_request_stream_ends_the_answers_with_its_error_after_the_rest(
         return got
 
     assert sorted(asyncio.run(main())) == [1, 2]
+
+
+def test_answers_not_taken_stop_the_reading() -> None:
+    """A caller that sends and never reads: at most ``in_flight`` answers wait, and no
+    more requests are read meanwhile."""
+    async def main() -> tuple[int, int]:
+        read = 0
+
+        async def endless() -> AsyncIterator[int]:
+            nonlocal read
+            while True:
+                read += 1
+                yield read
+
+        async def answer(v: int) -> int:
+            return v
+
+        stream = as_finished(endless(), answer, in_flight=8)
+        first = await anext(stream)
+        for _ in range(20):  # the loop runs the reader and answers as far as they can go
+            await asyncio.sleep(0)
+        await stream.aclose()
+        return first, read
+
+    first, read = asyncio.run(main())
+    assert first == 1 and read <= 8 + 2  # the window, the one taken, and one waiting for room
