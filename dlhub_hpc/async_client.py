@@ -45,6 +45,7 @@ from dlhub_hpc.transfer.window import Outgoing
 logger = logging.getLogger(__name__)
 
 _BURST = 256  # replies taken in one callback at most, before the loop runs others
+_ASK_WAIT = 60.0  # past control's own timeout: a loop that stopped answering
 
 
 class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Awaitable[Any]]):
@@ -159,7 +160,7 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
 
         def ask(**args: Any) -> Any:  # from the opening thread, through this loop's socket
             return asyncio.run_coroutine_threadsafe(self.control("local_path", **args),
-                                                    loop).result()
+                                                    loop).result(_ASK_WAIT)
 
         self._fast.on_linked = partial(ask, linked=self._prefix)
         # Opening takes two hub calls and a connect: in a thread, so the loop serves on.
@@ -208,7 +209,9 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
                 await task
         self._fail_all(client_closed())
         self._shut()
-        self._fast.close()
+        # Off the loop: a link being opened holds the path's lock while it asks the hub
+        # through this loop (its ask fails now that the socket is shut).
+        await asyncio.to_thread(self._fast.close)
 
     # -- plumbing --
 

@@ -61,3 +61,16 @@ def test_an_async_client_with_the_path_off_sends_its_arrays_through_the_hub(
     assert np.array_equal(y, x) and y.flags.writeable and not opened
     # The worker's own leg may use the path; the caller's request did not.
     assert counter(client, "local_path_in") <= before + 1
+
+
+def test_closing_while_the_link_opens_neither_hangs_nor_leaves_it_open(hub: Hub) -> None:
+    async def main() -> tuple[bool, bool]:
+        caller = AsyncClient(hub.client_address, timeout=30)
+        opening = asyncio.ensure_future(caller.open_local_path())
+        await asyncio.sleep(0)  # its thread is on its way to ask the hub
+        await asyncio.wait_for(caller.close(), 30)
+        opened = await asyncio.wait_for(opening, 30)
+        return opened, caller._fast.link is None
+
+    opened, closed = asyncio.run(main())
+    assert isinstance(opened, bool) and closed
