@@ -147,6 +147,9 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--local-min-bytes", type=int, default=None,
+                        help="the hub's local_min_bytes (default: the hub's own default)")
+    parser.add_argument("--io-threads", type=int, default=1, help="the hub's io_threads")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     start_run(args.verbose, logger)
@@ -168,8 +171,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dlhub-gpu-bench-") as tmp:
         model = build(Path(tmp) / "gpu-cnn", args.width, s)
         floor, _ = direct(model, device)
+        tuned = {} if args.local_min_bytes is None else {"local_min_bytes": args.local_min_bytes}
         hub = Hub(HubConfig(home=Path(tmp) / "home", client_address="tcp://127.0.0.1:0",
-                            worker_address="tcp://127.0.0.1:0")).start()
+                            worker_address="tcp://127.0.0.1:0", io_threads=args.io_threads,
+                            **tuned)).start()
+        figures["hub"] = {"io_threads": args.io_threads, **tuned}
         worker = None
         try:
             client = Client(hub.client_address, timeout=120)

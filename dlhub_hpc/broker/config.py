@@ -237,8 +237,16 @@ class HubConfig(BaseModel):
                     "memfds over an AF_UNIX socket, not through CurveZMQ (dlhub_hpc.localpath)",
     )
     local_min_bytes: int = Field(
-        default=2**20, ge=16385,
+        # A memfd costs a few system calls and a hand-over; CurveZMQ costs per byte. They
+        # cross near 128 KiB, on 2 cores and on 16 (benchmarks/local_threshold.py).
+        default=2**18, ge=16385,
         description="arrays at least this large take the same-node fast path",
+    )
+    io_threads: int = Field(
+        default=1, ge=1, le=64,
+        description="ZeroMQ I/O threads of the hub's sockets: CurveZMQ encrypts and "
+                    "decrypts there, one connection on one thread, so more let callers' and "
+                    "workers' traffic use more cores",
     )
 
     @field_validator("servable_profiles")

@@ -125,7 +125,7 @@ class BrokerServer(CallerIntake):
         self.worker_endpoint = ""
         # Callers in this process (``Hub.client()``) connect here: no TCP stack, no
         # encryption, no I/O thread hop. inproc needs the same context, hence it is public.
-        self.context: zmq.Context[Any] = zmq.Context()
+        self.context: zmq.Context[Any] = zmq.Context(io_threads=config.io_threads)
         self.local_endpoint = f"inproc://dlhub-hpc-hub-{uuid.uuid4().hex[:12]}"
         self._clients: zmq.Socket[bytes] | None = None
         self._local: zmq.Socket[bytes] | None = None  # inproc callers, on a socket of their own

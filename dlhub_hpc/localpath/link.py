@@ -56,7 +56,7 @@ class LocalLink:
         except BaseException:
             sock.close()
             raise
-        return cls(sock, int(offer.get("min_bytes", 2**20)))
+        return cls(sock, int(offer.get("min_bytes", 2**18)))
 
     def close(self) -> None:
         with self._lock:
@@ -86,12 +86,19 @@ class LocalLink:
         return Memfd(fd, size)
 
     def share(self, arr: np.ndarray) -> str | None:
-        """A ticket for ``arr`` (the protocol's ``share`` hook), or None below ``min_bytes``.
+        """A ticket for ``arr`` (the protocol's ``share`` hook), or None: below ``min_bytes``,
+        or when the hub refuses it (then the array goes in the message, as between nodes).
         An array mapped from a whole memfd goes as it is; any other is sealed in a new one."""
         if arr.nbytes < self.min_bytes:
             return None
         memfd = whole_memfd(arr) or seal_array(arr)
-        return self.put(memfd)
+        try:
+            return self.put(memfd)
+        except LocalPathRefused as exc:
+            # The hub holds as many of this peer's arrays as it takes until their messages
+            # come (many in flight), or let the link go: this one rides in its message.
+            logger.debug("an array goes in its message, not by the link: %s", exc.message)
+            return None
 
     def fetch(self, ticket: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Any:
         """The array the hub issued ``ticket`` for (the protocol's ``fetch`` hook)."""

@@ -227,3 +227,13 @@ def test_a_fast_path_request_is_never_hashed_for_the_memo_on_the_hubs_loop(
     assert after.get("memo_hits", 0) == before.get("memo_hits", 0)
     assert after.get("memo_misses", 0) == before.get("memo_misses", 0)  # not even looked up
     assert after.get("memo_entries", 0) == before.get("memo_entries", 0)  # no descriptors kept
+
+
+def test_more_arrays_in_flight_than_the_hub_holds_all_get_their_answers(
+        client: Client, noop: str) -> None:
+    """``map`` keeps 128 arrays of 512 KiB in flight: past the 64 the hub holds for one
+    caller, arrays ride in their messages instead, and every call is answered right."""
+    xs = [np.full(2**16, float(i)) for i in range(200)]
+    ys = list(client.map(noop, xs, in_flight=128, cache=False))
+    assert all(np.array_equal(y, x) for x, y in zip(xs, ys, strict=True))
+    assert _published(client, "local_path_in", 1)["local_path_in"] >= 1

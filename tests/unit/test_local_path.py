@@ -250,3 +250,21 @@ def test_a_linked_worker_echoes_the_same_memfd_and_answers_a_dead_ticket_at_once
         worker.request_stop("test over")
         thread.join(5)
         hub.close()
+
+
+def test_arrays_past_what_the_hub_holds_go_in_their_message_instead() -> None:
+    """Many in flight: the hub holds at most ``max_held`` of one caller's arrays until their
+    messages come; the next goes inline (through CurveZMQ) rather than failing its call."""
+    ex = FdExchange(max_held=2)
+    ex.start()
+    try:
+        link = _link(ex, "caller:alice")
+        xs = [np.full(MIB // 4, float(i), dtype=np.float32) for i in range(3)]
+        tickets = [link.share(x) for x in xs]
+        assert tickets[0] is not None and tickets[1] is not None and tickets[2] is None
+        msg = decode(encode(Request("r", "a/b", None, "", xs[2]), link.share))
+        assert np.array_equal(msg.payload, xs[2])  # the third went in the message whole
+        ex.take(tickets[0], "caller:alice")  # a message came: there is room again
+        assert link.share(xs[2]) is not None
+    finally:
+        ex.close()

@@ -11,6 +11,7 @@ numpy arrays come out.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,12 +133,27 @@ class TorchShim(StackedShim):
         return shim
 
 
+def _read_only_tensor(torch: Any, array: np.ndarray, device: str) -> Any:
+    """A tensor of a read-only array (a sealed memfd's map, a received buffer): copied to
+    the device, where torch's warning about it does not apply; on the CPU a copy first, so
+    a model that writes its input in place writes its own memory."""
+    if device == "cpu":
+        return torch.from_numpy(array.copy())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(array).to(device)
+
+
 def _numpy_call(torch: Any, target: Callable[..., Any], device: str,
                 prepare: Callable[[Any], Any], weights: Any = None,
                 params: dict[str, Any] | None = None, unpack: bool = False,
                 ) -> Callable[[Any], Any]:
     def tensor_of(x: Any) -> Any:
-        tensor = torch.as_tensor(prepare(np.asarray(x))).to(device)
+        array = prepare(np.asarray(x))
+        if isinstance(array, np.ndarray) and not array.flags.writeable:
+            tensor = _read_only_tensor(torch, array, device)
+        else:
+            tensor = torch.as_tensor(array).to(device)
         if weights is not None and tensor.is_floating_point() and tensor.dtype != weights:
             tensor = tensor.to(weights)  # bfloat16 weights: numpy cannot hold that type
         return tensor
