@@ -430,3 +430,18 @@ def test_a_keras_model_runs_stacked_batches(tmp_path: Path) -> None:
     x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
     out = shim.run("run", [x[:1], x[1:]])
     np.testing.assert_allclose(np.concatenate(out), model.predict(x, verbose=0), rtol=1e-5)
+
+
+def test_a_read_only_input_reaches_torch_without_a_warning_and_is_never_written() -> None:
+    """Inputs the worker maps from a sealed memfd (or reads from a received buffer) are
+    read-only: on the CPU the model gets its own copy, which it may write in place."""
+    import warnings
+
+    frozen = np.arange(6, dtype=np.float32)
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = torch_shim._read_only_tensor(torch, frozen, "cpu")
+    tensor.mul_(2.0)  # a model writing its input in place
+    assert tensor.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert frozen.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
