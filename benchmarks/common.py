@@ -192,6 +192,35 @@ def wait_for_hub(home: Path, proc: SpawnProcess, timeout: float = 60.0) -> str:
 
 # ---- Parsl HighThroughputExecutor -----------------------------------------------------
 
+@contextlib.contextmanager
+def hub_and_worker(home: Path, servable: Path, settings: dict[str, Any] | None = None,
+                   worker_flags: Sequence[str] = ()) -> Iterator[tuple[Any, str]]:
+    """A hub in this process (CurveZMQ on, tcp on loopback) with ``servable`` published
+    and one warm worker of it, a process of its own started with the command a pilot
+    builds (``worker_flags`` added): yields a ``Client`` and the servable's name."""
+    import subprocess
+
+    from dlhub_hpc import Client, Hub, HubConfig
+    from dlhub_hpc.pilot.command import worker_command
+
+    hub = Hub(HubConfig(home=home, client_address="tcp://127.0.0.1:0",
+                        worker_address="tcp://127.0.0.1:0", **(settings or {}))).start()
+    worker = None
+    try:
+        with Client(hub.client_address, timeout=120) as client:
+            name = client.publish(servable)["name"]
+            argv = worker_command(hub.worker_address, name,
+                                  extra=["--log-level", "WARNING", *worker_flags]).argv
+            worker = subprocess.Popen(argv, start_new_session=True)
+            client.wait_for_workers(name, 1, timeout=300)
+            yield client, name
+    finally:
+        hub.stop()
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=60)
+
+
 def echo(x: Any) -> Any:
     return x
 

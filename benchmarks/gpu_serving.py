@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -39,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import percentile, save_json, start_run
+from benchmarks.common import hub_and_worker, percentile, save_json, start_run
 
 logger = logging.getLogger("benchmarks.gpu_serving")
 RESULTS = Path(__file__).parent / "results" / "gpu_serving.json"
@@ -155,9 +154,6 @@ def main() -> int:
     start_run(args.verbose, logger)
     import torch
 
-    from dlhub_hpc import Client, Hub, HubConfig
-    from dlhub_hpc.pilot.command import worker_command
-
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     if not cuda:
@@ -172,18 +168,10 @@ def main() -> int:
         model = build(Path(tmp) / "gpu-cnn", args.width, s)
         floor, _ = direct(model, device)
         tuned = {} if args.local_min_bytes is None else {"local_min_bytes": args.local_min_bytes}
-        hub = Hub(HubConfig(home=Path(tmp) / "home", client_address="tcp://127.0.0.1:0",
-                            worker_address="tcp://127.0.0.1:0", io_threads=args.io_threads,
-                            **tuned)).start()
         figures["hub"] = {"io_threads": args.io_threads, **tuned}
-        worker = None
-        try:
-            client = Client(hub.client_address, timeout=120)
-            name = client.publish(Path(tmp) / "gpu-cnn")["name"]
-            argv = worker_command(hub.worker_address, name,
-                                  extra=["--gpus", "0", "--log-level", "WARNING"]).argv
-            worker = subprocess.Popen(argv, start_new_session=True)
-            client.wait_for_workers(name, 1, timeout=300)
+        with hub_and_worker(Path(tmp) / "home", Path(tmp) / "gpu-cnn",
+                            {"io_threads": args.io_threads, **tuned},
+                            ["--gpus", "0"]) as (client, name):
             on_gpu = float(client.run(name, one, method="on_gpu", cache=False)[0, 0])
             figures["worker_on_gpu"] = bool(on_gpu)
             if cuda and not on_gpu:
@@ -213,12 +201,6 @@ def main() -> int:
                 figures[row] = {"images_per_s": float(np.median(values))}
             stats = client.status()["stats"]
             figures["mean_batch"] = stats["batched_items"] / max(stats["batches"], 1)
-            client.close()
-        finally:
-            hub.stop()
-            if worker is not None:
-                worker.terminate()
-                worker.wait(timeout=60)
     print(f"device: {figures['device']}; worker's weights on the GPU: "
           f"{figures.get('worker_on_gpu')}")
     print(f"{'path':<26}{'p50 ms':>10}{'p99 ms':>10}{'images/s':>12}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +27,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import percentile, save_json, start_run
-from dlhub_hpc import Client, Hub, HubConfig
+from benchmarks.common import hub_and_worker, percentile, save_json, start_run
 from dlhub_hpc.examples import example_dir
-from dlhub_hpc.pilot.command import worker_command
 
 logger = logging.getLogger("benchmarks.local_threshold")
 RESULTS = Path(__file__).parent / "results" / "local_threshold.json"
@@ -43,41 +40,26 @@ def sweep(min_bytes: int, sizes_kib: list[int], args: argparse.Namespace
     """Per size: p50 ms one at a time and req/s through ``map``, on a hub whose arrays of
     ``min_bytes`` and more go as memfds."""
     out: dict[int, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="dlhub-threshold-") as tmp:
-        hub = Hub(HubConfig(home=Path(tmp), client_address="tcp://127.0.0.1:0",
-                            worker_address="tcp://127.0.0.1:0",
-                            local_min_bytes=min_bytes)).start()
-        worker = None
-        try:
-            client = Client(hub.client_address, timeout=60)
-            name = client.publish(example_dir("noop"))["name"]
-            worker = subprocess.Popen(worker_command(hub.worker_address, name, extra=[
-                "--log-level", "WARNING"]).argv, start_new_session=True)
-            client.wait_for_workers(name, 1, timeout=120)
-            for kib in sizes_kib:
-                x = np.random.default_rng(kib).random(kib * 128)  # float64: 8 bytes each
-                if not np.array_equal(client.run(name, x, cache=False), x):
-                    raise RuntimeError(f"the {kib} KiB echo did not return its input")
-                for _ in range(20):
-                    client.run(name, x, cache=False)
-                seconds = []
-                for _ in range(args.requests):
-                    start = time.perf_counter()
-                    client.run(name, x, cache=False)
-                    seconds.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="dlhub-threshold-") as tmp, hub_and_worker(
+            Path(tmp), example_dir("noop"), {"local_min_bytes": min_bytes}) as (client, name):
+        for kib in sizes_kib:
+            x = np.random.default_rng(kib).random(kib * 128)  # float64: 8 bytes each
+            if not np.array_equal(client.run(name, x, cache=False), x):
+                raise RuntimeError(f"the {kib} KiB echo did not return its input")
+            for _ in range(20):
+                client.run(name, x, cache=False)
+            seconds = []
+            for _ in range(args.requests):
                 start = time.perf_counter()
-                for _ in client.map(name, [x] * args.mapped, in_flight=args.in_flight,
-                                    cache=False):
-                    pass
-                out[kib] = {"p50_ms": percentile(seconds, 50) * 1e3,
-                            "rps": args.mapped / (time.perf_counter() - start)}
-                logger.info("min_bytes %s, %s KiB: %s", min_bytes, kib, out[kib])
-            client.close()
-        finally:
-            hub.stop()
-            if worker is not None:
-                worker.terminate()
-                worker.wait(timeout=60)
+                client.run(name, x, cache=False)
+                seconds.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _ in client.map(name, [x] * args.mapped, in_flight=args.in_flight,
+                                cache=False):
+                pass
+            out[kib] = {"p50_ms": percentile(seconds, 50) * 1e3,
+                        "rps": args.mapped / (time.perf_counter() - start)}
+            logger.info("min_bytes %s, %s KiB: %s", min_bytes, kib, out[kib])
     return out
 
 
