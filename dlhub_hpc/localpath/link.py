@@ -34,6 +34,7 @@ class LocalLink:
     def __init__(self, sock: socket.socket, min_bytes: int) -> None:
         self._sock = sock
         self.min_bytes = min_bytes
+        self.gone = False  # the hub's end closed (a restarted hub): arrays ride in messages
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -64,9 +65,14 @@ class LocalLink:
 
     def _call(self, message: list[Any], fd: int | None = None) -> tuple[Any, int | None]:
         with self._lock:
-            wire.send(self._sock, message, fd)
-            got = wire.receive(self._sock)
+            try:
+                wire.send(self._sock, message, fd)
+                got = wire.receive(self._sock)
+            except OSError as exc:  # a broken pipe, a reset, no answer within the timeout
+                self.gone = True
+                raise LocalPathRefused(f"the local-path connection failed: {exc}") from None
         if got is None:
+            self.gone = True
             raise LocalPathRefused("the hub closed the local-path connection")
         (verb, *rest), out = got
         if verb != "ok" or len(rest) != 1:
@@ -89,14 +95,14 @@ class LocalLink:
         """A ticket for ``arr`` (the protocol's ``share`` hook), or None: below ``min_bytes``,
         or when the hub refuses it (then the array goes in the message, as between nodes).
         An array mapped from a whole memfd goes as it is; any other is sealed in a new one."""
-        if arr.nbytes < self.min_bytes:
+        if arr.nbytes < self.min_bytes or self.gone:
             return None
         memfd = whole_memfd(arr) or seal_array(arr)
         try:
             return self.put(memfd)
         except LocalPathRefused as exc:
             # The hub holds as many of this peer's arrays as it takes until their messages
-            # come (many in flight), or let the link go: this one rides in its message.
+            # come (many in flight), or its end went away: this one rides in its message.
             logger.debug("an array goes in its message, not by the link: %s", exc.message)
             return None
 

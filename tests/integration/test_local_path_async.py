@@ -14,9 +14,11 @@ import zmq
 
 from dlhub_hpc import AsyncClient, Client, Hub
 from tests.integration.conftest import wait_for
+from tests.integration.test_drain_workers import Spawn, spawn, worker_argv
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq was built without CURVE")
 EXAMPLES = Path(__file__).resolve().parents[2] / "dlhub_hpc" / "examples"
+__all__ = ["spawn"]  # the fixture, used by name
 
 
 def counter(client: Client, key: str) -> int:
@@ -74,3 +76,24 @@ def test_closing_while_the_link_opens_neither_hangs_nor_leaves_it_open(hub: Hub)
 
     opened, closed = asyncio.run(main())
     assert isinstance(opened, bool) and closed
+
+
+def test_a_linked_client_sends_large_arrays_to_a_hub_that_restarted(
+        make_hub: Callable[..., Hub], spawn: Spawn, tmp_path: Path) -> None:
+    """The link dies with the hub while the client's ZeroMQ socket reconnects to the new
+    one on the same address: large inputs then ride in their messages, not fail."""
+    first = make_hub(home=tmp_path / "home")
+    client = Client(first.client_address, timeout=60)
+    name = client.publish(EXAMPLES / "noop")["name"]
+    worker = spawn(worker_argv(first, name))
+    client.wait_for_workers(name, 1, timeout=60)
+    x = np.random.default_rng(5).standard_normal(2**16)  # 512 KiB: over local_min_bytes
+    assert np.array_equal(client.run(name, x, cache=False), x) and client.open_local_path()
+    first.stop()
+    worker.wait(timeout=60)  # the worker leaves with its hub
+    second = make_hub(home=tmp_path / "home", client_address=first.client_address,
+                      worker_address=first.worker_address)
+    spawn(worker_argv(second, name))
+    client.wait_for_workers(name, 1, timeout=60)
+    assert np.array_equal(client.run(name, x, cache=False), x)
+    client.close()

@@ -268,3 +268,18 @@ def test_arrays_past_what_the_hub_holds_go_in_their_message_instead() -> None:
         assert link.share(xs[2]) is not None
     finally:
         ex.close()
+
+
+def test_after_the_hubs_end_goes_away_arrays_ride_in_their_messages() -> None:
+    """A restarted hub leaves a client's link dead while its ZeroMQ socket reconnects:
+    large inputs then go in their messages, not fail their calls."""
+    ex = FdExchange()
+    ex.start()
+    link = _link(ex, "caller:alice")
+    x = np.arange(MIB // 4, dtype=np.float32)
+    assert link.share(x) is not None
+    ex.close()
+    assert link.share(x) is None and link.gone
+    msg = decode(encode(Request("r", "a/b", None, "", x), link.share))
+    assert np.array_equal(msg.payload, x)
+    link.close()
