@@ -50,21 +50,28 @@ class CallerPath:
         return self.takes(inputs)
 
     def needs_opening(self, inputs: Any) -> bool:
-        """Whether ``inputs`` would open the link: a large array, and none tried yet."""
-        return self.enabled and not self._tried and large_array_in(inputs, _NEEDS_LINK)
+        """Whether ``inputs`` would open a link: a large array, and none tried yet or the
+        one held went away (a restarted hub)."""
+        return self.enabled and self._wanted() and large_array_in(inputs, _NEEDS_LINK)
 
     def takes(self, inputs: Any) -> bool:
         """Whether ``inputs`` go by the link already open (never opens one)."""
         link = self.link if self.enabled else None
-        return link is not None and large_array_in(inputs, link.min_bytes)
+        return link is not None and not link.gone and large_array_in(inputs, link.min_bytes)
+
+    def _wanted(self) -> bool:
+        return not self._tried or (self.link is not None and self.link.gone)
 
     def open(self, address: str, ask: Callable[[], Any]) -> bool:
-        """Whether this client holds a link; the first call tries to open one."""
+        """Whether this client holds a link; the first call tries to open one, and so does
+        the first after the one held went away (once: a hub without the path stays so)."""
         if not self.enabled:
             return False
-        if not self._tried:
+        if self._wanted():
             with self._lock:
-                if not self._tried:
+                if self._wanted():
+                    if self.link is not None:
+                        self.link.close()  # the end of a hub that is gone
                     self.link = self._open(address, ask)
                     self._tried = True
         return self.link is not None

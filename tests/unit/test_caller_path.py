@@ -61,3 +61,22 @@ def test_an_open_link_takes_arrays_over_its_threshold_while_the_path_is_on(
 def test_takes_never_opens_a_link() -> None:
     path = CallerPath()
     assert not path.takes(LARGE) and path.needs_opening(LARGE)
+
+
+def test_a_link_that_went_away_is_opened_again_once(link: LocalLink) -> None:
+    """A restarted hub: the link held is gone, so the next large input asks for a new one;
+    a hub that then refuses leaves the client without one, and it asks no more."""
+    asked: list[int] = []
+
+    def ask() -> None:
+        asked.append(1)
+        raise HubUnavailable("the new hub has the path off")
+
+    path = CallerPath()
+    path.link, path._tried = link, True
+    assert path.takes(LARGE) and not path.needs_opening(LARGE)
+    link.gone = True
+    assert not path.takes(LARGE) and path.needs_opening(LARGE)
+    assert not path.ready_for(LARGE, "tcp://127.0.0.1:1", ask)
+    assert not path.ready_for(LARGE, "tcp://127.0.0.1:1", ask)
+    assert asked == [1] and path.link is None
