@@ -147,6 +147,31 @@ def test_a_large_binary_tensor_goes_to_the_hub_as_a_memfd_not_through_curvezmq(
     wait_for(lambda: (now := counted())[0] >= before[0] + 2 and now[1] >= before[1] + 2,
              timeout=10, what="the tensor counted by the path both ways")
 
+
+def test_tritonclients_asyncio_http_client_infers_many_at_once(site: Site) -> None:
+    """``tritonclient.http.aio`` (aiohttp underneath): binary and JSON tensors, many calls
+    awaited together, each its own answer."""
+    ahttp = pytest.importorskip("tritonclient.http.aio", reason="pip install tritonclient[http]")
+    httpclient = pytest.importorskip("tritonclient.http")
+    headers = {"Authorization": f"Bearer {site.tokens['alice']}"}
+
+    async def calls() -> list[list[float]]:
+        client = ahttp.InferenceServerClient(site.url.removeprefix("http://"))
+        try:
+            async def one(i: int) -> list[float]:
+                x = httpclient.InferInput("input", [2], "FP32")
+                x.set_data_from_numpy(np.array([i, i + 0.5], dtype=np.float32),
+                                      binary_data=i % 2 == 0)
+                result = await client.infer("test/tensors", [x], headers=dict(headers))
+                out: list[float] = result.as_numpy("output").tolist()
+                return out
+
+            return list(await asyncio.gather(*(one(i) for i in range(16))))
+        finally:
+            await client.close()
+
+    assert asyncio.run(calls()) == [[2.0 * i, 2.0 * i + 1.0] for i in range(16)]
+
 def test_many_requests_at_once_each_get_their_own_answer(site: Site) -> None:
     """Replies that come from the hub in a burst are each handed to their own caller."""
     aiohttp = pytest.importorskip("aiohttp")

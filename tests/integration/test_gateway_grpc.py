@@ -331,6 +331,41 @@ def test_a_stream_answers_each_request_by_id_and_a_bad_one_alone(
     assert f'dlhub_gateway_requests_total{{{route},status="NOT_FOUND"}} 1.0' in text
 
 
+
+def test_tritonclients_asyncio_stream_gets_every_answer(endpoints: Endpoints) -> None:
+    """``tritonclient.grpc.aio``'s ``stream_infer`` (another client of the same RPC):
+    requests from an async generator, answers and errors as (result, error) pairs."""
+    import asyncio
+
+    agrpc = pytest.importorskip("tritonclient.grpc.aio")
+
+    async def requests() -> Any:
+        for i in range(20):
+            model = "test/nothing" if i == 5 else "test/tensors"
+            yield {"model_name": model, "request_id": f"a-{i}",
+                   "inputs": [fp_input(np.array([i], dtype=np.float32))]}
+
+    async def stream() -> tuple[dict[str, list[float]], list[str]]:
+        client = agrpc.InferenceServerClient(endpoints.grpc)
+        answers: dict[str, list[float]] = {}
+        errors: list[str] = []
+        try:
+            async for result, error in client.stream_infer(
+                    inputs_iterator=requests(), headers=endpoints.headers()):
+                if error is not None:
+                    errors.append(str(error))
+                else:
+                    answers[result.get_response().id] = result.as_numpy("output").tolist()
+                if len(answers) + len(errors) == 20:
+                    break
+        finally:
+            await client.close()
+        return answers, errors
+
+    answers, errors = asyncio.run(asyncio.wait_for(stream(), 60))
+    assert answers == {f"a-{i}": [2.0 * i] for i in range(20) if i != 5}
+    assert len(errors) == 1 and "ServableNotFound" in errors[0]
+
 def test_the_owner_runs_a_private_model_over_grpc(endpoints: Endpoints, triton: Any) -> None:
     result = triton.infer("alice/secret", [fp_input(np.array(FLOATS), "FP64")],
                           headers=endpoints.headers("alice"))
