@@ -83,7 +83,7 @@ class Streamed(NamedTuple):
     rate: Callable[[np.ndarray, int, int], float]
 
 
-Path_ = MakeCall | Streamed
+BenchPath = MakeCall | Streamed
 
 
 def free_port(count: int = 1) -> int:
@@ -206,7 +206,7 @@ def grpc_call(address: str, model: str, token: str) -> MakeCall:
 
 
 @contextlib.contextmanager
-def dlhub_paths(home: Path) -> Iterator[dict[str, Path_]]:
+def dlhub_paths(home: Path) -> Iterator[dict[str, BenchPath]]:
     """A hub process with demo/noop and one warm worker, and a gateway process before it
     (REST and gRPC)."""
     from dlhub_hpc import Client
@@ -282,7 +282,7 @@ def floor_server(port: int) -> None:
 
 
 @contextlib.contextmanager
-def floor_paths(address: str) -> Iterator[dict[str, Path_]]:
+def floor_paths(address: str) -> Iterator[dict[str, BenchPath]]:
     """The gateway's two legs, each alone: HTTP to a bare echo, and AsyncClient to the hub
     at ``address``."""
     import asyncio
@@ -321,7 +321,7 @@ def floor_paths(address: str) -> Iterator[dict[str, Path_]]:
 
 
 @contextlib.contextmanager
-def pytriton_path(python: str | None) -> Iterator[dict[str, Path_]]:
+def pytriton_path(python: str | None) -> Iterator[dict[str, BenchPath]]:
     """PyTriton serving an identity model, or nothing when no Python with it is given."""
     if not python:
         logger.warning("no Python with nvidia-pytriton (--pytriton-python or "
@@ -404,7 +404,7 @@ def stream_rates(streams: dict[str, Streamed], x: np.ndarray, n: int, rounds: in
     return {name: float(np.median(r)) for name, r in rates.items()}
 
 
-def measure(paths: dict[str, Path_], args: argparse.Namespace) -> dict[str, Any]:
+def measure(paths: dict[str, BenchPath], args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     streams = {name: p for name, p in paths.items() if isinstance(p, Streamed)}
     makers = {name: p for name, p in paths.items() if not isinstance(p, Streamed)}

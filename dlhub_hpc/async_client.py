@@ -142,16 +142,6 @@ class AsyncClient(ClientCore, AdminCalls[Awaitable[Any]], PublicationCalls[Await
 
     # -- the same-node fast path --
 
-    @property
-    def local_fast_path(self) -> bool:
-        """As ``Client.local_fast_path``: whether large arrays go as sealed memfds when
-        the hub runs on this node (the default)."""
-        return self._fast.enabled
-
-    @local_fast_path.setter
-    def local_fast_path(self, on: bool) -> None:
-        self._fast.enabled = on
-
     async def open_local_path(self) -> bool:
         """As ``Client.open_local_path``: open the same-node link now, so that large
         outputs of calls with small inputs come by it too; False where it does not apply."""

@@ -261,16 +261,6 @@ class Client(ClientCore, AdminCalls[Any], PublicationCalls[Any]):
         """Run a hub operation; ``HubUnavailable`` if no answer comes within ``timeout``."""
         return self._send(*self._control(op, args), timeout).result()
 
-    @property
-    def local_fast_path(self) -> bool:
-        """Whether large arrays go as sealed memfds when the hub runs on this node (the
-        default); False sends them through the hub's encrypted connection."""
-        return self._fast.enabled
-
-    @local_fast_path.setter
-    def local_fast_path(self, on: bool) -> None:
-        self._fast.enabled = on
-
     def _local_offer(self) -> Any:
         return self.control("local_path")
 

@@ -228,6 +228,16 @@ class ClientCore:
         return self._address
 
     @property
+    def local_fast_path(self) -> bool:
+        """Whether large arrays go as sealed memfds when the hub runs on this node (the
+        default); False sends them through the hub's encrypted connection."""
+        return self._fast.enabled
+
+    @local_fast_path.setter
+    def local_fast_path(self, on: bool) -> None:
+        self._fast.enabled = on
+
+    @property
     def max_message_bytes(self) -> int:
         """The largest request this client sends; larger ones raise ``PayloadTooLarge``."""
         if self._max_message_bytes is None:

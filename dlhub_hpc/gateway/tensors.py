@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,8 +176,7 @@ def as_input(tensors: list[Tensor], declared: dict[str, Any]) -> Any:
         raise InvalidInput("the request has no inputs; send one tensor in 'inputs'")
     kind = declared.get("type", "any")
     if len(tensors) > 1 or kind == "dict":
-        names = [t.name for t in tensors]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = sorted(n for n, k in Counter(t.name for t in tensors).items() if k > 1)
         if twice:  # as a dict by name, one would silently replace the other
             raise InvalidInput(f"inputs are named {', '.join(map(repr, twice))} more than once; "
                                "give each input tensor its own name")

@@ -126,14 +126,19 @@ def _heartbeats(
     frames = encode(Heartbeat(opts.worker_id))
     drain_told = False
     try:
-        waited = 0.0
-        # Look every HEARTBEAT_NOTICE seconds at most: a shorter beat the hub names holds soon.
-        while not stop.wait(step := max(min(every() - waited, HEARTBEAT_NOTICE), 0.0)):
+        waited = 0.0  # since the last beat came due, in the waits actually done
+        while True:
+            # Look every HEARTBEAT_NOTICE seconds at most: a shorter beat the hub names
+            # holds soon.
+            interval = every()
+            step = max(min(interval - waited, HEARTBEAT_NOTICE), 0.0)
+            if stop.wait(step):
+                break
             waited += step
-            if waited >= every() - 1e-9:
+            if waited >= interval - 1e-9:
                 waited = 0.0
                 # A result sent within the interval already told the hub this worker lives.
-                if clock() - last_sent() >= every():
+                if clock() - last_sent() >= interval:
                     sock.send_multipart(frames)
             # A drain that comes due mid-batch is told at once (the hub's status shows it);
             # the loop tells it again, just before the batch's result, on its own socket.
