@@ -4,7 +4,9 @@
 input. The hub reads what they name (a file only after checking that the caller's Unix
 account may read it) and hands the servable the content: a numpy array for a name ending
 in ``.npy``, else the raw bytes (read once into the hub's memory). On the wire a reference is one
-msgpack ext record (``protocol.REF_EXT``) holding ``[kind, target]``.
+msgpack ext record (``protocol.REF_EXT``) holding ``[kind, target]``, or
+``[kind, target, token]`` for a URL fetched with the caller's bearer token (a Globus
+collection's HTTPS access, a site's data portal).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +28,9 @@ logger = logging.getLogger(__name__)
 MAX_TARGET_CHARS = 4096  # PATH_MAX; a URL longer than this is no reference either
 CLI_PREFIX = "@ref:"  # ``dlhub-hpc run NAME @ref:/path`` or ``@ref:https://...``
 NPY_SUFFIX = ".npy"
+MAX_TOKEN_CHARS = 8192
+# RFC 6750's b64token: nothing that could end the Authorization header or start another
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 def _check_target(target: Any, what: str) -> str:
@@ -64,9 +70,14 @@ class FileRef:
 
 @dataclass(frozen=True, slots=True)
 class URLRef:
-    """An ``https://`` URL the hub fetches for the caller (no credentials are sent)."""
+    """An ``https://`` URL the hub fetches for the caller. Without ``token`` no credentials
+    are sent; with one, the hub sends ``Authorization: Bearer <token>`` to the URL's own
+    origin (scheme, host and port) and to no other, redirects included. The token is the
+    caller's (for a Globus collection, one for its ``https`` scope: see
+    ``dlhub_hpc.globus_collections``); it is never shown in a repr, an error or a log."""
 
     url: str
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         url = _check_target(self.url, "URL reference")
@@ -75,6 +86,8 @@ class URLRef:
             raise ReferenceFormatError(
                 f"URL reference {url[:200]!r} is not an https:// URL with a host",
                 reference=url[:200])
+        if self.token is not None:
+            _check_token(self.token, url)
 
     @property
     def target(self) -> str:
@@ -85,27 +98,47 @@ class URLRef:
         return urlsplit(self.url).path.endswith(NPY_SUFFIX)
 
 
+def _check_token(token: Any, url: str) -> None:
+    if (not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS
+            or _TOKEN.fullmatch(token) is None):
+        raise ReferenceFormatError(
+            f"the token of URL reference {url[:200]!r} is not a bearer token: at most "
+            f"{MAX_TOKEN_CHARS} characters of letters, digits and -._~+/ (then any '=')",
+            reference=url[:200])
+
+
 Reference = FileRef | URLRef
 _KINDS: dict[str, type[FileRef] | type[URLRef]] = {"file": FileRef, "url": URLRef}
 _KIND_OF = {FileRef: "file", URLRef: "url"}
 
 
 def to_wire(ref: Reference) -> bytes:
-    """The ext record's bytes: msgpack ``[kind, target]``."""
-    return msgpack.packb([_KIND_OF[type(ref)], ref.target], use_bin_type=True)
+    """The ext record's bytes: msgpack ``[kind, target]``, ``[kind, target, token]``."""
+    record = [_KIND_OF[type(ref)], ref.target]
+    if isinstance(ref, URLRef) and ref.token is not None:
+        record.append(ref.token)
+    return msgpack.packb(record, use_bin_type=True)
 
 
 def from_wire(data: bytes) -> Reference:
     """A reference from its ext record; ``ReferenceFormatError`` if it is not one."""
     try:
-        kind, target = msgpack.unpackb(data, raw=False)
+        record = msgpack.unpackb(data, raw=False)
     except Exception:
-        raise ReferenceFormatError("a reference record is not [kind, target]") from None
+        record = None
+    if type(record) is not list or len(record) not in (2, 3):
+        raise ReferenceFormatError("a reference record is not [kind, target] or "
+                                   "[kind, target, token]")
+    kind = record[0]
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ReferenceFormatError(f"unknown reference kind {str(kind)[:40]!r}; "
                                    f"known: {sorted(_KINDS)}")
-    return cls(target)
+    if len(record) == 2:
+        return cls(record[1])
+    if cls is not URLRef:
+        raise ReferenceFormatError("only a URL reference carries a token")
+    return URLRef(record[1], record[2])
 
 
 def parse_cli(text: str) -> Reference | None:

@@ -94,7 +94,7 @@ class References:
     def _content(self, ref: FileRef | URLRef, account: Account, budget: list[int]) -> Any:
         if isinstance(ref, URLRef):
             body = url_fetch.fetch(ref.url, budget[0], self.settings.fetch_timeout,
-                                   self._opener, self._allow)
+                                   self._opener, self._allow, ref.token)
             budget[0] -= len(body)
             return _npy_from_bytes(body, ref.url) if ref.is_npy else body
         fd = open_checked(ref.path, account)

@@ -1,5 +1,7 @@
-"""Fetch a ``URLRef`` for a caller: HTTPS only (redirects too), no credentials, a size cap,
-one deadline for the whole download, and public addresses only.
+"""Fetch a ``URLRef`` for a caller: HTTPS only (redirects too), a size cap, one deadline for
+the whole download, and public addresses only. No credentials of the hub's are ever sent;
+the caller's own bearer token, where the reference has one, goes to the URL's origin only
+(a redirect elsewhere is followed without it, as curl and browsers do).
 
 The hub fetches, not the worker: a sandboxed worker has no network of its own to rely on,
 and the hub can hold every download to ``max_reference_bytes`` before a worker sees it.
@@ -56,18 +58,23 @@ def networks(allowed: Iterable[str]) -> tuple[Network, ...]:
 
 
 def fetch(url: str, limit: int, timeout: float, via: ssl.SSLContext,
-          allow: tuple[Network, ...] = ()) -> bytes:
+          allow: tuple[Network, ...] = (), token: str | None = None) -> bytes:
     """The body at ``url``, at most ``limit`` bytes (``ReferenceTooLarge`` past it), all
     of it within ``timeout`` seconds; ``URLFetchFailed`` with the status or the reason on
-    any failure, ``ReferenceDenied`` for an address the hub may not fetch from."""
+    any failure, ``ReferenceDenied`` for an address the hub may not fetch from. ``token``
+    goes as a bearer token to ``url``'s origin, never to another."""
     deadline = time.monotonic() + timeout
     shown = url[:200]
+    origin = _origin(url)
     for _ in range(_MAX_REDIRECTS + 1):
         if urlsplit(url).scheme != "https":
             raise ReferenceFormatError(f"{url[:200]} is not an https:// URL; the hub fetches "
                                        "https only (redirects too)", reference=shown)
+        headers = {"User-Agent": "dlhub-hpc"}
+        if token is not None and _origin(url) == origin:
+            headers["Authorization"] = f"Bearer {token}"
         try:
-            location, body = _get(url, limit, deadline, via, allow, timeout)
+            location, body = _get(url, limit, deadline, via, allow, timeout, headers)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if time.monotonic() >= deadline:
                 raise URLFetchFailed(
@@ -83,8 +90,14 @@ def fetch(url: str, limit: int, timeout: float, via: ssl.SSLContext,
                          reference=shown, reason="redirects")
 
 
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or 443
+
+
 def _get(url: str, limit: int, deadline: float, via: ssl.SSLContext,
-         allow: tuple[Network, ...], timeout: float) -> tuple[str | None, bytes]:
+         allow: tuple[Network, ...], timeout: float,
+         headers: dict[str, str]) -> tuple[str | None, bytes]:
     """One GET: (a redirect's location or None, the body)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
@@ -101,14 +114,14 @@ def _get(url: str, limit: int, deadline: float, via: ssl.SSLContext,
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
         conn.sock = raw
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("GET", path, headers={"User-Agent": "dlhub-hpc"})
+        conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         if response.status in _REDIRECTS and response.getheader("Location"):
             return response.getheader("Location"), b""
         if response.status != 200:
             raise URLFetchFailed(f"{url[:200]} answered HTTP {response.status} "
-                                 f"{response.reason}", reference=url[:200],
-                                 status=response.status)
+                                 f"{response.reason}{_hint(response.status, headers)}",
+                                 reference=url[:200], status=response.status)
         size = response.getheader("Content-Length")
         if size is not None and size.isdigit() and int(size) > limit:
             raise _too_large(url, int(size), limit)
@@ -122,6 +135,16 @@ def _get(url: str, limit: int, deadline: float, via: ssl.SSLContext,
         timer.cancel()
         killer.close()
         raw.close()
+
+
+def _hint(status: int, headers: dict[str, str]) -> str:
+    """What a caller refused for want of credentials can do about it."""
+    if status not in (401, 403):
+        return ""
+    if "Authorization" in headers:
+        return "; the server refused your token (expired, or not for this data?)"
+    return ("; it may need credentials: give URLRef(url, token=...) with a bearer token it "
+            "takes (for a Globus collection, one for its https scope)")
 
 
 def _shut(sock: socket.socket) -> None:

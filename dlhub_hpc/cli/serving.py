@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from dlhub_hpc.cli.common import client_from, console, err_console, input_error, to_json
 from dlhub_hpc.errors import ReferenceFormatError
-from dlhub_hpc.references import FileRef, parse_cli
+from dlhub_hpc.references import FileRef, URLRef, parse_cli
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,19 @@ def _read_input(text: str) -> Any:
         ) from None
 
 
+def _with_token(inputs: Any, variable: str) -> URLRef:
+    """The @ref:https:// INPUT with the token held in ``variable``."""
+    if not isinstance(inputs, URLRef):
+        raise input_error("--token-env goes with an INPUT of @ref:https://URL")
+    token = os.environ.get(variable)
+    if not token:
+        raise input_error(f"environment variable {variable} is not set", "--token-env")
+    try:
+        return URLRef(inputs.url, token.strip())
+    except ReferenceFormatError as exc:
+        raise input_error(f"{variable}: {exc.message}", "--token-env") from None
+
+
 @click.command()
 @click.argument("servable")
 @click.argument("input_text", metavar="INPUT")
@@ -69,14 +83,19 @@ def _read_input(text: str) -> Any:
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
 @click.option("--result-to", type=click.Path(dir_okay=False), default=None,
               help="Have the hub write the output to this file (.npy, or bytes) for you.")
+@click.option("--token-env", metavar="VAR", default=None,
+              help="Fetch @ref:https://URL with the bearer token in environment variable "
+                   "VAR (a token never goes on a command line, where others see it).")
 @click.pass_context
 def run(ctx: click.Context, servable: str, input_text: str, method: str, timeout: float,
-        result_to: str | None) -> None:
+        result_to: str | None, token_env: str | None) -> None:
     """Run SERVABLE (owner/name[@version]) on INPUT (JSON, @file.json, or - for stdin).
 
     INPUT may also be @ref:PATH or @ref:https://URL: a file or URL the hub reads for you.
     """
     inputs = _read_input(input_text)
+    if token_env is not None:
+        inputs = _with_token(inputs, token_env)
     from dlhub_hpc.cli.starting import wait_showing_stage
 
     with client_from(ctx, timeout=timeout) as client:

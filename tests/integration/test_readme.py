@@ -40,6 +40,8 @@ SKIPPED: dict[str, str] = {
                                      "tests/integration/test_references.py runs these",
     'FileRef("/lus/': "needs a shared filesystem and the reader's servable; "
                       "tests/integration/test_references.py runs these",
+    "collection_ref(": "needs the Globus cloud (tokens and a collection); "
+                       "tests/unit/test_globus_collections.py checks its request",
 }
 TIMEOUT = 300  # one command or block, on a loaded machine
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import io
 import os
 import pwd
 import shutil
@@ -254,3 +255,59 @@ def test_the_async_client_takes_references_and_result_to(site: dict[str, Any],
 
     assert asyncio.run(call()) == FileRef(str(out))
     assert np.load(out).tolist() == [6.0]
+
+
+TOKEN = "Ag.collection-https_token"
+
+
+@pytest.fixture
+def private_https(certificate: tuple[Path, Path]) -> Iterator[tuple[str, list[str | None]]]:
+    """An https server on loopback whose /frame.npy needs ``Bearer TOKEN`` (as a Globus
+    collection's HTTPS server does); it keeps the Authorization header of each GET."""
+    seen: list[str | None] = []
+    body = io.BytesIO()
+    np.save(body, np.arange(4.0))
+
+    class Private(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            ok = self.path == "/frame.npy" and seen[-1] == f"Bearer {TOKEN}"
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", str(len(body.getvalue()) if ok else 0))
+            self.end_headers()
+            if ok:
+                self.wfile.write(body.getvalue())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Private)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_url_that_needs_the_callers_token_is_fetched_with_it(
+        site: dict[str, Any], private_https: tuple[str, list[str | None]]) -> None:
+    alice: Client = site["alice"]
+    base, seen = private_https
+    got = alice.run(site["name"], URLRef(f"{base}/frame.npy", TOKEN))
+    assert got == {"kind": "ndarray", "dtype": "<f8", "shape": [4], "sum": 6.0}
+    assert seen == [f"Bearer {TOKEN}"]
+    with pytest.raises(URLFetchFailed, match="token=") as refused:  # says what to do
+        alice.run(site["name"], URLRef(f"{base}/frame.npy"))
+    assert seen[-1] is None and refused.value.details["status"] == 401
+    # the CLI takes the token from an environment variable, never from its arguments
+    cli = [sys.executable, "-m", "dlhub_hpc.cli", "--hub", site["hub"].client_address, "run",
+           site["name"], f"@ref:{base}/frame.npy", "--token-env", "FRAME_TOKEN"]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "FRAME_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr
+    assert '"sum": 6.0' in done.stdout and seen[-1] == f"Bearer {TOKEN}"
+    unset = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=False,
+                           env={k: v for k, v in os.environ.items() if k != "FRAME_TOKEN"})
+    assert unset.returncode != 0 and "FRAME_TOKEN is not set" in unset.stderr

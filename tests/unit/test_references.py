@@ -33,6 +33,10 @@ def test_a_request_without_result_to_stays_as_before_on_the_wire() -> None:
     msgpack.packb(["url", "file:///etc/shadow"]),
     msgpack.packb(["file"]),
     b"\xc1",
+    msgpack.packb(["file", "/x", "a-token"]),  # only a URL carries a token
+    msgpack.packb(["url", "https://h/x", "a token\r\nX-Injected: 1"]),
+    msgpack.packb(["url", "https://h/x", 7]),
+    msgpack.packb(["url", "https://h/x", "t", "more"]),
 ])
 def test_a_malformed_reference_record_is_a_protocol_error(record: bytes) -> None:
     ext = msgpack.ExtType(REF_EXT, record)
@@ -49,6 +53,27 @@ def test_a_malformed_reference_record_is_a_protocol_error(record: bytes) -> None
 def test_references_refuse_what_cannot_name_a_file_or_url(make: type, target: str) -> None:
     with pytest.raises(ReferenceFormatError):
         make(target)
+
+
+def test_a_url_token_crosses_the_wire_and_is_never_shown() -> None:
+    ref = URLRef("https://g-1a2b.data.globus.org/f.npy", "Ag1.b-c_d~e+f/g==")
+    msg = decode(encode(Request("r", "a/b", None, "run", [ref])))
+    assert isinstance(msg, Request)
+    assert msg.payload == [ref] and msg.payload[0].token == "Ag1.b-c_d~e+f/g=="
+    assert "Ag1" not in repr(ref) and "Ag1" not in str(ref)
+    assert URLRef("https://h/x") != URLRef("https://h/x", "other")
+    # a reference without a token is the two-element record it always was
+    assert msgpack.unpackb(encode(Request("r", "a/b", None, "run", URLRef("https://h/x")))[0],
+                           ext_hook=lambda code, data: msgpack.unpackb(data))[6] == [
+        "url", "https://h/x"]
+
+
+@pytest.mark.parametrize("token", ["", "two words", "line\nbreak", "x\r\nHost: evil",
+                                   "é", "a" * 8193, "=abc"])
+def test_a_token_that_could_break_its_header_is_refused(token: str) -> None:
+    with pytest.raises(ReferenceFormatError, match="bearer token") as caught:
+        URLRef("https://h/x", token)
+    assert token not in caught.value.message or not token
 
 
 def test_a_path_object_is_taken_and_the_suffix_picks_the_format(tmp_path: Path) -> None:
