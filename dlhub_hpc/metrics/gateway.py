@@ -30,6 +30,10 @@ from dlhub_hpc.metrics.recorder import LATENCY_BUCKETS, Histogram
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The method label's values: a caller may send any token as an HTTP method (aiohttp's
+# pure-Python parser takes them all), and a series per made-up method would grow unbounded.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "grpc"})
+OTHER_METHOD = "other"
 GATEWAY_METRIC_NAMES = frozenset({
     "dlhub_gateway_requests_total", "dlhub_gateway_in_progress",
     "dlhub_gateway_received_bytes_total", "dlhub_gateway_sent_bytes_total",
@@ -52,7 +56,7 @@ class GatewayMetrics(Collector):
 
     def record(self, route: str, method: str, status: int, seconds: float,
                received: int, sent: int) -> None:
-        key = (route, method, str(status))
+        key = (route, method if method in METHODS else OTHER_METHOD, str(status))
         self.requests[key] = self.requests.get(key, 0) + 1
         hist = self.latency.get(route)
         if hist is None:

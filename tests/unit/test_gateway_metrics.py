@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from dlhub_hpc.metrics.gateway import GATEWAY_METRIC_NAMES, metrics_setup
+from dlhub_hpc.metrics.gateway import GATEWAY_METRIC_NAMES, GatewayMetrics, metrics_setup
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -47,3 +47,14 @@ def test_requests_are_counted_by_route_pattern_and_status() -> None:
     assert found[("dlhub_gateway_received_bytes_total", ())] == 6
     assert not any("alice" in str(labels) for _, labels in found)
     assert {name for name, _ in found} <= GATEWAY_METRIC_NAMES
+
+
+def test_made_up_http_methods_share_one_label() -> None:
+    """aiohttp's pure-Python parser takes any token as a method: the label set stays closed."""
+    metrics = GatewayMetrics()
+    for i in range(1000):
+        metrics.record("(no route)", f"XMETHOD{i}", 405, 0.001, 0, 0)
+    metrics.record("(no route)", "GET", 404, 0.001, 0, 0)
+    assert set(metrics.requests) == {("(no route)", "other", "405"),
+                                     ("(no route)", "GET", "404")}
+    assert metrics.requests[("(no route)", "other", "405")] == 1000
