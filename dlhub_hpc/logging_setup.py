@@ -1,5 +1,9 @@
 """Log output for the hub, workers and the gateway: plain text, or one JSON object a line.
 
+In text, a record's message has its control characters escaped (``\\n``, ``\\x1b``) and
+a traceback's lines are indented: names and inputs in messages are callers', and none may
+start a line that reads as a record of its own.
+
 ``setup_logging(level, "json")`` makes every record a JSON object with ``time``, ``level``,
 ``logger`` and ``message`` (and ``request_id`` where there is one, ``exc`` for a
 traceback), so that a request can be followed from the gateway through the hub to the
@@ -29,6 +33,36 @@ request_id_var: contextvars.ContextVar[str | Sequence[str] | None] = contextvars
     "dlhub_request_id", default=None)
 _BUILTIN = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "taskName"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character (newlines, escapes) written as an escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+class TextFormatter(logging.Formatter):
+    """A record a line: only a record starts a line at its first column."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        record.message = one_line(message)
+        try:
+            return super().formatMessage(record)
+        finally:  # other handlers may format the same record
+            record.message = message
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("  " + one_line(line) for line in text.split("\n"))
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,12 +96,24 @@ def setup_logging(level: int | str = logging.INFO, fmt: str = "text",
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(text_format))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(text_format))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+
+
+def default_logging(level: int) -> None:
+    """What ``logging.basicConfig`` does, in ``TextFormatter``: a stderr handler at
+    ``level`` where the root logger has none yet (a test's capture is left as it is)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter(TEXT_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import sys
 import click
 
 from dlhub_hpc.errors import DlhubHpcError
+from dlhub_hpc.logging_setup import default_logging
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, hub_address: str | None, verbose: int) -> None:
     """Publish scientific ML models and serve them warm on supercomputers."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    default_logging(level)
     ctx.obj = {"hub": hub_address}
 
 

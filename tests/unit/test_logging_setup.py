@@ -89,3 +89,42 @@ def test_a_text_hub_adds_no_flags() -> None:
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="text, json"):
         setup_logging("INFO", "yaml")
+
+
+def test_a_callers_newlines_cannot_forge_a_text_record() -> None:
+    """Servable names and paths in messages are callers': in text, one record is one line,
+    and only a record starts at the first column (a traceback's lines are indented)."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    out = io.StringIO()
+    setup_logging(logging.DEBUG, "text", out)
+    try:
+        log.debug("request for %s", "evil\n2024-01-01 00:00:00,000 ERROR dlhub_hpc fake\x1b[2J")
+        try:
+            raise ValueError("bad\nFORGED line")
+        except ValueError:
+            log.exception("failed on %s", "x\r\ny")
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+    text = out.getvalue()
+    starts = [line for line in text.splitlines() if not line.startswith(" ")]
+    assert len(starts) == 2, text
+    assert starts[0].endswith("request for evil\\n2024-01-01 00:00:00,000 ERROR dlhub_hpc "
+                              "fake\\x1b[2J")
+    assert starts[1].endswith("failed on x\\r\\ny")
+    assert "  FORGED line" in text.splitlines() and "\x1b" not in text
+
+
+def test_the_cli_logs_text_through_the_same_formatter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlhub_hpc.logging_setup import TextFormatter, default_logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    default_logging(logging.INFO)
+    [handler] = root.handlers
+    assert isinstance(handler.formatter, TextFormatter) and root.level == logging.INFO
