@@ -508,7 +508,7 @@ class BrokerServer(CallerIntake):
 def _woke(loop: LoopMetrics, asked: float, since: float) -> float:
     """Record how late a timed poll came back (poll rounds up to milliseconds)."""
     now = time.monotonic()
-    loop.woke(math.ceil(asked * 1000) / 1000, now - since)
+    loop.woke(math.ceil(asked * 1000) / 1000, now - since, now)
     return now
 
 

@@ -177,8 +177,8 @@ class HubCollector(Collector):
                                 "How late the loop's last timed wake-up came",
                                 value=loop.lag_seconds)
         yield GaugeMetricFamily(_name("loop_lag_max_seconds"),
-                                "The latest wake-up since the previous scrape",
-                                value=loop.take_max_lag())
+                                "The latest wake-up in the last minute",
+                                value=loop.max_lag())
 
 
 def _all_names() -> frozenset[str]:

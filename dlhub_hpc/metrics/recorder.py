@@ -9,6 +9,7 @@ write may see one observation in the count and not yet in the sum, never a broke
 from __future__ import annotations
 
 import logging
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -162,11 +163,16 @@ class BrokerMetrics:
         return []
 
 
+# Seconds dlhub_loop_lag_max_seconds looks back: longer than a scrape interval, so that
+# every scraper (Prometheus, a second one, ``top``) sees each spike; a scrape resets nothing.
+LAG_WINDOW = 60
+
+
 class LoopMetrics:
     """The hub loop itself: bytes through its sockets, how late and how busy it runs."""
 
-    __slots__ = ("busy_seconds", "lag_seconds", "max_lag_seconds", "received_bytes",
-                 "sent_bytes", "turns")
+    __slots__ = ("_lag_seconds_of", "_lag_slots", "busy_seconds", "lag_seconds",
+                 "received_bytes", "sent_bytes", "turns")
 
     def __init__(self) -> None:
         self.received_bytes = 0
@@ -174,26 +180,37 @@ class LoopMetrics:
         self.busy_seconds = 0.0  # time spent handling, not waiting in poll
         self.turns = 0
         self.lag_seconds = 0.0  # how late the last timed wake-up came
-        self.max_lag_seconds = 0.0  # the latest since the last scrape (reset by it)
+        # the latest wake-up of each of the last LAG_WINDOW seconds, and which second it was
+        self._lag_slots = [0.0] * LAG_WINDOW
+        self._lag_seconds_of = [-LAG_WINDOW] * LAG_WINDOW
 
     def __repr__(self) -> str:
         return f"LoopMetrics(turns={self.turns})"
 
-    def woke(self, asked: float, slept: float) -> None:
-        """The loop asked poll for ``asked`` seconds and came back after ``slept``."""
+    def woke(self, asked: float, slept: float, now: float | None = None) -> None:
+        """The loop asked poll for ``asked`` seconds and came back after ``slept``, at
+        ``now`` (monotonic seconds)."""
         late = slept - asked
         if late > 0:
             self.lag_seconds = late
-            if late > self.max_lag_seconds:
-                self.max_lag_seconds = late
+            second = int(time.monotonic() if now is None else now)
+            slot = second % LAG_WINDOW
+            if self._lag_seconds_of[slot] != second:
+                self._lag_seconds_of[slot] = second
+                self._lag_slots[slot] = late
+            elif late > self._lag_slots[slot]:
+                self._lag_slots[slot] = late
 
     def turn(self, seconds: float) -> None:
         self.turns += 1
         self.busy_seconds += seconds
 
-    def take_max_lag(self) -> float:
-        value, self.max_lag_seconds = self.max_lag_seconds, 0.0
-        return value
+    def max_lag(self, now: float | None = None) -> float:
+        """The latest wake-up in the last ``LAG_WINDOW`` seconds."""
+        second = int(time.monotonic() if now is None else now)
+        return max((late for late, at in zip(self._lag_slots, self._lag_seconds_of,
+                                              strict=True)
+                    if second - at < LAG_WINDOW), default=0.0)
 
 
 def frames_bytes(frames: Iterable[Any]) -> int:

@@ -124,7 +124,19 @@ def test_every_sample_a_hub_shows_is_a_declared_name() -> None:
     assert names <= METRIC_NAMES, names - METRIC_NAMES
     assert abs(value(found, "dlhub_loop_lag_seconds") - 0.04) < 1e-9
     assert value(found, "dlhub_loop_busy_seconds_total") == 0.002
-    assert samples(registry)[("dlhub_loop_lag_max_seconds", ())] == 0  # taken by the scrape
+    assert abs(samples(registry)[("dlhub_loop_lag_max_seconds", ())] - 0.04) < 1e-9
+
+
+def test_every_scraper_sees_the_worst_loop_lag_of_the_last_minute() -> None:
+    """top scrapes each second beside Prometheus: a scrape must not take the spike away."""
+    loop = LoopMetrics()
+    loop.woke(0.01, 2.01, now=100.0)  # a 2 s stall
+    loop.woke(0.01, 0.02, now=101.5)
+    assert loop.max_lag(now=102.0) == pytest.approx(2.0)
+    assert loop.max_lag(now=102.0) == pytest.approx(2.0)  # read twice: still there
+    assert loop.max_lag(now=159.0) == pytest.approx(2.0)
+    assert loop.max_lag(now=160.5) == pytest.approx(0.01)  # out of the window
+    assert loop.max_lag(now=300.0) == 0.0
 
 
 def test_frames_bytes_counts_array_views_in_bytes() -> None:
