@@ -285,6 +285,11 @@ class HubConfig(BaseModel):
                         f"benchmark_without_curve needs loopback addresses (tcp://127.0.0.1, "
                         f"tcp://[::1], tcp://localhost or ipc://), not {addr!r}: without "
                         "CurveZMQ anyone who reaches the hub acts as its admin")
+            if self.metrics_port is not None and not _loopback(f"tcp://{self.metrics_address}:0"):
+                # such a hub serves /metrics without its token: the series name every servable
+                raise ValueError(
+                    f"benchmark_without_curve serves metrics on loopback only, not "
+                    f"{self.metrics_address!r}: they are served without the metrics token")
         return self
 
     def __repr__(self) -> str:

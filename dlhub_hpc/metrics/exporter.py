@@ -10,6 +10,7 @@ servable, private ones too. ``metrics_page`` gives the body and content type for
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
@@ -66,6 +67,15 @@ def bearer_only(app: WsgiApp, token: str) -> WsgiApp:
     return guarded
 
 
+def _loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:  # a name or an interface: it may be reachable from elsewhere
+        return False
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes come every few seconds: no line each on stderr."""
@@ -114,6 +124,11 @@ class MetricsServer:
                                         name="dlhub-metrics", daemon=True)
         self._thread.start()
         logger.info("metrics at %s", self.url)
+        if not _loopback(self.address):
+            logger.warning("metrics at %s are reachable from other machines over plain HTTP: "
+                           "the bearer token and the series (every servable's name) cross "
+                           "the network in clear; scrape through an SSH tunnel or a TLS proxy",
+                           self.url)
         return self
 
     def stop(self) -> None:

@@ -34,3 +34,11 @@ def test_other_addresses_are_refused_without_curve(tmp_path: Path, address: str)
 def test_curve_is_on_by_default(tmp_path: Path) -> None:
     assert HubConfig(home=tmp_path, client_address="tcp://0.0.0.0:0").benchmark_without_curve \
         is False
+
+
+def test_its_metrics_stay_on_loopback(tmp_path: Path) -> None:
+    """Such a hub serves /metrics without the token: not to other machines."""
+    HubConfig(home=tmp_path, benchmark_without_curve=True, metrics_port=0)
+    with pytest.raises(ValidationError, match="metrics on loopback only"):
+        HubConfig(home=tmp_path, benchmark_without_curve=True, metrics_port=0,
+                  metrics_address="0.0.0.0")

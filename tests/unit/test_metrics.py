@@ -167,3 +167,20 @@ def test_quantiles_interpolate_within_the_bucket_as_prometheus_does() -> None:
     assert quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None
     assert since(buckets, [(0.1, 1.0), (0.2, 1.0), (float("inf"), 1.0)]) == [
         (0.1, 1.0), (0.2, 3.0), (float("inf"), 3.0)]
+
+
+def test_metrics_on_a_non_loopback_address_warn_that_the_token_goes_in_clear(
+        caplog: pytest.LogCaptureFixture) -> None:
+    server = MetricsServer(CollectorRegistry(), "0.0.0.0", 0, token="t")
+    with caplog.at_level("WARNING", logger="dlhub_hpc.metrics.exporter"):
+        server.start()
+    try:
+        assert any("in clear" in r.getMessage() for r in caplog.records)
+    finally:
+        server.stop()
+    caplog.clear()
+    loop = MetricsServer(CollectorRegistry(), token="t")
+    with caplog.at_level("WARNING", logger="dlhub_hpc.metrics.exporter"):
+        loop.start()
+    loop.stop()
+    assert not caplog.records
