@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "logging_setup": set(),
     "metrics": {"errors"},
     "references": {"errors"},
+    "globus_collections": {"errors", "references"},
     "protocol": {"errors", "references"},
     "localpath": {"errors", "protocol"},
     "transfer": {"errors", "protocol"},
