@@ -35,6 +35,7 @@ from dlhub_hpc.gateway.grpc_tensors import (
 from dlhub_hpc.gateway.names import servable_of, version_of
 from dlhub_hpc.gateway.service import (
     Gateway,
+    check_output_parameters,
     is_ready,
     model_config,
     model_metadata,
@@ -192,6 +193,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         token = metadata_token(context)
         servable = servable_of({"model": request.model_name})
         version = version_of({"version": request.model_version})
+        for i, output in enumerate(request.outputs):  # before the model runs, not after
+            check_output_parameters(output.parameters, f"outputs[{i}] ({output.name!r})")
         # The caller's deadline, where it set one, bounds the call at the hub too: a
         # request nobody waits for any more stops queueing there when the caller gives up.
         remaining = context.time_remaining()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -149,12 +149,12 @@ class Gateway:
         servable, version = servable_of(request.match_info), version_of(request.match_info)
         body = await read_body(request, request.app[MAX_BODY_KEY])
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-        params = header.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise InvalidInput("'parameters' must be a JSON object")
+        params = parameters_of(header, "")
+        binary_default = flag(params, "binary_data_output", False, "")
+        asked = requested_outputs(header)  # checked before the model runs, not after
         record, value = await self.call_model(token, servable, version,
                                               read_inputs(header, binary), params)
-        return respond(header, record, value, bool(params.get("binary_data_output")))
+        return respond(header, record, value, binary_default, asked)
 
     async def call_model(self, token: str, servable: str, version: int | None,
                          inputs: list[Tensor], params: dict[str, Any],
@@ -191,6 +191,55 @@ def select_outputs(value: Any, names: Collection[object]) -> list[tuple[str, np.
                                f"outputs are {', '.join(n for n, _ in tensors)}")
         tensors = [t for t in tensors if t[0] in names]
     return tensors
+
+
+def parameters_of(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``parameters`` object of a request or of one of its tensors ({} if none)."""
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{where}'parameters' must be a JSON object")
+    return params
+
+
+def flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    """A boolean parameter: JSON true or false, as Triton reads it (a string "false" is
+    not false)."""
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}'{key}' must be true or false, not {value!r:.40}")
+    return value
+
+
+def check_output_parameters(params: Mapping[str, object], where: str) -> None:
+    """Refuse an output asked for through an extension the server does not list: it
+    would come back as the plain tensor, not as what the caller asked for."""
+    if "classification" in params:
+        raise InvalidInput(f"{where}: classification (tritonclient's class_count) is not "
+                           "served here, and not in the server's extensions; ask for the "
+                           "output itself")
+
+
+def requested_outputs(header: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The request's ``outputs``: each name asked for, with its parameters (none asked
+    for: every output)."""
+    listed = header.get("outputs")
+    if listed is None:
+        return {}
+    if not isinstance(listed, list):
+        raise InvalidInput("'outputs' must be a list of objects, each with a 'name'")
+    asked: dict[str, dict[str, Any]] = {}
+    for i, output in enumerate(listed):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise InvalidInput(f"outputs[{i}] must be an object with a string 'name'")
+        where = f"outputs[{i}]"
+        params = parameters_of(output, f"{where}: ")
+        check_output_parameters(params, where)
+        if "binary_data" in params:
+            flag(params, "binary_data", False, f"{where}: ")
+        asked[output["name"]] = params
+    return asked
 
 
 def model_metadata(record: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +282,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     view = memoryview(body)
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # isascii: "²" (a latin-1 header byte) is a digit to isdigit, not to int
+        if not (header_length.isascii() and header_length.isdigit()) or \
+                int(header_length) > len(body):
             raise InvalidInput(f"{HEADER_LENGTH} {header_length!r} is not a length within "
                                f"the body's {len(body)} bytes")
         size = int(header_length)
@@ -279,13 +330,15 @@ def read_inputs(header: dict[str, Any], binary: memoryview) -> list[Any]:
 
 
 def respond(header: dict[str, Any], record: dict[str, Any], value: Any,
-            binary_default: bool) -> web.Response:
-    """The inference response: JSON, or JSON then binary data where an output asks so."""
-    asked = {o.get("name"): (o.get("parameters") or {}) for o in header.get("outputs") or []
-             if isinstance(o, dict)}
+            binary_default: bool, asked: dict[str, dict[str, Any]] | None = None
+            ) -> web.Response:
+    """The inference response: JSON, or JSON then binary data where an output asks so.
+    ``asked``: ``requested_outputs(header)``, where the caller has it already."""
+    if asked is None:
+        asked = requested_outputs(header)
     outputs, blobs = [], []
     for name, array in select_outputs(value, asked):
-        binary = bool(asked.get(name, {}).get("binary_data", binary_default))
+        binary = flag(asked.get(name, {}), "binary_data", binary_default, "")
         out, raw = encode_output(name, array, binary)
         outputs.append(out)
         blobs.append(raw)
