@@ -106,6 +106,12 @@ class HubConfig(BaseModel):
     max_queue_length: int = Field(default=10_000, ge=1)
     default_timeout: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=1, ge=0)
+    prefetch: bool = Field(
+        default=True,
+        description="send a busy worker its next batch while it runs the last one, when a "
+                    "full batch waits for it: the batch's trip to the worker overlaps the "
+                    "model's work (pooled workers and chunked inputs never get one ahead)",
+    )
     memo_max_bytes: int = Field(default=256 * 2**20, ge=0, description="0 turns memoization off")
     metrics_address: str = Field(
         default="127.0.0.1", description="where the hub serves Prometheus metrics (loopback)")

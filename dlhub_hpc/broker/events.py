@@ -235,7 +235,8 @@ class WorkerInfo:
     last_seen: float
     last_sent: float = 0.0  # when the hub last sent it anything that proves the hub alive
     state: str = "loading"  # loading -> idle <-> busy; -> draining (takes no new work)
-    batch_id: int | None = None
+    batch_id: int | None = None  # the batch it runs
+    next_batch: int | None = None  # sent ahead (HubConfig.prefetch): it runs that one next
     batches: int = 0
     items: int = 0
     ranks: int = 1

@@ -24,7 +24,7 @@ _STATES = {"loading", "idle", "busy", "sending", "draining"}
 
 def problems(state: BrokerState) -> list[str]:
     """Everything wrong with ``state``'s books."""
-    return [*_workers(state), *_batches(state), *_idle(state), *_queues(state),
+    return [*_workers(state), *_batches(state), *_idle(state), *_room(state), *_queues(state),
             *_deadlines(state), *_flights(state), *_pools(state)]
 
 
@@ -40,6 +40,10 @@ def _workers(s: BrokerState) -> Iterator[str]:
             yield f"worker {w.worker_id} is {w.state} with batch {w.batch_id}"
         if w.batch_id is not None and w.batch_id not in s._batches:
             yield f"worker {w.worker_id} holds batch {w.batch_id}, which is not in flight"
+        if w.next_batch is not None and (w.batch_id is None or w.next_batch not in s._batches
+                                         or w.pooled):
+            yield (f"worker {w.worker_id} holds batch {w.next_batch} ahead of "
+                   f"{w.batch_id} (pooled: {w.pooled})")
     counts = Counter(w.servable for w in s._workers.values() if not w.pooled)
     for key in set(counts) | set(s._worker_count):
         if s._worker_count[key] != counts[key]:
@@ -52,7 +56,7 @@ def _batches(s: BrokerState) -> Iterator[str]:
         worker = s._workers.get(flight.worker)
         if worker is None:
             yield f"batch {batch_id} is at worker {flight.worker!r}, which is not known"
-        elif worker.batch_id != batch_id:
+        elif batch_id not in (worker.batch_id, worker.next_batch):
             yield f"batch {batch_id} is at {worker.worker_id}, which holds {worker.batch_id}"
         elif worker.servable != flight.servable:
             yield f"batch {batch_id} of {flight.servable} is at a worker of {worker.servable}"
@@ -80,6 +84,18 @@ def _idle(s: BrokerState) -> Iterator[str]:
     for identity, w in s._workers.items():
         if w.state == "idle" and identity not in listed and not w.pooled:
             yield f"worker {w.worker_id} is idle but not listed for work"
+
+
+def _room(s: BrokerState) -> Iterator[str]:
+    for key, room in s._room.items():
+        for identity in room:
+            w = s._workers.get(identity)
+            if w is None:
+                yield f"{key} lists {identity!r} as having room, which is not known"
+            elif (w.servable != key or w.state != "busy" or w.pooled
+                  or w.next_batch is not None):
+                yield (f"{key} lists {w.worker_id} as having room; it is {w.state} for "
+                       f"{w.servable}, pooled {w.pooled}, ahead {w.next_batch}")
 
 
 def _queues(s: BrokerState) -> Iterator[str]:

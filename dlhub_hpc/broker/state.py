@@ -21,6 +21,7 @@ import heapq
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from itertools import islice
 from typing import Any
 
 from dlhub_hpc.broker.admission import admission_refusal, share_problems
@@ -88,6 +89,11 @@ from dlhub_hpc.servable.types import check_value
 
 logger = logging.getLogger(__name__)
 
+# A batch sent ahead waits for the one its worker runs: only where that is brief is it
+# worth it (the trip is then a real share of the cycle), and its same-node arrays wait as
+# memfd tickets, which expire (localpath TICKET_TTL, 60 s).
+AHEAD_MAX_SECONDS = 5.0
+
 __all__ = [
     "Action", "BrokerState", "Event", "FromClient", "FromWorker", "LoadServable",
     "ServableInfo", "Tick", "ToClient", "ToWorker", "ToWorkers",
@@ -120,6 +126,8 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
         self.shares: QueueShares[ServableKey] = QueueShares()  # queued per servable, user
         self._workers: dict[bytes, WorkerInfo] = {}
         self._idle: dict[ServableKey, dict[bytes, None]] = {}  # ordered sets, oldest first
+        # Busy workers that may be sent their next batch now (HubConfig.prefetch)
+        self._room: dict[ServableKey, dict[bytes, None]] = {}
         self._worker_count: Counter[ServableKey] = Counter()
         self._batches: dict[int, InFlight] = {}
         self._deadlines: list[tuple[float, int, Pending]] = []
@@ -419,8 +427,10 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
         idle = self._idle.get(info.key)
         queues = self._queues.get(info.key)
         while queues:
-            # the longest idle worker of its own, else a free pooled worker that holds it
+            # the longest idle worker of its own, else a free pooled worker that holds it,
+            # else a busy one to run a full batch next
             identity = next(iter(idle)) if idle else self.pools.free_holder(info)
+            ahead = identity is None and (identity := self._ahead_to(info, queues)) is not None
             if identity is None:
                 # a pooled worker loads it; with none connected, its pool pilot's
                 # block will (the request waits in the backlog: the pilot's demand)
@@ -444,17 +454,24 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
             for p in items:
                 self.shares.remove(p.servable, p.user)
             worker = self._workers[identity]
+            self._next_batch_id += 1
+            batch_id = self._next_batch_id
             if worker.pooled:
                 self.pools.use(identity, info.key)
                 worker.servable = info.key
+            elif ahead:
+                self._room[info.key].pop(identity)
+                worker.next_batch = batch_id
+                self.stats["batches_ahead"] += 1
             else:
                 self._idle[info.key].pop(identity)
+                if self.config.prefetch and not _streamed(items):
+                    self._room.setdefault(info.key, {})[identity] = None
             worker.last_sent = now
-            self._next_batch_id += 1
-            batch_id = self._next_batch_id
             self._batches[batch_id] = InFlight(identity, info.key, items, now)
             self._in_flight[info.key] += len(items)
-            worker.state, worker.batch_id = "busy", batch_id
+            if not ahead:
+                worker.state, worker.batch_id = "busy", batch_id
             self.stats["batches"] += 1
             self.stats["batched_items"] += len(items)
             if self.metrics is not None:
@@ -464,6 +481,24 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
                                                 params if any(params) else None,
                                                 ref_of(info.key) if worker.pooled else None,
                                                 [p.request_id for p in items])))
+
+    def _ahead_to(self, info: ServableInfo, queues: dict[str, RequestQueue]) -> bytes | None:
+        """A busy worker to send a batch ahead to: only a full one (a part-full batch
+        waits to fill while the workers are busy), of inputs that do not stream in
+        chunks (a worker receives those only once it runs them), and only for a servable
+        whose batches are known to run briefly (``AHEAD_MAX_SECONDS``)."""
+        room = self._room.get(info.key)
+        if not room:
+            return None
+        seconds = self._batch_seconds.get(info.key)
+        if seconds is None or seconds > AHEAD_MAX_SECONDS:
+            return None
+        queue = oldest_queue(queues)[0]
+        if queue is None or queue.live < info.max_batch_size:
+            return None
+        if any(type(p.payload) is StreamRef for p in islice(queue.items, info.max_batch_size)):
+            return None
+        return next(iter(room))
 
     def _requeue_front(self, p: Pending) -> None:
         queue = self._queues[p.servable][p.method]
@@ -495,6 +530,7 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
             ]
             for worker in silent:  # none of them may take the others' retries
                 self._idle.get(worker.servable, {}).pop(worker.identity, None)
+                self._room.get(worker.servable, {}).pop(worker.identity, None)
                 self.pools.hold_back(worker.identity)
             for identity in [w.identity for w in silent]:
                 self._lose_worker(
@@ -562,3 +598,9 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
             raise BrokerInvariantError(
                 "the broker's books do not balance: " + "; ".join(found)
                 + "; please report it with the events that led here", problems=found)
+
+
+def _streamed(items: list[Pending]) -> bool:
+    """Whether a batch's input streams in chunks: a batch sent ahead to its worker would
+    wait behind the whole transfer."""
+    return any(type(p.payload) is StreamRef for p in items)

@@ -54,6 +54,7 @@ class WorkerLifecycle(PoolDispatch):
     changes: int
     pipelines: PipelineRunner
     _idle: dict[ServableKey, dict[bytes, None]]
+    _room: dict[ServableKey, dict[bytes, None]]
     _batches: dict[int, InFlight]
     _in_flight: Counter[ServableKey]
     _batch_seconds: dict[ServableKey, float]
@@ -221,9 +222,11 @@ class WorkerLifecycle(PoolDispatch):
                 why = (f"worker returned {len(msg.results)} results for {len(flight.items)} "
                        "inputs") if wrong_count else "malformed result from worker"
                 self._answer(p, False, None, ProtocolError(why).to_wire(), msg.elapsed, out, now)
-        worker.state, worker.batch_id = "idle", None
         worker.batches += 1
         worker.items += len(flight.items)
+        if self._next_of(worker, msg.batch_id, now, out):
+            return
+        worker.state, worker.batch_id = "idle", None
         if worker.draining:  # it holds nothing now: let it go
             worker.state = "draining"
             out.append(ToWorker(identity, Shutdown("drained")))
@@ -239,6 +242,22 @@ class WorkerLifecycle(PoolDispatch):
             return
         self._idle.setdefault(worker.servable, {})[identity] = None
         self._dispatch(self._resolve(*worker.servable), now, out)
+
+    def _next_of(self, worker: WorkerInfo, done: int, now: float, out: list[Action]) -> bool:
+        """After batch ``done``: True if the worker holds another (sent ahead), which it
+        runs now; then it has room for the next one ahead, unless it drains."""
+        ahead = worker.next_batch
+        if ahead is None:
+            self._room.get(worker.servable, {}).pop(worker.identity, None)
+            return False
+        worker.next_batch = None
+        if done == worker.batch_id:
+            worker.batch_id = ahead
+        # else the one ahead answered first, and the other still runs
+        if not worker.draining:
+            self._room.setdefault(worker.servable, {})[worker.identity] = None
+            self._dispatch(self._resolve(*worker.servable), now, out)
+        return True
 
     def outputs_sent(self, identity: bytes, now: float) -> list[Action]:
         """The worker has no output transfer open any more (sent, aborted or stalled): it
@@ -283,6 +302,7 @@ class WorkerLifecycle(PoolDispatch):
             return
         worker.draining, worker.state = True, "draining"
         self._idle.get(worker.servable, {}).pop(identity, None)
+        self._room.get(worker.servable, {}).pop(identity, None)
         self._pool_drained(identity, now, out)  # a load it began goes to another
         self.stats["workers_drained"] += 1
         logger.info("worker %s (%s@%s) drains: %s", worker.worker_id, *worker.servable,
@@ -302,11 +322,20 @@ class WorkerLifecycle(PoolDispatch):
         else:
             self._worker_count[worker.servable] -= 1
         self._idle.get(worker.servable, {}).pop(identity, None)
+        self._room.get(worker.servable, {}).pop(identity, None)
         self.stats["workers_exited" if graceful else "workers_lost"] += 1
         logger.log(logging.INFO if graceful else logging.WARNING, "worker %s (%s@%s) gone: %s",
                    worker.worker_id, *worker.servable, why)
+        ahead = self._batches.pop(worker.next_batch, None) if worker.next_batch else None
+        if ahead is not None:  # never started: back to the front, no attempt counted
+            self._in_flight[worker.servable] -= len(ahead.items)
+            for p in reversed(ahead.items):
+                if not p.done:
+                    self._requeue_front(p)
         flight = self._batches.pop(worker.batch_id, None) if worker.batch_id else None
         if flight is None:
+            if ahead is not None:
+                self._dispatch(self._resolve(*worker.servable), now, out)
             if worker.pooled and worker.state == "loading":  # another may load it
                 self._dispatch(self._resolve(*worker.servable), now, out)
             return

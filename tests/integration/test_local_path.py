@@ -201,7 +201,11 @@ def test_a_sandboxed_workers_input_comes_by_the_path(
 
 
 def test_without_the_path_large_arrays_still_travel_and_it_is_said_once(
-        make_hub: Callable[..., Hub], caplog: pytest.LogCaptureFixture) -> None:
+        make_hub: Callable[..., Hub], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlhub_hpc.localpath import link
+
+    monkeypatch.setattr(link, "_told", set())  # once per process: another test may have said it
     hub = make_hub(local_fast_path=False)
     with Client(hub.client_address, timeout=60) as client:
         name = str(client.publish(EXAMPLES / "noop")["name"])

@@ -177,11 +177,14 @@ def check_books(state: BrokerState) -> None:
         for identity in idle:
             assert identity in workers and workers[identity].servable == key
             assert workers[identity].state == "idle"
-    for batch_id, flight in state._batches.items():
-        assert workers[flight.worker].batch_id == batch_id
+    for batch_id, flight in state._batches.items():  # the batch it runs, or the next
+        assert batch_id in (workers[flight.worker].batch_id, workers[flight.worker].next_batch)
     for identity, worker in workers.items():
         if worker.batch_id is not None:
             assert state._batches[worker.batch_id].worker == identity
+        if worker.next_batch is not None:
+            assert worker.batch_id is not None
+            assert state._batches[worker.next_batch].worker == identity
     for key in {w.servable for w in workers.values()} | set(state._worker_count):
         assert state._worker_count[key] == sum(1 for w in workers.values() if w.servable == key)
         in_flight = sum(len(f.items) for f in state._batches.values()

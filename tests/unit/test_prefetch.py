@@ -1,0 +1,122 @@
+"""A batch sent ahead (HubConfig.prefetch): to a busy worker, only full, never to a pooled
+worker or with chunked inputs; a worker lost with one ahead retries what ran and requeues
+what never started; a draining worker runs both before it is let go."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dlhub_hpc.broker.state import ServableInfo
+from dlhub_hpc.errors import WorkerLost
+from dlhub_hpc.protocol import BatchResult, Bye, Drain, StreamRef
+from dlhub_hpc.servable.types import ArgType
+from tests.unit.test_broker_state import (
+    FLOATS,
+    Catalog,
+    Hub,
+    batches,
+    error_of,
+    only_batch,
+    replies,
+    shutdowns,
+)
+
+PAIRS = ServableInfo("demo/pairs", 1, "digest-pairs", {"run": FLOATS}, max_batch_size=2)
+ANY = ServableInfo("demo/any", 1, "digest-any", {"run": ArgType(type="any")}, max_batch_size=2)
+
+
+def warm(hub: Hub, wid: str, servable: str, elapsed: float = 0.01) -> None:
+    """One batch run: the hub knows how long the servable's batches take."""
+    _, batch = only_batch(hub.request(f"warm-{wid}", [0.0], servable=servable))
+    hub.send(wid, BatchResult(batch.batch_id, [[True, 0.0]], elapsed))
+
+
+def busy_with_one_ahead(**config: Any) -> tuple[Hub, int, int]:
+    """w1 runs [r0] (it was idle) and holds [r1, r2] ahead; (hub, running id, ahead id)."""
+    hub = Hub(Catalog(PAIRS), heartbeat_interval=50.0, heartbeat_timeout=100.0, **config)
+    hub.tick(0.0)
+    hub.start("w1", "demo/pairs")
+    warm(hub, "w1", "demo/pairs")
+    _, running = only_batch(hub.request("r0", [0.0], servable="demo/pairs"))
+    assert batches(hub.request("r1", [1.0], servable="demo/pairs")) == []  # part-full
+    identity, ahead = only_batch(hub.request("r2", [2.0], servable="demo/pairs"))
+    assert identity == b"w1" and ahead.request_ids == ["r1", "r2"]
+    return hub, running.batch_id, ahead.batch_id
+
+
+def test_without_prefetch_nothing_goes_ahead() -> None:
+    hub = Hub(Catalog(PAIRS), heartbeat_interval=50.0, heartbeat_timeout=100.0,
+              prefetch=False)
+    hub.tick(0.0)
+    hub.start("w1", "demo/pairs")
+    hub.request("r0", [0.0], servable="demo/pairs")
+    for i in range(1, 6):
+        assert batches(hub.request(f"r{i}", [float(i)], servable="demo/pairs")) == []
+    assert hub.state.stats["batches_ahead"] == 0
+
+
+def test_nothing_goes_ahead_before_a_batch_ran_nor_for_long_batches() -> None:
+    hub = Hub(Catalog(PAIRS), heartbeat_interval=50.0, heartbeat_timeout=100.0)
+    hub.tick(0.0)
+    hub.start("w1", "demo/pairs")
+    _, first = only_batch(hub.request("r0", [0.0], servable="demo/pairs"))
+    for i in range(1, 5):  # its first batch may take minutes (a model warming up)
+        assert batches(hub.request(f"r{i}", [float(i)], servable="demo/pairs")) == []
+    out = hub.send("w1", BatchResult(first.batch_id, [[True, 0.0]], 30.0))
+    assert [b.request_ids for _, b in batches(out)] == [["r1", "r2"]]  # and none ahead
+    assert hub.state.stats["batches_ahead"] == 0
+
+
+def test_a_lost_worker_retries_what_ran_and_requeues_what_never_started() -> None:
+    hub, _, _ = busy_with_one_ahead(max_retries=0)
+    out = hub.send("w1", Bye("w1", "killed"))
+    answered = replies(out)
+    # no retries allowed: the one it ran fails, the two it never started wait for a worker
+    assert list(answered) == ["r0"] and isinstance(error_of(answered["r0"]), WorkerLost)
+    _, batch = only_batch(hub.start("w2", "demo/pairs"))
+    assert batch.request_ids == ["r1", "r2"]
+
+
+def test_a_lost_worker_with_retries_puts_what_ran_first() -> None:
+    hub, _, _ = busy_with_one_ahead(max_retries=1)
+    hub.start("w2", "demo/pairs")  # idle, with nothing queued yet
+    out = hub.send("w1", Bye("w1", "killed"))
+    assert replies(out) == {}
+    identity, retried = only_batch(out)  # r2 alone is no full batch to send ahead
+    assert identity == b"w2" and retried.request_ids == ["r0", "r1"]  # arrival order
+    assert hub.state.stats["retries"] == 1  # r0 ran; r1 and r2 never started
+    assert [b.request_ids for _, b in batches(hub.result("w2", retried.batch_id, 0.0, 1.0))
+            ] == [["r2"]]
+
+
+def test_a_draining_worker_runs_the_batch_it_holds_before_it_goes() -> None:
+    hub, running, ahead = busy_with_one_ahead()
+    assert shutdowns(hub.send("w1", Drain("w1", "walltime"))) == []
+    out = hub.result("w1", running, 0.0)
+    assert list(replies(out)) == ["r0"] and shutdowns(out) == []
+    hub.request("r3", [3.0], servable="demo/pairs")
+    assert batches(hub.request("r4", [4.0], servable="demo/pairs")) == []  # none to it
+    out = hub.result("w1", ahead, 1.0, 2.0)
+    assert sorted(replies(out)) == ["r1", "r2"] and shutdowns(out) == [b"w1"]
+
+
+def test_a_batch_with_a_chunked_input_never_goes_ahead_nor_has_one_behind() -> None:
+    hub = Hub(Catalog(ANY), heartbeat_interval=50.0, heartbeat_timeout=100.0)
+    hub.tick(0.0)
+    hub.start("w1", "demo/any")
+    warm(hub, "w1", "demo/any")
+    _, first = only_batch(hub.request("big", StreamRef("t-1", "<f8", (4,)),
+                                      servable="demo/any"))
+    for i in range(4):  # two full batches wait, but w1 is receiving its input in chunks
+        assert batches(hub.request(f"r{i}", [float(i)], servable="demo/any")) == []
+    out = hub.result("w1", first.batch_id, 0.0)
+    (_, second), (_, ahead) = batches(out)
+    assert second.request_ids == ["r0", "r1"] and ahead.request_ids == ["r2", "r3"]
+    hub.request("big2", StreamRef("t-2", "<f8", (4,)), servable="demo/any")
+    hub.request("r4", [4.0], servable="demo/any")
+    # w1 runs [r2, r3] now and has room, but the full batch waiting starts with a chunked
+    # input: it waits for w1 to be free
+    assert batches(hub.result("w1", second.batch_id, 0.0, 1.0)) == []
+    assert hub.state.stats["batches_ahead"] == 1
+    _, alone = only_batch(hub.result("w1", ahead.batch_id, 2.0, 3.0))
+    assert alone.request_ids == ["big2"]
