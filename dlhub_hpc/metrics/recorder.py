@@ -19,9 +19,11 @@ from dlhub_hpc import errors
 
 logger = logging.getLogger(__name__)
 
-# Seconds: from a memo hit (microseconds) to a slow model (a minute).
+# Seconds: from a memo hit (microseconds) to a request that started a pilot's block on
+# demand and waited minutes in the batch queue (past the last bucket, a quantile reads as
+# that bucket).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 # Items: powers of two up to the largest max_batch_size a hub allows.
 BATCH_BUCKETS = tuple(float(2**i) for i in range(13))
 
