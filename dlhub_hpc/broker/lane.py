@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from dlhub_hpc.broker.events import Checked, InputPlan
 from dlhub_hpc.broker.handoff import Handoff
 from dlhub_hpc.broker.memo import memo_key, packed_memo_key
-from dlhub_hpc.errors import DlhubHpcError, PayloadTooLarge, ProtocolError
+from dlhub_hpc.errors import DlhubHpcError, PayloadTooLarge, ProtocolError, ReferenceFormatError
 from dlhub_hpc.protocol import (
     Encoded,
     Message,
@@ -35,6 +35,7 @@ from dlhub_hpc.protocol import (
     packed_floats,
     split_request,
 )
+from dlhub_hpc.references import has_references
 from dlhub_hpc.servable.types import ArgType, check_value
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,11 @@ def check_input(plan: InputPlan, req: Request) -> Checked:
         if takes_floats_as_sent(plan.declared) and packed_floats(sent):
             return Checked(plan.declared, sent, memo_key=_packed_key(plan, sent))
         payload = expand_payload(sent, pause)
+        if has_references(payload):  # the loop never looks inside an input sent on as bytes
+            return Checked(plan.declared, error=ReferenceFormatError(
+                "a request over large_message_bytes may not name a file or URL (it would "
+                "reach the worker unread); send the large data by reference too, or the "
+                "references in a request of their own"))
     try:
         checked = check_value(plan.declared, payload)
     except DlhubHpcError as exc:

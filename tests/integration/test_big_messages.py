@@ -14,7 +14,8 @@ import pytest
 import zmq
 import zmq.utils.monitor
 
-from dlhub_hpc import Client, Hub, InvalidInput, PayloadTooLarge, ServableNotFound
+from dlhub_hpc import Client, Hub, InvalidInput, PayloadTooLarge, ServableNotFound, URLRef
+from dlhub_hpc.errors import ReferenceFormatError
 from dlhub_hpc.protocol import Reply, Request, decode, encode
 from dlhub_hpc.security.keys import curve_client, hub_public_key, user_keypair
 from tests.integration.conftest import curve_dealer, wait_for
@@ -98,6 +99,21 @@ def test_a_big_request_is_checked_while_workers_stay_registered(
         after = [w["worker_id"] for w in client.status()["workers"]]
     assert after == before
     assert hub.state.stats["workers_lost"] == 0
+
+
+def test_a_reference_in_a_request_over_the_large_message_size_never_reaches_a_worker(
+        make_hub: Callable[..., Hub]) -> None:
+    # Such a request is checked on the lane and sent on as the bytes it came in: a URL
+    # reference (and its bearer token) inside would reach the servable's code unread.
+    hub = make_hub()
+    with Client(hub.client_address, timeout=60) as client:
+        name = str(client.publish(EXAMPLES / "noop")["name"])  # input: any; echoes it
+        client.start_workers(name, 1)
+        client.wait_for_workers(name, 1, timeout=60)
+        ref = URLRef("https://data.example.org/frame.npy", token="callers.secret-token")
+        with pytest.raises(ReferenceFormatError, match="large_message_bytes"):
+            client.run(name, {"data": b"x" * (2 << 20), "frame": ref}, cache=False)
+        assert client.run(name, {"data": b"x" * (2 << 20)}, cache=False)["data"][:1] == b"x"
 
 
 @pytest.mark.parametrize("frames", [
