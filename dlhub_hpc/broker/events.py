@@ -252,5 +252,6 @@ class InFlight:
     servable: ServableKey  # the worker's, kept here so a flight names it on its own
     items: list[Pending]
     sent: float = 0.0
+    ahead: bool = False  # sent ahead (prefetch): it waits at its worker, counted as queued
 
 

@@ -58,6 +58,8 @@ def _batches(s: BrokerState) -> Iterator[str]:
             yield f"batch {batch_id} is at worker {flight.worker!r}, which is not known"
         elif batch_id not in (worker.batch_id, worker.next_batch):
             yield f"batch {batch_id} is at {worker.worker_id}, which holds {worker.batch_id}"
+        elif flight.ahead != (batch_id == worker.next_batch):
+            yield f"batch {batch_id} at {worker.worker_id} is marked ahead={flight.ahead}"
         elif worker.servable != flight.servable:
             yield f"batch {batch_id} of {flight.servable} is at a worker of {worker.servable}"
         if not flight.items:

@@ -88,7 +88,8 @@ def take_snapshot(queues: Mapping[ServableKey, Mapping[str, RequestQueue]],
     for flight in batches:  # the flight names its servable: no lookup of its worker
         name, version = flight.servable
         entry = counts.setdefault(f"{name}@{version}", [0, 0])
-        entry[1] += sum(1 for p in flight.items if not p.done)
+        # a batch sent ahead waits at its worker: still queued, for status and scaling
+        entry[0 if flight.ahead else 1] += sum(1 for p in flight.items if not p.done)
     views = tuple(
         WorkerView(w.worker_id, _serving(w), w.state, w.host, w.pid,
                    w.block, w.batches, w.items, w.ranks, _binding_text(w.binding))

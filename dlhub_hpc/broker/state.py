@@ -468,7 +468,7 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
                 if self.config.prefetch and not _streamed(items):
                     self._room.setdefault(info.key, {})[identity] = None
             worker.last_sent = now
-            self._batches[batch_id] = InFlight(identity, info.key, items, now)
+            self._batches[batch_id] = InFlight(identity, info.key, items, now, ahead)
             self._in_flight[info.key] += len(items)
             if not ahead:
                 worker.state, worker.batch_id = "busy", batch_id

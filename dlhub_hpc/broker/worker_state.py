@@ -253,6 +253,7 @@ class WorkerLifecycle(PoolDispatch):
         worker.next_batch = None
         if done == worker.batch_id:
             worker.batch_id = ahead
+            self._batches[ahead].ahead = False  # it runs now
         # else the one ahead answered first, and the other still runs
         if not worker.draining:
             self._room.setdefault(worker.servable, {})[worker.identity] = None

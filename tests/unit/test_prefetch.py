@@ -67,6 +67,13 @@ def test_nothing_goes_ahead_before_a_batch_ran_nor_for_long_batches() -> None:
     assert hub.state.stats["batches_ahead"] == 0
 
 
+def test_a_batch_ahead_counts_as_queued_until_it_runs() -> None:
+    hub, running, _ = busy_with_one_ahead()
+    assert hub.state.snapshot()["servables"]["demo/pairs@1"] == {"queued": 2, "in_flight": 1}
+    hub.result("w1", running, 0.0)
+    assert hub.state.snapshot()["servables"]["demo/pairs@1"] == {"queued": 0, "in_flight": 2}
+
+
 def test_a_lost_worker_retries_what_ran_and_requeues_what_never_started() -> None:
     hub, _, _ = busy_with_one_ahead(max_retries=0)
     out = hub.send("w1", Bye("w1", "killed"))
