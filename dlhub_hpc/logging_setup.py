@@ -46,6 +46,15 @@ def one_line(text: str) -> str:
 class TextFormatter(logging.Formatter):
     """A record a line: only a record starts a line at its first column."""
 
+    def format(self, record: logging.LogRecord) -> str:
+        # logging caches a record's traceback text for every handler; another formatter's
+        # (not indented) must not be reused here, nor ours elsewhere
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         message = record.message
         record.message = one_line(message)

@@ -82,6 +82,11 @@ class URLRef:
     def __post_init__(self) -> None:
         url = _check_target(self.url, "URL reference")
         parts = urlsplit(url)
+        try:
+            _ = parts.port  # urllib checks the port as it reads it
+        except ValueError:
+            raise ReferenceFormatError(f"URL reference {url[:200]!r} has no valid port "
+                                       "(1-65535)", reference=url[:200]) from None
         if parts.scheme != "https" or not parts.hostname:
             raise ReferenceFormatError(
                 f"URL reference {url[:200]!r} is not an https:// URL with a host",

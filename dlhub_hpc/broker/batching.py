@@ -10,6 +10,8 @@ next call of a caller that waits for each answer, goes at once.
 
 from __future__ import annotations
 
+from itertools import islice
+
 from dlhub_hpc.broker.events import Pending, RequestQueue, ServableInfo
 from dlhub_hpc.protocol import StreamRef
 
@@ -18,6 +20,10 @@ from dlhub_hpc.protocol import StreamRef
 AUTO_DELAY_SHARE = 0.1
 AUTO_DELAY_MIN = 0.001
 AUTO_DELAY_MAX = 0.05
+# A batch sent ahead waits for the one its worker runs: only where that is brief is it
+# worth it (the trip is then a real share of the cycle), and its same-node arrays wait as
+# memfd tickets, which expire (localpath TICKET_TTL, 60 s).
+AHEAD_MAX_SECONDS = 5.0
 
 
 def batch_delay(info: ServableInfo, batch_seconds: float | None) -> float:
@@ -71,3 +77,25 @@ def take(queue: RequestQueue, n: int) -> list[Pending]:
         if streamed:
             break
     return items
+
+
+def ahead_to(room: dict[bytes, None] | None, info: ServableInfo,
+             queues: dict[str, RequestQueue], batch_seconds: float | None) -> bytes | None:
+    """A busy worker (of ``room``, the longest busy first) to send a batch ahead to: only a
+    full one (a part-full batch waits to fill while the workers are busy), of inputs that
+    do not stream in chunks (a worker receives those only once it runs them), and only
+    for a servable whose batches are known to run briefly (``AHEAD_MAX_SECONDS``)."""
+    if not room or batch_seconds is None or batch_seconds > AHEAD_MAX_SECONDS:
+        return None
+    queue = oldest_queue(queues)[0]
+    if queue is None or queue.live < info.max_batch_size:
+        return None
+    if any(type(p.payload) is StreamRef for p in islice(queue.items, info.max_batch_size)):
+        return None
+    return next(iter(room))
+
+
+def streams_in(items: list[Pending]) -> bool:
+    """Whether a batch's input streams in chunks: a batch sent ahead to its worker would
+    wait behind the whole transfer."""
+    return any(type(p.payload) is StreamRef for p in items)

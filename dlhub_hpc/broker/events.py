@@ -211,6 +211,7 @@ class Pending:
     notice: str | None = None  # ServableInfo.notice, for the reply
     parameters: dict[str, Any] | None = None  # overrides of the method's defaults
     user: str = ""  # who asked: queues share their workers fairly between users
+    refused: bool = False  # a worker could not take its arrays once (expired tickets)
 
 
 def _by_user(p: Pending) -> str:

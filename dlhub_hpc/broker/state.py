@@ -21,11 +21,10 @@ import heapq
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from itertools import islice
 from typing import Any
 
 from dlhub_hpc.broker.admission import admission_refusal, share_problems
-from dlhub_hpc.broker.batching import oldest_queue, release_time, take
+from dlhub_hpc.broker.batching import ahead_to, oldest_queue, release_time, streams_in, take
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import (
     Action,
@@ -88,11 +87,6 @@ from dlhub_hpc.protocol import (
 from dlhub_hpc.servable.types import check_value
 
 logger = logging.getLogger(__name__)
-
-# A batch sent ahead waits for the one its worker runs: only where that is brief is it
-# worth it (the trip is then a real share of the cycle), and its same-node arrays wait as
-# memfd tickets, which expire (localpath TICKET_TTL, 60 s).
-AHEAD_MAX_SECONDS = 5.0
 
 __all__ = [
     "Action", "BrokerState", "Event", "FromClient", "FromWorker", "LoadServable",
@@ -430,7 +424,9 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
             # the longest idle worker of its own, else a free pooled worker that holds it,
             # else a busy one to run a full batch next
             identity = next(iter(idle)) if idle else self.pools.free_holder(info)
-            ahead = identity is None and (identity := self._ahead_to(info, queues)) is not None
+            if ahead := identity is None:
+                identity = ahead_to(self._room.get(info.key), info, queues,
+                                    self._batch_seconds.get(info.key))
             if identity is None:
                 # a pooled worker loads it; with none connected, its pool pilot's
                 # block will (the request waits in the backlog: the pilot's demand)
@@ -465,7 +461,7 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
                 self.stats["batches_ahead"] += 1
             else:
                 self._idle[info.key].pop(identity)
-                if self.config.prefetch and not _streamed(items):
+                if self.config.prefetch and not streams_in(items):
                     self._room.setdefault(info.key, {})[identity] = None
             worker.last_sent = now
             self._batches[batch_id] = InFlight(identity, info.key, items, now, ahead)
@@ -481,24 +477,6 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
                                                 params if any(params) else None,
                                                 ref_of(info.key) if worker.pooled else None,
                                                 [p.request_id for p in items])))
-
-    def _ahead_to(self, info: ServableInfo, queues: dict[str, RequestQueue]) -> bytes | None:
-        """A busy worker to send a batch ahead to: only a full one (a part-full batch
-        waits to fill while the workers are busy), of inputs that do not stream in
-        chunks (a worker receives those only once it runs them), and only for a servable
-        whose batches are known to run briefly (``AHEAD_MAX_SECONDS``)."""
-        room = self._room.get(info.key)
-        if not room:
-            return None
-        seconds = self._batch_seconds.get(info.key)
-        if seconds is None or seconds > AHEAD_MAX_SECONDS:
-            return None
-        queue = oldest_queue(queues)[0]
-        if queue is None or queue.live < info.max_batch_size:
-            return None
-        if any(type(p.payload) is StreamRef for p in islice(queue.items, info.max_batch_size)):
-            return None
-        return next(iter(room))
 
     def _requeue_front(self, p: Pending) -> None:
         queue = self._queues[p.servable][p.method]
@@ -598,9 +576,3 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
             raise BrokerInvariantError(
                 "the broker's books do not balance: " + "; ".join(found)
                 + "; please report it with the events that led here", problems=found)
-
-
-def _streamed(items: list[Pending]) -> bool:
-    """Whether a batch's input streams in chunks: a batch sent ahead to its worker would
-    wait behind the whole transfer."""
-    return any(type(p.payload) is StreamRef for p in items)

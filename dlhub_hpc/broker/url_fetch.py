@@ -92,7 +92,11 @@ def fetch(url: str, limit: int, timeout: float, via: ssl.SSLContext,
 
 def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or 443
+    try:
+        port = parts.port or 443
+    except ValueError:  # not a port: _get says so, typed, before anything is sent
+        port = -1
+    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 def _get(url: str, limit: int, deadline: float, via: ssl.SSLContext,

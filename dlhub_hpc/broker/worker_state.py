@@ -27,7 +27,7 @@ from dlhub_hpc.broker.events import (
 from dlhub_hpc.broker.gate import Gate
 from dlhub_hpc.broker.pipeline import PipelineRunner
 from dlhub_hpc.broker.pool_state import PoolDispatch
-from dlhub_hpc.errors import DlhubHpcError, ProtocolError, WorkerLost
+from dlhub_hpc.errors import DlhubHpcError, LocalPathRefused, ProtocolError, WorkerLost
 from dlhub_hpc.metrics.recorder import BrokerMetrics
 from dlhub_hpc.protocol import (
     BatchResult,
@@ -208,6 +208,35 @@ class WorkerLifecycle(PoolDispatch):
         results = msg.results
         if len(results) == 1 and _error_record(results[0]) is not None:
             results = results * len(flight.items)  # one error answers the whole batch
+        resent = self._send_again(flight, results)
+        if not resent:
+            self._answer_batch(flight, msg, results, now, out)
+        worker.batches += 1
+        worker.items += len(flight.items)
+        streams_out = any(type(r) is list and len(r) == 2 and r[0] is True
+                          and type(r[1]) is StreamRef for r in results)
+        if self._next_of(worker, msg.batch_id, now, out, streams_out):
+            if resent:
+                self._dispatch(self._resolve(*worker.servable), now, out)
+            return
+        worker.state, worker.batch_id = "idle", None
+        if worker.draining:  # it holds nothing now: let it go
+            worker.state = "draining"
+            out.append(ToWorker(identity, Shutdown("drained")))
+            return
+        if worker.pooled:
+            self._pool_freed(identity, now, out)
+            return
+        if streams_out:
+            # It sends those outputs in chunks before it reads anything else: a request
+            # given to it now would wait for them. The shell calls outputs_sent after.
+            worker.state = "sending"
+            return
+        self._idle.setdefault(worker.servable, {})[identity] = None
+        self._dispatch(self._resolve(*worker.servable), now, out)
+
+    def _answer_batch(self, flight: InFlight, msg: BatchResult, results: list[Any],
+                      now: float, out: list[Action]) -> None:
         wrong_count = len(results) != len(flight.items)
         for i, p in enumerate(flight.items):
             if p.done:
@@ -222,30 +251,28 @@ class WorkerLifecycle(PoolDispatch):
                 why = (f"worker returned {len(msg.results)} results for {len(flight.items)} "
                        "inputs") if wrong_count else "malformed result from worker"
                 self._answer(p, False, None, ProtocolError(why).to_wire(), msg.elapsed, out, now)
-        worker.batches += 1
-        worker.items += len(flight.items)
-        if self._next_of(worker, msg.batch_id, now, out):
-            return
-        worker.state, worker.batch_id = "idle", None
-        if worker.draining:  # it holds nothing now: let it go
-            worker.state = "draining"
-            out.append(ToWorker(identity, Shutdown("drained")))
-            return
-        if worker.pooled:
-            self._pool_freed(identity, now, out)
-            return
-        if any(type(r) is list and len(r) == 2 and r[0] is True and type(r[1]) is StreamRef
-               for r in results):
-            # It sends those outputs in chunks before it reads anything else: a request
-            # given to it now would wait for them. The shell calls outputs_sent after.
-            worker.state = "sending"
-            return
-        self._idle.setdefault(worker.servable, {})[identity] = None
-        self._dispatch(self._resolve(*worker.servable), now, out)
 
-    def _next_of(self, worker: WorkerInfo, done: int, now: float, out: list[Action]) -> bool:
+    def _send_again(self, flight: InFlight, results: list[Any]) -> bool:
+        """A batch whose same-node arrays its worker could not take (their tickets expired
+        while it ran the batch before, as one sent ahead may wait past a slow batch): its
+        requests go back to the front of the queue, with no attempt counted, to go again
+        with new tickets. Once: refused again, they are answered with the refusal."""
+        if not results or not all(_refused(r) for r in results):
+            return False
+        waiting = [p for p in flight.items if not p.done]
+        if not waiting or any(p.refused for p in waiting):
+            return False
+        for p in reversed(waiting):  # reversed + appendleft keeps their order
+            p.refused = True
+            self._requeue_front(p)
+        self.stats["batches_sent_again"] += 1
+        return True
+
+    def _next_of(self, worker: WorkerInfo, done: int, now: float, out: list[Action],
+                 streams_out: bool = False) -> bool:
         """After batch ``done``: True if the worker holds another (sent ahead), which it
-        runs now; then it has room for the next one ahead, unless it drains."""
+        runs now; then it has room for the next one ahead, unless it drains or first sends
+        ``done``'s outputs in chunks (as long as its callers take: nothing more waits)."""
         ahead = worker.next_batch
         if ahead is None:
             self._room.get(worker.servable, {}).pop(worker.identity, None)
@@ -255,7 +282,7 @@ class WorkerLifecycle(PoolDispatch):
             worker.batch_id = ahead
             self._batches[ahead].ahead = False  # it runs now
         # else the one ahead answered first, and the other still runs
-        if not worker.draining:
+        if not worker.draining and not streams_out:
             self._room.setdefault(worker.servable, {})[worker.identity] = None
             self._dispatch(self._resolve(*worker.servable), now, out)
         return True
@@ -364,6 +391,11 @@ class WorkerLifecycle(PoolDispatch):
                 self.stats["retries"] += 1
                 self._requeue_front(p)
         self._dispatch(self._resolve(name, version), now, out)
+
+
+def _refused(result: Any) -> bool:
+    error = _error_record(result)
+    return error is not None and error["type"] == LocalPathRefused.__name__
 
 
 def _error_record(result: Any) -> dict[str, Any] | None:

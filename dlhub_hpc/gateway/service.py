@@ -282,11 +282,12 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     view = memoryview(body)
     size = len(body)
     if header_length is not None:
-        # isascii: "²" (a latin-1 header byte) is a digit to isdigit, not to int
+        # isascii: "²" (a latin-1 header byte) is a digit to isdigit, not to int; and
+        # int() refuses over 4300 digits (no body is longer than 18 digits can say)
         if not (header_length.isascii() and header_length.isdigit()) or \
-                int(header_length) > len(body):
-            raise InvalidInput(f"{HEADER_LENGTH} {header_length!r} is not a length within "
-                               f"the body's {len(body)} bytes")
+                len(header_length) > 18 or int(header_length) > len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} {header_length[:40]!r} is not a length "
+                               f"within the body's {len(body)} bytes")
         size = int(header_length)
     try:
         header = _loads(bytes(view[:size]))

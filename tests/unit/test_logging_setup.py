@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from dlhub_hpc.logging_setup import (
+    TextFormatter,
     current_format,
     log_items,
     request_context,
@@ -128,3 +130,16 @@ def test_the_cli_logs_text_through_the_same_formatter(monkeypatch: pytest.Monkey
     default_logging(logging.INFO)
     [handler] = root.handlers
     assert isinstance(handler.formatter, TextFormatter) and root.level == logging.INFO
+
+
+def test_a_traceback_another_formatter_cached_is_still_indented() -> None:
+    plain, ours = logging.Formatter("%(message)s"), TextFormatter("%(message)s")
+    try:
+        raise ValueError("bad\nFORGED line")
+    except ValueError:
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 1, "failed", None,
+                                sys.exc_info())
+    plain.format(record)  # another handler first: logging caches its traceback text
+    lines = ours.format(record).splitlines()
+    assert lines[0] == "failed" and all(line.startswith("  ") for line in lines[1:])
+    assert "  FORGED line" in lines

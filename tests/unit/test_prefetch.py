@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from dlhub_hpc.broker.state import ServableInfo
-from dlhub_hpc.errors import WorkerLost
+from dlhub_hpc.errors import LocalPathRefused, WorkerLost
 from dlhub_hpc.protocol import BatchResult, Bye, Drain, StreamRef
 from dlhub_hpc.servable.types import ArgType
 from tests.unit.test_broker_state import (
@@ -72,6 +72,31 @@ def test_a_batch_ahead_counts_as_queued_until_it_runs() -> None:
     assert hub.state.snapshot()["servables"]["demo/pairs@1"] == {"queued": 2, "in_flight": 1}
     hub.result("w1", running, 0.0)
     assert hub.state.snapshot()["servables"]["demo/pairs@1"] == {"queued": 0, "in_flight": 2}
+
+
+def test_nothing_more_goes_ahead_while_a_worker_sends_outputs_in_chunks() -> None:
+    hub, running, ahead = busy_with_one_ahead()
+    hub.request("r3", [3.0], servable="demo/pairs")
+    hub.request("r4", [4.0], servable="demo/pairs")  # a full batch waits
+    out = hub.send("w1", BatchResult(running, [[True, StreamRef("out-1", "<f8", (4,))]]))
+    # w1 sends r0's output in chunks, as long as r0's caller takes them, then runs [r1, r2]
+    assert batches(out) == []
+    _, freed = only_batch(hub.result("w1", ahead, 1.0, 2.0))
+    assert freed.request_ids == ["r3", "r4"]
+
+
+def test_a_batch_whose_tickets_expired_goes_again_once() -> None:
+    hub, running, ahead = busy_with_one_ahead()
+    hub.result("w1", running, 0.0)
+    refused = [[False, LocalPathRefused("a local-path ticket in this message is unknown, "
+                                        "used already, expired or another caller's").to_wire()]]
+    out = hub.send("w1", BatchResult(ahead, refused))
+    assert replies(out) == {}  # not answered: sent again, with new tickets to come
+    _, again = only_batch(out)
+    assert again.request_ids == ["r1", "r2"] and hub.state.stats["retries"] == 0
+    out = hub.send("w1", BatchResult(again.batch_id, refused))
+    assert sorted(replies(out)) == ["r1", "r2"]
+    assert all(isinstance(error_of(r), LocalPathRefused) for r in replies(out).values())
 
 
 def test_a_lost_worker_retries_what_ran_and_requeues_what_never_started() -> None:

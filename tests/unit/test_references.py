@@ -48,7 +48,8 @@ def test_a_malformed_reference_record_is_a_protocol_error(record: bytes) -> None
 @pytest.mark.parametrize(("make", "target"), [
     (FileRef, "frame.npy"), (FileRef, "/a\x00b"), (FileRef, ""),
     (URLRef, "file:///etc/passwd"), (URLRef, "https:///nohost"), (URLRef, "gopher://h/x"),
-    (URLRef, "http://127.0.0.1/x.npy"),
+    (URLRef, "http://127.0.0.1/x.npy"), (URLRef, "https://example.org:99999/x"),
+    (URLRef, "https://example.org:port/x"),
 ])
 def test_references_refuse_what_cannot_name_a_file_or_url(make: type, target: str) -> None:
     with pytest.raises(ReferenceFormatError):

@@ -121,3 +121,12 @@ def test_without_a_token_nothing_is_sent_and_the_refusal_says_what_to_do(
         _fetch(f"{a.url}/private", certificate, "another.token")
     assert "another.token" not in refused.value.message
     assert "another.token" not in str(refused.value.details)
+
+
+def test_a_redirect_to_a_port_that_is_none_fails_typed(
+        sites: tuple[Site, Site], certificate: tuple[Path, Path]) -> None:
+    a, _ = sites
+    with pytest.raises(URLFetchFailed, match="could not fetch"):
+        _fetch(f"{a.url}/to?https://127.0.0.1:99999/x", certificate, TOKEN)
+    with pytest.raises(URLFetchFailed, match="could not fetch"):
+        _fetch("https://127.0.0.1:99999/x", certificate, TOKEN)
