@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,7 +112,10 @@ class FakeHub:
 
 
 @pytest.fixture
-def fake_hub() -> Iterator[FakeHub]:
+def fake_hub(keys_dir: Path) -> Iterator[FakeHub]:
+    # Keys of their own: a real hub of another test may have recorded a credential for
+    # this port in the user's key directory, and the worker would then speak CurveZMQ to
+    # this plain socket, which never answers.
     hub = FakeHub()
     yield hub
     hub.close()
