@@ -471,7 +471,8 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
             self.stats["batches"] += 1
             self.stats["batched_items"] += len(items)
             if self.metrics is not None:
-                self.metrics.dispatched(info.key, method, items, len(items), now)
+                self.metrics.dispatched(info.key, method, () if ahead else items,
+                                        len(items), now)
             params = [p.parameters for p in items]  # per item; None in the common case
             out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items],
                                                 params if any(params) else None,

@@ -280,7 +280,11 @@ class WorkerLifecycle(PoolDispatch):
         worker.next_batch = None
         if done == worker.batch_id:
             worker.batch_id = ahead
-            self._batches[ahead].ahead = False  # it runs now
+            flight = self._batches[ahead]
+            flight.ahead = False  # it runs now: its requests waited until now
+            if self.metrics is not None and flight.items:
+                self.metrics.started(flight.servable, flight.items[0].method, flight.items,
+                                     now)
         # else the one ahead answered first, and the other still runs
         if not worker.draining and not streams_out:
             self._room.setdefault(worker.servable, {})[worker.identity] = None

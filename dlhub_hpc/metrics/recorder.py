@@ -144,10 +144,17 @@ class BrokerMetrics:
 
     def dispatched(self, servable: tuple[str, int], method: str,
                    items: Iterable[Answered], size: int, now: float) -> None:
+        """A batch of ``size`` left the queue; ``items`` start now (a batch sent ahead
+        passes none: its requests start when its worker takes it up, ``started``)."""
         s = self._series(servable, method)
         s.batch_size.observe(size)
         s.batch_wait.observe(now - self._held_since.pop(servable, now))
-        observe = s.queue_wait.observe
+        self.started(servable, method, items, now)
+
+    def started(self, servable: tuple[str, int], method: str, items: Iterable[Answered],
+                now: float) -> None:
+        """``items`` start to run: each waited since it arrived."""
+        observe = self._series(servable, method).queue_wait.observe
         for p in items:
             observe(now - p.arrived)
 

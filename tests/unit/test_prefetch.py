@@ -8,6 +8,7 @@ from typing import Any
 
 from dlhub_hpc.broker.state import ServableInfo
 from dlhub_hpc.errors import LocalPathRefused, WorkerLost
+from dlhub_hpc.metrics.recorder import BrokerMetrics
 from dlhub_hpc.protocol import BatchResult, Bye, Drain, StreamRef
 from dlhub_hpc.servable.types import ArgType
 from tests.unit.test_broker_state import (
@@ -97,6 +98,21 @@ def test_a_batch_whose_tickets_expired_goes_again_once() -> None:
     out = hub.send("w1", BatchResult(again.batch_id, refused))
     assert sorted(replies(out)) == ["r1", "r2"]
     assert all(isinstance(error_of(r), LocalPathRefused) for r in replies(out).values())
+
+
+def test_a_batch_aheads_queue_wait_runs_until_its_worker_takes_it_up() -> None:
+    hub, running, ahead = busy_with_one_ahead()  # r1, r2 arrived at 0
+    hub.state.metrics = metrics = BrokerMetrics()
+    hub.now = 1.0
+    hub.request("r3", [3.0], servable="demo/pairs")
+    hub.request("r4", [4.0], servable="demo/pairs")  # full, but w1 holds one ahead already
+    hub.now = 2.0
+    hub.result("w1", running, 0.0)  # [r1, r2] start now; [r3, r4] go ahead, not started
+    (series,) = metrics.series.values()
+    assert sum(series.queue_wait.counts) == 2 and series.queue_wait.sum == 4.0  # 2 s each
+    hub.now = 5.0
+    hub.result("w1", ahead, 1.0, 2.0)  # [r3, r4] start: they waited 4 s each
+    assert sum(series.queue_wait.counts) == 4 and series.queue_wait.sum == 4.0 + 8.0
 
 
 def test_a_lost_worker_retries_what_ran_and_requeues_what_never_started() -> None:
