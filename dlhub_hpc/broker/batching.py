@@ -11,9 +11,12 @@ next call of a caller that waits for each answer, goes at once.
 from __future__ import annotations
 
 from itertools import islice
+from typing import Any
+
+import numpy as np
 
 from dlhub_hpc.broker.events import Pending, RequestQueue, ServableInfo
-from dlhub_hpc.protocol import StreamRef
+from dlhub_hpc.protocol import Encoded, StreamRef
 
 # A servable that sets no max_batch_delay waits a tenth of its recent batch time: a model
 # whose batch takes 25 ms gains a fuller batch for 2.5 ms, a fast one waits next to nothing.
@@ -24,6 +27,9 @@ AUTO_DELAY_MAX = 0.05
 # worth it (the trip is then a real share of the cycle), and its same-node arrays wait as
 # memfd tickets, which expire (localpath TICKET_TTL, 60 s).
 AHEAD_MAX_SECONDS = 5.0
+# ... and only with data worth hiding the trip of (CurveZMQ both ways, a copy): a batch of
+# small inputs gains little, and would make a caller arriving now wait one batch more
+AHEAD_MIN_BYTES = 64 * 1024
 
 
 def batch_delay(info: ServableInfo, batch_seconds: float | None) -> float:
@@ -84,15 +90,31 @@ def ahead_to(room: dict[bytes, None] | None, info: ServableInfo,
     """A busy worker (of ``room``, the longest busy first) to send a batch ahead to: only a
     full one (a part-full batch waits to fill while the workers are busy), of inputs that
     do not stream in chunks (a worker receives those only once it runs them), and only
-    for a servable whose batches are known to run briefly (``AHEAD_MAX_SECONDS``)."""
+    for a servable whose batches are known to run briefly (``AHEAD_MAX_SECONDS``), with
+    data enough to be worth it (``AHEAD_MIN_BYTES``)."""
     if not room or batch_seconds is None or batch_seconds > AHEAD_MAX_SECONDS:
         return None
     queue = oldest_queue(queues)[0]
     if queue is None or queue.live < info.max_batch_size:
         return None
-    if any(type(p.payload) is StreamRef for p in islice(queue.items, info.max_batch_size)):
+    front = list(islice(queue.items, info.max_batch_size))
+    if any(type(p.payload) is StreamRef for p in front):
+        return None
+    if sum(payload_bytes(p.payload) for p in front) < AHEAD_MIN_BYTES:
         return None
     return next(iter(room))
+
+
+def payload_bytes(payload: Any) -> int:
+    """The bytes an input carries in arrays, bytes or encoded form (other values: 0)."""
+    kind = type(payload)
+    if kind is np.ndarray:
+        return int(payload.nbytes)
+    if kind is Encoded:
+        return memoryview(payload.data).nbytes
+    if kind is bytes or kind is bytearray:
+        return len(payload)
+    return 0
 
 
 def streams_in(items: list[Pending]) -> bool:

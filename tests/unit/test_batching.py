@@ -169,30 +169,3 @@ def test_a_streamed_input_goes_in_a_batch_of_its_own() -> None:
     assert [p.payload for p in take(queue, 8)] == [ref]
     assert [p.payload for p in take(queue, 8)] == [3.0, 4.0]
     assert queue.live == 0
-
-
-def test_under_load_a_full_batch_goes_ahead_to_the_busy_worker(hub: Hub) -> None:
-    start_all(hub, "w1")
-    _, warm = only_batch(at(hub, 0.0, "warm"))  # a batch ran: the hub knows they are brief
-    hub.result("w1", warm.batch_id, 1.0)
-    _, first = only_batch(at(hub, 0.0, "r0", 0.0))
-    assert at(hub, 0.001, "r1", 1.0) == [] and at(hub, 0.002, "r2", 2.0) == []  # part-full
-    identity, ahead = only_batch(at(hub, 0.003, "r3", 3.0))  # full: it goes while w1 runs
-    assert identity == b"w1" and ahead.payloads == [[1.0], [2.0], [3.0]]
-    for i in range(4, 7):  # another full batch, but w1 holds one ahead already
-        assert at(hub, i / 1000, f"r{i}", float(i)) == []
-    assert hub.state.stats["batches_ahead"] == 1
-    hub.now = 0.1
-    actions = hub.result("w1", first.batch_id, 0.0)
-    assert list(replies(actions)) == ["r0"]
-    # w1 now runs the batch it holds, and has room again: the next full batch goes ahead
-    _, third = only_batch(actions)
-    assert third.payloads == [[4.0], [5.0], [6.0]]
-    hub.now = 0.2
-    actions = hub.result("w1", ahead.batch_id, 1.0, 2.0, 3.0)
-    assert list(replies(actions)) == ["r1", "r2", "r3"] and batches(actions) == []
-    assert at(hub, 0.21, "r7", 7.0) == []  # part-full: it waits for w1, not ahead of it
-    hub.now = 0.3
-    actions = hub.result("w1", third.batch_id, 4.0, 5.0, 6.0)
-    assert list(replies(actions)) == ["r4", "r5", "r6"]
-    assert only_batch(actions)[1].payloads == [[7.0]]

@@ -12,7 +12,6 @@ from dlhub_hpc.metrics.recorder import BrokerMetrics
 from dlhub_hpc.protocol import BatchResult, Bye, Drain, StreamRef
 from dlhub_hpc.servable.types import ArgType
 from tests.unit.test_broker_state import (
-    FLOATS,
     Catalog,
     Hub,
     batches,
@@ -22,8 +21,14 @@ from tests.unit.test_broker_state import (
     shutdowns,
 )
 
-PAIRS = ServableInfo("demo/pairs", 1, "digest-pairs", {"run": FLOATS}, max_batch_size=2)
+PAIRS = ServableInfo("demo/pairs", 1, "digest-pairs", {"run": ArgType(type="any")},
+                     max_batch_size=2)
 ANY = ServableInfo("demo/any", 1, "digest-any", {"run": ArgType(type="any")}, max_batch_size=2)
+
+
+def big(x: float) -> bytes:
+    """An input of 40 KB: two make a batch worth sending ahead (AHEAD_MIN_BYTES)."""
+    return bytes([int(x) % 256]) * 40_000
 
 
 def warm(hub: Hub, wid: str, servable: str, elapsed: float = 0.01) -> None:
@@ -38,9 +43,9 @@ def busy_with_one_ahead(**config: Any) -> tuple[Hub, int, int]:
     hub.tick(0.0)
     hub.start("w1", "demo/pairs")
     warm(hub, "w1", "demo/pairs")
-    _, running = only_batch(hub.request("r0", [0.0], servable="demo/pairs"))
-    assert batches(hub.request("r1", [1.0], servable="demo/pairs")) == []  # part-full
-    identity, ahead = only_batch(hub.request("r2", [2.0], servable="demo/pairs"))
+    _, running = only_batch(hub.request("r0", big(0), servable="demo/pairs"))
+    assert batches(hub.request("r1", big(1), servable="demo/pairs")) == []  # part-full
+    identity, ahead = only_batch(hub.request("r2", big(2), servable="demo/pairs"))
     assert identity == b"w1" and ahead.request_ids == ["r1", "r2"]
     return hub, running.batch_id, ahead.batch_id
 
@@ -50,9 +55,9 @@ def test_without_prefetch_nothing_goes_ahead() -> None:
               prefetch=False)
     hub.tick(0.0)
     hub.start("w1", "demo/pairs")
-    hub.request("r0", [0.0], servable="demo/pairs")
+    hub.request("r0", big(0), servable="demo/pairs")
     for i in range(1, 6):
-        assert batches(hub.request(f"r{i}", [float(i)], servable="demo/pairs")) == []
+        assert batches(hub.request(f"r{i}", big(i), servable="demo/pairs")) == []
     assert hub.state.stats["batches_ahead"] == 0
 
 
@@ -60,11 +65,23 @@ def test_nothing_goes_ahead_before_a_batch_ran_nor_for_long_batches() -> None:
     hub = Hub(Catalog(PAIRS), heartbeat_interval=50.0, heartbeat_timeout=100.0)
     hub.tick(0.0)
     hub.start("w1", "demo/pairs")
-    _, first = only_batch(hub.request("r0", [0.0], servable="demo/pairs"))
+    _, first = only_batch(hub.request("r0", big(0), servable="demo/pairs"))
     for i in range(1, 5):  # its first batch may take minutes (a model warming up)
-        assert batches(hub.request(f"r{i}", [float(i)], servable="demo/pairs")) == []
+        assert batches(hub.request(f"r{i}", big(i), servable="demo/pairs")) == []
     out = hub.send("w1", BatchResult(first.batch_id, [[True, 0.0]], 30.0))
     assert [b.request_ids for _, b in batches(out)] == [["r1", "r2"]]  # and none ahead
+    assert hub.state.stats["batches_ahead"] == 0
+
+
+def test_a_batch_of_small_inputs_never_goes_ahead() -> None:
+    # its trip is short, so it gains little, and a caller arriving now would wait a batch more
+    hub = Hub(Catalog(PAIRS), heartbeat_interval=50.0, heartbeat_timeout=100.0)
+    hub.tick(0.0)
+    hub.start("w1", "demo/pairs")
+    warm(hub, "w1", "demo/pairs")
+    hub.request("r0", [0.0], servable="demo/pairs")
+    for i in range(1, 7):
+        assert batches(hub.request(f"r{i}", [float(i)], servable="demo/pairs")) == []
     assert hub.state.stats["batches_ahead"] == 0
 
 
@@ -77,8 +94,8 @@ def test_a_batch_ahead_counts_as_queued_until_it_runs() -> None:
 
 def test_nothing_more_goes_ahead_while_a_worker_sends_outputs_in_chunks() -> None:
     hub, running, ahead = busy_with_one_ahead()
-    hub.request("r3", [3.0], servable="demo/pairs")
-    hub.request("r4", [4.0], servable="demo/pairs")  # a full batch waits
+    hub.request("r3", big(3), servable="demo/pairs")
+    hub.request("r4", big(4), servable="demo/pairs")  # a full batch waits
     out = hub.send("w1", BatchResult(running, [[True, StreamRef("out-1", "<f8", (4,))]]))
     # w1 sends r0's output in chunks, as long as r0's caller takes them, then runs [r1, r2]
     assert batches(out) == []
@@ -104,8 +121,8 @@ def test_a_batch_aheads_queue_wait_runs_until_its_worker_takes_it_up() -> None:
     hub, running, ahead = busy_with_one_ahead()  # r1, r2 arrived at 0
     hub.state.metrics = metrics = BrokerMetrics()
     hub.now = 1.0
-    hub.request("r3", [3.0], servable="demo/pairs")
-    hub.request("r4", [4.0], servable="demo/pairs")  # full, but w1 holds one ahead already
+    hub.request("r3", big(3), servable="demo/pairs")
+    hub.request("r4", big(4), servable="demo/pairs")  # full, but w1 holds one ahead already
     hub.now = 2.0
     hub.result("w1", running, 0.0)  # [r1, r2] start now; [r3, r4] go ahead, not started
     (series,) = metrics.series.values()
@@ -142,8 +159,8 @@ def test_a_draining_worker_runs_the_batch_it_holds_before_it_goes() -> None:
     assert shutdowns(hub.send("w1", Drain("w1", "walltime"))) == []
     out = hub.result("w1", running, 0.0)
     assert list(replies(out)) == ["r0"] and shutdowns(out) == []
-    hub.request("r3", [3.0], servable="demo/pairs")
-    assert batches(hub.request("r4", [4.0], servable="demo/pairs")) == []  # none to it
+    hub.request("r3", big(3), servable="demo/pairs")
+    assert batches(hub.request("r4", big(4), servable="demo/pairs")) == []  # none to it
     out = hub.result("w1", ahead, 1.0, 2.0)
     assert sorted(replies(out)) == ["r1", "r2"] and shutdowns(out) == [b"w1"]
 
@@ -156,12 +173,12 @@ def test_a_batch_with_a_chunked_input_never_goes_ahead_nor_has_one_behind() -> N
     _, first = only_batch(hub.request("big", StreamRef("t-1", "<f8", (4,)),
                                       servable="demo/any"))
     for i in range(4):  # two full batches wait, but w1 is receiving its input in chunks
-        assert batches(hub.request(f"r{i}", [float(i)], servable="demo/any")) == []
+        assert batches(hub.request(f"r{i}", big(i), servable="demo/any")) == []
     out = hub.result("w1", first.batch_id, 0.0)
     (_, second), (_, ahead) = batches(out)
     assert second.request_ids == ["r0", "r1"] and ahead.request_ids == ["r2", "r3"]
     hub.request("big2", StreamRef("t-2", "<f8", (4,)), servable="demo/any")
-    hub.request("r4", [4.0], servable="demo/any")
+    hub.request("r4", big(4), servable="demo/any")
     # w1 runs [r2, r3] now and has room, but the full batch waiting starts with a chunked
     # input: it waits for w1 to be free
     assert batches(hub.result("w1", second.batch_id, 0.0, 1.0)) == []
