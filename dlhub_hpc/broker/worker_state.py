@@ -213,9 +213,7 @@ class WorkerLifecycle(PoolDispatch):
             self._answer_batch(flight, msg, results, now, out)
         worker.batches += 1
         worker.items += len(flight.items)
-        streams_out = any(type(r) is list and len(r) == 2 and r[0] is True
-                          and type(r[1]) is StreamRef for r in results)
-        if self._next_of(worker, msg.batch_id, now, out, streams_out):
+        if self._next_of(worker, msg.batch_id, now, out, results):
             if resent:
                 self._dispatch(self._resolve(*worker.servable), now, out)
             return
@@ -227,7 +225,7 @@ class WorkerLifecycle(PoolDispatch):
         if worker.pooled:
             self._pool_freed(identity, now, out)
             return
-        if streams_out:
+        if _streams_out(results):
             # It sends those outputs in chunks before it reads anything else: a request
             # given to it now would wait for them. The shell calls outputs_sent after.
             worker.state = "sending"
@@ -269,10 +267,11 @@ class WorkerLifecycle(PoolDispatch):
         return True
 
     def _next_of(self, worker: WorkerInfo, done: int, now: float, out: list[Action],
-                 streams_out: bool = False) -> bool:
-        """After batch ``done``: True if the worker holds another (sent ahead), which it
-        runs now; then it has room for the next one ahead, unless it drains or first sends
-        ``done``'s outputs in chunks (as long as its callers take: nothing more waits)."""
+                 results: list[Any]) -> bool:
+        """After batch ``done`` (its ``results``): True if the worker holds another (sent
+        ahead), which it runs now; then it has room for the next one ahead, unless it
+        drains or first sends ``done``'s outputs in chunks (as long as its callers take:
+        nothing more waits)."""
         ahead = worker.next_batch
         if ahead is None:
             self._room.get(worker.servable, {}).pop(worker.identity, None)
@@ -286,7 +285,7 @@ class WorkerLifecycle(PoolDispatch):
                 self.metrics.started(flight.servable, flight.items[0].method, flight.items,
                                      now)
         # else the one ahead answered first, and the other still runs
-        if not worker.draining and not streams_out:
+        if not worker.draining and not _streams_out(results):
             self._room.setdefault(worker.servable, {})[worker.identity] = None
             self._dispatch(self._resolve(*worker.servable), now, out)
         return True
@@ -395,6 +394,12 @@ class WorkerLifecycle(PoolDispatch):
                 self.stats["retries"] += 1
                 self._requeue_front(p)
         self._dispatch(self._resolve(name, version), now, out)
+
+
+def _streams_out(results: list[Any]) -> bool:
+    """Whether the worker sends some of these outputs in chunks before it reads on."""
+    return any(type(r) is list and len(r) == 2 and r[0] is True and type(r[1]) is StreamRef
+               for r in results)
 
 
 def _refused(result: Any) -> bool:

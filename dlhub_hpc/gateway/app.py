@@ -10,7 +10,6 @@ callable gets the application before it starts, to add routes or middlewares of 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 from collections.abc import Callable, Iterable
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dlhub_hpc.gateway.hubclient import HubClient
 from dlhub_hpc.gateway.service import Gateway
 from dlhub_hpc.gateway.statuses import MAX_BODY_KEY, protocol_errors
+from dlhub_hpc.metrics.exporter import loopback_host
 from dlhub_hpc.metrics.gateway import METRICS_KEY, metrics_setup
 from dlhub_hpc.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -32,15 +32,6 @@ AppSetup = Callable[[web.Application], None]
 GATEWAY_KEY = web.AppKey("dlhub_gateway", Gateway)
 # Added to every gateway's application: other parts (metrics) register here on import.
 SETUP_HOOKS: list[AppSetup] = [metrics_setup]  # GET /metrics: the gateway's own series
-
-
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a name or an interface: it may be reachable from elsewhere
-        return False
 
 
 class GatewayConfig(BaseModel):
@@ -61,7 +52,7 @@ class GatewayConfig(BaseModel):
     def _tls_pair(self) -> GatewayConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key")
-        if self.tls_cert is None and not loopback(self.host):
+        if self.tls_cert is None and not loopback_host(self.host):
             raise ValueError(f"the gateway may listen on {self.host!r} only with TLS "
                              "(--tls-cert and --tls-key): bearer tokens must not cross a "
                              "network in clear")

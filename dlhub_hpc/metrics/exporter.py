@@ -67,11 +67,13 @@ def bearer_only(app: WsgiApp, token: str) -> WsgiApp:
     return guarded
 
 
-def _loopback(address: str) -> bool:
-    if address == "localhost":
+def loopback_host(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this machine only (the metrics
+    server's and the gateway's address)."""
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a name or an interface: it may be reachable from elsewhere
         return False
 
@@ -124,7 +126,7 @@ class MetricsServer:
                                         name="dlhub-metrics", daemon=True)
         self._thread.start()
         logger.info("metrics at %s", self.url)
-        if not _loopback(self.address):
+        if not loopback_host(self.address):
             logger.warning("metrics at %s are reachable from other machines over plain HTTP: "
                            "the bearer token and the series (every servable's name) cross "
                            "the network in clear; scrape through an SSH tunnel or a TLS proxy",

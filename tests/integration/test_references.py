@@ -8,6 +8,7 @@ files below can belong to either of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import io
 import os
@@ -162,6 +163,22 @@ def test_one_bad_reference_fails_only_its_item_and_no_account_is_refused(
         site["bob"].run(site["name"], good)
 
 
+@contextlib.contextmanager
+def tls_server(handler: type[http.server.BaseHTTPRequestHandler],
+               certificate: tuple[Path, Path]) -> Iterator[str]:
+    """``handler`` served over https on loopback with the test's certificate: its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 HELD: list[threading.Event] = [threading.Event()]  # lets the https server's /held/ answer
 
 
@@ -188,17 +205,10 @@ def https(share: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     HELD[0] = release
-    yield f"https://127.0.0.1:{server.server_address[1]}"
-    release.set()
-    server.shutdown()
-    server.server_close()
+    with tls_server(Quiet, certificate) as url:
+        yield url
+        release.set()
 
 
 def test_an_https_url_is_fetched_with_the_configured_ca_and_capped(
@@ -281,14 +291,8 @@ def private_https(certificate: tuple[Path, Path]) -> Iterator[tuple[str, list[st
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Private)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"https://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with tls_server(Private, certificate) as url:
+        yield url, seen
 
 
 def test_a_url_that_needs_the_callers_token_is_fetched_with_it(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import ipaddress
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,19 +15,10 @@ import pytest
 
 from dlhub_hpc.broker import url_fetch
 from dlhub_hpc.errors import URLFetchFailed
+from tests.unit.test_url_fetch_limits import certificate as certificate
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 TOKEN = "AgX1.collection-https_token~/+=="
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
 
 
 class Site:
