@@ -326,10 +326,13 @@ class Pilot:
         if decision.halted and not self.halted:
             logs = sorted({b.stderr for b in self.blocks.values() if b.stderr})
             self._event(f"halted; last job logs: {', '.join(logs[-2:]) or 'none'}")
-        self.halted = decision.halted
-        self.failures = 0 if any(v.ever_connected for v in views) else self.failures
-        self.failures += decision.failed
-        self._apply(decision)
+        failures = (0 if any(v.ever_connected for v in views) else self.failures) \
+            + decision.failed
+        try:
+            self._apply(decision)
+        finally:  # after the dead are gone: a status read sees the halt and its blocks as one
+            with self._lock:
+                self.halted, self.failures = decision.halted, failures
         return decision
 
     def _apply(self, d: Decision) -> None:
@@ -404,13 +407,14 @@ class Pilot:
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
             blocks = [b.to_dict() for b in self.blocks.values()]
+            halted, failures = self.halted, self.failures
         scaling = self.profile.scaling
         return {
             "pilot_id": self.pilot_id, "profile": self.profile.name, "servable": self.servable,
             "provider": type(self.provider).__name__, "ranks": self.ranks,
             "min_blocks": scaling.min_blocks, "max_blocks": scaling.max_blocks,
             "walltime": None if self.walltime is None else self.walltime.walltime,
-            "halted": self.halted, "failures": self.failures,
+            "halted": halted, "failures": failures,
             "gpus": None if self.profile.gpus is None else self.profile.gpus.model_dump(),
             "blocks": blocks, "events": list(self.events[-10:]),
         }

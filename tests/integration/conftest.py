@@ -24,10 +24,14 @@ from dlhub_hpc.security.keys import (
     worker_credential,
 )
 
+from .gated import Gate, open_gates
+
 SERVABLES = Path(__file__).parent / "servables"
 
 HubProcess = Callable[..., subprocess.Popen[bytes]]  # (home, *hub start args)
-FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.6}
+# Quick to notice a killed worker, yet a loaded 2-core machine's stall of a heartbeat
+# thread (a second, now and then) does not get a live worker counted lost.
+FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 1.5}
 
 
 def curve_dealer(ctx: zmq.Context[Any], address: str) -> zmq.Socket[bytes]:
@@ -85,6 +89,12 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     yield make
     for hub in hubs:
         hub.stop()
+
+
+@pytest.fixture
+def gates(tmp_path: Path) -> Iterator[Callable[[str], Gate]]:
+    """FIFOs by name (``gated.py``), each with the call that opens it for good."""
+    yield from open_gates(tmp_path)
 
 
 @pytest.fixture

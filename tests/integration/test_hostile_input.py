@@ -30,6 +30,13 @@ ADD = SERVABLES.parents[2] / "dlhub_hpc" / "examples" / "add"
 
 
 @pytest.fixture
+def hub(make_hub: Callable[..., Hub]) -> Hub:
+    # the hand-made workers here send no heartbeats: a loaded machine's pause between
+    # their messages must not get them declared lost
+    return make_hub(heartbeat_timeout=30.0)
+
+
+@pytest.fixture
 def raw(hub: Hub) -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
     socks: list[zmq.Socket[bytes]] = []
 

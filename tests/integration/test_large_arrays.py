@@ -22,7 +22,7 @@ from tests.integration.conftest import curve_dealer, wait_for
 NOOP = Path(__file__).resolve().parents[2] / "dlhub_hpc" / "examples" / "noop"
 WINDOW = 16 * 2**20
 # Through the chunked path across nodes, not the same-node fast path. The hub's default
-# heartbeat timeout: 640 MiB of CURVE on two shared cores can starve the tests' 0.6 s one,
+# heartbeat timeout: 640 MiB of CURVE on two shared cores can starve the tests' short one,
 # and a worker lost at the default is what this test is for.
 CROSS_NODE = {"local_fast_path": False,
               "heartbeat_timeout": HubConfig.model_fields["heartbeat_timeout"].default}

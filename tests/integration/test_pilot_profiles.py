@@ -3,6 +3,9 @@ elastic scaling on queue depth, and typed errors for bad profiles."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -14,6 +17,7 @@ from dlhub_hpc.examples import example_dir
 from dlhub_hpc.pilot.profiles import load_profile
 
 from .conftest import SERVABLES, wait_for, worker_processes
+from .gated import Gate, busy_workers, write_gated_pids
 
 
 def test_cli_pilot_start_status_stop(hub: Hub, client: Client,
@@ -42,17 +46,21 @@ def test_cli_pilot_start_status_stop(hub: Hub, client: Client,
     assert runner.invoke(cli, [*base, "status"]).output.startswith("no pilots")
 
 
-def test_local_pilot_scales_up_on_queue_depth_and_back_down(client: Client, hub: Hub) -> None:
-    name = client.publish(SERVABLES / "sleepy")["name"]
+def test_local_pilot_scales_up_on_queue_depth_and_back_down(
+        client: Client, hub: Hub, tmp_path: Path, gates: Callable[[str], Gate]) -> None:
+    path, release = gates("work")
+    name = str(client.publish(write_gated_pids(tmp_path, path))["name"])
     profile = load_profile("local").model_dump(mode="json")
     profile["scaling"] = {"min_blocks": 1, "max_blocks": 2, "queue_per_worker": 2,
                           "idle_release": 2, "period": 0.3}
     info = client.start_pilot(name, profile)
     client.wait_for_workers(name, 1, timeout=60)
-    futures = [client.submit(name, 0.2) for _ in range(40)]
+    futures = [client.submit(name, [float(i)], cache=False) for i in range(40)]
     wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 2, what="a second block")
-    results = [f.result(timeout=120) for f in futures]
-    assert len({r["pid"] for r in results}) == 2
+    # the first worker holds its batch at the gate, so the queue waits for the second
+    wait_for(lambda: busy_workers(client.status()) == 2, what="both workers running a batch")
+    release()
+    assert len({f.result(timeout=120) for f in futures}) == 2  # both blocks' pids
     wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 1, what="idle block released")
     wait_for(lambda: len(worker_processes(hub.worker_address)) == 1, what="its worker gone")
     client.stop_pilot([info["pilot_id"]])

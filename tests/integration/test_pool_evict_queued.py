@@ -7,8 +7,7 @@ is read while it holds still: no sleeps, no timing."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from dlhub_hpc.cli.pools import pool_workers
 from dlhub_hpc.servable.pools import PoolSpec
 
 from .conftest import wait_for
+from .gated import gate_line
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,26 +46,11 @@ def write_gated_scaled(root: Path, name: str, weight: float, gate: Path) -> Path
 
 
         def run(x):
-            os.close(os.open({str(gate)!r}, os.O_RDONLY))  # blocks until the test opens it
+            {gate_line(gate)}
             return float(_W[0] * sum(x))
         """)
     np.save(d / "weights.npy", np.full(WEIGHT_BYTES // 8, weight))
     return d
-
-
-@pytest.fixture
-def gates(tmp_path: Path) -> Iterator[Callable[[str], tuple[Path, Callable[[], None]]]]:
-    """FIFOs by name, each with the call that opens it for good (later readers pass)."""
-    fds: list[int] = []
-
-    def make(name: str) -> tuple[Path, Callable[[], None]]:
-        path = tmp_path / f"gate-{name}"
-        os.mkfifo(path)
-        return path, lambda: fds.append(os.open(path, os.O_RDWR))
-
-    yield make
-    for fd in fds:
-        os.close(fd)
 
 
 def queued(client: Client, ref: str) -> int:

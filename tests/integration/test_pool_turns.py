@@ -3,50 +3,24 @@ counted, not timed), and a servable a pool serves starts no pilot of its own on 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.servables.floats import write_float_servable
 from dlhub_hpc import Client, Hub
 from dlhub_hpc.cli.pools import pool_workers
 from dlhub_hpc.servable.pools import PoolSpec
 
 from .conftest import wait_for
+from .gated import Gate, write_gated
 from .test_pools import BUDGET, write_scaled
 
 pytestmark = pytest.mark.timeout(180)
 
 FLOOD = 80
-
-
-def write_gated(root: Path, gate: Path) -> Path:
-    """A pooled servable (tag pooltest) whose calls wait until ``gate`` (a FIFO) has a
-    writer: the test holds its first batch while the others queue."""
-    return write_float_servable(root, "gated", title="Gated sum", tag="pooltest", owner="test",
-                                max_batch_size=4, model=f"""\
-        import os
-
-
-        def run(x):
-            os.close(os.open({str(gate)!r}, os.O_RDONLY))  # blocks until the test opens it
-            return float(sum(x))
-        """)
-
-
-@pytest.fixture
-def gate(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
-    """A FIFO, and the call that opens it for good (every later reader passes at once)."""
-    path = tmp_path / "gate"
-    os.mkfifo(path)
-    fds: list[int] = []
-    yield path, lambda: fds.append(os.open(path, os.O_RDWR))
-    for fd in fds:
-        os.close(fd)
 
 
 def queued(client: Client, name: str) -> int:
@@ -56,9 +30,8 @@ def queued(client: Client, name: str) -> int:
 
 
 def test_a_flood_of_one_pooled_servable_does_not_starve_another(
-        client: Client, hub: Hub, tmp_path: Path,
-        gate: tuple[Path, Callable[[], None]]) -> None:
-    path, release = gate
+        client: Client, hub: Hub, tmp_path: Path, gates: Callable[[str], Gate]) -> None:
+    path, release = gates("flood")
     flooded = str(client.publish(write_gated(tmp_path, path))["name"])
     other = str(client.publish(write_scaled(tmp_path, 1))["name"])
     ref = PoolSpec.parse("tag:pooltest", BUDGET).ref()

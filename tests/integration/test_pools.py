@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from dlhub_hpc.hub import Hub
 from dlhub_hpc.pilot.profiles import load_profile
 from dlhub_hpc.servable.pools import PoolSpec
 
-from .conftest import SERVABLES as TEST_SERVABLES
 from .conftest import HubProcess, wait_for
+from .gated import Gate, busy_workers, write_gated_pids
 
 SERVABLES = 20
 WEIGHT_BYTES = 1 << 20  # each servable's weights; the budget holds three
@@ -159,18 +160,21 @@ def test_a_restarted_hub_takes_back_a_pools_pilot(
 
 
 def test_a_pool_pilot_scales_up_on_its_pools_queue_and_back_down(
-        client: Client, hub: Hub) -> None:
-    name = str(client.publish(TEST_SERVABLES / "sleepy")["name"])
+        client: Client, hub: Hub, tmp_path: Path, gates: Callable[[str], Gate]) -> None:
+    path, release = gates("work")
+    name = str(client.publish(write_gated_pids(tmp_path, path))["name"])
     ref = PoolSpec.parse(name).ref()  # a pool of one servable, named by the list form
     profile = load_profile("local").model_dump(mode="json")
     profile["scaling"] = {"min_blocks": 1, "max_blocks": 2, "queue_per_worker": 2,
                           "idle_release": 2, "period": 0.3}
     info = client.start_pilot(ref, profile)
     wait_for(lambda: pool_workers(client.status(), ref) == 1, what="1 pooled worker")
-    futures = [client.submit(name, 0.2) for _ in range(40)]
+    futures = [client.submit(name, [float(i)], cache=False) for i in range(40)]
     wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 2, what="a second block")
-    results = [f.result(timeout=120) for f in futures]
-    assert len({r["pid"] for r in results}) == 2  # both blocks' workers served the pool
+    # the first worker holds its batch at the gate, so the queue waits for the second
+    wait_for(lambda: busy_workers(client.status()) == 2, what="both workers running a batch")
+    release()
+    assert len({f.result(timeout=120) for f in futures}) == 2  # both blocks' pids
     wait_for(lambda: len(client.pilot_status()[0]["blocks"]) == 1, what="idle block released")
     client.stop_pilot([info["pilot_id"]])
 

@@ -72,6 +72,8 @@ def test_no_snapshot_is_built_until_a_reader_asks(make_hub: Callable[..., Hub]) 
         client.wait_for_workers(name, 1, timeout=60)  # status reads the state, not this
         client.run(name, [1.0, 2.0])
         assert hub.server._published.changes == -1  # nobody read: none was built
-        fresh = hub.server.published  # a reader waits for a fresh one
+        # a reader waits (briefly) for a fresh one; a loaded loop may take longer
+        fresh = wait_for(lambda: (s := hub.server.published).changes > 0 and s,
+                         what="a snapshot built for the reader")
         assert fresh.changes > 0 and fresh.stats.get("replies_ok") == 1
         assert [w.state for w in fresh.workers] == ["idle"]
