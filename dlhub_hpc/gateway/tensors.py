@@ -154,20 +154,32 @@ def _numeric(spec: dict[str, Any], binary: memoryview | None, dtype: str, count:
         return np.frombuffer(binary, dtype=dtype).astype(dtype[1:] if dtype != "?" else "?",
                                                          copy=False)
     flat = _flat(spec.get("data"))
-    if not all(isinstance(v, int | float) for v in flat):
+    target = np.dtype(dtype).newbyteorder("=")
+    if target.kind == "b":  # as Triton reads JSON: 1.5 or NaN is no truth value
+        if not all(isinstance(v, bool) for v in flat):
+            raise InvalidInput(f"{where}: 'data' must hold true or false for datatype BOOL")
+        return np.asarray(flat, dtype=target)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
         raise InvalidInput(f"{where}: 'data' must hold numbers for datatype "
                            f"{spec.get('datatype')}")
-    target = np.dtype(dtype).newbyteorder("=")
     if target.kind in "iu":  # numpy would wrap an integer out of range, or cut a fraction
         info = np.iinfo(target)
         if not all(isinstance(v, int) and info.min <= v <= info.max for v in flat):
             raise InvalidInput(f"{where}: 'data' does not fit {spec.get('datatype')}: "
                                f"integers from {info.min} to {info.max}")
     try:
-        return np.asarray(flat, dtype=target)
+        with np.errstate(over="ignore"):
+            array = np.asarray(flat, dtype=target)
     except (OverflowError, ValueError) as exc:
         raise InvalidInput(f"{where}: 'data' does not fit {spec.get('datatype')}: "
                            f"{exc}") from None
+    if target.kind == "f" and not np.isfinite(array).all():
+        # a finite number past the datatype's range would arrive as infinity: say so
+        given = np.asarray(flat, dtype=np.float64) if flat else array
+        if (np.isfinite(given) & ~np.isfinite(array)).any():
+            raise InvalidInput(f"{where}: 'data' does not fit {spec.get('datatype')}: "
+                               f"numbers up to {float(np.finfo(target).max):.6g} in size")
+    return array
 
 
 def as_input(tensors: list[Tensor], declared: dict[str, Any]) -> Any:
