@@ -180,6 +180,7 @@ def tls_server(handler: type[http.server.BaseHTTPRequestHandler],
 
 
 HELD: list[threading.Event] = [threading.Event()]  # lets the https server's /held/ answer
+ASKED: list[threading.Event] = [threading.Event()]  # set when a /held/ request came
 
 
 @pytest.fixture
@@ -190,7 +191,7 @@ def https(share: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
     np.save(www / "frame.npy", np.arange(5.0))
     (www / "big.bin").write_bytes(b"x" * (LIMIT + 1))
 
-    release = threading.Event()
+    release, asked = threading.Event(), threading.Event()
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -198,6 +199,7 @@ def https(share: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
 
         def do_GET(self) -> None:
             if self.path.startswith("/held/"):  # answers once the test lets it
+                asked.set()
                 release.wait(60)
                 self.path = self.path.removeprefix("/held")
             super().do_GET()
@@ -205,7 +207,7 @@ def https(share: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    HELD[0] = release
+    HELD[0], ASKED[0] = release, asked
     with tls_server(Quiet, certificate) as url:
         yield url
         release.set()
@@ -243,6 +245,7 @@ def test_a_download_in_progress_holds_no_other_caller(site: dict[str, Any], http
                                                       share: Path) -> None:
     alice: Client = site["alice"]
     held = alice.submit(site["name"], URLRef(f"{https}/held/frame.npy"))
+    assert ASKED[0].wait(60), "the hub never asked for the held download"
     # While the hub waits on that server, others are answered, by reference too.
     assert site["admin"].run(site["name"], [1.0, 2.0], method="double").tolist() == [2.0, 4.0]
     np.save(share / "alice" / "v.npy", np.ones(2))
