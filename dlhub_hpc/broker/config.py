@@ -111,7 +111,7 @@ class HubConfig(BaseModel):
         description="send a busy worker its next batch while it runs the last one, when a "
                     "full batch of at least 64 KiB waits for it: the batch's trip to the "
                     "worker overlaps the model's work (pooled workers and chunked inputs "
-                    "never get one ahead)",
+                    "never get one ahead); one that waits over 5 s is taken back",
     )
     memo_max_bytes: int = Field(default=256 * 2**20, ge=0, description="0 turns memoization off")
     metrics_address: str = Field(

@@ -252,7 +252,7 @@ class InFlight:
     worker: bytes
     servable: ServableKey  # the worker's, kept here so a flight names it on its own
     items: list[Pending]
-    sent: float = 0.0
+    sent: float = 0.0  # when its worker took it up: sent to it free, or (ahead) its turn came
     ahead: bool = False  # sent ahead (prefetch): it waits at its worker, counted as queued
 
 

@@ -515,6 +515,7 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
                 self._lose_worker(
                     identity, f"no heartbeat for {self.pace.silence}s", now, out
                 )
+            self._recall_overdue(now, out)
             # Only to workers that heard nothing else from the hub in the last interval.
             quiet_since = now - self.pace.beat
             idle = [w for w in self._workers.values() if w.last_sent <= quiet_since]

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from dlhub_hpc.broker.batching import AHEAD_MAX_SECONDS
 from dlhub_hpc.broker.config import HubConfig
 from dlhub_hpc.broker.events import (
     Action,
@@ -37,6 +38,7 @@ from dlhub_hpc.protocol import (
     Hello,
     LoadFailed,
     Ready,
+    Recall,
     Shutdown,
     StreamRef,
 )
@@ -280,7 +282,7 @@ class WorkerLifecycle(PoolDispatch):
         if done == worker.batch_id:
             worker.batch_id = ahead
             flight = self._batches[ahead]
-            flight.ahead = False  # it runs now: its requests waited until now
+            flight.ahead, flight.sent = False, now  # it runs now: its requests waited so far
             if self.metrics is not None and flight.items:
                 self.metrics.started(flight.servable, flight.items[0].method, flight.items,
                                      now)
@@ -357,15 +359,10 @@ class WorkerLifecycle(PoolDispatch):
         self.stats["workers_exited" if graceful else "workers_lost"] += 1
         logger.log(logging.INFO if graceful else logging.WARNING, "worker %s (%s@%s) gone: %s",
                    worker.worker_id, *worker.servable, why)
-        ahead = self._batches.pop(worker.next_batch, None) if worker.next_batch else None
-        if ahead is not None:  # never started: back to the front, no attempt counted
-            self._in_flight[worker.servable] -= len(ahead.items)
-            for p in reversed(ahead.items):
-                if not p.done:
-                    self._requeue_front(p)
+        ahead = self._take_back_ahead(worker)
         flight = self._batches.pop(worker.batch_id, None) if worker.batch_id else None
         if flight is None:
-            if ahead is not None:
+            if ahead:
                 self._dispatch(self._resolve(*worker.servable), now, out)
             if worker.pooled and worker.state == "loading":  # another may load it
                 self._dispatch(self._resolve(*worker.servable), now, out)
@@ -394,6 +391,40 @@ class WorkerLifecycle(PoolDispatch):
                 self.stats["retries"] += 1
                 self._requeue_front(p)
         self._dispatch(self._resolve(name, version), now, out)
+
+
+    def _take_back_ahead(self, worker: WorkerInfo) -> bool:
+        """The batch ``worker`` holds ahead, if any, goes back to the front of the queue
+        with no attempt counted: it never started."""
+        ahead = self._batches.pop(worker.next_batch, None) if worker.next_batch else None
+        worker.next_batch = None
+        if ahead is None:
+            return False
+        self._in_flight[worker.servable] -= len(ahead.items)
+        for p in reversed(ahead.items):
+            if not p.done:
+                self._requeue_front(p)
+        return True
+
+    def _recall_overdue(self, now: float, out: list[Action]) -> None:
+        """A batch sent ahead waits at most ``AHEAD_MAX_SECONDS`` behind the one its worker
+        runs. Past that, that one is no longer brief (a hung model, a slow input), and the
+        waiting batch is taken back for a worker that is free (the worker skips it if it
+        has not started it; a result it still sends is dropped as stale)."""
+        overdue: list[tuple[WorkerInfo, int]] = []
+        for w in self._workers.values():
+            running = self._batches.get(w.batch_id) if w.batch_id is not None else None
+            if (w.next_batch is not None and running is not None
+                    and now - running.sent > AHEAD_MAX_SECONDS):
+                overdue.append((w, w.next_batch))
+        for worker, recalled in overdue:
+            self._take_back_ahead(worker)
+            self.stats["batches_recalled"] += 1
+            logger.info("worker %s (%s@%s): batch %s taken back; the one it runs has run "
+                        "over %.0fs", worker.worker_id, *worker.servable, recalled,
+                        AHEAD_MAX_SECONDS)
+            out.append(ToWorker(worker.identity, Recall(recalled)))
+            self._dispatch(self._resolve(*worker.servable), now, out)
 
 
 def _streams_out(results: list[Any]) -> bool:

@@ -80,6 +80,7 @@ from dlhub_hpc.protocol.messages import (
     LocalOffer,
     Message,
     Ready,
+    Recall,
     Reply,
     Request,
     Shutdown,
@@ -115,7 +116,7 @@ __all__ = ["DEFAULT_CLIENT_PORT", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_WORKER_P
            "INLINE_ARRAY_BYTES", "INT64_MAX", "INT64_MIN", "LOCAL_EXT", "MAX_DEPTH", "NDARRAY_EXT",
            "NDARRAY_INLINE_EXT", "PROTOCOL_VERSION", "REF_EXT", "STREAM_EXT", "Abort", "Assign",
            "Batch", "BatchResult", "Bye", "Chunk", "Control", "Credit", "Drain", "Encoded", "Fetch",
-           "Heartbeat", "Hello", "LoadFailed", "LocalOffer", "Message", "Pause", "Ready", "Reply",
-           "Request", "Share", "Shutdown", "StreamRef", "Tag", "check_carriable",
+           "Heartbeat", "Hello", "LoadFailed", "LocalOffer", "Message", "Pause", "Ready", "Recall",
+           "Reply", "Request", "Share", "Shutdown", "StreamRef", "Tag", "check_carriable",
            "check_sendable_array", "decode", "encode", "encode_value", "expand_payload",
            "packed_floats", "peek", "plain_value", "split_request"]

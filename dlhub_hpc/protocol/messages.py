@@ -28,6 +28,7 @@ class Tag(IntEnum):
     SHUTDOWN = 11
     BYE = 12
     DRAIN = 20  # worker lifecycle messages beyond the core set start at 20
+    RECALL = 21
     CHUNK = 30  # chunked transfers of large arrays (dlhub_hpc.transfer) start at 30
     CREDIT = 31
     ABORT = 32
@@ -311,6 +312,18 @@ class Drain(Message):
     TYPES = (str, str)
     worker_id: str
     reason: str
+
+
+@_message
+@dataclass(slots=True)
+class Recall(Message):
+    """Hub -> worker: batch ``batch_id``, sent ahead while the worker ran another, is taken
+    back (that other one ran too long): skip it if it has not started. The hub has queued
+    its requests again; a result for it still sent is dropped as stale."""
+
+    TAG = Tag.RECALL
+    TYPES = (int,)
+    batch_id: int
 
 
 @_message

@@ -50,6 +50,7 @@ from dlhub_hpc.protocol import (
     LocalOffer,
     Message,
     Ready,
+    Recall,
     Shutdown,
     check_carriable,
     decode,
@@ -58,6 +59,7 @@ from dlhub_hpc.protocol import (
 from dlhub_hpc.protocol.constants import HEARTBEAT_NOTICE
 from dlhub_hpc.security.keys import WorkerKey, read_worker_credential, secure_worker
 from dlhub_hpc.servable.pools import PoolSpec
+from dlhub_hpc.transfer.window import refs_in
 from dlhub_hpc.worker.heap import settle_heap
 from dlhub_hpc.worker.models import PoolRunner
 from dlhub_hpc.worker.packages import installed_versions, pinned_packages
@@ -282,20 +284,42 @@ class Worker:
                                 self.opts.worker_id, silent)
                     sock.send_multipart(self._hello)
                 continue
-            frames = sock.recv_multipart(copy=False)
-            self._last_heard = self._clock()
+            msg = self._read(sock)
             self._rehello_after = self._hub_timeout / 3
-            try:
-                msg = decode(frames, fetch=None if self._link is None else self._link.fetch)
-            except DlhubHpcError as exc:
-                logger.warning("dropped a malformed message from the hub: %s", exc)
-                if isinstance(exc, LocalPathRefused):  # its callers get why, not a timeout
-                    refused_batch(sock, frames, exc)
+            if msg is None:
                 continue
             status = self._handle(sock, msg)
             if status is not None:
                 return status
         return 0
+
+    def _read(self, sock: zmq.Socket[bytes]) -> Message | None:
+        """The hub's next message (one is waiting); None for one that cannot be read."""
+        frames = sock.recv_multipart(copy=False)
+        self._last_heard = self._clock()
+        try:
+            return decode(frames, fetch=None if self._link is None else self._link.fetch)
+        except DlhubHpcError as exc:
+            logger.warning("dropped a malformed message from the hub: %s", exc)
+            if isinstance(exc, LocalPathRefused):  # its callers get why, not a timeout
+                refused_batch(sock, frames, exc)
+            return None
+
+    def _recalled(self, sock: zmq.Socket[bytes], batch: Batch) -> bool:
+        """Whether the hub took ``batch`` back before it ran (a ``Recall`` right behind it:
+        it was sent ahead, and the batch before it ran too long). What else came meanwhile
+        waits in the stash, in order. A batch whose inputs come in chunks is never sent
+        ahead, and its chunks are for the pump: nothing is read past it."""
+        if refs_in(batch.payloads):
+            return False
+        recalled = False
+        while sock.poll(0, zmq.POLLIN):
+            msg = self._read(sock)
+            if isinstance(msg, Recall):
+                recalled = recalled or msg.batch_id == batch.batch_id
+            elif msg is not None:
+                self._streams.stash.append(msg)
+        return recalled
 
     def _drain_due(self) -> str:
         """Why the worker must drain now, or "" (read by the heartbeat thread too)."""
@@ -317,6 +341,10 @@ class Worker:
 
     def _handle(self, sock: zmq.Socket[bytes], msg: Message) -> int | None:
         if isinstance(msg, Batch):
+            if self._recalled(sock, msg):
+                logger.info("worker %s: batch %s was taken back before it ran",
+                            self.opts.worker_id, msg.batch_id)
+                return None
             if isinstance(self.runner, PoolRunner):
                 self.runner.select(msg.servable)
             frames = self._run_batch(self._streams.receive(sock, msg))

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlhub_hpc.broker.batching import AHEAD_MAX_SECONDS
 from dlhub_hpc.broker.state import ServableInfo
 from dlhub_hpc.errors import LocalPathRefused, WorkerLost
 from dlhub_hpc.metrics.recorder import BrokerMetrics
-from dlhub_hpc.protocol import BatchResult, Bye, Drain, StreamRef
+from dlhub_hpc.protocol import BatchResult, Bye, Drain, Recall, StreamRef
 from dlhub_hpc.servable.types import ArgType
 from tests.unit.test_broker_state import (
     Catalog,
@@ -185,3 +186,39 @@ def test_a_batch_with_a_chunked_input_never_goes_ahead_nor_has_one_behind() -> N
     assert hub.state.stats["batches_ahead"] == 1
     _, alone = only_batch(hub.result("w1", ahead.batch_id, 2.0, 3.0))
     assert alone.request_ids == ["big2"]
+
+
+def test_a_batch_ahead_of_one_that_runs_too_long_is_taken_back_for_a_free_worker() -> None:
+    # both run a batch from 0 s, one holds [r2, r3] ahead; the other comes free at 1 s
+    hub = Hub(Catalog(PAIRS), heartbeat_interval=1.0, heartbeat_timeout=1000.0)
+    hub.tick(0.0)
+    hub.start("w1", "demo/pairs")
+    hub.start("w2", "demo/pairs")
+    warm(hub, "w1", "demo/pairs")
+    running = dict(only_batch(hub.request(r, big(i), servable="demo/pairs"))
+                   for i, r in enumerate(["r0", "r1"]))
+    hub.request("r2", big(2), servable="demo/pairs")
+    holder, ahead = only_batch(hub.request("r3", big(3), servable="demo/pairs"))
+    assert set(running) == {b"w1", b"w2"} and ahead.request_ids == ["r2", "r3"]
+    [other] = set(running) - {holder}
+    hub.now = 1.0
+    assert batches(hub.send(other.decode(), BatchResult(running[other].batch_id,
+                                                        [[True, 0.0]]))) == []
+    assert not recalls(hub.tick(AHEAD_MAX_SECONDS))  # its running batch: that long, so far
+    out = hub.tick(AHEAD_MAX_SECONDS + 1.0)
+    assert recalls(out) == [(holder, ahead.batch_id)]
+    (to, again), = batches(out)  # the free worker takes it, as a new batch
+    assert to == other and again.request_ids == ["r2", "r3"]
+    assert hub.state.stats["batches_recalled"] == 1 and hub.state.stats["retries"] == 0
+    # the holder ran it anyway (the recall came too late): that result is dropped as stale
+    out = hub.send(holder.decode(), BatchResult(running[holder].batch_id, [[True, 0.0]]))
+    assert list(replies(out)) == running[holder].request_ids
+    assert replies(hub.result(holder.decode(), ahead.batch_id, 9.0, 9.0)) == {}
+    assert hub.state.stats["stale_results"] == 1
+    assert sorted(replies(hub.result(other.decode(), again.batch_id, 2.0, 3.0))) == ["r2", "r3"]
+    assert hub.state.snapshot()["servables"]["demo/pairs@1"] == {"queued": 0, "in_flight": 0}
+
+
+def recalls(actions: list[Any]) -> list[tuple[bytes, int]]:
+    return [(a.identity, a.message.batch_id) for a in actions
+            if isinstance(getattr(a, "message", None), Recall)]
