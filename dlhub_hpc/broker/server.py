@@ -426,7 +426,9 @@ class BrokerServer(CallerIntake):
     def _from_worker(self, frames: list[Any], msg: Message) -> None:
         user = (user_id(frames[1]) if self.auth is not None  # worker:OWNER:KEY
                 else self.unauthenticated[1])
-        if self._streams.from_worker(frames[0].bytes, user, msg, self._send_to):
+        stale = isinstance(msg, BatchResult) and not self.state.runs(frames[0].bytes,
+                                                                    msg.batch_id)
+        if self._streams.from_worker(frames[0].bytes, user, msg, self._send_to, stale):
             return  # a transfer's step: relayed
         offer = self.fast.on_worker_message(frames[0].bytes, user, msg)
         if offer is not None:  # before its Assign: a worker on this node links first

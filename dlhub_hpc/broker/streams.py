@@ -100,15 +100,29 @@ class HubStreams:
             return msg, checked
         return self.on_request(identity, user, msg, plan_of(user, msg), now)
 
-    def from_worker(self, identity: bytes, user: str, msg: Message, send: SendTo) -> bool:
-        """A worker's message: whether it was a transfer's step (relayed here)."""
+    def from_worker(self, identity: bytes, user: str, msg: Message, send: SendTo,
+                    stale: bool = False) -> bool:
+        """A worker's message: whether it was a transfer's step (relayed here). ``stale``:
+        a result the hub holds no batch for (taken back, or its worker counted lost)."""
         now = time.monotonic()
         if isinstance(msg, TRANSFER_MESSAGES):
             _send_all(self.relay.on_message(Peer("worker", identity, user), msg, now), send)
             return True
         if isinstance(msg, BatchResult):
-            self.on_result(identity, user, msg, now)
+            if stale:  # no caller waits for its outputs: the worker must not wait either
+                _send_all(self.refuse_outputs(identity, user, msg), send)
+            else:
+                self.on_result(identity, user, msg, now)
         return False
+
+    def refuse_outputs(self, identity: bytes, user: str, msg: BatchResult) -> list[Send]:
+        """An Abort for each streamed output of a stale result, at once, rather than after
+        the transfer timeout of a relay that no caller will ever take from."""
+        return [send for item in msg.results
+                if isinstance(item, list) and len(item) == 2 and type(item[1]) is StreamRef
+                for send in self.relay.refuse(item[1].transfer_id, Peer("worker", identity, user),
+                                              f"batch {msg.batch_id} is no longer this "
+                                              "worker's (taken back or given up)")]
 
     def before(self, actions: list[Any], send: SendTo) -> None:
         """Before the state's actions go out: bind the transfers they carry refs of."""

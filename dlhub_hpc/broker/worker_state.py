@@ -189,16 +189,22 @@ class WorkerLifecycle(PoolDispatch):
                     self._answer(p, False, None, error, 0.0, out, now)
             queue.live = 0
 
+    def runs(self, identity: bytes, batch_id: int) -> bool:
+        """Is batch ``batch_id`` one the hub gave the worker at ``identity`` and still
+        waits on (not taken back, not given up with the worker)?"""
+        flight = self._batches.get(batch_id)
+        return flight is not None and flight.worker == identity
+
     def _on_batch_result(
         self, identity: bytes, msg: BatchResult, now: float, out: list[Action]
     ) -> None:
         worker = self._known(identity, out, now)
         if worker is None:
             return
-        flight = self._batches.get(msg.batch_id)
-        if flight is None or flight.worker != identity:
+        if not self.runs(identity, msg.batch_id):
             self.stats["stale_results"] += 1
             return
+        flight = self._batches[msg.batch_id]
         del self._batches[msg.batch_id]
         self._in_flight[worker.servable] -= len(flight.items)
         if self.metrics is not None and flight.items:
@@ -407,17 +413,23 @@ class WorkerLifecycle(PoolDispatch):
         return True
 
     def _recall_overdue(self, now: float, out: list[Action]) -> None:
-        """A batch sent ahead waits at most ``AHEAD_MAX_SECONDS`` behind the one its worker
-        runs. Past that, that one is no longer brief (a hung model, a slow input), and the
-        waiting batch is taken back for a worker that is free (the worker skips it if it
-        has not started it; a result it still sends is dropped as stale)."""
-        overdue: list[tuple[WorkerInfo, int]] = []
+        """A batch sent ahead waits behind the one its worker runs only while that one is
+        brief: once it has run over ``AHEAD_MAX_SECONDS`` (and twice its servable's usual
+        batch time), the worker gets nothing more ahead, and a batch it holds ahead is taken
+        back for a free worker, if one is there to take it. The worker skips it if it has
+        not started it; a result it still sends is dropped as stale."""
+        overdue: list[tuple[WorkerInfo, int | None]] = []
         for w in self._workers.values():
             running = self._batches.get(w.batch_id) if w.batch_id is not None else None
-            if (w.next_batch is not None and running is not None
-                    and now - running.sent > AHEAD_MAX_SECONDS):
+            if running is None or w.pooled:
+                continue
+            usual = self._batch_seconds.get(w.servable) or 0.0
+            if now - running.sent > max(AHEAD_MAX_SECONDS, 2 * usual):
                 overdue.append((w, w.next_batch))
         for worker, recalled in overdue:
+            self._room.get(worker.servable, {}).pop(worker.identity, None)
+            if recalled is None or not self._idle.get(worker.servable):
+                continue
             self._take_back_ahead(worker)
             self.stats["batches_recalled"] += 1
             logger.info("worker %s (%s@%s): batch %s taken back; the one it runs has run "
@@ -425,7 +437,6 @@ class WorkerLifecycle(PoolDispatch):
                         AHEAD_MAX_SECONDS)
             out.append(ToWorker(worker.identity, Recall(recalled)))
             self._dispatch(self._resolve(*worker.servable), now, out)
-
 
 def _streams_out(results: list[Any]) -> bool:
     """Whether the worker sends some of these outputs in chunks before it reads on."""

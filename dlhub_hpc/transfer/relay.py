@@ -68,7 +68,7 @@ class Relay:
         self._ended: list[bytes] = []  # workers whose output transfers ended: take_ended
         self.stats: dict[str, int] = {"transfers": 0, "transfers_done": 0,
                                       "transfers_dropped": 0, "chunks_forwarded": 0,
-                                      "foreign_transfer_messages": 0}
+                                      "foreign_transfer_messages": 0, "transfers_refused": 0}
 
     def __repr__(self) -> str:
         return f"Relay(window={self.window}, chunk={self.chunk}, open={len(self._open)})"
@@ -219,6 +219,11 @@ class Relay:
         abort = Abort(tid, (error or _failed(tid, why)).to_wire())
         return [Send(p, abort) for p in (t.sender, t.receiver)
                 if p is not None and p != notify]
+
+    def refuse(self, tid: str, sender: Peer, why: str) -> list[Send]:
+        """Tell ``sender`` that transfer ``tid``, never opened, has no receiver."""
+        self.stats["transfers_refused"] += 1
+        return [Send(sender, _abort(tid, why))]
 
     def sending(self, worker: bytes) -> bool:
         """Has ``worker`` an output transfer still open?"""

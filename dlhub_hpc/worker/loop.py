@@ -312,14 +312,16 @@ class Worker:
         ahead, and its chunks are for the pump: nothing is read past it."""
         if refs_in(batch.payloads):
             return False
-        recalled = False
+        stash = self._streams.stash
         while sock.poll(0, zmq.POLLIN):
             msg = self._read(sock)
-            if isinstance(msg, Recall):
-                recalled = recalled or msg.batch_id == batch.batch_id
-            elif msg is not None:
-                self._streams.stash.append(msg)
-        return recalled
+            if msg is not None:
+                stash.append(msg)  # a Recall of another batch too: it may be stashed
+        for i, msg in enumerate(stash):
+            if isinstance(msg, Recall) and msg.batch_id == batch.batch_id:
+                del stash[i]
+                return True
+        return False
 
     def _drain_due(self) -> str:
         """Why the worker must drain now, or "" (read by the heartbeat thread too)."""

@@ -222,3 +222,24 @@ def test_a_batch_ahead_of_one_that_runs_too_long_is_taken_back_for_a_free_worker
 def recalls(actions: list[Any]) -> list[tuple[bytes, int]]:
     return [(a.identity, a.message.batch_id) for a in actions
             if isinstance(getattr(a, "message", None), Recall)]
+
+
+def test_a_batch_ahead_stays_where_no_free_worker_could_take_it() -> None:
+    hub = Hub(Catalog(PAIRS), heartbeat_interval=1.0, heartbeat_timeout=1000.0)
+    hub.tick(0.0)
+    hub.start("w1", "demo/pairs")
+    warm(hub, "w1", "demo/pairs")
+    _, running = only_batch(hub.request("r0", big(0), servable="demo/pairs"))
+    hub.request("r1", big(1), servable="demo/pairs")
+    _, ahead = only_batch(hub.request("r2", big(2), servable="demo/pairs"))
+    assert not recalls(hub.tick(AHEAD_MAX_SECONDS + 1.0))  # nobody else to run it
+    hub.request("r3", big(3), servable="demo/pairs")
+    hub.request("r4", big(4), servable="demo/pairs")  # w1 overran: nothing more goes to it
+    assert hub.state.stats["batches_ahead"] == 1
+    _, again = only_batch(hub.start("w2", "demo/pairs"))  # a free worker: the queue first
+    assert again.request_ids == ["r3", "r4"]
+    hub.result("w2", again.batch_id, 3.0, 4.0)
+    out = hub.tick(AHEAD_MAX_SECONDS + 2.0)  # then, at the next beat, the batch ahead
+    assert recalls(out) == [(b"w1", ahead.batch_id)]
+    assert [b.request_ids for _, b in batches(out)] == [["r1", "r2"]]
+    assert list(replies(hub.result("w1", running.batch_id, 0.0))) == ["r0"]

@@ -49,3 +49,16 @@ def test_a_recall_of_another_batch_or_of_one_already_run_changes_nothing(
     fake_hub.send(identity, Batch(3, "run", [5]))
     _, last = fake_hub.expect(BatchResult)
     assert (last.batch_id, last.results) == (3, [[True, 10]])
+
+
+def test_a_recall_read_while_looking_past_an_earlier_batch_is_kept_for_its_own(
+        fake_hub: FakeHub, held: tuple[bytes, GatedRunner]) -> None:
+    identity, runner = held  # batch 1 runs; 2 and 3 queue behind it, and 3 is taken back
+    fake_hub.send(identity, Batch(2, "run", [2]))
+    fake_hub.send(identity, Batch(3, "run", [3]))
+    fake_hub.send(identity, Recall(3))
+    runner.release.set()  # before 2 runs, the worker reads 3 and its Recall together
+    ids = [fake_hub.expect(BatchResult)[1].batch_id for _ in range(2)]
+    fake_hub.send(identity, Batch(4, "run", [4]))
+    ids.append(fake_hub.expect(BatchResult)[1].batch_id)
+    assert ids == [1, 2, 4]
