@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,6 +67,8 @@ from dlhub_hpc.worker.runner import LocalRunner, Runner, WireResult, cached_bund
 from dlhub_hpc.worker.streams import WorkerStreams
 
 logger = logging.getLogger(__name__)
+
+_POLLIN = int(zmq.POLLIN)
 
 __all__ = ["Worker", "WorkerOptions", "cached_bundle", "install_signal_handlers"]
 
@@ -313,7 +315,7 @@ class Worker:
         if refs_in(batch.payloads):
             return False
         stash = self._streams.stash
-        while sock.poll(0, zmq.POLLIN):
+        while cast(int, sock.get(zmq.EVENTS)) & _POLLIN:  # no poller made per batch
             msg = self._read(sock)
             if msg is not None:
                 stash.append(msg)  # a Recall of another batch too: it may be stashed
