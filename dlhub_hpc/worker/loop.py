@@ -52,9 +52,11 @@ from dlhub_hpc.protocol import (
     Ready,
     Recall,
     Shutdown,
+    Tag,
     check_carriable,
     decode,
     encode,
+    peek,
 )
 from dlhub_hpc.protocol.constants import HEARTBEAT_NOTICE
 from dlhub_hpc.security.keys import WorkerKey, read_worker_credential, secure_worker
@@ -64,7 +66,7 @@ from dlhub_hpc.worker.heap import settle_heap
 from dlhub_hpc.worker.models import PoolRunner
 from dlhub_hpc.worker.packages import installed_versions, pinned_packages
 from dlhub_hpc.worker.runner import LocalRunner, Runner, WireResult, cached_bundle
-from dlhub_hpc.worker.streams import WorkerStreams
+from dlhub_hpc.worker.streams import Unread, WorkerStreams
 
 logger = logging.getLogger(__name__)
 
@@ -265,9 +267,11 @@ class Worker:
         poll_s = min(self.opts.heartbeat_interval, 0.25)
         while not self._stop.is_set():
             self._check_drain(sock)
-            if self._streams.stash:  # what came while a batch's arrays moved
+            if self._streams.stash:  # what came while a batch's arrays moved, or ahead
                 self._last_heard = self._clock()  # from the hub, while they moved
-                status = self._handle(sock, self._streams.stash.pop(0))
+                item = self._streams.stash.pop(0)
+                msg = self._decoded(sock, item.frames) if isinstance(item, Unread) else item
+                status = None if msg is None else self._handle(sock, msg)
                 if status is not None:
                     return status
                 continue
@@ -299,6 +303,9 @@ class Worker:
         """The hub's next message (one is waiting); None for one that cannot be read."""
         frames = sock.recv_multipart(copy=False)
         self._last_heard = self._clock()
+        return self._decoded(sock, frames)
+
+    def _decoded(self, sock: zmq.Socket[bytes], frames: list[Any]) -> Message | None:
         try:
             return decode(frames, fetch=None if self._link is None else self._link.fetch)
         except DlhubHpcError as exc:
@@ -308,19 +315,21 @@ class Worker:
             return None
 
     def _recalled(self, sock: zmq.Socket[bytes], batch: Batch) -> bool:
-        """Whether the hub took ``batch`` back before it ran (a ``Recall`` right behind it:
-        it was sent ahead, and the batch before it ran too long). What else came meanwhile
-        waits in the stash, in order. A batch whose inputs come in chunks is never sent
-        ahead, and its chunks are for the pump: nothing is read past it."""
+        """Whether the hub took ``batch`` back before it ran (a ``Recall`` behind it: it was
+        sent ahead, and the batch before it ran too long). What waits on the socket is
+        taken into the stash as it is, unread (decoded in its turn, in order); a Recall of
+        another batch stays there, for that batch's turn. A batch whose inputs come in
+        chunks is never sent ahead, and its chunks are for the pump: nothing is taken."""
         if refs_in(batch.payloads):
             return False
         stash = self._streams.stash
         while cast(int, sock.get(zmq.EVENTS)) & _POLLIN:  # no poller made per batch
-            msg = self._read(sock)
-            if msg is not None:
-                stash.append(msg)  # a Recall of another batch too: it may be stashed
-        for i, msg in enumerate(stash):
-            if isinstance(msg, Recall) and msg.batch_id == batch.batch_id:
+            stash.append(Unread(sock.recv_multipart(copy=False)))
+            self._last_heard = self._clock()
+        wanted = (int(Tag.RECALL), batch.batch_id)
+        for i, item in enumerate(stash):
+            if (isinstance(item, Unread) and peek(item.frames) == wanted) or (
+                    isinstance(item, Recall) and item.batch_id == batch.batch_id):
                 del stash[i]
                 return True
         return False

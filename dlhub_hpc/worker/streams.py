@@ -26,6 +26,14 @@ from dlhub_hpc.worker.runner import Runner, WireResult
 logger = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(slots=True)
+class Unread:
+    """A message's frames, taken off the socket before its turn (by the look for a Recall
+    behind a batch): decoded when its turn comes, as if read then."""
+
+    frames: list[Any]
+
+
 class WorkerStreams:
     """The transfers of the batch in hand, and what arrived while they moved."""
 
@@ -36,7 +44,7 @@ class WorkerStreams:
         self.threshold = threshold
         self.failed: dict[int, WireResult] = {}
         self.pending: list[Outgoing] = []
-        self.stash: list[Message] = []
+        self.stash: list[Message | Unread] = []  # in the order they came
 
     def __repr__(self) -> str:
         return f"WorkerStreams(threshold={self.threshold}, stash={len(self.stash)})"
