@@ -98,7 +98,7 @@ def ahead_to(room: dict[bytes, None] | None, info: ServableInfo,
     if queue is None or queue.live < info.max_batch_size:
         return None
     front = list(islice(queue.items, info.max_batch_size))
-    if any(type(p.payload) is StreamRef for p in front):
+    if streams_in(front):
         return None
     if sum(payload_bytes(p.payload) for p in front) < AHEAD_MIN_BYTES:
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -118,11 +118,10 @@ class HubStreams:
     def refuse_outputs(self, identity: bytes, user: str, msg: BatchResult) -> list[Send]:
         """An Abort for each streamed output of a stale result, at once, rather than after
         the transfer timeout of a relay that no caller will ever take from."""
-        return [send for item in msg.results
-                if isinstance(item, list) and len(item) == 2 and type(item[1]) is StreamRef
-                for send in self.relay.refuse(item[1].transfer_id, Peer("worker", identity, user),
-                                              f"batch {msg.batch_id} is no longer this "
-                                              "worker's (taken back or given up)")]
+        why = f"batch {msg.batch_id} is no longer this worker's (taken back or given up)"
+        return [send for ref in _output_refs(msg.results)
+                for send in self.relay.refuse(ref.transfer_id, Peer("worker", identity, user),
+                                              why)]
 
     def before(self, actions: list[Any], send: SendTo) -> None:
         """Before the state's actions go out: bind the transfers they carry refs of."""
@@ -154,11 +153,10 @@ class HubStreams:
 
     def on_result(self, identity: bytes, user: str, msg: BatchResult, now: float) -> None:
         """Open the transfers of a worker's streamed outputs (``[True, ref]`` items)."""
-        for item in msg.results:
-            if isinstance(item, list) and len(item) == 2 and type(item[1]) is StreamRef:
-                error = self.relay.open(item[1], Peer("worker", identity, user), now)
-                if error is not None:  # the caller's credit for it is refused, and it fails
-                    logger.warning("a worker's result transfer was refused: %s", error.message)
+        for ref in _output_refs(msg.results):
+            error = self.relay.open(ref, Peer("worker", identity, user), now)
+            if error is not None:  # the caller's credit for it is refused, and it fails
+                logger.warning("a worker's result transfer was refused: %s", error.message)
 
     def on_batch(self, identity: bytes, batch: Batch, now: float) -> list[Send]:
         """A batch goes to a worker: its streamed inputs flow there."""
@@ -174,6 +172,13 @@ class HubStreams:
         if type(reply.value) is StreamRef:
             out += self.relay.bind(reply.value, Peer("client", identity), now)
         return out
+
+
+def _output_refs(results: list[Any]) -> Iterator[StreamRef]:
+    """The streamed outputs of a worker's results (``[True, ref]`` items)."""
+    for item in results:
+        if isinstance(item, list) and len(item) == 2 and type(item[1]) is StreamRef:
+            yield item[1]
 
 
 def _send_all(sends: list[Send], send: SendTo) -> None:

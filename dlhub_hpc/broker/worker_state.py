@@ -398,7 +398,6 @@ class WorkerLifecycle(PoolDispatch):
                 self._requeue_front(p)
         self._dispatch(self._resolve(name, version), now, out)
 
-
     def _take_back_ahead(self, worker: WorkerInfo) -> bool:
         """The batch ``worker`` holds ahead, if any, goes back to the front of the queue
         with no attempt counted: it never started."""
@@ -418,25 +417,25 @@ class WorkerLifecycle(PoolDispatch):
         batch time), the worker gets nothing more ahead, and a batch it holds ahead is taken
         back for a free worker, if one is there to take it. The worker skips it if it has
         not started it; a result it still sends is dropped as stale."""
-        overdue: list[tuple[WorkerInfo, int | None]] = []
+        overdue: list[tuple[WorkerInfo, int | None, float]] = []
         for w in self._workers.values():
             running = self._batches.get(w.batch_id) if w.batch_id is not None else None
             if running is None or w.pooled:
                 continue
-            usual = self._batch_seconds.get(w.servable) or 0.0
-            if now - running.sent > max(AHEAD_MAX_SECONDS, 2 * usual):
-                overdue.append((w, w.next_batch))
-        for worker, recalled in overdue:
+            limit = max(AHEAD_MAX_SECONDS, 2 * (self._batch_seconds.get(w.servable) or 0.0))
+            if now - running.sent > limit:
+                overdue.append((w, w.next_batch, limit))
+        for worker, recalled, limit in overdue:
             self._room.get(worker.servable, {}).pop(worker.identity, None)
             if recalled is None or not self._idle.get(worker.servable):
                 continue
             self._take_back_ahead(worker)
             self.stats["batches_recalled"] += 1
             logger.info("worker %s (%s@%s): batch %s taken back; the one it runs has run "
-                        "over %.0fs", worker.worker_id, *worker.servable, recalled,
-                        AHEAD_MAX_SECONDS)
+                        "over %.0fs", worker.worker_id, *worker.servable, recalled, limit)
             out.append(ToWorker(worker.identity, Recall(recalled)))
             self._dispatch(self._resolve(*worker.servable), now, out)
+
 
 def _streams_out(results: list[Any]) -> bool:
     """Whether the worker sends some of these outputs in chunks before it reads on."""

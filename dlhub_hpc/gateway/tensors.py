@@ -173,12 +173,11 @@ def _numeric(spec: dict[str, Any], binary: memoryview | None, dtype: str, count:
     except (OverflowError, ValueError) as exc:
         raise InvalidInput(f"{where}: 'data' does not fit {spec.get('datatype')}: "
                            f"{exc}") from None
-    if target.kind == "f" and not np.isfinite(array).all():
-        # a finite number past the datatype's range would arrive as infinity: say so
-        given = np.asarray(flat, dtype=np.float64) if flat else array
-        if (np.isfinite(given) & ~np.isfinite(array)).any():
-            raise InvalidInput(f"{where}: 'data' does not fit {spec.get('datatype')}: "
-                               f"numbers up to {float(np.finfo(target).max):.6g} in size")
+    # a finite number past the datatype's range would arrive as infinity: say so
+    if target.kind == "f" and not np.isfinite(array).all() and (
+            np.isfinite(np.asarray(flat, dtype=np.float64)) & ~np.isfinite(array)).any():
+        raise InvalidInput(f"{where}: 'data' does not fit {spec.get('datatype')}: "
+                           f"numbers up to {float(np.finfo(target).max):.6g} in size")
     return array
 
 
