@@ -254,5 +254,6 @@ class InFlight:
     items: list[Pending]
     sent: float = 0.0  # when its worker took it up: sent to it free, or (ahead) its turn came
     ahead: bool = False  # sent ahead (prefetch): it waits at its worker, counted as queued
+    held: float = 0.0  # how long it was held part-full before it left the queue
 
 

@@ -464,20 +464,30 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
                 if self.config.prefetch and not streams_in(items):
                     self._room.setdefault(info.key, {})[identity] = None
             worker.last_sent = now
-            self._batches[batch_id] = InFlight(identity, info.key, items, now, ahead)
+            held = 0.0 if self.metrics is None else self.metrics.left_queue(info.key, now)
+            flight = InFlight(identity, info.key, items, now, ahead, held)
+            self._batches[batch_id] = flight
             self._in_flight[info.key] += len(items)
             if not ahead:
                 worker.state, worker.batch_id = "busy", batch_id
-            self.stats["batches"] += 1
-            self.stats["batched_items"] += len(items)
-            if self.metrics is not None:
-                self.metrics.dispatched(info.key, method, () if ahead else items,
-                                        len(items), now)
+                self._count_batch(flight, now)
             params = [p.parameters for p in items]  # per item; None in the common case
             out.append(ToWorker(identity, Batch(batch_id, method, [p.payload for p in items],
                                                 params if any(params) else None,
                                                 ref_of(info.key) if worker.pooled else None,
                                                 [p.request_id for p in items])))
+
+    def _count_batch(self, flight: InFlight, now: float | None) -> None:
+        """Count a batch once, when it runs (sent to a free worker, or its turn came ahead),
+        with ``now`` when its requests start: a batch sent ahead and taken back before its
+        turn never ran, and its requests are counted in the batch they run in."""
+        self.stats["batches"] += 1
+        self.stats["batched_items"] += len(flight.items)
+        if self.metrics is not None and flight.items:
+            method = flight.items[0].method
+            self.metrics.batch_ran(flight.servable, method, len(flight.items), flight.held)
+            if now is not None:
+                self.metrics.started(flight.servable, method, flight.items, now)
 
     def _requeue_front(self, p: Pending) -> None:
         queue = self._queues[p.servable][p.method]

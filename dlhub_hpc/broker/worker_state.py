@@ -70,6 +70,9 @@ class WorkerLifecycle(PoolDispatch):
     def _requeue_front(self, p: Pending) -> None:
         raise NotImplementedError
 
+    def _count_batch(self, flight: InFlight, now: float | None) -> None:
+        raise NotImplementedError
+
     # -- workers --
 
     def _admit(self, event: FromWorker, out: list[Action]) -> bool:
@@ -206,6 +209,9 @@ class WorkerLifecycle(PoolDispatch):
             return
         flight = self._batches[msg.batch_id]
         del self._batches[msg.batch_id]
+        if flight.ahead:  # it answered before the batch it waited behind: it ran
+            flight.ahead = False
+            self._count_batch(flight, None)
         self._in_flight[worker.servable] -= len(flight.items)
         if self.metrics is not None and flight.items:
             self.metrics.batch_done(flight.servable, flight.items[0].method, msg.elapsed)
@@ -289,9 +295,7 @@ class WorkerLifecycle(PoolDispatch):
             worker.batch_id = ahead
             flight = self._batches[ahead]
             flight.ahead, flight.sent = False, now  # it runs now: its requests waited so far
-            if self.metrics is not None and flight.items:
-                self.metrics.started(flight.servable, flight.items[0].method, flight.items,
-                                     now)
+            self._count_batch(flight, now)
         # else the one ahead answered first, and the other still runs
         if not worker.draining and not _streams_out(results):
             self._room.setdefault(worker.servable, {})[worker.identity] = None

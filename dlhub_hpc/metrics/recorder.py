@@ -142,14 +142,18 @@ class BrokerMetrics:
         """A part-full batch of ``servable`` waits for more items (since the first hold)."""
         self._held_since.setdefault(servable, now)
 
-    def dispatched(self, servable: tuple[str, int], method: str,
-                   items: Iterable[Answered], size: int, now: float) -> None:
-        """A batch of ``size`` left the queue; ``items`` start now (a batch sent ahead
-        passes none: its requests start when its worker takes it up, ``started``)."""
+    def left_queue(self, servable: tuple[str, int], now: float) -> float:
+        """A batch of ``servable`` leaves the queue now: how long it was held part-full
+        (0 when it went at once). The hold ends here, whether or not the batch runs."""
+        return now - self._held_since.pop(servable, now)
+
+    def batch_ran(self, servable: tuple[str, int], method: str, size: int,
+                  held: float) -> None:
+        """A batch of ``size`` runs (once: a batch sent ahead and taken back before its turn
+        is not one), after ``held`` seconds held part-full."""
         s = self._series(servable, method)
         s.batch_size.observe(size)
-        s.batch_wait.observe(now - self._held_since.pop(servable, now))
-        self.started(servable, method, items, now)
+        s.batch_wait.observe(held)
 
     def started(self, servable: tuple[str, int], method: str, items: Iterable[Answered],
                 now: float) -> None:

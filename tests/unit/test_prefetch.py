@@ -195,11 +195,14 @@ def test_a_batch_ahead_of_one_that_runs_too_long_is_taken_back_for_a_free_worker
     hub.start("w1", "demo/pairs")
     hub.start("w2", "demo/pairs")
     warm(hub, "w1", "demo/pairs")
+    hub.state.metrics = metrics = BrokerMetrics()
     running = dict(only_batch(hub.request(r, big(i), servable="demo/pairs"))
                    for i, r in enumerate(["r0", "r1"]))
     hub.request("r2", big(2), servable="demo/pairs")
     holder, ahead = only_batch(hub.request("r3", big(3), servable="demo/pairs"))
     assert set(running) == {b"w1", b"w2"} and ahead.request_ids == ["r2", "r3"]
+    (series,) = metrics.series.values()
+    assert sum(series.batch_size.counts) == 2  # the batch ahead has not run yet
     [other] = set(running) - {holder}
     hub.now = 1.0
     assert batches(hub.send(other.decode(), BatchResult(running[other].batch_id,
@@ -210,6 +213,10 @@ def test_a_batch_ahead_of_one_that_runs_too_long_is_taken_back_for_a_free_worker
     (to, again), = batches(out)  # the free worker takes it, as a new batch
     assert to == other and again.request_ids == ["r2", "r3"]
     assert hub.state.stats["batches_recalled"] == 1 and hub.state.stats["retries"] == 0
+    # counted once, in the batch it runs in: the warm-up, the two running, then this one
+    assert (hub.state.stats["batches"], hub.state.stats["batched_items"]) == (4, 5)
+    assert sum(series.batch_size.counts) == 3 and series.batch_size.sum == 4
+    assert sum(series.queue_wait.counts) == 4  # r2, r3 waited once each, until now
     # the holder ran it anyway (the recall came too late): that result is dropped as stale
     out = hub.send(holder.decode(), BatchResult(running[holder].batch_id, [[True, 0.0]]))
     assert list(replies(out)) == running[holder].request_ids
