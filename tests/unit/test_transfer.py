@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import msgpack
 import numpy as np
 import pytest
@@ -22,9 +24,17 @@ from dlhub_hpc.protocol import (
     decode,
     encode,
 )
+from dlhub_hpc.transfer import window
 from dlhub_hpc.transfer.call import plain
 from dlhub_hpc.transfer.relay import Peer, Relay, Send
-from dlhub_hpc.transfer.window import Incoming, Outgoing, new_ref, refs_in, split_streams
+from dlhub_hpc.transfer.window import (
+    Incoming,
+    Outgoing,
+    new_ref,
+    prefaulted_empty,
+    refs_in,
+    split_streams,
+)
 
 CLIENT = Peer("client", b"caller", "alice")
 WORKER = Peer("worker", b"worker-1", "worker:alice:k")
@@ -102,6 +112,36 @@ def test_any_grants_and_chunk_sizes_rebuild_the_array_exactly(
             receiver.accept(wire(c))  # type: ignore[arg-type]
     assert sender.done and receiver.done
     assert receiver.array.shape == array.shape and np.array_equal(receiver.array, array)
+
+
+def test_a_large_receiving_array_is_writable_memory_mapped_in_one_go() -> None:
+    small = prefaulted_empty((4, 2), np.dtype("<f4"))
+    assert small.flags.owndata and small.shape == (4, 2)
+    n = window.PREFAULT_MIN_BYTES // 8
+    big = prefaulted_empty((n // 4, 4), np.dtype("<f8"))
+    assert big.shape == (n // 4, 4) and big.dtype == np.float64 and big.flags.writeable
+    base: object = big
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    assert big.flags.c_contiguous and isinstance(base, mmap.mmap)
+    big[-1, -1] = 2.5
+    assert big.reshape(-1)[-1] == 2.5 and not big[0].any()  # zero-filled pages
+
+
+def test_a_prefaulted_receiver_rebuilds_the_array_and_outlives_its_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(window, "PREFAULT_MIN_BYTES", 1)
+    array = np.random.default_rng(1).standard_normal((33, 7))
+    ref = new_ref(array)
+    sender, receiver = Outgoing(ref, array), Incoming(ref, max_bytes=array.nbytes)
+    sender.grant(Credit(ref.transfer_id, array.nbytes, 100))
+    for c in sender.chunks():
+        receiver.accept(wire(c))  # type: ignore[arg-type]
+    got = receiver.array
+    del receiver, sender
+    assert np.array_equal(got, array) and got.base is not None
 
 
 def test_the_receiver_refuses_a_chunk_out_of_order_or_too_long() -> None:
