@@ -21,7 +21,9 @@ Then a raw socket that never reads sends ``--unread`` requests; the hub's RSS is
 when they are all answered and again after that socket disconnects.
 
 Each window also prints the CPU it used, in cores: this run's processes, and anything else
-on the machine (on a small node another job moves every figure). ``--nice-echo N`` runs
+on the machine (on a small node another job moves every figure); then this run's CPU
+seconds by process: the hub, its workers, this process (the big inputs' caller) and the
+rest (the small caller). ``--nice-echo N`` runs
 the array's echo (its caller and the worker that runs it) at nice N, for diagnosis only:
 the small callers then keep the CPU they ask for, and what is left of their stall is the
 hub's own share of the bulk work (CURVE both ways, its loop); targets are judged the same.
@@ -139,7 +141,19 @@ class Bench:
         self.windows.append((label, t0, time.monotonic()))
         used = cpu.stop()
         self.notes.append(f"{label}: {note} in {time.monotonic() - t0:.2f} s; CPU cores: "
-                          f"{used['ours']:.2f} this run, {used['others']:.2f} others")
+                          f"{used['ours']:.2f} this run, {used['others']:.2f} others; "
+                          f"CPU s: {self.roles(cpu.seconds)}")
+
+    def roles(self, seconds: dict[int, float]) -> str:
+        """CPU seconds by who spent them: the hub, its workers, this process (the big
+        inputs' caller) and the rest (the small caller, mostly)."""
+        workers = {w["pid"] for w in self.client.status()["workers"]}
+        spent = {"hub": 0.0, "workers": 0.0, "caller": 0.0, "rest": 0.0}
+        for pid, s in seconds.items():
+            role = ("hub" if pid == self.hub.pid else "workers" if pid in workers
+                    else "caller" if pid == os.getpid() else "rest")
+            spent[role] += s
+        return ", ".join(f"{role} {s:.2f}" for role, s in spent.items())
 
     def big_list(self) -> str:
         value = self.client.run("demo/add", [1.0] * 10**6, cache=False)

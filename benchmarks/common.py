@@ -75,6 +75,7 @@ class CpuWatch:
         self._started = time.monotonic()
         self._system = psutil.cpu_times()
         self._ours = self._tree_times()
+        self.seconds: dict[int, float] = {}
 
     def _roots(self) -> list[psutil.Process]:
         roots = [psutil.Process()]
@@ -98,10 +99,13 @@ class CpuWatch:
         return times
 
     def stop(self) -> dict[str, float]:
-        """``ours`` and ``others``: cores busy on average since the watch was made."""
+        """``ours`` and ``others``: cores busy on average since the watch was made.
+        ``seconds`` then holds the CPU seconds of each of this run's processes (by pid)."""
         wall = max(time.monotonic() - self._started, 1e-9)
         busy = _busy(psutil.cpu_times()) - _busy(self._system)
-        ours = sum(t - self._ours.get(pid, 0.0) for pid, t in self._tree_times().items())
+        self.seconds = {pid: t - self._ours.get(pid, 0.0)
+                        for pid, t in self._tree_times().items()}
+        ours = sum(self.seconds.values())
         return {"ours": ours / wall, "others": max(0.0, busy - ours) / wall}
 
 

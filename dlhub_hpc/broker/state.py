@@ -477,17 +477,16 @@ class BrokerState(WorkerLifecycle, OnDemandStages):
                                                 ref_of(info.key) if worker.pooled else None,
                                                 [p.request_id for p in items])))
 
-    def _count_batch(self, flight: InFlight, now: float | None) -> None:
+    def _count_batch(self, flight: InFlight, start: float) -> None:
         """Count a batch once, when it runs (sent to a free worker, or its turn came ahead),
-        with ``now`` when its requests start: a batch sent ahead and taken back before its
+        its requests starting at ``start``: a batch sent ahead and taken back before its
         turn never ran, and its requests are counted in the batch they run in."""
         self.stats["batches"] += 1
         self.stats["batched_items"] += len(flight.items)
         if self.metrics is not None and flight.items:
             method = flight.items[0].method
             self.metrics.batch_ran(flight.servable, method, len(flight.items), flight.held)
-            if now is not None:
-                self.metrics.started(flight.servable, method, flight.items, now)
+            self.metrics.started(flight.servable, method, flight.items, start)
 
     def _requeue_front(self, p: Pending) -> None:
         queue = self._queues[p.servable][p.method]

@@ -70,7 +70,7 @@ class WorkerLifecycle(PoolDispatch):
     def _requeue_front(self, p: Pending) -> None:
         raise NotImplementedError
 
-    def _count_batch(self, flight: InFlight, now: float | None) -> None:
+    def _count_batch(self, flight: InFlight, start: float) -> None:
         raise NotImplementedError
 
     # -- workers --
@@ -209,9 +209,10 @@ class WorkerLifecycle(PoolDispatch):
             return
         flight = self._batches[msg.batch_id]
         del self._batches[msg.batch_id]
-        if flight.ahead:  # it answered before the batch it waited behind: it ran
-            flight.ahead = False
-            self._count_batch(flight, None)
+        if flight.ahead:  # it answered before the batch it waited behind: it ran, from
+            flight.ahead = False  # about its run time ago
+            ran = msg.elapsed if isinstance(msg.elapsed, float) and msg.elapsed >= 0 else 0.0
+            self._count_batch(flight, max(flight.sent, now - ran))
         self._in_flight[worker.servable] -= len(flight.items)
         if self.metrics is not None and flight.items:
             self.metrics.batch_done(flight.servable, flight.items[0].method, msg.elapsed)

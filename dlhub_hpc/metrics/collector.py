@@ -35,7 +35,7 @@ HISTOGRAMS = {  # Series attribute -> (metric, help)
     "batch_wait": ("batch_wait_seconds",
                    "How long a part-full batch was held for more items, per batch"),
     "inference": ("inference_seconds", "The worker's time running a batch, per batch"),
-    "batch_size": ("batch_size", "Items per batch sent to a worker"),
+    "batch_size": ("batch_size", "Items per batch a worker ran"),
 }
 # Counters of the state (Snapshot.stats) with series of their own; the rest are
 # dlhub_broker_events_total{event=...}.

@@ -133,6 +133,23 @@ def test_a_batch_aheads_queue_wait_runs_until_its_worker_takes_it_up() -> None:
     assert sum(series.queue_wait.counts) == 4 and series.queue_wait.sum == 4.0 + 8.0
 
 
+def test_a_batch_ahead_counts_once_when_it_runs_even_if_it_answers_first() -> None:
+    hub, running, ahead = busy_with_one_ahead()  # r1, r2 ahead, sent at 0
+    hub.state.metrics = metrics = BrokerMetrics()
+    counted = (hub.state.stats["batches"], hub.state.stats["batched_items"])
+    hub.now = 5.0
+    # it answers before the batch it waited behind, having run 2 s: it started at 3 s
+    hub.send("w1", BatchResult(ahead, [[True, 1.0], [True, 2.0]], 2.0))
+    (series,) = metrics.series.values()
+    assert (hub.state.stats["batches"], hub.state.stats["batched_items"]) == (
+        counted[0] + 1, counted[1] + 2)
+    assert sum(series.batch_size.counts) == 1 and series.batch_size.sum == 2
+    assert sum(series.queue_wait.counts) == 2 and series.queue_wait.sum == 6.0  # 3 s each
+    hub.result("w1", running, 0.0)  # the one it ran first: counted when it was sent
+    assert hub.state.stats["batches"] == counted[0] + 1
+    assert sum(series.batch_size.counts) == 1
+
+
 def test_a_lost_worker_retries_what_ran_and_requeues_what_never_started() -> None:
     hub, _, _ = busy_with_one_ahead(max_retries=0)
     out = hub.send("w1", Bye("w1", "killed"))
