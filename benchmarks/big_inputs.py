@@ -118,6 +118,7 @@ class Bench:
         self.windows: list[tuple[str, float, float]] = []
         self.notes: list[str] = []
         self.peak: tuple[float, float] = (0.0, 0.0)  # hub RSS before the echo, peak during
+        self.worker_pids: set[int] = set()  # once they are all started
 
     def rss_mib(self) -> float:
         return float(self.hub.memory_info().rss / MIB)
@@ -147,10 +148,9 @@ class Bench:
     def roles(self, seconds: dict[int, float]) -> str:
         """CPU seconds by who spent them: the hub, its workers, this process (the big
         inputs' caller) and the rest (the small caller, mostly)."""
-        workers = {w["pid"] for w in self.client.status()["workers"]}
         spent = {"hub": 0.0, "workers": 0.0, "caller": 0.0, "rest": 0.0}
         for pid, s in seconds.items():
-            role = ("hub" if pid == self.hub.pid else "workers" if pid in workers
+            role = ("hub" if pid == self.hub.pid else "workers" if pid in self.worker_pids
                     else "caller" if pid == os.getpid() else "rest")
             spent[role] += s
         return ", ".join(f"{role} {s:.2f}" for role, s in spent.items())
@@ -261,7 +261,9 @@ def run(args: argparse.Namespace) -> int:
             ref = str(bench.client.publish(EXAMPLES / name)["name"])
             bench.client.start_workers(ref, count)
             bench.client.wait_for_workers(ref, count, timeout=120)
-        workers0 = sorted(w["worker_id"] for w in bench.client.status()["workers"])
+        started = bench.client.status()["workers"]
+        workers0 = sorted(w["worker_id"] for w in started)
+        bench.worker_pids = {w["pid"] for w in started}
         rss0 = bench.rss_mib()
         ours, theirs = CTX.Pipe()
         with child_process(small_caller, address, theirs, name="small-caller") as caller:

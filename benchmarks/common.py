@@ -88,23 +88,25 @@ class CpuWatch:
                     roots.append(proc)
         return roots
 
-    def _tree_times(self) -> dict[int, float]:
+    def _tree_times(self) -> dict[tuple[int, float], float]:
+        """CPU seconds of each process, by (pid, start time): a reused pid is another."""
         times = {}
         for root in self._roots():
             with contextlib.suppress(psutil.Error):
                 for proc in [root, *root.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
                         t = proc.cpu_times()
-                        times[proc.pid] = t.user + t.system
+                        times[(proc.pid, proc.create_time())] = t.user + t.system
         return times
 
     def stop(self) -> dict[str, float]:
         """``ours`` and ``others``: cores busy on average since the watch was made.
-        ``seconds`` then holds the CPU seconds of each of this run's processes (by pid)."""
+        ``seconds`` then holds the CPU seconds of each of this run's processes still there
+        (by pid): one that ended meanwhile counts in ``others``."""
         wall = max(time.monotonic() - self._started, 1e-9)
         busy = _busy(psutil.cpu_times()) - _busy(self._system)
-        self.seconds = {pid: t - self._ours.get(pid, 0.0)
-                        for pid, t in self._tree_times().items()}
+        self.seconds = {key[0]: t - self._ours.get(key, 0.0)
+                        for key, t in self._tree_times().items()}
         ours = sum(self.seconds.values())
         return {"ours": ours / wall, "others": max(0.0, busy - ours) / wall}
 

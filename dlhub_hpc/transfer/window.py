@@ -9,8 +9,6 @@ array it preallocated (no second copy) and says how much it holds. ``split_strea
 from __future__ import annotations
 
 import logging
-import mmap
-import sys
 import uuid
 from typing import Any
 
@@ -18,19 +16,10 @@ import numpy as np
 
 from dlhub_hpc.errors import TransferFailed
 from dlhub_hpc.protocol import Chunk, Credit, StreamRef, check_sendable_array
+from dlhub_hpc.transfer.memory import populate, receiving_array
 
 logger = logging.getLogger(__name__)
 
-# An array this large is received into memory whose pages are mapped a chunk at a time,
-# as each chunk comes (MADV_POPULATE_WRITE: one call for the chunk's pages), not by a page
-# fault per 4 KiB on first write: np.empty's memory (fresh from mmap, over glibc's largest
-# mmap threshold) took 0.2 to 2.7 s per GiB to fault in on a 2-core virtual machine, where
-# it also stalls compacting huge pages; populated, 0.3 to 0.4 s. benchmarks/big_inputs.py's
-# 1 GiB echo: 17 s before, 12 to 14 s after. Memory is committed only as bytes arrive, as
-# with np.empty: a transfer that never sends holds none.
-PREFAULT_MIN_BYTES = 32 * 2**20
-_MADV_POPULATE_WRITE = 23  # Linux 5.14; mmap.madvise refuses it (EINVAL) on older kernels
-_PAGE = mmap.PAGESIZE
 
 def new_ref(array: np.ndarray) -> StreamRef:
     """A fresh transfer for ``array``: a random id nobody else can guess."""
@@ -88,10 +77,11 @@ class Incoming:
             raise failed(ref, f"the array is {ref.nbytes} bytes, over the {max_bytes} bytes "
                               "this side takes")
         try:
-            self.array, self._region = receiving_array(ref.shape, np.dtype(ref.dtype))
+            self.array, self._populate = receiving_array(ref.shape, np.dtype(ref.dtype))
         except (MemoryError, ValueError, OSError) as exc:
             raise failed(ref, f"its array could not be allocated here ({exc})") from None
         self._bytes = self.array.reshape(-1).view(np.uint8)
+        self._address = self._bytes.ctypes.data if self._populate else 0
         self.received = 0
 
     def __repr__(self) -> str:
@@ -113,36 +103,13 @@ class Incoming:
         if end > self._bytes.size:
             raise failed(self.ref, f"a chunk runs to byte {end}, past the array's "
                                    f"{self._bytes.size}")
-        if self._region is not None:
-            self._region = populated(self._region, chunk.offset, end)
+        if self._populate:  # the chunk's pages in one call, not a fault per page
+            self._populate = populate(self._address, chunk.offset, end)
         self._bytes[chunk.offset:end] = data
         self.received = end
 
     def credit(self) -> Credit:
         return Credit(self.ref.transfer_id, self.received)
-
-
-def receiving_array(shape: tuple[int, ...],
-                    dtype: np.dtype[Any]) -> tuple[np.ndarray, mmap.mmap | None]:
-    """An uninitialised, writable array, like ``np.empty``; from ``PREFAULT_MIN_BYTES`` on
-    (on Linux), over an anonymous mapping of its own, returned too, for ``populated``. The
-    mapping goes when the last array over it does."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes < PREFAULT_MIN_BYTES or sys.platform != "linux":
-        return np.empty(shape, dtype=dtype), None
-    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return np.frombuffer(region, dtype=dtype).reshape(shape), region
-
-
-def populated(region: mmap.mmap, start: int, end: int) -> mmap.mmap | None:
-    """Map the pages of ``region`` that bytes ``start`` to ``end`` fall in, in one call;
-    ``region`` again, or None where the kernel cannot (the writes then fault them in)."""
-    first = start - start % _PAGE
-    try:
-        region.madvise(_MADV_POPULATE_WRITE, first, end - first)
-    except OSError:  # an older kernel, or no memory: the copy faults, or fails, as before
-        return None
-    return region
 
 
 def split_streams(values: list[Any], threshold: int) -> tuple[list[Any], list[Outgoing]]:

@@ -3,11 +3,6 @@
 
 from __future__ import annotations
 
-import mmap
-import resource
-import sys
-from pathlib import Path
-
 import msgpack
 import numpy as np
 import pytest
@@ -27,18 +22,9 @@ from dlhub_hpc.protocol import (
     decode,
     encode,
 )
-from dlhub_hpc.transfer import window
 from dlhub_hpc.transfer.call import plain
 from dlhub_hpc.transfer.relay import Peer, Relay, Send
-from dlhub_hpc.transfer.window import (
-    Incoming,
-    Outgoing,
-    new_ref,
-    populated,
-    receiving_array,
-    refs_in,
-    split_streams,
-)
+from dlhub_hpc.transfer.window import Incoming, Outgoing, new_ref, refs_in, split_streams
 
 CLIENT = Peer("client", b"caller", "alice")
 WORKER = Peer("worker", b"worker-1", "worker:alice:k")
@@ -116,81 +102,6 @@ def test_any_grants_and_chunk_sizes_rebuild_the_array_exactly(
             receiver.accept(wire(c))  # type: ignore[arg-type]
     assert sender.done and receiver.done
     assert receiver.array.shape == array.shape and np.array_equal(receiver.array, array)
-
-
-def rss_of(array: np.ndarray) -> int:
-    """Resident bytes of the mapping ``array`` starts in (/proc/self/smaps)."""
-    address, inside = array.ctypes.data, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()[0]
-        if "-" in head and ":" not in head:
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo <= address < hi
-        elif inside and head == "Rss:":
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no mapping holds the array")
-
-
-linux_only = pytest.mark.skipif(sys.platform != "linux", reason="populating pages is Linux's")
-
-
-def test_a_small_receiving_array_is_numpys_own() -> None:
-    small, region = receiving_array((4, 2), np.dtype("<f4"))
-    assert small.flags.owndata and small.shape == (4, 2) and region is None
-
-
-@linux_only
-def test_a_large_receiving_array_takes_memory_only_as_its_chunks_come() -> None:
-    n = window.PREFAULT_MIN_BYTES * 2
-    array = np.arange(n // 8, dtype=np.float64)
-    ref = new_ref(array)
-    end = Incoming(ref, max_bytes=n)
-    got = end.array
-    assert got.flags.writeable and got.flags.c_contiguous and not got.flags.owndata
-    assert rss_of(got) < 2**20  # nothing committed before any byte came
-    sender = Outgoing(ref, array)
-    sender.grant(Credit(ref.transfer_id, 3 * 2**20, 2**20))
-    for c in sender.chunks():
-        end.accept(wire(c))  # type: ignore[arg-type]
-    assert 3 * 2**20 <= rss_of(got) < 5 * 2**20  # what came, not the whole array
-    sender.grant(Credit(ref.transfer_id, n, 2**20))
-    for c in sender.chunks():
-        end.accept(wire(c))  # type: ignore[arg-type]
-    assert end.done and np.array_equal(got, array)
-
-
-@linux_only
-def test_populated_pages_are_written_without_a_fault_each() -> None:
-    region = mmap.mmap(-1, 8 * 2**20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    array = np.frombuffer(region, dtype=np.uint8)
-    start, end = 5000, 3 * 2**20 + 7  # from mid-page to mid-page
-    assert populated(region, start, end) is region
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    array[start:end] = 1  # 769 pages: a fault each, had they not been populated
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 16
-
-
-@linux_only
-@settings(max_examples=40, deadline=None)
-@given(count=st.integers(1, 3000), chunk=st.integers(1, 9000),
-       grants=st.lists(st.integers(1, 20_000), min_size=1, max_size=6))
-def test_populating_any_chunks_page_by_page_rebuilds_the_array(
-        count: int, chunk: int, grants: list[int]) -> None:
-    array = np.random.default_rng(count).standard_normal(count)
-    ref = new_ref(array)
-    with pytest.MonkeyPatch.context() as patch:  # chunks that start and end mid-page
-        patch.setattr(window, "PREFAULT_MIN_BYTES", 1)
-        sender, receiver = Outgoing(ref, array), Incoming(ref, max_bytes=array.nbytes)
-    assert not receiver.array.flags.owndata  # over a mapping of its own
-    offered = 0
-    for step in [*grants, array.nbytes]:
-        offered += step
-        sender.grant(Credit(ref.transfer_id, offered, chunk))
-        for c in sender.chunks():
-            receiver.accept(wire(c))  # type: ignore[arg-type]
-    got = receiver.array
-    del receiver, sender
-    assert np.array_equal(got, array)
 
 
 def test_the_receiver_refuses_a_chunk_out_of_order_or_too_long() -> None:
