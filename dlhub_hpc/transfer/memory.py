@@ -5,7 +5,7 @@ write.
 np.empty's memory for such an array is mapped fresh (it is over glibc's largest mmap
 threshold, 32 MiB), and faulting it in took 0.2 to 2.7 s per GiB on a 2-core virtual
 machine, where it also stalls compacting huge pages; populated (MADV_POPULATE_WRITE), 0.3
-to 0.4 s. ``benchmarks/big_inputs.py``'s 1 GiB echo took 17 s before, 12 to 14 s after.
+to 0.4 s. ``benchmarks/big_inputs.py``'s 1 GiB echo took 17 s before, 12 to 15 s after.
 Only the pages of bytes that came are made resident, as with np.empty: a transfer that
 never sends holds none. Where the kernel cannot populate (before Linux 5.14, or off Linux)
 the array is numpy's own, as before.
