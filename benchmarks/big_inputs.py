@@ -23,8 +23,8 @@ when they are all answered and again after that socket disconnects.
 Each window also prints the CPU it used, in cores: this run's processes, and anything else
 on the machine (on a small node another job moves every figure); then this run's CPU
 seconds by process: the hub, its workers, this process (the big inputs' caller) and the
-rest (the small caller). ``--nice-echo N`` runs
-the array's echo (its caller and the worker that runs it) at nice N, for diagnosis only:
+rest (the small caller). ``--nice-echo N`` runs the array's echo (its caller and the
+worker that runs it) at nice N, for diagnosis only:
 the small callers then keep the CPU they ask for, and what is left of their stall is the
 hub's own share of the bulk work (CURVE both ways, its loop); targets are judged the same.
 

@@ -209,17 +209,18 @@ class WorkerLifecycle(PoolDispatch):
             return
         flight = self._batches[msg.batch_id]
         del self._batches[msg.batch_id]
+        # a worker's word: used only where it is a plausible run time
+        ran = msg.elapsed if isinstance(msg.elapsed, float) and 0 <= msg.elapsed < 3600 else None
         if flight.ahead:  # it answered before the batch it waited behind: it ran, from
             flight.ahead = False  # about its run time ago
-            ran = msg.elapsed if isinstance(msg.elapsed, float) and msg.elapsed >= 0 else 0.0
-            self._count_batch(flight, max(flight.sent, now - ran))
+            self._count_batch(flight, max(flight.sent, now - (ran or 0.0)))
         self._in_flight[worker.servable] -= len(flight.items)
         if self.metrics is not None and flight.items:
             self.metrics.batch_done(flight.servable, flight.items[0].method, msg.elapsed)
-        if isinstance(msg.elapsed, float) and 0 <= msg.elapsed < 3600:  # a worker's word
+        if ran is not None:
             last = self._batch_seconds.get(flight.servable)
             self._batch_seconds[flight.servable] = (
-                msg.elapsed if last is None else last + 0.2 * (msg.elapsed - last))
+                ran if last is None else last + 0.2 * (ran - last))
         results = msg.results
         if len(results) == 1 and _error_record(results[0]) is not None:
             results = results * len(flight.items)  # one error answers the whole batch
